@@ -1,0 +1,90 @@
+"""``central``: the central site's commands (database, ingest, warehouse, quality)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from central.settings import load_settings
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from central.db import ensure_database, migrate
+
+    settings = load_settings(args.config)
+    if settings.profile == "laptop" or args.create_db:
+        ensure_database(settings.pg_dsn)
+    applied = migrate(settings.pg_dsn)
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from central.ingest import IngestWorker
+
+    overrides = {"worker_id": args.worker_id} if args.worker_id else {}
+    worker = IngestWorker(load_settings(args.config, **overrides))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.run(stop)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="central",
+        description="Central site: PostgreSQL schema, MQTT ingest, warehouse and quality checks. "
+        "Settings come from a TOML file (--config or EIOT_CONFIG) and EIOT_* variables.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="PostgreSQL schema", description="PostgreSQL schema commands.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    mig = db_sub.add_parser(
+        "migrate",
+        help="apply the SQL migrations not applied yet (idempotent)",
+        description="Apply central/sql/*.sql in name order; already applied files are skipped.",
+    )
+    mig.add_argument("--config", type=Path, help="TOML settings file")
+    mig.add_argument(
+        "--create-db", action="store_true", help="create the database if it does not exist"
+    )
+    mig.set_defaults(func=cmd_migrate)
+
+    ing = sub.add_parser(
+        "ingest",
+        help="run an MQTT → PostgreSQL ingest worker until stopped",
+        description="Store readings batches exactly once and acknowledge them after commit. "
+        "Run several with different --worker-id to share the load.",
+    )
+    ing.add_argument("--config", type=Path, help="TOML settings file")
+    ing.add_argument("--worker-id", help="stable id of this worker (its MQTT session)")
+    ing.set_defaults(func=cmd_ingest)
+
+    try:
+        from central.warehouse.cli import register
+    except ImportError:  # the warehouse extra is not installed
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

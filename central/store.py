@@ -1,0 +1,272 @@
+"""Storing one ``readings.v1`` batch in PostgreSQL: one transaction, exactly once in effect.
+
+Order inside the transaction (DESIGN.md, "Delivery guarantee"):
+
+1. claim the batch in the ledger (``raw.ingest_batches``); a batch already there is a replay and
+   gets the ack that was sent the first time — the insert waits on a concurrent worker that holds
+   the same batch, so two workers never both store it;
+2. COPY the valid readings into a temporary table, then ``INSERT … ON CONFLICT DO NOTHING``;
+3. readings not inserted are duplicates (same values) or conflicts (other values → quarantine);
+4. invalid readings and the agent's own quarantine records → ``raw.quarantine``;
+5. the ledger row gets its counts and the ack; commit. The caller publishes the ack afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from pydantic import TypeAdapter, ValidationError
+
+from edge_agent import wire
+
+_READING_COLS = (
+    "meter_id",
+    "ts",
+    "interval_s",
+    "kwh",
+    "register_kwh",
+    "voltage_v",
+    "current_a",
+    "power_factor",
+    "temperature_c",
+    "humidity_pct",
+    "wind_ms",
+    "supply",
+    "flags",
+    "score",
+    "model_version",
+)
+_MEASURED = _READING_COLS[:13]
+_reading = TypeAdapter(wire.Reading)
+_record = TypeAdapter(wire.QuarantineRecord)
+
+
+@dataclass
+class Outcome:
+    ack: wire.Ack | None  # None when no ack can be addressed (no batch id could be read)
+    replay: bool = False
+
+
+@dataclass
+class BadMessage:
+    """A message quarantined whole, before any batch could be read from it."""
+
+    reason: str
+    batch_id: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _quarantine_message(
+    conn: psycopg.Connection,
+    payload: bytes,
+    reason: str,
+    source: str,
+    gateway_id: str | None,
+    batch_id: str | None,
+) -> bool:
+    """Store a whole bad message once (keyed by its hash). True if it was new."""
+    digest = hashlib.sha256(payload).hexdigest()
+    raw = wire.printable(payload[: wire.MAX_RAW_CHARS].decode("utf-8", errors="backslashreplace"))
+    cur = conn.execute(
+        "insert into raw.quarantine (raw, reason, received_at, source, gateway_id, batch_id, "
+        "payload_sha256) values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+        (raw, wire.printable(reason)[:500], _now(), source, gateway_id, batch_id, digest),
+    )
+    return cur.rowcount == 1
+
+
+def reject(
+    conn: psycopg.Connection, payload: bytes, bad: BadMessage, topic: str, gateway_id: str | None
+) -> Outcome:
+    """Quarantine a message whole; answer ``rejected`` when it names a batch we can address."""
+    with conn.transaction():
+        _quarantine_message(conn, payload, bad.reason, f"mqtt:{topic}", gateway_id, bad.batch_id)
+        if bad.batch_id is None or gateway_id is None:
+            return Outcome(None)
+        ack = wire.Ack(batch_id=bad.batch_id, status="rejected", reason=bad.reason[:200])
+        conn.execute(
+            "insert into raw.ingest_batches (gateway_id, batch_id, batch_seq, sent_at, readings, "
+            "inserted, duplicates, conflicts, quarantined, status, ack) "
+            "values (%s, %s, -1, %s, 0, 0, 0, 0, 1, 'rejected', %s) on conflict do nothing",
+            (gateway_id, bad.batch_id, _now(), Jsonb(ack.to_json_dict())),
+        )
+    return Outcome(ack)
+
+
+def store_batch(conn: psycopg.Connection, env: wire.BatchEnvelope, source: str) -> Outcome:
+    """Store a decoded, envelope-valid batch in one transaction and return its ack."""
+    received = _now()
+    with conn.transaction():
+        claimed = conn.execute(
+            "insert into raw.ingest_batches (gateway_id, batch_id, batch_seq, sent_at, readings, "
+            "inserted, duplicates, conflicts, quarantined, status, ack) "
+            "values (%s, %s, %s, %s, %s, 0, 0, 0, 0, 'stored', '{}') "
+            "on conflict do nothing returning 1",
+            (env.gateway_id, env.batch_id, env.batch_seq, env.sent_at, len(env.readings)),
+        ).fetchone()
+        if claimed is None:
+            row = conn.execute(
+                "select ack from raw.ingest_batches where gateway_id = %s and batch_id = %s",
+                (env.gateway_id, env.batch_id),
+            ).fetchone()
+            assert row is not None
+            return Outcome(wire.Ack.model_validate(row[0]), replay=True)
+
+        rows: list[tuple[Any, ...]] = []
+        quarantine: list[tuple[Any, ...]] = []
+        for item in env.readings:
+            try:
+                r = _reading.validate_python(item)
+            except ValidationError as exc:
+                quarantine.append((_raw(item), "invalid: " + wire.explain(exc), received, source))
+                continue
+            rows.append(_row(r))
+        for item in env.quarantined:
+            try:
+                q = _record.validate_python(item)
+                quarantine.append((q.raw, q.reason, q.received_at, q.source))
+            except ValidationError as exc:
+                quarantine.append(
+                    (
+                        _raw(item),
+                        "invalid_quarantine_record: " + wire.explain(exc),
+                        received,
+                        source,
+                    )
+                )
+
+        inserted, duplicates, conflicts = _insert_readings(conn, rows, env, received, source)
+        quarantine.extend(conflicts)
+        if quarantine:
+            with conn.cursor().copy(
+                "copy raw.quarantine (raw, reason, received_at, source, gateway_id, batch_id) "
+                "from stdin"
+            ) as copy:
+                for q_row in quarantine:
+                    copy.write_row((*q_row, env.gateway_id, env.batch_id))
+        ack = wire.Ack(
+            batch_id=env.batch_id,
+            status="stored",
+            inserted=inserted,
+            duplicates=duplicates,
+            conflicts=len(conflicts),
+            quarantined=len(quarantine),
+        )
+        conn.execute(
+            "update raw.ingest_batches set inserted = %s, duplicates = %s, conflicts = %s, "
+            "quarantined = %s, ack = %s where gateway_id = %s and batch_id = %s",
+            (
+                inserted,
+                duplicates,
+                len(conflicts),
+                len(quarantine),
+                Jsonb(ack.to_json_dict()),
+                env.gateway_id,
+                env.batch_id,
+            ),
+        )
+    return Outcome(ack)
+
+
+def _insert_readings(
+    conn: psycopg.Connection,
+    rows: list[tuple[Any, ...]],
+    env: wire.BatchEnvelope,
+    received: datetime,
+    source: str,
+) -> tuple[int, int, list[tuple[Any, ...]]]:
+    if not rows:
+        return 0, 0, []
+    cols = ", ".join(_READING_COLS)
+    conn.execute(
+        "create temp table if not exists incoming (like raw.readings including defaults) "
+        "on commit delete rows"
+    )
+    with conn.cursor().copy(f"copy incoming ({cols}, gateway_id, batch_id) from stdin") as copy:
+        for row in rows:
+            copy.write_row((*row, env.gateway_id, env.batch_id))
+    inserted_keys = {
+        (m, t)
+        for m, t in conn.execute(
+            f"insert into raw.readings ({cols}, gateway_id, batch_id, received_at) "
+            f"select {cols}, gateway_id, batch_id, %s from incoming "
+            f"on conflict (meter_id, ts) do nothing returning meter_id, ts",
+            (received,),
+        )
+    }
+    if len(inserted_keys) == len(rows):
+        return len(rows), 0, []
+    # Some keys were there already (or twice in this batch): judge each newcomer on its values.
+    pending = []
+    seen: set[tuple[str, datetime]] = set()
+    for row in rows:
+        key = (row[0], row[1])
+        if key in inserted_keys and key not in seen:
+            seen.add(key)
+            continue
+        pending.append(row)
+    stored = {
+        (r[0], r[1]): r
+        for r in conn.execute(
+            f"select {', '.join(_MEASURED)} from raw.readings "
+            f"where (meter_id, ts) in (select * from unnest(%s::text[], %s::timestamptz[]))",
+            ([p[0] for p in pending], [p[1] for p in pending]),
+        )
+    }
+    duplicates = 0
+    conflicts: list[tuple[Any, ...]] = []
+    for row in pending:
+        if tuple(stored[(row[0], row[1])]) == row[:13]:
+            duplicates += 1
+        else:
+            conflicts.append(
+                (
+                    json.dumps(_wire_of(row), separators=(",", ":")),
+                    "conflict: other values already stored for this meter and interval",
+                    received,
+                    source,
+                )
+            )
+    return len(inserted_keys), duplicates, conflicts
+
+
+def _row(r: wire.Reading) -> tuple[Any, ...]:
+    return (
+        r.meter_id,
+        r.ts,
+        r.interval_s,
+        r.kwh,
+        r.register_kwh,
+        r.voltage_v,
+        r.current_a,
+        r.power_factor,
+        r.temperature_c,
+        r.humidity_pct,
+        r.wind_ms,
+        r.supply,
+        list(r.flags),
+        r.score,
+        r.model_version,
+    )
+
+
+def _wire_of(row: tuple[Any, ...]) -> dict[str, Any]:
+    out = {c: v for c, v in zip(_READING_COLS, row, strict=True) if v is not None}
+    out["ts"] = wire._iso_z(row[1])
+    return out
+
+
+def _raw(item: Any) -> str:
+    try:
+        return json.dumps(item, separators=(",", ":"), default=str)[: wire.MAX_RAW_CHARS]
+    except (TypeError, ValueError):
+        return repr(item)[: wire.MAX_RAW_CHARS]

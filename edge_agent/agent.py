@@ -1,0 +1,189 @@
+"""The agent's main loop: sources → buffer → sync, acks back in, status out.
+
+One thread owns the buffer (this loop); MQTT network threads only put messages on queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from edge_agent import status, topics, wire
+from edge_agent.buffer import Buffer
+from edge_agent.mqtt_link import LinkConfig, MqttLink
+from edge_agent.settings import AgentSettings
+from edge_agent.sources import Intake, Source
+from edge_agent.sync import Sync, SyncPolicy
+from edge_agent.validate import Validator
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 60.0
+
+
+def link_config(
+    s: AgentSettings, client_id: str, host: str | None = None, port: int | None = None
+) -> LinkConfig:
+    return LinkConfig(
+        client_id=client_id,
+        host=host or s.broker_host,
+        port=port or s.broker_port,
+        keepalive_s=s.keepalive_s,
+        session_expiry_s=s.session_expiry_s,
+        username=s.broker_username,
+        password=s.broker_password.get_secret_value() if s.broker_password else None,
+        tls=s.broker_tls,
+        backoff_min_s=s.backoff_min_s,
+        backoff_max_s=s.backoff_max_s,
+    )
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = s = settings
+        self.clock = clock
+        self.buffer = Buffer(
+            s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
+        )
+        self.intake = Intake(
+            self.buffer, Validator(clock, max_future_s=s.max_future_s, max_kw=s.max_kw)
+        )
+        self._acks: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
+        self._status_due = threading.Event()
+        cfg = link_config(s, f"eiot-agent-{s.gateway_id}")
+        cfg.will = (
+            topics.status(s.topic_root, s.gateway_id),
+            wire.encode_model(status.offline(s.gateway_id, clock()), compress=False),
+        )
+        cfg.subscriptions = [(topics.ack(s.topic_root, s.gateway_id), 1)]
+        self.link = MqttLink(cfg, on_message=self._acks.put, on_connect=self._status_due.set)
+        self.sync = Sync(
+            self.buffer,
+            self.link,
+            clock,
+            gateway_id=s.gateway_id,
+            topic_root=s.topic_root,
+            policy=SyncPolicy(
+                batch_max_readings=s.batch_max_readings,
+                batch_max_age_s=s.batch_max_age_s,
+                inflight_window=s.inflight_window,
+                ack_timeout_s=s.ack_timeout_s,
+                ack_timeout_max_s=s.ack_timeout_max_s,
+                compress=s.compress,
+            ),
+        )
+        self.sources: list[Source] = self._build_sources()
+        self._last_status = 0.0
+        self._last_prune = 0.0
+
+    def _build_sources(self) -> list[Source]:
+        s = self.settings
+        sources: list[Source] = []
+        if s.sim is not None:
+            from edge_agent.sources.sim import SimSource
+
+            sources.append(SimSource(s.sim, self.intake))
+        if s.spool_dir is not None:
+            from edge_agent.sources.spool import SpoolSource
+
+            sources.append(SpoolSource(s.spool_dir, self.intake, seed_meter_id=s.spool_meter_id))
+        if s.source_topic:
+            from edge_agent.sources.mqtt_source import MqttSource
+
+            cfg = link_config(
+                s, f"eiot-source-{s.gateway_id}", s.source_broker_host, s.source_broker_port
+            )
+            sources.append(MqttSource(cfg, s.source_topic, self.intake))
+        return sources
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, exit_when_drained: bool = False) -> None:
+        self.link.start()
+        log.info(
+            "agent %s started: buffer %s, %d pending",
+            self.settings.gateway_id,
+            self.settings.db_path,
+            self.buffer.pending,
+        )
+        try:
+            while not stop.is_set():
+                work = self.step()
+                if exit_when_drained and self.drained():
+                    log.info("all sources exhausted and every reading acknowledged")
+                    break
+                if not work:
+                    stop.wait(0.02)
+        finally:
+            self.shutdown()
+
+    def step(self) -> int:
+        now = self.clock()
+        work = self._drain_acks()
+        for source in self.sources:
+            work += source.poll(now)
+        self.sync.flush = all(_exhausted(src) for src in self.sources)
+        work += self.sync.tick()
+        if self.link.connected() and (
+            self._status_due.is_set() or now - self._last_status >= self.settings.status_interval_s
+        ):
+            self._status_due.clear()
+            self.publish_status(now)
+        if now - self._last_prune >= PRUNE_EVERY_S:
+            self._last_prune = now
+            self.buffer.prune(self.settings.retention_s)
+        return work
+
+    def drained(self) -> bool:
+        if not all(_exhausted(src) for src in self.sources):
+            return False
+        count, _ = self.buffer.unbatched(1)
+        return count == 0 and self.buffer.pending == 0 and not self.buffer.open_batches()
+
+    def _drain_acks(self) -> int:
+        n = 0
+        while True:
+            try:
+                msg = self._acks.get_nowait()
+            except queue.Empty:
+                return n
+            n += 1
+            try:
+                ack = wire.Ack.model_validate(wire.decode(msg.payload))
+            except (wire.DecodeError, ValidationError) as exc:
+                log.warning("unreadable ack on %s: %s", msg.topic, exc)
+                self.buffer.bump({"acks_invalid": 1})
+                continue
+            if ack.status == "rejected":
+                log.error("central rejected batch %s: %s", ack.batch_id, ack.reason)
+            self.sync.on_ack(ack)
+
+    def publish_status(self, now: float, state: str = "online") -> None:
+        self._last_status = now
+        msg = status.build(self.buffer, self.settings.gateway_id, now, state=state)
+        self.link.publish(
+            topics.status(self.settings.topic_root, self.settings.gateway_id),
+            wire.encode_model(msg, compress=False),
+            qos=1,
+            retain=True,
+        )
+
+    def shutdown(self) -> None:
+        for source in self.sources:
+            source.close()
+        if self.link.connected():
+            self.publish_status(self.clock(), state="offline")
+            time.sleep(0.2)  # let the network thread flush the retained offline status
+        self.link.stop()
+        self.buffer.close()
+
+
+def _exhausted(source: Source) -> bool:
+    check = getattr(source, "exhausted", None)
+    return bool(check()) if check else False

@@ -1,0 +1,124 @@
+"""``edge-agent``: run the gateway agent, or look at its buffer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge_agent.settings import load_settings
+
+
+def _fmt_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import Agent
+
+    settings = load_settings(args.config)
+    agent = Agent(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.run(stop, exit_when_drained=args.exit_when_drained)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge_agent.buffer import Buffer
+
+    db = Path(args.db) if args.db else load_settings(args.config).db_path
+    if not db.exists():
+        print(f"no buffer at {db}", file=sys.stderr)
+        return 2
+    buffer = Buffer(db)  # WAL: reading while the agent writes is safe
+    try:
+        stats = buffer.stats()
+        counters = buffer.counters()
+        report = {
+            "buffer": str(db),
+            "pending_readings": stats.pending_readings,
+            "unbatched_readings": stats.unbatched_readings,
+            "inflight_batches": stats.inflight_batches,
+            "total_readings": stats.total_readings,
+            "oldest_pending_ts": _fmt_time(stats.oldest_pending_ts),
+            "last_ack_at": _fmt_time(stats.last_ack_at),
+            "counters": counters,
+        }
+    finally:
+        buffer.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    age = "-"
+    if stats.last_ack_at is not None:
+        age = f"{time.time() - stats.last_ack_at:.0f}s ago"
+    print(f"buffer            {db}")
+    print(
+        f"pending readings  {stats.pending_readings} ({stats.unbatched_readings} not yet batched)"
+    )
+    print(f"batches in flight {stats.inflight_batches}")
+    print(f"oldest pending    {report['oldest_pending_ts']}")
+    print(f"last ack          {report['last_ack_at']} ({age})")
+    print(f"readings held     {stats.total_readings}")
+    for name, value in sorted(counters.items()):
+        print(f"  {name:<22}{value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Gateway agent: buffers meter readings in SQLite and forwards them to central "
+        "over MQTT, exactly once in effect. Settings come from a TOML file (--config or "
+        "EIOT_CONFIG) and EIOT_* environment variables.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent until stopped (SIGTERM/SIGINT)",
+        description="Run the agent: read its sources, buffer, forward, publish status.",
+    )
+    run.add_argument("--config", type=Path, help="TOML settings file")
+    run.add_argument(
+        "--exit-when-drained",
+        action="store_true",
+        help="stop once every source is exhausted and central acknowledged every reading",
+    )
+    run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser(
+        "status",
+        help="show buffer depth, oldest pending reading, last ack and counters",
+        description="Read the buffer file (also while the agent runs) and print its state.",
+    )
+    st.add_argument("--config", type=Path, help="TOML settings file (for db_path)")
+    st.add_argument("--db", help="buffer file to read, instead of the configured one")
+    st.add_argument("--json", action="store_true", help="print JSON instead of text")
+    st.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

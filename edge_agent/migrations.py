@@ -1,0 +1,115 @@
+"""Schema of the gateway buffer, versioned with ``PRAGMA user_version``.
+
+Each migration is a function applied once, in order, inside one transaction with the version
+bump, so a power cut mid-migration leaves the previous version intact. ``sqlite-utils`` creates
+the tables, which keeps them readable with ``sqlite-utils rows buffer.db readings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["readings"].create(
+        {
+            "seq": int,
+            "meter_id": str,
+            "ts": int,  # end of interval, epoch seconds UTC
+            "interval_s": int,
+            "kwh": float,
+            "register_kwh": float,
+            "voltage_v": float,
+            "current_a": float,
+            "power_factor": float,
+            "temperature_c": float,
+            "humidity_pct": float,
+            "wind_ms": float,
+            "supply_on": int,
+            "flags": str,  # comma-separated meter events
+            "score": float,
+            "model_version": str,
+            "accepted_at": float,  # wall clock, epoch seconds
+            "accept_seq": int,  # which accept() call stored it
+            "batch_id": str,  # null until frozen into a batch
+            "acked_at": float,  # null until central acknowledged the batch
+        },
+        pk="seq",
+        not_null={"meter_id", "ts", "interval_s", "kwh", "supply_on", "accepted_at"},
+    )
+    db["readings"].create_index(["meter_id", "ts"], unique=True, index_name="readings_key")
+    db.execute("create index readings_unbatched on readings (seq) where batch_id is null")
+    db["readings"].create_index(["batch_id"], index_name="readings_batch")
+    db["quarantine"].create(
+        {
+            "id": int,
+            "raw": str,
+            "reason": str,
+            "received_at": float,
+            "source": str,
+            "batch_id": str,
+        },
+        pk="id",
+        not_null={"raw", "reason", "received_at", "source"},
+    )
+    db["batches"].create(
+        {
+            "batch_id": str,
+            "seq": int,
+            "created_at": float,
+            "payload": bytes,  # frozen wire bytes; null once acked
+            "readings": int,
+            "quarantined": int,
+            "send_count": int,
+            "first_sent_at": float,
+            "last_sent_at": float,
+            "acked_at": float,
+            "ack_status": str,
+            "ack_json": str,
+        },
+        pk="batch_id",
+        not_null={"seq", "created_at", "readings", "quarantined", "send_count"},
+        defaults={"send_count": 0},
+    )
+    db.execute("create index batches_open on batches (seq) where acked_at is null")
+    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["spool_files"].create(
+        {
+            "sha256": str,
+            "name": str,
+            "processed_at": float,
+            "readings": int,
+            "quarantined": int,
+            "outcome": str,
+        },
+        pk="sha256",
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+LATEST = len(MIGRATIONS)
+
+
+def version(db: sqlite_utils.Database) -> int:
+    return int(db.execute("pragma user_version").fetchone()[0])
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the file to the latest schema; idempotent. Returns the version reached."""
+    current = version(db)
+    if current > LATEST:
+        raise RuntimeError(f"buffer schema v{current} is newer than this agent (v{LATEST})")
+    for number in range(current + 1, LATEST + 1):
+        conn = db.conn
+        conn.execute("begin immediate")
+        try:
+            MIGRATIONS[number - 1](db)
+            conn.execute(f"pragma user_version = {number}")
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+    return LATEST

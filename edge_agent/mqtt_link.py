@@ -1,0 +1,171 @@
+"""A paho-mqtt 2.x client kept connected: MQTT 5, persistent session, stable client id,
+reconnect with exponential backoff and full jitter, subscriptions renewed on every connect.
+
+The network loop runs in its own thread; ``publish`` may be called from any thread. Incoming
+messages are handed to ``on_message`` on the network thread: keep that callback short (put the
+message on a queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+@dataclass
+class LinkConfig:
+    client_id: str
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 60.0
+    will: tuple[str, bytes] | None = None  # retained QoS1 last will
+    subscriptions: list[tuple[str, int]] = field(default_factory=list)
+    manual_ack: bool = False
+    receive_maximum: int | None = None
+
+
+class MqttLink:
+    def __init__(
+        self,
+        config: LinkConfig,
+        on_message: MessageHandler | None = None,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._on_message = on_message
+        self._on_connect_cb = on_connect
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = Backoff(config.backoff_min_s, config.backoff_max_s)
+        self.connects = 0
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=config.manual_ack,
+        )
+        self.client.max_inflight_messages_set(64)
+        if config.username:
+            self.client.username_pw_set(config.username, config.password)
+        if config.tls:
+            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        if config.will:
+            self.client.will_set(config.will[0], config.will[1], qos=1, retain=True)
+        self.client.on_connect = self._handle_connect
+        self.client.on_disconnect = self._handle_disconnect
+        self.client.on_message = self._handle_message
+
+    # --- public ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-{self.config.client_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001 - best effort on shutdown
+            pass
+        if self._thread:
+            self._thread.join(timeout)
+
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Queue a message; False when not connected (the caller keeps it and tries later)."""
+        if not self.connected():
+            return False
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received message (``manual_ack`` links only)."""
+        self.client.ack(mid, qos)
+
+    # --- network thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        if self.config.receive_maximum:
+            props.ReceiveMaximum = self.config.receive_maximum
+        while not self._stop.is_set():
+            try:
+                self.client.connect(
+                    self.config.host,
+                    self.config.port,
+                    keepalive=self.config.keepalive_s,
+                    clean_start=False,
+                    properties=props,
+                )
+            except OSError as exc:
+                delay = self._backoff.next_delay()
+                log.info(
+                    "connect to %s:%s failed (%s); retry in %.1fs",
+                    self.config.host,
+                    self.config.port,
+                    exc,
+                    delay,
+                )
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                rc = self.client.loop(timeout=0.1)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self._connected.clear()
+            if not self._stop.is_set():
+                delay = self._backoff.next_delay()
+                log.info("connection lost (rc=%s); reconnect in %.1fs", rc, delay)
+                self._stop.wait(delay)
+
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused connection: %s", reason)
+            return
+        self._backoff.reset()
+        self.connects += 1
+        for topic, qos in self.config.subscriptions:
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+        if self._on_connect_cb:
+            self._on_connect_cb()
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._connected.clear()
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message:
+            self._on_message(msg)

@@ -1,0 +1,129 @@
+"""Agent settings: a TOML file (``--config`` or ``EIOT_CONFIG``) plus ``EIOT_*`` environment variables.
+
+Precedence, strongest first: explicit arguments, environment, TOML file, defaults. Defaults are
+safe on a laptop (loopback broker, buffer under ``var/``); a production gateway sets
+``profile = "production"``, its ``gateway_id`` and broker credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edge_agent.topics import DEFAULT_ROOT
+from edge_agent.wire import ID_PATTERN
+
+PLACEHOLDER_SECRETS = {"", "changeme", "password", "secret", "mosquitto", "admin"}
+
+
+class SimSourceSettings(BaseModel):
+    """The simulated fleet source (demo, tests, benchmarks)."""
+
+    meters: int = Field(default=200, ge=1)
+    days: float = Field(default=3, gt=0)
+    start: str = "2026-03-01"
+    seed: int = 7
+    gateways: int = Field(default=1, ge=1)
+    gateway_index: int = Field(default=0, ge=0)
+    interval_s: int = 1800
+    theft_share: float = Field(default=0.06, ge=0, le=1)
+    # Interval blocks (all meters of one interval) emitted per second; 0 = as fast as possible.
+    intervals_per_s: float = Field(default=0, ge=0)
+    chunk_intervals: int = Field(default=4, ge=1)
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EIOT_", env_nested_delimiter="__", extra="ignore", toml_file=None
+    )
+
+    profile: Literal["laptop", "production"] = "laptop"
+    gateway_id: str = Field(default="gw-laptop", pattern=ID_PATTERN)
+
+    # Uplink broker (central).
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    broker_username: str | None = None
+    broker_password: SecretStr | None = None
+    broker_tls: bool = False
+    topic_root: str = DEFAULT_ROOT
+    keepalive_s: int = Field(default=30, ge=5)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    backoff_min_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+
+    # Buffer.
+    db_path: Path = Path("var/edge/buffer.db")
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    buffer_cap_readings: int = Field(default=2_000_000, ge=1)
+    cap_policy: Literal["refuse", "evict_oldest"] = "refuse"
+    retention_s: int = Field(default=8 * 24 * 3600, ge=0)
+
+    # Sync.
+    batch_max_readings: int = Field(default=5000, ge=1, le=50_000)
+    batch_max_age_s: float = Field(default=5.0, ge=0)
+    inflight_window: int = Field(default=4, ge=1, le=20)
+    ack_timeout_s: float = Field(default=20.0, gt=0)
+    ack_timeout_max_s: float = Field(default=300.0, gt=0)
+    compress: bool = True
+    status_interval_s: float = Field(default=30.0, gt=0)
+
+    # Validation.
+    max_future_s: int = 300
+    max_kw: float = Field(default=1000.0, gt=0)
+
+    # Sources (any combination).
+    source_topic: str | None = None  # e.g. "meters/+/reading" on the source broker
+    source_broker_host: str | None = None  # default: the uplink broker
+    source_broker_port: int | None = None
+    spool_dir: Path | None = None
+    spool_meter_id: str = Field(default="seed-0001", pattern=ID_PATTERN)
+    sim: SimSourceSettings | None = None
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> AgentSettings:
+        if self.profile == "production":
+            if self.gateway_id == "gw-laptop":
+                raise ValueError("production profile needs its own gateway_id")
+            pw = self.broker_password.get_secret_value() if self.broker_password else None
+            if pw is not None and pw.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("broker_password is a placeholder; set a real secret")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> AgentSettings:
+    """Build the settings from a TOML file (if any), the environment and ``overrides``."""
+    path = config_file or os.environ.get("EIOT_CONFIG")
+    if path is None:
+        return AgentSettings(**overrides)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    config = {**AgentSettings.model_config, "toml_file": Path(path)}
+    cls = type("AgentSettingsFromFile", (AgentSettings,), {"model_config": config})
+    settings: AgentSettings = cls(**overrides)
+    return settings

@@ -1,0 +1,47 @@
+"""``status.v1``: what a field engineer or the control room needs to know about a gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from edge_agent import __version__, wire
+from edge_agent.buffer import Buffer
+
+
+def _utc(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def build(
+    buffer: Buffer,
+    gateway_id: str,
+    now: float,
+    state: str = "online",
+    model: wire.ModelState | None = None,
+    model_error: str | None = None,
+) -> wire.Status:
+    stats = buffer.stats()
+    return wire.Status(
+        gateway_id=gateway_id,
+        state=state,  # type: ignore[arg-type]
+        sent_at=datetime.fromtimestamp(now, UTC),
+        agent_version=__version__,
+        buffer=wire.BufferState(
+            pending_readings=stats.pending_readings,
+            inflight_batches=stats.inflight_batches,
+            total_readings=stats.total_readings,
+            oldest_pending_ts=_utc(stats.oldest_pending_ts),
+            full=stats.pending_readings >= buffer.cap,
+        ),
+        last_ack_at=_utc(stats.last_ack_at),
+        counters=buffer.counters(),
+        model=model,
+        model_error=model_error,
+    )
+
+
+def offline(gateway_id: str, now: float) -> wire.Status:
+    """The last will: published by the broker when the agent vanishes."""
+    return wire.Status(
+        gateway_id=gateway_id, state="offline", sent_at=datetime.fromtimestamp(now, UTC)
+    )

@@ -1,0 +1,107 @@
+"""Store-and-forward: freeze buffered readings into batches, publish them QoS1, resend the same
+batch until central's ``ack.v1`` arrives.
+
+Pure logic over three seams (buffer, publisher, clock): the agent drives ``tick()`` from its main
+loop, tests drive it by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge_agent import failpoints, topics, wire
+from edge_agent.buffer import Buffer
+
+
+class Publisher(Protocol):
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    batch_max_readings: int = 5000
+    batch_max_age_s: float = 5.0
+    inflight_window: int = 4
+    ack_timeout_s: float = 20.0
+    ack_timeout_max_s: float = 300.0
+    compress: bool = True
+
+    def timeout_after(self, send_count: int) -> float:
+        """Wait longer after each resend: a central that is down costs few bytes on 3G."""
+        return min(self.ack_timeout_max_s, self.ack_timeout_s * 2 ** max(0, send_count - 1))
+
+
+class Sync:
+    def __init__(
+        self,
+        buffer: Buffer,
+        publisher: Publisher,
+        clock: Callable[[], float],
+        *,
+        gateway_id: str,
+        topic_root: str = topics.DEFAULT_ROOT,
+        policy: SyncPolicy | None = None,
+    ) -> None:
+        self.buffer = buffer
+        self.publisher = publisher
+        self.clock = clock
+        self.gateway_id = gateway_id
+        self.policy = policy or SyncPolicy()
+        self.topic = topics.readings(topic_root, gateway_id)
+        # After a restart every open batch is resent at once: its earlier sends may be lost.
+        self._resend_all = True
+        self.flush = False  # form a batch even when it is small and young (shutdown, tests)
+
+    def tick(self) -> int:
+        """Send what is due. Returns the number of batches published."""
+        if not self.publisher.connected():
+            return 0
+        now = self.clock()
+        sent = 0
+        open_batches = self.buffer.open_batches()
+        for batch in open_batches:
+            due = (
+                self._resend_all
+                or batch.last_sent_at is None
+                or now - batch.last_sent_at >= self.policy.timeout_after(batch.send_count)
+            )
+            payload = self.buffer.payload(batch.batch_id) if due else b""
+            if payload and self._send(batch.batch_id, payload, now, batch.send_count > 0):
+                sent += 1
+        self._resend_all = False
+        in_flight = len(open_batches)
+        while in_flight < self.policy.inflight_window and self._batch_due(now):
+            batch = self.buffer.form_batch(
+                self.gateway_id, self.policy.batch_max_readings, now, self.policy.compress
+            )
+            if batch is None:
+                break
+            failpoints.hit("sync.after_form")
+            in_flight += 1
+            if self._send(batch.batch_id, batch.payload, now, False):
+                sent += 1
+        return sent
+
+    def on_ack(self, ack: wire.Ack) -> bool:
+        return self.buffer.apply_ack(ack, self.clock())
+
+    def _batch_due(self, now: float) -> bool:
+        count, oldest = self.buffer.unbatched(self.policy.batch_max_readings)
+        if count == 0:
+            return False
+        if count >= self.policy.batch_max_readings or self.flush:
+            return True
+        return oldest is not None and now - oldest >= self.policy.batch_max_age_s
+
+    def _send(self, batch_id: str, payload: bytes, now: float, resend: bool) -> bool:
+        if not self.publisher.publish(self.topic, payload, qos=1):
+            return False
+        failpoints.hit("sync.after_publish")
+        self.buffer.mark_sent(batch_id, now, len(payload))
+        if resend:
+            self.buffer.bump({"batches_resent": 1})
+        return True

@@ -1,0 +1,70 @@
+"""Source input → validated buffer rows, or quarantine records with a reason. Never raises."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_agent import wire
+from edge_agent.codec import Row, reading_to_row
+
+Clock = Callable[[], float]
+
+
+class Validator:
+    def __init__(self, clock: Clock, *, max_future_s: int = 300, max_kw: float = 1000.0) -> None:
+        self.clock = clock
+        self.max_future_s = max_future_s
+        self.max_kw = max_kw
+
+    def check(self, obj: Any, raw: str | bytes, source: str) -> Row | wire.QuarantineRecord:
+        """One decoded item (normally a dict) → a row, or a quarantine record saying why not."""
+        now = self.clock()
+        if not isinstance(obj, dict):
+            return self._quarantine(raw, "not_an_object", now, source)
+        try:
+            reading = wire.Reading.model_validate(obj)
+        except ValidationError as exc:
+            return self._quarantine(raw, "invalid: " + wire.explain(exc), now, source)
+        if reading.ts.timestamp() > now + self.max_future_s:
+            return self._quarantine(raw, "ts_in_future", now, source)
+        ceiling = self.max_kw * reading.interval_s / 3600.0
+        if reading.kwh > ceiling:
+            return self._quarantine(raw, f"implausible_kwh: above {ceiling:g}", now, source)
+        return reading_to_row(reading)
+
+    def check_json(self, payload: bytes | str, source: str) -> list[Row | wire.QuarantineRecord]:
+        """A JSON text holding one reading object or a list of them."""
+        try:
+            obj = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return [self._quarantine(payload, f"malformed_json: {exc}", self.clock(), source)]
+        items = obj if isinstance(obj, list) else [obj]
+        if not items:
+            return [self._quarantine(payload, "empty_list", self.clock(), source)]
+        if len(items) == 1:
+            return [self.check(items[0], payload, source)]
+        return [self.check(item, json.dumps(item), source) for item in items]
+
+    @staticmethod
+    def _quarantine(
+        raw: str | bytes, reason: str, now: float, source: str
+    ) -> wire.QuarantineRecord:
+        return wire.QuarantineRecord.of(raw, reason, datetime.fromtimestamp(now, UTC), source)
+
+
+def split(
+    results: Iterable[Row | wire.QuarantineRecord],
+) -> tuple[list[Row], list[wire.QuarantineRecord]]:
+    rows: list[Row] = []
+    bad: list[wire.QuarantineRecord] = []
+    for item in results:
+        if isinstance(item, wire.QuarantineRecord):
+            bad.append(item)
+        else:
+            rows.append(item)
+    return rows, bad

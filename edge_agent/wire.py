@@ -1,0 +1,336 @@
+"""Wire contracts shared by the agent, central and ml (see ../shared/DESIGN.md).
+
+Every MQTT payload is a JSON object carrying ``"schema": "<name>.v<N>"``. Payloads may be
+compressed; the encoding is told by the first byte (works on MQTT 3.1.1 brokers too):
+
+* ``{`` (0x7B): plain UTF-8 JSON;
+* ``0x01``: zlib-compressed UTF-8 JSON follows.
+
+Anything else is rejected as ``bad_encoding``. Decompression is bounded so a small hostile payload
+cannot blow up into gigabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+FLAG_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+# A hard ceiling any single meter respects (a large distribution transformer meter): interval
+# energy above max_kw * hours is not a reading but a fault. Agents may configure tighter bounds.
+WIRE_MAX_KW = 5000.0
+MAX_BATCH_READINGS = 50_000
+MAX_RAW_CHARS = 16_384
+
+ZLIB_HEADER = b"\x01"
+JSON_HEADER = b"{"
+
+Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Flag = Annotated[str, StringConstraints(pattern=FLAG_PATTERN)]
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _iso_z(value: datetime) -> str:
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
+    # Whole seconds are the norm for interval data: keep the wire short.
+    text = text.removesuffix(".000+00:00").removesuffix("+00:00")
+    return text + "Z"
+
+
+UtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(_iso_z, return_type=str, when_used="json"),
+]
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be finite")
+    return value
+
+
+FiniteFloat = Annotated[float, AfterValidator(_finite)]
+
+
+def printable(text: str) -> str:
+    """Text safe for any store: NUL (refused by PostgreSQL text) shown as an escape."""
+    return text.replace("\x00", "\\x00")
+
+
+NoNul = Annotated[str, AfterValidator(printable)]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Reading(WireModel):
+    """One interval of one meter. ``ts`` is the end of the interval."""
+
+    meter_id: Identifier
+    ts: UtcDatetime
+    interval_s: int = Field(default=1800, ge=300, le=86400)
+    kwh: FiniteFloat = Field(ge=0)
+    register_kwh: FiniteFloat | None = Field(default=None, ge=0)
+    voltage_v: FiniteFloat | None = Field(default=None, ge=0, le=300)
+    current_a: FiniteFloat | None = Field(default=None, ge=0, le=2000)
+    power_factor: FiniteFloat | None = Field(default=None, ge=-1, le=1)
+    temperature_c: FiniteFloat | None = Field(default=None, ge=-60, le=70)
+    humidity_pct: FiniteFloat | None = Field(default=None, ge=0, le=100)
+    wind_ms: FiniteFloat | None = Field(default=None, ge=0, le=100)
+    supply: Literal["on", "off"] = "on"
+    flags: tuple[Flag, ...] = Field(default=(), max_length=16)
+    # Filled by the agent's anomaly model; they travel to central with the reading.
+    score: FiniteFloat | None = None
+    model_version: str | None = Field(default=None, pattern=ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _plausible_energy(self) -> Reading:
+        ceiling = WIRE_MAX_KW * self.interval_s / 3600.0
+        if self.kwh > ceiling:
+            raise ValueError(f"kwh {self.kwh} above {ceiling:g} for a {self.interval_s}s interval")
+        return self
+
+    @property
+    def key(self) -> tuple[str, datetime]:
+        return (self.meter_id, self.ts)
+
+    def measured(self) -> dict[str, Any]:
+        """The values that define the reading (what a conflict is judged on)."""
+        return self.model_dump(mode="json", exclude={"score", "model_version"}, exclude_none=True)
+
+
+class QuarantineRecord(WireModel):
+    """Input that could not become a reading: kept with its reason, never dropped."""
+
+    raw: NoNul = Field(max_length=MAX_RAW_CHARS)
+    reason: NoNul = Field(max_length=500)
+    received_at: UtcDatetime
+    source: NoNul = Field(max_length=200)
+
+    @classmethod
+    def of(
+        cls, raw: str | bytes, reason: str, received_at: datetime, source: str
+    ) -> QuarantineRecord:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="backslashreplace")
+        return cls(
+            raw=printable(raw)[:MAX_RAW_CHARS],
+            reason=printable(reason)[:500],
+            received_at=received_at,
+            source=printable(source)[:200],
+        )
+
+
+class ReadingsBatch(WireModel):
+    schema_: Literal["readings.v1"] = Field(default="readings.v1", alias="schema")
+    gateway_id: Identifier
+    batch_id: str = Field(pattern=ID_PATTERN)
+    batch_seq: int = Field(ge=0)
+    sent_at: UtcDatetime
+    readings: list[Reading] = Field(default_factory=list, max_length=MAX_BATCH_READINGS)
+    quarantined: list[QuarantineRecord] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+class BatchEnvelope(WireModel):
+    """A readings batch whose readings are not yet validated one by one.
+
+    Central validates the envelope first, then each reading on its own, so that one bad reading
+    goes to quarantine and the rest of the batch is stored.
+    """
+
+    schema_: Literal["readings.v1"] = Field(alias="schema")
+    gateway_id: Identifier
+    batch_id: str = Field(pattern=ID_PATTERN)
+    batch_seq: int = Field(ge=0)
+    sent_at: UtcDatetime
+    readings: list[Any] = Field(default_factory=list, max_length=MAX_BATCH_READINGS)
+    quarantined: list[Any] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Ack(WireModel):
+    schema_: Literal["ack.v1"] = Field(default="ack.v1", alias="schema")
+    batch_id: str = Field(max_length=200)
+    status: Literal["stored", "rejected"]
+    inserted: int = Field(default=0, ge=0)
+    duplicates: int = Field(default=0, ge=0)
+    conflicts: int = Field(default=0, ge=0)
+    quarantined: int = Field(default=0, ge=0)
+    reason: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+class BufferState(WireModel):
+    pending_readings: int = 0
+    inflight_batches: int = 0
+    total_readings: int = 0
+    oldest_pending_ts: UtcDatetime | None = None
+    full: bool = False
+
+
+class ModelState(WireModel):
+    name: str
+    version: str
+    loaded_at: UtcDatetime
+
+
+class Status(WireModel):
+    schema_: Literal["status.v1"] = Field(default="status.v1", alias="schema")
+    gateway_id: Identifier
+    state: Literal["online", "offline"]
+    sent_at: UtcDatetime
+    agent_version: str = ""
+    buffer: BufferState | None = None
+    last_ack_at: UtcDatetime | None = None
+    counters: dict[str, int] = Field(default_factory=dict)
+    model: ModelState | None = None
+    model_error: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+AlertKind = Literal[
+    "anomaly", "tamper", "register_rollback", "supply_loss", "energy_balance", "buffer_full"
+]
+
+
+class Alert(WireModel):
+    schema_: Literal["alert.v1"] = Field(default="alert.v1", alias="schema")
+    alert_id: str = Field(max_length=80)
+    gateway_id: Identifier
+    meter_id: Identifier
+    ts: UtcDatetime
+    kind: AlertKind
+    score: FiniteFloat | None = None
+    threshold: FiniteFloat | None = None
+    model_version: str | None = None
+    features: dict[str, float] = Field(default_factory=dict)
+    detail: str | None = Field(default=None, max_length=500)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+class ModelMessage(WireModel):
+    schema_: Literal["model.v1"] = Field(default="model.v1", alias="schema")
+    name: Identifier
+    version: str = Field(pattern=ID_PATTERN)
+    created_at: UtcDatetime
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    feature_names: list[str]
+    threshold: FiniteFloat
+    onnx_b64: str
+    signature: str
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+class DecodeError(ValueError):
+    """A payload that cannot be decoded; ``reason`` is a short machine-readable word."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(obj: dict[str, Any], compress: bool = True) -> bytes:
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    if not compress:
+        return body
+    return ZLIB_HEADER + zlib.compress(body, 9)
+
+
+def encode_model(model: WireModel, compress: bool = True) -> bytes:
+    return encode(model.to_json_dict(), compress=compress)
+
+
+def decode(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> dict[str, Any]:
+    """Bytes → JSON object. Raises :class:`DecodeError` with a reason, never anything else."""
+    if not payload:
+        raise DecodeError("empty")
+    if payload[:1] == ZLIB_HEADER:
+        inflater = zlib.decompressobj()
+        try:
+            body = inflater.decompress(payload[1:], max_bytes)
+        except zlib.error as exc:
+            raise DecodeError("bad_compression", str(exc)) from None
+        if inflater.unconsumed_tail:
+            raise DecodeError("oversize", f"inflates past {max_bytes} bytes")
+        if not inflater.eof:
+            raise DecodeError("bad_compression", "truncated zlib stream")
+    elif payload[:1] == JSON_HEADER:
+        if len(payload) > max_bytes:
+            raise DecodeError("oversize", f"{len(payload)} bytes")
+        body = payload
+    else:
+        raise DecodeError("bad_encoding", f"unknown first byte 0x{payload[0]:02x}")
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError("malformed_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise DecodeError("malformed_json", "top level is not an object")
+    return obj
+
+
+def schema_of(obj: dict[str, Any]) -> str:
+    schema = obj.get("schema")
+    return schema if isinstance(schema, str) else ""
+
+
+def explain(exc: ValidationError, limit: int = 3) -> str:
+    """A short, human-readable reason from a pydantic error (field: message; ...)."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"+{more} more")
+    return "; ".join(parts)

@@ -1,0 +1,163 @@
+"""A whole reading path of real processes for the fault tests: agents, ingest workers, a broker,
+PostgreSQL; and the one check every fault test ends with: 0 lost, 0 doubled."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import Proc
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    pg_dsn: str
+    broker_port: int
+    topic_root: str
+    procs: list[Proc]
+    agent_broker_port: int | None = None  # e.g. through a proxy
+    ingest_pg_dsn: str | None = None  # e.g. through a proxy
+    gateways: list[str] = field(default_factory=lambda: ["gw-a"])
+    fed: set[tuple[str, int]] = field(default_factory=set)
+    agents: dict[str, Proc] = field(default_factory=dict)
+    ingests: list[Proc] = field(default_factory=list)
+
+    # --- processes ------------------------------------------------------------------------
+
+    def agent_env(self, gw: str) -> dict[str, str]:
+        return {
+            "EIOT_GATEWAY_ID": gw,
+            "EIOT_BROKER_PORT": str(self.agent_broker_port or self.broker_port),
+            "EIOT_TOPIC_ROOT": self.topic_root,
+            "EIOT_DB_PATH": str(self.tmp / f"{gw}.db"),
+            "EIOT_SPOOL_DIR": str(self.spool(gw)),
+            "EIOT_BATCH_MAX_READINGS": "500",
+            "EIOT_BATCH_MAX_AGE_S": "0.2",
+            "EIOT_ACK_TIMEOUT_S": "2",
+            "EIOT_ACK_TIMEOUT_MAX_S": "4",
+            "EIOT_BACKOFF_MIN_S": "0.2",
+            "EIOT_BACKOFF_MAX_S": "1",
+            "EIOT_KEEPALIVE_S": "5",
+            "EIOT_SESSION_EXPIRY_S": "300",
+            "EIOT_STATUS_INTERVAL_S": "2",
+            "EIOT_RETENTION_S": str(10 * 365 * 86400),
+        }
+
+    def start_agent(self, gw: str = "gw-a", failpoint: str | None = None) -> Proc:
+        proc = self.agents.get(gw)
+        if proc is None:
+            proc = Proc(["-m", "edge_agent", "run"], self.agent_env(gw), self.tmp / f"{gw}.log")
+            self.agents[gw] = proc
+            self.procs.append(proc)
+        return proc.start({"EIOT_FAILPOINT": failpoint} if failpoint else {"EIOT_FAILPOINT": ""})
+
+    def start_ingest(self, worker: str = "1", failpoint: str | None = None) -> Proc:
+        env = {
+            "EIOT_PG_DSN": self.ingest_pg_dsn or self.pg_dsn,
+            "EIOT_BROKER_PORT": str(self.broker_port),
+            "EIOT_TOPIC_ROOT": self.topic_root,
+            "EIOT_WORKER_ID": f"{worker}-{secrets.token_hex(3)}",
+            "EIOT_SESSION_EXPIRY_S": "300",
+            "EIOT_DB_RETRY_MAX_S": "1",
+            "EIOT_FAILPOINT": failpoint or "",
+        }
+        proc = Proc(["-m", "central", "ingest"], env, self.tmp / f"ingest-{worker}.log").start()
+        self.ingests.append(proc)
+        self.procs.append(proc)
+        return proc
+
+    # --- input ----------------------------------------------------------------------------
+
+    def spool(self, gw: str) -> Path:
+        path = self.tmp / f"spool-{gw}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def feed(self, gw: str, file_no: int, meters: int = 50, intervals: int = 10) -> None:
+        """Drop one JSONL spool file: ``meters`` meters × ``intervals`` intervals (atomic)."""
+        lines = []
+        for m in range(meters):
+            for k in range(intervals):
+                ts = START + timedelta(minutes=30 * (file_no * intervals + k + 1))
+                meter = f"{gw}-m{m:04d}"
+                lines.append(json.dumps({"meter_id": meter, "ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                         "kwh": round(0.01 * (m + k), 3), "voltage_v": 230.0}))
+                self.fed.add((meter, int(ts.timestamp())))
+        tmp = self.spool(gw) / f"{file_no:05d}.jsonl.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.rename(tmp.with_suffix(""))
+
+    # --- observation ----------------------------------------------------------------------
+
+    def accepted(self) -> set[tuple[str, int]]:
+        keys: set[tuple[str, int]] = set()
+        for gw in self.agents:
+            with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
+                keys |= {(m, t) for m, t in conn.execute("select meter_id, ts from readings")}
+        return keys
+
+    def stored(self) -> list[tuple[str, int]]:
+        with psycopg.connect(self.pg_dsn) as conn:
+            return [(m, int(ts.timestamp())) for m, ts in
+                    conn.execute("select meter_id, ts from raw.readings")]
+
+    def stored_count(self) -> int:
+        with psycopg.connect(self.pg_dsn) as conn:
+            return int(conn.execute("select count(*) from raw.readings").fetchone()[0])  # type: ignore[index]
+
+    def wait_until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+
+    def pending(self, gw: str) -> int:
+        with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
+            return int(conn.execute("select count(*) from readings where acked_at is null").fetchone()[0])
+
+    def counters(self, gw: str) -> dict[str, int]:
+        with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
+            return dict(conn.execute("select name, value from counters").fetchall())
+
+    def wait_delivered(self, timeout: float = 60) -> None:
+        """Every fed reading accepted, and central acknowledged all of them."""
+        def done() -> bool:
+            try:
+                return self.accepted() >= self.fed and all(self.pending(g) == 0 for g in self.agents)
+            except sqlite3.Error:
+                return False
+        self.wait_until(done, timeout, "every reading accepted and acknowledged")
+
+    def assert_exactly_once(self) -> None:
+        accepted = self.accepted()
+        stored = self.stored()
+        lost = accepted - set(stored)
+        extra = set(stored) - accepted
+        assert accepted == self.fed, f"agent accepted {len(accepted)} of {len(self.fed)} fed"
+        assert not lost, f"{len(lost)} accepted readings never reached PostgreSQL"
+        assert len(stored) == len(set(stored)), "a reading is stored twice"
+        assert not extra, f"{len(extra)} readings in PostgreSQL that no agent accepted"
+        with psycopg.connect(self.pg_dsn) as conn:
+            inserted, conflicts = conn.execute(
+                "select coalesce(sum(inserted), 0), coalesce(sum(conflicts), 0) "
+                "from raw.ingest_batches"
+            ).fetchone()  # type: ignore[misc]
+            quarantined = conn.execute("select count(*) from raw.quarantine").fetchone()[0]  # type: ignore[index]
+        assert inserted == len(stored), "the ledger counts differ from the table"
+        assert conflicts == 0 and quarantined == 0, "a resend was taken for a different reading"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.log.name}\n{p.output()[-3000:]}" for p in self.procs)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from edge_agent import wire
+from edge_agent.buffer import Buffer, BufferFull
+from edge_agent.migrations import LATEST, migrate, version
+from tests.helpers import row
+
+
+def test_accept_is_idempotent_and_flags_conflicts(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    rows = [row(f"m{i}", k) for i in range(3) for k in range(4)]
+    assert buf.accept(rows, now=1.0).accepted == 12
+    again = buf.accept(rows[:2] + [row("m0", 0, kwh=9.0)], now=2.0)
+    assert (again.accepted, again.duplicates, again.conflicts) == (0, 2, 1)
+    q = buf.conn.execute("select reason, raw from quarantine").fetchall()
+    assert q[0][0].startswith("conflict") and '"kwh":9.0' in q[0][1]
+    # the first value stays
+    assert buf.conn.execute("select kwh from readings where meter_id='m0' and ts=?",
+                            (rows[0][1],)).fetchone()[0] == 0.25
+    assert buf.counters()["readings_conflict"] == 1
+
+
+def test_same_key_twice_in_one_call(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    res = buf.accept([row("m", 0), row("m", 0), row("m", 0, kwh=1.0)], now=1.0)
+    assert (res.accepted, res.duplicates, res.conflicts) == (1, 1, 1)
+
+
+def test_batches_are_frozen_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    buf = Buffer(path)
+    buf.accept([row("m", k) for k in range(10)], now=1.0)
+    b1 = buf.form_batch("gw", 4, now=2.0, compress=True)
+    b2 = buf.form_batch("gw", 4, now=2.0, compress=True)
+    assert b1 and b2 and b1.readings == 4 and b2.readings == 4 and b1.batch_id != b2.batch_id
+    buf.close()
+    again = Buffer(path)
+    open_ = again.open_batches()
+    assert [b.batch_id for b in open_] == [b1.batch_id, b2.batch_id]
+    assert again.payload(b1.batch_id) == b1.payload  # same bytes after a restart
+    body = wire.decode(b1.payload)
+    assert [r["ts"] for r in body["readings"]] == [wire._iso_z(datetime.fromtimestamp(
+        row("m", k)[1], UTC)) for k in range(4)]
+    assert again.pending == 10
+
+
+def test_ack_releases_and_prune_keeps_history(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    buf.accept([row("m", k) for k in range(48 * 10)], now=1.0)  # ten days
+    batch = buf.form_batch("gw", 10_000, now=2.0, compress=True)
+    assert batch is not None
+    assert not buf.apply_ack(wire.Ack(batch_id="unknown", status="stored"), now=3.0)
+    assert buf.apply_ack(wire.Ack(batch_id=batch.batch_id, status="stored"), now=3.0)
+    assert not buf.apply_ack(wire.Ack(batch_id=batch.batch_id, status="stored"), now=3.0)
+    assert buf.pending == 0
+    pruned = buf.prune(retention_s=8 * 86400)
+    assert pruned == 48 * 2 - 1  # readings older than the 8-day window before the newest
+    assert buf.stats().total_readings == 48 * 8 + 1
+
+
+def test_prune_never_touches_unacknowledged(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    buf.accept([row("m", k) for k in range(48 * 10)], now=1.0)
+    assert buf.prune(retention_s=86400) == 0
+
+
+def test_cap_refuses_without_writing(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db", cap=5)
+    buf.accept([row("m", k) for k in range(4)], now=1.0)
+    with pytest.raises(BufferFull):
+        buf.accept([row("m", k) for k in range(4, 6)], now=1.0)
+    assert buf.stats().total_readings == 4
+    assert buf.counters()["readings_refused_full"] == 2
+
+
+def test_cap_evict_oldest_counts(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db", cap=5, cap_policy="evict_oldest")
+    buf.accept([row("m", k) for k in range(5)], now=1.0)
+    res = buf.accept([row("m", k) for k in range(5, 7)], now=1.0)
+    assert res.evicted == 2 and buf.pending == 5
+    assert buf.counters()["readings_evicted"] == 2
+
+
+def test_meta_commits_with_readings(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    buf.accept([row("m", 0)], now=1.0, meta={"src:next": 7})
+    assert buf.meta("src:next") == "7"
+
+
+def test_batch_ids_differ_across_buffer_files(tmp_path: Path) -> None:
+    a, b = Buffer(tmp_path / "a.db"), Buffer(tmp_path / "b.db")
+    for buf in (a, b):
+        buf.accept([row("m", 0)], now=1.0)
+    ba, bb = a.form_batch("gw", 10, 1.0, True), b.form_batch("gw", 10, 1.0, True)
+    assert ba and bb and ba.batch_id != bb.batch_id  # a replaced SD card never reuses ids
+
+
+def test_migrations_idempotent_and_versioned(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    assert version(buf.db) == LATEST
+    assert migrate(buf.db) == LATEST
+    assert {"readings", "quarantine", "batches", "counters", "meta", "spool_files"} <= set(
+        buf.db.table_names()
+    )
+    buf.conn.execute(f"pragma user_version = {LATEST + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        migrate(buf.db)
+
+
+def test_quarantine_rows_travel_in_batches(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    rec = wire.QuarantineRecord.of("garbage", "malformed_json", datetime.now(UTC), "spool:x")
+    buf.accept([], [rec], now=1.0)
+    batch = buf.form_batch("gw", 10, now=2.0, compress=False)
+    assert batch is not None and batch.quarantined == 1
+    body = wire.decode(batch.payload)
+    assert body["quarantined"][0]["reason"] == "malformed_json"
+    wire.ReadingsBatch.model_validate(body)

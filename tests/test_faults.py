@@ -1,0 +1,124 @@
+"""Fault injection on the real reading path: agents, ingest workers, Mosquitto and PostgreSQL as
+real processes. Every test ends with the same check: the readings the agents accepted are in
+PostgreSQL exactly once (0 lost, 0 doubled)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BROKER_PORT, Mosquitto, Proc
+from tests.support.proxy import TcpProxy
+from tests.support.rig import Rig
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def rig(tmp_path: Path, pg_dsn: str, topic_root: str, procs: list[Proc]) -> Rig:
+    return Rig(tmp_path, pg_dsn, BROKER_PORT, topic_root, procs)
+
+
+def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
+    rig.start_ingest()
+    # killed right after freezing a batch, right after publishing one, then at random moments
+    failpoints = ["sync.after_form:2", "sync.after_publish:3", None, None]
+    file_no = 0
+    for fp in failpoints:
+        for _ in range(4):
+            rig.feed("gw-a", file_no)
+            file_no += 1
+        agent = rig.start_agent("gw-a", failpoint=fp)
+        if fp:
+            assert agent.wait(30) == -9, "the failpoint did not fire"
+        else:
+            rig.wait_until(lambda: rig.stored_count() > 0 and rig.pending("gw-a") > 0
+                           or rig.pending("gw-a") == 0, 30, "progress")
+            time.sleep(0.3)
+            agent.kill()
+    rig.start_agent("gw-a")
+    rig.wait_delivered()
+    rig.assert_exactly_once()
+    assert rig.counters("gw-a").get("batches_resent", 0) >= 1
+
+
+def test_broker_killed_and_restarted(rig: Rig, private_broker: Mosquitto) -> None:
+    rig.broker_port = private_broker.port
+    rig.start_ingest()
+    rig.start_agent("gw-a")
+    for n in range(6):
+        rig.feed("gw-a", n)
+    rig.wait_until(lambda: rig.stored_count() >= 500, 30, "first batches stored")
+    private_broker.kill()
+    for n in range(6, 12):  # the agent keeps accepting while the broker is gone
+        rig.feed("gw-a", n)
+    rig.wait_until(lambda: rig.accepted() >= rig.fed, 30, "readings accepted during the outage")
+    time.sleep(3)
+    private_broker.start()
+    rig.wait_delivered()
+    rig.assert_exactly_once()
+
+
+def test_ingest_killed_between_commit_and_ack(rig: Rig) -> None:
+    ingest = rig.start_ingest(failpoint="ingest.after_commit:3")
+    rig.start_agent("gw-a")
+    for n in range(8):
+        rig.feed("gw-a", n)
+    assert ingest.wait(30) == -9, "the failpoint did not fire"
+    committed = rig.stored_count()
+    assert committed >= 3 * 500 - 500  # three batches were committed, the third never acked
+    rig.start_ingest()
+    rig.wait_delivered()
+    rig.assert_exactly_once()
+    assert rig.counters("gw-a").get("batches_resent", 0) >= 1
+
+
+def test_postgres_unreachable_for_a_while(rig: Rig, proxy_factory: type[TcpProxy]) -> None:
+    proxy = proxy_factory(5432)
+    rig.ingest_pg_dsn = rig.pg_dsn.replace(":5432/", f":{proxy.port}/")
+    rig.start_ingest()
+    rig.start_agent("gw-a")
+    rig.feed("gw-a", 0)
+    rig.wait_until(lambda: rig.stored_count() >= 500, 30, "first file stored")
+    proxy.cut()
+    for n in range(1, 8):
+        rig.feed("gw-a", n)
+    time.sleep(6)
+    assert rig.stored_count() == 500  # nothing got through while the database was away
+    proxy.restore()
+    rig.wait_delivered()
+    rig.assert_exactly_once()
+
+
+def test_flapping_network_between_agent_and_broker(rig: Rig, proxy_factory: type[TcpProxy]) -> None:
+    proxy = proxy_factory(BROKER_PORT)
+    rig.agent_broker_port = proxy.port
+    rig.start_ingest()
+    rig.start_agent("gw-a")
+    deadline = time.monotonic() + 12
+    n = 0
+    while time.monotonic() < deadline:
+        rig.feed("gw-a", n)
+        n += 1
+        time.sleep(0.4)
+        proxy.drop_connections()
+        if n % 5 == 0:  # now and then a longer cut
+            proxy.cut()
+            time.sleep(1.0)
+            proxy.restore()
+    assert proxy.connections >= 10
+    rig.wait_delivered(90)
+    rig.assert_exactly_once()
+
+
+def test_two_gateways_two_workers_share_the_load(rig: Rig) -> None:
+    rig.start_ingest("1")
+    rig.start_ingest("2")
+    for gw in ("gw-a", "gw-b"):
+        rig.start_agent(gw)
+        for n in range(6):
+            rig.feed(gw, n)
+    rig.wait_delivered()
+    rig.assert_exactly_once()

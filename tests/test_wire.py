@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from edge_agent import wire
+
+
+def test_reading_round_trip_and_utc_z() -> None:
+    r = wire.Reading(meter_id="SN-1", ts="2026-03-01T19:30:00+01:00", kwh=0.5)
+    assert r.ts == datetime(2026, 3, 1, 18, 30, tzinfo=UTC)
+    assert r.to_json_dict()["ts"] == "2026-03-01T18:30:00Z"
+    assert wire.Reading.model_validate(r.to_json_dict()) == r
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"meter_id": "has space", "ts": "2026-03-01T00:30:00Z", "kwh": 1},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00", "kwh": 1},  # naive time
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": -0.1},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": float("nan")},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 1e9},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 1, "interval_s": 60},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 1, "power_factor": 1.5},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 1, "supply": "maybe"},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 1, "flags": ["Bad Flag"]},
+        {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 1, "unknown": 2},
+    ],
+)
+def test_reading_rejects_bad_values(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        wire.Reading.model_validate(bad)
+
+
+def test_encode_decode_compressed_and_plain() -> None:
+    obj = {"schema": "ack.v1", "batch_id": "b-1", "status": "stored"}
+    packed = wire.encode(obj)
+    assert packed[:1] == wire.ZLIB_HEADER
+    assert wire.decode(packed) == obj
+    assert wire.decode(wire.encode(obj, compress=False)) == obj
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty"),
+        (b"\x02abc", "bad_encoding"),
+        (b"\x01not zlib", "bad_compression"),
+        (wire.ZLIB_HEADER + zlib.compress(b"{}")[:-3], "bad_compression"),
+        (b"{not json", "malformed_json"),
+        (b"[1,2]", "bad_encoding"),
+        (wire.ZLIB_HEADER + zlib.compress(b"[1]"), "malformed_json"),
+    ],
+)
+def test_decode_errors_have_reasons(payload: bytes, reason: str) -> None:
+    with pytest.raises(wire.DecodeError) as err:
+        wire.decode(payload)
+    assert err.value.reason == reason
+
+
+def test_decode_bounds_inflation() -> None:
+    bomb = wire.ZLIB_HEADER + zlib.compress(b"{" + b" " * 5_000_000 + b"}")
+    with pytest.raises(wire.DecodeError) as err:
+        wire.decode(bomb, max_bytes=1_000_000)
+    assert err.value.reason == "oversize"
+
+
+def test_quarantine_record_escapes_nul_and_truncates() -> None:
+    q = wire.QuarantineRecord.of("a\x00b" + "x" * 20000, "r", datetime.now(UTC), "src")
+    assert "\x00" not in q.raw
+    assert len(q.raw) <= wire.MAX_RAW_CHARS + 3
+
+
+def test_batch_schema_field_serialises_as_schema() -> None:
+    b = wire.ReadingsBatch(
+        gateway_id="gw", batch_id="x-1", batch_seq=1, sent_at=datetime.now(UTC), readings=[]
+    )
+    assert json.loads(json.dumps(b.to_json_dict()))["schema"] == "readings.v1"
