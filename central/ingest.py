@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -29,6 +30,18 @@ from edge_agent.backoff import Backoff
 from edge_agent.mqtt_link import LinkConfig, MqttLink
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Work:
+    """A received message, decoded and validated; ``item`` None for a status message."""
+
+    topic: str
+    payload: bytes
+    gateway_id: str | None
+    item: store.Prepared | store.BadMessage | None
+
+
 _ID = re.compile(wire.ID_PATTERN)
 
 
@@ -36,7 +49,7 @@ class IngestWorker:
     def __init__(self, settings: CentralSettings) -> None:
         self.s = settings
         self.counters: Counter[str] = Counter()
-        self._inbox: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[mqtt.MQTTMessage, Work]] = queue.SimpleQueue()
         root = settings.topic_root
         group = settings.share_group or None
         self.link = MqttLink(
@@ -59,10 +72,19 @@ class IngestWorker:
                 manual_ack=True,
                 receive_maximum=settings.receive_maximum,
             ),
-            on_message=self._inbox.put,
+            on_message=self._on_message,
         )
         self._conn: psycopg.Connection | None = None
         self._db_backoff = Backoff(0.2, settings.db_retry_max_s)
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            work = self.prepare(msg.topic, msg.payload)
+        except Exception as exc:  # a bug must not stop the network thread
+            log.exception("cannot prepare message on %s", msg.topic)
+            reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
+            work = Work(msg.topic, msg.payload, None, store.BadMessage(reason))
+        self._inbox.put((msg, work))
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -80,11 +102,11 @@ class IngestWorker:
         try:
             while not stop.is_set():
                 try:
-                    msg = self._inbox.get(timeout=0.2)
+                    msg, work = self._inbox.get(timeout=0.2)
                 except queue.Empty:
-                    msg = None
-                if msg is not None:
-                    self.process(msg, stop)
+                    pass
+                else:
+                    self.process(msg, work, stop)
                 if time.monotonic() - last_report > 10 and self.counters != reported:
                     last_report = time.monotonic()
                     reported = self.counters.copy()
@@ -94,12 +116,12 @@ class IngestWorker:
             if self._conn is not None:
                 self._conn.close()
 
-    def process(self, msg: mqtt.MQTTMessage, stop: threading.Event) -> None:
+    def process(self, msg: mqtt.MQTTMessage, work: Work, stop: threading.Event) -> None:
         """Handle one message until it is stored (retrying through database outages)."""
         while not stop.is_set():
             try:
                 conn = self._connection()
-                ack_topic, outcome = self.handle(conn, msg.topic, msg.payload)
+                ack_topic, outcome = self.store(conn, work)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._drop_connection()
                 delay = self._db_backoff.next_delay()
@@ -133,25 +155,42 @@ class IngestWorker:
 
     # --- one message ----------------------------------------------------------------------
 
+    def prepare(self, topic: str, payload: bytes) -> Work:
+        """Decode and validate one message: CPU only, no database (runs on the network thread,
+        so it overlaps with the main thread's database work)."""
+        gateway_id = topics.gateway_of(topic, self.s.topic_root)
+        if topic.endswith("/status"):
+            return Work(topic, payload, gateway_id, None)
+        parsed = self._parse_batch(payload, gateway_id)
+        if isinstance(parsed, store.BadMessage):
+            return Work(topic, payload, gateway_id, parsed)
+        return Work(topic, payload, gateway_id, store.prepare(parsed, f"mqtt:{topic}"))
+
     def handle(
         self, conn: psycopg.Connection, topic: str, payload: bytes
     ) -> tuple[str | None, store.Outcome | None]:
-        """Store one message. Returns (ack topic, outcome). Raises only on database outages."""
-        root = self.s.topic_root
-        gateway_id = topics.gateway_of(topic, root)
-        if topic.endswith("/status"):
+        """Prepare and store one message (see :meth:`store`)."""
+        return self.store(conn, self.prepare(topic, payload))
+
+    def store(
+        self, conn: psycopg.Connection, work: Work
+    ) -> tuple[str | None, store.Outcome | None]:
+        """Store one prepared message. Returns (ack topic, outcome). Raises only on database
+        outages."""
+        topic, payload, gateway_id = work.topic, work.payload, work.gateway_id
+        if work.item is None:
             self._store_status(conn, topic, gateway_id, payload)
             return None, None
-        ack_topic = topics.ack(root, gateway_id) if gateway_id else None
-        parsed = self._parse_batch(payload, gateway_id)
-        if isinstance(parsed, store.BadMessage):
-            self.counters[f"rejected_{parsed.reason.split(':')[0]}"] += 1
-            log.warning("quarantined message on %s: %s", topic, parsed.reason[:200])
-            return ack_topic, store.reject(conn, payload, parsed, topic, gateway_id)
+        ack_topic = topics.ack(self.s.topic_root, gateway_id) if gateway_id else None
+        if isinstance(work.item, store.BadMessage):
+            bad = work.item
+            self.counters[f"rejected_{bad.reason.split(':')[0]}"] += 1
+            log.warning("quarantined message on %s: %s", topic, bad.reason[:200])
+            return ack_topic, store.reject(conn, payload, bad, topic, gateway_id)
         try:
-            outcome = store.store_batch(conn, parsed, f"mqtt:{topic}")
+            outcome = store.store_batch(conn, work.item)
         except psycopg.DataError as exc:  # a value PostgreSQL refuses that validation let by
-            bad = store.BadMessage(f"store_error: {exc}".strip()[:300], parsed.batch_id)
+            bad = store.BadMessage(f"store_error: {exc}".strip()[:300], work.item.env.batch_id)
             return ack_topic, store.reject(conn, payload, bad, topic, gateway_id)
         ack = outcome.ack
         assert ack is not None
@@ -181,7 +220,7 @@ class IngestWorker:
         if not isinstance(batch_id, str) or not _valid_id(batch_id):
             batch_id = None
         schema = wire.schema_of(obj)
-        if schema != "readings.v1":
+        if schema not in wire.READINGS_SCHEMAS:
             return store.BadMessage(f"unknown_schema: {schema[:40]!r}", batch_id)
         try:
             env = wire.BatchEnvelope.model_validate(obj)

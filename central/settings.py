@@ -37,8 +37,10 @@ class CentralSettings(BaseSettings):
     share_group: str = "ingest"
     # Stable per worker: the broker keeps its session (and queued messages) across restarts.
     worker_id: str = Field(default="1", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
-    session_expiry_s: int = 24 * 3600
-    receive_maximum: int = Field(default=16, ge=1, le=1000)
+    # A worker that is gone for good keeps a share of the group's messages until its session
+    # expires (agents resend them after their ack timeout): keep this short, ids stable.
+    session_expiry_s: int = 3600
+    receive_maximum: int = Field(default=4, ge=1, le=1000)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_inflated_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     db_retry_max_s: float = 10.0

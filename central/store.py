@@ -43,7 +43,21 @@ _READING_COLS = (
     "model_version",
 )
 _MEASURED = _READING_COLS[:13]
+# Binary COPY (about 3x cheaper than text for the worker): the types of the columns sent.
+_COPY_TYPES = [
+    "text",
+    "timestamptz",
+    "int4",
+    *["float8"] * 8,
+    "text",
+    "text[]",
+    "float8",
+    "text",
+    "text",
+    "text",
+]
 _reading = TypeAdapter(wire.Reading)
+_readings = TypeAdapter(list[wire.Reading])
 _record = TypeAdapter(wire.QuarantineRecord)
 
 
@@ -102,9 +116,38 @@ def reject(
     return Outcome(ack)
 
 
-def store_batch(conn: psycopg.Connection, env: wire.BatchEnvelope, source: str) -> Outcome:
-    """Store a decoded, envelope-valid batch in one transaction and return its ack."""
+@dataclass
+class Prepared:
+    """A batch decoded and validated, ready to store (built off the database's critical path)."""
+
+    env: wire.BatchEnvelope
+    rows: list[tuple[Any, ...]]
+    quarantine: list[tuple[Any, ...]]
+    source: str
+    received: datetime
+
+
+def prepare(env: wire.BatchEnvelope, source: str) -> Prepared:
+    """Validate each reading and quarantine record of an envelope-valid batch (no I/O)."""
     received = _now()
+    rows, quarantine = _validate(env.readings, received, source)
+    for item in env.quarantined:
+        try:
+            q = _record.validate_python(item)
+            quarantine.append((q.raw, q.reason, q.received_at, q.source))
+        except ValidationError as exc:
+            quarantine.append(
+                (_raw(item), "invalid_quarantine_record: " + wire.explain(exc), received, source)
+            )
+    return Prepared(env, rows, quarantine, source, received)
+
+
+def store_batch(
+    conn: psycopg.Connection, batch: Prepared | wire.BatchEnvelope, source: str = ""
+) -> Outcome:
+    """Store a batch in one transaction and return its ack (the stored one for a replay)."""
+    p = batch if isinstance(batch, Prepared) else prepare(batch, source)
+    env = p.env
     with conn.transaction():
         claimed = conn.execute(
             "insert into raw.ingest_batches (gateway_id, batch_id, batch_seq, sent_at, readings, "
@@ -120,31 +163,9 @@ def store_batch(conn: psycopg.Connection, env: wire.BatchEnvelope, source: str) 
             ).fetchone()
             assert row is not None
             return Outcome(wire.Ack.model_validate(row[0]), replay=True)
-
-        rows: list[tuple[Any, ...]] = []
-        quarantine: list[tuple[Any, ...]] = []
-        for item in env.readings:
-            try:
-                r = _reading.validate_python(item)
-            except ValidationError as exc:
-                quarantine.append((_raw(item), "invalid: " + wire.explain(exc), received, source))
-                continue
-            rows.append(_row(r))
-        for item in env.quarantined:
-            try:
-                q = _record.validate_python(item)
-                quarantine.append((q.raw, q.reason, q.received_at, q.source))
-            except ValidationError as exc:
-                quarantine.append(
-                    (
-                        _raw(item),
-                        "invalid_quarantine_record: " + wire.explain(exc),
-                        received,
-                        source,
-                    )
-                )
-
-        inserted, duplicates, conflicts = _insert_readings(conn, rows, env, received, source)
+        quarantine = list(p.quarantine)
+        received, rows = p.received, p.rows
+        inserted, duplicates, conflicts = _insert_readings(conn, rows, env, received, p.source)
         quarantine.extend(conflicts)
         if quarantine:
             with conn.cursor().copy(
@@ -177,6 +198,25 @@ def store_batch(conn: psycopg.Connection, env: wire.BatchEnvelope, source: str) 
     return Outcome(ack)
 
 
+def _validate(
+    items: list[Any], received: datetime, source: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Valid readings as rows, invalid ones as quarantine rows. The whole list is validated in
+    one call (the fast path); only a list with bad items is gone through one by one."""
+    try:
+        return [_row(r) for r in _readings.validate_python(items)], []
+    except ValidationError:
+        pass
+    rows: list[tuple[Any, ...]] = []
+    quarantine: list[tuple[Any, ...]] = []
+    for item in items:
+        try:
+            rows.append(_row(_reading.validate_python(item)))
+        except ValidationError as exc:
+            quarantine.append((_raw(item), "invalid: " + wire.explain(exc), received, source))
+    return rows, quarantine
+
+
 def _insert_readings(
     conn: psycopg.Connection,
     rows: list[tuple[Any, ...]],
@@ -191,41 +231,40 @@ def _insert_readings(
         "create temp table if not exists incoming (like raw.readings including defaults) "
         "on commit delete rows"
     )
-    with conn.cursor().copy(f"copy incoming ({cols}, gateway_id, batch_id) from stdin") as copy:
+    with conn.cursor().copy(
+        f"copy incoming ({cols}, gateway_id, batch_id) from stdin (format binary)"
+    ) as copy:
+        copy.set_types(_COPY_TYPES)
         for row in rows:
             copy.write_row((*row, env.gateway_id, env.batch_id))
-    inserted_keys = {
-        (m, t)
-        for m, t in conn.execute(
-            f"insert into raw.readings ({cols}, gateway_id, batch_id, received_at) "
-            f"select {cols}, gateway_id, batch_id, %s from incoming "
-            f"on conflict (meter_id, ts) do nothing returning meter_id, ts",
-            (received,),
-        )
-    }
-    if len(inserted_keys) == len(rows):
-        return len(rows), 0, []
-    # Some keys were there already (or twice in this batch): judge each newcomer on its values.
-    pending = []
-    seen: set[tuple[str, datetime]] = set()
-    for row in rows:
-        key = (row[0], row[1])
-        if key in inserted_keys and key not in seen:
-            seen.add(key)
-            continue
-        pending.append(row)
+    inserted = conn.execute(
+        f"insert into raw.readings ({cols}, gateway_id, batch_id, received_at) "
+        f"select {cols}, gateway_id, batch_id, %s from incoming "
+        f"on conflict (meter_id, ts) do nothing",
+        (received,),
+    ).rowcount
+    if inserted == len(rows):
+        return inserted, 0, []
+    # Some keys were there before this batch, or twice in it: judge each newcomer by its values.
+    # Of a key repeated in this batch, the first occurrence is the one stored (``mine``).
+    measured = ", ".join(f"r.{c}" for c in _MEASURED)
     stored = {
-        (r[0], r[1]): r
+        (r[1], r[2]): (r[0], r[1:])
         for r in conn.execute(
-            f"select {', '.join(_MEASURED)} from raw.readings "
-            f"where (meter_id, ts) in (select * from unnest(%s::text[], %s::timestamptz[]))",
-            ([p[0] for p in pending], [p[1] for p in pending]),
+            f"select (r.gateway_id = %s and r.batch_id = %s), {measured} from raw.readings r "
+            f"where (r.meter_id, r.ts) in (select meter_id, ts from incoming)",
+            (env.gateway_id, env.batch_id),
         )
     }
     duplicates = 0
     conflicts: list[tuple[Any, ...]] = []
-    for row in pending:
-        if tuple(stored[(row[0], row[1])]) == row[:13]:
+    seen: set[tuple[str, datetime]] = set()
+    for row in rows:
+        key = (row[0], row[1])
+        mine, values = stored[key]
+        if mine and key not in seen:
+            seen.add(key)
+        elif tuple(values) == row[:13]:
             duplicates += 1
         else:
             conflicts.append(
@@ -236,7 +275,7 @@ def _insert_readings(
                     source,
                 )
             )
-    return len(inserted_keys), duplicates, conflicts
+    return inserted, duplicates, conflicts
 
 
 def _row(r: wire.Reading) -> tuple[Any, ...]:

@@ -76,6 +76,7 @@ class Agent:
                 ack_timeout_s=s.ack_timeout_s,
                 ack_timeout_max_s=s.ack_timeout_max_s,
                 compress=s.compress,
+                schema=s.wire_schema,
             ),
         )
         self.sources: list[Source] = self._build_sources()

@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from edge_agent import wire
-from edge_agent.codec import READING_COLUMNS, Row, measured_equal, row_to_wire
+from edge_agent.codec import measured_equal, row_to_wire
+from edge_agent.columnar import encode_columns
+from edge_agent.rows import READING_COLUMNS, Row
 from edge_agent.migrations import migrate
 
 _INSERT_READING = (
@@ -86,13 +86,15 @@ class Buffer:
         self.conn.execute("pragma journal_mode = wal")
         self.conn.execute(f"pragma synchronous = {synchronous}")
         self.conn.execute("pragma busy_timeout = 10000")
-        self.db = sqlite_utils.Database(self.conn)
-        migrate(self.db)
+        # 8 MB of page cache: the (ts, meter_id) index is appended to, the hot pages are few.
+        self.conn.execute("pragma cache_size = -8192")
+        migrate(self.conn)
         self.cap = cap
         self.cap_policy = cap_policy
         self.incarnation = self._incarnation()
         self._pending = self._count_pending()
         self._accept_seq = self._meta_int("accept_seq")
+        self._batched_upto = self._meta_int("batched_upto")
 
     # --- small helpers -------------------------------------------------------------------
 
@@ -246,8 +248,8 @@ class Buffer:
         """The ``evict_oldest`` cap policy: drop the oldest never-batched readings, counted."""
         cur = self.conn.execute(
             "delete from readings where seq in (select seq from readings "
-            "where batch_id is null order by seq limit ?)",
-            (n,),
+            "where seq > ? order by seq limit ?)",
+            (self._batched_upto, n),
         )
         return cur.rowcount
 
@@ -256,12 +258,13 @@ class Buffer:
     def unbatched(self, limit: int) -> tuple[int, float | None]:
         """(readings + quarantine rows not in a batch, counted up to ``limit``; when the oldest
         of them was accepted). Bounded work, whatever the backlog."""
+        upto = self._batched_upto
         n = self.conn.execute(
-            "select count(*) from (select 1 from readings where batch_id is null limit ?)",
-            (limit,),
+            "select count(*) from (select 1 from readings where seq > ? limit ?)",
+            (upto, limit),
         ).fetchone()[0]
         oldest_r = self.conn.execute(
-            "select accepted_at from readings where batch_id is null order by seq limit 1"
+            "select accepted_at from readings where seq > ? order by seq limit 1", (upto,)
         ).fetchone()
         q = self.conn.execute(
             "select count(*), min(received_at) from quarantine where batch_id is null"
@@ -270,14 +273,19 @@ class Buffer:
         return int(n) + int(q[0]), (min(oldest) if oldest else None)
 
     def form_batch(
-        self, gateway_id: str, max_readings: int, now: float, compress: bool
+        self,
+        gateway_id: str,
+        max_readings: int,
+        now: float,
+        compress: bool,
+        schema: str = "readings.v2",
     ) -> Batch | None:
         """Freeze the oldest unbatched readings (and quarantine rows) into a new batch."""
         cols = ", ".join(READING_COLUMNS)
         with self._tx():
             rows = self.conn.execute(
-                f"select seq, {cols} from readings where batch_id is null order by seq limit ?",
-                (max_readings,),
+                f"select seq, {cols} from readings where seq > ? order by seq limit ?",
+                (self._batched_upto, max_readings),
             ).fetchall()
             qrows = self.conn.execute(
                 "select id, raw, reason, received_at, source from quarantine "
@@ -288,34 +296,39 @@ class Buffer:
                 return None
             seq = self._meta_int("batch_seq") + 1
             batch_id = f"{self.incarnation}-{seq:08d}"
-            payload = {
-                "schema": "readings.v1",
+            payload: dict[str, Any] = {
+                "schema": schema,
                 "gateway_id": gateway_id,
                 "batch_id": batch_id,
                 "batch_seq": seq,
                 "sent_at": wire._iso_z(_utc(now)),
-                "readings": [row_to_wire(r[1:]) for r in rows],
-                "quarantined": [
-                    {
-                        "raw": q[1],
-                        "reason": q[2],
-                        "received_at": wire._iso_z(_utc(q[3])),
-                        "source": q[4],
-                    }
-                    for q in qrows
-                ],
             }
+            if schema == "readings.v2":
+                payload["n"], payload["columns"] = encode_columns([r[1:] for r in rows])
+            else:
+                payload["readings"] = [row_to_wire(r[1:]) for r in rows]
+            payload["quarantined"] = [
+                {
+                    "raw": q[1],
+                    "reason": q[2],
+                    "received_at": wire._iso_z(_utc(q[3])),
+                    "source": q[4],
+                }
+                for q in qrows
+            ]
             body = wire.encode(payload, compress=compress)
+            first_seq, last_seq = (rows[0][0], rows[-1][0]) if rows else (None, None)
             self.conn.execute(
-                "insert into batches (batch_id, seq, created_at, payload, readings, quarantined) "
-                "values (?, ?, ?, ?, ?, ?)",
-                (batch_id, seq, now, body, len(rows), len(qrows)),
+                "insert into batches (batch_id, seq, created_at, payload, first_seq, last_seq, "
+                "readings, quarantined) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch_id, seq, now, body, first_seq, last_seq, len(rows), len(qrows)),
             )
             if rows:
                 self.conn.execute(
-                    "update readings set batch_id = ? where batch_id is null and seq between ? and ?",
-                    (batch_id, rows[0][0], rows[-1][0]),
+                    "update readings set batch_id = ? where seq between ? and ?",
+                    (batch_id, first_seq, last_seq),
                 )
+                self._set_meta("batched_upto", last_seq)
             if qrows:
                 self.conn.execute(
                     "update quarantine set batch_id = ? where batch_id is null and id between ? and ?",
@@ -323,6 +336,8 @@ class Buffer:
                 )
             self._set_meta("batch_seq", seq)
             self.bump({"batches_formed": 1})
+        if rows:
+            self._batched_upto = last_seq
         return Batch(batch_id, seq, body, len(rows), len(qrows), 0, None)
 
     def open_batches(self) -> list[Batch]:
@@ -354,7 +369,7 @@ class Buffer:
         """Record central's answer. Returns False for an ack of an unknown or answered batch."""
         with self._tx():
             row = self.conn.execute(
-                "select readings from batches where batch_id = ? and acked_at is null",
+                "select first_seq, last_seq from batches where batch_id = ? and acked_at is null",
                 (ack.batch_id,),
             ).fetchone()
             if row is None:
@@ -366,7 +381,8 @@ class Buffer:
                 (now, ack.status, ack.model_dump_json(by_alias=True), ack.batch_id),
             )
             cur = self.conn.execute(
-                "update readings set acked_at = ? where batch_id = ?", (now, ack.batch_id)
+                "update readings set acked_at = ? where seq between ? and ?",
+                (now, row[0], row[1]),
             )
             self._set_meta("last_ack_at", now)
             if ack.status == "stored":
@@ -391,8 +407,8 @@ class Buffer:
                 (newest - retention_s,),
             )
             self.conn.execute(
-                "delete from batches where acked_at is not null and batch_id not in "
-                "(select distinct batch_id from readings where batch_id is not null)"
+                "delete from batches where acked_at is not null and (last_seq is null or "
+                "last_seq < (select coalesce(min(seq), 0) from readings))"
             )
             self.conn.execute(
                 "delete from quarantine where batch_id in "
@@ -408,7 +424,8 @@ class Buffer:
             "select count(*), min(ts) from readings where acked_at is null"
         ).fetchone()
         unbatched, oldest_acc = c.execute(
-            "select count(*), min(accepted_at) from readings where batch_id is null"
+            "select count(*), min(accepted_at) from readings where seq > ?",
+            (self._meta_int("batched_upto"),),
         ).fetchone()
         inflight = c.execute("select count(*) from batches where acked_at is null").fetchone()[0]
         total = c.execute("select count(*) from readings").fetchone()[0]

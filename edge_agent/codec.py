@@ -11,27 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from edge_agent.rows import READING_COLUMNS, Row
 from edge_agent.wire import Reading
 
-# Column order of the ``readings`` table's data columns and of every row tuple passed around.
-READING_COLUMNS = (
-    "meter_id",
-    "ts",
-    "interval_s",
-    "kwh",
-    "register_kwh",
-    "voltage_v",
-    "current_a",
-    "power_factor",
-    "temperature_c",
-    "humidity_pct",
-    "wind_ms",
-    "supply_on",
-    "flags",
-    "score",
-    "model_version",
-)
-Row = tuple[Any, ...]
 _OPTIONAL_FLOATS = READING_COLUMNS[4:11]
 DEFAULT_INTERVAL_S = 1800
 

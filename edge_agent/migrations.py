@@ -7,9 +7,12 @@ the tables, which keeps them readable with ``sqlite-utils rows buffer.db reading
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -39,7 +42,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="seq",
         not_null={"meter_id", "ts", "interval_s", "kwh", "supply_on", "accepted_at"},
     )
-    db["readings"].create_index(["meter_id", "ts"], unique=True, index_name="readings_key")
+    db["readings"].create_index(["ts", "meter_id"], unique=True, index_name="readings_key")
     db.execute("create index readings_unbatched on readings (seq) where batch_id is null")
     db["readings"].create_index(["batch_id"], index_name="readings_batch")
     db["quarantine"].create(
@@ -60,6 +63,8 @@ def _v1(db: sqlite_utils.Database) -> None:
             "seq": int,
             "created_at": float,
             "payload": bytes,  # frozen wire bytes; null once acked
+            "first_seq": int,  # readings of this batch: seq in [first_seq, last_seq]
+            "last_seq": int,
             "readings": int,
             "quarantined": int,
             "send_count": int,
@@ -93,17 +98,24 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
 LATEST = len(MIGRATIONS)
 
 
-def version(db: sqlite_utils.Database) -> int:
-    return int(db.execute("pragma user_version").fetchone()[0])
+def version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("pragma user_version").fetchone()[0])
 
 
-def migrate(db: sqlite_utils.Database) -> int:
-    """Bring the file to the latest schema; idempotent. Returns the version reached."""
-    current = version(db)
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file to the latest schema; idempotent. Returns the version reached.
+
+    sqlite-utils is imported only when there is something to migrate: it is heavy to import
+    and an up-to-date buffer (every start but the first) does not need it."""
+    current = version(conn)
     if current > LATEST:
         raise RuntimeError(f"buffer schema v{current} is newer than this agent (v{LATEST})")
+    if current == LATEST:
+        return LATEST
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
     for number in range(current + 1, LATEST + 1):
-        conn = db.conn
         conn.execute("begin immediate")
         try:
             MIGRATIONS[number - 1](db)

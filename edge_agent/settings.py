@@ -1,4 +1,4 @@
-"""Agent settings: a TOML file (``--config`` or ``EIOT_CONFIG``) plus ``EIOT_*`` environment variables.
+"""Agent settings: a TOML file (``--config`` or ``EIOT_CONFIG``) and ``EIOT_*`` variables.
 
 Precedence, strongest first: explicit arguments, environment, TOML file, defaults. Defaults are
 safe on a laptop (loopback broker, buffer under ``var/``); a production gateway sets
@@ -69,12 +69,14 @@ class AgentSettings(BaseSettings):
     retention_s: int = Field(default=8 * 24 * 3600, ge=0)
 
     # Sync.
-    batch_max_readings: int = Field(default=5000, ge=1, le=50_000)
+    batch_max_readings: int = Field(default=10_000, ge=1, le=50_000)
     batch_max_age_s: float = Field(default=5.0, ge=0)
     inflight_window: int = Field(default=4, ge=1, le=20)
     ack_timeout_s: float = Field(default=20.0, gt=0)
     ack_timeout_max_s: float = Field(default=300.0, gt=0)
     compress: bool = True
+    # readings.v2 (columns, ~10 B/reading) by default; readings.v1 for a central not upgraded yet.
+    wire_schema: Literal["readings.v1", "readings.v2"] = "readings.v2"
     status_interval_s: float = Field(default=30.0, gt=0)
 
     # Validation.

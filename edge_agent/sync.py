@@ -23,12 +23,13 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True)
 class SyncPolicy:
-    batch_max_readings: int = 5000
+    batch_max_readings: int = 10_000
     batch_max_age_s: float = 5.0
     inflight_window: int = 4
     ack_timeout_s: float = 20.0
     ack_timeout_max_s: float = 300.0
     compress: bool = True
+    schema: str = "readings.v2"
 
     def timeout_after(self, send_count: int) -> float:
         """Wait longer after each resend: a central that is down costs few bytes on 3G."""
@@ -76,7 +77,11 @@ class Sync:
         in_flight = len(open_batches)
         while in_flight < self.policy.inflight_window and self._batch_due(now):
             batch = self.buffer.form_batch(
-                self.gateway_id, self.policy.batch_max_readings, now, self.policy.compress
+                self.gateway_id,
+                self.policy.batch_max_readings,
+                now,
+                self.policy.compress,
+                self.policy.schema,
             )
             if batch is None:
                 break

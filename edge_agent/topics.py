@@ -26,7 +26,7 @@ def model(root: str, name: str) -> str:
 
 
 def gateway_of(topic: str, root: str) -> str | None:
-    """``<root>/gw/<gateway_id>/<kind>`` → ``gateway_id``; None when the topic is not of that form."""
+    """``<root>/gw/<gateway_id>/<kind>`` → ``gateway_id``; None for any other topic."""
     prefix = f"{root}/gw/"
     if not topic.startswith(prefix):
         return None

@@ -13,7 +13,6 @@ cannot blow up into gigabytes.
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -30,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.columnar import ColumnError, decode_columns
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 FLAG_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 # A hard ceiling any single meter respects (a large distribution transformer meter): interval
@@ -38,6 +39,7 @@ WIRE_MAX_KW = 5000.0
 MAX_BATCH_READINGS = 50_000
 MAX_RAW_CHARS = 16_384
 
+READINGS_SCHEMAS = ("readings.v1", "readings.v2")
 ZLIB_HEADER = b"\x01"
 JSON_HEADER = b"{"
 
@@ -63,13 +65,7 @@ UtcDatetime = Annotated[
 ]
 
 
-def _finite(value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError("must be finite")
-    return value
-
-
-FiniteFloat = Annotated[float, AfterValidator(_finite)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 def printable(text: str) -> str:
@@ -161,13 +157,14 @@ class ReadingsBatch(WireModel):
 
 
 class BatchEnvelope(WireModel):
-    """A readings batch whose readings are not yet validated one by one.
+    """A readings batch (v1 rows or v2 columns) whose readings are not yet validated one by one.
 
     Central validates the envelope first, then each reading on its own, so that one bad reading
-    goes to quarantine and the rest of the batch is stored.
+    goes to quarantine and the rest of the batch is stored. A v2 batch is expanded to v1 reading
+    objects here (see :mod:`edge_agent.columnar`).
     """
 
-    schema_: Literal["readings.v1"] = Field(alias="schema")
+    schema_: Literal["readings.v1", "readings.v2"] = Field(alias="schema")
     gateway_id: Identifier
     batch_id: str = Field(pattern=ID_PATTERN)
     batch_seq: int = Field(ge=0)
@@ -176,6 +173,22 @@ class BatchEnvelope(WireModel):
     quarantined: list[Any] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_columns(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema") == "readings.v2":
+            data = dict(data)
+            if "readings" in data:
+                raise ValueError("readings.v2 carries columns, not readings")
+            n, columns = data.pop("n", None), data.pop("columns", None)
+            if isinstance(n, int) and n > MAX_BATCH_READINGS:
+                raise ValueError(f"more than {MAX_BATCH_READINGS} readings")
+            try:
+                data["readings"] = decode_columns(n, columns)
+            except ColumnError as exc:
+                raise ValueError(str(exc)) from None
+        return data
 
 
 class Ack(WireModel):
@@ -279,11 +292,11 @@ class DecodeError(ValueError):
         self.detail = detail
 
 
-def encode(obj: dict[str, Any], compress: bool = True) -> bytes:
+def encode(obj: dict[str, Any], compress: bool = True, level: int = 6) -> bytes:
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
     if not compress:
         return body
-    return ZLIB_HEADER + zlib.compress(body, 9)
+    return ZLIB_HEADER + zlib.compress(body, level)
 
 
 def encode_model(model: WireModel, compress: bool = True) -> bytes:

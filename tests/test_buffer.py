@@ -43,9 +43,10 @@ def test_batches_are_frozen_and_survive_reopen(tmp_path: Path) -> None:
     open_ = again.open_batches()
     assert [b.batch_id for b in open_] == [b1.batch_id, b2.batch_id]
     assert again.payload(b1.batch_id) == b1.payload  # same bytes after a restart
-    body = wire.decode(b1.payload)
-    assert [r["ts"] for r in body["readings"]] == [wire._iso_z(datetime.fromtimestamp(
-        row("m", k)[1], UTC)) for k in range(4)]
+    body = wire.BatchEnvelope.model_validate(wire.decode(b1.payload))
+    readings = [wire.Reading.model_validate(r) for r in body.readings]
+    assert [r.ts for r in readings] == [datetime.fromtimestamp(row("m", k)[1], UTC)
+                                        for k in range(4)]
     assert again.pending == 10
 
 
@@ -102,14 +103,13 @@ def test_batch_ids_differ_across_buffer_files(tmp_path: Path) -> None:
 
 def test_migrations_idempotent_and_versioned(tmp_path: Path) -> None:
     buf = Buffer(tmp_path / "b.db")
-    assert version(buf.db) == LATEST
-    assert migrate(buf.db) == LATEST
-    assert {"readings", "quarantine", "batches", "counters", "meta", "spool_files"} <= set(
-        buf.db.table_names()
-    )
+    assert version(buf.conn) == LATEST
+    assert migrate(buf.conn) == LATEST
+    tables = {t for (t,) in buf.conn.execute("select name from sqlite_master where type='table'")}
+    assert {"readings", "quarantine", "batches", "counters", "meta", "spool_files"} <= tables
     buf.conn.execute(f"pragma user_version = {LATEST + 1}")
     with pytest.raises(RuntimeError, match="newer"):
-        migrate(buf.db)
+        migrate(buf.conn)
 
 
 def test_quarantine_rows_travel_in_batches(tmp_path: Path) -> None:
@@ -120,4 +120,4 @@ def test_quarantine_rows_travel_in_batches(tmp_path: Path) -> None:
     assert batch is not None and batch.quarantined == 1
     body = wire.decode(batch.payload)
     assert body["quarantined"][0]["reason"] == "malformed_json"
-    wire.ReadingsBatch.model_validate(body)
+    assert wire.BatchEnvelope.model_validate(body).quarantined[0]["source"] == "spool:x"

@@ -24,6 +24,10 @@ VALID = {
     "sent_at": "2026-03-02T00:00:00Z",
     "readings": [{"meter_id": "m1", "ts": "2026-03-01T00:30:00Z", "kwh": 0.5}],
 }
+VALID_V2 = {
+    **{k: v for k, v in VALID.items() if k != "readings"}, "schema": "readings.v2", "n": 2,
+    "columns": {"meter_id": "m1", "ts_delta": [1772325000, 1800], "kwh": [0.5, 0.25]},
+}
 TOPIC = "eiot/v1/gw/gw1/readings"
 
 
@@ -69,16 +73,23 @@ def _mutations() -> st.SearchStrategy[bytes]:
                         st.text(max_size=20))
     json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) |
                                st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
-    field = st.sampled_from(sorted(VALID) + ["readings.0.kwh", "readings.0.ts", "readings.0.meter_id"])
+    field = st.sampled_from(sorted(VALID_V2) + [
+        "readings.0.kwh", "readings.0.ts", "readings.0.meter_id", "columns.kwh",
+        "columns.ts_delta", "columns.meter_id", "columns.supply", "columns.flags"])
 
     @st.composite
     def mutated(draw: st.DrawFn) -> bytes:
-        obj = json.loads(json.dumps(VALID))
+        obj = json.loads(json.dumps(draw(st.sampled_from([VALID, VALID_V2]))))
         for _ in range(draw(st.integers(1, 3))):
             path = draw(field).split(".")
             target: Any = obj
-            for part in path[:-1]:
-                target = target[int(part)] if part.isdigit() else target[part]
+            try:
+                for part in path[:-1]:
+                    target = target[int(part)] if part.isdigit() else target[part]
+                if not isinstance(target, dict):
+                    continue
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier mutation removed the parent
             if draw(st.booleans()):
                 target[path[-1]] = draw(json_values)
             else:

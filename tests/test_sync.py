@@ -26,7 +26,7 @@ def test_batches_bounded_by_size_and_window(tmp_path: Path) -> None:
     buf.accept([row("m", k) for k in range(55)], now=clock())
     assert sync.tick() == 3  # window full
     assert len(pub.sent) == 3
-    assert all(len(wire.decode(p)["readings"]) == 10 for _, p, _, _ in pub.sent)
+    assert all(wire.decode(p)["n"] == 10 for _, p, _, _ in pub.sent)
     assert sync.tick() == 0
     sync.on_ack(wire.Ack(batch_id=batch_ids(pub)[0], status="stored"))
     assert sync.tick() == 1

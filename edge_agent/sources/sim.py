@@ -1,11 +1,16 @@
 """The simulated fleet as a source (demo, tests, benchmarks): ``simulator.Fleet`` chunks.
 
+The simulator computes energy to full float precision; real meters report at their resolution,
+so the source plays the meters' part and reports energy and registers in watt-hours (0.001 kWh),
+voltage and weather to one decimal.
+
 Progress (the next chunk number) is committed with each chunk's readings, so an agent killed at
 any point resumes exactly where it stopped: nothing skipped, nothing read twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +19,7 @@ from edge_agent.buffer import BufferFull
 from edge_agent.codec import Row, row_to_wire
 from edge_agent.settings import SimSourceSettings
 from edge_agent.sources import Intake
+from edge_agent.validate import Validator
 from edge_agent.wire import WIRE_MAX_KW, QuarantineRecord
 
 
@@ -29,7 +35,7 @@ class SimSource:
         self.fleet = Fleet(
             FleetConfig(
                 meters=settings.meters,
-                days=settings.days,
+                days=int(settings.days) if settings.days.is_integer() else settings.days,
                 start=settings.start,
                 interval_s=settings.interval_s,
                 seed=settings.seed,
@@ -84,48 +90,54 @@ class SimSource:
         return len(results)
 
     def rows(self, chunk: Any) -> list[Row | QuarantineRecord]:
-        """Columns → rows, validated column-wise; rows failing a check take the slow path of
-        the validator, which quarantines them with the exact reason."""
-        v = self.intake.validator
-        n = len(chunk)
-        interval = int(chunk.interval_s)
-        kwh = np.asarray(chunk.kwh, dtype=np.float64)
-        ts = np.asarray(chunk.ts, dtype=np.int64)
-        volt = np.asarray(chunk.voltage_v, dtype=np.float64)
-        ceiling = min(v.max_kw, WIRE_MAX_KW) * interval / 3600.0
-        ok = np.isfinite(kwh) & (kwh >= 0) & (kwh <= ceiling) & (ts <= v.clock() + v.max_future_s)
-        ok &= np.isnan(volt) | ((volt >= 0) & (volt <= 300))
-        reg = np.asarray(chunk.register_kwh, dtype=np.float64)
-        ok &= np.isnan(reg) | (reg >= 0)
-        flags = np.asarray(chunk.flags)
-        flag_text = {int(b): self._flag_text(int(b)) for b in np.unique(flags)}
-        cols = [
-            np.asarray(chunk.meter_id).tolist(),
-            ts.tolist(),
-            [interval] * n,
-            kwh.tolist(),
-            _opt(reg),
-            _opt(volt),
-            [None] * n,
-            [None] * n,
-            _opt(np.asarray(chunk.temperature_c, dtype=np.float64)),
-            _opt(np.asarray(chunk.humidity_pct, dtype=np.float64)),
-            _opt(np.asarray(chunk.wind_ms, dtype=np.float64)),
-            np.asarray(chunk.supply_on).astype(np.int64).tolist(),
-            [flag_text[int(b)] for b in flags.tolist()],
-            [None] * n,
-            [None] * n,
-        ]
-        rows: list[Row | QuarantineRecord] = list(zip(*cols, strict=True))
-        if not ok.all():
-            for i in np.flatnonzero(~ok).tolist():
-                wire_dict = row_to_wire(rows[i])  # type: ignore[arg-type]
-                rows[i] = v.check(wire_dict, str(wire_dict), "sim")
-        return rows
+        return columns_to_rows(chunk, self.intake.validator, self.flag_names)
 
-    def _flag_text(self, bits: int) -> str | None:
-        names = [name for i, name in enumerate(self.flag_names) if bits >> i & 1]
-        return ",".join(names) if names else None
+
+def columns_to_rows(
+    chunk: Any, v: Validator, flag_names: Sequence[str]
+) -> list[Row | QuarantineRecord]:
+    """Columns → rows, validated column-wise; rows failing a check take the validator's slow
+    path, which quarantines them with the exact reason."""
+    n = len(chunk)
+    interval = int(chunk.interval_s)
+    kwh = np.round(np.asarray(chunk.kwh, dtype=np.float64), 3)
+    ts = np.asarray(chunk.ts, dtype=np.int64)
+    volt = np.round(np.asarray(chunk.voltage_v, dtype=np.float64), 1)
+    reg = np.round(np.asarray(chunk.register_kwh, dtype=np.float64), 3)
+    ceiling = min(v.max_kw, WIRE_MAX_KW) * interval / 3600.0
+    ok = np.isfinite(kwh) & (kwh >= 0) & (kwh <= ceiling) & (ts <= v.clock() + v.max_future_s)
+    ok &= np.isnan(volt) | ((volt >= 0) & (volt <= 300))
+    ok &= np.isnan(reg) | (reg >= 0)
+    ok &= (interval >= 300) & (interval <= 86400)
+    flags = np.asarray(chunk.flags)
+    flag_text = {int(b): _flag_text(int(b), flag_names) for b in np.unique(flags)}
+    cols = [
+        np.asarray(chunk.meter_id).tolist(),
+        ts.tolist(),
+        [interval] * n,
+        kwh.tolist(),
+        _opt(reg),
+        _opt(volt),
+        [None] * n,
+        [None] * n,
+        _opt(np.round(np.asarray(chunk.temperature_c, dtype=np.float64), 1)),
+        _opt(np.round(np.asarray(chunk.humidity_pct, dtype=np.float64), 1)),
+        _opt(np.round(np.asarray(chunk.wind_ms, dtype=np.float64), 1)),
+        np.asarray(chunk.supply_on).astype(np.int64).tolist(),
+        [flag_text[b] for b in flags.tolist()],
+        [None] * n,
+        [None] * n,
+    ]
+    rows: list[Row | QuarantineRecord] = list(zip(*cols, strict=True))
+    for i in np.flatnonzero(~ok).tolist():
+        wire_dict = row_to_wire(rows[i])  # type: ignore[arg-type]
+        rows[i] = v.check(wire_dict, str(wire_dict), "sim")
+    return rows
+
+
+def _flag_text(bits: int, flag_names: Sequence[str]) -> str | None:
+    names = [name for i, name in enumerate(flag_names) if bits >> i & 1]
+    return ",".join(names) if names else None
 
 
 def _opt(values: np.ndarray) -> list[float | None]:

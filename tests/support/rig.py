@@ -32,6 +32,7 @@ class Rig:
     fed: set[tuple[str, int]] = field(default_factory=set)
     agents: dict[str, Proc] = field(default_factory=dict)
     ingests: list[Proc] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
 
     # --- processes ------------------------------------------------------------------------
 
@@ -67,7 +68,8 @@ class Rig:
             "EIOT_PG_DSN": self.ingest_pg_dsn or self.pg_dsn,
             "EIOT_BROKER_PORT": str(self.broker_port),
             "EIOT_TOPIC_ROOT": self.topic_root,
-            "EIOT_WORKER_ID": f"{worker}-{secrets.token_hex(3)}",
+            # stable per worker: a restarted worker resumes its broker session
+            "EIOT_WORKER_ID": f"{worker}-{self.run_id}",
             "EIOT_SESSION_EXPIRY_S": "300",
             "EIOT_DB_RETRY_MAX_S": "1",
             "EIOT_FAILPOINT": failpoint or "",

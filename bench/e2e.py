@@ -1,0 +1,247 @@
+"""End to end: simulated fleet → agents → broker → ingest → PostgreSQL, against a naive baseline.
+
+    python -m bench.e2e --meters 1000 --days 2 --gateways 2
+
+Phase 1 fills each gateway's buffer from the simulator (as after an outage: a backlog).
+Phase 2 starts one ingest worker and the agents, and times the forward path from the first
+publish to the last ack, watching both processes' peak RSS.
+Phase 3, the baseline: one MQTT message per reading (QoS1) and one INSERT per reading, on a
+sample of the same readings.
+Readings lost and doubled are counted by comparing the buffers with PostgreSQL.
+The last line is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+import psycopg
+
+from central.db import migrate
+from central.local_services import REPO, Services, local_services
+from edge_agent.buffer import Buffer
+from edge_agent.codec import row_to_wire
+from edge_agent.settings import SimSourceSettings
+from edge_agent.sources import Intake
+from edge_agent.sources.sim import SimSource
+from edge_agent.validate import Validator
+
+ROOT = "eiot-bench/v1"
+
+
+def fill(db: Path, meters: int, days: float, gateways: int, index: int) -> int:
+    buffer = Buffer(db, cap=10**9)
+    source = SimSource(
+        SimSourceSettings(meters=meters, days=days, gateways=gateways, gateway_index=index,
+                          chunk_intervals=8),
+        Intake(buffer, Validator(time.time)),
+    )
+    while not source.exhausted():
+        source.poll(time.time())
+    n = buffer.pending
+    buffer.close()
+    return n
+
+
+class PeakRss:
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in pids]
+        self.peak = {p: 0.0 for p in pids}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for p in self.procs:
+                try:
+                    self.peak[p.pid] = max(self.peak[p.pid], p.memory_info().rss / 2**20)
+                except psutil.Error:
+                    pass
+            self._stop.wait(0.05)
+
+    def stop(self) -> dict[int, float]:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, *args], env={**os.environ, **env},
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str, float]:
+    ingest = spawn(["-m", "central", "ingest"], {
+        "EIOT_PG_DSN": dsn, "EIOT_BROKER_PORT": str(svc.broker_port),
+        "EIOT_TOPIC_ROOT": ROOT, "EIOT_WORKER_ID": "bench-1",
+        "EIOT_SESSION_EXPIRY_S": "60", "EIOT_LOG_LEVEL": "WARNING",
+    }, var / "ingest.log")
+    time.sleep(1.0)  # subscribed before the first batch
+    agents = [
+        spawn(["-m", "edge_agent", "--log-level", "WARNING", "run", "--exit-when-drained"], {
+            "EIOT_GATEWAY_ID": gw, "EIOT_BROKER_PORT": str(svc.broker_port),
+            "EIOT_TOPIC_ROOT": ROOT, "EIOT_DB_PATH": str(var / f"{gw}.db"),
+            "EIOT_BATCH_MAX_AGE_S": "0.2", "EIOT_SESSION_EXPIRY_S": "60",
+        }, var / f"{gw}.log")
+        for gw in gateways
+    ]
+    rss = PeakRss([ingest.pid, *[a.pid for a in agents]])
+    for a in agents:
+        if a.wait(900) != 0:
+            raise RuntimeError((var / "ingest.log").read_text()[-2000:])
+    peaks = rss.stop()
+    ingest.terminate()
+    ingest.wait(10)
+    first = last = None
+    wire_bytes = 0
+    for gw in gateways:
+        with sqlite3.connect(var / f"{gw}.db") as conn:
+            f, lst = conn.execute("select min(first_sent_at), max(acked_at) from batches").fetchone()
+            wire_bytes += conn.execute(
+                "select value from counters where name = 'wire_bytes_sent'").fetchone()[0]
+        first = f if first is None else min(first, f)
+        last = lst if last is None else max(last, lst)
+    assert first is not None and last is not None
+    return {
+        "seconds": last - first,
+        "wire_bytes": wire_bytes,
+        "agent_peak_rss_mb": max(peaks[a.pid] for a in agents),
+        "ingest_peak_rss_mb": peaks[ingest.pid],
+    }
+
+
+def check(dsn: str, var: Path, gateways: list[str]) -> tuple[int, int, int]:
+    accepted: set[tuple[str, int]] = set()
+    for gw in gateways:
+        with sqlite3.connect(var / f"{gw}.db") as conn:
+            accepted |= set(conn.execute("select meter_id, ts from readings"))
+    with psycopg.connect(dsn) as conn:
+        stored = [(m, int(t.timestamp())) for m, t in conn.execute(
+            "select meter_id, ts from raw.readings")]
+    lost = len(accepted - set(stored))
+    duplicates = len(stored) - len(set(stored))
+    return len(stored), lost, duplicates
+
+
+def baseline(svc: Services, dsn: str, var: Path, gw: str, sample: int) -> dict[str, float]:
+    """One JSON message per reading, QoS1; a subscriber doing one INSERT (autocommit) each."""
+    with sqlite3.connect(var / f"{gw}.db") as conn:
+        cols = ("meter_id, ts, interval_s, kwh, register_kwh, voltage_v, current_a, power_factor,"
+                " temperature_c, humidity_pct, wind_ms, supply_on, flags, score, model_version")
+        rows = conn.execute(f"select {cols} from readings order by seq limit ?", (sample,)).fetchall()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("create table raw.baseline_readings (like raw.readings including all)")
+    topic = f"{ROOT}/baseline/{gw}"
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-base-sub-{os.getpid()}",
+                      protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, m: inbox.put(m.payload)
+    sub.connect(svc.broker_host, svc.broker_port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-base-pub-{os.getpid()}",
+                      protocol=mqtt.MQTTv5)
+    pub.connect(svc.broker_host, svc.broker_port)
+    pub.loop_start()
+    time.sleep(0.5)
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss / 2**20
+    wire_bytes = 0
+    t0 = time.perf_counter()
+
+    def insert_all() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(len(rows)):
+                try:
+                    r = json.loads(inbox.get(timeout=20))
+                except queue.Empty:
+                    return  # the broker dropped messages it could not queue: counted as lost
+                conn.execute(
+                    "insert into raw.baseline_readings (meter_id, ts, interval_s, kwh, register_kwh,"
+                    " voltage_v, gateway_id, batch_id) values (%s, %s, %s, %s, %s, %s, %s, 'none')"
+                    " on conflict do nothing",
+                    (r["meter_id"], r["ts"], r.get("interval_s", 1800), r["kwh"],
+                     r.get("register_kwh"), r.get("voltage_v"), gw),
+                )
+
+    consumer = threading.Thread(target=insert_all)
+    consumer.start()
+    for row in rows:
+        body = json.dumps(row_to_wire(row)).encode()
+        wire_bytes += len(body)
+        pub.publish(topic, body, qos=1)
+    consumer.join()
+    seconds = time.perf_counter() - t0
+    rss = proc.memory_info().rss / 2**20 - rss0
+    pub.loop_stop()
+    sub.loop_stop()
+    with psycopg.connect(dsn) as conn:
+        stored = conn.execute("select count(*) from raw.baseline_readings").fetchone()[0]  # type: ignore[index]
+    return {
+        "readings": len(rows),
+        "stored": stored,
+        "lost": len(rows) - stored,
+        "readings_per_s": round(len(rows) / seconds),
+        "wire_bytes_per_reading": round(wire_bytes / len(rows), 1),
+        "process_rss_growth_mb": round(rss, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meters", type=int, default=1000, help="simulated meters in all")
+    parser.add_argument("--days", type=float, default=2, help="days of 30-minute readings")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway agents")
+    parser.add_argument("--baseline-sample", type=int, default=20_000,
+                        help="readings pushed through the naive baseline")
+    args = parser.parse_args()
+    var = REPO / "var" / "bench-e2e"
+    import shutil
+
+    shutil.rmtree(var, ignore_errors=True)
+    var.mkdir(parents=True)
+    gateways = [f"bench-gw{i + 1}" for i in range(args.gateways)]
+    with local_services() as svc:
+        dsn = svc.fresh_database("eiot_bench")
+        migrate(dsn)
+        t0 = time.perf_counter()
+        readings = sum(fill(var / f"{gw}.db", args.meters, args.days, args.gateways, i)
+                       for i, gw in enumerate(gateways))
+        print(f"buffers filled: {readings:,} readings in {time.perf_counter() - t0:.1f} s")
+        fwd = forward(svc, dsn, var, gateways)
+        stored, lost, duplicates = check(dsn, var, gateways)
+        rate = readings / fwd["seconds"]
+        print(f"forwarded {readings:,} readings in {fwd['seconds']:.2f} s: {rate:,.0f} readings/s; "
+              f"{fwd['wire_bytes'] / readings:.1f} bytes/reading on the wire")
+        print(f"peak RSS: agent {fwd['agent_peak_rss_mb']:.0f} MB, "
+              f"ingest {fwd['ingest_peak_rss_mb']:.0f} MB; lost {lost}, doubled {duplicates}")
+        base = baseline(svc, dsn, var, gateways[0], min(args.baseline_sample, readings))
+        print(f"baseline (one message and one INSERT per reading, {base['readings']:,} readings): "
+              f"{base['readings_per_s']:,} readings/s, {base['wire_bytes_per_reading']} bytes/reading")
+    print(json.dumps({
+        "meters": args.meters, "days": args.days, "gateways": args.gateways,
+        "readings": readings, "stored": stored, "lost": lost, "duplicates": duplicates,
+        "readings_per_s": round(rate), "seconds": round(fwd["seconds"], 3),
+        "wire_bytes_per_reading": round(fwd["wire_bytes"] / readings, 2),
+        "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
+        "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
+        "baseline": base,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Per-reading anomaly features from a meter's own recent history (numpy only).
+
+One implementation serves the gateway agent (score the readings that just arrived) and training
+(``ml``), so the edge scores exactly what the model was trained on.
+
+Input: the readings of ONE meter sorted by ``ts`` (history first, then the readings to score), or
+many meters at once with :func:`compute_features_grouped`. Every row gets a feature vector that
+uses only rows at or before it (causal), and only rows inside :func:`history_window_s` before it:
+giving the function more history than that never changes a row's features.
+
+Time is cut into slots of ``interval_s`` on the absolute epoch grid (``ts`` rounded to the nearest
+multiple of ``interval_s``); missing slots are gaps. A row is *valid* when the supply was on and
+the meter was not out of credit (``no_credit`` flag). Only valid rows feed the trailing means, and
+rows that are not valid get neutral values (0) for every consumption feature, so an outage or an
+empty prepaid meter does not look like theft. Register and tamper-flag features are computed on
+every row: a cover opened during an outage is still a tamper event.
+
+Energies are summed as integers (micro-kWh), so the result is bit-for-bit the same whether a
+meter is computed alone or inside a large grouped call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "hour_sin",  # hour of day of the interval midpoint (UTC + utc_offset_s)
+    "hour_cos",
+    "kwh_vs_same_hour_7d",  # log ratio: kwh vs mean of the same time of day over the last 7 days
+    "kwh_vs_24h",  # log ratio: kwh vs mean of the previous 24 h
+    "kwh_vs_7d",  # log ratio: kwh vs mean of the previous 7 days
+    "mean_24h_vs_prior_6d",  # log ratio: level of the last 24 h vs the 6 days before them
+    "zero_run_log_h",  # log1p(hours of consecutive zero readings, supply on and credit left)
+    "register_mismatch",  # signed log1p(|register delta - sum kwh| / level)
+    "register_drop",  # log1p(register decrease / level)
+    "tamper_flag",  # 1 if this reading carries a tamper flag
+    "tamper_24h_log",  # log1p(number of readings with a tamper flag in the last 24 h)
+)
+
+#: Flags that mean somebody touched the meter.
+TAMPER_FLAGS: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "clock_reset")
+#: Flag that marks a prepaid meter switched off for lack of credit (zero use is expected then).
+NO_CREDIT_FLAG = "no_credit"
+
+#: Smallest energy level taken as a meter's normal use (kW): keeps ratios sane for tiny loads.
+ENERGY_FLOOR_KW = 0.01
+#: Fraction of a meter's 7-day mean added to numerator and denominator of consumption ratios.
+RATIO_SMOOTHING = 0.1
+#: Energy quantum (kWh) for exact integer sums.
+_QUANTUM_PER_KWH = 1_000_000
+_CLIP = 10.0
+_LOOKBACK_DAYS = 7
+# Dense slots processed at once by the grouped variant: small chunks stay in cache (faster) and
+# bound the temporary memory (a few hundred bytes per slot) whatever the fleet size.
+_CHUNK_SLOTS = 1 << 16
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+def flag_bits_from_names(names: Iterable[str]) -> dict[str, int]:
+    """``{name: 1 << position}`` for a bitmask whose bit *i* is ``names[i]``."""
+    return {name: 1 << i for i, name in enumerate(names)}
+
+
+#: A bit layout for agents that hold flags as strings (``Reading.flags``).
+DEFAULT_FLAG_BITS: dict[str, int] = flag_bits_from_names((*TAMPER_FLAGS, NO_CREDIT_FLAG))
+
+
+def flags_mask(
+    flags_per_row: Iterable[Iterable[str]], flag_bits: Mapping[str, int] = DEFAULT_FLAG_BITS
+) -> npt.NDArray[np.uint16]:
+    """Bitmask per row from flag names (``[("cover_open",), (), ...]``); unknown names are
+    ignored."""
+    masks: list[int] = []
+    for row in flags_per_row:
+        mask = 0
+        for name in row:
+            mask |= int(flag_bits.get(name, 0))
+        masks.append(mask)
+    return np.asarray(masks, dtype=np.uint16)
+
+
+def slots_per_day(interval_s: int) -> int:
+    _check_interval(interval_s)
+    return max(1, round(86400 / interval_s))
+
+
+def _same_hour_half_width(interval_s: int) -> int:
+    """Neighbouring slots (each side) that count as "the same hour" on earlier days."""
+    per_hour = 3600 // interval_s
+    return max(0, (per_hour - 1) // 2)
+
+
+def _history_slots(interval_s: int) -> int:
+    return _LOOKBACK_DAYS * slots_per_day(interval_s) + _same_hour_half_width(interval_s)
+
+
+def history_window_s(interval_s: int) -> int:
+    """Seconds of history before a reading that its features depend on.
+
+    Pass every reading with ``ts >= first_ts_to_score - history_window_s(interval_s)``; older
+    readings never change the result.
+    """
+    return _history_slots(interval_s) * interval_s
+
+
+def _check_interval(interval_s: int) -> None:
+    if not 300 <= int(interval_s) <= 86400:
+        raise ValueError(f"interval_s must be in 300..86400, got {interval_s}")
+
+
+def _mask_of(flag_bits: Mapping[str, int], names: Iterable[str]) -> int:
+    mask = 0
+    for name in names:
+        bit = int(flag_bits.get(name, 0))
+        if bit < 0 or bit > 0xFFFF or (bit & (bit - 1)) != 0:
+            raise ValueError(f"flag_bits[{name!r}] = {bit} is not a single-bit mask (1 << i)")
+        mask |= bit
+    return mask
+
+
+def compute_features(
+    ts: npt.ArrayLike,
+    kwh: npt.ArrayLike,
+    supply_on: npt.ArrayLike,
+    flags: npt.ArrayLike,
+    register_kwh: npt.ArrayLike,
+    interval_s: int,
+    flag_bits: Mapping[str, int],
+    *,
+    utc_offset_s: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Features of one meter's readings, sorted by ``ts`` (epoch seconds, end of interval).
+
+    ``flag_bits`` maps flag names to their bit masks in ``flags`` (``{"cover_open": 1, ...}``,
+    see :func:`flag_bits_from_names`); unknown names are simply absent. ``register_kwh`` uses NaN
+    for "not reported". Returns float32 of shape ``(n, len(FEATURE_NAMES))``, all finite.
+    """
+    n = np.asarray(ts).shape[0]
+    return compute_features_grouped(
+        np.zeros(n, dtype=np.int64),
+        ts,
+        kwh,
+        supply_on,
+        flags,
+        register_kwh,
+        interval_s,
+        flag_bits,
+        utc_offset_s=utc_offset_s,
+    )
+
+
+def compute_features_grouped(
+    meter_index: npt.ArrayLike,
+    ts: npt.ArrayLike,
+    kwh: npt.ArrayLike,
+    supply_on: npt.ArrayLike,
+    flags: npt.ArrayLike,
+    register_kwh: npt.ArrayLike,
+    interval_s: int,
+    flag_bits: Mapping[str, int],
+    *,
+    utc_offset_s: int = 0,
+) -> npt.NDArray[np.float32]:
+    """:func:`compute_features` for many meters at once.
+
+    Rows must be grouped by ``meter_index`` (each meter's rows contiguous) and sorted by ``ts``
+    inside each meter. The result for a meter's rows is identical to calling
+    :func:`compute_features` on that meter alone.
+    """
+    _check_interval(interval_s)
+    meter = np.asarray(meter_index)
+    ts_a = np.asarray(ts, dtype=np.int64)
+    kwh_a = np.asarray(kwh, dtype=np.float64)
+    on_a = np.asarray(supply_on, dtype=np.bool_)
+    flags_a = np.asarray(flags).astype(np.int64)
+    reg_a = np.asarray(register_kwh, dtype=np.float64)
+    n = ts_a.shape[0]
+    for name, arr in (
+        ("meter_index", meter),
+        ("kwh", kwh_a),
+        ("supply_on", on_a),
+        ("flags", flags_a),
+        ("register_kwh", reg_a),
+    ):
+        if arr.shape != (n,):
+            raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
+    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
+    if n == 0:
+        return out
+
+    starts = np.flatnonzero(np.r_[True, meter[1:] != meter[:-1]])
+    if len(np.unique(meter)) != len(starts):
+        raise ValueError("rows of a meter must be contiguous (group rows by meter_index)")
+    new_meter = np.zeros(n, dtype=np.bool_)
+    new_meter[starts] = True
+    if np.any((np.diff(ts_a) <= 0) & ~new_meter[1:]):
+        raise ValueError("ts must be strictly increasing within each meter")
+
+    tamper_mask = _mask_of(flag_bits, TAMPER_FLAGS)
+    no_credit_mask = _mask_of(flag_bits, (NO_CREDIT_FLAG,))
+
+    # Dense slot index per row, gaps longer than the history window collapsed (rows further
+    # apart than the window never interact, so this changes nothing but memory).
+    hist = _history_slots(interval_s)
+    slot_abs = (ts_a + interval_s // 2) // interval_s
+    step = np.diff(slot_abs, prepend=slot_abs[0])
+    step = np.minimum(step, hist + 1)
+    step[new_meter] = 1  # each meter block starts one slot after the previous block ends
+    dense = np.cumsum(step) - 1  # 0-based, strictly increasing across the whole call
+
+    ends = np.r_[starts[1:], n]
+    chunk_start = 0
+    while chunk_start < len(starts):
+        first_row = starts[chunk_start]
+        base = dense[first_row]
+        stop = chunk_start + 1
+        # Extend the chunk with whole meters while it stays under the slot budget.
+        limit = base + _CHUNK_SLOTS
+        last_ok = int(np.searchsorted(dense[ends - 1], limit, side="left"))
+        stop = max(stop, min(last_ok, len(starts)))
+        last_row = ends[stop - 1]
+        rows = slice(first_row, last_row)
+        out[rows] = _block_features(
+            dense[rows] - base,
+            new_meter[rows],
+            ts_a[rows],
+            kwh_a[rows],
+            on_a[rows],
+            flags_a[rows],
+            reg_a[rows],
+            interval_s,
+            tamper_mask,
+            no_credit_mask,
+            utc_offset_s,
+        )
+        chunk_start = stop
+    return out
+
+
+def _log_ratio(num: FloatArray, den: FloatArray, eps: FloatArray) -> FloatArray:
+    result: FloatArray = np.log((num + eps) / (den + eps))
+    return result
+
+
+def _block_features(
+    g: IntArray,
+    new_meter: BoolArray,
+    ts: IntArray,
+    kwh: FloatArray,
+    supply_on: BoolArray,
+    flags: IntArray,
+    register: FloatArray,
+    interval_s: int,
+    tamper_mask: int,
+    no_credit_mask: int,
+    utc_offset_s: int,
+) -> npt.NDArray[np.float32]:
+    n = g.shape[0]
+    day = slots_per_day(interval_s)
+    half = _same_hour_half_width(interval_s)
+    week = _LOOKBACK_DAYS * day
+    interval_h = interval_s / 3600.0
+    size = int(g[-1]) + 1
+    rows = np.arange(n, dtype=np.int64)
+
+    # First dense slot of each row's meter (windows never reach before it).
+    meter_first_row = np.maximum.accumulate(np.where(new_meter, rows, 0))
+    block_start = g[meter_first_row]
+
+    finite = np.isfinite(kwh) & (kwh >= 0)
+    q = np.where(finite, np.rint(np.where(finite, kwh, 0.0) * _QUANTUM_PER_KWH), 0.0).astype(
+        np.int64
+    )
+    no_credit = (flags & no_credit_mask) != 0 if no_credit_mask else np.zeros(n, np.bool_)
+    valid = supply_on & ~no_credit & finite
+    tamper = (flags & tamper_mask) != 0 if tamper_mask else np.zeros(n, np.bool_)
+    zero = valid & (q == 0)
+    nonzero = valid & (q > 0)
+
+    def dense_int(weights: IntArray) -> IntArray:
+        return np.bincount(g, weights=weights, minlength=size).astype(np.int64)
+
+    vk = dense_int(np.where(valid, q, 0))
+    vc = dense_int(valid.astype(np.int64))
+
+    def cumulative(values: IntArray) -> IntArray:
+        c = np.zeros(values.shape[0] + 1, dtype=np.int64)
+        np.cumsum(values, out=c[1:])
+        return c
+
+    cvk, cvc = cumulative(vk), cumulative(vc)
+
+    def window(c: IntArray, back_lo: int, back_hi: int) -> IntArray:
+        """Sum over dense slots [g - back_lo, g - back_hi), clipped to the meter's block."""
+        lo = np.maximum(g - back_lo, block_start)
+        hi = np.maximum(g - back_hi, block_start)
+        result: IntArray = c[hi] - c[lo]
+        return result
+
+    s24, c24 = window(cvk, day, 0), window(cvc, day, 0)
+    s7, c7 = window(cvk, week, 0), window(cvc, week, 0)
+    s6, c6 = window(cvk, week, day), window(cvc, week, day)
+
+    ssh = np.zeros(n, dtype=np.int64)
+    csh = np.zeros(n, dtype=np.int64)
+    for back_days in range(1, _LOOKBACK_DAYS + 1):
+        for offset in range(-half, half + 1):
+            idx = g + offset - back_days * day
+            inside = idx >= block_start
+            idx = np.where(inside, idx, 0)
+            ssh += np.where(inside, vk[idx], 0)
+            csh += np.where(inside, vc[idx], 0)
+
+    scale = float(_QUANTUM_PER_KWH)
+    floor = ENERGY_FLOOR_KW * interval_h
+
+    def mean(s: IntArray, c: IntArray, min_count: int) -> tuple[FloatArray, BoolArray]:
+        ok = c >= max(1, min_count)
+        m: FloatArray = np.where(ok, s / np.maximum(c, 1) / scale, 0.0)
+        return m, ok
+
+    m24, ok24 = mean(s24, c24, day // 4)
+    m7, ok7 = mean(s7, c7, day)
+    m6, ok6 = mean(s6, c6, day // 2)
+    msh, oksh = mean(ssh, csh, 2)
+    level = np.where(ok7, np.maximum(m7, floor), floor)
+    eps = np.where(ok7, np.maximum(RATIO_SMOOTHING * m7, floor), floor)
+    x = q / scale
+
+    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
+    mid = (ts - interval_s / 2.0 + utc_offset_s) % 86400.0
+    angle = 2.0 * math.pi * mid / 86400.0
+    out[:, 0] = np.sin(angle)
+    out[:, 1] = np.cos(angle)
+    out[:, 2] = np.where(valid & oksh, _log_ratio(x, msh, eps), 0.0)
+    out[:, 3] = np.where(valid & ok24, _log_ratio(x, m24, eps), 0.0)
+    out[:, 4] = np.where(valid & ok7, _log_ratio(x, m7, eps), 0.0)
+    out[:, 5] = np.where(valid & ok24 & ok6, _log_ratio(m24, m6, eps), 0.0)
+
+    # Zero run: valid zero readings since the last valid non-zero one, within the last 7 days.
+    # Outage / no-credit rows and missing slots neither count nor break the run.
+    cz = cumulative(dense_int(zero.astype(np.int64)))
+    last_nonzero = np.maximum.accumulate(np.where(nonzero | new_meter, rows, -1))
+    reset_slot = np.where(nonzero[last_nonzero], g[last_nonzero] + 1, g[last_nonzero])
+    lo = np.maximum(np.maximum(reset_slot, g - week + 1), block_start)
+    run = cz[g + 1] - cz[lo]
+    out[:, 6] = np.where(zero, np.log1p(run * interval_h), 0.0)
+
+    # Register: compare with the previous reported register of the same meter (within 7 days).
+    known = np.isfinite(register)
+    last_known = np.maximum.accumulate(np.where(known, rows, -1))
+    prev = np.r_[-1, last_known[:-1]]
+    has_prev = known & (prev >= meter_first_row) & (g - g[np.maximum(prev, 0)] <= week)
+    p = np.where(has_prev, prev, 0)
+    delta = np.where(has_prev, register - register[p], 0.0)
+    cq = cumulative(q)
+    energy = (cq[rows + 1] - cq[p + 1]) / scale
+    contiguous = has_prev & ((g - g[p]) == (rows - p))
+    mismatch = np.where(contiguous, delta - energy, 0.0)
+    out[:, 7] = np.sign(mismatch) * np.log1p(np.abs(mismatch) / level)
+    out[:, 8] = np.log1p(np.maximum(-delta, 0.0) / level)
+
+    out[:, 9] = tamper
+    ct = cumulative(dense_int(tamper.astype(np.int64)))
+    out[:, 10] = np.log1p(window(ct, day - 1, -1))
+
+    np.clip(out, -_CLIP, _CLIP, out=out)
+    return out.astype(np.float32)

@@ -1,0 +1,236 @@
+"""Verify and load a signed ``model.v1`` anomaly model; score feature rows with it.
+
+Signed bytes (what the Ed25519 signature covers)::
+
+    b"eiot.model.v1\\x00"                     14-byte context string
+    len(meta).to_bytes(8, "big")              length of the metadata JSON
+    meta                                      canonical metadata JSON (ASCII)
+    onnx_bytes                                the model file, as decoded from onnx_b64
+
+``meta`` is the JSON object of the message's ``name, version, created_at, sha256, feature_names,
+threshold``, exactly as the wire serialises them (``created_at`` as the UTC ``...Z`` string of
+``edge_agent.wire``), keys sorted, no whitespace (``separators=(",", ":")``), non-ASCII escaped
+(``ensure_ascii=True``), NaN/inf forbidden, floats in Python's shortest round-trip ``repr``.
+``signature`` in the message is the standard base64 of the 64-byte signature, ``onnx_b64`` the
+standard base64 of the model, ``sha256`` the lowercase hex digest of the model bytes.
+
+The public key (agent configuration) is the raw 32-byte Ed25519 key, as 64 hex characters or
+base64. Scores: ``score`` is the IsolationForest anomaly score in (0, 1] (``ml.onnx_export``),
+HIGHER = MORE ANOMALOUS; a row is anomalous when ``score > threshold``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from edge_agent import ed25519
+from edge_agent.features import FEATURE_NAMES
+from edge_agent.wire import ModelMessage, explain
+
+SIGNING_CONTEXT = b"eiot.model.v1\x00"
+SIGNED_FIELDS = ("name", "version", "created_at", "sha256", "feature_names", "threshold")
+MAX_MODEL_BYTES = 32 * 1024 * 1024
+
+
+class ModelRejected(Exception):
+    """A model message that must not be used. ``reason`` is a short machine-readable word:
+    ``invalid_message``, ``bad_base64``, ``too_large``, ``checksum_mismatch``, ``bad_signature``,
+    ``bad_public_key``, ``feature_mismatch``, ``invalid_onnx``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def canonical_metadata(message: ModelMessage) -> bytes:
+    meta = message.model_dump(mode="json", include=set(SIGNED_FIELDS))
+    text = json.dumps(
+        meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+    return text.encode("ascii")
+
+
+def signed_bytes(message: ModelMessage, onnx_bytes: bytes) -> bytes:
+    """The exact byte string the model signature covers (see module docstring)."""
+    meta = canonical_metadata(message)
+    return SIGNING_CONTEXT + len(meta).to_bytes(8, "big") + meta + onnx_bytes
+
+
+def parse_public_key(value: str | bytes) -> bytes:
+    """Raw 32-byte Ed25519 public key from 32 raw bytes, 64 hex chars or base64 text."""
+    if isinstance(value, bytes) and len(value) == 32:
+        return value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    text = text.strip()
+    raw: bytes | None = None
+    if len(text) == 64:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = None
+    if raw is None:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            try:
+                raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+            except (binascii.Error, ValueError):
+                raw = None
+    if raw is None or len(raw) != 32:
+        raise ModelRejected("bad_public_key", "expected 32 raw bytes as hex or base64")
+    return raw
+
+
+def _b64(text: str, what: str, limit: int) -> bytes:
+    if len(text) > limit * 4 // 3 + 8:
+        raise ModelRejected("too_large", f"{what} over {limit} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ModelRejected("bad_base64", f"{what}: {exc}") from None
+
+
+class LoadedModel:
+    """A verified model, ready to score feature rows (one low-latency onnxruntime session)."""
+
+    def __init__(
+        self,
+        onnx_bytes: bytes,
+        *,
+        name: str,
+        version: str,
+        threshold: float,
+        feature_names: Sequence[str],
+        sha256: str = "",
+        created_at: datetime | None = None,
+        threads: int = 1,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.threshold = float(threshold)
+        self.feature_names: tuple[str, ...] = tuple(feature_names)
+        self.sha256 = sha256 or hashlib.sha256(onnx_bytes).hexdigest()
+        self.created_at = created_at
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_mem_pattern = False
+        options.enable_cpu_mem_arena = False
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            self._session: Any = ort.InferenceSession(
+                onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+            raise ModelRejected("invalid_onnx", str(exc)[:300]) from None
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelRejected("invalid_onnx", "expected one input and an output")
+        self._input = str(inputs[0].name)
+        self._outputs = [str(outputs[0].name)]
+        width = inputs[0].shape[-1] if inputs[0].shape else None
+        if isinstance(width, int) and width != len(self.feature_names):
+            raise ModelRejected(
+                "feature_mismatch",
+                f"graph takes {width} features, message names {len(self.feature_names)}",
+            )
+        try:
+            probe = self.score(np.zeros((1, len(self.feature_names)), dtype=np.float32))
+        except Exception as exc:
+            raise ModelRejected("invalid_onnx", f"probe run failed: {str(exc)[:300]}") from None
+        if probe.shape != (1,) or not np.isfinite(probe).all():
+            raise ModelRejected("invalid_onnx", f"probe gave {probe!r}")
+
+    def score(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Anomaly scores (higher = more anomalous) of rows ``(n, F)`` or one row ``(F,)``."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected (n, {len(self.feature_names)}) features, got {x.shape}")
+        result = self._session.run(self._outputs, {self._input: x})[0]
+        scores: npt.NDArray[np.float32] = np.asarray(result, dtype=np.float32).reshape(-1)
+        return scores
+
+    def is_anomaly(self, scores: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        flagged: npt.NDArray[np.bool_] = np.asarray(scores, dtype=np.float64) > self.threshold
+        return flagged
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.name!r}, {self.version!r}, threshold={self.threshold:g})"
+
+
+def verify_message(
+    message: ModelMessage | Mapping[str, Any], public_key: str | bytes
+) -> tuple[ModelMessage, bytes]:
+    """Check a ``model.v1`` message; return it validated with its ONNX bytes.
+
+    Raises :class:`ModelRejected` on a malformed message, a checksum mismatch or a bad signature.
+    """
+    key = parse_public_key(public_key)
+    if isinstance(message, ModelMessage):
+        msg = message
+    else:
+        try:
+            msg = ModelMessage.model_validate(dict(message))
+        except ValidationError as exc:
+            raise ModelRejected("invalid_message", explain(exc)) from None
+    onnx_bytes = _b64(msg.onnx_b64, "onnx_b64", MAX_MODEL_BYTES)
+    if len(onnx_bytes) > MAX_MODEL_BYTES:
+        raise ModelRejected("too_large", f"model of {len(onnx_bytes)} bytes")
+    digest = hashlib.sha256(onnx_bytes).hexdigest()
+    if digest != msg.sha256:
+        raise ModelRejected("checksum_mismatch", f"sha256 of onnx is {digest}")
+    signature = _b64(msg.signature, "signature", 128)
+    if not ed25519.verify(key, signed_bytes(msg, onnx_bytes), signature):
+        raise ModelRejected("bad_signature", "Ed25519 signature does not verify")
+    return msg, onnx_bytes
+
+
+def load_model(
+    message: ModelMessage | Mapping[str, Any],
+    public_key: str | bytes,
+    *,
+    expected_features: Sequence[str] | None = FEATURE_NAMES,
+    threads: int = 1,
+) -> LoadedModel:
+    """Verify a ``model.v1`` message and build its :class:`LoadedModel`.
+
+    ``expected_features`` (default: this agent's :data:`FEATURE_NAMES`) must equal the model's
+    ``feature_names``, in order; pass None to skip that check.
+    """
+    msg, onnx_bytes = verify_message(message, public_key)
+    if expected_features is not None and list(msg.feature_names) != list(expected_features):
+        raise ModelRejected(
+            "feature_mismatch",
+            f"model wants {msg.feature_names}, agent computes {list(expected_features)}",
+        )
+    return LoadedModel(
+        onnx_bytes,
+        name=msg.name,
+        version=msg.version,
+        threshold=msg.threshold,
+        feature_names=msg.feature_names,
+        sha256=msg.sha256,
+        created_at=msg.created_at,
+        threads=threads,
+    )

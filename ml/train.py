@@ -1,0 +1,223 @@
+"""Train the gateway's anomaly model: a scikit-learn IsolationForest on per-reading features.
+
+Scores follow the ONNX graph of :mod:`ml.onnx_export`: ``score = -IsolationForest.score_samples``
+(the Liu et al. anomaly score, in (0, 1], higher = more anomalous); a reading is flagged when
+``score > threshold``. After training, ``model.offset_ = -threshold`` so that scikit-learn's own
+``predict`` gives the very same labels (-1 = outlier).
+
+How the threshold is chosen
+---------------------------
+* **Without labels** (the usual case in the field): the forest is fitted on all rows and the
+  threshold is the ``1 - alert_rate`` quantile of the training scores: the model raises alerts on
+  about ``alert_rate`` of readings like the training data (default 0.1 %: one alert per meter
+  every ~21 days at 30-min intervals, a load a revenue-protection team can follow up).
+* **With labels** (simulator or confirmed inspections; ``True`` = theft/anomaly): the forest is
+  fitted on the normal rows only, and the threshold is the one that maximises F1 on the labelled
+  rows, subject to flagging at most ``max_false_alarm_rate`` of the normal rows (so a few
+  easy-to-catch thefts cannot push the threshold into an alert flood). If no cut satisfies the
+  cap, the cap itself is used.
+
+Either way the threshold is placed halfway between two neighbouring distinct scores, never on a
+score, so float32 inference on the gateway cannot flip a label at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import IsolationForest
+
+from edge_agent.features import FEATURE_NAMES, compute_features_grouped
+
+DEFAULT_ALERT_RATE = 0.001
+DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
+
+
+@dataclass
+class TrainedModel:
+    model: IsolationForest
+    feature_names: tuple[str, ...]
+    threshold: float
+    threshold_method: str
+    train_rows: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def features_for(
+    meter_index: npt.ArrayLike,
+    ts: npt.ArrayLike,
+    kwh: npt.ArrayLike,
+    supply_on: npt.ArrayLike,
+    flags: npt.ArrayLike,
+    register_kwh: npt.ArrayLike,
+    interval_s: int,
+    flag_bits: Mapping[str, int],
+) -> npt.NDArray[np.float32]:
+    """Training features: the edge's own feature code over many meters at once.
+
+    Rows may come in any order (e.g. a simulator chunk sorted by time); meters may be ids of any
+    type (str, int). The result is in the input row order.
+    """
+    meter = np.asarray(meter_index)
+    ts_a = np.asarray(ts, dtype=np.int64)
+    _, codes = np.unique(meter, return_inverse=True)
+    order = np.lexsort((ts_a, codes.reshape(-1)))
+    columns = [np.asarray(c)[order] for c in (kwh, supply_on, flags, register_kwh)]
+    x_sorted = compute_features_grouped(
+        codes.reshape(-1)[order], ts_a[order], *columns, interval_s, flag_bits
+    )
+    x = np.empty_like(x_sorted)
+    x[order] = x_sorted
+    return x
+
+
+def anomaly_scores(model: IsolationForest, features: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """``-score_samples``: higher = more anomalous (same as the exported ONNX graph)."""
+    x = np.asarray(features, dtype=np.float32)
+    scores: npt.NDArray[np.float64] = -model.score_samples(x)
+    return scores
+
+
+def _between(sorted_desc: npt.NDArray[np.float64], k: int) -> float:
+    """A cut flagging the ``k`` highest scores: halfway between the k-th and next lower distinct
+    score (above the maximum when ``k == 0``, below the minimum when ``k`` is everything)."""
+    n = sorted_desc.size
+    if n == 0:
+        raise ValueError("no scores")
+    if k <= 0:
+        return float(np.nextafter(sorted_desc[0], np.inf)) + 1e-6
+    last = sorted_desc[k - 1]
+    lower = sorted_desc[k:][sorted_desc[k:] < last]
+    if lower.size == 0:
+        return float(last) - 1e-6
+    return float((last + lower[0]) / 2.0)
+
+
+def quantile_threshold(scores: npt.ArrayLike, alert_rate: float) -> float:
+    """Threshold flagging ``alert_rate`` of ``scores`` (ties resolved downward)."""
+    if not 0.0 <= alert_rate < 1.0:
+        raise ValueError("alert_rate must be in [0, 1)")
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    k = int(np.floor(alert_rate * s.size))
+    # Do not split a tie: flag the whole group of equal scores or none of it.
+    if 0 < k < s.size and s[k - 1] == s[k]:
+        k = int(np.searchsorted(-s, -s[k - 1], side="left"))
+    return _between(s, k)
+
+
+def f1_threshold(
+    scores: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    max_false_alarm_rate: float = DEFAULT_MAX_FALSE_ALARM_RATE,
+) -> float:
+    """Threshold maximising F1 on labelled rows, flagging at most ``max_false_alarm_rate`` of
+    the normal ones."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.bool_)
+    if s.shape != y.shape:
+        raise ValueError("scores and labels differ in shape")
+    if not y.any() or y.all():
+        raise ValueError("labels need both normal and anomalous rows")
+    order = np.argsort(-s, kind="stable")
+    s_desc, y_desc = s[order], y[order]
+    # Only cut between distinct scores: the last index of each group of equal scores.
+    cut_end = np.r_[s_desc[1:] != s_desc[:-1], True]
+    tp = np.cumsum(y_desc)[cut_end]
+    fp = np.cumsum(~y_desc)[cut_end]
+    k = np.flatnonzero(cut_end) + 1
+    precision = tp / k
+    recall = tp / y.sum()
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    allowed = fp <= max_false_alarm_rate * (~y).sum()
+    if not allowed.any() or f1[allowed].max() <= 0:
+        normal = s[~y]
+        return quantile_threshold(normal, max_false_alarm_rate)
+    best = int(np.flatnonzero(allowed)[np.argmax(f1[allowed])])
+    return _between(s_desc, int(k[best]))
+
+
+def evaluate(scores: npt.ArrayLike, labels: npt.ArrayLike, threshold: float) -> dict[str, float]:
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.bool_)
+    flagged = s > threshold
+    tp = float(np.sum(flagged & y))
+    fp = float(np.sum(flagged & ~y))
+    fn = float(np.sum(~flagged & y))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "alert_rate": float(flagged.mean()) if s.size else 0.0,
+        "false_alarm_rate": fp / max(1.0, float((~y).sum())),
+    }
+
+
+def fit_isolation_forest(
+    features: npt.ArrayLike,
+    *,
+    n_estimators: int = 100,
+    max_samples: int = 256,
+    max_features: float = 1.0,
+    random_state: int = 0,
+) -> IsolationForest:
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError("need a 2-D feature matrix with at least 2 rows")
+    if not np.isfinite(x).all():
+        raise ValueError("features must be finite")
+    model = IsolationForest(
+        n_estimators=n_estimators,
+        max_samples=min(max_samples, x.shape[0]),
+        max_features=max_features,
+        contamination="auto",
+        random_state=random_state,
+    )
+    model.fit(x)
+    return model
+
+
+def train(
+    features: npt.ArrayLike,
+    *,
+    labels: npt.ArrayLike | None = None,
+    feature_names: Sequence[str] = FEATURE_NAMES,
+    alert_rate: float = DEFAULT_ALERT_RATE,
+    max_false_alarm_rate: float = DEFAULT_MAX_FALSE_ALARM_RATE,
+    n_estimators: int = 100,
+    max_samples: int = 256,
+    random_state: int = 0,
+) -> TrainedModel:
+    """Fit the forest and choose its threshold (see module docstring)."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != len(feature_names):
+        raise ValueError(f"features must be (n, {len(feature_names)}), got {x.shape}")
+    y = None if labels is None else np.asarray(labels, dtype=np.bool_)
+    if y is not None and y.shape != (x.shape[0],):
+        raise ValueError("labels must have one entry per row")
+    fit_rows = x if y is None else x[~y]
+    model = fit_isolation_forest(
+        fit_rows, n_estimators=n_estimators, max_samples=max_samples, random_state=random_state
+    )
+    if y is None or not y.any() or y.all():
+        threshold = quantile_threshold(anomaly_scores(model, fit_rows), alert_rate)
+        method = f"quantile(1-{alert_rate:g}) of training scores"
+    else:
+        threshold = f1_threshold(anomaly_scores(model, x), y, max_false_alarm_rate)
+        method = f"max F1 on labelled rows, false alarms <= {max_false_alarm_rate:g}"
+    model.offset_ = -threshold
+    result = TrainedModel(
+        model=model,
+        feature_names=tuple(feature_names),
+        threshold=threshold,
+        threshold_method=method,
+        train_rows=int(fit_rows.shape[0]),
+    )
+    if y is not None:
+        result.metrics = evaluate(anomaly_scores(model, x), y, threshold)
+    return result

@@ -1,0 +1,5 @@
+"""``python -m simulator``."""
+
+from .cli import main
+
+raise SystemExit(main())

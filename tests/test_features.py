@@ -1,0 +1,367 @@
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+import edge_agent.features as features_mod
+from edge_agent.features import (
+    FEATURE_NAMES,
+    compute_features,
+    compute_features_grouped,
+    flag_bits_from_names,
+    history_window_s,
+    slots_per_day,
+)
+from ml.synthetic import make_readings
+
+BITS = flag_bits_from_names(["cover_open", "magnetic", "reverse_flow", "clock_reset", "no_credit"])
+COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+CONSUMPTION = [
+    "kwh_vs_same_hour_7d",
+    "kwh_vs_24h",
+    "kwh_vs_7d",
+    "mean_24h_vs_prior_6d",
+    "zero_run_log_h",
+]
+T0 = 1_767_225_600  # midnight UTC
+
+
+def meter(days: int, interval_s: int = 1800, kwh: float = 1.0) -> dict[str, np.ndarray]:
+    """A perfectly regular meter: ``kwh`` every interval, supply on, register consistent."""
+    n = days * 86400 // interval_s
+    ts = T0 + interval_s * np.arange(1, n + 1, dtype=np.int64)
+    energy = np.full(n, kwh)
+    return {
+        "ts": ts,
+        "kwh": energy,
+        "supply_on": np.ones(n, dtype=bool),
+        "flags": np.zeros(n, dtype=np.uint16),
+        "register_kwh": 1000.0 + np.cumsum(energy),
+    }
+
+
+def feats(m: dict[str, np.ndarray], interval_s: int = 1800) -> np.ndarray:
+    return compute_features(
+        m["ts"], m["kwh"], m["supply_on"], m["flags"], m["register_kwh"], interval_s, BITS
+    )
+
+
+def take(m: dict[str, np.ndarray], sel: np.ndarray | slice) -> dict[str, np.ndarray]:
+    return {k: v[sel] for k, v in m.items()}
+
+
+def test_shape_dtype_and_finite() -> None:
+    r = make_readings(3, 10, seed=4, attack_fraction=1.0, min_attack_day=2)
+    x = compute_features_grouped(
+        r.meter_index, r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh, r.interval_s, BITS
+    )
+    assert x.shape == (len(r), len(FEATURE_NAMES))
+    assert x.dtype == np.float32
+    assert np.isfinite(x).all()
+    empty = compute_features(
+        np.zeros(0, np.int64),
+        np.zeros(0),
+        np.zeros(0, bool),
+        np.zeros(0, np.uint16),
+        np.zeros(0),
+        1800,
+        BITS,
+    )
+    assert empty.shape == (0, len(FEATURE_NAMES))
+
+
+def test_regular_meter_is_neutral_after_warmup() -> None:
+    x = feats(meter(10))
+    day = slots_per_day(1800)
+    settled = x[8 * day :]
+    for name in CONSUMPTION + ["register_mismatch", "register_drop", "tamper_flag"]:
+        assert np.abs(settled[:, COL[name]]).max() < 1e-6, name
+
+
+def test_hour_of_day_uses_interval_midpoint() -> None:
+    x = feats(meter(1))
+    # First reading ends 00:30 UTC: its midpoint is 00:15.
+    angle = 2 * math.pi * (15 * 60) / 86400
+    assert x[0, COL["hour_sin"]] == pytest.approx(math.sin(angle), abs=1e-6)
+    assert x[0, COL["hour_cos"]] == pytest.approx(math.cos(angle), abs=1e-6)
+    shifted = compute_features(
+        *(meter(1)[k] for k in ("ts", "kwh", "supply_on", "flags", "register_kwh")),
+        1800,
+        BITS,
+        utc_offset_s=3600,
+    )
+    angle = 2 * math.pi * (75 * 60) / 86400
+    assert shifted[0, COL["hour_sin"]] == pytest.approx(math.sin(angle), abs=1e-6)
+
+
+@pytest.mark.parametrize("flagged", ["outage", "no_credit"])
+def test_outage_and_no_credit_are_neutral_and_excluded(flagged: str) -> None:
+    m = meter(12)
+    day = slots_per_day(1800)
+    off = slice(9 * day, 9 * day + 12)  # six hours without supply / credit
+    m["kwh"][off] = 0.0
+    if flagged == "outage":
+        m["supply_on"][off] = False
+    else:
+        m["flags"][off] = BITS["no_credit"]
+    m["register_kwh"] = 1000.0 + np.cumsum(m["kwh"])
+    x = feats(m)
+    for name in CONSUMPTION:
+        assert np.all(x[off, COL[name]] == 0.0), name
+    # Rows after it compare with means that left the zeros out: still perfectly neutral.
+    after = x[9 * day + 12 :]
+    for name in CONSUMPTION + ["register_mismatch"]:
+        assert np.abs(after[:, COL[name]]).max() < 1e-6, name
+
+
+def test_the_same_zeros_with_supply_on_look_like_theft() -> None:
+    m = meter(12)
+    day = slots_per_day(1800)
+    zeros = slice(9 * day, 9 * day + 12)
+    m["kwh"][zeros] = 0.0
+    m["register_kwh"] = 1000.0 + np.cumsum(m["kwh"])
+    x = feats(m)
+    assert np.all(x[zeros, COL["kwh_vs_same_hour_7d"]] < -2.0)
+    assert np.all(x[zeros, COL["kwh_vs_24h"]] < -2.0)
+    run_hours = np.arange(1, 13) * 0.5
+    np.testing.assert_allclose(x[zeros, COL["zero_run_log_h"]], np.log1p(run_hours), rtol=1e-6)
+
+
+def test_zero_run_skips_outages_and_resets_on_use() -> None:
+    m = meter(3)
+    start = 60
+    m["kwh"][start : start + 10] = 0.0
+    m["supply_on"][start + 3 : start + 5] = False  # outage inside the run: transparent
+    x = feats(m)
+    run = x[start : start + 10, COL["zero_run_log_h"]]
+    expected_counts = [1, 2, 3, 0, 0, 4, 5, 6, 7, 8]  # outage rows neutral, run continues
+    expected = [math.log1p(c * 0.5) if c else 0.0 for c in expected_counts]
+    np.testing.assert_allclose(run, expected, rtol=1e-6)
+    assert x[start + 10, COL["zero_run_log_h"]] == 0.0  # use again: run over
+    m["kwh"][start + 11] = 0.0
+    assert feats(m)[start + 11, COL["zero_run_log_h"]] == pytest.approx(math.log1p(0.5))
+
+
+def test_zero_run_is_capped_at_the_history_window() -> None:
+    m = meter(20)
+    m["kwh"][48:] = 0.0
+    x = feats(m)
+    cap = math.log1p(7 * 24)
+    assert x[:, COL["zero_run_log_h"]].max() == pytest.approx(cap, rel=1e-6)
+
+
+def test_gaps_do_not_look_anomalous() -> None:
+    m = meter(12)
+    rng = np.random.default_rng(0)
+    keep = rng.random(len(m["ts"])) > 0.1
+    keep[300:320] = False  # a ten-hour hole
+    x = feats(take(m, keep))
+    day = slots_per_day(1800)
+    settled = x[x.shape[0] - 3 * day :]
+    for name in CONSUMPTION + ["register_mismatch", "register_drop"]:
+        assert np.abs(settled[:, COL[name]]).max() < 1e-6, name
+
+
+def test_register_consistency_and_rollback() -> None:
+    m = meter(10)
+    i, j = 200, 300
+    m["register_kwh"][i:] += 5.0  # register jumps 5 kWh more than the interval energy
+    m["register_kwh"][j:] -= 50.0  # rolled back
+    m["register_kwh"][100:110] = np.nan  # not reported for a while
+    x = feats(m)
+    assert x[i, COL["register_mismatch"]] > 1.0
+    assert x[j, COL["register_mismatch"]] < -1.0
+    assert x[j, COL["register_drop"]] > 1.0
+    others = np.ones(len(m["ts"]), bool)
+    others[[i, j]] = False
+    assert np.abs(x[others, COL["register_mismatch"]]).max() < 1e-6
+    assert np.abs(x[others, COL["register_drop"]]).max() < 1e-6
+
+
+def test_register_gap_gives_no_mismatch_but_catches_drop() -> None:
+    m = meter(5)
+    keep = np.ones(len(m["ts"]), bool)
+    keep[100:104] = False  # the readings of four intervals are lost
+    m["register_kwh"][104] -= 10.0
+    x = feats(take(m, keep))
+    row = 100  # first row after the hole
+    assert x[row, COL["register_mismatch"]] == 0.0
+    assert x[row, COL["register_drop"]] > 0.0
+
+
+def test_tamper_flags() -> None:
+    m = meter(3)
+    m["flags"][50] = BITS["cover_open"]
+    m["flags"][60] = BITS["magnetic"] | BITS["no_credit"]
+    m["flags"][70] = BITS["no_credit"]
+    x = feats(m)
+    assert x[50, COL["tamper_flag"]] == 1.0
+    assert x[60, COL["tamper_flag"]] == 1.0
+    assert x[70, COL["tamper_flag"]] == 0.0
+    assert x[49, COL["tamper_24h_log"]] == 0.0
+    assert x[55, COL["tamper_24h_log"]] == pytest.approx(math.log1p(1))
+    assert x[65, COL["tamper_24h_log"]] == pytest.approx(math.log1p(2))
+    assert x[50 + 48, COL["tamper_24h_log"]] == pytest.approx(math.log1p(1))  # 50 left the day
+
+
+def test_unknown_flags_are_ignored_and_bad_masks_refused() -> None:
+    m = meter(2)
+    x = compute_features(
+        m["ts"], m["kwh"], m["supply_on"], m["flags"], m["register_kwh"], 1800, {"other": 1}
+    )
+    assert np.isfinite(x).all()
+    with pytest.raises(ValueError, match="single-bit"):
+        compute_features(
+            m["ts"],
+            m["kwh"],
+            m["supply_on"],
+            m["flags"],
+            m["register_kwh"],
+            1800,
+            {"cover_open": 3},
+        )
+
+
+def test_input_validation() -> None:
+    m = meter(1)
+    with pytest.raises(ValueError, match="increasing"):
+        compute_features(
+            m["ts"][::-1], m["kwh"], m["supply_on"], m["flags"], m["register_kwh"], 1800, BITS
+        )
+    with pytest.raises(ValueError, match="shape"):
+        compute_features(
+            m["ts"], m["kwh"][:-1], m["supply_on"], m["flags"], m["register_kwh"], 1800, BITS
+        )
+    with pytest.raises(ValueError, match="interval_s"):
+        compute_features(m["ts"], m["kwh"], m["supply_on"], m["flags"], m["register_kwh"], 60, BITS)
+    n = len(m["ts"])
+    with pytest.raises(ValueError, match="contiguous"):
+        compute_features_grouped(
+            np.tile([0, 1], n // 2),
+            np.arange(n),
+            m["kwh"],
+            m["supply_on"],
+            m["flags"],
+            m["register_kwh"],
+            1800,
+            BITS,
+        )
+
+
+def _random_meter(rng: np.random.Generator, days: int, interval_s: int) -> dict[str, np.ndarray]:
+    r = make_readings(
+        1,
+        days,
+        interval_s=interval_s,
+        seed=int(rng.integers(1 << 30)),
+        attack_fraction=1.0,
+        min_attack_day=1,
+    )
+    return {
+        "ts": r.ts,
+        "kwh": r.kwh,
+        "supply_on": r.supply_on,
+        "flags": r.flags,
+        "register_kwh": r.register_kwh,
+    }
+
+
+@pytest.mark.parametrize("interval_s", [900, 1800, 3600])
+def test_causal_and_history_window_is_enough(interval_s: int) -> None:
+    rng = np.random.default_rng(interval_s)
+    m = _random_meter(rng, 12, interval_s)
+    full = feats(m, interval_s)
+    n = len(m["ts"])
+    for cut in rng.integers(n // 2, n - 1, size=4):
+        cut = int(cut)
+        # Causal: what comes after a row never changes it.
+        changed = {k: v.copy() for k, v in m.items()}
+        changed["kwh"][cut + 1 :] *= 7.0
+        changed["supply_on"][cut + 1 :] = False
+        np.testing.assert_array_equal(feats(changed, interval_s)[: cut + 1], full[: cut + 1])
+        prefix = feats(take(m, slice(0, cut + 1)), interval_s)
+        np.testing.assert_array_equal(prefix, full[: cut + 1])
+        # History: the rows within history_window_s before the first scored row are enough.
+        first_ts = m["ts"][cut]
+        window = m["ts"] >= first_ts - history_window_s(interval_s)
+        short = feats(take(m, window), interval_s)
+        scored = m["ts"][window] >= first_ts
+        np.testing.assert_array_equal(short[scored], full[cut:])
+
+
+def test_grouped_equals_per_meter_even_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = make_readings(6, 15, seed=11, attack_fraction=0.5)
+    args = (r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh)
+    grouped = compute_features_grouped(r.meter_index, *args, r.interval_s, BITS)
+    per_meter = np.concatenate(
+        [
+            compute_features(*(a[r.meter_index == i] for a in args), r.interval_s, BITS)
+            for i in range(6)
+        ]
+    )
+    np.testing.assert_array_equal(grouped, per_meter)
+    monkeypatch.setattr(features_mod, "_CHUNK_SLOTS", 500)
+    chunked = compute_features_grouped(r.meter_index, *args, r.interval_s, BITS)
+    np.testing.assert_array_equal(grouped, chunked)
+
+
+def test_misaligned_timestamps_and_long_gaps() -> None:
+    m = meter(10)
+    m["ts"] = m["ts"] + np.random.default_rng(1).integers(-300, 300, len(m["ts"]))
+    keep = np.ones(len(m["ts"]), bool)
+    keep[20:400] = False  # eight days without data
+    x = feats(take(m, keep))
+    assert np.isfinite(x).all()
+    assert np.all(x[20:40, COL["kwh_vs_7d"]] == 0.0)  # no history after the hole: neutral
+
+
+def test_theft_separates_from_normal_rows() -> None:
+    r = make_readings(40, 20, seed=5, attack_fraction=1.0)
+    x = compute_features_grouped(
+        r.meter_index, r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh, r.interval_s, BITS
+    )
+    normal = x[r.label == ""]
+    bypass = x[r.label == "bypass"]
+    assert bypass.shape[0] > 50
+    c = COL["kwh_vs_same_hour_7d"]
+    assert np.median(bypass[:, c]) < np.quantile(normal[:, c], 0.01)
+
+
+def test_speed_one_meter_two_weeks_and_grouped() -> None:
+    m = meter(14)
+    feats(m)
+    start = time.perf_counter()
+    for _ in range(20):
+        feats(m)
+    per_call = (time.perf_counter() - start) / 20
+    assert per_call < 0.02, f"{per_call * 1e3:.1f} ms per meter-fortnight"
+    r = make_readings(100, 30, seed=2)
+    start = time.perf_counter()
+    compute_features_grouped(
+        r.meter_index, r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh, r.interval_s, BITS
+    )
+    rate = len(r) / (time.perf_counter() - start)
+    assert rate > 100_000, f"{rate:.0f} rows/s"
+
+
+def test_flags_mask_from_names() -> None:
+    from edge_agent.features import DEFAULT_FLAG_BITS, flags_mask
+
+    mask = flags_mask([(), ("cover_open",), ("no_credit", "magnetic", "unknown")])
+    assert mask.dtype == np.uint16
+    assert mask[0] == 0
+    assert mask[1] == DEFAULT_FLAG_BITS["cover_open"]
+    assert mask[2] == DEFAULT_FLAG_BITS["no_credit"] | DEFAULT_FLAG_BITS["magnetic"]
+    x = compute_features(
+        T0 + 1800 * np.arange(1, 4),
+        np.ones(3),
+        np.ones(3, bool),
+        mask,
+        np.full(3, np.nan),
+        1800,
+        DEFAULT_FLAG_BITS,
+    )
+    assert x[:, COL["tamper_flag"]].tolist() == [0.0, 1.0, 1.0]
