@@ -196,6 +196,8 @@ class IngestWorker:
         assert ack is not None
         if outcome.replay:
             self.counters["batches_replayed"] += 1
+            log.info("batch %s of %s delivered again: answered with the stored ack",
+                     ack.batch_id, gateway_id)
         else:
             self.counters["batches_stored"] += 1
             self.counters["readings_inserted"] += ack.inserted

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -60,7 +61,7 @@ class MqttLink:
         self._backoff = Backoff(config.backoff_min_s, config.backoff_max_s)
         self.connects = 0
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=config.manual_ack,
@@ -113,7 +114,7 @@ class MqttLink:
     # --- network thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.config.session_expiry_s
         if self.config.receive_maximum:
             props.ReceiveMaximum = self.config.receive_maximum

@@ -33,7 +33,7 @@ class SyncPolicy:
 
     def timeout_after(self, send_count: int) -> float:
         """Wait longer after each resend: a central that is down costs few bytes on 3G."""
-        return min(self.ack_timeout_max_s, self.ack_timeout_s * 2 ** max(0, send_count - 1))
+        return float(min(self.ack_timeout_max_s, self.ack_timeout_s * 2 ** max(0, send_count - 1)))
 
 
 class Sync:
@@ -76,18 +76,18 @@ class Sync:
         self._resend_all = False
         in_flight = len(open_batches)
         while in_flight < self.policy.inflight_window and self._batch_due(now):
-            batch = self.buffer.form_batch(
+            formed = self.buffer.form_batch(
                 self.gateway_id,
                 self.policy.batch_max_readings,
                 now,
                 self.policy.compress,
                 self.policy.schema,
             )
-            if batch is None:
+            if formed is None:
                 break
             failpoints.hit("sync.after_form")
             in_flight += 1
-            if self._send(batch.batch_id, batch.payload, now, False):
+            if self._send(formed.batch_id, formed.payload, now, False):
                 sent += 1
         return sent
 

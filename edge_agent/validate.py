@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_agent import wire
-from edge_agent.codec import Row, reading_to_row
+from edge_agent.codec import reading_to_row
+from edge_agent.rows import Row
 
 Clock = Callable[[], float]
 

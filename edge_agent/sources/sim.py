@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from edge_agent.buffer import BufferFull
-from edge_agent.codec import Row, row_to_wire
+from edge_agent.codec import row_to_wire
+from edge_agent.rows import Row
 from edge_agent.settings import SimSourceSettings
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator

@@ -25,7 +25,7 @@ from typing import Any
 
 from edge_agent import wire
 from edge_agent.buffer import BufferFull
-from edge_agent.codec import Row
+from edge_agent.rows import Row
 from edge_agent.sources import Intake
 
 log = logging.getLogger(__name__)
