@@ -65,9 +65,13 @@ def test_spool_reads_seed_format(tmp_path: Path) -> None:
     buf, src = _spool(tmp_path)
     seed = Path(__file__).resolve().parents[2] / "shared/data/seed-kaggle/smart_meter_data.csv"
     lines = seed.read_text().splitlines()[:11]
+    lines[5] = lines[5].replace(",", ",oops,", 1)  # one corrupted row
     (tmp_path / "spool" / "seed.csv").write_text("\n".join(lines) + "\n")
     src.poll(NOW)
-    assert buf.stats().total_readings == 10
-    assert buf.meta("x") is None
+    assert buf.stats().total_readings == 9
     (meter,) = {m for (m,) in buf.conn.execute("select meter_id from readings")}
     assert meter == "seed-0001"
+    # the seed's Timestamp is the interval start: 00:00 → the interval ending 00:30
+    assert buf.conn.execute("select min(ts) from readings").fetchone()[0] == 1704069000
+    (reason, source), = buf.conn.execute("select reason, source from quarantine").fetchall()
+    assert reason.startswith("invalid:") and source.endswith(":6")

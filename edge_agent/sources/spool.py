@@ -9,7 +9,8 @@ the file's hash and it is moved without being read again.
 
 CSV columns are the wire field names (``meter_id, ts, kwh, ...``; ``flags`` separated by ``;``);
 the seed dataset's CSV format (``Timestamp, Electricity_Consumed, ...``) is accepted too, as the
-readings of one meter (``spool_meter_id``), its timestamps taken as interval ends in UTC.
+readings of one meter (``spool_meter_id``), read by ``simulator.seed`` (its timestamps are interval
+starts in UTC; its values are min-max normalised and kept as given).
 """
 
 from __future__ import annotations
@@ -141,13 +142,24 @@ class SpoolSource:
         header = tuple(reader.fieldnames or ())
         if not header:
             raise ValueError("empty CSV file")
-        seed = all(c in header for c in SEED_COLUMNS)
-        if not seed and not {"meter_id", "ts", "kwh"} <= set(header):
+        if all(c in header for c in SEED_COLUMNS):
+            yield from self._parse_seed(text, source)
+            return
+        if not {"meter_id", "ts", "kwh"} <= set(header):
             raise ValueError(f"unknown CSV header: {','.join(header)[:200]}")
         for number, rec in enumerate(reader, 2):
             raw = ",".join("" if v is None else str(v) for v in rec.values())
-            obj = _seed_row(rec, self.seed_meter_id) if seed else _csv_row(rec)
-            yield check(obj, raw, f"{source}:{number}")
+            yield check(_csv_row(rec), raw, f"{source}:{number}")
+
+    def _parse_seed(self, text: str, source: str) -> Iterator[Row | wire.QuarantineRecord]:
+        from simulator.seed import load_seed_csv  # numpy + stdlib, like the agent
+
+        load = load_seed_csv(io.StringIO(text), meter_id=self.seed_meter_id)
+        v = self.intake.validator
+        for reading in load.readings:
+            yield v.check(reading, str(reading), source)
+        for line, message, raw in load.errors:
+            yield v._quarantine(raw, f"invalid: {message}", v.clock(), f"{source}:{line}")
 
 
 def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
@@ -165,19 +177,6 @@ def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
         else:
             obj[key] = value
     return obj
-
-
-def _seed_row(rec: dict[str, Any], meter_id: str) -> dict[str, Any]:
-    """The seed dataset: min-max normalised values, kept as given (kwh is not kWh there)."""
-    return {
-        "meter_id": meter_id,
-        "ts": _utc_text(rec.get("Timestamp") or ""),
-        "interval_s": 1800,
-        "kwh": rec.get("Electricity_Consumed"),
-        "temperature_c": rec.get("Temperature") or None,
-        "humidity_pct": rec.get("Humidity") or None,
-        "wind_ms": rec.get("Wind_Speed") or None,
-    }
 
 
 def _utc_text(value: str) -> str:
