@@ -25,7 +25,10 @@ reading against ~23 for v1 (zlib on both).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticUndefined
 
 from edge_agent.rows import READING_COLUMNS, Row
 
@@ -43,6 +46,24 @@ _PLAIN = (
 )
 KNOWN = {"meter_id", "ts_delta", "register_kwh", "register_kwh_mdelta", "supply", "flags", *_PLAIN}
 _IDX = {name: i for i, name in enumerate(READING_COLUMNS)}
+_DELTA = ("ts_delta", "register_kwh_mdelta")
+_ROW_FIELDS = (
+    "meter_id",
+    "ts",
+    "interval_s",
+    "kwh",
+    "register_kwh",
+    "voltage_v",
+    "current_a",
+    "power_factor",
+    "temperature_c",
+    "humidity_pct",
+    "wind_ms",
+    "supply",
+    "flags",
+    "score",
+    "model_version",
+)
 
 
 class ColumnError(ValueError):
@@ -97,8 +118,8 @@ def encode_columns(rows: Sequence[Row]) -> tuple[int, dict[str, Any]]:
     return n, cols
 
 
-def decode_columns(n: Any, columns: Any) -> list[dict[str, Any]]:
-    """(n, columns) → reading objects (dicts, not yet validated). Raises ColumnError."""
+def check_columns(n: Any, columns: Any) -> None:
+    """The shape of a v2 batch: types, lengths, known names. Raises ColumnError."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ColumnError("n must be a non-negative integer")
     if not isinstance(columns, dict):
@@ -107,28 +128,83 @@ def decode_columns(n: Any, columns: Any) -> list[dict[str, Any]]:
     if unknown:
         raise ColumnError(f"unknown columns: {', '.join(sorted(map(str, unknown)))[:100]}")
     if n == 0:
-        return []
-    full: dict[str, list[Any]] = {}
+        return
+    if "ts_delta" not in columns:
+        raise ColumnError("column ts_delta is required")
     for name, value in columns.items():
         if isinstance(value, list):
             if len(value) != n:
                 raise ColumnError(f"column {name} has {len(value)} values, expected {n}")
-            full[name] = value
-        elif name in ("ts_delta", "register_kwh_mdelta", "flags"):
+        elif name in _DELTA or name == "flags":
             raise ColumnError(f"column {name} must be a list")
-        else:
-            full[name] = [value] * n
-    if "ts_delta" not in full:
-        raise ColumnError("column ts_delta is required")
-    for coded, target, scale in (
-        ("ts_delta", "ts", None),
-        ("register_kwh_mdelta", "register_kwh", 1000),
-    ):
-        if coded in full:
-            values = full.pop(coded)
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-                raise ColumnError(f"column {coded} must hold integers")
-            plain = _undelta(values)
-            full[target] = plain if scale is None else [v / scale for v in plain]
+    for name in _DELTA:
+        if name in columns and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in columns[name]
+        ):
+            raise ColumnError(f"column {name} must hold integers")
+
+
+def _full(n: int, columns: dict[str, Any]) -> dict[str, list[Any]]:
+    """Every column as a list of n plain values (deltas undone)."""
+    full = {k: (v if isinstance(v, list) else [v] * n) for k, v in columns.items()}
+    full["ts"] = _undelta(full.pop("ts_delta"))
+    if "register_kwh_mdelta" in full:
+        full["register_kwh"] = [v / 1000 for v in _undelta(full.pop("register_kwh_mdelta"))]
+    return full
+
+
+def decode_columns(n: Any, columns: Any) -> list[dict[str, Any]]:
+    """(n, columns) → reading objects (dicts, not yet validated). Raises ColumnError."""
+    check_columns(n, columns)
+    if n == 0:
+        return []
+    full = _full(n, columns)
     names = list(full)
     return [dict(zip(names, values, strict=True)) for values in zip(*full.values(), strict=True)]
+
+
+# --- validation by column -------------------------------------------------------------------
+# The fast path of central ingest: each column is validated against the very constraints of
+# the ``Reading`` field it holds (derived from the model, so the two cannot drift), in one call.
+# A batch with anything invalid takes the reading-by-reading path, which says what and why.
+
+_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {}
+
+
+def _adapter(name: str) -> TypeAdapter[list[Any]]:
+    from edge_agent.wire import Reading  # wire imports this module
+
+    if name not in _ADAPTERS:
+        info = Reading.model_fields[name]
+        item = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        _ADAPTERS[name] = TypeAdapter(list[item])  # type: ignore[valid-type]
+    return _ADAPTERS[name]
+
+
+def validated_rows(n: int, columns: dict[str, Any]) -> list[tuple[Any, ...]] | None:
+    """Rows ``(meter_id, ts datetime, interval_s, kwh, register_kwh, voltage_v, current_a,
+    power_factor, temperature_c, humidity_pct, wind_ms, supply, flags list, score,
+    model_version)`` when every value is valid; None otherwise. ``check_columns`` first."""
+    from edge_agent.wire import WIRE_MAX_KW, Reading  # wire imports this module
+
+    if n == 0:
+        return []
+    full = _full(n, columns)
+    out: list[list[Any]] = []
+    try:
+        for name in _ROW_FIELDS:
+            values = full.get(name)
+            if values is None:
+                default = Reading.model_fields[name].default
+                if default is PydanticUndefined:
+                    return None  # a required column is missing
+                out.append([default] * n if name != "flags" else [[]] * n)
+                continue
+            checked = _adapter(name).validate_python(values)
+            out.append([list(f) for f in checked] if name == "flags" else checked)
+    except ValidationError:
+        return None
+    kwh, interval = out[3], out[2]
+    if any(k > WIRE_MAX_KW * i / 3600.0 for k, i in zip(kwh, interval, strict=True)):
+        return None
+    return list(zip(*out, strict=True))

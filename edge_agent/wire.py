@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.columnar import ColumnError, decode_columns
+from edge_agent.columnar import ColumnError, check_columns, decode_columns
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 FLAG_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
@@ -159,9 +159,8 @@ class ReadingsBatch(WireModel):
 class BatchEnvelope(WireModel):
     """A readings batch (v1 rows or v2 columns) whose readings are not yet validated one by one.
 
-    Central validates the envelope first, then each reading on its own, so that one bad reading
-    goes to quarantine and the rest of the batch is stored. A v2 batch is expanded to v1 reading
-    objects here (see :mod:`edge_agent.columnar`).
+    Central validates the envelope first (for v2: the shape of the columns), then the readings,
+    so that one bad reading goes to quarantine and the rest of the batch is stored.
     """
 
     schema_: Literal["readings.v1", "readings.v2"] = Field(alias="schema")
@@ -170,25 +169,36 @@ class BatchEnvelope(WireModel):
     batch_seq: int = Field(ge=0)
     sent_at: UtcDatetime
     readings: list[Any] = Field(default_factory=list, max_length=MAX_BATCH_READINGS)
+    n: int | None = Field(default=None, ge=0, le=MAX_BATCH_READINGS)
+    columns: dict[str, Any] | None = None
     quarantined: list[Any] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _expand_columns(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("schema") == "readings.v2":
-            data = dict(data)
-            if "readings" in data:
+    @model_validator(mode="after")
+    def _one_layout(self) -> BatchEnvelope:
+        if self.schema_ == "readings.v2":
+            if "readings" in self.model_fields_set:
                 raise ValueError("readings.v2 carries columns, not readings")
-            n, columns = data.pop("n", None), data.pop("columns", None)
-            if isinstance(n, int) and n > MAX_BATCH_READINGS:
-                raise ValueError(f"more than {MAX_BATCH_READINGS} readings")
+            if self.n is None or self.columns is None:
+                raise ValueError("readings.v2 needs n and columns")
             try:
-                data["readings"] = decode_columns(n, columns)
+                check_columns(self.n, self.columns)
             except ColumnError as exc:
                 raise ValueError(str(exc)) from None
-        return data
+        elif self.n is not None or self.columns is not None:
+            raise ValueError("readings.v1 carries readings, not columns")
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.n if self.n is not None else len(self.readings)
+
+    def reading_items(self) -> list[Any]:
+        """The readings as v1 objects (v2 columns expanded), not yet validated."""
+        if self.columns is not None and self.n is not None:
+            return decode_columns(self.n, self.columns)
+        return self.readings
 
 
 class Ack(WireModel):

@@ -44,7 +44,7 @@ def test_batches_are_frozen_and_survive_reopen(tmp_path: Path) -> None:
     assert [b.batch_id for b in open_] == [b1.batch_id, b2.batch_id]
     assert again.payload(b1.batch_id) == b1.payload  # same bytes after a restart
     body = wire.BatchEnvelope.model_validate(wire.decode(b1.payload))
-    readings = [wire.Reading.model_validate(r) for r in body.readings]
+    readings = [wire.Reading.model_validate(r) for r in body.reading_items()]
     assert [r.ts for r in readings] == [datetime.fromtimestamp(row("m", k)[1], UTC)
                                         for k in range(4)]
     assert again.pending == 10

@@ -84,6 +84,47 @@ def test_envelope_expands_v2_and_refuses_mixed() -> None:
     base = {"schema": "readings.v2", "gateway_id": "g", "batch_id": "b-1", "batch_seq": 1,
             "sent_at": "2026-03-01T00:00:00Z"}
     env = wire.BatchEnvelope.model_validate({**base, "n": n, "columns": cols})
-    assert env.readings[0]["meter_id"] == "m"
+    assert env.reading_items()[0]["meter_id"] == "m"
     with pytest.raises(ValueError, match="columns, not readings"):
         wire.BatchEnvelope.model_validate({**base, "readings": []})
+
+
+column_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+    st.text(max_size=6), st.lists(st.sampled_from(["cover_open", "BAD", "x"]), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sample=rows,
+    tweaks=st.lists(st.tuples(st.sampled_from(sorted(
+        ["meter_id", "interval_s", "kwh", "register_kwh", "voltage_v", "supply", "flags",
+         "score", "model_version", "power_factor"])), st.integers(0, 59), column_values),
+        max_size=3),
+)
+def test_column_fast_path_agrees_with_reading_validation(
+        sample: list[tuple], tweaks: list[tuple]) -> None:  # type: ignore[type-arg]
+    """The fast path accepts a batch exactly when every reading validates, with equal rows."""
+    from central.store import _row
+    from pydantic import ValidationError
+
+    from edge_agent.columnar import check_columns, validated_rows
+
+    n, cols = encode_columns([as_row(t) for t in sample])
+    cols = json.loads(json.dumps(cols))
+    for name, i, value in tweaks:  # corrupt some values, perhaps
+        if name in cols:
+            if not isinstance(cols[name], list):
+                cols[name] = [cols[name]] * n
+            cols[name][i % n] = value
+    try:
+        check_columns(n, cols)
+    except ColumnError:
+        return
+    fast = validated_rows(n, cols)
+    try:
+        slow = [_row(wire.Reading.model_validate(d)) for d in decode_columns(n, cols)]
+    except ValidationError:
+        slow = None
+    assert fast == slow
