@@ -152,25 +152,37 @@ def _private_postgres(datadir: Path) -> Iterator[str]:
         )
 
 
-@contextlib.contextmanager
-def _private_mosquitto(workdir: Path) -> Iterator[int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        raise RuntimeError(
-            "no MQTT broker answers on 127.0.0.1:1883 and mosquitto is not "
-            "installed: run scripts/system-deps.sh"
-        )
+def mosquitto_config(workdir: Path, port: int) -> Path:
+    """A private broker's configuration: ``mosquitto/mosquitto.conf`` on ``port``, persistence
+    and log in ``workdir``. Started by root, it stays root (it would otherwise drop to the
+    ``mosquitto`` user, who cannot write into the caller's private directories); it listens on
+    loopback only."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        (REPO / "mosquitto" / "mosquitto.conf")
-        .read_text()
+    text = (
+        (REPO / "mosquitto" / "mosquitto.conf").read_text()
         .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
         .replace("persistence_location var/mosquitto/", f"persistence_location {workdir}/")
         .replace("log_dest stderr", f"log_dest file {workdir}/mosquitto.log")
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], cwd=workdir)
+    if os.geteuid() == 0:
+        text += "\nuser root\n"
+    conf.write_text(text)
+    return conf
+
+
+def mosquitto_binary() -> str:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        raise RuntimeError("mosquitto is not installed: run scripts/system-deps.sh")
+    return binary
+
+
+@contextlib.contextmanager
+def _private_mosquitto(workdir: Path) -> Iterator[int]:
+    port = free_port()
+    conf = mosquitto_config(workdir, port)
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], cwd=workdir)
     _wait(port)
     log.info("started a private Mosquitto on 127.0.0.1:%d", port)
     try:

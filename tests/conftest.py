@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,18 +16,13 @@ import psycopg
 import pytest
 
 from central.db import migrate
+from central.local_services import free_port, mosquitto_binary, mosquitto_config
 from tests.support.proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_DSN = os.environ.get("EIOT_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = int(os.environ.get("EIOT_TEST_BROKER_PORT", "1883"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -83,20 +77,11 @@ class Mosquitto:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            (REPO / "mosquitto" / "mosquitto.conf")
-            .read_text()
-            .replace("listener 1883 127.0.0.1", f"listener {self.port} 127.0.0.1")
-            .replace("persistence_location var/mosquitto/", f"persistence_location {workdir}/")
-            .replace("log_dest stderr", f"log_dest file {workdir}/mosquitto.log")
-        )
+        self.conf = mosquitto_config(workdir, self.port)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], cwd=self.workdir)
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], cwd=self.workdir)
         wait_port(self.port)
 
     def stop(self) -> None:
