@@ -63,14 +63,24 @@ def run(readings: int, chunk_size: int, synchronous: str, dicts: bool) -> float:
         k = 0
         elapsed = 0.0
         while done < readings:
-            c = _Chunk(**{k_: v for k_, v in vars(chunk(meters, k, intervals, rng)).items()
-                          if k_ != "__len__"})
+            c = _Chunk(
+                **{
+                    k_: v
+                    for k_, v in vars(chunk(meters, k, intervals, rng)).items()
+                    if k_ != "__len__"
+                }
+            )
             if dicts:
                 items = [
                     {"meter_id": m, "ts": t, "kwh": e, "register_kwh": r, "voltage_v": vv}
-                    for m, t, e, r, vv in zip(c.meter_id.tolist(), c.ts.tolist(), c.kwh.tolist(),
-                                              c.register_kwh.tolist(), c.voltage_v.tolist(),
-                                              strict=True)
+                    for m, t, e, r, vv in zip(
+                        c.meter_id.tolist(),
+                        c.ts.tolist(),
+                        c.kwh.tolist(),
+                        c.register_kwh.tolist(),
+                        c.voltage_v.tolist(),
+                        strict=True,
+                    )
                 ]
                 for it in items:
                     it["ts"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(it["ts"]))
@@ -89,18 +99,29 @@ def run(readings: int, chunk_size: int, synchronous: str, dicts: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--readings", type=int, default=1_000_000, help="readings to accept")
     parser.add_argument("--chunk", type=int, default=2000, help="readings per transaction")
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     args = parser.parse_args()
     columns = run(args.readings, args.chunk, args.synchronous, dicts=False)
-    print(f"column path:      {columns:>12,.0f} readings/s ({args.synchronous}, {args.chunk}/commit)")
+    print(
+        f"column path:      {columns:>12,.0f} readings/s ({args.synchronous}, {args.chunk}/commit)"
+    )
     per_reading = run(args.readings // 5, args.chunk, args.synchronous, dicts=True)
     print(f"per-reading path: {per_reading:>12,.0f} readings/s")
-    print(json.dumps({"readings_per_s": round(columns), "per_reading_path_readings_per_s":
-                      round(per_reading), "synchronous": args.synchronous,
-                      "readings_per_commit": args.chunk}))
+    print(
+        json.dumps(
+            {
+                "readings_per_s": round(columns),
+                "per_reading_path_readings_per_s": round(per_reading),
+                "synchronous": args.synchronous,
+                "readings_per_commit": args.chunk,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

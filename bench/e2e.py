@@ -43,8 +43,9 @@ ROOT = "eiot-bench/v1"
 def fill(db: Path, meters: int, days: float, gateways: int, index: int) -> int:
     buffer = Buffer(db, cap=10**9)
     source = SimSource(
-        SimSourceSettings(meters=meters, days=days, gateways=gateways, gateway_index=index,
-                          chunk_intervals=8),
+        SimSourceSettings(
+            meters=meters, days=days, gateways=gateways, gateway_index=index, chunk_intervals=8
+        ),
         Intake(buffer, Validator(time.time)),
     )
     while not source.exhausted():
@@ -79,23 +80,42 @@ class PeakRss:
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, *args], env={**os.environ, **env},
-                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
 
 
 def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str, float]:
-    ingest = spawn(["-m", "central", "ingest"], {
-        "EIOT_PG_DSN": dsn, "EIOT_BROKER_PORT": str(svc.broker_port),
-        "EIOT_TOPIC_ROOT": ROOT, "EIOT_WORKER_ID": "bench-1",
-        "EIOT_SESSION_EXPIRY_S": "60", "EIOT_LOG_LEVEL": "WARNING",
-    }, var / "ingest.log")
+    ingest = spawn(
+        ["-m", "central", "ingest"],
+        {
+            "EIOT_PG_DSN": dsn,
+            "EIOT_BROKER_PORT": str(svc.broker_port),
+            "EIOT_TOPIC_ROOT": ROOT,
+            "EIOT_WORKER_ID": "bench-1",
+            "EIOT_SESSION_EXPIRY_S": "60",
+            "EIOT_LOG_LEVEL": "WARNING",
+        },
+        var / "ingest.log",
+    )
     time.sleep(1.0)  # subscribed before the first batch
     agents = [
-        spawn(["-m", "edge_agent", "--log-level", "WARNING", "run", "--exit-when-drained"], {
-            "EIOT_GATEWAY_ID": gw, "EIOT_BROKER_PORT": str(svc.broker_port),
-            "EIOT_TOPIC_ROOT": ROOT, "EIOT_DB_PATH": str(var / f"{gw}.db"),
-            "EIOT_BATCH_MAX_AGE_S": "0.2", "EIOT_SESSION_EXPIRY_S": "60",
-        }, var / f"{gw}.log")
+        spawn(
+            ["-m", "edge_agent", "--log-level", "WARNING", "run", "--exit-when-drained"],
+            {
+                "EIOT_GATEWAY_ID": gw,
+                "EIOT_BROKER_PORT": str(svc.broker_port),
+                "EIOT_TOPIC_ROOT": ROOT,
+                "EIOT_DB_PATH": str(var / f"{gw}.db"),
+                "EIOT_BATCH_MAX_AGE_S": "0.2",
+                "EIOT_SESSION_EXPIRY_S": "60",
+            },
+            var / f"{gw}.log",
+        )
         for gw in gateways
     ]
     rss = PeakRss([ingest.pid, *[a.pid for a in agents]])
@@ -109,9 +129,12 @@ def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str
     wire_bytes = 0
     for gw in gateways:
         with sqlite3.connect(var / f"{gw}.db") as conn:
-            f, lst = conn.execute("select min(first_sent_at), max(acked_at) from batches").fetchone()
+            f, lst = conn.execute(
+                "select min(first_sent_at), max(acked_at) from batches"
+            ).fetchone()
             wire_bytes += conn.execute(
-                "select value from counters where name = 'wire_bytes_sent'").fetchone()[0]
+                "select value from counters where name = 'wire_bytes_sent'"
+            ).fetchone()[0]
         first = f if first is None else min(first, f)
         last = lst if last is None else max(last, lst)
     assert first is not None and last is not None
@@ -129,8 +152,10 @@ def check(dsn: str, var: Path, gateways: list[str]) -> tuple[int, int, int]:
         with sqlite3.connect(var / f"{gw}.db") as conn:
             accepted |= set(conn.execute("select meter_id, ts from readings"))
     with psycopg.connect(dsn) as conn:
-        stored = [(m, int(t.timestamp())) for m, t in conn.execute(
-            "select meter_id, ts from raw.readings")]
+        stored = [
+            (m, int(t.timestamp()))
+            for m, t in conn.execute("select meter_id, ts from raw.readings")
+        ]
     lost = len(accepted - set(stored))
     duplicates = len(stored) - len(set(stored))
     return len(stored), lost, duplicates
@@ -139,21 +164,31 @@ def check(dsn: str, var: Path, gateways: list[str]) -> tuple[int, int, int]:
 def baseline(svc: Services, dsn: str, var: Path, gw: str, sample: int) -> dict[str, float]:
     """One JSON message per reading, QoS1; a subscriber doing one INSERT (autocommit) each."""
     with sqlite3.connect(var / f"{gw}.db") as conn:
-        cols = ("meter_id, ts, interval_s, kwh, register_kwh, voltage_v, current_a, power_factor,"
-                " temperature_c, humidity_pct, wind_ms, supply_on, flags, score, model_version")
-        rows = conn.execute(f"select {cols} from readings order by seq limit ?", (sample,)).fetchall()
+        cols = (
+            "meter_id, ts, interval_s, kwh, register_kwh, voltage_v, current_a, power_factor,"
+            " temperature_c, humidity_pct, wind_ms, supply_on, flags, score, model_version"
+        )
+        rows = conn.execute(
+            f"select {cols} from readings order by seq limit ?", (sample,)
+        ).fetchall()
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("create table raw.baseline_readings (like raw.readings including all)")
     topic = f"{ROOT}/baseline/{gw}"
     inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-base-sub-{os.getpid()}",
-                      protocol=mqtt.MQTTv5)
+    sub = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-base-sub-{os.getpid()}",
+        protocol=mqtt.MQTTv5,
+    )
     sub.on_message = lambda c, u, m: inbox.put(m.payload)
     sub.connect(svc.broker_host, svc.broker_port)
     sub.subscribe(topic, qos=1)
     sub.loop_start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-base-pub-{os.getpid()}",
-                      protocol=mqtt.MQTTv5)
+    pub = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-base-pub-{os.getpid()}",
+        protocol=mqtt.MQTTv5,
+    )
     pub.connect(svc.broker_host, svc.broker_port)
     pub.loop_start()
     time.sleep(0.5)
@@ -173,8 +208,15 @@ def baseline(svc: Services, dsn: str, var: Path, gw: str, sample: int) -> dict[s
                     "insert into raw.baseline_readings (meter_id, ts, interval_s, kwh, register_kwh,"
                     " voltage_v, gateway_id, batch_id) values (%s, %s, %s, %s, %s, %s, %s, 'none')"
                     " on conflict do nothing",
-                    (r["meter_id"], r["ts"], r.get("interval_s", 1800), r["kwh"],
-                     r.get("register_kwh"), r.get("voltage_v"), gw),
+                    (
+                        r["meter_id"],
+                        r["ts"],
+                        r.get("interval_s", 1800),
+                        r["kwh"],
+                        r.get("register_kwh"),
+                        r.get("voltage_v"),
+                        gw,
+                    ),
                 )
 
     consumer = threading.Thread(target=insert_all)
@@ -201,13 +243,18 @@ def baseline(svc: Services, dsn: str, var: Path, gw: str, sample: int) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--meters", type=int, default=1000, help="simulated meters in all")
     parser.add_argument("--days", type=float, default=2, help="days of 30-minute readings")
     parser.add_argument("--gateways", type=int, default=1, help="gateway agents")
-    parser.add_argument("--baseline-sample", type=int, default=20_000,
-                        help="readings pushed through the naive baseline")
+    parser.add_argument(
+        "--baseline-sample",
+        type=int,
+        default=20_000,
+        help="readings pushed through the naive baseline",
+    )
     args = parser.parse_args()
     var = REPO / "var" / "bench-e2e"
     import shutil
@@ -219,28 +266,46 @@ def main() -> None:
         dsn = svc.fresh_database("eiot_bench")
         migrate(dsn)
         t0 = time.perf_counter()
-        readings = sum(fill(var / f"{gw}.db", args.meters, args.days, args.gateways, i)
-                       for i, gw in enumerate(gateways))
+        readings = sum(
+            fill(var / f"{gw}.db", args.meters, args.days, args.gateways, i)
+            for i, gw in enumerate(gateways)
+        )
         print(f"buffers filled: {readings:,} readings in {time.perf_counter() - t0:.1f} s")
         fwd = forward(svc, dsn, var, gateways)
         stored, lost, duplicates = check(dsn, var, gateways)
         rate = readings / fwd["seconds"]
-        print(f"forwarded {readings:,} readings in {fwd['seconds']:.2f} s: {rate:,.0f} readings/s; "
-              f"{fwd['wire_bytes'] / readings:.1f} bytes/reading on the wire")
-        print(f"peak RSS: agent {fwd['agent_peak_rss_mb']:.0f} MB, "
-              f"ingest {fwd['ingest_peak_rss_mb']:.0f} MB; lost {lost}, doubled {duplicates}")
+        print(
+            f"forwarded {readings:,} readings in {fwd['seconds']:.2f} s: {rate:,.0f} readings/s; "
+            f"{fwd['wire_bytes'] / readings:.1f} bytes/reading on the wire"
+        )
+        print(
+            f"peak RSS: agent {fwd['agent_peak_rss_mb']:.0f} MB, "
+            f"ingest {fwd['ingest_peak_rss_mb']:.0f} MB; lost {lost}, doubled {duplicates}"
+        )
         base = baseline(svc, dsn, var, gateways[0], min(args.baseline_sample, readings))
-        print(f"baseline (one message and one INSERT per reading, {base['readings']:,} readings): "
-              f"{base['readings_per_s']:,} readings/s, {base['wire_bytes_per_reading']} bytes/reading")
-    print(json.dumps({
-        "meters": args.meters, "days": args.days, "gateways": args.gateways,
-        "readings": readings, "stored": stored, "lost": lost, "duplicates": duplicates,
-        "readings_per_s": round(rate), "seconds": round(fwd["seconds"], 3),
-        "wire_bytes_per_reading": round(fwd["wire_bytes"] / readings, 2),
-        "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
-        "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
-        "baseline": base,
-    }))
+        print(
+            f"baseline (one message and one INSERT per reading, {base['readings']:,} readings): "
+            f"{base['readings_per_s']:,} readings/s, {base['wire_bytes_per_reading']} bytes/reading"
+        )
+    print(
+        json.dumps(
+            {
+                "meters": args.meters,
+                "days": args.days,
+                "gateways": args.gateways,
+                "readings": readings,
+                "stored": stored,
+                "lost": lost,
+                "duplicates": duplicates,
+                "readings_per_s": round(rate),
+                "seconds": round(fwd["seconds"], 3),
+                "wire_bytes_per_reading": round(fwd["wire_bytes"] / readings, 2),
+                "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
+                "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
+                "baseline": base,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

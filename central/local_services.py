@@ -160,7 +160,8 @@ def mosquitto_config(workdir: Path, port: int) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     text = (
-        (REPO / "mosquitto" / "mosquitto.conf").read_text()
+        (REPO / "mosquitto" / "mosquitto.conf")
+        .read_text()
         .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
         .replace("persistence_location var/mosquitto/", f"persistence_location {workdir}/")
         .replace("log_dest stderr", f"log_dest file {workdir}/mosquitto.log")

@@ -20,7 +20,9 @@ from central.local_services import free_port, mosquitto_binary, mosquitto_config
 from tests.support.proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_DSN = os.environ.get("EIOT_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "EIOT_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = int(os.environ.get("EIOT_TEST_BROKER_PORT", "1883"))
 
@@ -132,8 +134,11 @@ class Proc:
     def start(self, extra_env: dict[str, str] | None = None) -> Proc:
         with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, *self.args], env={**self.env, **(extra_env or {})},
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                [sys.executable, *self.args],
+                env={**self.env, **(extra_env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
             )
         return self
 

@@ -10,9 +10,17 @@ T0 = 1_772_323_200  # 2026-03-01T00:00:00Z
 def row(meter: str = "m1", k: int = 0, kwh: float = 0.25, **kw: object) -> Row:
     """A buffer row for meter ``meter``, interval ``k`` after T0 (30-minute intervals)."""
     values = {
-        "register_kwh": None, "voltage_v": None, "current_a": None, "power_factor": None,
-        "temperature_c": None, "humidity_pct": None, "wind_ms": None, "supply_on": 1,
-        "flags": None, "score": None, "model_version": None,
+        "register_kwh": None,
+        "voltage_v": None,
+        "current_a": None,
+        "power_factor": None,
+        "temperature_c": None,
+        "humidity_pct": None,
+        "wind_ms": None,
+        "supply_on": 1,
+        "flags": None,
+        "score": None,
+        "model_version": None,
     }
     values.update(kw)
     return (meter, T0 + 1800 * (k + 1), 1800, kwh, *values.values())

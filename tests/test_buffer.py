@@ -20,8 +20,12 @@ def test_accept_is_idempotent_and_flags_conflicts(tmp_path: Path) -> None:
     q = buf.conn.execute("select reason, raw from quarantine").fetchall()
     assert q[0][0].startswith("conflict") and '"kwh":9.0' in q[0][1]
     # the first value stays
-    assert buf.conn.execute("select kwh from readings where meter_id='m0' and ts=?",
-                            (rows[0][1],)).fetchone()[0] == 0.25
+    assert (
+        buf.conn.execute(
+            "select kwh from readings where meter_id='m0' and ts=?", (rows[0][1],)
+        ).fetchone()[0]
+        == 0.25
+    )
     assert buf.counters()["readings_conflict"] == 1
 
 
@@ -45,8 +49,9 @@ def test_batches_are_frozen_and_survive_reopen(tmp_path: Path) -> None:
     assert again.payload(b1.batch_id) == b1.payload  # same bytes after a restart
     body = wire.BatchEnvelope.model_validate(wire.decode(b1.payload))
     readings = [wire.Reading.model_validate(r) for r in body.reading_items()]
-    assert [r.ts for r in readings] == [datetime.fromtimestamp(row("m", k)[1], UTC)
-                                        for k in range(4)]
+    assert [r.ts for r in readings] == [
+        datetime.fromtimestamp(row("m", k)[1], UTC) for k in range(4)
+    ]
     assert again.pending == 10
 
 

@@ -13,8 +13,9 @@ import pytest
 PARSERS = ["edge_agent.cli", "central.cli", "simulator.cli"]
 
 
-def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[
-        tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
+def walk(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser, str | None]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}
@@ -38,8 +39,9 @@ def test_every_command_has_help(module: str) -> None:
                 assert action.help, f"{module} {' '.join(path)} {action.option_strings}: no help"
 
 
-@pytest.mark.parametrize("command", [["edge-agent", "--help"], ["central", "--help"],
-                                     ["edge-agent", "status", "--help"]])
+@pytest.mark.parametrize(
+    "command", [["edge-agent", "--help"], ["central", "--help"], ["edge-agent", "status", "--help"]]
+)
 def test_installed_entry_points_answer_help(command: list[str]) -> None:
     exe = f"{sys.prefix}/bin/{command[0]}"
     out = subprocess.run([exe, *command[1:]], capture_output=True, text=True, timeout=60)

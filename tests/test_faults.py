@@ -34,8 +34,13 @@ def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
         if fp:
             assert agent.wait(30) == -9, "the failpoint did not fire"
         else:
-            rig.wait_until(lambda: rig.stored_count() > 0 and rig.pending("gw-a") > 0
-                           or rig.pending("gw-a") == 0, 30, "progress")
+            rig.wait_until(
+                lambda: (
+                    rig.stored_count() > 0 and rig.pending("gw-a") > 0 or rig.pending("gw-a") == 0
+                ),
+                30,
+                "progress",
+            )
             time.sleep(0.3)
             agent.kill()
     rig.start_agent("gw-a")

@@ -20,12 +20,17 @@ from edge_agent import topics, wire
 from tests.conftest import BROKER_HOST, BROKER_PORT
 
 VALID = {
-    "schema": "readings.v1", "gateway_id": "gw1", "batch_id": "x-1", "batch_seq": 1,
+    "schema": "readings.v1",
+    "gateway_id": "gw1",
+    "batch_id": "x-1",
+    "batch_seq": 1,
     "sent_at": "2026-03-02T00:00:00Z",
     "readings": [{"meter_id": "m1", "ts": "2026-03-01T00:30:00Z", "kwh": 0.5}],
 }
 VALID_V2 = {
-    **{k: v for k, v in VALID.items() if k != "readings"}, "schema": "readings.v2", "n": 2,
+    **{k: v for k, v in VALID.items() if k != "readings"},
+    "schema": "readings.v2",
+    "n": 2,
     "columns": {"meter_id": "m1", "ts_delta": [1772325000, 1800], "kwh": [0.5, 0.25]},
 }
 TOPIC = "eiot/v1/gw/gw1/readings"
@@ -36,7 +41,9 @@ def worker_for(dsn: str, root: str = "eiot/v1", **kw: Any) -> IngestWorker:
 
 
 def quarantine(pg: psycopg.Connection) -> list[tuple[str, str | None]]:
-    return pg.execute("select reason, batch_id from raw.quarantine order by quarantine_id").fetchall()
+    return pg.execute(
+        "select reason, batch_id from raw.quarantine order by quarantine_id"
+    ).fetchall()
 
 
 @pytest.mark.parametrize(
@@ -48,8 +55,12 @@ def quarantine(pg: psycopg.Connection) -> list[tuple[str, str | None]]:
         (TOPIC, json.dumps({**VALID, "schema": "readings.v9"}).encode(), "unknown_schema", True),
         (TOPIC, json.dumps({**VALID, "gateway_id": "gw2"}).encode(), "gateway_mismatch", True),
         (TOPIC, json.dumps({**VALID, "batch_seq": "x"}).encode(), "invalid_envelope", True),
-        (TOPIC, json.dumps({k: v for k, v in VALID.items() if k != "batch_id"}).encode(),
-         "invalid_envelope", False),
+        (
+            TOPIC,
+            json.dumps({k: v for k, v in VALID.items() if k != "batch_id"}).encode(),
+            "invalid_envelope",
+            False,
+        ),
         (TOPIC, b"{" + b" " * 3000 + b"}", "oversize", False),
         ("eiot/v1/gw/readings", json.dumps(VALID).encode(), "bad_topic", False),
     ],
@@ -69,13 +80,27 @@ def test_bad_messages_quarantined_with_reason(
 
 
 def _mutations() -> st.SearchStrategy[bytes]:
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-                        st.text(max_size=20))
-    json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) |
-                               st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
-    field = st.sampled_from(sorted(VALID_V2) + [
-        "readings.0.kwh", "readings.0.ts", "readings.0.meter_id", "columns.kwh",
-        "columns.ts_delta", "columns.meter_id", "columns.supply", "columns.flags"])
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
+    )
+    json_values = st.recursive(
+        scalars,
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=12,
+    )
+    field = st.sampled_from(
+        sorted(VALID_V2)
+        + [
+            "readings.0.kwh",
+            "readings.0.ts",
+            "readings.0.meter_id",
+            "columns.kwh",
+            "columns.ts_delta",
+            "columns.meter_id",
+            "columns.supply",
+            "columns.flags",
+        ]
+    )
 
     @st.composite
     def mutated(draw: st.DrawFn) -> bytes:
@@ -97,35 +122,45 @@ def _mutations() -> st.SearchStrategy[bytes]:
         body = json.dumps(obj).encode()
         return wire.ZLIB_HEADER + zlib.compress(body) if draw(st.booleans()) else body
 
-    return st.one_of(st.binary(max_size=200), mutated(),
-                     json_values.map(lambda v: json.dumps(v).encode()))
+    return st.one_of(
+        st.binary(max_size=200), mutated(), json_values.map(lambda v: json.dumps(v).encode())
+    )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(payload=_mutations())
 def test_fuzzed_payloads_never_crash(pg_dsn: str, payload: bytes) -> None:
     w = worker_for(pg_dsn)
     with psycopg.connect(pg_dsn) as conn:
-        before = conn.execute("select (select count(*) from raw.quarantine) + "
-                              "(select count(*) from raw.ingest_batches)").fetchone()
+        before = conn.execute(
+            "select (select count(*) from raw.quarantine) + "
+            "(select count(*) from raw.ingest_batches)"
+        ).fetchone()
         w.handle(conn, TOPIC, payload)  # must not raise
-        after = conn.execute("select (select count(*) from raw.quarantine) + "
-                             "(select count(*) from raw.ingest_batches), "
-                             "(select count(*) from raw.quarantine where payload_sha256 = "
-                             "encode(sha256(%s), 'hex'))", (payload,)).fetchone()
+        after = conn.execute(
+            "select (select count(*) from raw.quarantine) + "
+            "(select count(*) from raw.ingest_batches), "
+            "(select count(*) from raw.quarantine where payload_sha256 = "
+            "encode(sha256(%s), 'hex'))",
+            (payload,),
+        ).fetchone()
         try:
             batch_id = wire.decode(payload).get("batch_id")
         except wire.DecodeError:
             batch_id = None
-        replay = conn.execute("select count(*) from raw.ingest_batches where batch_id = %s",
-                              (str(batch_id),)).fetchone()
+        replay = conn.execute(
+            "select count(*) from raw.ingest_batches where batch_id = %s", (str(batch_id),)
+        ).fetchone()
     assert before is not None and after is not None and replay is not None
     # something was recorded: a stored batch, a quarantine row, or this very message seen before
     assert after[0] > before[0] or after[1] == 1 or replay[0] == 1
 
 
-def test_worker_process_survives_garbage_over_mqtt(pg_dsn: str, pg: psycopg.Connection,
-                                                   topic_root: str) -> None:
+def test_worker_process_survives_garbage_over_mqtt(
+    pg_dsn: str, pg: psycopg.Connection, topic_root: str
+) -> None:
     w = worker_for(pg_dsn, root=topic_root, worker_id=f"t{time.monotonic_ns()}", share_group="")
     stop = threading.Event()
     thread = threading.Thread(target=w.run, args=(stop,), daemon=True)

@@ -12,10 +12,19 @@ from central import store
 from edge_agent import wire
 
 
-def env(batch_id: str, readings: list[dict[str, Any]], gw: str = "gw1", **kw: Any) -> wire.BatchEnvelope:
+def env(
+    batch_id: str, readings: list[dict[str, Any]], gw: str = "gw1", **kw: Any
+) -> wire.BatchEnvelope:
     return wire.BatchEnvelope.model_validate(
-        {"schema": "readings.v1", "gateway_id": gw, "batch_id": batch_id, "batch_seq": 1,
-         "sent_at": "2026-03-02T00:00:00Z", "readings": readings, **kw}
+        {
+            "schema": "readings.v1",
+            "gateway_id": gw,
+            "batch_id": batch_id,
+            "batch_seq": 1,
+            "sent_at": "2026-03-02T00:00:00Z",
+            "readings": readings,
+            **kw,
+        }
     )
 
 
@@ -40,7 +49,7 @@ def test_store_then_replay_gets_same_ack(pg_dsn: str, pg: psycopg.Connection) ->
 
 
 def test_overlapping_batches_out_of_order(pg_dsn: str, pg: psycopg.Connection) -> None:
-    a = [rd("m1", k) for k in range(0, 20)]
+    a = [rd("m1", k) for k in range(20)]
     b = [rd("m1", k) for k in range(10, 30)]
     with psycopg.connect(pg_dsn) as conn:
         ack_b = store.store_batch(conn, env("b-2", b), "t").ack
@@ -55,8 +64,9 @@ def test_conflict_keeps_first_and_quarantines_newcomer(pg_dsn: str, pg: psycopg.
         store.store_batch(conn, env("b-1", [rd("m1", 0, 0.5)]), "t")
         ack = store.store_batch(conn, env("b-2", [rd("m1", 0, 0.9), rd("m1", 1)]), "t").ack
     assert ack and (ack.inserted, ack.conflicts, ack.quarantined) == (1, 1, 1)
-    assert pg.execute("select kwh from raw.readings where meter_id='m1' order by ts").fetchall() == [
-        (0.5,), (0.5,)]
+    assert pg.execute(
+        "select kwh from raw.readings where meter_id='m1' order by ts"
+    ).fetchall() == [(0.5,), (0.5,)]
     reason, raw = pg.execute("select reason, raw from raw.quarantine").fetchone()  # type: ignore[misc]
     assert reason.startswith("conflict") and '"kwh":0.9' in raw
 
@@ -64,14 +74,23 @@ def test_conflict_keeps_first_and_quarantines_newcomer(pg_dsn: str, pg: psycopg.
 def test_score_difference_is_not_a_conflict(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         store.store_batch(conn, env("b-1", [rd("m1", 0, score=0.1, model_version="v1")]), "t")
-        ack = store.store_batch(conn, env("b-2", [rd("m1", 0, score=0.7, model_version="v2")]), "t").ack
+        ack = store.store_batch(
+            conn, env("b-2", [rd("m1", 0, score=0.7, model_version="v2")]), "t"
+        ).ack
     assert ack and ack.duplicates == 1 and ack.conflicts == 0
 
 
 def test_invalid_readings_quarantined_rest_stored(pg_dsn: str, pg: psycopg.Connection) -> None:
     readings = [rd("m1", 0), {"meter_id": "m1", "kwh": -1}, "junk", rd("m1", 1, voltage_v=999)]
-    quarantined = [{"raw": "x", "reason": "malformed_json", "received_at": "2026-03-01T00:00:00Z",
-                    "source": "spool:a"}, {"nonsense": 1}]
+    quarantined = [
+        {
+            "raw": "x",
+            "reason": "malformed_json",
+            "received_at": "2026-03-01T00:00:00Z",
+            "source": "spool:a",
+        },
+        {"nonsense": 1},
+    ]
     with psycopg.connect(pg_dsn) as conn:
         ack = store.store_batch(conn, env("b-1", readings, quarantined=quarantined), "t").ack
     assert ack and ack.inserted == 1 and ack.quarantined == 5

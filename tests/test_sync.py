@@ -42,7 +42,9 @@ def test_small_batch_waits_for_age(tmp_path: Path) -> None:
 
 
 def test_resend_same_bytes_after_timeout_with_growing_wait(tmp_path: Path) -> None:
-    buf, pub, clock, sync = make(tmp_path, batch_max_readings=5, ack_timeout_s=10, inflight_window=1)
+    buf, pub, clock, sync = make(
+        tmp_path, batch_max_readings=5, ack_timeout_s=10, inflight_window=1
+    )
     buf.accept([row("m", k) for k in range(5)], now=clock())
     sync.tick()
     first = pub.sent[-1][1]

@@ -22,8 +22,11 @@ def test_validator_reasons() -> None:
     big = v.check({"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 6}, "", "t")
     assert isinstance(big, QuarantineRecord) and big.reason.startswith("implausible_kwh")
     assert isinstance(v.check([1], "", "t"), QuarantineRecord)
-    rows, bad = split(v.check_json(b'[{"meter_id":"a","ts":"2026-03-01T00:30:00Z","kwh":1},'
-                                   b'{"meter_id":"a"}]', "t"))
+    rows, bad = split(
+        v.check_json(
+            b'[{"meter_id":"a","ts":"2026-03-01T00:30:00Z","kwh":1},{"meter_id":"a"}]', "t"
+        )
+    )
     assert len(rows) == 1 and "kwh" in bad[0].reason and "ts" in bad[0].reason
     assert v.check_json(b"\xff\xfe", "t")[0].reason.startswith("malformed_json")  # type: ignore[union-attr]
 
@@ -37,11 +40,16 @@ def test_spool_files_done_failed_never_twice(tmp_path: Path) -> None:
     buf, src = _spool(tmp_path)
     d = tmp_path / "spool"
     (d / "a.jsonl").write_text(
-        "\n".join(json.dumps({"meter_id": "m", "ts": f"2026-03-01T0{k}:00:00Z", "kwh": k})
-                  for k in range(1, 4)) + "\nnot json\n"
+        "\n".join(
+            json.dumps({"meter_id": "m", "ts": f"2026-03-01T0{k}:00:00Z", "kwh": k})
+            for k in range(1, 4)
+        )
+        + "\nnot json\n"
     )
-    (d / "b.csv").write_text("meter_id,ts,kwh,flags\nm2,2026-03-01 00:30:00,0.5,cover_open;magnetic\n"
-                             "m2,2026-03-01 01:00:00,-1,\n")
+    (d / "b.csv").write_text(
+        "meter_id,ts,kwh,flags\nm2,2026-03-01 00:30:00,0.5,cover_open;magnetic\n"
+        "m2,2026-03-01 01:00:00,-1,\n"
+    )
     (d / "c.csv").write_text("what,is,this\n1,2,3\n")
     (d / "d.bin").write_bytes(b"\x00")  # not a spool file name: left alone
     (d / "e.csv.tmp").write_text("partial")
@@ -51,7 +59,9 @@ def test_spool_files_done_failed_never_twice(tmp_path: Path) -> None:
     assert {p.name for p in d.iterdir() if p.is_file()} == {"d.bin", "e.csv.tmp"}
     assert buf.stats().total_readings == 4
     reasons = sorted(r for (r,) in buf.conn.execute("select reason from quarantine"))
-    assert len(reasons) == 3 and any(r.startswith("unreadable_file: unknown CSV header") for r in reasons)
+    assert len(reasons) == 3 and any(
+        r.startswith("unreadable_file: unknown CSV header") for r in reasons
+    )
     flags = buf.conn.execute("select flags from readings where meter_id='m2'").fetchone()[0]
     assert flags == "cover_open,magnetic"
     # the same content dropped again (a re-copied file) is recognised and not read twice
@@ -73,5 +83,5 @@ def test_spool_reads_seed_format(tmp_path: Path) -> None:
     assert meter == "seed-0001"
     # the seed's Timestamp is the interval start: 00:00 → the interval ending 00:30
     assert buf.conn.execute("select min(ts) from readings").fetchone()[0] == 1704069000
-    (reason, source), = buf.conn.execute("select reason, source from quarantine").fetchall()
+    ((reason, source),) = buf.conn.execute("select reason, source from quarantine").fetchall()
     assert reason.startswith("invalid:") and source.endswith(":6")

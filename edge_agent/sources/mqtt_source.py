@@ -14,8 +14,8 @@ import queue
 import paho.mqtt.client as mqtt
 
 from edge_agent.buffer import BufferFull
-from edge_agent.rows import Row
 from edge_agent.mqtt_link import LinkConfig, MqttLink
+from edge_agent.rows import Row
 from edge_agent.sources import Intake
 from edge_agent.wire import QuarantineRecord
 
@@ -50,7 +50,9 @@ class MqttSource:
             return 0
         results: list[Row | QuarantineRecord] = []
         for msg in messages:
-            results.extend(self.intake.validator.check_json(bytes(msg.payload), f"mqtt:{msg.topic}"))
+            results.extend(
+                self.intake.validator.check_json(bytes(msg.payload), f"mqtt:{msg.topic}")
+            )
         try:
             self.intake.take(results)
         except BufferFull:

@@ -40,7 +40,9 @@ class TcpProxy:
         for a, b in pairs:
             for s in (a, b):
                 with contextlib.suppress(OSError):
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    s.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
                     s.close()
 
     def close(self) -> None:

@@ -93,8 +93,16 @@ class Rig:
             for k in range(intervals):
                 ts = START + timedelta(minutes=30 * (file_no * intervals + k + 1))
                 meter = f"{gw}-m{m:04d}"
-                lines.append(json.dumps({"meter_id": meter, "ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                         "kwh": round(0.01 * (m + k), 3), "voltage_v": 230.0}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "meter_id": meter,
+                            "ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "kwh": round(0.01 * (m + k), 3),
+                            "voltage_v": 230.0,
+                        }
+                    )
+                )
                 self.fed.add((meter, int(ts.timestamp())))
         tmp = self.spool(gw) / f"{file_no:05d}.jsonl.tmp"
         tmp.write_text("\n".join(lines) + "\n")
@@ -111,8 +119,10 @@ class Rig:
 
     def stored(self) -> list[tuple[str, int]]:
         with psycopg.connect(self.pg_dsn) as conn:
-            return [(m, int(ts.timestamp())) for m, ts in
-                    conn.execute("select meter_id, ts from raw.readings")]
+            return [
+                (m, int(ts.timestamp()))
+                for m, ts in conn.execute("select meter_id, ts from raw.readings")
+            ]
 
     def stored_count(self) -> int:
         with psycopg.connect(self.pg_dsn) as conn:
@@ -128,7 +138,9 @@ class Rig:
 
     def pending(self, gw: str) -> int:
         with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
-            return int(conn.execute("select count(*) from readings where acked_at is null").fetchone()[0])
+            return int(
+                conn.execute("select count(*) from readings where acked_at is null").fetchone()[0]
+            )
 
     def counters(self, gw: str) -> dict[str, int]:
         with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
@@ -136,11 +148,15 @@ class Rig:
 
     def wait_delivered(self, timeout: float = 60) -> None:
         """Every fed reading accepted, and central acknowledged all of them."""
+
         def done() -> bool:
             try:
-                return self.accepted() >= self.fed and all(self.pending(g) == 0 for g in self.agents)
+                return self.accepted() >= self.fed and all(
+                    self.pending(g) == 0 for g in self.agents
+                )
             except sqlite3.Error:
                 return False
+
         self.wait_until(done, timeout, "every reading accepted and acknowledged")
 
     def assert_exactly_once(self) -> None:
