@@ -5,10 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Reinstall when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
+# dbt and SQLFluff in their own virtualenv: their pins clash with the main one.
+DBT_VENV := .venv-dbt
+DBT_REQS := "dbt-core~=1.11.0" "dbt-clickhouse~=1.10.0" "sqlfluff~=4.4" "sqlfluff-templater-dbt~=4.4"
+DBT_STAMP := $(DBT_VENV)/.installed-$(shell echo '$(DBT_REQS)' | sha1sum | cut -c1-12)
 
 .PHONY: install demo test bench lint format services clean
 
-install: $(STAMP)
+install: $(STAMP) $(DBT_STAMP)
 
 $(STAMP): pyproject.toml
 	@bash scripts/system-deps.sh
@@ -16,6 +20,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,warehouse]'
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(DBT_STAMP):
+	@test -x $(DBT_VENV)/bin/python || $(PYTHON) -m venv $(DBT_VENV)
+	$(DBT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DBT_VENV)/bin/python -m pip install --quiet $(DBT_REQS)
+	@rm -f $(DBT_VENV)/.installed-*
 	@touch $@
 
 services:
@@ -41,4 +52,4 @@ format: install
 	$(BIN)/ruff format edge_agent central bench simulator ml tests
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache dbt/target dbt/logs

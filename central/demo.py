@@ -90,20 +90,38 @@ def run(a: argparse.Namespace) -> int:
             "EIOT_BROKER_PORT": str(svc.broker_port),
             "EIOT_TOPIC_ROOT": TOPIC_ROOT,
             "EIOT_WORKER_ID": "demo-1",
+            # A share group of its own: sessions other runs left on a shared broker never take
+            # a share of this run's batches. Short session: enough to ride out the outage below.
+            "EIOT_SHARE_GROUP": f"demo-{os.getpid()}",
+            "EIOT_SESSION_EXPIRY_S": "120",
         }
         ingest = _spawn(["-m", "central", "ingest"], ingest_env, var / "ingest.log")
-        agents = [
-            _spawn(
-                ["-m", "edge_agent", "run", "--exit-when-drained"],
-                _agent_env(svc, var, i, a),
-                var / f"gw-{i + 1:02d}.log",
-            )
-            for i in range(a.gateways)
-        ]
+        envs = {f"gw-{i + 1:02d}": _agent_env(svc, var, i, a) for i in range(a.gateways)}
         print(
             f"{a.gateways} gateways, {a.meters} simulated meters, {a.days} days of "
             f"30-minute readings, played in about {a.seconds:.0f} s"
         )
+        seed = _seed_csv()
+        if seed is not None:  # the seed project's dataset through a spool directory
+            spool = var / "spool-seed"
+            spool.mkdir()
+            shutil.copy(seed, spool / seed.name)
+            envs["gw-seed"] = {
+                **_agent_env(svc, var, 0, a),
+                "EIOT_GATEWAY_ID": "gw-seed",
+                "EIOT_DB_PATH": str(var / "gw-seed.db"),
+                "EIOT_SPOOL_DIR": str(spool),
+            }
+            for key in [k for k in envs["gw-seed"] if k.startswith("EIOT_SIM__")]:
+                del envs["gw-seed"][key]
+            print(f"gateway gw-seed: the seed dataset ({seed.name}) through its spool directory")
+        else:
+            print("seed dataset not found (../shared/data/seed-kaggle or EIOT_SEED_CSV): skipped")
+        gateways = list(envs)
+        agents = [
+            _spawn(["-m", "edge_agent", "run", "--exit-when-drained"], env, var / f"{gw}.log")
+            for gw, env in envs.items()
+        ]
         outage_at = started + a.seconds * 0.35
         outage_done = False
         try:
@@ -126,9 +144,9 @@ def run(a: argparse.Namespace) -> int:
                     return 1
             failed = [i for i, p in enumerate(agents) if p.returncode != 0]
             for i in failed:
-                tail = (var / f"gw-{i + 1:02d}.log").read_text(errors="replace")[-2000:]
+                tail = (var / f"{gateways[i]}.log").read_text(errors="replace")[-2000:]
                 print(
-                    f"agent gw-{i + 1:02d} failed (exit {agents[i].returncode}):\n{tail}",
+                    f"agent {gateways[i]} failed (exit {agents[i].returncode}):\n{tail}",
                     file=sys.stderr,
                 )
             if failed:
@@ -142,7 +160,7 @@ def run(a: argparse.Namespace) -> int:
                 if p.poll() is None:
                     p.terminate()
                     p.wait(10)
-        ok = _summary(a, var, dsn)
+        ok = _summary(gateways, var, dsn)
         if ok and a.warehouse:
             ok = _warehouse(dsn, var) == 0
     print(f"demo finished in {time.monotonic() - started:.0f} s")
@@ -158,7 +176,15 @@ def _write_registry(a: argparse.Namespace, dsn: str) -> None:
     print(f"registry: {counts['meters']} meters, {counts['assets']} grid assets")
 
 
-def _summary(a: argparse.Namespace, var: Path, dsn: str) -> bool:
+def _seed_csv() -> Path | None:
+    path = Path(
+        os.environ.get("EIOT_SEED_CSV")
+        or REPO.parent / "shared" / "data" / "seed-kaggle" / "smart_meter_data.csv"
+    )
+    return path if path.is_file() else None
+
+
+def _summary(gateways: list[str], var: Path, dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
         stored = {
             gw: (n, d, q)
@@ -180,8 +206,7 @@ def _summary(a: argparse.Namespace, var: Path, dsn: str) -> bool:
     print(header)
     print("-" * len(header))
     all_ok = True
-    for i in range(a.gateways):
-        gw = f"gw-{i + 1:02d}"
+    for gw in gateways:
         accepted, c = _accepted(var / f"{gw}.db")
         n, dup, quar = stored.get(gw, (0, 0, 0))
         lost = len(accepted - keys)
@@ -197,11 +222,30 @@ def _summary(a: argparse.Namespace, var: Path, dsn: str) -> bool:
 
 
 def _warehouse(dsn: str, var: Path) -> int:
-    try:
-        from central.warehouse.demo import run_demo_stage
-    except ImportError:
-        return 0
-    return int(run_demo_stage(dsn, var))
+    """Load ClickHouse (embedded chDB under var/), dbt build, quality gates, the report."""
+    env = {"EIOT_PG_DSN": dsn, "EIOT_CLICKHOUSE_DSN": f"chdb://{var / 'warehouse'}"}
+    steps = [
+        ("load PostgreSQL raw into ClickHouse", ["warehouse", "load"]),
+        ("dbt build (staging, intermediate, marts, tests)", ["warehouse", "dbt", "build"]),
+        (
+            "quality gates (Great Expectations)",
+            ["quality", "run", "--docs-dir", str(var / "data-docs")],
+        ),
+        ("inspection list and worst transformers", ["warehouse", "report"]),
+    ]
+    for title, args in steps:
+        print(f"\n== {title}")
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "central", "--log-level", "WARNING", *args],
+            env={**os.environ, **env},
+            cwd=REPO,
+        )
+        if proc.returncode != 0:
+            print(f"step failed ({' '.join(args)}): exit {proc.returncode}", file=sys.stderr)
+            return proc.returncode
+        print(f"   ({time.monotonic() - started:.0f} s)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

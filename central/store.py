@@ -244,11 +244,12 @@ def _insert_readings(
         copy.set_types(_COPY_TYPES)
         for row in rows:
             copy.write_row((*row, env.gateway_id, env.batch_id))
+    # received_at = now(), the transaction's start: the warehouse loader reads rows up to the
+    # start of the oldest open transaction, so no committed row can land behind its watermark.
     inserted = conn.execute(
         f"insert into raw.readings ({cols}, gateway_id, batch_id, received_at) "
-        f"select {cols}, gateway_id, batch_id, %s from incoming "
+        f"select {cols}, gateway_id, batch_id, now() from incoming "
         f"on conflict (meter_id, ts) do nothing",
-        (received,),
     ).rowcount
     if inserted == len(rows):
         return inserted, 0, []

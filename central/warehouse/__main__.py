@@ -1,0 +1,5 @@
+import sys
+
+from central.warehouse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Warehouse settings: one pydantic-settings object, built by a function, never at import time.
+
+Environment variables use the ``EIOT_`` prefix (``EIOT_CLICKHOUSE_DSN``, ``EIOT_PG_DSN``...); a
+TOML file (``EIOT_CONFIG``, default ``eiot.toml`` in the working directory) may set the same keys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_WAREHOUSE_PATH = REPO_ROOT / "var" / "warehouse"
+
+
+class WarehouseSettings(BaseSettings):
+    """Where the warehouse lives and how the loader, dbt and the quality checks reach it."""
+
+    model_config = SettingsConfigDict(env_prefix="EIOT_", extra="ignore")
+
+    clickhouse_dsn: str = Field(
+        default=f"chdb://{DEFAULT_WAREHOUSE_PATH}",
+        description="chdb:///abs/path (embedded engine) or http(s)://host:8123/db (server).",
+    )
+    pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/eiot"
+    # The owner server that shares one embedded engine with other processes (127.0.0.1 only).
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=8124, ge=0, le=65535)
+    # Loader
+    raw_database: str = "raw"
+    load_chunk_rows: int = Field(default=500_000, ge=1_000)
+    # Rows stored in Postgres this long before the upper bound of a load are read again: a
+    # safety net under the in-flight-transaction bound (ReplacingMergeTree collapses repeats).
+    load_overlap_s: float = Field(default=300.0, ge=0)
+    # dbt lives in its own virtualenv (its pins clash with the main one).
+    dbt_executable: str = str(REPO_ROOT / ".venv-dbt" / "bin" / "dbt")
+    dbt_project_dir: Path = REPO_ROOT / "dbt"
+    # dbt target: `embedded` for a chdb:/// DSN, `server` otherwise, unless set.
+    dbt_target: str | None = None
+    gx_dir: Path = REPO_ROOT / "gx"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("EIOT_CONFIG", "eiot.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def get_settings(**overrides: Any) -> WarehouseSettings:
+    return WarehouseSettings(**overrides)

@@ -1,0 +1,252 @@
+"""dbt on a simulated fleet with known theft, through the owner server; GX on the marts.
+
+One warehouse is built for the module: a fleet of 120 customer meters under 6 transformers,
+two of which have meters bypassed half-way through 14 days, plus a hand-made feeder whose
+SAIFI/SAIDI/CAIDI are worked out below by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bench.warehouse import Fleet, scratch_database, write_fleet
+from central.warehouse.client import connect, spawn_owner, stop_owner
+from central.warehouse.dbt import run_dbt
+from central.warehouse.loader import load
+from central.warehouse.quality import run_quality
+from central.warehouse.settings import WarehouseSettings, get_settings
+
+pytestmark = [pytest.mark.services]  # real PostgreSQL; dbt from .venv-dbt (`make install`)
+
+# The hand-made feeder FH: 4 customers, readings on 2026-03-02 only (ts = end of interval).
+#   H1: off at 10:30 and 11:00                → one interruption, 10:00-11:00, 60 min
+#   H2: off at 10:30; off at 18:30..19:30      → two interruptions, 30 + 90 min
+#   H3: always on                              → none
+#   H4: off at 23:30 and 00:00 (next day)      → one interruption, 60 min
+# SAIFI = 4 interruptions / 4 customers = 1.0; SAIDI = 240 min / 4 = 60 min; CAIDI = 60 min.
+HAND_OFF = {
+    "H1": ["10:30", "11:00"],
+    "H2": ["10:30", "18:30", "19:00", "19:30"],
+    "H3": [],
+    "H4": ["23:30", "24:00"],
+}
+
+
+def write_hand_feeder(pg: psycopg.Connection) -> None:
+    pg.execute(
+        "insert into raw.grid_assets (asset_id, asset_type, parent_id, rated_kva) values "
+        "('FH', 'feeder', 'R1', null), ('TH', 'transformer', 'FH', 50)"
+    )
+    for meter in HAND_OFF:
+        pg.execute(
+            "insert into raw.meters (meter_id, meter_role, customer_class, tariff, "
+            "transformer_id, feeder_id, region, gateway_id) "
+            "values (%s, 'customer', 'residential', 'prepaid', 'TH', 'FH', 'R1', 'GW-FH')",
+            (meter,),
+        )
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    with pg.cursor() as cur:
+        for meter, off in HAND_OFF.items():
+            off_ts = {day + timedelta(hours=int(t[:2]), minutes=int(t[3:])) for t in off}
+            for i in range(1, 49):
+                ts = day + timedelta(minutes=30 * i)
+                is_off = ts in off_ts
+                cur.execute(
+                    "insert into raw.readings (meter_id, ts, interval_s, kwh, supply, "
+                    "gateway_id, batch_id) values (%s, %s, 1800, %s, %s, 'GW-FH', 'hand')",
+                    (meter, ts, 0.0 if is_off else 0.125, "off" if is_off else "on"),
+                )
+
+
+@dataclass
+class Built:
+    fleet: Fleet
+    pg_dsn: str
+    url: str
+    settings: WarehouseSettings
+    build_output: str
+    dbt_env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    fleet = Fleet(
+        meters=120, days=14, seed=7, customers_per_transformer=20, transformers_per_feeder=3,
+        theft_transformer_share=0.34,
+    )
+    work = tmp_path_factory.mktemp("marts")
+    with scratch_database("wh_test") as pg_dsn:
+        with psycopg.connect(pg_dsn, autocommit=True) as pg:
+            write_fleet(pg, fleet)
+            write_hand_feeder(pg)
+        proc, url = spawn_owner(work / "warehouse")
+        try:
+            settings = get_settings(clickhouse_dsn=url, pg_dsn=pg_dsn, dbt_target="embedded")
+            # dbt's artifacts and logs go to the test's directory, not the project's.
+            env = {"DBT_TARGET_PATH": str(work / "target"), "DBT_LOG_PATH": str(work / "logs")}
+            load(settings)
+            done = run_dbt(settings, ["build"], capture=True, extra_env=env)
+            assert done.returncode == 0, done.stdout[-6000:]
+            yield Built(fleet, pg_dsn, url, settings, done.stdout, env)
+        finally:
+            stop_owner(proc)
+
+
+def test_dbt_build_runs_every_model_test_and_unit_test(built: Built) -> None:
+    summary = built.build_output.strip().splitlines()
+    assert any("ERROR=0" in line and "PASS=" in line for line in summary)
+    assert "interruptions_are_runs_of_off_intervals" in built.build_output
+    assert "energy_balance_splits_supply_into_billed_technical_and_unexplained" in (
+        built.build_output
+    )
+
+
+def test_energy_balance_flags_exactly_the_transformers_with_bypass(built: Built) -> None:
+    client = connect(built.url)
+    try:
+        rows = client.query(
+            """
+            select asset_id, countIf(is_loss_anomalous) as flagged, count() as days
+            from marts.mart_energy_balance
+            where asset_level = 'transformer' and is_complete
+              and balance_date >= toDate('2026-03-01') + {onset:UInt32}
+            group by asset_id
+            """,
+            parameters={"onset": built.fleet.onset_day},
+        ).result_rows
+        before = client.command(
+            "select countIf(is_loss_anomalous) from marts.mart_energy_balance "
+            "where asset_level = 'transformer' and balance_date < toDate('2026-03-01') + "
+            f"{built.fleet.onset_day}"
+        )
+    finally:
+        client.close()
+    flagged = {asset for asset, n, days in rows if n >= 0.8 * days}
+    assert len(built.fleet.theft_transformers) == 2
+    assert flagged == built.fleet.theft_transformers
+    assert all(n == 0 for asset, n, _ in rows if asset not in built.fleet.theft_transformers)
+    assert before == 0, "no transformer is flagged before the theft starts"
+
+
+def test_inspection_list_ranks_the_thieves_first(built: Built) -> None:
+    client = connect(built.url)
+    try:
+        ranked = client.query(
+            "select meter_id, reasons from marts.mart_inspection_list order by inspection_rank"
+        ).result_rows
+    finally:
+        client.close()
+    thieves = built.fleet.thieves
+    top = [meter for meter, _ in ranked[: len(thieves)]]
+    assert set(top) == thieves, f"top {len(thieves)}: {top}, thieves: {sorted(thieves)}"
+    reasons = dict(ranked)
+    for meter in thieves:
+        assert any("unexplained" in r for r in reasons[meter])
+        assert any("consumption dropped" in r for r in reasons[meter])
+
+
+def test_reliability_indices_equal_the_hand_computed_values(built: Built) -> None:
+    client = connect(built.url)
+    try:
+        row = client.query(
+            "select customers_served, customer_interruptions, customer_minutes_interrupted, "
+            "saifi, saidi_min, caidi_min from marts.mart_supply_reliability "
+            "where feeder_id = 'FH' and month_start = '2026-03-01'"
+        ).result_rows
+    finally:
+        client.close()
+    assert row == [(4, 4, 240.0, 1.0, 60.0, 60.0)]
+
+
+def test_data_completeness_counts_missing_days(built: Built) -> None:
+    client = connect(built.url)
+    try:
+        h1 = client.query(
+            "select reading_date, expected_intervals, received_intervals, completeness_ratio "
+            "from marts.mart_data_completeness where meter_id = 'H1' order by reading_date"
+        ).result_rows
+    finally:
+        client.close()
+    # H1 has no installation date: it owes data from its first reading (03-02) to the end of
+    # the data (03-14), a row for every day, also those it sent nothing on.
+    assert [d.isoformat() for d, *_ in h1] == [f"2026-03-{d:02d}" for d in range(2, 15)]
+    by_day = {d.isoformat(): (e, r, c) for d, e, r, c in h1}
+    assert by_day["2026-03-02"] == (48, 48, 1.0)
+    assert by_day["2026-03-05"] == (48, 0, 0.0)
+
+
+def test_models_compile_against_the_server_profile(built: Built) -> None:
+    settings = built.settings.model_copy(update={"dbt_target": "server"})
+    args = ["compile", "--target", "server"]
+    done = run_dbt(settings, args, capture=True, extra_env=built.dbt_env)
+    assert done.returncode == 0, done.stdout[-4000:]
+    compiled = Path(built.dbt_env["DBT_TARGET_PATH"], "compiled", "eiot", "models")
+    sql = "\n".join(p.read_text() for p in compiled.rglob("*.sql"))
+    assert "mart_energy_balance" in "".join(str(p) for p in compiled.rglob("*.sql"))
+    for embedded_only in ("chdb", "Python(", "file("):
+        assert embedded_only not in sql
+
+
+def test_incremental_run_picks_up_late_readings(built: Built) -> None:
+    with psycopg.connect(built.pg_dsn, autocommit=True) as pg:
+        pg.execute(
+            "insert into raw.readings (meter_id, ts, interval_s, kwh, gateway_id, batch_id) "
+            "values ('LATE1', '2026-03-03T00:30Z', 1800, 7.5, 'GW-X', 'late'), "
+            "('LATE1', '2026-03-03T01:00Z', 1800, 2.5, 'GW-X', 'late')"
+        )
+    load(built.settings)
+    done = run_dbt(
+        built.settings,
+        ["run", "--select", "int_readings_daily", "int_readings_hourly",
+         "mart_consumption_metrics"],
+        capture=True,
+        extra_env=built.dbt_env,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    client = connect(built.url)
+    try:
+        assert client.query(
+            "select energy_kwh, meter_role from marts.mart_consumption_metrics "
+            "where meter_id = 'LATE1'"
+        ).result_rows == [(10.0, "unregistered")]
+        duplicates = client.command(
+            "select count() - uniqExact(meter_id, reading_date) "
+            "from marts.mart_consumption_metrics"
+        )
+    finally:
+        client.close()
+    assert duplicates == 0
+
+
+def test_quality_passes_on_the_marts_and_fails_on_a_corrupted_row(
+    built: Built, tmp_path: Path
+) -> None:
+    marts = ["mart_energy_balance", "mart_supply_reliability", "mart_data_completeness",
+             "mart_inspection_list"]
+    good = run_quality(built.settings, suites=marts, docs_dir=tmp_path / "docs")
+    assert good.success, good.failures
+    assert good.docs_index is not None and good.docs_index.exists()
+
+    client = connect(built.url)
+    try:
+        client.command(
+            "insert into marts.mart_energy_balance (balance_date, asset_level, asset_id, "
+            "supplied_kwh, billed_kwh, technical_loss_kwh, unexplained_loss_kwh, "
+            "total_loss_pct, is_complete, data_completeness) "
+            "values ('2026-03-20', 'transformer', 'T-CORRUPT', 100, 10, 5, 50, 90, 1, 1)"
+        )
+        bad = run_quality(built.settings, suites=["mart_energy_balance"], docs_dir=tmp_path)
+    finally:
+        client.command("delete from marts.mart_energy_balance where asset_id = 'T-CORRUPT'")
+        client.close()
+    assert not bad.success
+    reasons = {f.reason for f in bad.failures}
+    assert any("supplied = billed" in r for r in reasons)
+    assert any("plausible" in r for r in reasons)
+    assert all(any("T-CORRUPT" in str(row) for row in f.rows) for f in bad.failures)
