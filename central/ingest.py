@@ -1,7 +1,9 @@
 """``central ingest``: the MQTT → PostgreSQL worker.
 
-Subscribes (shared subscription, so several workers split the load) to every gateway's readings
-and status topics with manual acknowledgement. For each message: store in one transaction,
+Subscribes (shared subscription, so several workers split the load) to every gateway's readings,
+alerts and status topics with manual acknowledgement. Alerts (``alert.v1``) go to ``raw.alerts``
+once per ``alert_id`` (agents resend until PUBACK, so duplicates are normal); a bad alert payload
+is quarantined whole, like a bad batch. For each message: store in one transaction,
 commit, publish ``ack.v1`` to the gateway, and only then PUBACK the message to the broker. A
 worker killed anywhere in between loses nothing: the broker or the agent delivers again and the
 batch ledger answers with the same ack.
@@ -39,7 +41,12 @@ class Work:
     topic: str
     payload: bytes
     gateway_id: str | None
-    item: store.Prepared | store.BadMessage | None
+    item: store.Prepared | store.BadMessage | AlertItem | None
+
+
+@dataclass
+class AlertItem:
+    alert: wire.Alert
 
 
 _ID = re.compile(wire.ID_PATTERN)
@@ -68,6 +75,7 @@ class IngestWorker:
                 subscriptions=[
                     (topics.shared(group, f"{root}/gw/+/readings"), 1),
                     (topics.shared(group, f"{root}/gw/+/status"), 1),
+                    (topics.shared(group, f"{root}/gw/+/alerts"), 1),
                 ],
                 manual_ack=True,
                 receive_maximum=settings.receive_maximum,
@@ -161,6 +169,8 @@ class IngestWorker:
         gateway_id = topics.gateway_of(topic, self.s.topic_root)
         if topic.endswith("/status"):
             return Work(topic, payload, gateway_id, None)
+        if topic.endswith("/alerts"):
+            return Work(topic, payload, gateway_id, self._parse_alert(payload, gateway_id))
         parsed = self._parse_batch(payload, gateway_id)
         if isinstance(parsed, store.BadMessage):
             return Work(topic, payload, gateway_id, parsed)
@@ -181,6 +191,21 @@ class IngestWorker:
         if work.item is None:
             self._store_status(conn, topic, gateway_id, payload)
             return None, None
+        if isinstance(work.item, AlertItem):
+            try:
+                new = store.store_alert(conn, work.item.alert)
+            except psycopg.DataError as exc:  # a value PostgreSQL refuses (NaN in features...)
+                bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
+                work = Work(topic, payload, gateway_id, bad)
+            else:
+                self.counters["alerts_stored" if new else "alerts_duplicate"] += 1
+                return None, None
+        if topic.endswith("/alerts"):  # a bad alert: quarantined whole, nobody to answer
+            assert isinstance(work.item, store.BadMessage)
+            self.counters["alerts_quarantined"] += 1
+            log.warning("quarantined alert on %s: %s", topic, work.item.reason[:200])
+            store.reject(conn, payload, work.item, topic, gateway_id)
+            return None, None
         ack_topic = topics.ack(self.s.topic_root, gateway_id) if gateway_id else None
         if isinstance(work.item, store.BadMessage):
             bad = work.item
@@ -196,8 +221,11 @@ class IngestWorker:
         assert ack is not None
         if outcome.replay:
             self.counters["batches_replayed"] += 1
-            log.info("batch %s of %s delivered again: answered with the stored ack",
-                     ack.batch_id, gateway_id)
+            log.info(
+                "batch %s of %s delivered again: answered with the stored ack",
+                ack.batch_id,
+                gateway_id,
+            )
         else:
             self.counters["batches_stored"] += 1
             self.counters["readings_inserted"] += ack.inserted
@@ -233,6 +261,28 @@ class IngestWorker:
                 f"gateway_mismatch: topic {gateway_id}, payload {env.gateway_id}", batch_id
             )
         return env
+
+    def _parse_alert(self, payload: bytes, gateway_id: str | None) -> AlertItem | store.BadMessage:
+        if gateway_id is None:
+            return store.BadMessage("bad_topic")
+        if len(payload) > self.s.max_message_bytes:
+            return store.BadMessage(f"oversize: {len(payload)} bytes")
+        try:
+            obj = wire.decode(payload, self.s.max_message_bytes)
+        except wire.DecodeError as exc:
+            return store.BadMessage(str(exc))
+        schema = wire.schema_of(obj)
+        if schema != "alert.v1":
+            return store.BadMessage(f"unknown_schema: {schema[:40]!r}")
+        try:
+            alert = wire.Alert.model_validate(obj)
+        except ValidationError as exc:
+            return store.BadMessage("invalid_alert: " + wire.explain(exc))
+        if alert.gateway_id != gateway_id:
+            return store.BadMessage(
+                f"gateway_mismatch: topic {gateway_id}, payload {alert.gateway_id}"
+            )
+        return AlertItem(alert)
 
     def _store_status(
         self, conn: psycopg.Connection, topic: str, gateway_id: str | None, payload: bytes

@@ -317,3 +317,27 @@ def _raw(item: Any) -> str:
         return json.dumps(item, separators=(",", ":"), default=str)[: wire.MAX_RAW_CHARS]
     except (TypeError, ValueError):
         return repr(item)[: wire.MAX_RAW_CHARS]
+
+
+def store_alert(conn: psycopg.Connection, alert: wire.Alert) -> bool:
+    """Store one ``alert.v1`` in ``raw.alerts``; True if new. Alert ids are deterministic (same
+    reading and model, same id), so a resent alert is a no-op here."""
+    with conn.transaction():
+        cur = conn.execute(
+            "insert into raw.alerts (alert_id, gateway_id, meter_id, ts, kind, score, threshold, "
+            "model_version, features, detail) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "on conflict (alert_id) do nothing",
+            (
+                alert.alert_id,
+                alert.gateway_id,
+                alert.meter_id,
+                alert.ts,
+                alert.kind,
+                alert.score,
+                alert.threshold,
+                alert.model_version,
+                Jsonb(alert.features),
+                wire.printable(alert.detail) if alert.detail is not None else None,
+            ),
+        )
+    return cur.rowcount == 1

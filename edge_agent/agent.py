@@ -1,4 +1,5 @@
-"""The agent's main loop: sources → buffer → sync, acks back in, status out.
+"""The agent's main loop: sources → (scoring) → buffer → sync, acks back in, alerts and status
+out, models in.
 
 One thread owns the buffer (this loop); MQTT network threads only put messages on queues.
 """
@@ -10,13 +11,18 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from edge_agent import status, topics, wire
+from edge_agent.alerts import AlertOutbox, Cooldown
 from edge_agent.buffer import Buffer
+from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
 from edge_agent.mqtt_link import LinkConfig, MqttLink
+from edge_agent.rollout import ModelManager
+from edge_agent.scoring import Detector
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import Intake, Source
 from edge_agent.sync import Sync, SyncPolicy
@@ -51,18 +57,41 @@ class Agent:
         self.buffer = Buffer(
             s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
         )
-        self.intake = Intake(
-            self.buffer, Validator(clock, max_future_s=s.max_future_s, max_kw=s.max_kw)
+        self.detector = Detector(
+            s.gateway_id, cooldown=Cooldown(s.alert_cooldown_s, self.buffer.last_alerts())
         )
+        self.intake = Intake(
+            self.buffer,
+            Validator(clock, max_future_s=s.max_future_s, max_kw=s.max_kw),
+            self.detector,
+        )
+        self.models = ModelManager(
+            self.buffer,
+            self.detector,
+            name=s.model_name,
+            public_key=s.model_public_key,
+            clock=clock,
+            threads=s.model_threads,
+        )
+        self.models.start(s.model_path)
         self._acks: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._status_due = threading.Event()
+        self._ack_topic = topics.ack(s.topic_root, s.gateway_id)
+        self._model_topic = topics.model(s.topic_root, s.model_name)
         cfg = link_config(s, f"eiot-agent-{s.gateway_id}")
         cfg.will = (
             topics.status(s.topic_root, s.gateway_id),
             wire.encode_model(status.offline(s.gateway_id, clock()), compress=False),
         )
-        cfg.subscriptions = [(topics.ack(s.topic_root, s.gateway_id), 1)]
-        self.link = MqttLink(cfg, on_message=self._acks.put, on_connect=self._status_due.set)
+        cfg.subscriptions = [(self._ack_topic, 1), (self._model_topic, 1)]
+        self.link = MqttLink(cfg, on_message=self._on_message, on_connect=self._on_connect)
+        self.outbox = AlertOutbox(
+            self.buffer,
+            self.link.client,
+            self.link.connected,
+            topics.alerts(s.topic_root, s.gateway_id),
+            resend_s=s.alert_resend_s,
+        )
         self.sync = Sync(
             self.buffer,
             self.link,
@@ -80,8 +109,57 @@ class Agent:
             ),
         )
         self.sources: list[Source] = self._build_sources()
+        self.energy = self._build_energy()
         self._last_status = 0.0
         self._last_prune = 0.0
+
+    def _build_energy(self) -> EnergyBalance | None:
+        """The energy balance, when the agent knows which meters hang under which transformer:
+        from the registry file, else (simulated source) from the simulated fleet."""
+        s = self.settings
+        grid: GridMap | None = None
+        if s.registry_path is not None:
+            grid = GridMap.load(s.registry_path)
+        else:
+            for source in self.sources:
+                fleet = getattr(source, "fleet", None)
+                if fleet is not None:
+                    grid = GridMap.from_meters(fleet.registry().meters)
+        if not grid:
+            return None
+        energy = EnergyBalance(
+            self.buffer,
+            grid,
+            s.gateway_id,
+            BalancePolicy(
+                window_s=s.energy_balance_window_s,
+                expected_loss_share=s.energy_balance_expected_loss,
+                gap_share=s.energy_balance_gap_share,
+                min_gap_kwh=s.energy_balance_min_kwh,
+                min_completeness=s.energy_balance_min_completeness,
+                grace_s=s.energy_balance_grace_s,
+            ),
+        )
+        self.detector.transformer_meters = grid.transformer_meters
+        self.detector.energy = energy
+        energy.check(self.clock())  # windows completed before a restart
+        log.info(
+            "energy balance on for %d transformers (%d customer meters)",
+            len(grid.transformer_meter),
+            sum(len(c) for c in grid.customers.values()),
+        )
+        return energy
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Network thread: route to the main loop's queues."""
+        if msg.topic == self._model_topic:
+            self.models.on_message(bytes(msg.payload), msg.topic)
+        else:
+            self._acks.put(msg)
+
+    def _on_connect(self) -> None:
+        self.outbox.reconnected()
+        self._status_due.set()
 
     def _build_sources(self) -> list[Source]:
         s = self.settings
@@ -127,10 +205,14 @@ class Agent:
     def step(self) -> int:
         now = self.clock()
         work = self._drain_acks()
+        if self.models.drain():  # a model swap happens here, between two intake calls
+            self._status_due.set()
+            work += 1
         for source in self.sources:
             work += source.poll(now)
         self.sync.flush = all(_exhausted(src) for src in self.sources)
         work += self.sync.tick()
+        work += self.outbox.tick(self.clock())
         if self.link.connected() and (
             self._status_due.is_set() or now - self._last_status >= self.settings.status_interval_s
         ):
@@ -145,7 +227,12 @@ class Agent:
         if not all(_exhausted(src) for src in self.sources):
             return False
         count, _ = self.buffer.unbatched(1)
-        return count == 0 and self.buffer.pending == 0 and not self.buffer.open_batches()
+        return (
+            count == 0
+            and self.buffer.pending == 0
+            and not self.buffer.open_batches()
+            and self.buffer.unacked_alerts() == 0
+        )
 
     def _drain_acks(self) -> int:
         n = 0
@@ -156,7 +243,7 @@ class Agent:
                 return n
             n += 1
             try:
-                ack = wire.Ack.model_validate(wire.decode(msg.payload))
+                ack = wire.Ack.model_validate(wire.decode(bytes(msg.payload)))
             except (wire.DecodeError, ValidationError) as exc:
                 log.warning("unreadable ack on %s: %s", msg.topic, exc)
                 self.buffer.bump({"acks_invalid": 1})
@@ -165,9 +252,16 @@ class Agent:
                 log.error("central rejected batch %s: %s", ack.batch_id, ack.reason)
             self.sync.on_ack(ack)
 
-    def publish_status(self, now: float, state: str = "online") -> None:
+    def publish_status(self, now: float, state: Literal["online", "offline"] = "online") -> None:
         self._last_status = now
-        msg = status.build(self.buffer, self.settings.gateway_id, now, state=state)
+        msg = status.build(
+            self.buffer,
+            self.settings.gateway_id,
+            now,
+            state=state,
+            model=self.models.state(),
+            model_error=self.models.error,
+        )
         self.link.publish(
             topics.status(self.settings.topic_root, self.settings.gateway_id),
             wire.encode_model(msg, compress=False),

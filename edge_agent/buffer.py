@@ -6,7 +6,9 @@ Invariants (DESIGN.md, "Delivery guarantee"):
 * a reading belongs to at most one batch, and a batch's payload is frozen when the batch is
   formed, so a resend carries the same ``batch_id`` and the same bytes, also after a restart;
 * a reading leaves the buffer only after its batch was acked and its history window has passed;
-* one ``(meter_id, ts)`` is stored once; the same key with other values goes to quarantine.
+* one ``(meter_id, ts)`` is stored once; the same key with other values goes to quarantine;
+* an alert about a reading is committed in the same transaction as the reading (the outbox), and
+  stays until the broker acknowledged it (PUBACK).
 
 The buffer is written by one thread of one process (the agent's main loop); ``edge-agent status``
 and ``sqlite-utils`` may read it at any time.
@@ -26,8 +28,8 @@ from typing import Any
 from edge_agent import wire
 from edge_agent.codec import measured_equal, row_to_wire
 from edge_agent.columnar import encode_columns
-from edge_agent.rows import READING_COLUMNS, Row
 from edge_agent.migrations import migrate
+from edge_agent.rows import READING_COLUMNS, Row
 
 _INSERT_READING = (
     f"insert or ignore into readings ({', '.join(READING_COLUMNS)}, accepted_at, accept_seq) "
@@ -46,6 +48,25 @@ class AcceptResult:
     conflicts: int = 0
     quarantined: int = 0
     evicted: int = 0
+    alert_ids: tuple[str, ...] = ()  # alerts committed with these readings
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An ``alert.v1`` ready for the outbox (``payload`` is its JSON text)."""
+
+    alert_id: str
+    kind: str
+    meter_id: str
+    ts: int
+    payload: str
+
+
+@dataclass(frozen=True)
+class OutboxAlert:
+    alert_id: str
+    payload: str
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -161,13 +182,17 @@ class Buffer:
         now: float,
         meta: dict[str, object] | None = None,
         also: Sequence[tuple[str, tuple[Any, ...]]] = (),
+        alerts: Sequence[AlertRecord] = (),
+        counters: dict[str, int] | None = None,
     ) -> AcceptResult:
         """Commit validated readings and quarantine records in one transaction.
 
         ``meta`` and the ``also`` statements are written in the same transaction (a source's
         progress marker, a spool file's ledger row), so a source that resumes from them after a
-        power cut neither skips nor repeats anything. Raises
-        :class:`BufferFull` without writing anything when the cap policy is ``refuse``.
+        power cut neither skips nor repeats anything. ``alerts`` about readings of this call go
+        into the outbox in the same transaction, each only if its reading was stored now (not for
+        a duplicate or a conflict). Raises :class:`BufferFull` without writing anything when the
+        cap policy is ``refuse``.
         """
         quarantine = list(quarantine)
         evicted = 0
@@ -203,6 +228,7 @@ class Buffer:
                 self._set_meta(key, value)
             for sql, params in also:
                 self.conn.execute(sql, params)
+            alert_ids = self._insert_alerts(alerts, now, seq) if alerts else ()
             self.bump(
                 {
                     "readings_accepted": inserted,
@@ -210,10 +236,29 @@ class Buffer:
                     "readings_conflict": conflicts,
                     "quarantined": len(quarantine),
                     "readings_evicted": evicted,
+                    **(counters or {}),
                 }
             )
         self._pending += inserted - evicted
-        return AcceptResult(inserted, duplicates, conflicts, len(quarantine), evicted)
+        return AcceptResult(inserted, duplicates, conflicts, len(quarantine), evicted, alert_ids)
+
+    def _insert_alerts(
+        self, alerts: Sequence[AlertRecord], now: float, seq: int
+    ) -> tuple[str, ...]:
+        stored: list[str] = []
+        kinds: dict[str, int] = {}
+        for a in alerts:
+            cur = self.conn.execute(
+                "insert or ignore into alerts (alert_id, kind, meter_id, ts, payload, created_at) "
+                "select ?, ?, ?, ?, ?, ? where exists (select 1 from readings "
+                "where ts = ? and meter_id = ? and accept_seq = ?)",
+                (a.alert_id, a.kind, a.meter_id, a.ts, a.payload, now, a.ts, a.meter_id, seq),
+            )
+            if cur.rowcount == 1:
+                stored.append(a.alert_id)
+                kinds[f"alerts_raised_{a.kind}"] = kinds.get(f"alerts_raised_{a.kind}", 0) + 1
+        self.bump(kinds)
+        return tuple(stored)
 
     def _sort_out_repeats(
         self, rows: Sequence[Row], seq: int, now: float
@@ -252,6 +297,156 @@ class Buffer:
             (self._batched_upto, n),
         )
         return cur.rowcount
+
+    # --- scoring history ------------------------------------------------------------------
+
+    def history(
+        self, meter_ids: Iterable[str], ts_from: int, ts_to: int, interval_s: int
+    ) -> list[tuple[Any, ...]]:
+        """``(meter_id, ts, kwh, supply_on, flags, register_kwh)`` of the given meters with
+        ``ts_from <= ts <= ts_to`` and this interval length (the features' history)."""
+        return self.conn.execute(
+            "select meter_id, ts, kwh, supply_on, flags, register_kwh from readings "
+            "where ts >= ? and ts <= ? and interval_s = ? "
+            "and meter_id in (select value from json_each(?))",
+            (ts_from, ts_to, interval_s, json.dumps(sorted(set(meter_ids)))),
+        ).fetchall()
+
+    def window_sums(
+        self, meter_ids: Iterable[str], ts_after: int, ts_upto: int
+    ) -> dict[str, tuple[float, int]]:
+        """``{meter_id: (sum kwh, seconds covered)}`` of readings with ``ts_after < ts <=
+        ts_upto`` (the intervals inside that window), for the given meters."""
+        return {
+            str(m): (float(k), int(s))
+            for m, k, s in self.conn.execute(
+                "select meter_id, sum(kwh), sum(interval_s) from readings "
+                "where ts > ? and ts <= ? and meter_id in (select value from json_each(?)) "
+                "group by meter_id",
+                (ts_after, ts_upto, json.dumps(sorted(set(meter_ids)))),
+            )
+        }
+
+    def latest_ts(self, meter_ids: Iterable[str], ts_after: int) -> dict[str, int]:
+        """Newest ``ts`` after ``ts_after`` of each given meter that has one."""
+        return {
+            str(m): int(t)
+            for m, t in self.conn.execute(
+                "select meter_id, max(ts) from readings where ts > ? "
+                "and meter_id in (select value from json_each(?)) group by meter_id",
+                (ts_after, json.dumps(sorted(set(meter_ids)))),
+            )
+        }
+
+    # --- alerts outbox --------------------------------------------------------------------
+
+    def add_alerts(
+        self,
+        alerts: Sequence[AlertRecord],
+        now: float,
+        meta: dict[str, object] | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> tuple[str, ...]:
+        """Alerts not tied to one incoming reading (energy balance), with a progress marker,
+        in one transaction. Returns the ids stored now (an id already there is kept as is)."""
+        stored: list[str] = []
+        with self._tx():
+            for a in alerts:
+                cur = self.conn.execute(
+                    "insert or ignore into alerts (alert_id, kind, meter_id, ts, payload, "
+                    "created_at) values (?, ?, ?, ?, ?, ?)",
+                    (a.alert_id, a.kind, a.meter_id, a.ts, a.payload, now),
+                )
+                if cur.rowcount == 1:
+                    stored.append(a.alert_id)
+                    self.bump({f"alerts_raised_{a.kind}": 1})
+            for key, value in (meta or {}).items():
+                self._set_meta(key, value)
+            self.bump(counters or {})
+        return tuple(stored)
+
+    def alerts_due(self, sent_before: float, limit: int) -> list[OutboxAlert]:
+        """Unacknowledged alerts never sent, or last sent before ``sent_before``; oldest
+        first."""
+        return [
+            OutboxAlert(str(a), str(p), int(n))
+            for a, p, n in self.conn.execute(
+                "select alert_id, payload, attempts from alerts where acked_at is null "
+                "and (last_sent_at is null or last_sent_at < ?) order by created_at limit ?",
+                (sent_before, limit),
+            )
+        ]
+
+    def mark_alerts_sent(self, alert_ids: Sequence[str], now: float, resent: int = 0) -> None:
+        if not alert_ids:
+            return
+        with self._tx():
+            self.conn.executemany(
+                "update alerts set attempts = attempts + 1, last_sent_at = ? where alert_id = ?",
+                [(now, a) for a in alert_ids],
+            )
+            self.bump({"alerts_published": len(alert_ids), "alerts_resent": resent})
+
+    def mark_alerts_acked(self, alert_ids: Sequence[str], now: float) -> int:
+        if not alert_ids:
+            return 0
+        with self._tx():
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "update alerts set acked_at = ? where alert_id = ? and acked_at is null",
+                [(now, a) for a in alert_ids],
+            )
+            n = self.conn.total_changes - before
+            self.bump({"alerts_delivered": n})
+        return n
+
+    def unacked_alerts(self) -> int:
+        row = self.conn.execute("select count(*) from alerts where acked_at is null").fetchone()
+        return int(row[0])
+
+    def last_alerts(self) -> dict[tuple[str, str], int]:
+        """Newest alerted reading time per (meter, kind): the cooldowns after a restart."""
+        return {
+            (str(m), str(k)): int(t)
+            for m, k, t in self.conn.execute(
+                "select meter_id, kind, max(ts) from alerts group by meter_id, kind"
+            )
+        }
+
+    # --- models ---------------------------------------------------------------------------
+
+    def save_model(
+        self,
+        *,
+        name: str,
+        version: str,
+        created_at: str,
+        sha256: str,
+        message: str,
+        public_key_sha256: str,
+        now: float,
+        keep: int = 3,
+    ) -> None:
+        """Record an accepted ``model.v1`` as the current one (the last ``keep`` are kept)."""
+        with self._tx():
+            self.conn.execute(
+                "insert into models (name, version, created_at, sha256, message, accepted_at, "
+                "public_key_sha256) values (?, ?, ?, ?, ?, ?, ?)",
+                (name, version, created_at, sha256, message, now, public_key_sha256),
+            )
+            self.conn.execute(
+                "delete from models where id not in "
+                "(select id from models order by id desc limit ?)",
+                (keep,),
+            )
+            self.bump({"models_accepted": 1})
+
+    def current_model(self) -> tuple[str, float] | None:
+        """(model.v1 JSON, accepted_at) of the newest accepted model, if any."""
+        row = self.conn.execute(
+            "select message, accepted_at from models order by id desc limit 1"
+        ).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
 
     # --- batches --------------------------------------------------------------------------
 
@@ -331,13 +526,14 @@ class Buffer:
                 self._set_meta("batched_upto", last_seq)
             if qrows:
                 self.conn.execute(
-                    "update quarantine set batch_id = ? where batch_id is null and id between ? and ?",
+                    "update quarantine set batch_id = ? "
+                    "where batch_id is null and id between ? and ?",
                     (batch_id, qrows[0][0], qrows[-1][0]),
                 )
             self._set_meta("batch_seq", seq)
             self.bump({"batches_formed": 1})
         if rows:
-            self._batched_upto = last_seq
+            self._batched_upto = int(rows[-1][0])
         return Batch(batch_id, seq, body, len(rows), len(qrows), 0, None)
 
     def open_batches(self) -> list[Batch]:
@@ -413,6 +609,10 @@ class Buffer:
             self.conn.execute(
                 "delete from quarantine where batch_id in "
                 "(select batch_id from batches where acked_at is not null)"
+            )
+            self.conn.execute(
+                "delete from alerts where acked_at is not null and ts < ?",
+                (newest - retention_s,),
             )
             if cur.rowcount:
                 self.bump({"readings_pruned": cur.rowcount})

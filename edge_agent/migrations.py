@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["readings"].create(
+    db.table("readings").create(
         {
             "seq": int,
             "meter_id": str,
@@ -42,10 +42,10 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="seq",
         not_null={"meter_id", "ts", "interval_s", "kwh", "supply_on", "accepted_at"},
     )
-    db["readings"].create_index(["ts", "meter_id"], unique=True, index_name="readings_key")
+    db.table("readings").create_index(["ts", "meter_id"], unique=True, index_name="readings_key")
     db.execute("create index readings_unbatched on readings (seq) where batch_id is null")
-    db["readings"].create_index(["batch_id"], index_name="readings_batch")
-    db["quarantine"].create(
+    db.table("readings").create_index(["batch_id"], index_name="readings_batch")
+    db.table("quarantine").create(
         {
             "id": int,
             "raw": str,
@@ -57,7 +57,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"raw", "reason", "received_at", "source"},
     )
-    db["batches"].create(
+    db.table("batches").create(
         {
             "batch_id": str,
             "seq": int,
@@ -79,9 +79,9 @@ def _v1(db: sqlite_utils.Database) -> None:
         defaults={"send_count": 0},
     )
     db.execute("create index batches_open on batches (seq) where acked_at is null")
-    db["counters"].create({"name": str, "value": int}, pk="name", not_null={"value"})
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["spool_files"].create(
+    db.table("counters").create({"name": str, "value": int}, pk="name", not_null={"value"})
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("spool_files").create(
         {
             "sha256": str,
             "name": str,
@@ -94,7 +94,47 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """The alerts outbox and the accepted anomaly models."""
+    # An alert is committed here in the same transaction as the reading it is about, then
+    # published QoS1 until the broker's PUBACK; a restart re-publishes what was not acked.
+    db.table("alerts").create(
+        {
+            "alert_id": str,  # deterministic: the same reading and model give the same id
+            "kind": str,
+            "meter_id": str,
+            "ts": int,  # the reading's (or the energy-balance window's) end, epoch seconds
+            "payload": str,  # the alert.v1 JSON, frozen when raised
+            "created_at": float,
+            "attempts": int,
+            "last_sent_at": float,
+            "acked_at": float,  # PUBACK received: the broker has it
+        },
+        pk="alert_id",
+        not_null={"kind", "meter_id", "ts", "payload", "created_at", "attempts"},
+        defaults={"attempts": 0},
+    )
+    db.execute("create index alerts_unacked on alerts (created_at) where acked_at is null")
+    db.table("alerts").create_index(["meter_id", "kind", "ts"], index_name="alerts_meter")
+    # Accepted model.v1 messages, newest last; the agent verifies the newest again at start
+    # (the configured public key may have changed since).
+    db.table("models").create(
+        {
+            "id": int,
+            "name": str,
+            "version": str,
+            "created_at": str,
+            "sha256": str,
+            "message": str,  # the model.v1 JSON as received
+            "accepted_at": float,
+            "public_key_sha256": str,  # which key verified it
+        },
+        pk="id",
+        not_null={"name", "version", "created_at", "sha256", "message", "accepted_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 LATEST = len(MIGRATIONS)
 
 

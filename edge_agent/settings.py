@@ -91,6 +91,29 @@ class AgentSettings(BaseSettings):
     spool_meter_id: str = Field(default="seed-0001", pattern=ID_PATTERN)
     sim: SimSourceSettings | None = None
 
+    # Anomaly model (model.v1 on {topic_root}/models/{model_name}, retained, signed).
+    model_name: str = Field(default="iforest", pattern=ID_PATTERN)
+    # Raw 32-byte Ed25519 public key, base64 or hex. Unset: every model is refused
+    # ("no_public_key") and reported in status.v1.
+    model_public_key: str | None = None
+    model_path: Path | None = None  # a signed model.v1 JSON file to load at start (offline)
+    model_threads: int = Field(default=1, ge=1, le=8)
+
+    # Alerts (alert.v1 on {topic_root}/gw/{gateway_id}/alerts, QoS1, outbox in the buffer).
+    alert_cooldown_s: int = Field(default=86400, ge=0)  # per meter and kind, in reading time
+    alert_resend_s: float = Field(default=30.0, gt=0)  # no PUBACK after this long: send again
+
+    # Energy balance per transformer. The meter -> transformer mapping comes from a registry
+    # JSON file (the simulator's registry.json: meters with meter_id, meter_role, transformer_id)
+    # or, for the simulated source, from the simulated fleet itself.
+    registry_path: Path | None = None
+    energy_balance_window_s: int = Field(default=86400, ge=3600)
+    energy_balance_expected_loss: float = Field(default=0.06, ge=0, lt=1)
+    energy_balance_gap_share: float = Field(default=0.04, gt=0, lt=1)
+    energy_balance_min_kwh: float = Field(default=1.0, ge=0)
+    energy_balance_min_completeness: float = Field(default=0.99, gt=0, le=1)
+    energy_balance_grace_s: int = Field(default=3600, ge=0)
+
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> AgentSettings:
         if self.profile == "production":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from edge_agent import __version__, wire
 from edge_agent.buffer import Buffer
@@ -16,14 +17,14 @@ def build(
     buffer: Buffer,
     gateway_id: str,
     now: float,
-    state: str = "online",
+    state: Literal["online", "offline"] = "online",
     model: wire.ModelState | None = None,
     model_error: str | None = None,
 ) -> wire.Status:
     stats = buffer.stats()
     return wire.Status(
         gateway_id=gateway_id,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         sent_at=datetime.fromtimestamp(now, UTC),
         agent_version=__version__,
         buffer=wire.BufferState(

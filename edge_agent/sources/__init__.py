@@ -7,12 +7,15 @@ acknowledges its own upstream only after that transaction committed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent import wire
 from edge_agent.buffer import AcceptResult, Buffer
-from edge_agent.codec import Row
+from edge_agent.rows import Row
 from edge_agent.validate import Validator, split
+
+if TYPE_CHECKING:
+    from edge_agent.scoring import Detector
 
 
 class Source(Protocol):
@@ -26,11 +29,18 @@ class Source(Protocol):
 
 
 class Intake:
-    """Validation + the buffer: the one door into the gateway's store."""
+    """Validation + scoring + the buffer: the one door into the gateway's store.
 
-    def __init__(self, buffer: Buffer, validator: Validator) -> None:
+    With a :class:`~edge_agent.scoring.Detector`, accepted readings are scored (and alerts
+    raised) after validation and before the insert, so the score, the model version and the
+    alerts are committed in the same transaction as the readings."""
+
+    def __init__(
+        self, buffer: Buffer, validator: Validator, detector: Detector | None = None
+    ) -> None:
         self.buffer = buffer
         self.validator = validator
+        self.detector = detector
 
     def take(
         self,
@@ -40,7 +50,21 @@ class Intake:
         also: Sequence[tuple[str, tuple[Any, ...]]] = (),
     ) -> AcceptResult:
         rows, bad = split(results)
-        return self.buffer.accept(rows, bad, now=self.validator.clock(), meta=meta, also=also)
+        now = self.validator.clock()
+        if self.detector is None or not rows:
+            return self.buffer.accept(rows, bad, now=now, meta=meta, also=also)
+        prepared = self.detector.prepare(rows, self.buffer)
+        result = self.buffer.accept(
+            prepared.rows,
+            bad,
+            now=now,
+            meta=meta,
+            also=also,
+            alerts=prepared.alerts,
+            counters=prepared.counters,
+        )
+        self.detector.committed(prepared, result, now)
+        return result
 
 
 __all__ = ["Intake", "Source"]

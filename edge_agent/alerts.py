@@ -1,0 +1,182 @@
+"""``alert.v1``: ids, payloads, the per-meter cooldown and the outbox that publishes them.
+
+Delivery: an alert is committed to the buffer's ``alerts`` table (the outbox) in the same
+transaction as the reading it is about, then published QoS1 on ``{root}/gw/{gateway_id}/alerts``
+and marked delivered when the broker's PUBACK for that very message (paho ``on_publish`` with its
+``mid``) arrives. Not acknowledged within ``resend_s``, or still open after a restart, it is
+published again with the same ``alert_id``: nothing is lost, and subscribers de-duplicate.
+
+``alert_id`` is the first 32 hex digits of
+``sha256("alert.v1|" + kind + "|" + meter_id + "|" + ts + "|" + basis)``, where ``ts`` is the
+reading's end (epoch seconds) and ``basis`` is ``name:version`` of the model for ``anomaly``
+alerts, ``window=<seconds>`` for ``energy_balance`` and empty for the rule alerts (``tamper``,
+``register_rollback``). The gateway is not part of it: the same reading scored by the same model
+gives the same id wherever it is scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edge_agent import failpoints, wire
+from edge_agent.buffer import AlertRecord, Buffer
+
+log = logging.getLogger(__name__)
+
+
+def alert_id(kind: str, meter_id: str, ts: int, basis: str = "") -> str:
+    text = f"alert.v1|{kind}|{meter_id}|{int(ts)}|{basis}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def make_alert(
+    *,
+    gateway_id: str,
+    kind: str,
+    meter_id: str,
+    ts: int,
+    basis: str = "",
+    score: float | None = None,
+    threshold: float | None = None,
+    model_version: str | None = None,
+    features: Mapping[str, float] | None = None,
+    detail: str | None = None,
+) -> AlertRecord:
+    """An alert ready for the outbox (validated against ``alert.v1`` here, once)."""
+    aid = alert_id(kind, meter_id, ts, basis)
+    alert = wire.Alert(
+        alert_id=aid,
+        gateway_id=gateway_id,
+        meter_id=meter_id,
+        ts=datetime.fromtimestamp(ts, UTC),
+        kind=kind,
+        score=score,
+        threshold=threshold,
+        model_version=model_version,
+        features=dict(features or {}),
+        detail=detail[:500] if detail else None,
+    )
+    payload = json.dumps(alert.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
+    return AlertRecord(aid, kind, meter_id, int(ts), payload)
+
+
+class Cooldown:
+    """At most one alert per (meter, kind) within ``seconds`` of reading time.
+
+    Reading time, not wall-clock time: a backlog replayed after an outage raises the same alerts
+    as it would have live. The state comes back from the outbox after a restart."""
+
+    def __init__(self, seconds: int, last: Mapping[tuple[str, str], int] | None = None) -> None:
+        self.seconds = int(seconds)
+        self.last: dict[tuple[str, str], int] = dict(last or {})
+
+    def allows(self, meter_id: str, kind: str, ts: int) -> bool:
+        prev = self.last.get((meter_id, kind))
+        return prev is None or abs(ts - prev) >= self.seconds
+
+    def note(self, meter_id: str, kind: str, ts: int) -> None:
+        key = (meter_id, kind)
+        prev = self.last.get(key)
+        if prev is None or ts > prev:
+            self.last[key] = ts
+
+
+class AlertOutbox:
+    """Publishes the outbox QoS1 and marks alerts delivered on their PUBACK.
+
+    ``tick`` runs on the agent's main loop (the buffer's one writer); the PUBACK callback runs on
+    the MQTT network thread and only puts the message id on a queue."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        client: mqtt.Client,
+        connected: Callable[[], bool],
+        topic: str,
+        *,
+        resend_s: float = 30.0,
+        max_per_tick: int = 200,
+    ) -> None:
+        self.buffer = buffer
+        self.client = client
+        self.connected = connected
+        self.topic = topic
+        self.resend_s = resend_s
+        self.max_per_tick = max_per_tick
+        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._by_mid: dict[int, str] = {}
+        self._mid_of: dict[str, int] = {}
+        # After a start or a reconnect every open alert goes out at once: earlier sends may
+        # have been lost with the connection.
+        self._reconnected = True
+        self._resend_from: float | None = None
+        client.on_publish = self._on_publish
+
+    def reconnected(self) -> None:
+        """Called on (re)connect, from the network thread."""
+        self._reconnected = True
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        failed = bool(getattr(reason, "is_failure", False))
+        self._acks.put((mid, not failed))
+
+    def drain_acks(self, now: float) -> int:
+        delivered: list[str] = []
+        refused = 0
+        while True:
+            try:
+                mid, ok = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            aid = self._by_mid.pop(mid, None)
+            if aid is None:
+                continue  # a readings batch or a status message: not ours
+            self._mid_of.pop(aid, None)
+            if ok:
+                delivered.append(aid)
+            else:
+                refused += 1  # the broker refused it (e.g. not authorised): try again later
+        if refused:
+            self.buffer.bump({"alerts_refused_by_broker": refused})
+        return self.buffer.mark_alerts_acked(delivered, now) if delivered else 0
+
+    def tick(self, now: float) -> int:
+        """Publish what is due; returns how many alerts were published or confirmed."""
+        work = self.drain_acks(now)
+        if not self.connected():
+            return work
+        if self._reconnected:
+            self._reconnected = False
+            self._resend_from = now  # everything sent before now goes again
+        sent_before = now - self.resend_s
+        if self._resend_from is not None:
+            sent_before = max(sent_before, self._resend_from)
+        due = self.buffer.alerts_due(sent_before, self.max_per_tick)
+        if len(due) < self.max_per_tick:
+            self._resend_from = None
+        sent: list[str] = []
+        resent = 0
+        for alert in due:
+            info = self.client.publish(self.topic, alert.payload.encode(), qos=1)
+            old = self._mid_of.pop(alert.alert_id, None)
+            if old is not None:
+                self._by_mid.pop(old, None)
+            self._by_mid[info.mid] = alert.alert_id
+            self._mid_of[alert.alert_id] = info.mid
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                break  # connection lost meanwhile: the rest waits for the next tick
+            failpoints.hit("alerts.after_publish")
+            sent.append(alert.alert_id)
+            resent += alert.attempts > 0
+        self.buffer.mark_alerts_sent(sent, now, resent)
+        return work + len(sent)

@@ -1,0 +1,192 @@
+"""Which anomaly model the agent scores with: load at start, hot-swap, refuse and report.
+
+Sources of ``model.v1`` messages, in order: the newest model accepted before (the buffer's
+``models`` table, verified again with the key configured now), an optional ``model_path`` file,
+then the retained message on ``{root}/models/{model_name}`` (QoS1; the agent subscribes on every
+connect). A message is installed only when it verifies (checksum, Ed25519 signature with the
+configured public key, feature names, a working ONNX graph), carries the configured name and is
+newer (``created_at``) than the model in use. Anything else is refused: the old model stays,
+a counter goes up and ``status.v1`` shows ``model_error``.
+
+The swap is one assignment on the agent's main loop, between two ``Intake.take`` calls: each call
+scores all its readings with the model it started with, so every reading is scored by exactly one
+version, and no reading accepted after the first model is left unscored.
+
+onnxruntime is imported only when a model is actually loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent import wire
+from edge_agent.buffer import Buffer
+from edge_agent.scoring import Detector
+
+if TYPE_CHECKING:
+    from edge_agent.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+MAX_MODEL_MESSAGE_BYTES = 48 * 1024 * 1024
+
+
+class ModelManager:
+    def __init__(
+        self,
+        buffer: Buffer,
+        detector: Detector,
+        *,
+        name: str,
+        public_key: str | None,
+        clock: Callable[[], float],
+        threads: int = 1,
+    ) -> None:
+        self.buffer = buffer
+        self.detector = detector
+        self.name = name
+        self.public_key = public_key.strip() if public_key and public_key.strip() else None
+        self.clock = clock
+        self.threads = threads
+        self.error: str | None = None
+        self.loaded_at: float | None = None
+        self._inbox: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self.detector.model
+
+    def state(self) -> wire.ModelState | None:
+        model = self.detector.model
+        if model is None or self.loaded_at is None:
+            return None
+        return wire.ModelState(
+            name=model.name,
+            version=model.version,
+            loaded_at=datetime.fromtimestamp(self.loaded_at, UTC),
+        )
+
+    # --- sources of models -----------------------------------------------------------------
+
+    def start(self, model_path: Path | None = None) -> None:
+        """The stored model, then the model file (if any)."""
+        stored = self.buffer.current_model()
+        if stored is not None:
+            self.offer(stored[0].encode(), "stored", persist=False)
+            if self.error is not None:
+                self.error = f"stored model refused: {self.error}"
+        if model_path is not None:
+            try:
+                data = Path(model_path).read_bytes()
+            except OSError as exc:
+                self._refuse("unreadable_file", str(exc), f"file:{model_path}")
+            else:
+                self.offer(data, f"file:{model_path}")
+
+    def on_message(self, payload: bytes, topic: str) -> None:
+        """From the MQTT network thread: queue for the main loop."""
+        self._inbox.put((payload, topic))
+
+    def drain(self) -> bool:
+        """Handle queued model messages (main loop). True if the model or the error changed."""
+        changed = False
+        while True:
+            try:
+                payload, topic = self._inbox.get_nowait()
+            except queue.Empty:
+                return changed
+            before = (self.detector.model, self.error)
+            self.offer(payload, f"mqtt:{topic}")
+            changed = changed or (self.detector.model, self.error) != before
+
+    def offer(self, payload: bytes, source: str, *, persist: bool = True) -> bool:
+        """Verify a ``model.v1`` payload and install it if it is newer. True if installed."""
+        try:
+            obj = wire.decode(payload, MAX_MODEL_MESSAGE_BYTES)
+        except wire.DecodeError as exc:
+            return self._refuse("invalid_message", str(exc), source)
+        if wire.schema_of(obj) != "model.v1":
+            return self._refuse("unknown_schema", repr(wire.schema_of(obj))[:40], source)
+        current = self.detector.model
+        if (
+            current is not None
+            and obj.get("version") == current.version
+            and obj.get("sha256") == current.sha256
+        ):
+            return False  # the model in use (a retained message delivered again)
+        if self.public_key is None:
+            return self._refuse("no_public_key", "set model_public_key to accept models", source)
+        from edge_agent.model import ModelRejected, load_model, parse_public_key
+
+        try:
+            key = parse_public_key(self.public_key)
+            model = load_model(obj, key, threads=self.threads)
+        except ModelRejected as exc:
+            return self._refuse(exc.reason, exc.detail, source, obj)
+        if model.name != self.name:
+            return self._refuse(
+                "name_mismatch", f"model {model.name!r}, agent wants {self.name!r}", source, obj
+            )
+        if current is not None and not _newer(model, current):
+            log.info(
+                "model %s %s from %s is not newer than %s: ignored",
+                model.name,
+                model.version,
+                source,
+                current.version,
+            )
+            self.buffer.bump({"models_ignored_not_newer": 1})
+            return False
+        if persist:
+            self.buffer.save_model(
+                name=model.name,
+                version=model.version,
+                created_at=wire._iso_z(model.created_at) if model.created_at else "",
+                sha256=model.sha256,
+                message=json.dumps(obj, separators=(",", ":")),
+                public_key_sha256=hashlib.sha256(key).hexdigest(),
+                now=self.clock(),
+            )
+        self.detector.model = model  # the swap: the next Intake.take scores with it
+        self.loaded_at = self.clock()
+        self.error = None
+        log.info(
+            "scoring with model %s %s (threshold %g) from %s",
+            model.name,
+            model.version,
+            model.threshold,
+            source,
+        )
+        return True
+
+    def _refuse(
+        self, reason: str, detail: str, source: str, obj: dict[str, Any] | None = None
+    ) -> bool:
+        what = ""
+        if obj is not None:
+            what = f" (model {str(obj.get('name'))[:64]} {str(obj.get('version'))[:64]})"
+        self.error = f"{reason}{what}: {detail}"[:400]
+        kept = self.detector.model
+        log.error(
+            "model from %s refused: %s; %s",
+            source,
+            self.error,
+            f"keeping {kept.name} {kept.version}" if kept else "no model in use",
+        )
+        self.buffer.bump({"models_rejected": 1, f"models_rejected_{reason}": 1})
+        return False
+
+
+def _newer(candidate: LoadedModel, current: LoadedModel) -> bool:
+    if candidate.created_at is None or current.created_at is None:
+        return candidate.version != current.version
+    if candidate.created_at != current.created_at:
+        return candidate.created_at > current.created_at
+    return candidate.version > current.version

@@ -1,0 +1,289 @@
+"""Scoring accepted readings and raising alerts, inside the Intake, before the buffer insert.
+
+For each ``Intake.take`` call the :class:`Detector` takes the model in use ONCE (a hot swap
+happens between calls, never inside one, so every reading is scored by exactly one version),
+reads the features' history of the meters concerned from the buffer, computes the features of
+history + new rows in one grouped call and scores all new rows in one onnxruntime call. The score
+and model version go into the rows, so they are committed with the reading and never change.
+
+Alerts (``alert.v1``) raised here, committed with their readings:
+
+* ``anomaly``: ``score > threshold``, only for valid readings (supply on, no ``no_credit`` flag:
+  an outage or an empty prepaid meter is not theft) of meters that are not transformer meters
+  (those are judged by the energy balance);
+* ``tamper``: the reading carries ``cover_open``, ``magnetic``, ``reverse_flow`` or
+  ``clock_reset`` (also without a model);
+* ``register_rollback``: the cumulative register went down since the previous reading (needs the
+  features, so a model).
+
+Each kind is rate-limited per meter by :class:`~edge_agent.alerts.Cooldown` (reading time).
+Energy-balance alerts come from :mod:`edge_agent.energy`, after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.alerts import Cooldown, make_alert
+from edge_agent.buffer import AcceptResult, AlertRecord, Buffer
+from edge_agent.features import (
+    DEFAULT_FLAG_BITS,
+    FEATURE_NAMES,
+    NO_CREDIT_FLAG,
+    TAMPER_FLAGS,
+    compute_features_grouped,
+    history_window_s,
+)
+from edge_agent.rows import Row
+
+if TYPE_CHECKING:
+    from edge_agent.energy import EnergyBalance
+    from edge_agent.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+_TAMPER = frozenset(TAMPER_FLAGS)
+_REGISTER_DROP = FEATURE_NAMES.index("register_drop")
+# register_drop = log1p(decrease / level): ignore decreases below 1 % of a normal interval's use
+# (rounding of a register reported in whole Wh, for instance).
+_MIN_REGISTER_DROP = math.log1p(0.01)
+SCORE_DECIMALS = 6
+
+
+@dataclass
+class Prepared:
+    rows: Sequence[Row]
+    alerts: list[AlertRecord] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # alert id -> cooldown
+
+
+@dataclass
+class _Candidate:
+    kind: str
+    meter_id: str
+    ts: int
+    record: AlertRecord
+
+
+class Detector:
+    def __init__(
+        self,
+        gateway_id: str,
+        *,
+        cooldown: Cooldown,
+        transformer_meters: frozenset[str] = frozenset(),
+        energy: EnergyBalance | None = None,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.cooldown = cooldown
+        self.transformer_meters = transformer_meters
+        self.energy = energy
+        self.model: LoadedModel | None = None  # swapped by the rollout, between calls
+        self._flag_masks: dict[str | None, int] = {None: 0, "": 0}
+
+    # --- the two hooks of Intake.take ------------------------------------------------------
+
+    def prepare(self, rows: Sequence[Row], buffer: Buffer) -> Prepared:
+        model = self.model  # one version for the whole call
+        if model is None:
+            flagged = [r for r in rows if r[12]]
+            out = Prepared(rows)
+            if flagged:
+                self._add(out, self._rule_alerts(flagged))
+            return out
+        try:
+            return self._score(model, rows, buffer)
+        except Exception:  # never lose readings to a scoring bug: store them unscored
+            log.exception("scoring failed; %d readings stored without a score", len(rows))
+            out = Prepared(rows, counters={"scoring_errors": 1})
+            flagged = [r for r in rows if r[12]]
+            if flagged:
+                self._add(out, self._rule_alerts(flagged))
+            return out
+
+    def committed(self, prepared: Prepared, result: AcceptResult, now: float) -> None:
+        for aid in result.alert_ids:
+            meter_id, kind, ts = prepared.keys[aid]
+            self.cooldown.note(meter_id, kind, ts)
+        if self.energy is not None and result.accepted:
+            self.energy.observe(prepared.rows)
+            for aid in self.energy.check(now):
+                log.warning("energy balance alert %s", aid)
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def _mask(self, flags: str | None) -> int:
+        mask = self._flag_masks.get(flags)
+        if mask is None:
+            mask = 0
+            for name in (flags or "").split(","):
+                mask |= DEFAULT_FLAG_BITS.get(name, 0)
+            self._flag_masks[flags] = mask
+        return mask
+
+    def _score(self, model: LoadedModel, rows: Sequence[Row], buffer: Buffer) -> Prepared:
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault(int(r[2]), []).append(i)
+        out_rows: list[Row] = list(rows)
+        candidates: list[_Candidate] = []
+        scored = 0
+        for interval_s, idx in groups.items():
+            sub = rows if len(groups) == 1 else [rows[i] for i in idx]
+            feats, keep = self._features(sub, interval_s, buffer)
+            if not keep.size:
+                continue
+            scores = model.score(feats)
+            flagged = model.is_anomaly(scores)
+            scored += int(keep.size)
+            for j, pos in enumerate(keep.tolist()):
+                r = sub[pos]
+                score = round(float(scores[j]), SCORE_DECIMALS)
+                out_rows[idx[pos]] = (*r[:13], score, model.version)
+                x = feats[j]
+                valid = r[11] and not (self._mask(r[12]) & DEFAULT_FLAG_BITS[NO_CREDIT_FLAG])
+                if flagged[j] and valid and r[0] not in self.transformer_meters:
+                    candidates.append(self._anomaly(model, r, score, x))
+                if r[12] and (set(r[12].split(",")) & _TAMPER):
+                    candidates.append(self._tamper(r, x))
+                if x[_REGISTER_DROP] > _MIN_REGISTER_DROP:
+                    candidates.append(self._rollback(r, x))
+        out = Prepared(out_rows, counters={"readings_scored": scored})
+        self._add(out, candidates)
+        return out
+
+    def _features(
+        self, sub: Sequence[Row], interval_s: int, buffer: Buffer
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Features of the new rows ``sub`` (one interval length), with the positions in
+        ``sub`` they belong to. Rows whose key is already stored, or repeated in ``sub``, are
+        left out (the buffer will not store them)."""
+        n_new = len(sub)
+        new_cols = _columns(sub, 15)
+        ts_new = np.array(new_cols[1], dtype=np.int64)
+        code_of = {m: i for i, m in enumerate(dict.fromkeys(new_cols[0]))}
+        hist = buffer.history(
+            code_of,
+            int(ts_new.min()) - history_window_s(interval_s),
+            int(ts_new.max()),
+            interval_s,
+        )
+        n_h = len(hist)
+        n = n_h + n_new
+        # Column by column (one C-level transpose): the history is ~7 days of every meter.
+        h_cols = _columns(hist, 6)
+        meter_ids = h_cols[0] + new_cols[0]
+        codes = np.fromiter(map(code_of.__getitem__, meter_ids), np.int64, n)
+        ts = np.concatenate([np.array(h_cols[1], dtype=np.int64), ts_new])
+        kwh = np.array(h_cols[2] + new_cols[3], dtype=np.float64)
+        on = np.array(h_cols[3] + new_cols[11], dtype=np.bool_)
+        flag_text = h_cols[4] + new_cols[12]
+        distinct = set(flag_text)
+        if distinct <= {None, ""}:
+            flags = np.zeros(n, dtype=np.uint16)
+        else:
+            masks = {f: self._mask(f) for f in distinct}
+            flags = np.fromiter(map(masks.__getitem__, flag_text), np.uint16, n)
+        reg = np.array(h_cols[5] + new_cols[4], dtype=np.float64)  # None -> NaN
+        is_new = np.zeros(n, dtype=np.int8)
+        is_new[n_h:] = 1
+        # By meter, then time, stored rows before new ones; lexsort is stable, so of a key
+        # repeated among the new rows the first comes first (the one the buffer keeps).
+        order = np.lexsort((is_new, ts, codes))
+        c_s, t_s = codes[order], ts[order]
+        repeat = np.zeros(n, dtype=np.bool_)
+        repeat[1:] = (c_s[1:] == c_s[:-1]) & (t_s[1:] == t_s[:-1])
+        order = order[~repeat]
+        x = compute_features_grouped(
+            codes[order],
+            ts[order],
+            kwh[order],
+            on[order],
+            flags[order],
+            reg[order],
+            interval_s,
+            DEFAULT_FLAG_BITS,
+        )
+        new_rows = order >= n_h
+        return x[new_rows], (order[new_rows] - n_h).astype(np.int64)
+
+    # --- alerts ----------------------------------------------------------------------------
+
+    def _named(self, x: npt.NDArray[np.float32] | None) -> dict[str, float]:
+        if x is None:
+            return {}
+        return {name: round(float(v), 4) for name, v in zip(FEATURE_NAMES, x, strict=True)}
+
+    def _anomaly(
+        self, model: LoadedModel, r: Row, score: float, x: npt.NDArray[np.float32]
+    ) -> _Candidate:
+        record = make_alert(
+            gateway_id=self.gateway_id,
+            kind="anomaly",
+            meter_id=r[0],
+            ts=r[1],
+            basis=f"{model.name}:{model.version}",
+            score=score,
+            threshold=model.threshold,
+            model_version=model.version,
+            features=self._named(x),
+            detail=f"{r[3]:g} kWh; model {model.name} {model.version}",
+        )
+        return _Candidate("anomaly", r[0], r[1], record)
+
+    def _tamper(self, r: Row, x: npt.NDArray[np.float32] | None) -> _Candidate:
+        record = make_alert(
+            gateway_id=self.gateway_id,
+            kind="tamper",
+            meter_id=r[0],
+            ts=r[1],
+            features=self._named(x),
+            detail=f"meter flags: {r[12]}",
+        )
+        return _Candidate("tamper", r[0], r[1], record)
+
+    def _rollback(self, r: Row, x: npt.NDArray[np.float32]) -> _Candidate:
+        record = make_alert(
+            gateway_id=self.gateway_id,
+            kind="register_rollback",
+            meter_id=r[0],
+            ts=r[1],
+            features=self._named(x),
+            detail=f"register {r[4]} kWh is below the previous reading's",
+        )
+        return _Candidate("register_rollback", r[0], r[1], record)
+
+    def _rule_alerts(self, rows: Sequence[Row]) -> list[_Candidate]:
+        """Alerts that need no model: tamper flags."""
+        return [self._tamper(r, None) for r in rows if set(r[12].split(",")) & _TAMPER]
+
+    def _add(self, out: Prepared, candidates: list[_Candidate]) -> None:
+        """Apply the cooldown in reading order; the survivors go with the readings."""
+        suppressed = 0
+        pending: dict[tuple[str, str], int] = {}
+        for c in sorted(candidates, key=lambda c: (c.meter_id, c.kind, c.ts)):
+            key = (c.meter_id, c.kind)
+            prev = pending.get(key)
+            if not self.cooldown.allows(c.meter_id, c.kind, c.ts) or (
+                prev is not None and abs(c.ts - prev) < self.cooldown.seconds
+            ):
+                suppressed += 1
+                continue
+            pending[key] = c.ts
+            out.alerts.append(c.record)
+            out.keys[c.record.alert_id] = (c.meter_id, c.kind, c.ts)
+        if suppressed:
+            out.counters["alerts_suppressed_cooldown"] = suppressed
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows → columns (a list comprehension per column beats ``zip(*rows)`` on long lists)."""
+    return [[r[j] for r in rows] for j in range(width)]

@@ -1,0 +1,279 @@
+"""Alerts raised at intake: deterministic ids, the per-meter cooldown, no alert for outages or an
+empty prepaid meter, the energy balance per transformer, and central storing each alert once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from central.ingest import IngestWorker
+from central.settings import CentralSettings
+from edge_agent import wire
+from edge_agent.alerts import Cooldown, alert_id
+from edge_agent.buffer import Buffer
+from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
+from edge_agent.migrations import LATEST, MIGRATIONS, version
+from edge_agent.rollout import ModelManager
+from edge_agent.scoring import Detector
+from edge_agent.sources import Intake
+from edge_agent.validate import Validator
+from tests.conftest import BROKER_PORT
+from tests.support.detection import T0, models, reading, row_of
+
+
+def make_intake(path: Path, model: dict[str, Any] | None = None, cooldown_s: int = 86400) -> Intake:
+    buffer = Buffer(path)
+    detector = Detector("gw1", cooldown=Cooldown(cooldown_s, buffer.last_alerts()))
+    if model is not None:
+        manager = ModelManager(
+            buffer, detector, name="iforest", public_key=models().public_key, clock=time.time
+        )
+        assert manager.offer(json.dumps(model).encode(), "test"), manager.error
+    return Intake(buffer, Validator(time.time), detector)
+
+
+def alerts(buffer: Buffer) -> list[dict[str, Any]]:
+    return [
+        json.loads(p)
+        for (p,) in buffer.conn.execute("select payload from alerts order by ts, meter_id, kind")
+    ]
+
+
+def day(meters: dict[str, Any], d: int) -> list[Any]:
+    """One day (48 intervals) of rows; ``meters[m]`` = None (normal) or extra reading fields."""
+    out = []
+    for k in range(d * 48, d * 48 + 48):
+        for m, extra in meters.items():
+            out.append(row_of(reading(m, k, **(extra(k) if callable(extra) else extra or {}))))
+    return out
+
+
+def test_no_alert_for_outage_or_empty_prepaid_meter_but_for_a_bypass(tmp_path: Path) -> None:
+    intake = make_intake(tmp_path / "b.db", models().v1)
+    normal = {m: None for m in ("bypass", "outage", "no_credit", "control")}
+    for d in range(9):
+        intake.take(day(normal, d))
+    last = {
+        "bypass": {"kwh": 0.0},  # supply on, nothing measured: theft-like
+        "outage": {"kwh": 0.0, "supply": "off"},  # load-shedding all day
+        "no_credit": {"kwh": 0.0, "flags": ["no_credit"]},  # prepaid meter out of credit
+        "control": None,
+    }
+    intake.take(day(last, 9))
+    for d in (10, 11):  # supply and credit come back
+        intake.take(day(normal, d))
+    got = alerts(intake.buffer)
+    assert {a["meter_id"] for a in got} == {"bypass"}, got
+    assert got[0]["kind"] == "anomaly" and got[0]["model_version"] == "v1"
+    assert got[0]["score"] > got[0]["threshold"]
+    scored = intake.buffer.conn.execute(
+        "select count(*), count(score), count(distinct model_version) from readings"
+    ).fetchone()
+    assert scored == (12 * 48 * 4, 12 * 48 * 4, 1)
+
+
+def test_alert_ids_are_deterministic(tmp_path: Path) -> None:
+    """Same readings, same model → same ids, in two separate buffers; a resent reading raises
+    nothing new."""
+    ids = []
+    for name in ("a", "b"):
+        intake = make_intake(tmp_path / f"{name}.db", models().v1)
+        for d in range(9):
+            intake.take(day({"m1": None, "m2": None}, d))
+        tamper = {"m1": lambda k: {"flags": ["cover_open"]} if k % 48 == 20 else {}}
+        intake.take(day({"m2": {"kwh": 0.0}, **tamper}, 9))
+        again = intake.take(day({"m2": {"kwh": 0.0}, **tamper}, 9))  # the source resends
+        assert again.accepted == 0 and again.alert_ids == ()
+        ids.append([(a["alert_id"], a["kind"], a["meter_id"]) for a in alerts(intake.buffer)])
+    assert ids[0] == ids[1]
+    kinds = {(k, m) for _, k, m in ids[0]}
+    assert kinds == {("tamper", "m1"), ("anomaly", "m2")}
+    tamper_ts = T0 + 1800 * (9 * 48 + 20 + 1)
+    assert ("tamper", "m1") in kinds
+    assert alert_id("tamper", "m1", tamper_ts) in [i for i, _, _ in ids[0]]
+
+
+def test_tamper_alerts_without_model_and_cooldown_across_restart(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    intake = make_intake(path, None, cooldown_s=86400)
+    # The cover stays open from interval 10 on: every reading carries the flag.
+    cover = {"m1": lambda k: {"flags": ["cover_open"]} if k >= 10 else {}, "m2": None}
+    res = intake.take(day(cover, 0))
+    assert len(res.alert_ids) == 1
+    assert intake.buffer.counters()["alerts_suppressed_cooldown"] == 37
+    intake.buffer.close()
+
+    intake = make_intake(path, None, cooldown_s=86400)  # restart: the cooldowns come back
+    intake.take(day(cover, 1)[: 2 * 10])  # intervals 48..57: less than 24 h after interval 10
+    assert intake.buffer.unacked_alerts() == 1
+    intake.take(day(cover, 1)[2 * 10 :])
+    got = [wire.Alert.model_validate(a) for a in alerts(intake.buffer)]
+    assert [(a.kind, a.meter_id) for a in got] == [("tamper", "m1")] * 2
+    assert got[1].detail == "meter flags: cover_open"
+    assert (got[1].ts - got[0].ts).total_seconds() == 86400
+    assert got[0].ts.timestamp() == T0 + 1800 * 11
+
+
+def test_conflicting_reading_raises_no_alert(tmp_path: Path) -> None:
+    intake = make_intake(tmp_path / "b.db")
+    intake.take([row_of(reading("m1", 0))])
+    res = intake.take([row_of(reading("m1", 0, kwh=5.0, flags=["magnetic"]))])
+    assert res.conflicts == 1 and res.alert_ids == () and intake.buffer.unacked_alerts() == 0
+
+
+# --- energy balance -----------------------------------------------------------------------
+
+GRID = [
+    {"meter_id": "TX-1", "meter_role": "transformer", "transformer_id": "DT-1"},
+    {"meter_id": "TX-2", "meter_role": "transformer", "transformer_id": "DT-2"},
+    *(
+        {"meter_id": f"c1-{i}", "meter_role": "customer", "transformer_id": "DT-1"}
+        for i in range(3)
+    ),
+    *(
+        {"meter_id": f"c2-{i}", "meter_role": "customer", "transformer_id": "DT-2"}
+        for i in range(3)
+    ),
+]
+
+
+def balance_day(d: int, hookup_kwh: float = 0.0, drop: str | None = None) -> list[Any]:
+    """Customers use 0.2 kWh per interval each; each transformer meter sees their sum plus 5 %
+    technical loss, plus ``hookup_kwh`` per interval of unmetered load on DT-1."""
+    out = []
+    for k in range(d * 48, d * 48 + 48):
+        for tx, extra in (("1", hookup_kwh), ("2", 0.0)):
+            customers = [f"c{tx}-{i}" for i in range(3)]
+            supplied = round(0.6 * 1.05 + extra, 3)
+            out.append(row_of(reading(f"TX-{tx}", k, kwh=supplied)))
+            out.extend(row_of(reading(c, k, kwh=0.2)) for c in customers if c != drop)
+    return out
+
+
+def test_energy_balance_names_the_transformer(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    grid = GridMap.from_meters(GRID)
+    assert grid.transformer_meters == {"TX-1", "TX-2"}
+    intake = make_intake(path)
+    assert intake.detector is not None
+    intake.detector.energy = EnergyBalance(intake.buffer, grid, "gw1", BalancePolicy())
+    intake.take(balance_day(0))
+    intake.take(balance_day(1, hookup_kwh=0.1))  # ~16 % of DT-1's energy unaccounted
+    intake.take(balance_day(2, drop="c2-0"))  # a customer meter silent: not judged
+    intake.take(balance_day(3))  # makes day 2 complete (grace)
+    got = alerts(intake.buffer)
+    assert [(a["kind"], a["meter_id"]) for a in got] == [("energy_balance", "TX-1")], got
+    alert = got[0]
+    assert "DT-1" in alert["detail"]
+    assert alert["ts"] == wire._iso_z(wire.Alert.model_validate(alert).ts)
+    assert wire.Alert.model_validate(alert).ts.timestamp() == T0 + 2 * 86400  # window's end
+    f = alert["features"]
+    assert f["supplied_kwh"] == pytest.approx(48 * 0.73)
+    assert f["billed_kwh"] == pytest.approx(48 * 0.6)
+    assert alert["alert_id"] == alert_id("energy_balance", "TX-1", T0 + 2 * 86400, "window=86400")
+    counters = intake.buffer.counters()
+    assert counters["energy_balance_windows"] == 5  # days 0, 1 of both; day 2 of DT-1
+    assert counters["energy_balance_incomplete"] == 1  # day 2 of DT-2
+    intake.buffer.close()
+
+    # A restart judges nothing twice; the next day is judged once it is complete.
+    intake = make_intake(path)
+    assert intake.detector is not None
+    intake.detector.energy = EnergyBalance(intake.buffer, grid, "gw1", BalancePolicy())
+    assert intake.detector.energy.check(time.time()) == ()
+    intake.take(balance_day(4, hookup_kwh=0.1))
+    assert len(alerts(intake.buffer)) == 1  # day 3 judged (balanced), day 4 not complete yet
+    intake.take(balance_day(5))
+    assert [a["meter_id"] for a in alerts(intake.buffer)] == ["TX-1", "TX-1"]
+
+
+def test_grid_map_from_simulator_registry(tmp_path: Path) -> None:
+    from simulator import Fleet, FleetConfig
+    from simulator.writers import write_registry_json
+
+    fleet = Fleet(FleetConfig(meters=60, days=1, seed=3))
+    write_registry_json(fleet, tmp_path / "registry.json")
+    grid = GridMap.load(tmp_path / "registry.json")
+    assert grid and all(m.startswith("TX-") for m in grid.transformer_meters)
+    reg = fleet.registry().meters
+    customers = [m for m in reg if m["meter_role"] == "customer" and m["transformer_id"]]
+    assert sum(len(c) for c in grid.customers.values()) == len(customers)
+
+    # The agent with the simulated source derives the same mapping without a file.
+    from edge_agent.agent import Agent
+    from edge_agent.settings import AgentSettings, SimSourceSettings
+
+    agent = Agent(
+        AgentSettings(
+            db_path=tmp_path / "agent.db",
+            broker_port=BROKER_PORT,
+            sim=SimSourceSettings(meters=60, days=1, seed=3),
+        )
+    )
+    try:
+        assert agent.energy is not None and agent.energy.grid == grid
+    finally:
+        agent.buffer.close()
+
+
+def test_buffer_v1_file_migrates_to_v2(tmp_path: Path) -> None:
+    import sqlite_utils
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("pragma user_version = 1")
+    conn.execute(
+        "insert into readings (meter_id, ts, interval_s, kwh, supply_on, accepted_at) "
+        "values ('m', 1, 1800, 0.5, 1, 0)"
+    )
+    conn.close()
+    buffer = Buffer(path)
+    assert version(buffer.conn) == LATEST == 2
+    assert buffer.keys() == {("m", 1)}
+    assert buffer.unacked_alerts() == 0 and buffer.current_model() is None
+
+
+# --- central ------------------------------------------------------------------------------
+
+
+def test_central_stores_each_alert_once_and_quarantines_bad_ones(pg_dsn: str) -> None:
+    intake_alerts: list[str] = []
+    worker = IngestWorker(CentralSettings(pg_dsn=pg_dsn, broker_port=BROKER_PORT))
+    good = {
+        "schema": "alert.v1",
+        "alert_id": alert_id("tamper", "m1", T0),
+        "gateway_id": "gw1",
+        "meter_id": "m1",
+        "ts": "2026-03-01T00:30:00Z",
+        "kind": "tamper",
+        "features": {"tamper_flag": 1.0},
+        "detail": "meter flags: cover_open",
+    }
+    topic = "eiot/v1/gw/gw1/alerts"
+    bad = [
+        (b"{oops", "malformed_json"),
+        (json.dumps({**good, "schema": "alert.v9"}).encode(), "unknown_schema"),
+        (json.dumps({**good, "kind": "nonsense"}).encode(), "invalid_alert"),
+        (json.dumps({**good, "gateway_id": "gw2"}).encode(), "gateway_mismatch"),
+    ]
+    with psycopg.connect(pg_dsn) as conn:
+        for _ in range(3):  # resent: same id
+            assert worker.handle(conn, topic, json.dumps(good).encode()) == (None, None)
+        for payload, _reason in bad:
+            assert worker.handle(conn, topic, payload) == (None, None)
+        stored = conn.execute(
+            "select alert_id, gateway_id, kind, features from raw.alerts"
+        ).fetchall()
+        reasons = [r for (r,) in conn.execute("select reason from raw.quarantine order by 1")]
+    intake_alerts = [s[0] for s in stored]
+    assert intake_alerts == [good["alert_id"]]
+    assert stored[0][1:] == ("gw1", "tamper", {"tamper_flag": 1.0})
+    assert sorted(r.split(":")[0] for r in reasons) == sorted(r for _, r in bad)
+    assert worker.counters["alerts_stored"] == 1 and worker.counters["alerts_duplicate"] == 2

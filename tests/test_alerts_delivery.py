@@ -1,0 +1,103 @@
+"""Alerts are not lost: the outbox survives an agent SIGKILL (also right after a publish, before
+the broker's PUBACK is recorded) and a broker outage; undelivered alerts are published again with
+the same alert_id, so a subscriber that de-duplicates by id sees each alert exactly once."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from edge_agent import topics
+from edge_agent.alerts import alert_id
+from tests.conftest import Mosquitto, Proc
+from tests.support.detection import T0, Subscriber, reading, write_spool
+from tests.support.rig import Rig
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+GW = "gw-a"
+
+
+def tamper_file(rig: Rig, file_no: int, meters: int = 30) -> set[str]:
+    """One reading per meter with the cover open (distinct meters: no cooldown in the way);
+    returns the alert ids they must raise."""
+    items = []
+    expected = set()
+    for i in range(meters):
+        meter = f"tm{file_no}-{i:03d}"
+        k = file_no * 10 + i % 5
+        items.append(reading(meter, k, flags=["cover_open"]))
+        expected.add(alert_id("tamper", meter, T0 + 1800 * (k + 1)))
+    write_spool(rig.spool(GW), f"{file_no:05d}", items)
+    return expected
+
+
+def outbox(rig: Rig) -> dict[str, tuple[int, float | None]]:
+    with sqlite3.connect(rig.tmp / f"{GW}.db") as conn:
+        return {
+            a: (n, t) for a, n, t in conn.execute("select alert_id, attempts, acked_at from alerts")
+        }
+
+
+def test_alerts_survive_agent_kill_and_broker_outage(
+    tmp_path: Path, topic_root: str, procs: list[Proc], private_broker: Mosquitto
+) -> None:
+    rig = Rig(tmp_path, "", private_broker.port, topic_root, procs)
+    sub = Subscriber(
+        private_broker.port,
+        [topics.alerts(topic_root, GW)],
+        session=f"alert-watch-{secrets.token_hex(3)}",
+    ).start()
+
+    def received() -> dict[str, list[bytes]]:
+        by_id: dict[str, list[bytes]] = defaultdict(list)
+        for alert in sub.payloads("/alerts"):
+            by_id[alert["alert_id"]].append(repr(sorted(alert.items())).encode())
+        return by_id
+
+    try:
+        # 1. Killed right after publishing its 10th alert, before the PUBACK was recorded.
+        expected = tamper_file(rig, 0)
+        agent = rig.start_agent(GW, failpoint="alerts.after_publish:10")
+        assert agent.wait(30) == -9, "the failpoint did not fire\n" + rig.logs()
+        assert 0 < len(received()) < len(expected)
+        rig.start_agent(GW)
+        rig.wait_until(lambda: set(received()) == expected, 30, "every alert after the kill")
+        rig.wait_until(
+            lambda: all(t is not None for _, t in outbox(rig).values()), 15, "PUBACKs recorded"
+        )
+
+        # 2. The broker goes away; the agent accepts more tampered readings, is killed.
+        private_broker.kill()
+        more = tamper_file(rig, 1)
+        rig.wait_until(lambda: len(outbox(rig)) == len(expected | more), 30, "alerts in outbox")
+        assert all(outbox(rig)[a][1] is None for a in more)  # none delivered
+        agent.kill()
+
+        # 3. The broker is back, then the agent: the outbox goes out.
+        private_broker.start()
+        sub.wait_for(lambda: sub.client.is_connected(), 15, "subscriber reconnected")
+        time.sleep(0.5)  # its subscription renewed
+        rig.start_agent(GW)
+        rig.wait_until(lambda: set(received()) == expected | more, 45, "alerts after the outage")
+        rig.wait_until(
+            lambda: all(t is not None for _, t in outbox(rig).values()), 15, "all delivered"
+        )
+    finally:
+        sub.stop()
+
+    got = received()
+    assert set(got) == set(outbox(rig)) == expected | more
+    # Those received before the kill were never marked sent: they went out again, same id.
+    assert sum(len(c) - 1 for c in got.values()) >= 1
+    for copies in got.values():  # a resend is the very same alert
+        assert len(set(copies)) == 1
+    counters = rig.counters(GW)
+    assert counters["alerts_raised_tamper"] == len(expected | more)
+    assert counters["alerts_delivered"] == len(expected | more)
+    assert counters["alerts_published"] >= len(expected | more)
