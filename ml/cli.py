@@ -1,0 +1,250 @@
+"""``python -m ml``: keygen, train, publish, evaluate, models.
+
+python -m ml keygen --private var/keys/model_signing.pem --public var/keys/model.pub
+python -m ml train --out var/models/iforest                 # on a simulated fleet
+python -m ml train --source postgres --start 2026-03-01 --end 2026-04-01 --out DIR
+EIOT_MODEL_SIGNING_KEY_FILE=var/keys/model_signing.pem python -m ml publish DIR
+python -m ml evaluate                                         # held-out simulated fleet
+python -m ml models                                           # what ml.models holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from ml import evaluate as evaluation
+
+_DESCRIPTION = """Gateway anomaly models: train them, sign and publish them to the gateways
+(retained model.v1 over MQTT, registered in PostgreSQL ml.models), and evaluate detection."""
+
+
+def _date(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ml.publish import generate_keypair
+
+    pub = generate_keypair(args.private, args.public)
+    print(f"private key: {args.private} (keep it on the central side, never commit it)")
+    print(f"public key (configure the agents with it): {pub}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ml.dataset import from_fleet, from_postgres, reading_features
+    from ml.modelset import train_model_set
+    from ml.registry import default_dsn
+
+    if args.source == "sim":
+        from simulator import FleetConfig
+
+        cfg = FleetConfig(
+            meters=args.meters,
+            days=args.days,
+            seed=args.seed,
+            theft_share=args.theft_share,
+            interval_s=args.interval,
+            start=args.sim_start,
+        )
+        data = from_fleet(cfg)
+        warmup = args.warmup_days
+    else:
+        if not args.end:
+            raise SystemExit("--source postgres needs --end (and --start or --days)")
+        end = _date(args.end)
+        start = _date(args.start) if args.start else end - timedelta(days=args.days)
+        data = from_postgres(args.dsn or default_dsn(), start, end, interval_s=args.interval)
+        # The history before --start only feeds the features.
+        warmup = max(0.0, (start.timestamp() - (data.ts[0] - data.interval_s)) / 86400.0)
+    features = reading_features(data)
+    model_set = train_model_set(
+        data,
+        features,
+        name=args.name,
+        version=args.version,
+        variant=args.variant,
+        warmup_days=warmup,
+        max_rows=args.max_rows,
+        threads=args.threads,
+        seed=args.train_seed,
+    )
+    path = model_set.write(args.out)
+    print(f"wrote {path} ({model_set.variant}, version {model_set.version})")
+    for m in model_set.members:
+        print(
+            f"  {m.name}: threshold {m.threshold:.6f}, {m.train_rows} training readings, "
+            f"{m.threshold_method}"
+        )
+    if model_set.validation:
+        print(json.dumps(model_set.validation["results"], sort_keys=True))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ml.modelset import ModelSet
+    from ml.publish import load_private_key
+    from ml.registry import Broker, default_dsn, default_root, publish_model_set
+
+    model_set = ModelSet.read(args.model_dir)
+    key = load_private_key(args.key)
+    broker = Broker.from_env(
+        host=args.host, port=args.port, username=args.username, timeout_s=args.timeout
+    )
+    if args.tls:
+        broker.tls = True
+    results = publish_model_set(
+        model_set,
+        key,
+        dsn=args.dsn or default_dsn(),
+        broker=broker,
+        root=args.root or default_root(),
+    )
+    for r in results:
+        state = "registered" if r.registered else "already registered, re-sent"
+        print(f"{r.name} {r.version} -> {r.topic} (retained, sha256 {r.sha256[:12]}…, {state})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from ml.registry import default_dsn, registered
+
+    with psycopg.connect(args.dsn or default_dsn(), connect_timeout=5) as conn:
+        rows = registered(conn, args.name)
+    for r in rows:
+        print(
+            f"{r['name']} {r['version']} class={r['customer_class'] or '*'} "
+            f"threshold={r['threshold']:.6f} published={r['published_at'] or '-'} "
+            f"sha256={r['sha256'][:12]}…"
+        )
+    if not rows:
+        print("no models registered")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ml", description=_DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "keygen",
+        help="write a new Ed25519 model-signing keypair to files",
+        description="Write an Ed25519 private key (PEM, mode 0600, never overwritten) and its "
+        "public key (base64 of the raw 32 bytes) for the agents.",
+    )
+    p.add_argument("--private", required=True, help="private key file to create (PEM)")
+    p.add_argument("--public", default=None, help="public key file (default: PRIVATE.pub)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser(
+        "train",
+        help="train the gateway model(s) and write ONNX + metadata to a directory",
+        description="Train the gateway IsolationForest(s) on a simulated fleet (labelled) or on "
+        "PostgreSQL raw.readings (unlabelled), and write model.json + one .onnx per model.",
+    )
+    p.add_argument("--out", required=True, help="directory to write model.json and *.onnx to")
+    p.add_argument(
+        "--source",
+        choices=("sim", "postgres"),
+        default="sim",
+        help="training data: a simulated fleet (default) or raw.readings",
+    )
+    p.add_argument("--name", default="iforest", help="model name (topic models/NAME)")
+    p.add_argument("--version", default=None, help="version (default: UTC time YYYYmmddTHHMMSSZ)")
+    p.add_argument(
+        "--variant",
+        choices=("auto", "global", "per_class"),
+        default="auto",
+        help="one global model, one per customer class, or measure both and keep "
+        "the better (auto; global without labels)",
+    )
+    p.add_argument("--meters", type=int, default=3000, help="sim: customer meters")
+    p.add_argument(
+        "--days",
+        type=float,
+        default=35,
+        help="sim: days simulated; postgres: window length when --start is not given",
+    )
+    p.add_argument("--seed", type=int, default=101, help="sim: simulator seed")
+    p.add_argument("--theft-share", type=float, default=0.12, help="sim: share of thieves")
+    p.add_argument("--sim-start", default="2026-03-01", help="sim: first day (UTC)")
+    p.add_argument(
+        "--warmup-days",
+        type=float,
+        default=7.0,
+        help="sim: first days used only as feature history",
+    )
+    p.add_argument("--interval", type=int, default=1800, help="interval length in seconds")
+    p.add_argument("--dsn", default=None, help="postgres: DSN (default $EIOT_PG_DSN)")
+    p.add_argument("--start", default=None, help="postgres: window start (ISO date/time, UTC)")
+    p.add_argument("--end", default=None, help="postgres: window end (ISO date/time, UTC)")
+    p.add_argument(
+        "--max-rows", type=int, default=300_000, help="training readings per forest (random sample)"
+    )
+    p.add_argument("--train-seed", type=int, default=0, help="random seed of the training")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (validation)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "publish",
+        help="sign, register in ml.models and publish retained model.v1 messages",
+        description="Sign each model of a trained directory with the Ed25519 key, store it in "
+        "ml.models (the same version again is a no-op), publish it retained with QoS 1 on "
+        "{root}/models/{name} and wait for the broker's acknowledgement.",
+    )
+    p.add_argument("model_dir", help="directory written by `python -m ml train`")
+    p.add_argument(
+        "--key",
+        default=None,
+        help="private key file (default $EIOT_MODEL_SIGNING_KEY_FILE or $EIOT_MODEL_SIGNING_KEY)",
+    )
+    p.add_argument("--dsn", default=None, help="PostgreSQL DSN (default $EIOT_PG_DSN)")
+    p.add_argument("--host", default=None, help="MQTT broker host (default $EIOT_BROKER_HOST)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="MQTT broker port (default $EIOT_BROKER_PORT or 1883)",
+    )
+    p.add_argument(
+        "--username", default=None, help="MQTT user (password only from $EIOT_BROKER_PASSWORD)"
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--root", default=None, help="topic root (default $EIOT_TOPIC_ROOT or eiot/v1)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate detection on a held-out simulated fleet (last line: JSON)",
+        description=(evaluation.__doc__ or "").split("\n\n")[0],
+    )
+    evaluation.add_arguments(p)
+    p.set_defaults(func=evaluation.command)
+
+    p = sub.add_parser(
+        "models",
+        help="list the models registered in ml.models",
+        description="List ml.models, newest first.",
+    )
+    p.add_argument("--dsn", default=None, help="PostgreSQL DSN (default $EIOT_PG_DSN)")
+    p.add_argument("--name", default=None, help="only this model name")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,685 @@
+"""Evaluate theft detection on a held-out simulated fleet, against two simple baselines.
+
+    python -m ml.evaluate                       # default sizes, a few minutes on 2 cores
+    python -m ml.evaluate --eval-meters 300 --train-meters 300 --days 14   # quick look
+
+What happens:
+
+1. A **training fleet** is simulated (``--train-seed``) and the gateway model is trained on it
+   (``ml.modelset``: global vs per-class IsolationForest, the better on held-out training meters
+   is kept), then the central customer scorer (``ml.customer``) on its customers.
+2. A **held-out fleet** with a different seed (``--eval-seed``; a different topology, different
+   customers, different thieves) is simulated. Its first ``--warmup-days`` only feed the
+   features' history; everything is measured on the window after them.
+3. Reading level (the gateway model as exported to ONNX, and the baselines of
+   :mod:`ml.baselines`): ROC-AUC and PR-AUC of theft readings vs normal readings (fault readings
+   are left out of both), detection rate per attack / fault type at the cut that flags 1 % and
+   5 % of the normal readings, the alert rate on load-shedding intervals (``supply`` off) and on
+   zero-credit intervals (``no_credit`` flag) at the scorer's own threshold and at those cuts.
+4. Customer level (a customer is a thief when it has a theft reading in the window; faulty and
+   honest customers are the negatives): ROC-AUC, PR-AUC, MAP@100 of the ranking (the inspection
+   list; AP@k normalised by ``min(k, thieves)``), detection rate per type at 1 % / 5 % of the
+   negatives flagged. Scorers: the central customer model, the gateway score alone (mean
+   margin), the unsupervised peer score, and each baseline (mean of its reading scores, or the
+   share of readings its rule flags, whichever ranks better — the baselines' best case).
+   Plus a generalisation check: the customer model retrained without one attack type, then
+   scored on that type (leave-one-type-out).
+5. The seed dataset's labels are reproduced (IsolationForest on ``[Electricity_Consumed,
+   Avg_Past_Consumption]``, see the seed README) as a sanity check of the data path.
+
+The human-readable report goes to stdout; its LAST line is the whole result as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ml import metrics as mt
+from ml.baselines import BASELINES
+from ml.customer import CustomerFeatures, CustomerScorer, customer_features, peer_score
+from ml.dataset import MeterData, from_fleet, reading_features
+from ml.modelset import ModelSet, train_model_set
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_CSV_ENV = "EIOT_SEED_CSV"
+DEFAULT_SEED_CSV = REPO.parent / "shared" / "data" / "seed-kaggle" / "smart_meter_data.csv"
+FPRS = (0.01, 0.05)
+TARGET_TYPES = ("h1", "h2", "h3", "bypass")
+TARGETS = {
+    "customer_roc_auc": 0.90,
+    "customer_map_at_100": 0.85,
+    "detection_at_5pct_fpr": 0.80,
+    "fpr_shedding_and_no_credit": 0.01,
+}
+
+
+@dataclass
+class EvalConfig:
+    train_meters: int = 3000
+    train_days: float = 35
+    train_seed: int = 101
+    train_theft_share: float = 0.12
+    eval_meters: int = 4000
+    eval_days: float = 35
+    eval_seed: int = 202
+    eval_theft_share: float = 0.06
+    warmup_days: float = 7.0
+    interval_s: int = 1800
+    variant: str = "auto"
+    max_rows: int = 300_000
+    k: int = 100
+    threads: int = 2
+    leave_one_out: bool = True
+    seed_csv: str | None = None
+
+
+def _pct(fpr: float) -> str:
+    return f"{round(fpr * 100)}pct"
+
+
+def seed_label_reproduction(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Rebuild the seed's ``Anomaly_Label`` the way its README says it was made and compare."""
+    from sklearn.ensemble import IsolationForest
+
+    from simulator.seed import load_seed_csv
+
+    load = load_seed_csv(path)
+    if not load.readings:
+        return {"rows": 0, "errors": len(load.errors), "agreement": None}
+    kwh = np.array([r["kwh"] for r in load.readings], dtype=np.float64)
+    labels = np.array([lab == "Abnormal" for _, _, lab in load.labels])
+    c = np.concatenate([[0.0], np.cumsum(kwh)])
+    idx = np.arange(kwh.size)
+    lo = np.maximum(idx + 1 - 10, 0)
+    rolling = (c[idx + 1] - c[lo]) / (idx + 1 - lo)  # window 10, min_periods 1, incl. current
+    span = rolling.max() - rolling.min()
+    avg_past = (rolling - rolling.min()) / span if span > 0 else np.zeros_like(rolling)
+    x = np.column_stack([kwh, avg_past])
+    forest = IsolationForest(n_estimators=100, contamination=0.05, random_state=42)
+    predicted = forest.fit_predict(x) == -1
+    return {
+        "rows": int(kwh.size),
+        "errors": len(load.errors),
+        "abnormal_labels": int(labels.sum()),
+        "abnormal_reproduced": int(predicted.sum()),
+        "agreement": float((predicted == labels).mean()),
+        "both_abnormal": int((predicted & labels).sum()),
+    }
+
+
+# --- reading level ------------------------------------------------------------------------
+
+
+def reading_report(
+    scores: npt.NDArray[np.float64],
+    native_cut: float,
+    rows: npt.NDArray[np.bool_],
+    data: MeterData,
+    theft: npt.NDArray[np.bool_],
+) -> dict[str, Any]:
+    """Reading-level figures of one scorer over ``rows`` (``(T, M)`` bool)."""
+    assert data.label_code is not None
+    normal = data.label_code == 0
+    s = scores[rows]
+    y_theft = theft[rows]
+    y_normal = normal[rows]
+    codes = data.label_code[rows]
+    scored = y_theft | y_normal
+    no_credit_bit = int(data.flag_bits.get("no_credit", 0))
+    shed = ~data.supply_on[rows]
+    no_credit = data.supply_on[rows] & ((data.flags[rows] & no_credit_bit) != 0)
+    out: dict[str, Any] = {
+        "readings": int(rows.sum()),
+        "theft_readings": int(y_theft.sum()),
+        "roc_auc": mt.roc_auc(y_theft[scored], s[scored]),
+        "pr_auc": mt.pr_auc(y_theft[scored], s[scored]),
+        "native": {
+            "alert_rate_normal": mt.flag_rate(s[y_normal], native_cut),
+            "detection_theft": mt.flag_rate(s[y_theft], native_cut),
+            "fpr_shedding": mt.flag_rate(s[shed & y_normal], native_cut),
+            "fpr_no_credit": mt.flag_rate(s[no_credit & y_normal], native_cut),
+        },
+        "shedding_readings": int((shed & y_normal).sum()),
+        "no_credit_readings": int((no_credit & y_normal).sum()),
+    }
+    for fpr in FPRS:
+        cut = mt.threshold_at_fpr(s[y_normal], fpr)
+        out[f"at_{_pct(fpr)}_fpr"] = {
+            "detection": mt.rates_by_code(s > cut, codes, data.label_names),
+            "fpr_shedding": mt.flag_rate(s[shed & y_normal], cut),
+            "fpr_no_credit": mt.flag_rate(s[no_credit & y_normal], cut),
+        }
+    return out
+
+
+def detection_by_onset(
+    scores: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.bool_],
+    data: MeterData,
+    start: int,
+    theft_codes: Sequence[int],
+    fpr: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """Reading-level detection per type at ``fpr``, split by when the thief started: already
+    during the warm-up (its feature history holds theft too) or inside the window."""
+    assert data.label_code is not None
+    before: npt.NDArray[np.bool_] = np.asarray(
+        np.isin(data.label_code[:start], theft_codes).any(axis=0)
+    )  # (M,): stealing already during the warm-up
+    normal = (data.label_code == 0) & rows
+    cut = mt.threshold_at_fpr(scores[normal], fpr)
+    out: dict[str, dict[str, float]] = {}
+    for name, meters in (("before_window", before), ("in_window", ~before)):
+        sel = rows & meters[None, :] & (data.label_code > 0)
+        out[name] = mt.rates_by_code(scores[sel] > cut, data.label_code[sel], data.label_names)
+    return out
+
+
+# --- customer level -----------------------------------------------------------------------
+
+
+def customer_report(
+    scores: npt.NDArray[np.float64],
+    theft: npt.NDArray[np.bool_],
+    kind: npt.NDArray[np.str_],
+    k: int,
+    fault_names: Sequence[str],
+) -> dict[str, Any]:
+    s = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(s)
+    low = float(s[finite].min()) - 1.0 if finite.any() else 0.0
+    s = np.where(finite, s, low)  # a customer without readings ranks last
+    negative = ~theft
+    theft_kind = np.where(theft, kind, "")
+    fault_kind = np.where(np.isin(kind, list(fault_names)) & ~theft, kind, "")
+    out: dict[str, Any] = {
+        "customers": int(s.size),
+        "thieves": int(theft.sum()),
+        "thieves_by_type": {
+            t: int(n)
+            for t, n in zip(*np.unique(theft_kind[theft], return_counts=True), strict=True)
+        },
+        "roc_auc": mt.roc_auc(theft, s),
+        "pr_auc": mt.pr_auc(theft, s),
+        f"map_at_{k}": mt.average_precision_at_k(theft, s, k),
+        f"precision_at_{k}": float(theft[mt.rank_order(s)[:k]].mean()),
+    }
+    for fpr in FPRS:
+        cut = mt.threshold_at_fpr(s[negative], fpr)
+        det = mt.detection_rate_at_fpr(s, negative, theft_kind, fpr)
+        faults = {f: float((s[fault_kind == f] > cut).mean()) for f in sorted(set(fault_kind)) if f}
+        out[f"at_{_pct(fpr)}_fpr"] = {
+            "detection": det,
+            "detection_all_theft": float((s[theft] > cut).mean()) if theft.any() else None,
+            "fault_meters_flagged": faults,
+        }
+    return out
+
+
+def _best_aggregate(
+    reading_scores: npt.NDArray[np.float64],
+    native_cut: float,
+    mask: npt.NDArray[np.bool_],
+    cols: npt.NDArray[np.int64],
+    theft: npt.NDArray[np.bool_],
+) -> tuple[str, npt.NDArray[np.float64]]:
+    """A baseline's customer score: the mean of its reading scores or the share its rule flags,
+    whichever has the higher ROC-AUC on these customers (the baseline's best case)."""
+    options = {
+        "mean": mt.aggregate_per_customer(reading_scores, mask, "mean")[cols],
+        "share_flagged": mt.aggregate_per_customer(
+            reading_scores, mask, "frac", threshold=native_cut
+        )[cols],
+    }
+    best = max(options, key=lambda n: mt.roc_auc(theft, np.nan_to_num(options[n])) or 0.0)
+    return best, np.nan_to_num(options[best])
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _fleet_config(meters: int, days: float, seed: int, theft_share: float, interval_s: int) -> Any:
+    from simulator import FleetConfig
+
+    return FleetConfig(
+        meters=meters, days=days, seed=seed, theft_share=theft_share, interval_s=interval_s
+    )
+
+
+def _window_rows(data: MeterData, start: int) -> npt.NDArray[np.bool_]:
+    rows = data.present & data.customers[None, :]
+    rows[:start] = False
+    result: npt.NDArray[np.bool_] = rows
+    return result
+
+
+def _customer_truth(
+    data: MeterData, start: int, cols: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.str_]]:
+    from simulator import THEFT_LABELS
+
+    assert data.label_code is not None
+    codes = [data.label_names.index(n) for n in THEFT_LABELS]
+    theft, kind = mt.customer_labels(data.label_code[start:], codes, data.label_names)
+    return theft[cols], kind[cols]
+
+
+def run(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train on one simulated fleet, evaluate on another; return the result dict."""
+    from simulator import FAULT_LABELS, THEFT_LABELS
+
+    if cfg.train_seed == cfg.eval_seed:
+        raise ValueError("the evaluation fleet must not be the training fleet (same seed)")
+    timing: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        now = time.monotonic()
+        timing[name] = round(now - t0, 2)
+        t0 = now
+
+    train_cfg = _fleet_config(
+        cfg.train_meters, cfg.train_days, cfg.train_seed, cfg.train_theft_share, cfg.interval_s
+    )
+    eval_cfg = _fleet_config(
+        cfg.eval_meters, cfg.eval_days, cfg.eval_seed, cfg.eval_theft_share, cfg.interval_s
+    )
+    train_data = from_fleet(train_cfg)
+    train_x = reading_features(train_data)
+    lap("train_fleet_and_features")
+    model_set = train_model_set(
+        train_data,
+        train_x,
+        variant=cfg.variant,
+        warmup_days=cfg.warmup_days,
+        max_rows=cfg.max_rows,
+        threads=cfg.threads,
+    )
+    lap("train_reading_models")
+    log(f"reading model: {model_set.variant} ({len(model_set.members)} member(s))")
+    if model_set.validation:
+        for v, r in model_set.validation["results"].items():
+            log(f"  validation {v:9s}: PR-AUC {r['pr_auc']:.4f}  ROC-AUC {r['roc_auc']:.4f}")
+
+    start_tr = train_data.window_start(cfg.warmup_days)
+    rows_tr = _window_rows(train_data, start_tr)
+    margin_tr = model_set.margins(train_x, train_data.customer_class, rows_tr, threads=cfg.threads)
+    del train_x
+    feats_tr = customer_features(train_data, margin_tr, start_tr)
+    theft_tr, kind_tr = _customer_truth(train_data, start_tr, feats_tr.meter_index)
+    scorer = CustomerScorer().fit(feats_tr, theft_tr)
+    lap("train_customer_scorer")
+
+    eval_data = from_fleet(eval_cfg)
+    eval_x = reading_features(eval_data)
+    lap("eval_fleet_and_features")
+    start = eval_data.window_start(cfg.warmup_days)
+    rows = _window_rows(eval_data, start)
+    margin = model_set.margins(eval_x, eval_data.customer_class, rows, threads=cfg.threads)
+    other: dict[str, npt.NDArray[np.float64]] = {}
+    for variant, members in model_set.candidates.items():
+        if variant != model_set.variant:
+            loser = ModelSet(
+                model_set.name, "x", variant, model_set.created_at, model_set.interval_s, members
+            )
+            other[variant] = loser.margins(
+                eval_x, eval_data.customer_class, rows, threads=cfg.threads
+            )
+    del eval_x
+    lap("eval_scoring")
+
+    assert eval_data.label_code is not None
+    theft_codes = [eval_data.label_names.index(n) for n in THEFT_LABELS]
+    theft_reading = np.isin(eval_data.label_code, theft_codes)
+    reading: dict[str, Any] = {
+        "model": reading_report(margin, 0.0, rows, eval_data, theft_reading),
+    }
+    for variant, m in other.items():
+        reading[f"model_{variant}"] = reading_report(m, 0.0, rows, eval_data, theft_reading)
+    by_onset = detection_by_onset(margin, rows, eval_data, start, theft_codes)
+    # Each baseline twice: as the seed ran it (kwh only), and told about outages and credit
+    # (those readings are left out of its history and get its neutral score).
+    baseline_scores: dict[str, tuple[npt.NDArray[np.float64], float, npt.NDArray[np.bool_]]] = {}
+    for base, (fn, cut) in BASELINES.items():
+        for suffix, seen in (("", eval_data.present), ("_supply_aware", eval_data.valid)):
+            s = fn(eval_data.kwh, seen)
+            baseline_scores[base + suffix] = (s, cut, rows & seen)
+            reading[base + suffix] = reading_report(s, cut, rows, eval_data, theft_reading)
+    lap("reading_metrics")
+
+    feats = customer_features(eval_data, margin, start)
+    cols = feats.meter_index
+    theft, kind = _customer_truth(eval_data, start, cols)
+    customer: dict[str, Any] = {}
+    aggregation: dict[str, str] = {}
+    model_scores = scorer.score(feats)
+    customer["model"] = customer_report(model_scores, theft, kind, cfg.k, FAULT_LABELS)
+    edge_mean = mt.aggregate_per_customer(margin, rows & eval_data.valid, "mean")[cols]
+    customer["edge_score_mean"] = customer_report(
+        np.nan_to_num(edge_mean, nan=-1.0), theft, kind, cfg.k, FAULT_LABELS
+    )
+    customer["peer_unsupervised"] = customer_report(
+        peer_score(feats), theft, kind, cfg.k, FAULT_LABELS
+    )
+    for name, (s, cut, seen_rows) in baseline_scores.items():
+        how, agg = _best_aggregate(s, cut, seen_rows, cols, theft)
+        aggregation[name] = how
+        customer[name] = customer_report(agg, theft, kind, cfg.k, FAULT_LABELS)
+    lap("customer_metrics")
+
+    unseen: dict[str, float] = {}
+    if cfg.leave_one_out:
+        unseen = leave_one_type_out(feats_tr, theft_tr, kind_tr, feats, theft, kind, THEFT_LABELS)
+        lap("leave_one_type_out")
+
+    seed_path = cfg.seed_csv or os.environ.get(SEED_CSV_ENV) or str(DEFAULT_SEED_CSV)
+    seed = (
+        seed_label_reproduction(seed_path)
+        if Path(seed_path).exists()
+        else {"skipped": f"{seed_path} not found"}
+    )
+    lap("seed_reproduction")
+
+    result: dict[str, Any] = {
+        "schema": "eiot.ml.evaluation.v1",
+        "config": asdict(cfg),
+        "train_fleet": train_data.source,
+        "eval_fleet": eval_data.source,
+        "window": {
+            "start": eval_data.window_bounds(start)[0].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end": eval_data.window_bounds(start)[1].strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        "reading_model": {
+            "variant": model_set.variant,
+            "members": [
+                {"name": m.name, "customer_class": m.customer_class, "threshold": m.threshold}
+                for m in model_set.members
+            ],
+            "validation": model_set.validation,
+        },
+        "customer_scorer": {
+            "train_customers": scorer.train_rows,
+            "train_thieves": scorer.train_positives,
+        },
+        "reading": reading,
+        "reading_model_detection_at_5pct_fpr_by_onset": by_onset,
+        "customer": customer,
+        "baseline_customer_aggregation": aggregation,
+        "customer_model_unseen_type_detection_at_5pct_fpr": unseen,
+        "seed_labels": seed,
+        "timing_s": timing,
+    }
+    result["baselines"] = list(baseline_scores)
+    result["targets"] = check_targets(result, cfg.k)
+    return result
+
+
+def leave_one_type_out(
+    feats_tr: CustomerFeatures,
+    theft_tr: npt.NDArray[np.bool_],
+    kind_tr: npt.NDArray[np.str_],
+    feats: CustomerFeatures,
+    theft: npt.NDArray[np.bool_],
+    kind: npt.NDArray[np.str_],
+    theft_labels: Sequence[str],
+    fpr: float = 0.05,
+) -> dict[str, float]:
+    """For each theft type: retrain the customer scorer without that type's thieves, and give
+    the share of that type's thieves it flags at ``fpr`` of the negatives."""
+    out: dict[str, float] = {}
+    for name in theft_labels:
+        if not (kind == name).any() or not (kind_tr == name).any():
+            continue
+        keep = kind_tr != name
+        sub = CustomerFeatures(feats_tr.meter_index[keep], feats_tr.values[keep])
+        scorer = CustomerScorer(max_iter=150).fit(sub, theft_tr[keep])
+        s = scorer.score(feats)
+        out[name] = mt.detection_rate_at_fpr(s, ~theft, np.where(theft, kind, ""), fpr)[name]
+    return out
+
+
+def check_targets(result: dict[str, Any], k: int) -> dict[str, Any]:
+    """Each target with the measured value, the best baseline's, and whether it is met."""
+    cust, read = result["customer"], result["reading"]
+    baselines = list(result["baselines"])
+    out: dict[str, Any] = {}
+
+    def entry(value: float | None, base: list[float | None], goal: float, higher: bool) -> Any:
+        known = [b for b in base if b is not None]
+        best = (max(known) if higher else min(known)) if known else None
+        met = value is not None and (value >= goal if higher else value <= goal)
+        margin = None
+        if value is not None and best is not None:
+            margin = value - best if higher else best - value
+        return {
+            "value": value,
+            "target": goal,
+            "best_baseline": best,
+            "margin_over_baselines": margin,
+            "met": bool(met),
+        }
+
+    out["customer_roc_auc"] = entry(
+        cust["model"]["roc_auc"],
+        [cust[b]["roc_auc"] for b in baselines],
+        TARGETS["customer_roc_auc"],
+        True,
+    )
+    out[f"customer_map_at_{k}"] = entry(
+        cust["model"][f"map_at_{k}"],
+        [cust[b][f"map_at_{k}"] for b in baselines],
+        TARGETS["customer_map_at_100"],
+        True,
+    )
+    for level, table in (("customer", cust), ("reading", read)):
+        for t in TARGET_TYPES:
+            got = table["model"]["at_5pct_fpr"]["detection"].get(t)
+            base = [table[b]["at_5pct_fpr"]["detection"].get(t) for b in baselines]
+            out[f"{level}_detection_at_5pct_fpr_{t}"] = entry(
+                got, base, TARGETS["detection_at_5pct_fpr"], True
+            )
+    # At the cut flagging 5 % of all normal readings, the same for every scorer (their own
+    # thresholds flag very different shares, which would not compare).
+    for what in ("fpr_shedding", "fpr_no_credit"):
+        out[f"reading_{what}_at_5pct_fpr"] = entry(
+            read["model"]["at_5pct_fpr"][what],
+            [read[b]["at_5pct_fpr"][what] for b in baselines],
+            TARGETS["fpr_shedding_and_no_credit"],
+            False,
+        )
+        out[f"reading_{what}_at_model_threshold"] = entry(
+            read["model"]["native"][what],
+            [read[b]["native"][what] for b in baselines],
+            TARGETS["fpr_shedding_and_no_credit"],
+            False,
+        )
+    return out
+
+
+def summary_lines(result: dict[str, Any], k: int = 100) -> list[str]:
+    lines = []
+    read, cust = result["reading"], result["customer"]
+    lines.append("reading level          ROC-AUC  PR-AUC  alert%normal  fpr_shed  fpr_nocredit")
+    for name, r in read.items():
+        n = r["native"]
+        lines.append(
+            f"  {name:20s} {_f(r['roc_auc'])}  {_f(r['pr_auc'])}  {_f(n['alert_rate_normal'])}"
+            f"        {_f(n['fpr_shedding'])}    {_f(n['fpr_no_credit'])}"
+        )
+    for name, r in read.items():
+        for fpr in FPRS:
+            det = r[f"at_{_pct(fpr)}_fpr"]["detection"]
+            lines.append(
+                f"  {name} detection @{_pct(fpr)} FPR: "
+                + ", ".join(f"{t} {v:.2f}" for t, v in det.items())
+            )
+    lines.append(f"customer level         ROC-AUC  PR-AUC  MAP@{k}")
+    for name, r in cust.items():
+        lines.append(f"  {name:20s} {_f(r['roc_auc'])}  {_f(r['pr_auc'])}  {_f(r[f'map_at_{k}'])}")
+    for name, r in cust.items():
+        det = r["at_5pct_fpr"]["detection"]
+        lines.append(
+            f"  {name} detection @5pct FPR: " + ", ".join(f"{t} {v:.2f}" for t, v in det.items())
+        )
+    for onset, det in result["reading_model_detection_at_5pct_fpr_by_onset"].items():
+        lines.append(
+            f"  model detection @5pct FPR, thieves starting {onset}: "
+            + ", ".join(f"{t} {v:.2f}" for t, v in det.items())
+        )
+    unseen = result["customer_model_unseen_type_detection_at_5pct_fpr"]
+    if unseen:
+        lines.append(
+            "customer model, type left out of training, detection @5pct FPR: "
+            + ", ".join(f"{t} {v:.2f}" for t, v in unseen.items())
+        )
+    lines.append(f"seed labels: {result['seed_labels']}")
+    for name, t in result["targets"].items():
+        lines.append(
+            f"target {name}: {_f(t['value'])} (goal {t['target']}, best baseline "
+            f"{_f(t['best_baseline'])}) {'MET' if t['met'] else 'NOT MET'}"
+        )
+    lines.append(f"timing (s): {result['timing_s']}")
+    return lines
+
+
+def _f(v: float | None) -> str:
+    return " n/a  " if v is None else f"{v:.4f}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = EvalConfig()
+    parser.add_argument(
+        "--train-meters",
+        type=int,
+        default=d.train_meters,
+        help="customer meters in the training fleet (default %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-meters",
+        type=int,
+        default=d.eval_meters,
+        help="customer meters in the held-out fleet (default %(default)s)",
+    )
+    parser.add_argument(
+        "--days", type=float, default=None, help="days simulated in both fleets (default: 35 each)"
+    )
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=d.train_seed,
+        help="simulator seed of the training fleet (default %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        default=d.eval_seed,
+        help="simulator seed of the held-out fleet (default %(default)s)",
+    )
+    parser.add_argument(
+        "--train-theft-share",
+        type=float,
+        default=d.train_theft_share,
+        help="share of thieves in the training fleet (default %(default)s)",
+    )
+    parser.add_argument(
+        "--eval-theft-share",
+        type=float,
+        default=d.eval_theft_share,
+        help="share of thieves in the held-out fleet (default %(default)s, the "
+        "simulator's default)",
+    )
+    parser.add_argument(
+        "--warmup-days",
+        type=float,
+        default=d.warmup_days,
+        help="days of feature history before the window (default %(default)s)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("auto", "global", "per_class"),
+        default=d.variant,
+        help="reading model: measure both and keep the better (auto), or force",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=d.max_rows,
+        help="training readings per IsolationForest (default %(default)s)",
+    )
+    parser.add_argument("--k", type=int, default=d.k, help="inspection list length for MAP@k")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="onnxruntime threads for scoring (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-leave-one-out",
+        action="store_true",
+        help="skip the leave-one-attack-type-out check of the customer model",
+    )
+    parser.add_argument(
+        "--seed-csv",
+        default=None,
+        help=f"seed dataset CSV (default ${SEED_CSV_ENV} or {DEFAULT_SEED_CSV})",
+    )
+    parser.add_argument("--out", default=None, help="also write the JSON result to this file")
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    d = EvalConfig()
+    days = args.days
+    return EvalConfig(
+        train_meters=args.train_meters,
+        train_days=days if days is not None else d.train_days,
+        train_seed=args.train_seed,
+        train_theft_share=args.train_theft_share,
+        eval_meters=args.eval_meters,
+        eval_days=days if days is not None else d.eval_days,
+        eval_seed=args.eval_seed,
+        eval_theft_share=args.eval_theft_share,
+        warmup_days=args.warmup_days,
+        variant=args.variant,
+        max_rows=args.max_rows,
+        k=args.k,
+        threads=args.threads,
+        leave_one_out=not args.no_leave_one_out,
+        seed_csv=args.seed_csv,
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    result = run(cfg, log=lambda s: print(s, flush=True))
+    for line in summary_lines(result, cfg.k):
+        print(line)
+    text = json.dumps(mt.round_floats(result, 4), sort_keys=True, allow_nan=False)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text, flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml.evaluate",
+        description="Evaluate theft detection on a held-out simulated fleet (last line: JSON).",
+    )
+    add_arguments(parser)
+    return command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""End to end: `python -m ml.evaluate` on tiny fleets, the `python -m ml` CLI, and the data
+path (dense grids, edge features, customer features) it relies on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.features import FEATURE_NAMES
+from ml import customer
+from ml.dataset import from_fleet, from_rows, reading_features
+from ml.modelset import ModelSet
+from ml.train import features_for
+from simulator import FLAG_BIT, FleetConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    proc = _run(
+        "-m",
+        "ml.evaluate",
+        "--train-meters",
+        "150",
+        "--eval-meters",
+        "200",
+        "--days",
+        "10",
+        "--train-seed",
+        "11",
+        "--eval-seed",
+        "12",
+        "--no-leave-one-out",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert json.loads(out.read_text()) == result
+    assert len(lines) > 10  # a human-readable report comes first
+    assert result["train_fleet"]["seed"] == 11 and result["eval_fleet"]["seed"] == 12
+    assert result["reading_model"]["variant"] in ("global", "per_class")
+    assert set(result["reading_model"]["validation"]["results"]) == {"global", "per_class"}
+    baselines = [
+        "seed_ratio",
+        "seed_ratio_supply_aware",
+        "rolling_zscore",
+        "rolling_zscore_supply_aware",
+    ]
+    assert result["baselines"] == baselines
+    for name in ["model", *baselines]:
+        r = result["reading"][name]
+        assert 0.0 <= r["roc_auc"] <= 1.0 and 0.0 <= r["pr_auc"] <= 1.0
+        for key in ("at_1pct_fpr", "at_5pct_fpr"):
+            assert r[key]["detection"] and {"fpr_shedding", "fpr_no_credit"} <= set(r[key])
+        assert r["shedding_readings"] > 0
+    for name in ["model", "edge_score_mean", "peer_unsupervised", *baselines]:
+        c = result["customer"][name]
+        assert {"roc_auc", "pr_auc", "map_at_100", "at_1pct_fpr", "at_5pct_fpr"} <= set(c)
+        assert 0.0 <= c["map_at_100"] <= 1.0
+        assert c["customers"] == 200 and c["thieves"] > 0
+    # Outages and empty prepaid meters give neutral features: the model does not alert there.
+    model = result["reading"]["model"]
+    assert model["native"]["fpr_shedding"] == 0.0 and model["native"]["fpr_no_credit"] == 0.0
+    assert model["at_5pct_fpr"]["fpr_shedding"] <= 0.01
+    # ... whereas the seed's rule, blind to outages, flags most of them.
+    assert result["reading"]["seed_ratio"]["native"]["fpr_shedding"] > 0.5
+    assert result["seed_labels"].get("agreement", 1.0) >= 0.99 or "skipped" in result["seed_labels"]
+    targets = result["targets"]
+    assert {
+        "customer_roc_auc",
+        "customer_map_at_100",
+        "reading_fpr_shedding_at_5pct_fpr",
+        "customer_detection_at_5pct_fpr_bypass",
+    } <= set(targets)
+    for t in targets.values():
+        assert set(t) == {"value", "target", "best_baseline", "margin_over_baselines", "met"}
+
+
+def test_evaluate_refuses_the_training_fleet() -> None:
+    from ml.evaluate import EvalConfig, run
+
+    with pytest.raises(ValueError, match="must not be the training fleet"):
+        run(EvalConfig(train_seed=3, eval_seed=3))
+
+
+def test_cli_help_and_train_writes_a_model_directory(tmp_path: Path) -> None:
+    proc = _run("-m", "ml", "--help")
+    assert proc.returncode == 0
+    for command in ("keygen", "train", "publish", "evaluate", "models"):
+        assert command in proc.stdout
+        sub = _run("-m", "ml", command, "--help")
+        assert sub.returncode == 0 and "usage:" in sub.stdout
+
+    keys = tmp_path / "keys" / "signing.pem"
+    proc = _run("-m", "ml", "keygen", "--private", str(keys))
+    assert proc.returncode == 0, proc.stderr
+    assert keys.stat().st_mode & 0o777 == 0o600 and keys.with_suffix(".pub").exists()
+    assert _run("-m", "ml", "keygen", "--private", str(keys)).returncode != 0  # no overwrite
+
+    out = tmp_path / "model"
+    proc = _run(
+        "-m",
+        "ml",
+        "train",
+        "--out",
+        str(out),
+        "--meters",
+        "80",
+        "--days",
+        "9",
+        "--variant",
+        "global",
+        "--max-rows",
+        "20000",
+        "--version",
+        "v-test-1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_set = ModelSet.read(out)
+    assert model_set.version == "v-test-1" and model_set.variant == "global"
+    assert model_set.feature_names == FEATURE_NAMES
+    (member,) = model_set.members
+    assert (out / "iforest.onnx").read_bytes() == member.onnx
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["members"][0]["offset"] == -member.threshold
+    assert manifest["training"]["window_start"] < manifest["training"]["window_end"]
+    # Tampering with the ONNX file is caught when the directory is read.
+    (out / "iforest.onnx").write_bytes(member.onnx + b"x")
+    with pytest.raises(ValueError, match="sha256"):
+        ModelSet.read(out)
+
+
+def test_dense_grid_and_features_match_the_edge_code() -> None:
+    data = from_fleet(FleetConfig(meters=40, days=9, seed=8))
+    x = reading_features(data)
+    t_n, m_n = data.kwh.shape
+    meter = np.broadcast_to(np.arange(m_n)[None, :], (t_n, m_n)).ravel()
+    ts = np.broadcast_to(data.ts[:, None], (t_n, m_n)).ravel()
+    direct = features_for(
+        meter,
+        ts,
+        data.kwh.ravel(),
+        data.supply_on.ravel(),
+        data.flags.ravel(),
+        data.register_kwh.ravel(),
+        data.interval_s,
+        FLAG_BIT,
+    )
+    assert np.array_equal(x.reshape(-1, len(FEATURE_NAMES)), direct)
+
+    # Long rows with a gap onto the grid: the missing slot is absent, the rest in place.
+    keep = np.ones((t_n, m_n), bool)
+    keep[5, 3] = False
+    rows = from_rows(
+        data.meter_ids[None, :].repeat(t_n, 0)[keep],
+        ts.reshape(t_n, m_n)[keep],
+        data.kwh[keep],
+        data.register_kwh[keep],
+        data.supply_on[keep],
+        data.flags[keep],
+        data.interval_s,
+        FLAG_BIT,
+    )
+    col = int(np.flatnonzero(rows.meter_ids == data.meter_ids[3])[0])
+    assert rows.present.sum() == keep.sum() and not rows.present[5, col]
+    assert np.array_equal(rows.ts, data.ts)
+    assert rows.kwh[6, col] == data.kwh[6, 3]
+
+
+def test_customer_features_and_peer_groups() -> None:
+    data = from_fleet(FleetConfig(meters=120, days=10, seed=9, theft_share=0.2))
+    start = data.window_start(7)
+    margin = np.zeros(data.kwh.shape)
+    feats = customer.customer_features(data, margin, start)
+    cust = np.flatnonzero(data.customers)
+    assert np.array_equal(feats.meter_index, cust)
+    assert feats.values.shape == (cust.size, len(customer.FEATURE_NAMES))
+    assert np.isfinite(feats.values).all()
+    groups = customer.peer_groups(data, data.customers)
+    members = np.sum([m.astype(int) for m, _ in groups], axis=0)
+    assert np.array_equal(members, data.customers.astype(int))  # a partition of the customers
+    for m, ref in groups:
+        assert ref[m].all()  # a customer is always among its own reference peers
+        same_class = (data.customer_class[ref] == data.customer_class[m][0]).all()
+        assert same_class or np.array_equal(ref, data.customers)
+    # A meter flagged on every reading by the gateway model stands out in the aggregates.
+    margin[:, cust[0]] = 1.0
+    again = customer.customer_features(data, margin, start)
+    share = customer.FEATURE_NAMES.index("flag_share")
+    assert again.values[0, share] == 1.0 and again.values[1:, share].max() == 0.0
