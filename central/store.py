@@ -24,25 +24,10 @@ from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
 
 from edge_agent import wire
-from edge_agent.columnar import validated_rows
+from edge_agent.columnar import ROW_FIELDS, validated_rows
 
-_READING_COLS = (
-    "meter_id",
-    "ts",
-    "interval_s",
-    "kwh",
-    "register_kwh",
-    "voltage_v",
-    "current_a",
-    "power_factor",
-    "temperature_c",
-    "humidity_pct",
-    "wind_ms",
-    "supply",
-    "flags",
-    "score",
-    "model_version",
-)
+# The wire fields of a reading, in the order of the rows built here and of raw.readings.
+_READING_COLS = ROW_FIELDS
 _MEASURED = _READING_COLS[:13]
 # Binary COPY (about 3x cheaper than text for the worker): the types of the columns sent.
 _COPY_TYPES = [

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edge_agent.buffer import Buffer
 from edge_agent.settings import load_settings
 
 
@@ -19,6 +20,17 @@ def _fmt_time(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _model_of(buffer: Buffer) -> str | None:
+    current = buffer.current_model()
+    if current is None:
+        return None
+    try:
+        msg = json.loads(current[0])
+        return f"{msg['name']} {msg['version']} (accepted {_fmt_time(current[1])})"
+    except (ValueError, KeyError, TypeError):
+        return "unreadable model record"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -34,8 +46,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edge_agent.buffer import Buffer
-
     db = Path(args.db) if args.db else load_settings(args.config).db_path
     if not db.exists():
         print(f"no buffer at {db}", file=sys.stderr)
@@ -44,6 +54,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         stats = buffer.stats()
         counters = buffer.counters()
+        model = _model_of(buffer)
+        alerts_waiting = buffer.unacked_alerts()
         report = {
             "buffer": str(db),
             "pending_readings": stats.pending_readings,
@@ -52,6 +64,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "total_readings": stats.total_readings,
             "oldest_pending_ts": _fmt_time(stats.oldest_pending_ts),
             "last_ack_at": _fmt_time(stats.last_ack_at),
+            "model": model,
+            "alerts_waiting": alerts_waiting,
             "counters": counters,
         }
     finally:
@@ -70,6 +84,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"oldest pending    {report['oldest_pending_ts']}")
     print(f"last ack          {report['last_ack_at']} ({age})")
     print(f"readings held     {stats.total_readings}")
+    print(f"anomaly model     {model or 'none'}")
+    print(f"alerts waiting    {alerts_waiting} (not yet taken by the broker)")
     for name, value in sorted(counters.items()):
         print(f"  {name:<22}{value}")
     return 0

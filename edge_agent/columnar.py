@@ -47,7 +47,7 @@ _PLAIN = (
 KNOWN = {"meter_id", "ts_delta", "register_kwh", "register_kwh_mdelta", "supply", "flags", *_PLAIN}
 _IDX = {name: i for i, name in enumerate(READING_COLUMNS)}
 _DELTA = ("ts_delta", "register_kwh_mdelta")
-_ROW_FIELDS = (
+ROW_FIELDS = (
     "meter_id",
     "ts",
     "interval_s",
@@ -192,7 +192,7 @@ def validated_rows(n: int, columns: dict[str, Any]) -> list[tuple[Any, ...]] | N
     full = _full(n, columns)
     out: list[list[Any]] = []
     try:
-        for name in _ROW_FIELDS:
+        for name in ROW_FIELDS:
             values = full.get(name)
             if values is None:
                 default = Reading.model_fields[name].default
