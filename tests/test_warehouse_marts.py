@@ -7,6 +7,8 @@ SAIFI/SAIDI/CAIDI are worked out below by hand.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +19,7 @@ import pytest
 
 from bench.warehouse import Fleet, scratch_database, write_fleet
 from central.warehouse.client import connect, spawn_owner, stop_owner
-from central.warehouse.dbt import run_dbt
+from central.warehouse.dbt import dbt_env, run_dbt
 from central.warehouse.loader import load
 from central.warehouse.quality import run_quality
 from central.warehouse.settings import WarehouseSettings, get_settings
@@ -77,7 +79,11 @@ class Built:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     fleet = Fleet(
-        meters=120, days=14, seed=7, customers_per_transformer=20, transformers_per_feeder=3,
+        meters=120,
+        days=14,
+        seed=7,
+        customers_per_transformer=20,
+        transformers_per_feeder=3,
         theft_transformer_share=0.34,
     )
     work = tmp_path_factory.mktemp("marts")
@@ -203,8 +209,13 @@ def test_incremental_run_picks_up_late_readings(built: Built) -> None:
     load(built.settings)
     done = run_dbt(
         built.settings,
-        ["run", "--select", "int_readings_daily", "int_readings_hourly",
-         "mart_consumption_metrics"],
+        [
+            "run",
+            "--select",
+            "int_readings_daily",
+            "int_readings_hourly",
+            "mart_consumption_metrics",
+        ],
         capture=True,
         extra_env=built.dbt_env,
     )
@@ -216,8 +227,7 @@ def test_incremental_run_picks_up_late_readings(built: Built) -> None:
             "where meter_id = 'LATE1'"
         ).result_rows == [(10.0, "unregistered")]
         duplicates = client.command(
-            "select count() - uniqExact(meter_id, reading_date) "
-            "from marts.mart_consumption_metrics"
+            "select count() - uniqExact(meter_id, reading_date) from marts.mart_consumption_metrics"
         )
     finally:
         client.close()
@@ -227,8 +237,12 @@ def test_incremental_run_picks_up_late_readings(built: Built) -> None:
 def test_quality_passes_on_the_marts_and_fails_on_a_corrupted_row(
     built: Built, tmp_path: Path
 ) -> None:
-    marts = ["mart_energy_balance", "mart_supply_reliability", "mart_data_completeness",
-             "mart_inspection_list"]
+    marts = [
+        "mart_energy_balance",
+        "mart_supply_reliability",
+        "mart_data_completeness",
+        "mart_inspection_list",
+    ]
     good = run_quality(built.settings, suites=marts, docs_dir=tmp_path / "docs")
     assert good.success, good.failures
     assert good.docs_index is not None and good.docs_index.exists()
@@ -250,3 +264,25 @@ def test_quality_passes_on_the_marts_and_fails_on_a_corrupted_row(
     assert any("supplied = billed" in r for r in reasons)
     assert any("plausible" in r for r in reasons)
     assert all(any("T-CORRUPT" in str(row) for row in f.rows) for f in bad.failures)
+
+
+def test_models_are_sqlfluff_clean(built: Built) -> None:
+    """SQLFluff (templater dbt, dialect clickhouse) finds nothing to say about the models."""
+    project = built.settings.dbt_project_dir
+    sqlfluff = Path(built.settings.dbt_executable).with_name("sqlfluff")
+    env = {
+        **os.environ,
+        **dbt_env(built.url, "embedded"),
+        **built.dbt_env,
+        "DBT_PROFILES_DIR": str(project),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    done = subprocess.run(
+        [str(sqlfluff), "lint", "models", "--nocolor"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
