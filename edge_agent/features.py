@@ -35,6 +35,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "kwh_vs_7d",  # log ratio: kwh vs mean of the previous 7 days
     "mean_24h_vs_prior_6d",  # log ratio: level of the last 24 h vs the 6 days before them
     "zero_run_log_h",  # log1p(hours of consecutive zero readings, supply on and credit left)
+    "rough_24h",  # median |log(kwh_t / kwh_t-1)| of adjacent non-zero readings, last 24 h
+    "flatness_24h",  # std / mean of the readings of the last 24 h
+    "day_spread_7d",  # std of log(24-h mean) over the last seven 24-h blocks
     "register_mismatch",  # signed log1p(|register delta - sum kwh| / level)
     "register_drop",  # log1p(register decrease / level)
     "tamper_flag",  # 1 if this reading carries a tamper flag
@@ -47,7 +50,8 @@ TAMPER_FLAGS: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "cloc
 NO_CREDIT_FLAG = "no_credit"
 
 #: Smallest energy level taken as a meter's normal use (kW): keeps ratios sane for tiny loads.
-ENERGY_FLOOR_KW = 0.01
+#: Below the 8-20 W average draw of a lifeline customer, so their ratios are not squashed.
+ENERGY_FLOOR_KW = 0.001
 #: Fraction of a meter's 7-day mean added to numerator and denominator of consumption ratios.
 RATIO_SMOOTHING = 0.1
 #: Energy quantum (kWh) for exact integer sums.
@@ -57,6 +61,13 @@ _LOOKBACK_DAYS = 7
 # Dense slots processed at once by the grouped variant: small chunks stay in cache (faster) and
 # bound the temporary memory (a few hundred bytes per slot) whatever the fleet size.
 _CHUNK_SLOTS = 1 << 16
+# Rows whose rough_24h median is computed at once (bounds the (rows, slots per day) matrix).
+_MEDIAN_ROWS = 2048
+# Fewest valid 24-h blocks (of the last seven) for day_spread_7d.
+_MIN_DAY_BLOCKS = 3
+# Squared energies are summed as two int64 limbs (exact); energies above this (micro-kWh,
+# ~2,147 kWh per interval) are clipped for flatness_24h only, so no square overflows.
+_SQUARE_CAP = (1 << 31) - 1
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -249,6 +260,50 @@ def _log_ratio(num: FloatArray, den: FloatArray, eps: FloatArray) -> FloatArray:
     return result
 
 
+def _rough(
+    g: IntArray,
+    block_start: IntArray,
+    valid: BoolArray,
+    vk: IntArray,
+    vc: IntArray,
+    day: int,
+    min_pairs: int,
+) -> FloatArray:
+    """rough_24h of every row: median of |log(q_s / q_s-1)| over the slots s of the last 24 h
+    (g - day < s <= g) where slots s - 1 and s of the row's meter each hold exactly one valid
+    non-zero reading; 0 with fewer than ``min_pairs`` such pairs and on rows not ``valid``."""
+    size = vk.shape[0]
+    pair = np.zeros(size, dtype=np.bool_)
+    single = (vc == 1) & (vk > 0)
+    pair[1:] = single[1:] & single[:-1]
+    # Slot s of the padded array is slot s - day + 1 of the block: row g's window is
+    # padded[g : g + day], oldest first.
+    padded = np.full(size + day - 1, np.inf)
+    s = np.flatnonzero(pair)
+    padded[s + day - 1] = np.abs(np.log(vk[s] / vk[s - 1]))
+    cp = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(pair, out=cp[1:])
+    # A pair's first slot must be inside the row's meter: s >= block_start + 1.
+    lo = np.minimum(np.maximum(g - day + 1, block_start + 1), g + 1)
+    count = cp[g + 1] - cp[lo]
+    result = np.zeros(g.shape[0], dtype=np.float64)
+    todo = np.flatnonzero(valid & (count >= max(1, min_pairs)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, day)
+    oldest_allowed = np.arange(day, dtype=np.int64) - (day - 1)  # slot offset from g
+    for start in range(0, todo.shape[0], _MEDIAN_ROWS):
+        rows = todo[start : start + _MEDIAN_ROWS]
+        mat = windows[g[rows]]  # a copy: (rows, day)
+        young = np.flatnonzero(g[rows] - block_start[rows] < day)  # window reaches before
+        if young.shape[0]:  # the meter's first slot: drop pairs that start before it
+            cut = oldest_allowed[None, :] < (block_start[rows[young]] + 1 - g[rows[young]])[:, None]
+            mat[young] = np.where(cut, np.inf, mat[young])
+        mat.sort(axis=1)
+        k = count[rows]
+        picked = np.arange(rows.shape[0])
+        result[rows] = 0.5 * (mat[picked, (k - 1) // 2] + mat[picked, k // 2])
+    return result
+
+
 def _block_features(
     g: IntArray,
     new_meter: BoolArray,
@@ -353,6 +408,49 @@ def _block_features(
     run = cz[g + 1] - cz[lo]
     out[:, 6] = np.where(zero, np.log1p(run * interval_h), 0.0)
 
+    # Volatility, over valid readings of the last 24 h (slots g - day + 1 .. g, this one included)
+    # or the last seven such 24-h blocks; neutral 0 without enough samples or on invalid rows.
+    min_day = max(1, day // 4)
+    r24 = window(cvc, day - 1, -1)
+    out[:, 7] = _rough(g, block_start, valid, vk, vc, day, min_day)
+
+    # flatness_24h = std / mean: exact integer sums of q and q^2 (q^2 as two 32-bit limbs).
+    qc = np.minimum(np.where(valid, q, 0), _SQUARE_CAP)
+    sq = qc * qc
+    s1 = window(cumulative(dense_int(qc)), day - 1, -1).astype(np.float64)
+    s2_hi = window(cumulative(dense_int(sq >> 32)), day - 1, -1).astype(np.float64)
+    s2_lo = window(cumulative(dense_int(sq & 0xFFFFFFFF)), day - 1, -1).astype(np.float64)
+    cnt = np.maximum(r24, 1).astype(np.float64)
+    var = np.maximum(cnt * (s2_hi * 4294967296.0 + s2_lo) - s1 * s1, 0.0) / (cnt * cnt)
+    flat = np.sqrt(var) / np.maximum(s1 / cnt, floor * scale)
+    out[:, 8] = np.where(valid & (r24 >= min_day), flat, 0.0)
+
+    # day_spread_7d: std of log(mean + floor) of the seven 24-h blocks ending at this slot.
+    # Block k covers slots (g - (k + 1) day, g - k day]: cumulative sums at its two ends.
+    # (Row-length vectors one block at a time: they stay in cache, a (7, n) array does not.)
+    logs: list[FloatArray] = []
+    oks: list[BoolArray] = []
+    end = np.maximum(g + 1, block_start)
+    ek, ec = cvk[end], cvc[end]
+    for k in range(1, _LOOKBACK_DAYS + 1):
+        end = np.maximum(g + 1 - k * day, block_start)
+        sk, sc = cvk[end], cvc[end]
+        bm, ok = mean(ek - sk, ec - sc, min_day)
+        logs.append(np.log(bm + floor))
+        oks.append(ok)
+        ek, ec = sk, sc
+    blocks = np.zeros(n, dtype=np.int64)
+    mu = np.zeros(n, dtype=np.float64)
+    for lg, ok in zip(logs, oks, strict=True):
+        blocks += ok
+        mu += np.where(ok, lg, 0.0)
+    nb = np.maximum(blocks, 1)
+    mu /= nb
+    ssd = np.zeros(n, dtype=np.float64)
+    for lg, ok in zip(logs, oks, strict=True):
+        ssd += np.where(ok, np.square(lg - mu), 0.0)
+    out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
+
     # Register: compare with the previous reported register of the same meter (within 7 days).
     known = np.isfinite(register)
     last_known = np.maximum.accumulate(np.where(known, rows, -1))
@@ -364,12 +462,12 @@ def _block_features(
     energy = (cq[rows + 1] - cq[p + 1]) / scale
     contiguous = has_prev & ((g - g[p]) == (rows - p))
     mismatch = np.where(contiguous, delta - energy, 0.0)
-    out[:, 7] = np.sign(mismatch) * np.log1p(np.abs(mismatch) / level)
-    out[:, 8] = np.log1p(np.maximum(-delta, 0.0) / level)
+    out[:, 10] = np.sign(mismatch) * np.log1p(np.abs(mismatch) / level)
+    out[:, 11] = np.log1p(np.maximum(-delta, 0.0) / level)
 
-    out[:, 9] = tamper
+    out[:, 12] = tamper
     ct = cumulative(dense_int(tamper.astype(np.int64)))
-    out[:, 10] = np.log1p(window(ct, day - 1, -1))
+    out[:, 13] = np.log1p(window(ct, day - 1, -1))
 
     np.clip(out, -_CLIP, _CLIP, out=out)
     return out.astype(np.float32)

@@ -25,6 +25,9 @@ CONSUMPTION = [
     "kwh_vs_7d",
     "mean_24h_vs_prior_6d",
     "zero_run_log_h",
+    "rough_24h",
+    "flatness_24h",
+    "day_spread_7d",
 ]
 T0 = 1_767_225_600  # midnight UTC
 
@@ -365,3 +368,170 @@ def test_flags_mask_from_names() -> None:
         DEFAULT_FLAG_BITS,
     )
     assert x[:, COL["tamper_flag"]].tolist() == [0.0, 1.0, 1.0]
+
+
+# --- volatility features (rough_24h, flatness_24h, day_spread_7d) ---------------------------
+
+LN2 = math.log(2.0)
+
+
+def hourly(kwh: list[float] | np.ndarray) -> dict[str, np.ndarray]:
+    """A meter with one reading per hour (24 slots a day: 6 = a quarter day)."""
+    energy = np.asarray(kwh, dtype=np.float64)
+    n = energy.shape[0]
+    return {
+        "ts": T0 + 3600 * np.arange(1, n + 1, dtype=np.int64),
+        "kwh": energy,
+        "supply_on": np.ones(n, dtype=bool),
+        "flags": np.zeros(n, dtype=np.uint16),
+        "register_kwh": np.full(n, np.nan),
+    }
+
+
+def test_rough_24h_is_the_median_of_adjacent_log_ratios() -> None:
+    m = hourly([1, 2, 1, 4, 1, 8, 1] + [1] * 41)
+    x = feats(m, 3600)[:, COL["rough_24h"]]
+    # pairs (ln 2 units): 1, 1, 2, 2, 3, 3, then 0 for every pair of ones
+    assert np.all(x[:6] == 0.0)  # fewer than 6 pairs (a quarter day): neutral
+    # row 8: 0 0 1 1 2 2 3 3 -> (1 + 2) / 2; row 12: six 0s and 1 1 2 2 3 3 -> (0 + 1) / 2
+    expected = [2, 2, 1.5, 1, 1, 1, 0.5, 0]
+    for row, value in enumerate(expected, start=6):
+        assert x[row] == pytest.approx(value * LN2, abs=1e-6), row
+    assert np.all(x[13:] == 0.0)
+    # Only the pairs of the last 24 h count: 1, 8, 1, 8, ... up to row 13, then 8 kWh flat, so
+    # slots 1..13 hold a pair of 3 ln 2, later slots 0. Row 25 sees slots 2..25: 12 and 12.
+    m = hourly([1.0, 8.0] * 7 + [8.0] * 20)
+    x = feats(m, 3600)[:, COL["rough_24h"]]
+    assert x[24] == pytest.approx(3 * LN2, abs=1e-6)  # 13 threes, 11 zeros
+    assert x[25] == pytest.approx(1.5 * LN2, abs=1e-6)  # 12 threes, 12 zeros
+    assert x[26] == 0.0  # 11 threes, 13 zeros
+
+
+def test_rough_24h_pairs_need_two_adjacent_valid_nonzero_readings() -> None:
+    base = [1, 2, 1, 4, 1, 8, 1, 1, 1, 1]
+    for how in ("outage", "no_credit", "zero", "missing"):
+        m = hourly(base)
+        if how == "outage":
+            m["supply_on"][3] = False
+        elif how == "no_credit":
+            m["flags"][3] = BITS["no_credit"]
+        elif how == "zero":
+            m["kwh"][3] = 0.0
+        if how == "missing":
+            m = take(m, np.arange(10) != 3)
+            x = feats(m, 3600)[:, COL["rough_24h"]]
+            x = np.insert(x, 3, 0.0)
+        else:
+            x = feats(m, 3600)[:, COL["rough_24h"]]
+        # Pairs at slots 3 and 4 are gone: 1, 1, 3, 3, 0 by row 7: still < 6 pairs.
+        assert np.all(x[:8] == 0.0), how
+        # Row 8: 1, 1, 3, 3, 0, 0 -> median (1 + 1) / 2; row 9: 1, 1, 3, 3, 0, 0, 0 -> 1.
+        assert x[8] == pytest.approx(LN2, abs=1e-6), how
+        assert x[9] == pytest.approx(LN2, abs=1e-6), how
+
+
+def test_flatness_24h_is_std_over_mean() -> None:
+    m = hourly([1.0, 3.0] * 24)
+    x = feats(m, 3600)[:, COL["flatness_24h"]]
+    assert np.all(x[:5] == 0.0)  # fewer than 6 readings: neutral
+    assert x[5] == pytest.approx(0.5, abs=1e-6)  # 1,3,1,3,1,3: mean 2, std 1
+    assert x[6] == pytest.approx(math.sqrt(48) / 13, abs=1e-6)  # 1,3,1,3,1,3,1
+    np.testing.assert_allclose(x[23::2], 0.5, atol=1e-6)  # every full even window
+    m["supply_on"][2] = False  # invalid: neutral and left out of the window
+    x = feats(m, 3600)[:, COL["flatness_24h"]]
+    assert x[2] == 0.0
+    assert x[6] == pytest.approx(0.5, abs=1e-6)  # 1,3,3,1,3,1
+    zeros = feats(hourly([0.0] * 30), 3600)[:, COL["flatness_24h"]]
+    assert np.all(zeros == 0.0)
+
+
+def test_day_spread_7d_is_the_std_of_log_daily_means() -> None:
+    f = features_mod.ENERGY_FLOOR_KW * 1.0  # floor in kWh per one-hour interval
+    m = hourly([1.0] * 24 + [2.0] * 24 + [4.0] * 24)
+    x = feats(m, 3600)[:, COL["day_spread_7d"]]
+    assert np.all(x[:48] == 0.0)  # fewer than three 24-h blocks
+    assert x[71] == pytest.approx(np.std(np.log([1 + f, 2 + f, 4 + f])), abs=1e-6)
+    # Row 70: blocks are rows 47..70, 23..46 and 0..22 (23 rows of 1 kWh).
+    means = [(2 + 23 * 4) / 24, (1 + 23 * 2) / 24, 1.0]
+    assert x[70] == pytest.approx(np.std(np.log(np.add(means, f))), abs=1e-6)
+    # A block with fewer than 6 valid readings does not count.
+    m["supply_on"][24 + 5 :] = False
+    m["supply_on"][48:] = True
+    x = feats(m, 3600)[:, COL["day_spread_7d"]]
+    assert x[71] == 0.0  # only two blocks left
+    assert np.all(x[24 + 5 : 48] == 0.0)  # the outage rows themselves are neutral
+
+
+def _reference_volatility(
+    ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int
+) -> np.ndarray:
+    """rough_24h, flatness_24h, day_spread_7d of one meter, straight from their definitions."""
+    day = slots_per_day(interval_s)
+    floor = features_mod.ENERGY_FLOOR_KW * interval_s / 3600
+    q = np.rint(kwh * 1e6)
+    slot = (ts + interval_s // 2) // interval_s
+    energy = {int(s): q[i] for i, s in enumerate(slot) if valid[i]}
+    out = np.zeros((len(ts), 3))
+    for i, g in enumerate(slot):
+        if not valid[i]:
+            continue
+        pairs = [
+            abs(math.log(energy[s] / energy[s - 1]))
+            for s in range(g - day + 1, g + 1)
+            if energy.get(s, 0) > 0 and energy.get(s - 1, 0) > 0
+        ]
+        if len(pairs) >= day // 4:
+            out[i, 0] = float(np.median(pairs))
+        last = [energy[s] for s in range(g - day + 1, g + 1) if s in energy]
+        if len(last) >= day // 4:
+            out[i, 1] = np.std(last) / max(np.mean(last), floor * 1e6)
+        logs = []
+        for k in range(7):
+            block = [
+                energy[s] for s in range(g - (k + 1) * day + 1, g - k * day + 1) if s in energy
+            ]
+            if len(block) >= day // 4:
+                logs.append(math.log(np.mean(block) / 1e6 + floor))
+        if len(logs) >= 3:
+            out[i, 2] = np.std(logs)
+    return out
+
+
+@pytest.mark.parametrize("interval_s", [900, 1800, 3600])
+def test_volatility_features_match_their_definition(interval_s: int) -> None:
+    rng = np.random.default_rng(100 + interval_s)
+    r = make_readings(3, 10, interval_s=interval_s, seed=interval_s, attack_fraction=0.7)
+    kwh = r.kwh.copy()
+    kwh[rng.random(len(r)) < 0.05] = 0.0
+    on = r.supply_on & (rng.random(len(r)) > 0.05)
+    flags = r.flags.copy()
+    flags[rng.random(len(r)) < 0.03] |= BITS["no_credit"]
+    keep = rng.random(len(r)) > 0.08
+    sel = {k: v[keep] for k, v in (("m", r.meter_index), ("ts", r.ts), ("kwh", kwh), ("on", on))}
+    flags, register = flags[keep], r.register_kwh[keep]
+    x = compute_features_grouped(
+        sel["m"], sel["ts"], sel["kwh"], sel["on"], flags, register, interval_s, BITS
+    )
+    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_7d"]]
+    for i in np.unique(sel["m"]):
+        rows = sel["m"] == i
+        valid = sel["on"][rows] & ((flags[rows] & BITS["no_credit"]) == 0)
+        expected = _reference_volatility(sel["ts"][rows], sel["kwh"][rows], valid, interval_s)
+        np.testing.assert_allclose(x[rows][:, cols], expected, rtol=2e-6, atol=2e-6)
+        assert np.count_nonzero(expected[:, 0]) > 0 and np.count_nonzero(expected[:, 2]) > 0
+
+
+def test_history_window_covers_the_volatility_windows() -> None:
+    # day_spread_7d reaches back 7 days - 1 slot, rough_24h's oldest pair starts 24 h back.
+    for interval_s in (900, 1800, 3600):
+        assert history_window_s(interval_s) >= 7 * 86400 - interval_s
+
+
+def test_lifeline_loads_are_above_the_energy_floor() -> None:
+    # 10 W (5 Wh per 30 min) then a zero: eps = max(0.1 x 5 Wh, 1 W x 0.5 h) = 0.5 Wh, so the
+    # ratio is log(0.5 / 5.5) and not squashed by the floor.
+    m = meter(9, kwh=0.005)
+    m["kwh"][-1] = 0.0
+    x = feats(m)
+    for name in ("kwh_vs_24h", "kwh_vs_7d", "kwh_vs_same_hour_7d"):
+        assert x[-1, COL[name]] == pytest.approx(-math.log(11.0), abs=1e-6), name
