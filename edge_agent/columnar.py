@@ -89,9 +89,11 @@ def _squeeze(values: list[Any]) -> Any:
     return first if all(v == first for v in values) else values
 
 
-def encode_columns(rows: Sequence[Row]) -> tuple[int, dict[str, Any]]:
-    """Buffer rows → (n, columns). Rows are sorted by (meter_id, ts) first."""
-    rows = sorted(rows, key=lambda r: (r[0], r[1]))
+def encode_columns(rows: Sequence[Row], presorted: bool = False) -> tuple[int, dict[str, Any]]:
+    """Buffer rows → (n, columns). Rows are sorted by (meter_id, ts) first, unless the caller
+    says they already are."""
+    if not presorted:
+        rows = sorted(rows, key=lambda r: (r[0], r[1]))
     n = len(rows)
     cols: dict[str, Any] = {}
     if not n:

@@ -27,27 +27,19 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import numpy.typing as npt
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "hour_sin",  # hour of day of the interval midpoint (UTC + utc_offset_s)
-    "hour_cos",
-    "kwh_vs_same_hour_7d",  # log ratio: kwh vs mean of the same time of day over the last 7 days
-    "kwh_vs_24h",  # log ratio: kwh vs mean of the previous 24 h
-    "kwh_vs_7d",  # log ratio: kwh vs mean of the previous 7 days
-    "mean_24h_vs_prior_6d",  # log ratio: level of the last 24 h vs the 6 days before them
-    "zero_run_log_h",  # log1p(hours of consecutive zero readings, supply on and credit left)
-    "rough_24h",  # median |log(kwh_t / kwh_t-1)| of adjacent non-zero readings, last 24 h
-    "flatness_24h",  # std / mean of the readings of the last 24 h
-    "day_spread_7d",  # std of log(24-h mean) over the last seven 24-h blocks
-    "register_mismatch",  # signed log1p(|register delta - sum kwh| / level)
-    "register_drop",  # log1p(register decrease / level)
-    "tamper_flag",  # 1 if this reading carries a tamper flag
-    "tamper_24h_log",  # log1p(number of readings with a tamper flag in the last 24 h)
+from edge_agent.feature_spec import (
+    _LOOKBACK_DAYS,
+    _check_interval,
+    _history_slots,
+    _same_hour_half_width,
 )
-
-#: Flags that mean somebody touched the meter.
-TAMPER_FLAGS: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "clock_reset")
-#: Flag that marks a prepaid meter switched off for lack of credit (zero use is expected then).
-NO_CREDIT_FLAG = "no_credit"
+from edge_agent.feature_spec import DEFAULT_FLAG_BITS as DEFAULT_FLAG_BITS
+from edge_agent.feature_spec import FEATURE_NAMES as FEATURE_NAMES
+from edge_agent.feature_spec import NO_CREDIT_FLAG as NO_CREDIT_FLAG
+from edge_agent.feature_spec import TAMPER_FLAGS as TAMPER_FLAGS
+from edge_agent.feature_spec import flag_bits_from_names as flag_bits_from_names
+from edge_agent.feature_spec import history_window_s as history_window_s
+from edge_agent.feature_spec import slots_per_day as slots_per_day
 
 #: Smallest energy level taken as a meter's normal use (kW): keeps ratios sane for tiny loads.
 #: Below the 8-20 W average draw of a lifeline customer, so their ratios are not squashed.
@@ -57,7 +49,6 @@ RATIO_SMOOTHING = 0.1
 #: Energy quantum (kWh) for exact integer sums.
 _QUANTUM_PER_KWH = 1_000_000
 _CLIP = 10.0
-_LOOKBACK_DAYS = 7
 # Dense slots processed at once by the grouped variant: small chunks stay in cache (faster) and
 # bound the temporary memory (a few hundred bytes per slot) whatever the fleet size.
 _CHUNK_SLOTS = 1 << 16
@@ -74,15 +65,6 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
-def flag_bits_from_names(names: Iterable[str]) -> dict[str, int]:
-    """``{name: 1 << position}`` for a bitmask whose bit *i* is ``names[i]``."""
-    return {name: 1 << i for i, name in enumerate(names)}
-
-
-#: A bit layout for agents that hold flags as strings (``Reading.flags``).
-DEFAULT_FLAG_BITS: dict[str, int] = flag_bits_from_names((*TAMPER_FLAGS, NO_CREDIT_FLAG))
-
-
 def flags_mask(
     flags_per_row: Iterable[Iterable[str]], flag_bits: Mapping[str, int] = DEFAULT_FLAG_BITS
 ) -> npt.NDArray[np.uint16]:
@@ -95,35 +77,6 @@ def flags_mask(
             mask |= int(flag_bits.get(name, 0))
         masks.append(mask)
     return np.asarray(masks, dtype=np.uint16)
-
-
-def slots_per_day(interval_s: int) -> int:
-    _check_interval(interval_s)
-    return max(1, round(86400 / interval_s))
-
-
-def _same_hour_half_width(interval_s: int) -> int:
-    """Neighbouring slots (each side) that count as "the same hour" on earlier days."""
-    per_hour = 3600 // interval_s
-    return max(0, (per_hour - 1) // 2)
-
-
-def _history_slots(interval_s: int) -> int:
-    return _LOOKBACK_DAYS * slots_per_day(interval_s) + _same_hour_half_width(interval_s)
-
-
-def history_window_s(interval_s: int) -> int:
-    """Seconds of history before a reading that its features depend on.
-
-    Pass every reading with ``ts >= first_ts_to_score - history_window_s(interval_s)``; older
-    readings never change the result.
-    """
-    return _history_slots(interval_s) * interval_s
-
-
-def _check_interval(interval_s: int) -> None:
-    if not 300 <= int(interval_s) <= 86400:
-        raise ValueError(f"interval_s must be in 300..86400, got {interval_s}")
 
 
 def _mask_of(flag_bits: Mapping[str, int], names: Iterable[str]) -> int:

@@ -28,22 +28,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
 from edge_agent.alerts import Cooldown, make_alert
 from edge_agent.buffer import AcceptResult, AlertRecord, Buffer
-from edge_agent.features import (
+
+# Names only: numpy (~14 MB) is imported when a model is there to score with.
+from edge_agent.feature_spec import (
     DEFAULT_FLAG_BITS,
     FEATURE_NAMES,
     NO_CREDIT_FLAG,
     TAMPER_FLAGS,
-    compute_features_grouped,
     history_window_s,
 )
 from edge_agent.rows import Row
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from edge_agent.energy import EnergyBalance
     from edge_agent.model import LoadedModel
 
@@ -166,6 +167,10 @@ class Detector:
         """Features of the new rows ``sub`` (one interval length), with the positions in
         ``sub`` they belong to. Rows whose key is already stored, or repeated in ``sub``, are
         left out (the buffer will not store them)."""
+        import numpy as np
+
+        from edge_agent.features import compute_features_grouped
+
         n_new = len(sub)
         new_cols = _columns(sub, 15)
         ts_new = np.array(new_cols[1], dtype=np.int64)
