@@ -44,12 +44,12 @@ bench: install services
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check edge_agent central bench simulator ml
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format edge_agent central bench simulator ml tests
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf var .pytest_cache dbt/target dbt/logs

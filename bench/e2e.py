@@ -205,8 +205,9 @@ def baseline(svc: Services, dsn: str, var: Path, gw: str, sample: int) -> dict[s
                 except queue.Empty:
                     return  # the broker dropped messages it could not queue: counted as lost
                 conn.execute(
-                    "insert into raw.baseline_readings (meter_id, ts, interval_s, kwh, register_kwh,"
-                    " voltage_v, gateway_id, batch_id) values (%s, %s, %s, %s, %s, %s, %s, 'none')"
+                    "insert into raw.baseline_readings (meter_id, ts, interval_s, kwh,"
+                    " register_kwh, voltage_v, gateway_id, batch_id)"
+                    " values (%s, %s, %s, %s, %s, %s, %s, 'none')"
                     " on conflict do nothing",
                     (
                         r["meter_id"],

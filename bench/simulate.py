@@ -25,8 +25,9 @@ def _rss_mb() -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.simulate",
-                                     description="Time the fleet simulator.")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.simulate", description="Time the fleet simulator."
+    )
     parser.add_argument("--meters", type=int, default=100_000, help="customer meters")
     parser.add_argument("--days", type=float, default=7, help="days simulated")
     parser.add_argument("--interval", type=int, default=1800, help="interval seconds")
@@ -36,12 +37,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    fleet = Fleet(FleetConfig(meters=args.meters, days=args.days, interval_s=args.interval,
-                              gateways=args.gateways, seed=args.seed))
+    fleet = Fleet(
+        FleetConfig(
+            meters=args.meters,
+            days=args.days,
+            interval_s=args.interval,
+            gateways=args.gateways,
+            seed=args.seed,
+        )
+    )
     t_build = time.perf_counter() - t0
     rss_after_build = _rss_mb()
-    print(f"fleet: {fleet.meter_count():,} meters ({args.meters:,} customers), "
-          f"{fleet.total_intervals:,} intervals; topology built in {t_build:.2f} s")
+    print(
+        f"fleet: {fleet.meter_count():,} meters ({args.meters:,} customers), "
+        f"{fleet.total_intervals:,} intervals; topology built in {t_build:.2f} s"
+    )
 
     rows = labelled = 0
     t1 = time.perf_counter()
@@ -51,14 +61,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - t1
     rate = rows / elapsed
     peak = _rss_mb()
-    print(f"generated {rows:,} readings ({labelled:,} labelled) in {elapsed:.2f} s: "
-          f"{rate:,.0f} readings/s")
+    print(
+        f"generated {rows:,} readings ({labelled:,} labelled) in {elapsed:.2f} s: "
+        f"{rate:,.0f} readings/s"
+    )
     print(f"peak RSS {peak:,.0f} MB (after topology {rss_after_build:,.0f} MB)")
-    print(json.dumps({
-        "meters": fleet.meter_count(), "days": args.days, "interval_s": args.interval,
-        "readings": rows, "seconds": round(elapsed, 3), "build_seconds": round(t_build, 3),
-        "readings_per_s": round(rate), "peak_rss_mb": round(peak, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "meters": fleet.meter_count(),
+                "days": args.days,
+                "interval_s": args.interval,
+                "readings": rows,
+                "seconds": round(elapsed, 3),
+                "build_seconds": round(t_build, 3),
+                "readings_per_s": round(rate),
+                "peak_rss_mb": round(peak, 1),
+            }
+        )
+    )
     return 0
 
 

@@ -180,8 +180,13 @@ class Fleet:
         parents = [None] + ["R1"] * self.n_feeders + [self.feeder_ids[f] for f in self.tx_feeder]
         kva = [None] * (1 + self.n_feeders) + [self.rated_kva] * self.n_transformers
         return pa.table(
-            {"asset_id": ids, "asset_type": types, "parent_id": parents, "name": ids,
-             "rated_kva": pa.array(kva, pa.float64())}
+            {
+                "asset_id": ids,
+                "asset_type": types,
+                "parent_id": parents,
+                "name": ids,
+                "rated_kva": pa.array(kva, pa.float64()),
+            }
         )
 
     def meter_rows(self) -> pa.Table:
@@ -196,9 +201,14 @@ class Fleet:
         feeders = [feeder_of_tx[t] for t in self.customer_tx] + feeder_of_tx
         return pa.table(
             {
-                "meter_id": ids, "meter_role": roles, "customer_class": classes,
-                "tariff": tariffs, "transformer_id": tx, "feeder_id": feeders,
-                "region": ["R1"] * len(ids), "gateway_id": [self.gateway_of(f) for f in feeders],
+                "meter_id": ids,
+                "meter_role": roles,
+                "customer_class": classes,
+                "tariff": tariffs,
+                "transformer_id": tx,
+                "feeder_id": feeders,
+                "region": ["R1"] * len(ids),
+                "gateway_id": [self.gateway_of(f) for f in feeders],
             }
         )
 
@@ -209,8 +219,10 @@ class Fleet:
 
     def _profile(self) -> np.ndarray:
         hours = (np.arange(self.per_day) + 0.5) * self.interval_s / 3600
-        shape = 0.6 + 0.25 * np.sin((hours - 8) / 24 * 2 * np.pi) + 0.9 * np.exp(
-            -0.5 * ((hours - 19.5) / 1.5) ** 2
+        shape = (
+            0.6
+            + 0.25 * np.sin((hours - 8) / 24 * 2 * np.pi)
+            + 0.9 * np.exp(-0.5 * ((hours - 19.5) / 1.5) ** 2)
         )
         return np.asarray(np.tile(shape / shape.mean(), self.days))
 
@@ -283,9 +295,19 @@ class Fleet:
 
     def alerts(self) -> pa.Table:
         """An edge 'anomaly' alert per thief per day after onset, plus tamper alerts."""
-        rows: dict[str, list[object]] = {k: [] for k in (
-            "alert_id", "gateway_id", "meter_id", "ts", "kind", "score", "threshold",
-            "model_version")}
+        rows: dict[str, list[object]] = {
+            k: []
+            for k in (
+                "alert_id",
+                "gateway_id",
+                "meter_id",
+                "ts",
+                "kind",
+                "score",
+                "threshold",
+                "model_version",
+            )
+        }
         index = {m: i for i, m in enumerate(self.customer_ids)}
         for meter in sorted(self.thieves):
             i = index[meter]
@@ -306,16 +328,35 @@ class Fleet:
         gws = sorted({self.gateway_of(f) for f in self.feeder_ids})
         end = datetime.fromtimestamp(self.start_s + self.days * 86400, UTC)
         status = [
-            json.dumps({"schema": "status.v1", "gateway_id": g, "state": "online",
-                        "sent_at": end.isoformat(), "agent_version": "0.1.0",
-                        "buffer": {"pending_readings": 10 * i, "inflight_batches": i % 2,
-                                   "full": False},
-                        "model": {"name": "iforest", "version": "iforest-1",
-                                  "loaded_at": end.isoformat()}})
+            json.dumps(
+                {
+                    "schema": "status.v1",
+                    "gateway_id": g,
+                    "state": "online",
+                    "sent_at": end.isoformat(),
+                    "agent_version": "0.1.0",
+                    "buffer": {
+                        "pending_readings": 10 * i,
+                        "inflight_batches": i % 2,
+                        "full": False,
+                    },
+                    "model": {
+                        "name": "iforest",
+                        "version": "iforest-1",
+                        "loaded_at": end.isoformat(),
+                    },
+                }
+            )
             for i, g in enumerate(gws)
         ]
-        return pa.table({"gateway_id": gws, "sent_at": [end] * len(gws),
-                         "state": ["online"] * len(gws), "status": status})
+        return pa.table(
+            {
+                "gateway_id": gws,
+                "sent_at": [end] * len(gws),
+                "state": ["online"] * len(gws),
+                "status": status,
+            }
+        )
 
     @property
     def readings_count(self) -> int:
@@ -490,8 +531,12 @@ def write_simulated_fleet(dsn: str, fleet: Any) -> dict[tuple[str, int], tuple[f
             n = len(chunk)
             bits, where = np.unique(chunk.flags.astype(np.int64), return_inverse=True)
             literal = np.array(
-                ["{" + ",".join(name for b, name in enumerate(FLAG_NAMES) if int(f) >> b & 1) + "}"
-                 for f in bits]
+                [
+                    "{"
+                    + ",".join(name for b, name in enumerate(FLAG_NAMES) if int(f) >> b & 1)
+                    + "}"
+                    for f in bits
+                ]
             )
             ids, inverse = np.unique(chunk.meter_id.astype(str), return_inverse=True)
             info = [meters.get(m, {}) for m in ids]
@@ -519,13 +564,16 @@ def write_simulated_fleet(dsn: str, fleet: Any) -> dict[tuple[str, int], tuple[f
             supply_row = np.array([m.get("meter_role") == "transformer" for m in info])[inverse]
             day = (chunk.ts - 1) // 86400
             theft = np.where(chunk.label.astype(str) == "bypass", chunk.true_kwh - chunk.kwh, 0.0)
-            keys, group = np.unique(np.char.add(np.char.add(tx, "|"), day.astype(str)),
-                                    return_inverse=True)
+            keys, group = np.unique(
+                np.char.add(np.char.add(tx, "|"), day.astype(str)), return_inverse=True
+            )
             theft_sum = np.bincount(group, weights=theft, minlength=len(keys))
-            supply_sum = np.bincount(group, weights=np.where(supply_row, chunk.kwh, 0.0),
-                                     minlength=len(keys))
-            for key, t, sup in zip(keys.tolist(), theft_sum.tolist(), supply_sum.tolist(),
-                                   strict=True):
+            supply_sum = np.bincount(
+                group, weights=np.where(supply_row, chunk.kwh, 0.0), minlength=len(keys)
+            )
+            for key, t, sup in zip(
+                keys.tolist(), theft_sum.tolist(), supply_sum.tolist(), strict=True
+            ):
                 name, _, number = key.partition("|")
                 k = (name, int(number))
                 stolen[k] = stolen.get(k, 0.0) + t

@@ -65,8 +65,9 @@ def subtract(x: np.ndarray, c: np.ndarray | float) -> np.ndarray:
     return np.maximum(x - c, 0.0)
 
 
-def ramp_reduction(t: np.ndarray, t0: np.ndarray | int, length: np.ndarray | float,
-                   r_max: np.ndarray | float) -> np.ndarray:
+def ramp_reduction(
+    t: np.ndarray, t0: np.ndarray | int, length: np.ndarray | float, r_max: np.ndarray | float
+) -> np.ndarray:
     """The share taken off at absolute interval t: 0 before t0, growing linearly to r_max over
     ``length`` intervals, then r_max."""
     grown = np.clip((t - np.asarray(t0)) / np.asarray(length, dtype=np.float64), 0.0, 1.0)

@@ -12,8 +12,18 @@ from .labels import FLAG_NAMES, LABEL_ARRAY
 
 # Per-interval arrays of a day block, shape (intervals, meters); see Chunk for their meaning.
 BLOCK_FIELDS: tuple[str, ...] = (
-    "kwh", "register_kwh", "voltage_v", "temperature_c", "humidity_pct", "wind_ms",
-    "supply_on", "flags", "label_code", "true_kwh", "loss_kwh", "unmetered_kwh",
+    "kwh",
+    "register_kwh",
+    "voltage_v",
+    "temperature_c",
+    "humidity_pct",
+    "wind_ms",
+    "supply_on",
+    "flags",
+    "label_code",
+    "true_kwh",
+    "loss_kwh",
+    "unmetered_kwh",
 )
 
 
@@ -21,8 +31,8 @@ BLOCK_FIELDS: tuple[str, ...] = (
 class DayBlock:
     """One UTC day of one or more gateways: (intervals, meters) arrays plus the axes."""
 
-    meter_ids: np.ndarray   # object (meters,)
-    ends: np.ndarray        # int64 (intervals,)
+    meter_ids: np.ndarray  # object (meters,)
+    ends: np.ndarray  # int64 (intervals,)
     arrays: dict[str, np.ndarray]
 
     @property
@@ -36,8 +46,7 @@ class DayBlock:
         return DayBlock(
             meter_ids=np.concatenate([b.meter_ids for b in blocks]),
             ends=blocks[0].ends,
-            arrays={f: np.concatenate([b.arrays[f] for b in blocks], axis=1)
-                    for f in BLOCK_FIELDS},
+            arrays={f: np.concatenate([b.arrays[f] for b in blocks], axis=1) for f in BLOCK_FIELDS},
         )
 
 
@@ -53,18 +62,18 @@ class Chunk:
     """
 
     meter_id: np.ndarray
-    ts: np.ndarray            # int64 epoch seconds UTC, end of the interval
+    ts: np.ndarray  # int64 epoch seconds UTC, end of the interval
     interval_s: int
     kwh: np.ndarray
     register_kwh: np.ndarray
-    voltage_v: np.ndarray     # NaN when not reported (no supply, or a meter without it)
+    voltage_v: np.ndarray  # NaN when not reported (no supply, or a meter without it)
     temperature_c: np.ndarray
     humidity_pct: np.ndarray
     wind_ms: np.ndarray
     supply_on: np.ndarray
-    flags: np.ndarray         # uint16
-    label: np.ndarray         # object (str)
-    label_code: np.ndarray    # uint8 index into labels.LABEL_NAMES
+    flags: np.ndarray  # uint16
+    label: np.ndarray  # object (str)
+    label_code: np.ndarray  # uint8 index into labels.LABEL_NAMES
     true_kwh: np.ndarray
     loss_kwh: np.ndarray
     unmetered_kwh: np.ndarray
@@ -103,8 +112,10 @@ class Chunk:
         """Wire-shaped dicts (DESIGN.md "Reading"): ISO 'Z' timestamps, supply "on"/"off",
         flag names; NaN fields left out. ``truth`` adds true_kwh and label."""
         out = []
-        iso = {int(t): datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-               for t in np.unique(self.ts)}
+        iso = {
+            int(t): datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for t in np.unique(self.ts)
+        }
         for i in range(len(self)):
             row: dict[str, Any] = {
                 "meter_id": self.meter_id[i],

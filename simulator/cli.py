@@ -17,36 +17,74 @@ from .config import REGION_TEMPLATES, FleetConfig
 def _fleet_args(p: argparse.ArgumentParser) -> None:
     d = FleetConfig()
     g = p.add_argument_group("fleet")
-    g.add_argument("--meters", type=int, default=d.meters,
-                   help=f"customer meters; transformer meters come on top (default {d.meters})")
-    g.add_argument("--days", type=float, default=d.days,
-                   help=f"days to simulate, may be fractional ({d.days})")
+    g.add_argument(
+        "--meters",
+        type=int,
+        default=d.meters,
+        help=f"customer meters; transformer meters come on top (default {d.meters})",
+    )
+    g.add_argument(
+        "--days", type=float, default=d.days, help=f"days to simulate, may be fractional ({d.days})"
+    )
     g.add_argument("--start", default=d.start, help=f"first day, UTC date ({d.start})")
-    g.add_argument("--interval", type=int, default=d.interval_s, choices=(900, 1800, 3600),
-                   help=f"interval length in seconds ({d.interval_s})")
+    g.add_argument(
+        "--interval",
+        type=int,
+        default=d.interval_s,
+        choices=(900, 1800, 3600),
+        help=f"interval length in seconds ({d.interval_s})",
+    )
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
-    g.add_argument("--gateways", type=int, default=d.gateways,
-                   help=f"gateways the meters are split over ({d.gateways})")
-    g.add_argument("--theft-share", type=float, default=d.theft_share,
-                   help=f"share of grid customers stealing ({d.theft_share})")
-    g.add_argument("--fault-share", type=float, default=d.fault_share,
-                   help=f"share of grid customers with a faulty meter ({d.fault_share})")
+    g.add_argument(
+        "--gateways",
+        type=int,
+        default=d.gateways,
+        help=f"gateways the meters are split over ({d.gateways})",
+    )
+    g.add_argument(
+        "--theft-share",
+        type=float,
+        default=d.theft_share,
+        help=f"share of grid customers stealing ({d.theft_share})",
+    )
+    g.add_argument(
+        "--fault-share",
+        type=float,
+        default=d.fault_share,
+        help=f"share of grid customers with a faulty meter ({d.fault_share})",
+    )
     codes = ",".join(r.code for r in REGION_TEMPLATES)
-    g.add_argument("--regions", default=str(d.regions),
-                   help=f"number of regions, or region codes among {codes} ({d.regions})")
-    g.add_argument("--shedding", default=d.shedding,
-                   choices=("auto", "rotation", "bands", "none"),
-                   help="load-shedding scheme; auto = each region's own (default)")
+    g.add_argument(
+        "--regions",
+        default=str(d.regions),
+        help=f"number of regions, or region codes among {codes} ({d.regions})",
+    )
+    g.add_argument(
+        "--shedding",
+        default=d.shedding,
+        choices=("auto", "rotation", "bands", "none"),
+        help="load-shedding scheme; auto = each region's own (default)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
     regions: dict[str, Any] = (
-        {"regions": int(args.regions)} if args.regions.isdigit()
-        else {"region_codes": tuple(c.strip().upper() for c in args.regions.split(","))})
-    return FleetConfig(meters=args.meters, days=args.days, start=args.start,
-                       interval_s=args.interval, seed=args.seed, gateways=args.gateways,
-                       theft_share=args.theft_share, fault_share=args.fault_share,
-                       shedding=args.shedding, **regions)
+        {"regions": int(args.regions)}
+        if args.regions.isdigit()
+        else {"region_codes": tuple(c.strip().upper() for c in args.regions.split(","))}
+    )
+    return FleetConfig(
+        meters=args.meters,
+        days=args.days,
+        start=args.start,
+        interval_s=args.interval,
+        seed=args.seed,
+        gateways=args.gateways,
+        theft_share=args.theft_share,
+        fault_share=args.fault_share,
+        shedding=args.shedding,
+        **regions,
+    )
 
 
 class _Progress:
@@ -66,8 +104,9 @@ class _Progress:
         self._last_pct = pct
         rate = rows / max(time.perf_counter() - self.t0, 1e-9)
         end = "\r" if self.tty and intervals < self.total else "\n"
-        print(f"  {pct:3d}%  {rows:,} readings  {rate:,.0f}/s", end=end, file=sys.stderr,
-              flush=True)
+        print(
+            f"  {pct:3d}%  {rows:,} readings  {rate:,.0f}/s", end=end, file=sys.stderr, flush=True
+        )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -81,11 +120,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         gateway = int(gateway)
     progress = _Progress(fleet.total_intervals, args.quiet)
     if not args.quiet:
-        print(f"simulating {fleet.meter_count(gateway):,} meters x {fleet.total_intervals:,} "
-              f"intervals -> {args.out}", file=sys.stderr)
-    summary = write_fleet(fleet, Path(args.out), formats, gateway=gateway,
-                          chunk_intervals=args.chunk_intervals, truth=args.truth,
-                          progress=progress)
+        print(
+            f"simulating {fleet.meter_count(gateway):,} meters x {fleet.total_intervals:,} "
+            f"intervals -> {args.out}",
+            file=sys.stderr,
+        )
+    summary = write_fleet(
+        fleet,
+        Path(args.out),
+        formats,
+        gateway=gateway,
+        chunk_intervals=args.chunk_intervals,
+        truth=args.truth,
+        progress=progress,
+    )
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -148,8 +196,16 @@ def cmd_seed(args: argparse.Namespace) -> int:
             for meter_id, ts, label in load.labels:
                 fh.write(f"{meter_id},{ts},{label}\n")
     labels = Counter(label for _, _, label in load.labels)
-    print(json.dumps({"readings": len(load.readings), "labels": dict(labels),
-                      "errors": len(load.errors), "interval_s": load.interval_s}))
+    print(
+        json.dumps(
+            {
+                "readings": len(load.readings),
+                "labels": dict(labels),
+                "errors": len(load.errors),
+                "interval_s": load.interval_s,
+            }
+        )
+    )
     return 1 if load.errors else 0
 
 
@@ -157,41 +213,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m simulator",
         description="Simulate a sub-Saharan distribution grid's smart meters: consumption, "
-                    "load-shedding, prepaid gaps, losses and labelled theft.")
+        "load-shedding, prepaid gaps, losses and labelled theft.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="write readings (CSV/Parquet), labels and registry",
-                       description="Write readings.csv/.parquet, labels.csv (one row per "
-                                   "labelled reading) and registry.json to an output directory.")
+    p = sub.add_parser(
+        "generate",
+        help="write readings (CSV/Parquet), labels and registry",
+        description="Write readings.csv/.parquet, labels.csv (one row per "
+        "labelled reading) and registry.json to an output directory.",
+    )
     _fleet_args(p)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", choices=("csv", "parquet", "both"), default="csv",
-                   help="readings file format (default csv)")
-    p.add_argument("--gateway", default=None,
-                   help="only this gateway's meters (index from 0, or id like gw-01)")
-    p.add_argument("--chunk-intervals", type=int, default=48,
-                   help="intervals per written chunk (memory vs speed; default 48)")
-    p.add_argument("--truth", action="store_true",
-                   help="add true_kwh and label columns to the readings file")
+    p.add_argument(
+        "--format",
+        choices=("csv", "parquet", "both"),
+        default="csv",
+        help="readings file format (default csv)",
+    )
+    p.add_argument(
+        "--gateway",
+        default=None,
+        help="only this gateway's meters (index from 0, or id like gw-01)",
+    )
+    p.add_argument(
+        "--chunk-intervals",
+        type=int,
+        default=48,
+        help="intervals per written chunk (memory vs speed; default 48)",
+    )
+    p.add_argument(
+        "--truth", action="store_true", help="add true_kwh and label columns to the readings file"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("info", help="summarise a fleet (counts, classes, thefts) as JSON",
-                       description="Build the fleet's topology and print a JSON summary.")
+    p = sub.add_parser(
+        "info",
+        help="summarise a fleet (counts, classes, thefts) as JSON",
+        description="Build the fleet's topology and print a JSON summary.",
+    )
     _fleet_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("registry", help="upsert the registry into PostgreSQL and/or JSON",
-                       description="Upsert raw.grid_assets and raw.meters (needs psycopg), "
-                                   "and/or write registry.json.")
+    p = sub.add_parser(
+        "registry",
+        help="upsert the registry into PostgreSQL and/or JSON",
+        description="Upsert raw.grid_assets and raw.meters (needs psycopg), "
+        "and/or write registry.json.",
+    )
     _fleet_args(p)
     p.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://postgres@127.0.0.1/eiot")
     p.add_argument("--json", help="write the registry JSON to this path")
     p.set_defaults(func=cmd_registry)
 
-    p = sub.add_parser("seed", help="load the seed dataset's CSV, report per-row errors",
-                       description="Load the seed Kaggle CSV into wire readings + labels; "
-                                   "exit status 1 if any row is bad.")
+    p = sub.add_parser(
+        "seed",
+        help="load the seed dataset's CSV, report per-row errors",
+        description="Load the seed Kaggle CSV into wire readings + labels; "
+        "exit status 1 if any row is bad.",
+    )
     p.add_argument("path", help="the seed CSV file")
     p.add_argument("--meter-id", default="seed-0001", help="meter id to give its readings")
     p.add_argument("--out", help="write the readings as JSON lines to this path")
@@ -207,4 +288,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError, IndexError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-

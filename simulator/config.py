@@ -19,21 +19,21 @@ class ClassSpec:
     """One customer class: how much, when, and how it reacts to weather and credit."""
 
     name: str
-    share: float                        # share of the fleet's customer meters
-    daily_kwh: tuple[float, float]      # a meter's mean daily energy lies in this range
+    share: float  # share of the fleet's customer meters
+    daily_kwh: tuple[float, float]  # a meter's mean daily energy lies in this range
     evening_share: tuple[float, float]  # expected share of daily energy in the peak hours
-    weekday: tuple[float, ...]          # 24 hourly weights
+    weekday: tuple[float, ...]  # 24 hourly weights
     weekend_boost: tuple[int, int, float] = (9, 16, 1.0)  # hours [a, b) x factor on weekends
-    saturday_level: float = 1.0         # day energy relative to a weekday
-    sunday_level: float = 1.0           # also used on public holidays
-    noise_sigma: float = 0.25           # interval-to-interval lognormal noise
-    day_sigma: float = 0.15             # day-to-day lognormal level noise
-    cooling_share: float = 0.0          # share of energy that is cooling at the region's mean
+    saturday_level: float = 1.0  # day energy relative to a weekday
+    sunday_level: float = 1.0  # also used on public holidays
+    noise_sigma: float = 0.25  # interval-to-interval lognormal noise
+    day_sigma: float = 0.15  # day-to-day lognormal level noise
+    cooling_share: float = 0.0  # share of energy that is cooling at the region's mean
     cooling_hours: tuple[int, int] = (12, 24)  # hours when cooling runs (local)
     prepaid_share: float = 0.7
-    credit_gaps_per_day: float = 0.01   # chance a prepaid meter runs out of credit on a day
+    credit_gaps_per_day: float = 0.01  # chance a prepaid meter runs out of credit on a day
     credit_gap_median_h: float = 8.0
-    grid: bool = True                   # False: off-grid (solar home system), no transformer
+    grid: bool = True  # False: off-grid (solar home system), no transformer
     reports_voltage: bool = True
 
     def __post_init__(self) -> None:
@@ -52,8 +52,32 @@ LIFELINE = ClassSpec(
     share=0.33,
     daily_kwh=(0.2, 0.5),
     evening_share=(0.45, 0.75),
-    weekday=(0.25, 0.25, 0.25, 0.25, 0.25, 0.5, 0.8, 0.6, 0.3, 0.3, 0.3, 0.3,
-             0.3, 0.3, 0.3, 0.3, 0.3, 0.8, 2.2, 3.2, 3.2, 2.6, 1.4, 0.6),
+    weekday=(
+        0.25,
+        0.25,
+        0.25,
+        0.25,
+        0.25,
+        0.5,
+        0.8,
+        0.6,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.8,
+        2.2,
+        3.2,
+        3.2,
+        2.6,
+        1.4,
+        0.6,
+    ),
     weekend_boost=(9, 17, 1.3),
     noise_sigma=0.30,
     day_sigma=0.15,
@@ -67,8 +91,32 @@ URBAN = ClassSpec(
     share=0.45,
     daily_kwh=(3.0, 8.0),
     evening_share=(0.30, 0.50),
-    weekday=(0.55, 0.55, 0.55, 0.55, 0.55, 0.7, 1.1, 1.2, 0.9, 0.75, 0.75, 0.75,
-             0.75, 0.75, 0.75, 0.75, 0.85, 1.3, 2.0, 2.4, 2.3, 1.9, 1.3, 0.8),
+    weekday=(
+        0.55,
+        0.55,
+        0.55,
+        0.55,
+        0.55,
+        0.7,
+        1.1,
+        1.2,
+        0.9,
+        0.75,
+        0.75,
+        0.75,
+        0.75,
+        0.75,
+        0.75,
+        0.75,
+        0.85,
+        1.3,
+        2.0,
+        2.4,
+        2.3,
+        1.9,
+        1.3,
+        0.8,
+    ),
     weekend_boost=(9, 17, 1.3),
     saturday_level=1.05,
     sunday_level=1.05,
@@ -86,8 +134,32 @@ COMMERCIAL = ClassSpec(
     share=0.15,
     daily_kwh=(10.0, 60.0),
     evening_share=(0.12, 0.35),
-    weekday=(0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.6, 1.3, 1.8, 1.8, 1.8,
-             1.8, 1.8, 1.8, 1.8, 1.8, 1.6, 1.4, 1.2, 0.9, 0.6, 0.35, 0.35),
+    weekday=(
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.3,
+        0.6,
+        1.3,
+        1.8,
+        1.8,
+        1.8,
+        1.8,
+        1.8,
+        1.8,
+        1.8,
+        1.8,
+        1.6,
+        1.4,
+        1.2,
+        0.9,
+        0.6,
+        0.35,
+        0.35,
+    ),
     saturday_level=0.75,
     sunday_level=0.45,
     noise_sigma=0.18,
@@ -104,8 +176,32 @@ INDUSTRIAL = ClassSpec(
     share=0.03,
     daily_kwh=(80.0, 400.0),
     evening_share=(0.08, 0.30),
-    weekday=(0.35, 0.35, 0.35, 0.35, 0.35, 0.35, 0.8, 1.9, 1.9, 1.9, 1.9, 1.9,
-             1.5, 1.9, 1.9, 1.9, 1.9, 1.5, 0.9, 0.9, 0.9, 0.9, 0.45, 0.45),
+    weekday=(
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.8,
+        1.9,
+        1.9,
+        1.9,
+        1.9,
+        1.9,
+        1.5,
+        1.9,
+        1.9,
+        1.9,
+        1.9,
+        1.5,
+        0.9,
+        0.9,
+        0.9,
+        0.9,
+        0.45,
+        0.45,
+    ),
     saturday_level=0.6,
     sunday_level=0.3,
     noise_sigma=0.12,
@@ -122,8 +218,32 @@ SOLAR_HOME = ClassSpec(
     share=0.04,
     daily_kwh=(0.05, 0.3),
     evening_share=(0.50, 0.80),
-    weekday=(0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.4, 0.35, 0.35, 0.35, 0.35, 0.35,
-             0.35, 0.35, 0.35, 0.35, 0.35, 0.9, 2.6, 3.2, 3.0, 2.2, 1.0, 0.4),
+    weekday=(
+        0.15,
+        0.15,
+        0.15,
+        0.15,
+        0.15,
+        0.15,
+        0.4,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.35,
+        0.9,
+        2.6,
+        3.2,
+        3.0,
+        2.2,
+        1.0,
+        0.4,
+    ),
     noise_sigma=0.25,
     day_sigma=0.15,
     prepaid_share=1.0,
@@ -148,39 +268,49 @@ class RegionSpec:
     utc_offset_h: int
     temp_mean_c: float
     temp_season_amp_c: float
-    temp_peak_doy: int          # day of year of the warmest season
-    temp_diurnal_amp_c: float   # half the day-night swing
+    temp_peak_doy: int  # day of year of the warmest season
+    temp_diurnal_amp_c: float  # half the day-night swing
     humidity_mean_pct: float
     humidity_season_amp_pct: float
-    humidity_peak_doy: int      # wettest season
+    humidity_peak_doy: int  # wettest season
     wind_mean_ms: float
-    shedding: str               # "rotation" | "bands" | "none"
+    shedding: str  # "rotation" | "bands" | "none"
 
 
 # Rough climatological normals (see docs/simulator.md). Nigeria sheds by service bands, South
 # Africa by rotating stages, the others by rotating feeder cuts ("délestage").
 REGION_TEMPLATES: tuple[RegionSpec, ...] = (
-    RegionSpec("DKR", "Dakar", 14.69, -17.44, 0, 24.5, 3.5, 260, 3.5, 70, 10, 240, 4.5,
-               "rotation"),
+    RegionSpec("DKR", "Dakar", 14.69, -17.44, 0, 24.5, 3.5, 260, 3.5, 70, 10, 240, 4.5, "rotation"),
     RegionSpec("DLA", "Douala", 4.05, 9.70, 1, 26.5, 1.5, 50, 4.0, 83, 6, 220, 2.5, "rotation"),
-    RegionSpec("COO", "Cotonou", 6.37, 2.39, 1, 27.3, 1.5, 75, 4.0, 78, 6, 170, 3.5,
-               "rotation"),
+    RegionSpec("COO", "Cotonou", 6.37, 2.39, 1, 27.3, 1.5, 75, 4.0, 78, 6, 170, 3.5, "rotation"),
     RegionSpec("LOS", "Lagos", 6.52, 3.38, 1, 27.0, 1.5, 75, 4.5, 80, 6, 170, 3.0, "bands"),
     RegionSpec("KAN", "Kano", 12.00, 8.52, 1, 26.5, 5.0, 125, 7.0, 35, 25, 225, 3.0, "bands"),
-    RegionSpec("JNB", "Johannesburg", -26.20, 28.05, 2, 16.0, 5.0, 15, 7.0, 55, 15, 15, 3.5,
-               "rotation"),
+    RegionSpec(
+        "JNB", "Johannesburg", -26.20, 28.05, 2, 16.0, 5.0, 15, 7.0, 55, 15, 15, 3.5, "rotation"
+    ),
     RegionSpec("ACC", "Accra", 5.60, -0.19, 0, 27.0, 1.5, 75, 4.0, 78, 6, 170, 3.5, "rotation"),
-    RegionSpec("ABJ", "Abidjan", 5.36, -4.01, 0, 27.0, 1.5, 75, 4.0, 80, 6, 165, 3.0,
-               "rotation"),
-    RegionSpec("NBO", "Nairobi", -1.29, 36.82, 3, 19.0, 1.5, 60, 6.0, 65, 10, 110, 3.5,
-               "rotation"),
+    RegionSpec("ABJ", "Abidjan", 5.36, -4.01, 0, 27.0, 1.5, 75, 4.0, 80, 6, 165, 3.0, "rotation"),
+    RegionSpec("NBO", "Nairobi", -1.29, 36.82, 3, 19.0, 1.5, 60, 6.0, 65, 10, 110, 3.5, "rotation"),
 )
 
 THEFT_WEIGHTS: dict[str, float] = {
-    "h1": 1.0, "h2": 1.0, "h3": 1.0, "h4": 1.0, "h5": 1.0, "h6": 1.0,
-    "zero_report": 0.5, "cap": 0.7, "subtract": 0.7, "ramp": 0.7, "peak_shift": 0.5,
-    "swap": 0.5, "on_off": 0.5,
-    "bypass": 1.5, "tamper_magnetic": 0.7, "tamper_cover": 0.7, "register_rollback": 0.5,
+    "h1": 1.0,
+    "h2": 1.0,
+    "h3": 1.0,
+    "h4": 1.0,
+    "h5": 1.0,
+    "h6": 1.0,
+    "zero_report": 0.5,
+    "cap": 0.7,
+    "subtract": 0.7,
+    "ramp": 0.7,
+    "peak_shift": 0.5,
+    "swap": 0.5,
+    "on_off": 0.5,
+    "bypass": 1.5,
+    "tamper_magnetic": 0.7,
+    "tamper_cover": 0.7,
+    "register_rollback": 0.5,
 }
 FAULT_WEIGHTS: dict[str, float] = {"stuck": 1.0, "spike": 1.0, "tamper_only": 1.0}
 BAND_MIN_HOURS: dict[str, float] = {"A": 20.0, "B": 16.0, "C": 12.0, "D": 8.0, "E": 4.0}
@@ -191,30 +321,35 @@ class FleetConfig:
     """What to simulate. ``meters`` counts customer meters; transformer meters come on top."""
 
     meters: int = 1000
-    days: float = 7                     # may be fractional: 0.25 = the first 6 hours
-    start: str = "2026-03-01"           # UTC date; the first interval ends at start + interval
+    days: float = 7  # may be fractional: 0.25 = the first 6 hours
+    start: str = "2026-03-01"  # UTC date; the first interval ends at start + interval
     interval_s: int = 1800
     seed: int = 0
     gateways: int = 1
-    theft_share: float = 0.06           # share of grid customers that steal
-    fault_share: float = 0.01           # share of grid customers with a meter fault
-    regions: int = 4                    # the first N of REGION_TEMPLATES (or region_codes)
+    theft_share: float = 0.06  # share of grid customers that steal
+    fault_share: float = 0.01  # share of grid customers with a meter fault
+    regions: int = 4  # the first N of REGION_TEMPLATES (or region_codes)
     region_codes: tuple[str, ...] = ()  # pick templates by code instead
     classes: tuple[ClassSpec, ...] = DEFAULT_CLASSES
     customers_per_transformer: tuple[int, int] = (15, 80)
     transformers_per_feeder: tuple[int, int] = (4, 12)
     # Supply.
-    shedding: str = "auto"              # "auto" (per region) | "rotation" | "bands" | "none"
-    shedding_block_h: float = 2.0       # length of one rotating cut
-    shedding_groups: int = 16           # feeders rotate through this many groups
+    shedding: str = "auto"  # "auto" (per region) | "rotation" | "bands" | "none"
+    shedding_block_h: float = 2.0  # length of one rotating cut
+    shedding_groups: int = 16  # feeders rotate through this many groups
     stage_probs: tuple[float, ...] = (0.35, 0.15, 0.2, 0.15, 0.1, 0.05)  # stages 0..5
-    stage_persistence: float = 0.6      # chance the stage stays the same the next day
+    stage_persistence: float = 0.6  # chance the stage stays the same the next day
     band_mix: tuple[tuple[str, float], ...] = (
-        ("A", 0.2), ("B", 0.25), ("C", 0.25), ("D", 0.2), ("E", 0.1))
+        ("A", 0.2),
+        ("B", 0.25),
+        ("C", 0.25),
+        ("D", 0.2),
+        ("E", 0.1),
+    )
     feeder_faults_per_day: float = 0.04
     transformer_faults_per_day: float = 0.01
     fault_median_h: float = 2.5
-    cold_load_pickup: float = 0.3       # extra load in the first interval after restoration
+    cold_load_pickup: float = 0.3  # extra load in the first interval after restoration
     # Calendar. "MM-DD" recurs every year, "YYYY-MM-DD" is a single date.
     holidays: tuple[str, ...] = ("01-01", "05-01", "12-25")
     peak_hours: tuple[int, int] = (17, 22)
@@ -222,12 +357,12 @@ class FleetConfig:
     loss_base: tuple[float, float] = (0.02, 0.05)
     loss_slope: tuple[float, float] = (0.03, 0.07)
     loss_max: float = 0.15
-    unmetered_share: float = 0.03       # share of transformers with illegal direct hook-ups
+    unmetered_share: float = 0.03  # share of transformers with illegal direct hook-ups
     # Theft and faults.
     theft_weights: tuple[tuple[str, float], ...] = tuple(THEFT_WEIGHTS.items())
     fault_weights: tuple[tuple[str, float], ...] = tuple(FAULT_WEIGHTS.items())
-    theft_day_prob: float = 0.85        # chance a thief's day-level attack runs on a given day
-    onset_at_start: float = 0.5         # share of thieves already stealing on day 0
+    theft_day_prob: float = 0.85  # chance a thief's day-level attack runs on a given day
+    onset_at_start: float = 0.5  # share of thieves already stealing on day 0
 
     def __post_init__(self) -> None:
         if self.meters < 1:
@@ -240,8 +375,11 @@ class FleetConfig:
             raise ValueError("seed must be >= 0")
         if self.gateways < 1:
             raise ValueError("gateways must be >= 1")
-        for name, value in (("theft_share", self.theft_share), ("fault_share", self.fault_share),
-                            ("unmetered_share", self.unmetered_share)):
+        for name, value in (
+            ("theft_share", self.theft_share),
+            ("fault_share", self.fault_share),
+            ("unmetered_share", self.unmetered_share),
+        ):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.theft_share + self.fault_share > 1:

@@ -47,15 +47,14 @@ class ConsumptionModel:
     def __init__(self, cfg: FleetConfig, duty_ref: np.ndarray) -> None:
         self.cfg = cfg
         self.n_classes = len(cfg.classes)
-        self.weights = np.stack([class_weights(c) for c in cfg.classes])   # (C, 3, 24)
-        self.cool = np.stack([cooling_weights(c) for c in cfg.classes])     # (C, 24)
+        self.weights = np.stack([class_weights(c) for c in cfg.classes])  # (C, 3, 24)
+        self.cool = np.stack([cooling_weights(c) for c in cfg.classes])  # (C, 24)
         self.cooling_share = np.array([c.cooling_share for c in cfg.classes])
         self.noise_sigma = np.array([c.noise_sigma for c in cfg.classes])
         self.day_sigma = np.array([c.day_sigma for c in cfg.classes])
         self.duty_ref = duty_ref
         # Night length peaks at the winter solstice: late December north, late June south.
-        self.winter_doy = np.array([355.0 if r.latitude >= 0 else 172.0
-                                    for r in cfg.region_specs])
+        self.winter_doy = np.array([355.0 if r.latitude >= 0 else 172.0 for r in cfg.region_specs])
 
     def key(self, region: np.ndarray, klass: np.ndarray) -> np.ndarray:
         return region * self.n_classes + klass
@@ -66,14 +65,23 @@ class ConsumptionModel:
         dt_h = self.cfg.interval_s / 3600.0
         hour, daytype = local.hour, local.daytype
         season = 1.0 + LIGHTING_SEASON_AMP * np.cos(TWO_PI * (local.doy - self.winter_doy) / YEAR)
-        base = self.weights[:, daytype, hour] * (season * dt_h)[None]          # (C, T, R)
-        cool = self.cool[:, hour] * (duty / self.duty_ref * dt_h)[None]        # (C, T, R)
+        base = self.weights[:, daytype, hour] * (season * dt_h)[None]  # (C, T, R)
+        cool = self.cool[:, hour] * (duty / self.duty_ref * dt_h)[None]  # (C, T, R)
         n_t = hour.shape[0]
-        return (np.ascontiguousarray(base.transpose(1, 2, 0)).reshape(n_t, -1),
-                np.ascontiguousarray(cool.transpose(1, 2, 0)).reshape(n_t, -1))
+        return (
+            np.ascontiguousarray(base.transpose(1, 2, 0)).reshape(n_t, -1),
+            np.ascontiguousarray(cool.transpose(1, 2, 0)).reshape(n_t, -1),
+        )
 
-    def energy(self, gen: np.random.Generator, key: np.ndarray, klass: np.ndarray,
-               level: np.ndarray, base_tab: np.ndarray, cool_tab: np.ndarray) -> np.ndarray:
+    def energy(
+        self,
+        gen: np.random.Generator,
+        key: np.ndarray,
+        klass: np.ndarray,
+        level: np.ndarray,
+        base_tab: np.ndarray,
+        cool_tab: np.ndarray,
+    ) -> np.ndarray:
         """True energy (intervals, meters) before supply and credit cuts."""
         share = self.cooling_share[klass]
         sigma = self.noise_sigma[klass].astype(np.float32)

@@ -16,8 +16,9 @@ class CreditModel:
         self.cfg = cfg
         self.ipd = cfg.intervals_per_day
 
-    def day(self, day: int, gateway: int, p_start: np.ndarray,
-            median_intervals: np.ndarray) -> np.ndarray:
+    def day(
+        self, day: int, gateway: int, p_start: np.ndarray, median_intervals: np.ndarray
+    ) -> np.ndarray:
         """(intervals, meters) True while the meter has no credit. ``p_start`` is each meter's
         daily chance to run out (0 for postpaid meters)."""
         n = len(p_start)
@@ -32,5 +33,6 @@ class CreditModel:
             units.append(idx)
             starts.append(start[idx] + (d - day) * self.ipd)
             durations.append(np.clip(dur, 1, MAX_GAP_DAYS * self.ipd).astype(np.int64))
-        return episodes.mask(n, self.ipd, np.concatenate(units), np.concatenate(starts),
-                             np.concatenate(durations))
+        return episodes.mask(
+            n, self.ipd, np.concatenate(units), np.concatenate(starts), np.concatenate(durations)
+        )

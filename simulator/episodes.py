@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def mask(n_units: int, n_intervals: int, unit: np.ndarray, start: np.ndarray,
-         duration: np.ndarray) -> np.ndarray:
+def mask(
+    n_units: int, n_intervals: int, unit: np.ndarray, start: np.ndarray, duration: np.ndarray
+) -> np.ndarray:
     """True where some episode covers (interval, unit). Starts may be negative (episodes that
     began on an earlier day) and ends may run past the day: both are clipped."""
     out = np.zeros((n_intervals, n_units), dtype=bool)

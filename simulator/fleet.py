@@ -35,18 +35,18 @@ class _Static:
     """Per-gateway constants, gathered once."""
 
     index: int
-    meter_ids: np.ndarray      # customers then transformer meters
+    meter_ids: np.ndarray  # customers then transformer meters
     n_cust: int
     n_grid: int
     txs: np.ndarray
     key: np.ndarray
     klass: np.ndarray
     level: np.ndarray
-    region_all: np.ndarray     # region of every meter (customers then transformers)
-    ctx: np.ndarray            # local transformer column per customer (n_tx for off-grid)
-    supply_cols: np.ndarray    # ctx, then the transformers' own columns
-    vdrop_all: np.ndarray      # volts of drop at full utilisation (0 for transformer meters)
-    seg: np.ndarray            # reduceat offsets of each transformer's customers
+    region_all: np.ndarray  # region of every meter (customers then transformers)
+    ctx: np.ndarray  # local transformer column per customer (n_tx for off-grid)
+    supply_cols: np.ndarray  # ctx, then the transformers' own columns
+    vdrop_all: np.ndarray  # volts of drop at full utilisation (0 for transformer meters)
+    seg: np.ndarray  # reduceat offsets of each transformer's customers
     p_credit: np.ndarray
     credit_median: np.ndarray
     tx_feeder: np.ndarray
@@ -56,7 +56,7 @@ class _Static:
     tx_slope: np.ndarray
     tx_hook: np.ndarray
     tx_v0: np.ndarray
-    register0: np.ndarray      # customers then transformers
+    register0: np.ndarray  # customers then transformers
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,9 @@ class Fleet:
         (index,) = self._resolve(g)
         return [str(m) for m in self._static[index].meter_ids]
 
-    def chunks(self, gateway: int | str | None = None,
-               chunk_intervals: int = 48) -> Iterator[Chunk]:
+    def chunks(
+        self, gateway: int | str | None = None, chunk_intervals: int = 48
+    ) -> Iterator[Chunk]:
         """Readings in time order, ``chunk_intervals`` intervals (x all meters) at a time.
         ``gateway``: index (0-based) or id ("gw-01"); None for every meter."""
         if chunk_intervals < 1:
@@ -142,13 +143,17 @@ class Fleet:
         if pieces:
             yield Chunk.from_pieces(pieces, self.cfg.interval_s)
 
-    def arrays(self, gateway: int | str | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                 dict[str, np.ndarray]]:
+    def arrays(
+        self, gateway: int | str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """The whole simulation in memory as (meter_ids, ts, {field: (intervals, meters)}):
         for small fleets (tests, notebooks). Fields as in Chunk (label as codes)."""
-        ids = np.array(self.meter_ids_for_gateway(gateway) if gateway is not None
-                       else [m for g in self.gateway_ids for m in self.meter_ids_for_gateway(g)],
-                       dtype=object)
+        ids = np.array(
+            self.meter_ids_for_gateway(gateway)
+            if gateway is not None
+            else [m for g in self.gateway_ids for m in self.meter_ids_for_gateway(g)],
+            dtype=object,
+        )
         parts: dict[str, list[np.ndarray]] = {}
         stamps = []
         for chunk in self.chunks(gateway=gateway, chunk_intervals=self.grid.ipd):
@@ -186,12 +191,12 @@ class Fleet:
         gaps = np.array([c.credit_gaps_per_day for c in classes])[klass]
         median_h = np.array([c.credit_gap_median_h for c in classes])[klass]
         reg0_c = topo.cust_register0[cust]
-        reg0_x = (np.add.reduceat(reg0_c[:n_grid], seg) * 1.1 if len(txs)
-                  else np.zeros(0))
+        reg0_x = np.add.reduceat(reg0_c[:n_grid], seg) * 1.1 if len(txs) else np.zeros(0)
         return _Static(
             index=g,
-            meter_ids=np.concatenate([topo.cust_ids[cust],
-                                      np.array([topo.tx_meter_ids[x] for x in txs], object)]),
+            meter_ids=np.concatenate(
+                [topo.cust_ids[cust], np.array([topo.tx_meter_ids[x] for x in txs], object)]
+            ),
             n_cust=len(cust),
             n_grid=n_grid,
             txs=txs,
@@ -204,10 +209,16 @@ class Fleet:
             p_credit=np.where(topo.cust_prepaid[cust], gaps, 0.0),
             credit_median=median_h * ipd / 24.0,
             supply_cols=np.concatenate([ctx, np.arange(len(txs))]),
-            vdrop_all=np.concatenate([
-                np.where(np.array([c.reports_voltage for c in classes])[klass],
-                         topo.cust_vdrop[cust], np.nan),
-                np.zeros(len(txs))]),
+            vdrop_all=np.concatenate(
+                [
+                    np.where(
+                        np.array([c.reports_voltage for c in classes])[klass],
+                        topo.cust_vdrop[cust],
+                        np.nan,
+                    ),
+                    np.zeros(len(txs)),
+                ]
+            ),
             tx_feeder=topo.tx_feeder[txs],
             tx_region=topo.tx_region[txs],
             tx_kva=topo.tx_kva[txs],
@@ -229,12 +240,20 @@ class Fleet:
         else:
             prev = np.ones(len(self.topology.tx_ids), bool)
         hook_tab = self._hook_weights[local.hour]
-        return _Shared(local=local, weather=(temp, hum, wind), base_tab=base_tab,
-                       cool_tab=cool_tab, hook_tab=hook_tab, feeder_on=feeder_on, tx_on=tx_on,
-                       prev_tx_supply=prev)
+        return _Shared(
+            local=local,
+            weather=(temp, hum, wind),
+            base_tab=base_tab,
+            cool_tab=cool_tab,
+            hook_tab=hook_tab,
+            feeder_on=feeder_on,
+            tx_on=tx_on,
+            prev_tx_supply=prev,
+        )
 
-    def _day_block(self, day: int, g: int, sh: _Shared,
-                   registers: dict[int, np.ndarray]) -> DayBlock:
+    def _day_block(
+        self, day: int, g: int, sh: _Shared, registers: dict[int, np.ndarray]
+    ) -> DayBlock:
         cfg, st = self.cfg, self._static[g]
         ipd, n_c, n_x = self.grid.ipd, st.n_cust, len(st.txs)
         n = n_c + n_x
@@ -256,22 +275,25 @@ class Fleet:
         gen = rng.stream(cfg.seed, rng.CONSUMPTION, day, g)
         true = np.empty((ipd, n))
         true_c = true[:, :n_c]
-        true_c[...] = self.consumption.energy(gen, st.key, st.klass, st.level, sh.base_tab,
-                                              sh.cool_tab)
+        true_c[...] = self.consumption.energy(
+            gen, st.key, st.klass, st.level, sh.base_tab, sh.cool_tab
+        )
         true_c *= take(pickup, st.ctx, axis=1)
         true_c *= operating
         kwh = np.empty((ipd, n))
         kwh[:, :n_c] = true_c
         label = np.zeros((ipd, n), np.uint8)
         flags = np.zeros((ipd, n), np.uint16)
-        rollbacks = self.injector.apply(day, g, true_c, operating, sh.local.hour,
-                                        kwh[:, :n_c], label[:, :n_c], flags[:, :n_c])
+        rollbacks = self.injector.apply(
+            day, g, true_c, operating, sh.local.hour, kwh[:, :n_c], label[:, :n_c], flags[:, :n_c]
+        )
         flags[:, :n_c][no_credit] |= NO_CREDIT
         del no_credit, operating
 
         # Transformers: customers' true load + unmetered hook-ups + technical loss.
-        delivered = (np.add.reduceat(true[:, : st.n_grid], st.seg, axis=1) if n_x
-                     else np.zeros((ipd, 0)))
+        delivered = (
+            np.add.reduceat(true[:, : st.n_grid], st.seg, axis=1) if n_x else np.zeros((ipd, 0))
+        )
         gen_x = rng.stream(cfg.seed, rng.UNMETERED, day, g)
         hook_noise = np.exp(0.3 * gen_x.standard_normal((ipd, n_x)) - 0.045)
         hook = take(sh.hook_tab, st.tx_region, axis=1) * st.tx_hook * hook_noise * tx_sup
@@ -288,8 +310,9 @@ class Fleet:
         # Registers: cumulative, carried from day to day; a rollback subtracts from then on.
         register = np.cumsum(kwh, axis=0)
         register += registers[g]
-        for col, k, frac in zip(rollbacks[0].tolist(), rollbacks[1].tolist(),
-                                rollbacks[2].tolist(), strict=True):
+        for col, k, frac in zip(
+            rollbacks[0].tolist(), rollbacks[1].tolist(), rollbacks[2].tolist(), strict=True
+        ):
             register[k:, col] -= frac * register[k, col]
         registers[g] = register[-1].copy()
 

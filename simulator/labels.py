@@ -5,15 +5,28 @@ from __future__ import annotations
 import numpy as np
 
 # Bit i of ``Chunk.flags`` <-> FLAG_NAMES[i]. Names follow the wire's flag pattern.
-FLAG_NAMES: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "clock_reset",
-                               "no_credit")
+FLAG_NAMES: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "clock_reset", "no_credit")
 FLAG_BIT: dict[str, int] = {name: 1 << i for i, name in enumerate(FLAG_NAMES)}
 
 # Electricity theft (non-technical loss on purpose).
 THEFT_LABELS: tuple[str, ...] = (
-    "h1", "h2", "h3", "h4", "h5", "h6",                      # Jokar et al. 2016
-    "zero_report", "cap", "subtract", "ramp", "peak_shift", "swap", "on_off",  # Altamimi 2023
-    "bypass", "tamper_magnetic", "tamper_cover", "register_rollback",  # physical tampering
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",  # Jokar et al. 2016
+    "zero_report",
+    "cap",
+    "subtract",
+    "ramp",
+    "peak_shift",
+    "swap",
+    "on_off",  # Altamimi 2023
+    "bypass",
+    "tamper_magnetic",
+    "tamper_cover",
+    "register_rollback",  # physical tampering
 )
 # Meter faults and tamper alarms without a change in consumption: anomalies, not theft.
 FAULT_LABELS: tuple[str, ...] = ("stuck", "spike", "tamper_only")

@@ -16,6 +16,11 @@ def utilisation(delivered_kwh: np.ndarray, rated_kva: np.ndarray, interval_s: in
     return delivered_kwh / (interval_s / 3600.0) / (rated_kva * POWER_FACTOR)
 
 
-def technical_loss(delivered_kwh: np.ndarray, util: np.ndarray, base: np.ndarray,
-                   slope: np.ndarray, loss_max: float) -> np.ndarray:
+def technical_loss(
+    delivered_kwh: np.ndarray,
+    util: np.ndarray,
+    base: np.ndarray,
+    slope: np.ndarray,
+    loss_max: float,
+) -> np.ndarray:
     return delivered_kwh * np.minimum(base + slope * util, loss_max)

@@ -14,8 +14,10 @@ def _upsert_sql(table: str, keys: tuple[str, ...], pk: str) -> str:
     cols = ", ".join(keys)
     params = ", ".join(f"%({k})s" for k in keys)
     updates = ", ".join(f"{k} = excluded.{k}" for k in keys if k != pk)
-    return (f"insert into {table} ({cols}) values ({params}) "
-            f"on conflict ({pk}) do update set {updates}, updated_at = now()")
+    return (
+        f"insert into {table} ({cols}) values ({params}) "
+        f"on conflict ({pk}) do update set {updates}, updated_at = now()"
+    )
 
 
 ASSETS_SQL = _upsert_sql("raw.grid_assets", ASSET_KEYS, "asset_id")

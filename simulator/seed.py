@@ -36,7 +36,7 @@ DEFAULT_INTERVAL_S = 1800
 
 @dataclass
 class SeedLoad:
-    readings: list[dict[str, Any]] = field(default_factory=list)   # wire keys
+    readings: list[dict[str, Any]] = field(default_factory=list)  # wire keys
     labels: list[tuple[str, str, str]] = field(default_factory=list)  # (meter_id, ts, label)
     errors: list[tuple[int, str, str]] = field(default_factory=list)  # (line, message, raw)
     interval_s: int = DEFAULT_INTERVAL_S
@@ -60,8 +60,11 @@ def _number(text: str, column: str) -> float:
     return value
 
 
-def load_seed_csv(source: str | os.PathLike[str] | Iterable[str], meter_id: str = "seed-0001",
-                  interval_s: int | None = None) -> SeedLoad:
+def load_seed_csv(
+    source: str | os.PathLike[str] | Iterable[str],
+    meter_id: str = "seed-0001",
+    interval_s: int | None = None,
+) -> SeedLoad:
     """Read the seed CSV (a path, or an iterable of lines) into wire-shaped readings, labels
     and per-row errors."""
     if not ID_RE.match(meter_id):
@@ -83,24 +86,31 @@ def load_seed_csv(source: str | os.PathLike[str] | Iterable[str], meter_id: str 
             header = [v.strip() for v in values]
             missing = [c for c in REQUIRED if c not in header]
             if missing:
-                out.errors.append((line_no, f"header lacks column(s) {', '.join(missing)}; "
-                                            f"expected {', '.join(REQUIRED)}", text))
+                out.errors.append(
+                    (
+                        line_no,
+                        f"header lacks column(s) {', '.join(missing)}; "
+                        f"expected {', '.join(REQUIRED)}",
+                        text,
+                    )
+                )
                 return out
             continue
         if len(values) != len(header):
-            out.errors.append((line_no, f"expected {len(header)} fields, got {len(values)}",
-                               text))
+            out.errors.append((line_no, f"expected {len(header)} fields, got {len(values)}", text))
             continue
         rec = dict(zip(header, (v.strip() for v in values), strict=True))
         try:
             try:
                 start = datetime.strptime(rec["Timestamp"], TIMESTAMP_FORMAT).replace(tzinfo=UTC)
             except ValueError:
-                raise ValueError(f"Timestamp {rec['Timestamp']!r} is not "
-                                 "'YYYY-MM-DD HH:MM:SS'") from None
+                raise ValueError(
+                    f"Timestamp {rec['Timestamp']!r} is not 'YYYY-MM-DD HH:MM:SS'"
+                ) from None
             if start in seen:
-                raise ValueError(f"duplicate Timestamp {rec['Timestamp']!r} "
-                                 f"(first on line {seen[start]})")
+                raise ValueError(
+                    f"duplicate Timestamp {rec['Timestamp']!r} (first on line {seen[start]})"
+                )
             kwh = _number(rec["Electricity_Consumed"], "Electricity_Consumed")
             if kwh < 0:
                 raise ValueError(f"Electricity_Consumed {kwh} is negative")
@@ -128,16 +138,18 @@ def load_seed_csv(source: str | os.PathLike[str] | Iterable[str], meter_id: str 
     step = timedelta(seconds=out.interval_s)
     for _, start, reading, label in rows:
         ts = (start + step).strftime("%Y-%m-%dT%H:%M:%SZ")
-        out.readings.append({"meter_id": meter_id, "ts": ts, "interval_s": out.interval_s,
-                             **reading})
+        out.readings.append(
+            {"meter_id": meter_id, "ts": ts, "interval_s": out.interval_s, **reading}
+        )
         out.labels.append((meter_id, ts, label))
     return out
 
 
 def _infer_interval(starts: list[datetime]) -> int:
     ordered = sorted(starts)
-    steps = Counter(int((b - a).total_seconds()) for a, b in zip(ordered, ordered[1:],
-                                                                  strict=False))
+    steps = Counter(
+        int((b - a).total_seconds()) for a, b in zip(ordered, ordered[1:], strict=False)
+    )
     steps.pop(0, None)
     if not steps:
         return DEFAULT_INTERVAL_S

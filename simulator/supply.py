@@ -99,5 +99,10 @@ class SupplyModel:
             units.append(unit)
             starts.append(start)
             durations.append(dur)
-        return episodes.mask(n_units, self.ipd, np.concatenate(units), np.concatenate(starts),
-                             np.concatenate(durations))
+        return episodes.mask(
+            n_units,
+            self.ipd,
+            np.concatenate(units),
+            np.concatenate(starts),
+            np.concatenate(durations),
+        )

@@ -16,20 +16,34 @@ from .config import FleetConfig
 from .labels import FLAG_BIT, LABEL_CODE, LABEL_NAMES
 from .topology import Topology
 
-DAY_LEVEL = frozenset({"h1", "h2", "h3", "h4", "h5", "h6", "zero_report", "cap", "subtract",
-                       "swap", "on_off", "peak_shift"})
+DAY_LEVEL = frozenset(
+    {
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "zero_report",
+        "cap",
+        "subtract",
+        "swap",
+        "on_off",
+        "peak_shift",
+    }
+)
 
 
 @dataclass
 class TheftPlan:
-    code: np.ndarray        # uint8 label code per customer, 0 = honest
-    onset_day: np.ndarray   # int64
-    onset_k: np.ndarray     # int64 interval of the onset day
-    p1: np.ndarray          # float64, meaning per type (see _params)
+    code: np.ndarray  # uint8 label code per customer, 0 = honest
+    onset_day: np.ndarray  # int64
+    onset_k: np.ndarray  # int64 interval of the onset day
+    p1: np.ndarray  # float64, meaning per type (see _params)
     p2: np.ndarray
     p3: np.ndarray
-    donor: np.ndarray       # int64 customer index (swap), -1 otherwise
-    flag: np.ndarray        # uint16 flag bit raised by the type (bypass, rollback, tamper_only)
+    donor: np.ndarray  # int64 customer index (swap), -1 otherwise
+    flag: np.ndarray  # uint16 flag bit raised by the type (bypass, rollback, tamper_only)
 
     def describe(self, i: int) -> dict[str, float | int | str]:
         """The static parameters of customer i's attack, for the ground-truth file."""
@@ -46,10 +60,16 @@ class TheftPlan:
 
 
 PARAM_NAMES: dict[str, tuple[str, ...]] = {
-    "cap": ("a",), "subtract": ("c_kwh",), "ramp": ("r_max", "length_intervals"),
-    "peak_shift": ("keep",), "on_off": ("p_on",), "bypass": ("keep", "start_hour", "hours"),
-    "tamper_magnetic": ("keep",), "tamper_cover": ("keep",),
-    "register_rollback": ("fraction", "period_days"), "stuck": ("value_kwh", "days"),
+    "cap": ("a",),
+    "subtract": ("c_kwh",),
+    "ramp": ("r_max", "length_intervals"),
+    "peak_shift": ("keep",),
+    "on_off": ("p_on",),
+    "bypass": ("keep", "start_hour", "hours"),
+    "tamper_magnetic": ("keep",),
+    "tamper_cover": ("keep",),
+    "register_rollback": ("fraction", "period_days"),
+    "stuck": ("value_kwh", "days"),
 }
 
 
@@ -62,8 +82,10 @@ def make_plan(cfg: FleetConfig, topo: Topology) -> TheftPlan:
     order = gen.permutation(n_grid)  # only grid customers steal / have modelled faults
     n_theft = int(round(cfg.theft_share * n_grid))
     n_fault = min(int(round(cfg.fault_share * n_grid)), n_grid - n_theft)
-    for picked, weights in ((order[:n_theft], cfg.theft_weights),
-                            (order[n_theft:n_theft + n_fault], cfg.fault_weights)):
+    for picked, weights in (
+        (order[:n_theft], cfg.theft_weights),
+        (order[n_theft : n_theft + n_fault], cfg.fault_weights),
+    ):
         names = [k for k, w in weights if w > 0]
         w = np.array([w for _, w in weights if w > 0], np.float64)
         if not len(picked) or not len(names):
@@ -84,8 +106,9 @@ def make_plan(cfg: FleetConfig, topo: Topology) -> TheftPlan:
     p3 = np.zeros(n)
     flag = np.zeros(n, np.uint16)
 
-    def set_(name: str, a: np.ndarray, b: np.ndarray | None = None,
-             c: np.ndarray | None = None) -> None:
+    def set_(
+        name: str, a: np.ndarray, b: np.ndarray | None = None, c: np.ndarray | None = None
+    ) -> None:
         sel = code == LABEL_CODE[name]
         p1[sel] = a[sel]
         if b is not None:
@@ -113,8 +136,9 @@ def make_plan(cfg: FleetConfig, topo: Topology) -> TheftPlan:
     flag[sel] = np.where(u3[sel] < 0.5, FLAG_BIT["cover_open"], FLAG_BIT["magnetic"])
 
     donor = _pick_donors(np.flatnonzero(code == LABEL_CODE["swap"]), topo, gen)
-    return TheftPlan(code=code, onset_day=onset_day, onset_k=onset_k, p1=p1, p2=p2, p3=p3,
-                     donor=donor, flag=flag)
+    return TheftPlan(
+        code=code, onset_day=onset_day, onset_k=onset_k, p1=p1, p2=p2, p3=p3, donor=donor, flag=flag
+    )
 
 
 def _pick_donors(thieves: np.ndarray, topo: Topology, gen: np.random.Generator) -> np.ndarray:
@@ -139,8 +163,8 @@ def _pick_donors(thieves: np.ndarray, topo: Topology, gen: np.random.Generator) 
 @dataclass(frozen=True)
 class _Group:
     code: int
-    cols: np.ndarray       # columns of the gateway's customer block
-    idx: np.ndarray        # global customer indices
+    cols: np.ndarray  # columns of the gateway's customer block
+    idx: np.ndarray  # global customer indices
     region: np.ndarray
     donor_cols: np.ndarray
 
@@ -164,14 +188,24 @@ class TheftInjector:
             for code in np.unique(codes[codes > 0]):
                 cols = np.flatnonzero(codes == code)
                 idx = gw.customers[cols]
-                donor_cols = np.array([col_of.get(int(plan.donor[i]), c)
-                                       for i, c in zip(idx, cols, strict=True)], np.int64)
+                donor_cols = np.array(
+                    [col_of.get(int(plan.donor[i]), c) for i, c in zip(idx, cols, strict=True)],
+                    np.int64,
+                )
                 groups.append(_Group(int(code), cols, idx, topo.cust_region[idx], donor_cols))
             self.groups.append(groups)
 
-    def apply(self, day: int, gateway: int, true: np.ndarray, operating: np.ndarray,
-              hour: np.ndarray, reported: np.ndarray, label: np.ndarray, flags: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def apply(
+        self,
+        day: int,
+        gateway: int,
+        true: np.ndarray,
+        operating: np.ndarray,
+        hour: np.ndarray,
+        reported: np.ndarray,
+        label: np.ndarray,
+        flags: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Overwrite the attacked columns of ``reported`` (a copy of ``true``), set ``label``
         and ``flags`` there. All are (T, N) for the gateway's customers; ``hour`` is the local
         hour (T, regions). Returns the register rollbacks: (columns, intervals, fractions)."""
@@ -254,9 +288,17 @@ class TheftInjector:
                 flags[:, grp.cols] |= np.where(flag_mask, bits, 0).astype(np.uint16)
         return _cat(rb_cols), _cat(rb_k), _cat(rb_frac)
 
-    def _day_level(self, name: str, x: np.ndarray, grp: _Group, true: np.ndarray,
-                   draws: np.ndarray, start: np.ndarray, factor: np.ndarray,
-                   hour: np.ndarray) -> np.ndarray:
+    def _day_level(
+        self,
+        name: str,
+        x: np.ndarray,
+        grp: _Group,
+        true: np.ndarray,
+        draws: np.ndarray,
+        start: np.ndarray,
+        factor: np.ndarray,
+        hour: np.ndarray,
+    ) -> np.ndarray:
         plan, ipd, i = self.plan, self.ipd, grp.idx
         if name == "h1":
             return attacks.h1(x, 0.1 + 0.7 * factor)
@@ -293,7 +335,8 @@ class TheftInjector:
 
 def _default_flag(name: str) -> int:
     return {"tamper_magnetic": FLAG_BIT["magnetic"], "tamper_cover": FLAG_BIT["cover_open"]}.get(
-        name, 0)
+        name, 0
+    )
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

@@ -22,9 +22,9 @@ class LocalDay:
     """One UTC day block seen from every region: arrays of shape (intervals, regions)."""
 
     local_start_s: np.ndarray  # int64 local seconds since epoch at each interval start
-    hour: np.ndarray           # int64 0..23
-    daytype: np.ndarray        # int8 WEEKDAY / SATURDAY / SUNDAY
-    doy: np.ndarray            # float64 day of year (1..366) with fraction
+    hour: np.ndarray  # int64 0..23
+    daytype: np.ndarray  # int8 WEEKDAY / SATURDAY / SUNDAY
+    doy: np.ndarray  # float64 day of year (1..366) with fraction
 
 
 class TimeGrid:
@@ -67,8 +67,11 @@ class TimeGrid:
         for value in np.unique(local_day):
             d = EPOCH + timedelta(days=int(value))
             weekday = d.weekday()
-            kind = SUNDAY if weekday == 6 or self.is_holiday(d) else (
-                SATURDAY if weekday == 5 else WEEKDAY)
+            kind = (
+                SUNDAY
+                if weekday == 6 or self.is_holiday(d)
+                else (SATURDAY if weekday == 5 else WEEKDAY)
+            )
             sel = local_day == value
             daytype[sel] = kind
             doy[sel] = d.timetuple().tm_yday

@@ -13,8 +13,9 @@ import numpy as np
 from . import rng
 from .config import BAND_MIN_HOURS, FleetConfig
 
-STANDARD_KVA = np.array([25, 50, 100, 160, 250, 315, 400, 500, 630, 800, 1000, 1250, 1600,
-                         2000, 2500], dtype=np.float64)
+STANDARD_KVA = np.array(
+    [25, 50, 100, 160, 250, 315, 400, 500, 630, 800, 1000, 1250, 1600, 2000, 2500], dtype=np.float64
+)
 SCHEME_NONE, SCHEME_ROTATION, SCHEME_BANDS = 0, 1, 2
 SCHEMES = {"none": SCHEME_NONE, "rotation": SCHEME_ROTATION, "bands": SCHEME_BANDS}
 POWER_FACTOR = 0.9
@@ -25,8 +26,8 @@ class GatewaySlice:
     """Which customers and transformers a gateway reads (global indices)."""
 
     gateway_id: str
-    customers: np.ndarray     # int64: grid customers (by transformer) then off-grid ones
-    n_grid: int               # the first n_grid of ``customers`` hang off ``transformers``
+    customers: np.ndarray  # int64: grid customers (by transformer) then off-grid ones
+    n_grid: int  # the first n_grid of ``customers`` hang off ``transformers``
     transformers: np.ndarray  # int64, consecutive
 
 
@@ -48,8 +49,8 @@ class Topology:
     tx_meter_ids: list[str]
     tx_feeder: np.ndarray
     tx_region: np.ndarray
-    tx_first: np.ndarray       # index of the transformer's first customer
-    tx_count: np.ndarray       # its number of customers
+    tx_first: np.ndarray  # index of the transformer's first customer
+    tx_count: np.ndarray  # its number of customers
     tx_kva: np.ndarray
     tx_loss_base: np.ndarray
     tx_loss_slope: np.ndarray
@@ -57,16 +58,16 @@ class Topology:
     tx_v0: np.ndarray
     tx_lat: np.ndarray
     tx_lon: np.ndarray
-    cust_ids: np.ndarray       # object (str)
-    cust_class: np.ndarray     # int64 index into cfg.classes
-    cust_tx: np.ndarray        # -1 off-grid
-    cust_feeder: np.ndarray    # -1 off-grid
+    cust_ids: np.ndarray  # object (str)
+    cust_class: np.ndarray  # int64 index into cfg.classes
+    cust_tx: np.ndarray  # -1 off-grid
+    cust_feeder: np.ndarray  # -1 off-grid
     cust_region: np.ndarray
     cust_prepaid: np.ndarray
-    cust_level: np.ndarray     # kWh/day
+    cust_level: np.ndarray  # kWh/day
     cust_register0: np.ndarray
     cust_age_days: np.ndarray
-    cust_vdrop: np.ndarray     # volts of drop at full transformer utilisation
+    cust_vdrop: np.ndarray  # volts of drop at full transformer utilisation
     cust_lat: np.ndarray
     cust_lon: np.ndarray
     cust_gateway: np.ndarray
@@ -145,10 +146,12 @@ def build(cfg: FleetConfig) -> Topology:
     band_names = [b for b, _ in cfg.band_mix]
     band_p = np.array([p for _, p in cfg.band_mix], np.float64)
     band_idx = gen.choice(len(band_names), size=n_feeders, p=band_p / band_p.sum())
-    feeder_band = [band_names[i] if feeder_scheme[f] == SCHEME_BANDS else ""
-                   for f, i in enumerate(band_idx)]
+    feeder_band = [
+        band_names[i] if feeder_scheme[f] == SCHEME_BANDS else "" for f, i in enumerate(band_idx)
+    ]
     feeder_band_min_h = np.array(
-        [BAND_MIN_HOURS[b] if b else 24.0 for b in feeder_band], np.float64)
+        [BAND_MIN_HOURS[b] if b else 24.0 for b in feeder_band], np.float64
+    )
 
     # Customer properties.
     lo = np.array([c.daily_kwh[0] for c in classes])[cust_class]
@@ -170,8 +173,9 @@ def build(cfg: FleetConfig) -> Topology:
         tx_peak_kw = tx_level = np.zeros(0)
     target_util = gen.uniform(0.45, 1.05, n_tx)
     need_kva = tx_peak_kw / POWER_FACTOR / target_util
-    tx_kva = STANDARD_KVA[np.minimum(np.searchsorted(STANDARD_KVA, need_kva),
-                                     len(STANDARD_KVA) - 1)]
+    tx_kva = STANDARD_KVA[
+        np.minimum(np.searchsorted(STANDARD_KVA, need_kva), len(STANDARD_KVA) - 1)
+    ]
     tx_loss_base = gen.uniform(*cfg.loss_base, n_tx)
     tx_loss_slope = gen.uniform(*cfg.loss_slope, n_tx)
     tx_unmetered = np.zeros(n_tx)
@@ -243,8 +247,9 @@ def build(cfg: FleetConfig) -> Topology:
     )
 
 
-def _split_gateways(n_gw: int, tx_first: np.ndarray, tx_count: np.ndarray, n_grid: int,
-                    n_cust: int) -> list[GatewaySlice]:
+def _split_gateways(
+    n_gw: int, tx_first: np.ndarray, tx_count: np.ndarray, n_grid: int, n_cust: int
+) -> list[GatewaySlice]:
     """Contiguous runs of transformers with about equal customer counts; off-grid meters split
     evenly. Every gateway must get at least one meter."""
     n_tx = len(tx_count)
@@ -268,8 +273,14 @@ def _split_gateways(n_gw: int, tx_first: np.ndarray, tx_count: np.ndarray, n_gri
         if len(grid) + len(off) == 0:
             raise ValueError(
                 f"gateway {g + 1} of {n_gw} would have no meters: use fewer gateways "
-                f"(this fleet has {n_tx} transformers)")
-        slices.append(GatewaySlice(gateway_id=f"gw-{g + 1:02d}",
-                                   customers=np.concatenate([grid, off]),
-                                   n_grid=len(grid), transformers=txs.astype(np.int64)))
+                f"(this fleet has {n_tx} transformers)"
+            )
+        slices.append(
+            GatewaySlice(
+                gateway_id=f"gw-{g + 1:02d}",
+                customers=np.concatenate([grid, off]),
+                n_grid=len(grid),
+                transformers=txs.astype(np.int64),
+            )
+        )
     return slices

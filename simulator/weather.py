@@ -56,8 +56,7 @@ class Weather:
     def _climate(self, doy: np.ndarray, hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         diurnal = self._td * np.cos(TWO_PI * (hour - 15.0) / 24.0)
         temp = self._tm + self._ts * np.cos(TWO_PI * (doy - self._tp) / YEAR) + diurnal
-        hum = (self._hm + self._hs * np.cos(TWO_PI * (doy - self._hp) / YEAR)
-               - 2.5 * diurnal)
+        hum = self._hm + self._hs * np.cos(TWO_PI * (doy - self._hp) / YEAR) - 2.5 * diurnal
         return temp, hum
 
     def day(self, day: int, local: LocalDay) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,19 +64,29 @@ class Weather:
         half = self.grid.interval_s / 2.0
         hour = ((local.local_start_s % 86400) + half) / 3600.0
         # Position in anomaly days: index 1 is local noon of day block 0.
-        pos = (local.local_start_s + half - self.grid.start_epoch
-               - self.grid.offsets_s[None, :] - 43200.0) / 86400.0 + 1.0
+        pos = (
+            local.local_start_s
+            + half
+            - self.grid.start_epoch
+            - self.grid.offsets_s[None, :]
+            - 43200.0
+        ) / 86400.0 + 1.0
         pos = np.clip(pos, 0.0, self._anom.shape[0] - 1.000001)
         i0 = np.floor(pos).astype(np.int64)
         frac = pos - i0
         cols = np.arange(pos.shape[1])[None, :]
-        a = self._anom[i0, :, cols] * (1 - frac)[..., None] + self._anom[i0 + 1, :, cols] * \
-            frac[..., None]
+        a = (
+            self._anom[i0, :, cols] * (1 - frac)[..., None]
+            + self._anom[i0 + 1, :, cols] * frac[..., None]
+        )
         gen = rng.stream(self.cfg.seed, rng.WEATHER, day + 1)
         noise = gen.standard_normal((3, *pos.shape))
         temp, hum = self._climate(local.doy, hour)
         temp = temp + a[..., 0] + 0.3 * noise[0]
         hum = np.clip(hum + a[..., 1] + 2.0 * noise[1], 5.0, 100.0)
-        wind = (self._wm * (1.0 + 0.35 * np.cos(TWO_PI * (hour - 14.0) / 24.0))
-                * np.exp(a[..., 2] + 0.15 * noise[2] - 0.5 * 0.25**2))
+        wind = (
+            self._wm
+            * (1.0 + 0.35 * np.cos(TWO_PI * (hour - 14.0) / 24.0))
+            * np.exp(a[..., 2] + 0.15 * noise[2] - 0.5 * 0.25**2)
+        )
         return np.round(temp, 2), np.round(hum, 1), np.round(np.maximum(wind, 0.0), 2)

@@ -20,8 +20,19 @@ from .chunk import Chunk
 from .fleet import Fleet
 from .labels import FLAG_NAMES, THEFT_LABELS, category
 
-READING_COLUMNS = ("meter_id", "ts", "interval_s", "kwh", "register_kwh", "voltage_v",
-                   "temperature_c", "humidity_pct", "wind_ms", "supply", "flags")
+READING_COLUMNS = (
+    "meter_id",
+    "ts",
+    "interval_s",
+    "kwh",
+    "register_kwh",
+    "voltage_v",
+    "temperature_c",
+    "humidity_pct",
+    "wind_ms",
+    "supply",
+    "flags",
+)
 TRUTH_COLUMNS = ("true_kwh", "label")
 LABEL_COLUMNS = ("meter_id", "ts", "label", "category")
 FLAG_SEPARATOR = ";"  # CSV: flags joined; Parquet: list<string>
@@ -32,8 +43,10 @@ Progress = Callable[[int, int], None]  # (rows written, intervals done)
 def _iso(ts: np.ndarray) -> np.ndarray:
     """Epoch seconds -> 'YYYY-MM-DDTHH:MM:SSZ' (object array), computed once per distinct ts."""
     uniq, inv = np.unique(ts, return_inverse=True)
-    text = np.array([datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                     for t in uniq], dtype=object)
+    text = np.array(
+        [datetime.fromtimestamp(int(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in uniq],
+        dtype=object,
+    )
     return text[inv]
 
 
@@ -85,6 +98,7 @@ class ReadingsWriter:
         self._pa: Any = None
         try:
             import pyarrow  # noqa: F401
+
             self._pa = True
         except ImportError:
             if "parquet" in self.formats:
@@ -125,14 +139,14 @@ class ReadingsWriter:
                 self._csv_file = open(self.out_dir / "readings.csv", "wb")
                 self._csv_file.write((",".join(cols) + "\n").encode())
                 self._csv_writer = pacsv.CSVWriter(
-                    self._csv_file, table.schema,
-                    write_options=pacsv.WriteOptions(include_header=False,
-                                                     quoting_style="none"))
+                    self._csv_file,
+                    table.schema,
+                    write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
+                )
             self._csv_writer.write_table(table)
             return
         if self._csv_writer is None:
-            self._csv_file = open(self.out_dir / "readings.csv", "w", newline="",
-                                  encoding="utf-8")
+            self._csv_file = open(self.out_dir / "readings.csv", "w", newline="", encoding="utf-8")
             self._csv_writer = csv.writer(self._csv_file)
             self._csv_writer.writerow(list(cols))
         lists = [c.tolist() for c in cols.values()]
@@ -150,8 +164,9 @@ class ReadingsWriter:
         arrays["flags"] = pa.array(names, type=pa.list_(pa.string())).take(pa.array(inv))
         table = pa.table(arrays)
         if self._pq_writer is None:
-            self._pq_writer = pq.ParquetWriter(str(self.out_dir / "readings.parquet"),
-                                               table.schema, compression="zstd")
+            self._pq_writer = pq.ParquetWriter(
+                str(self.out_dir / "readings.parquet"), table.schema, compression="zstd"
+            )
         self._pq_writer.write_table(table)
 
     def close(self) -> None:
@@ -189,9 +204,15 @@ def write_registry_json(fleet: Fleet, path: Path) -> None:
         json.dump(registry_document(fleet), fh, indent=1)
 
 
-def write_fleet(fleet: Fleet, out_dir: Path, formats: Iterable[str] = ("csv",),
-                gateway: int | str | None = None, chunk_intervals: int = 48,
-                truth: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+def write_fleet(
+    fleet: Fleet,
+    out_dir: Path,
+    formats: Iterable[str] = ("csv",),
+    gateway: int | str | None = None,
+    chunk_intervals: int = 48,
+    truth: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Write readings, labels and registry.json; return a summary."""
     out_dir = Path(out_dir)
     write_registry_json(fleet, out_dir / "registry.json")

@@ -76,7 +76,7 @@ def test_round_trip_is_lossless(sample: list[tuple]) -> None:  # type: ignore[ty
 def test_v2_is_smaller_than_v1() -> None:
     rows_ = [
         (
-            "SN%04d" % m,
+            f"SN{m:04d}",
             T0 + 1800 * (k + 1),
             1800,
             round(0.05 + 0.001 * ((m * k) % 97), 3),

@@ -102,7 +102,12 @@ def test_scale_where_stuck_and_spike() -> None:
 def test_functions_do_not_modify_their_input(name: str) -> None:
     x = X2.copy()
     fn = getattr(attacks, name)
-    arg = {"h1": (0.5,), "h3": (np.full((8, 2), 0.5),), "h4": (np.full((8, 2), 0.5),),
-           "cap": (0.5,), "subtract": (1.0,)}.get(name, ())
+    arg = {
+        "h1": (0.5,),
+        "h3": (np.full((8, 2), 0.5),),
+        "h4": (np.full((8, 2), 0.5),),
+        "cap": (0.5,),
+        "subtract": (1.0,),
+    }.get(name, ())
     fn(x, *arg)
     assert np.array_equal(x, X2)

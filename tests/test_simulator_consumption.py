@@ -8,9 +8,18 @@ import pytest
 from simulator import Fleet, FleetConfig
 from simulator.timegrid import SUNDAY, WEEKDAY
 
-CFG = FleetConfig(meters=2500, days=14, gateways=2, seed=21, theft_share=0.0, fault_share=0.0,
-                  shedding="none", feeder_faults_per_day=0.0, transformer_faults_per_day=0.0,
-                  start="2026-03-02")
+CFG = FleetConfig(
+    meters=2500,
+    days=14,
+    gateways=2,
+    seed=21,
+    theft_share=0.0,
+    fault_share=0.0,
+    shedding="none",
+    feeder_faults_per_day=0.0,
+    transformer_faults_per_day=0.0,
+    start="2026-03-02",
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +79,11 @@ def test_weekends_differ_from_weekdays_as_configured(fleet_data) -> None:
     kinds = np.array([fleet.grid.local(d).daytype[0, 0] for d in range(days)])
     assert (kinds == SUNDAY).sum() >= 2 and (kinds == WEEKDAY).sum() >= 8
     dakar = np.array([meters[m]["region"] == "REG-DKR" for m in ids])
-    for name, expect_lower in (("commercial", True), ("industrial_small", True),
-                               ("residential_urban", False)):
+    for name, expect_lower in (
+        ("commercial", True),
+        ("industrial_small", True),
+        ("residential_urban", False),
+    ):
         cols = _class_columns(ids, meters, name) & dakar
         daily = a["true_kwh"][:, cols].reshape(days, ipd, -1).sum(axis=(1, 2))
         ratio = daily[kinds == SUNDAY].mean() / daily[kinds == WEEKDAY].mean()
@@ -100,7 +112,11 @@ def test_transformer_meters_read_more_than_their_customers(fleet_data) -> None:
     fleet, ids, ts, a, meters = fleet_data
     tx = np.array([m.startswith("TX-") for m in ids])
     total_tx = a["kwh"][:, tx].sum()
-    grid_cust = np.array([meters[m]["meter_role"] == "customer"
-                          and meters[m]["transformer_id"] is not None for m in ids])
+    grid_cust = np.array(
+        [
+            meters[m]["meter_role"] == "customer" and meters[m]["transformer_id"] is not None
+            for m in ids
+        ]
+    )
     total_cust = a["kwh"][:, grid_cust].sum()
     assert 1.02 < total_tx / total_cust < 1.2

@@ -25,8 +25,12 @@ from simulator.chunk import BLOCK_FIELDS
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NAMES = np.array(LABEL_NAMES, dtype=object)
-TAMPER_BITS = (FLAG_BIT["cover_open"] | FLAG_BIT["magnetic"] | FLAG_BIT["reverse_flow"]
-               | FLAG_BIT["clock_reset"])
+TAMPER_BITS = (
+    FLAG_BIT["cover_open"]
+    | FLAG_BIT["magnetic"]
+    | FLAG_BIT["reverse_flow"]
+    | FLAG_BIT["clock_reset"]
+)
 
 
 def _concat(chunks: list) -> dict[str, np.ndarray]:
@@ -43,8 +47,9 @@ SMALL = FleetConfig(meters=400, days=2, gateways=2, seed=11, theft_share=0.3)
 
 @pytest.fixture(scope="module")
 def theft() -> tuple[Fleet, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    fleet = Fleet(FleetConfig(meters=1200, days=4, gateways=3, seed=3, theft_share=0.4,
-                              fault_share=0.1))
+    fleet = Fleet(
+        FleetConfig(meters=1200, days=4, gateways=3, seed=3, theft_share=0.4, fault_share=0.1)
+    )
     ids, ts, arrays = fleet.arrays()
     return fleet, ids, ts, arrays
 
@@ -114,8 +119,9 @@ def test_gateways_partition_meters_and_keep_transformers_with_their_customers() 
     all_ids = [m["meter_id"] for m in reg.meters]
     assert len(all_ids) == len(set(all_ids)) == sum(len(s) for s in by_gw.values())
     assert set().union(*by_gw.values()) == set(all_ids)
-    gw_of_tx = {m["transformer_id"]: m["gateway_id"] for m in reg.meters
-                if m["meter_role"] == "transformer"}
+    gw_of_tx = {
+        m["transformer_id"]: m["gateway_id"] for m in reg.meters if m["meter_role"] == "transformer"
+    }
     for m in reg.meters:
         if m["transformer_id"]:
             assert m["gateway_id"] == gw_of_tx[m["transformer_id"]]
@@ -130,21 +136,39 @@ def test_gateways_partition_meters_and_keep_transformers_with_their_customers() 
 def test_registry_rows_match_the_sql_columns_and_reference_existing_assets() -> None:
     fleet = Fleet(FleetConfig(meters=700, days=1, gateways=2, seed=9))
     reg = fleet.registry()
-    meter_keys = {"meter_id", "meter_role", "customer_class", "tariff", "transformer_id",
-                  "feeder_id", "region", "latitude", "longitude", "gateway_id", "installed_at"}
-    asset_keys = {"asset_id", "asset_type", "parent_id", "name", "rated_kva", "latitude",
-                  "longitude"}
+    meter_keys = {
+        "meter_id",
+        "meter_role",
+        "customer_class",
+        "tariff",
+        "transformer_id",
+        "feeder_id",
+        "region",
+        "latitude",
+        "longitude",
+        "gateway_id",
+        "installed_at",
+    }
+    asset_keys = {
+        "asset_id",
+        "asset_type",
+        "parent_id",
+        "name",
+        "rated_kva",
+        "latitude",
+        "longitude",
+    }
     seen: dict[str, str] = {}
     for a in reg.assets:
         assert set(a) == asset_keys and ID_RE.match(a["asset_id"])
         assert a["parent_id"] is None or a["parent_id"] in seen  # parents come first
         seen[a["asset_id"]] = a["asset_type"]
     assert [a["asset_type"] for a in reg.assets] == sorted(
-        (a["asset_type"] for a in reg.assets), key=["region", "feeder", "transformer"].index)
+        (a["asset_type"] for a in reg.assets), key=["region", "feeder", "transformer"].index
+    )
     roles = defaultdict(int)
     for m in reg.meters:
-        assert set(m) == meter_keys and ID_RE.match(m["meter_id"]) and ID_RE.match(
-            m["gateway_id"])
+        assert set(m) == meter_keys and ID_RE.match(m["meter_id"]) and ID_RE.match(m["gateway_id"])
         roles[m["meter_role"]] += 1
         if m["meter_role"] == "transformer":
             assert m["meter_id"].startswith("TX-") and m["tariff"] is None
@@ -163,8 +187,9 @@ def test_registry_rows_match_the_sql_columns_and_reference_existing_assets() -> 
 def test_theft_prevalence_follows_the_configuration() -> None:
     fleet = Fleet(FleetConfig(meters=2000, days=1, seed=5))
     truth = fleet.ground_truth()
-    grid = sum(1 for m in fleet.registry().meters
-               if m["meter_role"] == "customer" and m["transformer_id"])
+    grid = sum(
+        1 for m in fleet.registry().meters if m["meter_role"] == "customer" and m["transformer_id"]
+    )
     thieves = [t for t in truth if t["label"] in THEFT_LABELS]
     faults = [t for t in truth if t["label"] in FAULT_LABELS]
     assert abs(len(thieves) - round(0.06 * grid)) <= 1
@@ -242,8 +267,9 @@ def test_outages_read_zero_are_marked_and_not_labelled(theft) -> None:
     tx_col = {reg[m]["transformer_id"]: i for m, i in col.items() if m.startswith("TX-")}
     for m, i in col.items():
         if reg[m]["meter_role"] == "customer" and reg[m]["transformer_id"]:
-            assert np.array_equal(a["supply_on"][:, i], a["supply_on"][:, tx_col[
-                reg[m]["transformer_id"]]])
+            assert np.array_equal(
+                a["supply_on"][:, i], a["supply_on"][:, tx_col[reg[m]["transformer_id"]]]
+            )
 
 
 def test_prepaid_without_credit_reads_zero_with_supply_on_and_the_flag(theft) -> None:
@@ -317,10 +343,22 @@ def test_meter_ids_and_flags_fit_the_wire(theft) -> None:
 def test_labelled_codes_match_names() -> None:
     assert LABEL_NAMES[0] == "" and LABEL_CODE["h1"] == 1
     assert set(THEFT_LABELS) | set(FAULT_LABELS) == set(LABEL_NAMES[1:])
-    assert {"h1", "h2", "h3", "h4", "h5", "h6", "bypass", "zero_report", "cap", "stuck",
-            "spike", "tamper_only", "register_rollback"} <= set(LABEL_NAMES)
-    assert {"cover_open", "magnetic", "reverse_flow", "clock_reset", "no_credit"} <= set(
-        FLAG_NAMES)
+    assert {
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "bypass",
+        "zero_report",
+        "cap",
+        "stuck",
+        "spike",
+        "tamper_only",
+        "register_rollback",
+    } <= set(LABEL_NAMES)
+    assert {"cover_open", "magnetic", "reverse_flow", "clock_reset", "no_credit"} <= set(FLAG_NAMES)
 
 
 def test_simulator_imports_with_numpy_and_stdlib_only() -> None:

@@ -74,8 +74,13 @@ def _walk(parser: argparse.ArgumentParser, path: list[str]):
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = list(_walk(build_parser(), []))
-    assert {tuple(p) for p, _ in commands} >= {(), ("generate",), ("info",), ("registry",),
-                                                ("seed",)}
+    assert {tuple(p) for p, _ in commands} >= {
+        (),
+        ("generate",),
+        ("info",),
+        ("registry",),
+        ("seed",),
+    }
     for path, parser in commands:
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
@@ -89,23 +94,51 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_generate_writes_files_and_reports_progress(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator", "generate", "--meters", "80", "--days", "1",
-         "--interval", "3600", "--gateways", "2", "--gateway", "gw-02", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "generate",
+            "--meters",
+            "80",
+            "--days",
+            "1",
+            "--interval",
+            "3600",
+            "--gateways",
+            "2",
+            "--gateway",
+            "gw-02",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads(proc.stdout)
     assert "100%" in proc.stderr
     assert (out / "readings.csv").exists() and (out / "labels.csv").exists()
     fleet = Fleet(FleetConfig(meters=80, days=1, interval_s=3600, gateways=2))
     assert summary["rows"] == 24 * len(fleet.meter_ids_for_gateway(1))
-    bad = subprocess.run([sys.executable, "-m", "simulator", "info", "--interval", "1234"],
-                         cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "simulator", "info", "--interval", "1234"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_bench_prints_json_last(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "bench.simulate", "--meters", "300",
-                           "--days", "2"], cwd=ROOT, capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.simulate", "--meters", "300", "--days", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["readings"] == last["meters"] * 96
     assert last["readings_per_s"] > 0 and last["peak_rss_mb"] > 0
@@ -133,14 +166,15 @@ def test_registry_upserts_into_postgres_idempotently() -> None:
             conn.execute((ROOT / "central" / "sql" / "0001_raw.sql").read_text())
         fleet = Fleet(FleetConfig(meters=300, gateways=2, seed=5))
         reg = fleet.registry()
-        assert upsert_registry(reg, dsn) == {"assets": len(reg.assets),
-                                             "meters": len(reg.meters)}
+        assert upsert_registry(reg, dsn) == {"assets": len(reg.assets), "meters": len(reg.meters)}
         upsert_registry(reg, dsn)  # again: updates, no duplicates, no errors
         with psycopg.connect(dsn) as conn:
             n_meters = conn.execute("select count(*) from raw.meters").fetchone()[0]
             n_assets = conn.execute("select count(*) from raw.grid_assets").fetchone()[0]
-            tx = conn.execute("select count(*) from raw.meters where meter_role = "
-                              "'transformer' and tariff is null").fetchone()[0]
+            tx = conn.execute(
+                "select count(*) from raw.meters where meter_role = "
+                "'transformer' and tariff is null"
+            ).fetchone()[0]
         assert (n_meters, n_assets) == (len(reg.meters), len(reg.assets))
         assert tx == sum(1 for m in reg.meters if m["meter_role"] == "transformer")
     finally:

@@ -8,10 +8,13 @@ import pytest
 
 from simulator.seed import load_seed_csv
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-kaggle" / \
-    "smart_meter_data.csv"
-HEADER = ("Timestamp,Electricity_Consumed,Temperature,Humidity,Wind_Speed,"
-          "Avg_Past_Consumption,Anomaly_Label")
+SEED = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-kaggle" / "smart_meter_data.csv"
+)
+HEADER = (
+    "Timestamp,Electricity_Consumed,Temperature,Humidity,Wind_Speed,"
+    "Avg_Past_Consumption,Anomaly_Label"
+)
 needs_seed = pytest.mark.skipif(not SEED.exists(), reason=f"seed dataset not at {SEED}")
 
 
@@ -26,8 +29,15 @@ def test_the_seed_csv_loads_completely() -> None:
     # Timestamp 2024-01-01 00:00:00 is the start of the interval; the wire ts is its end.
     assert first["ts"] == "2024-01-01T00:30:00Z" and first["interval_s"] == 1800
     assert first["meter_id"] == "seed-0001"
-    assert set(first) == {"meter_id", "ts", "interval_s", "kwh", "temperature_c",
-                          "humidity_pct", "wind_ms"}
+    assert set(first) == {
+        "meter_id",
+        "ts",
+        "interval_s",
+        "kwh",
+        "temperature_c",
+        "humidity_pct",
+        "wind_ms",
+    }
     assert abs(first["kwh"] - 0.4577856921685388) < 1e-12  # kept as given (normalised)
     assert load.labels[0] == ("seed-0001", "2024-01-01T00:30:00Z", "Normal")
     assert load.readings[-1]["ts"] == "2024-04-14T04:00:00Z"

@@ -21,15 +21,19 @@ def _feeder_supply(fleet: Fleet) -> tuple[np.ndarray, list[str]]:
 
 def test_episode_mask_covers_exactly_the_episodes_clipped_to_the_day() -> None:
     m = mask(3, 6, np.array([0, 1, 2, 2]), np.array([-2, 4, 1, 2]), np.array([3, 5, 1, 2]))
-    assert m.astype(int).T.tolist() == [[1, 0, 0, 0, 0, 0],
-                                        [0, 0, 0, 0, 1, 1],
-                                        [0, 1, 1, 1, 0, 0]]
+    assert m.astype(int).T.tolist() == [[1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1], [0, 1, 1, 1, 0, 0]]
 
 
 def test_rotating_shedding_cuts_about_stage_in_groups_hours_a_day() -> None:
-    cfg = FleetConfig(meters=3000, days=6, seed=8, shedding="rotation",
-                      stage_probs=(0.2, 0.2, 0.2, 0.2, 0.2), stage_persistence=0.0,
-                      **NO_FAULTS)
+    cfg = FleetConfig(
+        meters=3000,
+        days=6,
+        seed=8,
+        shedding="rotation",
+        stage_probs=(0.2, 0.2, 0.2, 0.2, 0.2),
+        stage_persistence=0.0,
+        **NO_FAULTS,
+    )
     fleet = Fleet(cfg)
     supply, feeders = _feeder_supply(fleet)
     stages = fleet.supply_info()["daily_stage"]
@@ -43,8 +47,9 @@ def test_rotating_shedding_cuts_about_stage_in_groups_hours_a_day() -> None:
         else:
             assert abs(off_h[d].mean() - expected) <= 0.25 * expected + 0.5
             # Cuts come in whole blocks of shedding_block_h hours (local clock aligned).
-            runs = np.diff(np.concatenate([[0], (~supply[d * ipd:(d + 1) * ipd, 0]).astype(
-                int), [0]]))
+            runs = np.diff(
+                np.concatenate([[0], (~supply[d * ipd : (d + 1) * ipd, 0]).astype(int), [0]])
+            )
             starts, ends = np.flatnonzero(runs == 1), np.flatnonzero(runs == -1)
             lengths = (ends - starts) * cfg.interval_s / 3600
             inner = (starts > 0) & (ends < ipd)
@@ -68,8 +73,14 @@ def test_band_feeders_get_at_least_their_guaranteed_hours() -> None:
 
 
 def test_faults_cut_supply_without_any_shedding() -> None:
-    cfg = FleetConfig(meters=2000, days=5, seed=10, shedding="none",
-                      feeder_faults_per_day=0.3, transformer_faults_per_day=0.1)
+    cfg = FleetConfig(
+        meters=2000,
+        days=5,
+        seed=10,
+        shedding="none",
+        feeder_faults_per_day=0.3,
+        transformer_faults_per_day=0.1,
+    )
     supply, _ = _feeder_supply(Fleet(cfg))
     assert 0.0 < (~supply).mean() < 0.3
     quiet = FleetConfig(meters=2000, days=5, seed=10, shedding="none", **NO_FAULTS)
@@ -78,8 +89,9 @@ def test_faults_cut_supply_without_any_shedding() -> None:
 
 
 def test_prepaid_gaps_only_hit_prepaid_meters_and_end_with_a_top_up() -> None:
-    cfg = FleetConfig(meters=1500, days=6, seed=12, shedding="none", theft_share=0.0,
-                      fault_share=0.0, **NO_FAULTS)
+    cfg = FleetConfig(
+        meters=1500, days=6, seed=12, shedding="none", theft_share=0.0, fault_share=0.0, **NO_FAULTS
+    )
     fleet = Fleet(cfg)
     ids, ts, a = fleet.arrays()
     tariff = {m["meter_id"]: m["tariff"] for m in fleet.registry().meters}

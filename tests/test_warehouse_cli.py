@@ -23,8 +23,14 @@ def walk(parser: argparse.ArgumentParser, path: str = "") -> list[tuple[str, str
 def test_every_command_has_help() -> None:
     commands = walk(build_parser())
     names = {name for name, _ in commands}
-    assert {"warehouse serve", "warehouse load", "warehouse dbt", "warehouse status",
-            "warehouse report", "quality run"} <= names
+    assert {
+        "warehouse serve",
+        "warehouse load",
+        "warehouse dbt",
+        "warehouse status",
+        "warehouse report",
+        "quality run",
+    } <= names
     assert all(help_text for _, help_text in commands), commands
 
 
@@ -38,7 +44,9 @@ def test_register_adds_groups_to_another_cli() -> None:
 def test_module_help_runs_standalone() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "central.warehouse", "warehouse", "load", "--help"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0
     assert "incremental" in done.stdout.lower() or "watermark" in done.stdout.lower()

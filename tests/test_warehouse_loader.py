@@ -102,8 +102,14 @@ def test_incremental_loads_pick_up_new_rows_only(pg_dsn: str, owner: str) -> Non
             "values ('gw0', now(), 'online', '{\"buffer\": {\"pending_readings\": 3}}')"
         )
     first = {r.table: r.rows for r in load(settings)}
-    assert first == {"grid_assets": 1, "meters": 1, "readings": 960, "alerts": 1,
-                     "quarantine": 1, "gateway_status": 1}
+    assert first == {
+        "grid_assets": 1,
+        "meters": 1,
+        "readings": 960,
+        "alerts": 1,
+        "quarantine": 1,
+        "gateway_status": 1,
+    }
     assert_same_readings(pg_dsn, owner)
     client = connect(owner)
     try:
@@ -147,9 +153,7 @@ def test_rows_of_open_transactions_are_not_skipped(pg_dsn: str, owner: str) -> N
     assert ch_totals(owner)[0] == 15
 
 
-def test_load_killed_midway_then_rerun_neither_misses_nor_doubles(
-    pg_dsn: str, owner: str
-) -> None:
+def test_load_killed_midway_then_rerun_neither_misses_nor_doubles(pg_dsn: str, owner: str) -> None:
     insert_readings(pg_dsn, meters=200, intervals=1000)  # 200,000 readings
     env = {
         **os.environ,

@@ -60,8 +60,17 @@ def test_raw_checkpoint_fails_on_a_corrupted_load(pg_dsn: str, tmp_path: Path) -
 
     # The command says the same and exits non-zero.
     env = {**os.environ, "EIOT_PG_DSN": pg_dsn, "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "central.warehouse", "quality", "run", "--suite", "raw_readings",
-           "--docs-dir", str(tmp_path / "cli-docs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "central.warehouse",
+        "quality",
+        "run",
+        "--suite",
+        "raw_readings",
+        "--docs-dir",
+        str(tmp_path / "cli-docs"),
+    ]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "BAD1" in done.stderr and "BAD2" in done.stderr

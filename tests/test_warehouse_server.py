@@ -74,8 +74,15 @@ def test_clickhouse_connect_round_trip(
     )
     client.insert_arrow(
         table,
-        pa.table({"id": ["c", "c"], "ts": pa.array([0, 1800_000], pa.timestamp("ms", "UTC")),
-                  "v": [10.0, 20.0], "tags": [["q"], []], "note": [None, "x"]}),
+        pa.table(
+            {
+                "id": ["c", "c"],
+                "ts": pa.array([0, 1800_000], pa.timestamp("ms", "UTC")),
+                "v": [10.0, 20.0],
+                "tags": [["q"], []],
+                "note": [None, "x"],
+            }
+        ),
     )
     assert client.command(f"select count() from {table}") == 6
     assert client.query(f"select sum(v) from {table}").result_rows == [(37.5,)]
@@ -91,7 +98,12 @@ def test_clickhouse_connect_round_trip(
     arrow = client.query_arrow(f"select * from {table} where v > %(v)s", parameters={"v": 5})
     assert arrow.num_rows == 2
     assert client.query(f"select * from {table} limit 0").column_names == (
-        "id", "ts", "v", "tags", "note")
+        "id",
+        "ts",
+        "v",
+        "tags",
+        "note",
+    )
 
 
 def test_errors_sessions_and_settings(

@@ -36,8 +36,15 @@ class Result:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
     config = simulator.FleetConfig(
-        meters=400, days=14, seed=11, gateways=1, regions=1, theft_share=0.12,
-        fault_share=0.0, unmetered_share=0.0, theft_weights=(("bypass", 1.0),),
+        meters=400,
+        days=14,
+        seed=11,
+        gateways=1,
+        regions=1,
+        theft_share=0.12,
+        fault_share=0.0,
+        unmetered_share=0.0,
+        theft_weights=(("bypass", 1.0),),
     )
     work = tmp_path_factory.mktemp("sim")
     with scratch_database("wh_test") as pg_dsn:
