@@ -139,6 +139,20 @@ class IngestWorker:
                 )
                 stop.wait(delay)
                 continue
+            except Exception as exc:  # a bug must not stop the worker: keep the message, say why
+                log.exception("cannot store message on %s", msg.topic)
+                self.counters["internal_errors"] += 1
+                try:
+                    conn = self._connection()
+                    if conn.info.transaction_status:
+                        conn.rollback()
+                    bad = store.BadMessage(f"internal_error: {type(exc).__name__}: {exc}"[:300])
+                    store.reject(conn, msg.payload, bad, msg.topic, None)
+                except psycopg.Error:
+                    self._drop_connection()
+                    stop.wait(self._db_backoff.next_delay())
+                    continue
+                ack_topic, outcome = None, None
             self._db_backoff.reset()
             if outcome is not None and outcome.ack is not None and ack_topic:
                 failpoints.hit("ingest.after_commit")
@@ -301,12 +315,18 @@ class IngestWorker:
             self.counters["status_quarantined"] += 1
             store.reject(conn, payload, store.BadMessage(reason or "invalid_status"), topic, None)
             return
-        with conn.transaction():
-            conn.execute(
-                "insert into raw.gateway_status (gateway_id, sent_at, state, status) "
-                "values (%s, %s, %s, %s) on conflict do nothing",
-                (status.gateway_id, status.sent_at, status.state, Jsonb(status.to_json_dict())),
-            )
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "insert into raw.gateway_status (gateway_id, sent_at, state, status) "
+                    "values (%s, %s, %s, %s) on conflict do nothing",
+                    (status.gateway_id, status.sent_at, status.state, Jsonb(status.to_json_dict())),
+                )
+        except psycopg.DataError as exc:  # e.g. a NUL inside a string: PostgreSQL refuses it
+            self.counters["status_quarantined"] += 1
+            bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
+            store.reject(conn, payload, bad, topic, None)
+            return
         self.counters["status_stored"] += 1
 
 

@@ -73,13 +73,23 @@ def _quarantine_message(
     gateway_id: str | None,
     batch_id: str | None,
 ) -> bool:
-    """Store a whole bad message once (keyed by its hash). True if it was new."""
+    """Store a whole bad message once (keyed by its hash), its exact bytes included: a rejected
+    batch's readings can be recovered from here. True if it was new."""
     digest = hashlib.sha256(payload).hexdigest()
     raw = wire.printable(payload[: wire.MAX_RAW_CHARS].decode("utf-8", errors="backslashreplace"))
     cur = conn.execute(
         "insert into raw.quarantine (raw, reason, received_at, source, gateway_id, batch_id, "
-        "payload_sha256) values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
-        (raw, wire.printable(reason)[:500], _now(), source, gateway_id, batch_id, digest),
+        "payload_sha256, payload) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+        (
+            raw,
+            wire.printable(reason)[:500],
+            _now(),
+            source,
+            gateway_id,
+            batch_id,
+            digest,
+            bytes(payload),
+        ),
     )
     return cur.rowcount == 1
 

@@ -31,10 +31,14 @@ from edge_agent.columnar import encode_columns
 from edge_agent.migrations import migrate
 from edge_agent.rows import READING_COLUMNS, Row
 
+# seq is given explicitly, from a counter that only grows: SQLite would otherwise reuse
+# max(seq) + 1 after the newest rows were pruned, behind the batched-up-to marker.
 _INSERT_READING = (
-    f"insert or ignore into readings ({', '.join(READING_COLUMNS)}, accepted_at, accept_seq) "
-    f"values ({', '.join('?' * len(READING_COLUMNS))}, ?, ?)"
+    f"insert or ignore into readings (seq, {', '.join(READING_COLUMNS)}, accepted_at, accept_seq) "
+    f"values (?, {', '.join('?' * len(READING_COLUMNS))}, ?, ?)"
 )
+# A batch carries at most this much quarantine text (central refuses huge messages).
+MAX_BATCH_QUARANTINE_CHARS = 4_000_000
 
 
 class BufferFull(Exception):
@@ -116,6 +120,8 @@ class Buffer:
         self._pending = self._count_pending()
         self._accept_seq = self._meta_int("accept_seq")
         self._batched_upto = self._meta_int("batched_upto")
+        top = self.conn.execute("select coalesce(max(seq), 0) from readings").fetchone()[0]
+        self._next_seq = max(self._meta_int("next_seq"), int(top) + 1, self._batched_upto + 1)
 
     # --- small helpers -------------------------------------------------------------------
 
@@ -209,9 +215,13 @@ class Buffer:
                 evicted = self._evict_oldest(overflow)
             self._accept_seq += 1
             seq = self._accept_seq
+            base = self._next_seq
             before = self.conn.total_changes
-            self.conn.executemany(_INSERT_READING, [(*r, now, seq) for r in rows])
+            self.conn.executemany(
+                _INSERT_READING, [(base + i, *r, now, seq) for i, r in enumerate(rows)]
+            )
             inserted = self.conn.total_changes - before
+            self._set_meta("next_seq", base + len(rows))
             duplicates = conflicts = 0
             if inserted < len(rows):
                 dup_rows, conflict_records = self._sort_out_repeats(rows, seq, now)
@@ -239,6 +249,7 @@ class Buffer:
                     **(counters or {}),
                 }
             )
+        self._next_seq = base + len(rows)
         self._pending += inserted - evicted
         return AcceptResult(inserted, duplicates, conflicts, len(quarantine), evicted, alert_ids)
 
@@ -498,6 +509,12 @@ class Buffer:
                 "where batch_id is null order by id limit ?",
                 (max_readings,),
             ).fetchall()
+            size = 0
+            for i, q in enumerate(qrows):  # bounded in bytes too: the rest waits for the next
+                size += len(q[1])
+                if i and size > MAX_BATCH_QUARANTINE_CHARS:
+                    qrows = qrows[:i]
+                    break
             if not rows and not qrows:
                 return None
             seq = self._meta_int("batch_seq") + 1
@@ -612,13 +629,14 @@ class Buffer:
                 "delete from readings where acked_at is not null and ts < ?",
                 (newest - retention_s,),
             )
-            self.conn.execute(
-                "delete from batches where acked_at is not null and (last_seq is null or "
-                "last_seq < (select coalesce(min(seq), 0) from readings))"
-            )
+            # quarantine rows first: they are found through their (acknowledged) batch
             self.conn.execute(
                 "delete from quarantine where batch_id in "
                 "(select batch_id from batches where acked_at is not null)"
+            )
+            self.conn.execute(
+                "delete from batches where acked_at is not null and (last_seq is null or "
+                "last_seq < (select coalesce(min(seq), 0) from readings))"
             )
             self.conn.execute(
                 "delete from alerts where acked_at is not null and ts < ?",
@@ -630,9 +648,8 @@ class Buffer:
 
     def stats(self) -> BufferStats:
         c = self.conn
-        pending, oldest_ts = c.execute(
-            "select count(*), min(ts) from readings where acked_at is null"
-        ).fetchone()
+        pending = self._pending  # kept by accept/apply_ack: no count over the table
+        oldest_ts = c.execute("select min(ts) from readings where acked_at is null").fetchone()[0]
         unbatched, oldest_acc = c.execute(
             "select count(*), min(accepted_at) from readings where seq > ?",
             (self._meta_int("batched_upto"),),

@@ -135,7 +135,12 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """Quarantine rows waiting for a batch are looked up on every sync tick."""
+    db.execute("create index quarantine_unbatched on quarantine (id) where batch_id is null")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 LATEST = len(MIGRATIONS)
 
 

@@ -42,7 +42,7 @@ class Validator:
         """A JSON text holding one reading object or a list of them."""
         try:
             obj = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # incl. JSONDecodeError, huge integers
             return [self._quarantine(payload, f"malformed_json: {exc}", self.clock(), source)]
         items = obj if isinstance(obj, list) else [obj]
         if not items:

@@ -335,7 +335,7 @@ def decode(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> dict[str, Any]:
         raise DecodeError("bad_encoding", f"unknown first byte 0x{payload[0]:02x}")
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # incl. JSONDecodeError, huge integers
         raise DecodeError("malformed_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise DecodeError("malformed_json", "top level is not an object")

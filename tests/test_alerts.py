@@ -222,7 +222,7 @@ def test_grid_map_from_simulator_registry(tmp_path: Path) -> None:
         agent.buffer.close()
 
 
-def test_buffer_v1_file_migrates_to_v2(tmp_path: Path) -> None:
+def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
     import sqlite_utils
 
     path = tmp_path / "old.db"
@@ -235,7 +235,7 @@ def test_buffer_v1_file_migrates_to_v2(tmp_path: Path) -> None:
     )
     conn.close()
     buffer = Buffer(path)
-    assert version(buffer.conn) == LATEST == 2
+    assert version(buffer.conn) == LATEST == 3
     assert buffer.keys() == {("m", 1)}
     assert buffer.unacked_alerts() == 0 and buffer.current_model() is None
 

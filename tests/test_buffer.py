@@ -126,3 +126,46 @@ def test_quarantine_rows_travel_in_batches(tmp_path: Path) -> None:
     body = wire.decode(batch.payload)
     assert body["quarantined"][0]["reason"] == "malformed_json"
     assert wire.BatchEnvelope.model_validate(body).quarantined[0]["source"] == "spool:x"
+
+
+def test_seq_never_reused_after_the_newest_rows_are_pruned(tmp_path: Path) -> None:
+    """A late (old) reading accepted last, then acked and pruned, must not let the next reading
+    take a seq at or below the batched-up-to marker: it would never be sent."""
+    buf = Buffer(tmp_path / "b.db")
+    buf.accept([row("m", k) for k in range(400, 500)], now=1.0)
+    buf.accept([row("late", 0)], now=1.0)  # the old reading is the newest row
+    batch = buf.form_batch("gw", 1000, now=2.0, compress=True)
+    assert batch is not None and batch.readings == 101
+    buf.apply_ack(wire.Ack(batch_id=batch.batch_id, status="stored"), now=3.0)
+    assert buf.prune(retention_s=86400) >= 1  # removes "late", the row with the highest seq
+    buf.close()
+    buf = Buffer(tmp_path / "b.db")  # also across a restart
+    buf.accept([row("m", 500)], now=4.0)
+    nxt = buf.form_batch("gw", 1000, now=5.0, compress=True)
+    assert nxt is not None and nxt.readings == 1
+
+
+def test_a_batch_carries_bounded_quarantine_text(tmp_path: Path) -> None:
+    from edge_agent.buffer import MAX_BATCH_QUARANTINE_CHARS
+
+    buf = Buffer(tmp_path / "b.db")
+    big = [wire.QuarantineRecord.of("x" * 16000, "r", datetime.now(UTC), "src") for _ in range(400)]
+    buf.accept([], big, now=1.0)
+    first = buf.form_batch("gw", 10_000, now=2.0, compress=True)
+    assert first is not None and 0 < first.quarantined * 16000 <= MAX_BATCH_QUARANTINE_CHARS
+    second = buf.form_batch("gw", 10_000, now=2.0, compress=True)
+    assert second is not None and first.quarantined + second.quarantined <= 400
+
+
+def test_prune_removes_quarantine_of_acknowledged_quarantine_only_batches(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    buf.accept([row("m", 0)], now=1.0)
+    rec = wire.QuarantineRecord.of("garbage", "malformed_json", datetime.now(UTC), "spool:x")
+    b1 = buf.form_batch("gw", 10, now=2.0, compress=True)
+    buf.accept([], [rec], now=2.0)
+    b2 = buf.form_batch("gw", 10, now=2.0, compress=True)
+    assert b1 and b2 and b2.readings == 0 and b2.quarantined == 1
+    for b in (b1, b2):
+        buf.apply_ack(wire.Ack(batch_id=b.batch_id, status="stored"), now=3.0)
+    buf.prune(retention_s=86400)
+    assert buf.conn.execute("select count(*) from quarantine").fetchone()[0] == 0

@@ -73,6 +73,9 @@ def test_bad_messages_quarantined_with_reason(
         ack_topic, outcome = w.handle(conn, topic, payload)
     rows = quarantine(pg)
     assert len(rows) == 1 and rows[0][0].startswith(reason), rows
+    # the exact bytes are kept, whatever their size, so a rejected batch can be recovered
+    stored = pg.execute("select payload from raw.quarantine").fetchone()
+    assert stored is not None and bytes(stored[0]) == payload
     assert (outcome is not None and outcome.ack is not None) == acked
     if acked:
         assert outcome and outcome.ack and outcome.ack.status == "rejected"
@@ -195,3 +198,18 @@ def test_worker_process_survives_garbage_over_mqtt(
         thread.join(5)
         client.loop_stop()
         client.disconnect()
+
+
+def test_status_with_a_nul_character_is_quarantined(pg_dsn: str, pg: psycopg.Connection) -> None:
+    w = worker_for(pg_dsn)
+    status = {
+        "schema": "status.v1",
+        "gateway_id": "gw1",
+        "state": "online",
+        "sent_at": "2026-03-02T00:00:00Z",
+        "agent_version": "0.1\u0000",
+    }
+    with psycopg.connect(pg_dsn) as conn:
+        w.handle(conn, "eiot/v1/gw/gw1/status", json.dumps(status).encode())
+    (reason,) = [r for r, _ in quarantine(pg)]
+    assert reason.startswith(("store_error", "invalid_status"))

@@ -81,3 +81,17 @@ def test_batch_schema_field_serialises_as_schema() -> None:
         gateway_id="gw", batch_id="x-1", batch_seq=1, sent_at=datetime.now(UTC), readings=[]
     )
     assert json.loads(json.dumps(b.to_json_dict()))["schema"] == "readings.v1"
+
+
+def test_a_huge_json_integer_is_a_decode_error_not_a_crash() -> None:
+    huge = b'{"schema": "ack.v1", "n": ' + b"9" * 5000 + b"}"
+    with pytest.raises(wire.DecodeError) as err:
+        wire.decode(huge)
+    assert err.value.reason == "malformed_json"
+
+
+def test_validator_quarantines_a_huge_json_integer() -> None:
+    from edge_agent.validate import Validator
+
+    (item,) = Validator(lambda: 0.0).check_json(b'{"kwh": ' + b"1" * 5000 + b"}", "t")
+    assert isinstance(item, wire.QuarantineRecord) and item.reason.startswith("malformed_json")
