@@ -249,6 +249,8 @@ def _insert_readings(
     if inserted == len(rows):
         return inserted, 0, []
     # Some keys were there before this batch, or twice in it: judge each newcomer by its values.
+    # (The temp table was never analysed: without this the planner may scan raw.readings.)
+    conn.execute("analyze incoming")
     # Of a key repeated in this batch, the first occurrence is the one stored (``mine``).
     measured = ", ".join(f"r.{c}" for c in _MEASURED)
     stored = {
