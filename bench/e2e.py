@@ -18,8 +18,6 @@ import json
 import os
 import queue
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import psutil
 import psycopg
 
 from central.db import migrate
-from central.local_services import REPO, Services, local_services
+from central.local_services import REPO, Services, local_services, spawn_python
 from edge_agent.buffer import Buffer
 from edge_agent.codec import row_to_wire
 from edge_agent.settings import SimSourceSettings
@@ -78,19 +76,8 @@ class PeakRss:
         return self.peak
 
 
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
 def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str, float]:
-    ingest = spawn(
+    ingest = spawn_python(
         ["-m", "central", "ingest"],
         {
             "EIOT_PG_DSN": dsn,
@@ -104,7 +91,7 @@ def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str
     )
     time.sleep(1.0)  # subscribed before the first batch
     agents = [
-        spawn(
+        spawn_python(
             ["-m", "edge_agent", "--log-level", "WARNING", "run", "--exit-when-drained"],
             {
                 "EIOT_GATEWAY_ID": gw,

@@ -23,20 +23,9 @@ from pathlib import Path
 import psycopg
 
 from central.db import migrate
-from central.local_services import REPO, Services, local_services
+from central.local_services import REPO, Services, local_services, spawn_python
 
 TOPIC_ROOT = "eiot/v1"
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
 
 
 def _agent_env(svc: Services, var: Path, gw_index: int, a: argparse.Namespace) -> dict[str, str]:
@@ -95,7 +84,7 @@ def run(a: argparse.Namespace) -> int:
             "EIOT_SHARE_GROUP": f"demo-{os.getpid()}",
             "EIOT_SESSION_EXPIRY_S": "120",
         }
-        ingest = _spawn(["-m", "central", "ingest"], ingest_env, var / "ingest.log")
+        ingest = spawn_python(["-m", "central", "ingest"], ingest_env, var / "ingest.log")
         envs = {f"gw-{i + 1:02d}": _agent_env(svc, var, i, a) for i in range(a.gateways)}
         print(
             f"{a.gateways} gateways, {a.meters} simulated meters, {a.days} days of "
@@ -119,7 +108,7 @@ def run(a: argparse.Namespace) -> int:
             print("seed dataset not found (../shared/data/seed-kaggle or EIOT_SEED_CSV): skipped")
         gateways = list(envs)
         agents = [
-            _spawn(["-m", "edge_agent", "run", "--exit-when-drained"], env, var / f"{gw}.log")
+            spawn_python(["-m", "edge_agent", "run", "--exit-when-drained"], env, var / f"{gw}.log")
             for gw, env in envs.items()
         ]
         outage_at = started + a.seconds * 0.35
@@ -137,7 +126,9 @@ def run(a: argparse.Namespace) -> int:
                         f"{a.outage_s:.0f} s: the agents keep buffering"
                     )
                     time.sleep(a.outage_s)
-                    ingest = _spawn(["-m", "central", "ingest"], ingest_env, var / "ingest.log")
+                    ingest = spawn_python(
+                        ["-m", "central", "ingest"], ingest_env, var / "ingest.log"
+                    )
                     print(f"[{time.monotonic() - started:5.1f}s] central back: backlog draining")
                 if time.monotonic() - started > a.seconds * 4 + 60:
                     print("the agents did not drain in time", file=sys.stderr)

@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,12 +61,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(port: int, timeout: float = 20) -> None:
+def wait_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not answers(port):
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing answers on 127.0.0.1:{port}")
         time.sleep(0.1)
+
+
+def spawn_python(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python <args>`` from the repository, with ``env`` added, output appended to ``log``."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
 
 
 @contextlib.contextmanager
@@ -184,7 +197,7 @@ def _private_mosquitto(workdir: Path) -> Iterator[int]:
     port = free_port()
     conf = mosquitto_config(workdir, port)
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], cwd=workdir)
-    _wait(port)
+    wait_port(port)
     log.info("started a private Mosquitto on 127.0.0.1:%d", port)
     try:
         yield port

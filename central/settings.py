@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
+from edge_agent.settings_base import TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 
 PLACEHOLDER_SECRETS = {"", "changeme", "password", "secret", "postgres", "admin"}
 
 
-class CentralSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EIOT_", env_nested_delimiter="__", extra="ignore", toml_file=None
-    )
-
+class CentralSettings(TomlEnvSettings):
     profile: Literal["laptop", "production"] = "laptop"
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/eiot"
     broker_host: str = "127.0.0.1"
@@ -53,25 +43,7 @@ class CentralSettings(BaseSettings):
                 raise ValueError("production needs a real PostgreSQL password in EIOT_PG_DSN")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> CentralSettings:
-    path = config_file or os.environ.get("EIOT_CONFIG")
-    if path is None:
-        return CentralSettings(**overrides)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    config = {**CentralSettings.model_config, "toml_file": Path(path)}
-    cls = type("CentralSettingsFromFile", (CentralSettings,), {"model_config": config})
-    settings: CentralSettings = cls(**overrides)
-    return settings
+    """Build the settings from a TOML file (if any), the environment and ``overrides``."""
+    return build(CentralSettings, config_file, **overrides)

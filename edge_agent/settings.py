@@ -7,18 +7,12 @@ safe on a laptop (loopback broker, buffer under ``var/``); a production gateway 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
+from edge_agent.settings_base import TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 from edge_agent.wire import ID_PATTERN
 
@@ -41,11 +35,7 @@ class SimSourceSettings(BaseModel):
     chunk_intervals: int = Field(default=4, ge=1)
 
 
-class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EIOT_", env_nested_delimiter="__", extra="ignore", toml_file=None
-    )
-
+class AgentSettings(TomlEnvSettings):
     profile: Literal["laptop", "production"] = "laptop"
     gateway_id: str = Field(default="gw-laptop", pattern=ID_PATTERN)
 
@@ -124,31 +114,7 @@ class AgentSettings(BaseSettings):
                 raise ValueError("broker_password is a placeholder; set a real secret")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls),
-            file_secret_settings,
-        )
-
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> AgentSettings:
     """Build the settings from a TOML file (if any), the environment and ``overrides``."""
-    path = config_file or os.environ.get("EIOT_CONFIG")
-    if path is None:
-        return AgentSettings(**overrides)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    config = {**AgentSettings.model_config, "toml_file": Path(path)}
-    cls = type("AgentSettingsFromFile", (AgentSettings,), {"model_config": config})
-    settings: AgentSettings = cls(**overrides)
-    return settings
+    return build(AgentSettings, config_file, **overrides)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import psycopg
 import pytest
 
 from central.db import migrate
-from central.local_services import free_port, mosquitto_binary, mosquitto_config
+from central.local_services import free_port, mosquitto_binary, mosquitto_config, wait_port
 from tests.support.proxy import TcpProxy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,17 +23,6 @@ PG_ADMIN_DSN = os.environ.get(
 )
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = int(os.environ.get("EIOT_TEST_BROKER_PORT", "1883"))
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

@@ -1,0 +1,48 @@
+"""Settings: arguments over environment over TOML file over defaults; safe production checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from central.settings import load_settings as central_settings
+from edge_agent.settings import load_settings
+
+
+def test_precedence_arguments_env_toml_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text(
+        'gateway_id = "gw-toml"\nbroker_port = 1999\nkeepalive_s = 40\n[sim]\nmeters = 12\n'
+    )
+    monkeypatch.setenv("EIOT_BROKER_PORT", "2000")
+    monkeypatch.setenv("EIOT_KEEPALIVE_S", "50")
+    s = load_settings(toml, keepalive_s=60)
+    assert (s.gateway_id, s.broker_port, s.keepalive_s, s.sim and s.sim.meters) == (
+        "gw-toml",
+        2000,
+        60,
+        12,
+    )
+    assert s.batch_max_age_s == 5.0  # a default
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        central_settings(tmp_path / "nope.toml")
+
+
+def test_production_refuses_laptop_defaults_and_placeholders() -> None:
+    with pytest.raises(ValidationError, match="gateway_id"):
+        load_settings(profile="production")
+    with pytest.raises(ValidationError, match="placeholder"):
+        load_settings(profile="production", gateway_id="gw-9", broker_password="changeme")
+    with pytest.raises(ValidationError, match="password"):
+        central_settings(profile="production")
+    ok = central_settings(profile="production", pg_dsn="postgresql://eiot:S3cr3t-x@db/eiot")
+    assert ok.profile == "production"
