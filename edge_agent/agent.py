@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
@@ -21,6 +21,7 @@ from edge_agent.alerts import AlertOutbox, Cooldown
 from edge_agent.buffer import Buffer
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
 from edge_agent.mqtt_link import LinkConfig, MqttLink
+from edge_agent.registry import customer_classes, load_meters
 from edge_agent.rollout import ModelManager
 from edge_agent.scoring import Detector
 from edge_agent.settings import AgentSettings
@@ -65,6 +66,10 @@ class Agent:
             Validator(clock, max_future_s=s.max_future_s, max_kw=s.max_kw),
             self.detector,
         )
+        self.sources: list[Source] = self._build_sources()
+        meters = self._registry_meters()
+        self.energy = self._build_energy(meters)
+        self.detector.meter_class = customer_classes(meters)
         self.models = ModelManager(
             self.buffer,
             self.detector,
@@ -72,18 +77,19 @@ class Agent:
             public_key=s.model_public_key,
             clock=clock,
             threads=s.model_threads,
+            classes=self.detector.meter_class.values(),
         )
         self.models.start(s.model_path)
         self._acks: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._status_due = threading.Event()
         self._ack_topic = topics.ack(s.topic_root, s.gateway_id)
-        self._model_topic = topics.model(s.topic_root, s.model_name)
+        self._model_topics = {topics.model(s.topic_root, n) for n in sorted(self.models.names)}
         cfg = link_config(s, f"eiot-agent-{s.gateway_id}")
         cfg.will = (
             topics.status(s.topic_root, s.gateway_id),
             wire.encode_model(status.offline(s.gateway_id, clock()), compress=False),
         )
-        cfg.subscriptions = [(self._ack_topic, 1), (self._model_topic, 1)]
+        cfg.subscriptions = [(self._ack_topic, 1)] + [(t, 1) for t in sorted(self._model_topics)]
         self.link = MqttLink(cfg, on_message=self._on_message, on_connect=self._on_connect)
         self.outbox = AlertOutbox(
             self.buffer,
@@ -108,23 +114,24 @@ class Agent:
                 schema=s.wire_schema,
             ),
         )
-        self.sources: list[Source] = self._build_sources()
-        self.energy = self._build_energy()
         self._last_status = 0.0
         self._last_prune = 0.0
 
-    def _build_energy(self) -> EnergyBalance | None:
-        """The energy balance, when the agent knows which meters hang under which transformer:
-        from the registry file, else (simulated source) from the simulated fleet."""
+    def _registry_meters(self) -> list[dict[str, Any]]:
+        """The meters this gateway reads (transformer, customer class), from the registry file,
+        else (simulated source) from the simulated fleet; empty when unknown."""
+        if self.settings.registry_path is not None:
+            return load_meters(self.settings.registry_path)
+        for source in self.sources:
+            fleet = getattr(source, "fleet", None)
+            if fleet is not None:
+                return list(fleet.registry().meters)
+        return []
+
+    def _build_energy(self, meters: list[dict[str, Any]]) -> EnergyBalance | None:
+        """The energy balance, when the agent knows which meters hang under which transformer."""
         s = self.settings
-        grid: GridMap | None = None
-        if s.registry_path is not None:
-            grid = GridMap.load(s.registry_path)
-        else:
-            for source in self.sources:
-                fleet = getattr(source, "fleet", None)
-                if fleet is not None:
-                    grid = GridMap.from_meters(fleet.registry().meters)
+        grid = GridMap.from_meters(meters)
         if not grid:
             return None
         energy = EnergyBalance(
@@ -152,7 +159,7 @@ class Agent:
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         """Network thread: route to the main loop's queues."""
-        if msg.topic == self._model_topic:
+        if msg.topic in self._model_topics:
             self.models.on_message(bytes(msg.payload), msg.topic)
         else:
             self._acks.put(msg)
@@ -259,7 +266,7 @@ class Agent:
             self.settings.gateway_id,
             now,
             state=state,
-            model=self.models.state(),
+            models=self.models.states(),
             model_error=self.models.error,
         )
         self.link.publish(

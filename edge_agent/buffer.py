@@ -438,7 +438,8 @@ class Buffer:
         now: float,
         keep: int = 3,
     ) -> None:
-        """Record an accepted ``model.v1`` as the current one (the last ``keep`` are kept)."""
+        """Record an accepted ``model.v1`` as the current one of its name (the last ``keep`` of
+        each name are kept)."""
         with self._tx():
             self.conn.execute(
                 "insert into models (name, version, created_at, sha256, message, accepted_at, "
@@ -446,18 +447,21 @@ class Buffer:
                 (name, version, created_at, sha256, message, now, public_key_sha256),
             )
             self.conn.execute(
-                "delete from models where id not in "
-                "(select id from models order by id desc limit ?)",
-                (keep,),
+                "delete from models where name = ? and id not in "
+                "(select id from models where name = ? order by id desc limit ?)",
+                (name, name, keep),
             )
             self.bump({"models_accepted": 1})
 
-    def current_model(self) -> tuple[str, float] | None:
-        """(model.v1 JSON, accepted_at) of the newest accepted model, if any."""
-        row = self.conn.execute(
-            "select message, accepted_at from models order by id desc limit 1"
-        ).fetchone()
-        return None if row is None else (str(row[0]), float(row[1]))
+    def current_models(self) -> list[tuple[str, float]]:
+        """(model.v1 JSON, accepted_at) of the newest accepted model of each name, by name."""
+        return [
+            (str(message), float(at))
+            for message, at in self.conn.execute(
+                "select message, accepted_at from models "
+                "where id in (select max(id) from models group by name) order by name"
+            )
+        ]
 
     # --- batches --------------------------------------------------------------------------
 

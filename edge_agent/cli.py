@@ -22,15 +22,15 @@ def _fmt_time(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _model_of(buffer: Buffer) -> str | None:
-    current = buffer.current_model()
-    if current is None:
-        return None
-    try:
-        msg = json.loads(current[0])
-        return f"{msg['name']} {msg['version']} (accepted {_fmt_time(current[1])})"
-    except (ValueError, KeyError, TypeError):
-        return "unreadable model record"
+def _models_of(buffer: Buffer) -> list[str]:
+    out = []
+    for message, accepted_at in buffer.current_models():
+        try:
+            msg = json.loads(message)
+            out.append(f"{msg['name']} {msg['version']} (accepted {_fmt_time(accepted_at)})")
+        except (ValueError, KeyError, TypeError):
+            out.append("unreadable model record")
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         stats = buffer.stats()
         counters = buffer.counters()
-        model = _model_of(buffer)
+        models = _models_of(buffer)
         alerts_waiting = buffer.unacked_alerts()
         report = {
             "buffer": str(db),
@@ -64,7 +64,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "total_readings": stats.total_readings,
             "oldest_pending_ts": _fmt_time(stats.oldest_pending_ts),
             "last_ack_at": _fmt_time(stats.last_ack_at),
-            "model": model,
+            "models": models,
             "alerts_waiting": alerts_waiting,
             "counters": counters,
         }
@@ -84,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"oldest pending    {report['oldest_pending_ts']}")
     print(f"last ack          {report['last_ack_at']} ({age})")
     print(f"readings held     {stats.total_readings}")
-    print(f"anomaly model     {model or 'none'}")
+    print(f"anomaly models    {'; '.join(models) or 'none'}")
     print(f"alerts waiting    {alerts_waiting} (not yet taken by the broker)")
     for name, value in sorted(counters.items()):
         print(f"  {name:<22}{value}")

@@ -22,7 +22,6 @@ meter dicts with ``meter_id``, ``meter_role`` ``customer|transformer`` and ``tra
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 
 from edge_agent.alerts import make_alert
 from edge_agent.buffer import AlertRecord, Buffer
+from edge_agent.registry import load_meters
 from edge_agent.rows import Row
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,8 @@ class GridMap:
 
     @classmethod
     def load(cls, path: Path | str) -> GridMap:
-        """A registry JSON file: a list of meter dicts, or an object with ``"meters": [...]``
-        (``python -m simulator`` writes that as ``registry.json``)."""
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        meters = doc.get("meters") if isinstance(doc, dict) else doc
-        if not isinstance(meters, list):
-            raise ValueError(f"{path}: expected a list of meters or an object with 'meters'")
-        return cls.from_meters(m for m in meters if isinstance(m, dict))
+        """From a registry JSON file (:mod:`edge_agent.registry`)."""
+        return cls.from_meters(load_meters(path))
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,21 @@
 """Which anomaly model the agent scores with: load at start, hot-swap, refuse and report.
 
-Sources of ``model.v1`` messages, in order: the newest model accepted before (the buffer's
-``models`` table, verified again with the key configured now), an optional ``model_path`` file,
-then the retained message on ``{root}/models/{model_name}`` (QoS1; the agent subscribes on every
-connect). A message is installed only when it verifies (checksum, Ed25519 signature with the
-configured public key, feature names, a working ONNX graph), carries the configured name and is
-newer (``created_at``) than the model in use. Anything else is refused: the old model stays,
-a counter goes up and ``status.v1`` shows ``model_error``.
+The agent holds one model per name (a :class:`~edge_agent.scoring.ModelBook`): the global model
+``<model_name>`` and, for each customer class among its meters (registry file or simulated fleet),
+the class model ``<model_name>.<class>`` if central publishes one (``ml`` trains per-class models
+when they beat the global one). Meters of a class without its own model use the global one.
+
+Sources of ``model.v1`` messages, in order: the newest model of each name accepted before (the
+buffer's ``models`` table, verified again with the key configured now), an optional
+``model_path`` file (one message or a JSON list of them), then the retained messages on
+``{root}/models/{name}`` (QoS1; the agent subscribes to each of its names on every connect). A
+message is installed only when it verifies (checksum, Ed25519 signature with the configured public
+key, feature names, a working ONNX graph), carries one of the agent's names and is newer
+(``created_at``) than the model of that name in use. Anything else is refused: the old model
+stays, a counter goes up and ``status.v1`` shows ``model_error``.
 
 The swap is one assignment on the agent's main loop, between two ``Intake.take`` calls: each call
-scores all its readings with the model it started with, so every reading is scored by exactly one
+scores all its readings with the book it started with, so every reading is scored by exactly one
 version, and no reading accepted after the first model is left unscored.
 
 onnxruntime is imported only when a model is actually loaded.
@@ -21,14 +27,16 @@ import hashlib
 import json
 import logging
 import queue
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import wire
 from edge_agent.buffer import Buffer
-from edge_agent.scoring import Detector
+from edge_agent.scoring import Detector, ModelBook
+from edge_agent.wire import ID_PATTERN
 
 if TYPE_CHECKING:
     from edge_agent.model import LoadedModel
@@ -48,47 +56,79 @@ class ModelManager:
         public_key: str | None,
         clock: Callable[[], float],
         threads: int = 1,
+        classes: Iterable[str] = (),
     ) -> None:
         self.buffer = buffer
         self.detector = detector
         self.name = name
+        detector.book = ModelBook(name)
+        names = {name}
+        for c in sorted(set(classes)):
+            member = detector.book.class_model_name(c)
+            if re.fullmatch(ID_PATTERN, member):  # no MQTT wildcard or level separator
+                names.add(member)
+            else:
+                log.warning("customer class %r cannot name a model: its meters use %s", c, name)
+        self.names: frozenset[str] = frozenset(names)
         self.public_key = public_key.strip() if public_key and public_key.strip() else None
         self.clock = clock
         self.threads = threads
-        self.error: str | None = None
-        self.loaded_at: float | None = None
+        self.error: str | None = None  # the last refusal, until that name gets a good model
+        self._error_name: str | None = None
+        self._loaded_at: dict[str, float] = {}
         self._inbox: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()
 
     @property
     def model(self) -> LoadedModel | None:
-        return self.detector.model
+        """The global model in use (None before one is accepted)."""
+        return self.detector.book.models.get(self.name)
 
-    def state(self) -> wire.ModelState | None:
-        model = self.detector.model
-        if model is None or self.loaded_at is None:
-            return None
-        return wire.ModelState(
-            name=model.name,
-            version=model.version,
-            loaded_at=datetime.fromtimestamp(self.loaded_at, UTC),
-        )
+    def states(self) -> list[wire.ModelState]:
+        """Every model in use, by name: the global one (a prefix of the others) first."""
+        return [
+            wire.ModelState(
+                name=m.name,
+                version=m.version,
+                loaded_at=datetime.fromtimestamp(self._loaded_at[m.name], UTC),
+            )
+            for m in sorted(self.detector.book.models.values(), key=lambda m: m.name)
+        ]
 
     # --- sources of models -----------------------------------------------------------------
 
     def start(self, model_path: Path | None = None) -> None:
-        """The stored model, then the model file (if any)."""
-        stored = self.buffer.current_model()
-        if stored is not None:
-            self.offer(stored[0].encode(), "stored", persist=False)
-            if self.error is not None:
+        """The stored models, then the model file (if any)."""
+        for message, _ in self.buffer.current_models():
+            try:
+                name = json.loads(message).get("name")
+            except (ValueError, AttributeError):
+                name = None
+            if name not in self.names:
+                log.info("stored model %s is not one of this agent's names: not loaded", name)
+                continue
+            self.offer(message.encode(), "stored", persist=False)
+            if self.error is not None and not self.error.startswith("stored model refused"):
                 self.error = f"stored model refused: {self.error}"
         if model_path is not None:
-            try:
-                data = Path(model_path).read_bytes()
-            except OSError as exc:
-                self._refuse("unreadable_file", str(exc), f"file:{model_path}")
-            else:
-                self.offer(data, f"file:{model_path}")
+            self._offer_file(Path(model_path))
+
+    def _offer_file(self, path: Path) -> None:
+        source = f"file:{path}"
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self._refuse("unreadable_file", str(exc), source)
+            return
+        if data.lstrip()[:1] != b"[":
+            self.offer(data, source)
+            return
+        try:
+            messages = json.loads(data)
+        except ValueError as exc:
+            self._refuse("invalid_message", f"not JSON: {exc}"[:200], source)
+            return
+        for message in messages:
+            self.offer(json.dumps(message).encode(), source)
 
     def on_message(self, payload: bytes, topic: str) -> None:
         """From the MQTT network thread: queue for the main loop."""
@@ -102,9 +142,9 @@ class ModelManager:
                 payload, topic = self._inbox.get_nowait()
             except queue.Empty:
                 return changed
-            before = (self.detector.model, self.error)
+            before = (self.detector.book, self.error)
             self.offer(payload, f"mqtt:{topic}")
-            changed = changed or (self.detector.model, self.error) != before
+            changed = changed or (self.detector.book, self.error) != before
 
     def offer(self, payload: bytes, source: str, *, persist: bool = True) -> bool:
         """Verify a ``model.v1`` payload and install it if it is newer. True if installed."""
@@ -114,7 +154,8 @@ class ModelManager:
             return self._refuse("invalid_message", str(exc), source)
         if wire.schema_of(obj) != "model.v1":
             return self._refuse("unknown_schema", repr(wire.schema_of(obj))[:40], source)
-        current = self.detector.model
+        book = self.detector.book
+        current = book.models.get(str(obj.get("name")))
         if (
             current is not None
             and obj.get("version") == current.version
@@ -130,9 +171,10 @@ class ModelManager:
             model = load_model(obj, key, threads=self.threads)
         except ModelRejected as exc:
             return self._refuse(exc.reason, exc.detail, source, obj)
-        if model.name != self.name:
+        if model.name not in self.names:
+            wanted = ", ".join(sorted(self.names))
             return self._refuse(
-                "name_mismatch", f"model {model.name!r}, agent wants {self.name!r}", source, obj
+                "name_mismatch", f"model {model.name!r}, agent wants one of {wanted}", source, obj
             )
         if current is not None and not _newer(model, current):
             log.info(
@@ -154,9 +196,10 @@ class ModelManager:
                 public_key_sha256=hashlib.sha256(key).hexdigest(),
                 now=self.clock(),
             )
-        self.detector.model = model  # the swap: the next Intake.take scores with it
-        self.loaded_at = self.clock()
-        self.error = None
+        self.detector.book = book.with_model(model)  # the swap: the next Intake.take uses it
+        self._loaded_at[model.name] = self.clock()
+        if self._error_name in (None, model.name):
+            self.error = None
         log.info(
             "scoring with model %s %s (threshold %g) from %s",
             model.name,
@@ -173,12 +216,13 @@ class ModelManager:
         if obj is not None:
             what = f" (model {str(obj.get('name'))[:64]} {str(obj.get('version'))[:64]})"
         self.error = f"{reason}{what}: {detail}"[:400]
-        kept = self.detector.model
+        self._error_name = str(obj.get("name")) if obj is not None else None
+        kept = self.detector.book.models.get(str(obj.get("name"))) if obj else None
         log.error(
             "model from %s refused: %s; %s",
             source,
             self.error,
-            f"keeping {kept.name} {kept.version}" if kept else "no model in use",
+            f"keeping {kept.name} {kept.version}" if kept else "no model of that name in use",
         )
         self.buffer.bump({"models_rejected": 1, f"models_rejected_{reason}": 1})
         return False

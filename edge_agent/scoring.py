@@ -1,10 +1,15 @@
 """Scoring accepted readings and raising alerts, inside the Intake, before the buffer insert.
 
-For each ``Intake.take`` call the :class:`Detector` takes the model in use ONCE (a hot swap
-happens between calls, never inside one, so every reading is scored by exactly one version),
-reads the features' history of the meters concerned from the buffer, computes the features of
-history + new rows in one grouped call and scores all new rows in one onnxruntime call. The score
-and model version go into the rows, so they are committed with the reading and never change.
+For each ``Intake.take`` call the :class:`Detector` takes the :class:`ModelBook` in use ONCE (a
+hot swap happens between calls, never inside one, so every reading is scored by exactly one
+version), reads the features' history of the meters concerned from the buffer, computes the
+features of history + new rows in one grouped call and scores the new rows with one onnxruntime
+call per model. The score and model version go into the rows, so they are committed with the
+reading and never change.
+
+Which model scores a meter: the model of its customer class (``<name>.<class>``, e.g.
+``iforest.urban``) when the agent knows the meter's class (registry file, simulated fleet) and
+holds that model, else the global one (``<name>``). A meter with neither is stored unscored.
 
 Alerts (``alert.v1``) raised here, committed with their readings:
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +71,31 @@ class Prepared:
     keys: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # alert id -> cooldown
 
 
+@dataclass(frozen=True)
+class ModelBook:
+    """The models in use, by name: the global one (``base``) and per-class ones
+    (``base.<class>``). Never changed in place: the rollout swaps in a new book."""
+
+    base: str = "iforest"
+    models: Mapping[str, LoadedModel] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.models)
+
+    def class_model_name(self, customer_class: str) -> str:
+        return f"{self.base}.{customer_class}"
+
+    def for_class(self, customer_class: str | None) -> LoadedModel | None:
+        if customer_class:
+            model = self.models.get(self.class_model_name(customer_class))
+            if model is not None:
+                return model
+        return self.models.get(self.base)
+
+    def with_model(self, model: LoadedModel) -> ModelBook:
+        return ModelBook(self.base, {**self.models, model.name: model})
+
+
 @dataclass
 class _Candidate:
     kind: str
@@ -82,26 +112,28 @@ class Detector:
         cooldown: Cooldown,
         transformer_meters: frozenset[str] = frozenset(),
         energy: EnergyBalance | None = None,
+        meter_class: Mapping[str, str] | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.cooldown = cooldown
         self.transformer_meters = transformer_meters
         self.energy = energy
-        self.model: LoadedModel | None = None  # swapped by the rollout, between calls
+        self.meter_class: Mapping[str, str] = meter_class or {}
+        self.book = ModelBook()  # swapped by the rollout (ModelManager), between calls
         self._flag_masks: dict[str | None, int] = {None: 0, "": 0}
 
     # --- the two hooks of Intake.take ------------------------------------------------------
 
     def prepare(self, rows: Sequence[Row], buffer: Buffer) -> Prepared:
-        model = self.model  # one version for the whole call
-        if model is None:
+        book = self.book  # one version per model for the whole call
+        if not book:
             flagged = [r for r in rows if r[12]]
             out = Prepared(rows)
             if flagged:
                 self._add(out, self._rule_alerts(flagged))
             return out
         try:
-            return self._score(model, rows, buffer)
+            return self._score(book, rows, buffer)
         except Exception:  # never lose readings to a scoring bug: store them unscored
             log.exception("scoring failed; %d readings stored without a score", len(rows))
             out = Prepared(rows, counters={"scoring_errors": 1})
@@ -130,34 +162,51 @@ class Detector:
             self._flag_masks[flags] = mask
         return mask
 
-    def _score(self, model: LoadedModel, rows: Sequence[Row], buffer: Buffer) -> Prepared:
+    def _score(self, book: ModelBook, rows: Sequence[Row], buffer: Buffer) -> Prepared:
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(int(r[2]), []).append(i)
         out_rows: list[Row] = list(rows)
         candidates: list[_Candidate] = []
-        scored = 0
+        scored = unscored = 0
+        classes = self.meter_class
         for interval_s, idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
             feats, keep = self._features(sub, interval_s, buffer)
             if not keep.size:
                 continue
-            scores = model.score(feats)
-            flagged = model.is_anomaly(scores)
-            scored += int(keep.size)
+            by_model: dict[str, list[int]] = {}
             for j, pos in enumerate(keep.tolist()):
-                r = sub[pos]
-                score = round(float(scores[j]), SCORE_DECIMALS)
-                out_rows[idx[pos]] = (*r[:13], score, model.version)
-                x = feats[j]
-                valid = r[11] and not (self._mask(r[12]) & DEFAULT_FLAG_BITS[NO_CREDIT_FLAG])
-                if flagged[j] and valid and r[0] not in self.transformer_meters:
-                    candidates.append(self._anomaly(model, r, score, x))
-                if r[12] and (set(r[12].split(",")) & _TAMPER):
-                    candidates.append(self._tamper(r, x))
-                if x[_REGISTER_DROP] > _MIN_REGISTER_DROP:
-                    candidates.append(self._rollback(r, x))
-        out = Prepared(out_rows, counters={"readings_scored": scored})
+                model = book.for_class(classes.get(sub[pos][0]))
+                if model is None:
+                    unscored += 1
+                    if sub[pos][12]:
+                        candidates.extend(self._rule_alerts([sub[pos]]))
+                    continue
+                by_model.setdefault(model.name, []).append(j)
+            for name, js in by_model.items():
+                model = book.models[name]
+                x_m = feats if len(js) == keep.size else feats[js]
+                scores = model.score(x_m)
+                flagged = model.is_anomaly(scores)
+                scored += len(js)
+                for k, j in enumerate(js):
+                    pos = int(keep[j])
+                    r = sub[pos]
+                    score = round(float(scores[k]), SCORE_DECIMALS)
+                    out_rows[idx[pos]] = (*r[:13], score, model.version)
+                    x = x_m[k]
+                    valid = r[11] and not (self._mask(r[12]) & DEFAULT_FLAG_BITS[NO_CREDIT_FLAG])
+                    if flagged[k] and valid and r[0] not in self.transformer_meters:
+                        candidates.append(self._anomaly(model, r, score, x))
+                    if r[12] and (set(r[12].split(",")) & _TAMPER):
+                        candidates.append(self._tamper(r, x))
+                    if x[_REGISTER_DROP] > _MIN_REGISTER_DROP:
+                        candidates.append(self._rollback(r, x))
+        counters = {"readings_scored": scored}
+        if unscored:
+            counters["readings_without_model"] = unscored
+        out = Prepared(out_rows, counters=counters)
         self._add(out, candidates)
         return out
 

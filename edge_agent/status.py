@@ -18,9 +18,11 @@ def build(
     gateway_id: str,
     now: float,
     state: Literal["online", "offline"] = "online",
-    model: wire.ModelState | None = None,
+    models: list[wire.ModelState] | None = None,
     model_error: str | None = None,
 ) -> wire.Status:
+    """``models``: every model in use; ``model`` in the message is the first of them (the
+    global one, as :meth:`ModelManager.states` sorts it first) for older readers."""
     stats = buffer.stats()
     return wire.Status(
         gateway_id=gateway_id,
@@ -36,7 +38,8 @@ def build(
         ),
         last_ack_at=_utc(stats.last_ack_at),
         counters=buffer.counters(),
-        model=model,
+        model=models[0] if models else None,
+        models=models or None,
         model_error=model_error,
     )
 

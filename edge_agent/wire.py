@@ -240,7 +240,8 @@ class Status(WireModel):
     buffer: BufferState | None = None
     last_ack_at: UtcDatetime | None = None
     counters: dict[str, int] = Field(default_factory=dict)
-    model: ModelState | None = None
+    model: ModelState | None = None  # the global model (else the first class model)
+    models: list[ModelState] | None = None  # every model in use, by name (per-class models)
     model_error: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -257,3 +257,42 @@ def test_hot_swap_under_load(tmp_path: Path, topic_root: str, clear_retained: No
         other = s2 if r[8] == "v1" else s1
         told_apart += abs(r[7] - float(other[i])) > 1e-6
     assert told_apart > 0.9 * (len(rows) - first), "the two versions cannot be told apart"
+
+
+def test_agent_subscribes_to_the_models_of_its_customer_classes(
+    tmp_path: Path, topic_root: str, clear_retained: None
+) -> None:
+    m = models()
+    registry = tmp_path / "registry.json"
+    registry.write_text(
+        json.dumps(
+            {
+                "meters": [
+                    {"meter_id": "u1", "meter_role": "customer", "customer_class": "urban"},
+                    {"meter_id": "l1", "meter_role": "customer", "customer_class": "lifeline"},
+                ]
+            }
+        )
+    )
+    publish(topic_root, json.dumps(m.v1).encode())
+    publish(topic_root, json.dumps(m.urban).encode(), name="iforest.urban")
+    sub = Subscriber(BROKER_PORT, [topics.status(topic_root, GW)]).start()
+    settings = settings_for(
+        tmp_path, topic_root, model_public_key=m.public_key, registry_path=registry
+    )
+    run = Running(settings)
+    try:
+        st = status_where(sub, lambda s: len(s.get("models", [])) == 2, "both models loaded")
+        assert [(x["name"], x["version"]) for x in st["models"]] == [
+            ("iforest", "v1"),
+            ("iforest.urban", "c1"),
+        ]
+        assert st["model"]["name"] == "iforest"
+        write_spool(tmp_path / "spool", "day0", normal_history(["u1", "l1"], 0, 48))
+        sub.wait_for(lambda: len(versions(settings.db_path)) == 96, 15, "readings accepted")
+    finally:
+        run.stop()
+        sub.stop()
+        publish(topic_root, b"", name="iforest.urban")
+    by_meter = {(r[1], r[8]) for r in versions(settings.db_path)}
+    assert by_meter == {("u1", "c1"), ("l1", "v1")}

@@ -3,6 +3,7 @@ empty prepaid meter, the energy balance per transformer, and central storing eac
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import time
@@ -23,6 +24,7 @@ from edge_agent.rollout import ModelManager
 from edge_agent.scoring import Detector
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
+from ml.publish import build_model_message
 from tests.conftest import BROKER_PORT
 from tests.support.detection import T0, models, reading, row_of
 
@@ -237,7 +239,7 @@ def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
     buffer = Buffer(path)
     assert version(buffer.conn) == LATEST == 3
     assert buffer.keys() == {("m", 1)}
-    assert buffer.unacked_alerts() == 0 and buffer.current_model() is None
+    assert buffer.unacked_alerts() == 0 and buffer.current_models() == []
 
 
 # --- central ------------------------------------------------------------------------------
@@ -277,3 +279,79 @@ def test_central_stores_each_alert_once_and_quarantines_bad_ones(pg_dsn: str) ->
     assert stored[0][1:] == ("gw1", "tamper", {"tamper_flag": 1.0})
     assert sorted(r.split(":")[0] for r in reasons) == sorted(r for _, r in bad)
     assert worker.counters["alerts_stored"] == 1 and worker.counters["alerts_duplicate"] == 2
+
+
+def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path: Path) -> None:
+    m = models()
+    path = tmp_path / "b.db"
+
+    def intake_with(offers: list[dict[str, Any]]) -> tuple[Intake, ModelManager]:
+        buffer = Buffer(path)
+        detector = Detector(
+            "gw1",
+            cooldown=Cooldown(86400, buffer.last_alerts()),
+            meter_class={"u1": "urban", "x1": "industrial"},
+        )
+        manager = ModelManager(
+            buffer,
+            detector,
+            name="iforest",
+            public_key=m.public_key,
+            clock=time.time,
+            classes=["urban", "industrial", "bad/class"],
+        )
+        manager.start()
+        for message in offers:
+            assert manager.offer(json.dumps(message).encode(), "test"), manager.error
+        return Intake(buffer, Validator(time.time), detector), manager
+
+    intake, manager = intake_with([m.v1, m.urban])
+    assert manager.names == {"iforest", "iforest.urban", "iforest.industrial"}
+    # A class model for a class this gateway does not serve is refused, the others kept.
+    commercial = build_model_message(
+        base64.b64decode(m.urban["onnx_b64"]),
+        name="iforest.commercial",
+        version="c1",
+        feature_names=m.urban["feature_names"],
+        threshold=m.urban["threshold"],
+        private_key=m.key,
+    )
+    assert not manager.offer(json.dumps(commercial).encode(), "test")
+    assert manager.error is not None and manager.error.startswith("name_mismatch")
+    assert [(s.name, s.version) for s in manager.states()] == [
+        ("iforest", "v1"),
+        ("iforest.urban", "c1"),
+    ]
+    meters = {"u1": None, "x1": None, "m1": None}
+    for d in range(9):
+        intake.take(day(meters, d))
+
+    def versions() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for meter, version in intake.buffer.conn.execute(
+            "select meter_id, model_version from readings"
+        ):
+            out.setdefault(meter, set()).add(version)
+        return out
+
+    # u1 (urban) by the urban model; x1 (no industrial model) and m1 (no class) by the global.
+    assert versions() == {"u1": {"c1"}, "x1": {"v1"}, "m1": {"v1"}}
+    # The scores are the class model's: the same features give other scores under v1.
+    u1 = intake.buffer.conn.execute(
+        "select score from readings where meter_id = 'u1' order by ts"
+    ).fetchall()
+    m1 = intake.buffer.conn.execute(
+        "select score from readings where meter_id = 'm1' order by ts"
+    ).fetchall()
+    assert u1 != m1  # same consumption, different forests
+    intake.buffer.close()
+
+    # Restart: both stored models come back, each under its name.
+    intake, manager = intake_with([])
+    assert [(s.name, s.version) for s in manager.states()] == [
+        ("iforest", "v1"),
+        ("iforest.urban", "c1"),
+    ]
+    intake.take(day(meters, 9))
+    assert versions() == {"u1": {"c1"}, "x1": {"v1"}, "m1": {"v1"}}
+    intake.buffer.close()

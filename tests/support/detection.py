@@ -28,6 +28,7 @@ class Models:
     v1: dict[str, Any]
     v2: dict[str, Any]  # another forest (other seed), created later than v1
     threshold_v1: float
+    urban: dict[str, Any]  # a per-class model "iforest.urban", version "c1" (third seed)
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,12 +46,16 @@ def models() -> Models:
     key = Ed25519PrivateKey.generate()
     t1 = train(x, labels=y, n_estimators=60, random_state=1)
     t2 = train(x, labels=y, n_estimators=60, random_state=2)
+    t3 = train(x, labels=y, n_estimators=60, random_state=3)
     created = datetime(2026, 1, 1, tzinfo=UTC)
     v1 = message_from_trained(t1, name="iforest", version="v1", private_key=key, created_at=created)
     v2 = message_from_trained(
         t2, name="iforest", version="v2", private_key=key, created_at=created + timedelta(days=1)
     )
-    return Models(key, public_key_b64(key), v1, v2, t1.threshold)
+    urban = message_from_trained(
+        t3, name="iforest.urban", version="c1", private_key=key, created_at=created
+    )
+    return Models(key, public_key_b64(key), v1, v2, t1.threshold, urban)
 
 
 def daily_kwh(k: int, level: float = 0.4) -> float:
