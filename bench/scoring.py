@@ -5,9 +5,9 @@
 Trains an IsolationForest on features of synthetic meters (``ml.synthetic``), exports our fast
 graph and the stock skl2onnx graph, and measures for both: single-row p50 latency (in process,
 many repetitions, through the agent's ``LoadedModel.score``) and batch throughput (one call on
-100,000 rows). Checks parity with scikit-learn on 100,000 rows, and measures the peak RSS of a
-fresh interpreter that imports ``edge_agent.model``, verifies and loads the signed model, computes
-features for a meter and scores (the agent with a model loaded, less its buffer and MQTT).
+100,000 rows). Checks parity with scikit-learn on 100,000 rows, and measures the peak RSS of a real
+``edge-agent run`` with the signed model loaded, scoring a spool of 200 meters x 8 days
+(``--agent-meters``, ``--agent-days``).
 Human-readable lines first; the LAST line is one JSON object.
 """
 
@@ -37,31 +37,101 @@ from ml.train import anomaly_scores, features_for, train
 
 PARITY_ROWS = 100_000
 
-_CHILD = r"""
-import json, resource, sys, numpy as np
-from edge_agent.features import compute_features, FEATURE_NAMES
-from edge_agent.model import load_model
-message = json.load(open(sys.argv[1]))
-model = load_model(message, sys.argv[2])
-data = np.load(sys.argv[3])
-x = compute_features(data["ts"], data["kwh"], data["supply_on"], data["flags"],
-                     data["register_kwh"], int(data["interval_s"]), json.loads(sys.argv[4]))
-scores = model.score(x)
-for row in x[-48:]:
-    model.score(row)
-big = np.tile(x, (max(1, 20000 // len(x)), 1))
-model.score(big)
-# VmHWM is this process's own peak; ru_maxrss would include the parent's RSS at fork time.
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-try:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024.0
-except OSError:
-    pass
-flagged = int((scores > model.threshold).sum())
-print(json.dumps({"peak_rss_mb": peak, "rows": int(len(x)), "flagged": flagged}))
-"""
+AGENT_METERS = 200
+AGENT_DAYS = 8
+
+
+def _spool_readings(directory: Path, meters: int, days: int) -> int:
+    """One JSONL file per day of ``meters`` synthetic meters (a few tampered), as a head-end
+    would drop them; returns the number of readings."""
+    from ml.synthetic import FLAG_NAMES
+
+    r = make_readings(meters, days, seed=4, attack_fraction=0.1)
+    directory.mkdir(parents=True, exist_ok=True)
+    day = (r.ts - r.ts.min()) // 86400
+    iso = np.datetime_as_string(r.ts.astype("datetime64[s]"), unit="s")
+    for d in range(days):
+        lines = []
+        for i in np.flatnonzero(day == d).tolist():
+            bits = int(r.flags[i])
+            obj: dict[str, Any] = {
+                "meter_id": f"m{int(r.meter_index[i]):04d}",
+                "ts": f"{iso[i]}Z",
+                "kwh": round(float(r.kwh[i]), 3),
+                "supply": "on" if r.supply_on[i] else "off",
+            }
+            if np.isfinite(r.register_kwh[i]):
+                obj["register_kwh"] = round(float(r.register_kwh[i]), 3)
+            if bits:
+                obj["flags"] = [n for k, n in enumerate(FLAG_NAMES) if bits >> k & 1]
+            lines.append(json.dumps(obj))
+        tmp = directory / f"day{d:03d}.jsonl.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.rename(directory / f"day{d:03d}.jsonl")
+    return len(r.ts)
+
+
+def agent_peak_rss(
+    message: dict[str, Any], public_key: str, meters: int, days: int
+) -> dict[str, Any]:
+    """Peak RSS (VmHWM) of a real ``edge-agent run`` with the signed model loaded, taking
+    ``meters`` meters x ``days`` days from its spool directory and scoring every reading. The
+    broker port is closed (an offline gateway: store-and-forward, no uplink)."""
+    import socket
+    import sqlite3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "model.json").write_text(json.dumps(message))
+        expected = _spool_readings(work / "spool", meters, days)
+        with socket.socket() as sock:  # a free port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        (work / "agent.toml").write_text(
+            "\n".join(
+                [
+                    'gateway_id = "gw-bench"',
+                    f"broker_port = {port}",
+                    f'db_path = "{work / "buffer.db"}"',
+                    f'spool_dir = "{work / "spool"}"',
+                    f'model_path = "{work / "model.json"}"',
+                    f'model_public_key = "{public_key}"',
+                ]
+            )
+            + "\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EIOT_")}
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(work / "agent.toml")],
+            env=env,
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        scored = 0
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 300 and proc.poll() is None:
+                time.sleep(0.5)
+                try:
+                    with sqlite3.connect(work / "buffer.db", timeout=5) as conn:
+                        scored = conn.execute("select count(score) from readings").fetchone()[0]
+                except sqlite3.Error:
+                    continue
+                if scored >= expected:
+                    break
+            elapsed = time.monotonic() - started
+            peak = float("nan")
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024.0
+        finally:
+            proc.terminate()
+            err = proc.communicate(timeout=30)[1].decode(errors="replace")
+        if scored < expected:
+            raise SystemExit(f"agent scored {scored} of {expected} readings:\n{err[-2000:]}")
+    return {"peak_rss_mb": peak, "readings": expected, "seconds": elapsed}
 
 
 def p50_us(fn: Callable[[], object], repeats: int) -> float:
@@ -103,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--repeats", type=int, default=20_000, help="single-row repetitions")
+    parser.add_argument(
+        "--agent-meters", type=int, default=AGENT_METERS, help="meters in the agent RSS run"
+    )
+    parser.add_argument("--agent-days", type=int, default=AGENT_DAYS, help="days in that run")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -186,45 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fast  (2 threads): batch {rows_per_s(two.score, x_test):,.0f} rows/s (for info)")
         del two
 
-    with tempfile.TemporaryDirectory() as tmp:
-        msg_path = Path(tmp) / "model.json"
-        msg_path.write_text(json.dumps(message))
-        r = make_readings(1, 14, seed=3)
-        data_path = Path(tmp) / "meter.npz"
-        np.savez(
-            data_path,
-            ts=r.ts,
-            kwh=r.kwh,
-            supply_on=r.supply_on,
-            flags=r.flags,
-            register_kwh=r.register_kwh,
-            interval_s=r.interval_s,
-        )
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
-        )
-        child = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _CHILD,
-                str(msg_path),
-                pub,
-                str(data_path),
-                json.dumps(FLAG_BITS),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-            timeout=120,
-        )
-    child_report = json.loads(child.stdout.strip().splitlines()[-1])
-    rss = float(child_report["peak_rss_mb"])
+    report = agent_peak_rss(message, pub, args.agent_meters, args.agent_days)
+    rss = float(report["peak_rss_mb"])
     print(
-        f"fresh agent-like process (import edge_agent.model, verify+load, features+score"
-        f" {child_report['rows']} rows): peak RSS {rss:.1f} MB"
+        f"edge-agent run (spool of {args.agent_meters} meters x {args.agent_days} days ="
+        f" {report['readings']} readings, model loaded, every reading scored in"
+        f" {report['seconds']:.1f}s, offline): peak RSS {rss:.1f} MB"
     )
     targets = [
         ("single_row_p50_us <= 50", single <= 50),

@@ -313,15 +313,16 @@ class Buffer:
 
     def history(
         self, meter_ids: Iterable[str], ts_from: int, ts_to: int, interval_s: int
-    ) -> list[tuple[Any, ...]]:
-        """``(meter_id, ts, kwh, supply_on, flags, register_kwh)`` of the given meters with
-        ``ts_from <= ts <= ts_to`` and this interval length (the features' history)."""
+    ) -> sqlite3.Cursor:
+        """A cursor over ``(meter_id, ts, kwh, supply_on, flags, register_kwh)`` of the given
+        meters with ``ts_from <= ts <= ts_to`` and this interval length (the features' history;
+        read it in chunks: a week of a whole gateway is large)."""
         return self.conn.execute(
             "select meter_id, ts, kwh, supply_on, flags, register_kwh from readings "
             "where ts >= ? and ts <= ? and interval_s = ? "
             "and meter_id in (select value from json_each(?))",
             (ts_from, ts_to, interval_s, json.dumps(sorted(set(meter_ids)))),
-        ).fetchall()
+        )
 
     def window_sums(
         self, meter_ids: Iterable[str], ts_after: int, ts_upto: int

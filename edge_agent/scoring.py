@@ -61,6 +61,10 @@ _REGISTER_DROP = FEATURE_NAMES.index("register_drop")
 # (rounding of a register reported in whole Wh, for instance).
 _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
+_HISTORY_CHUNK = 8192
+#: Meters whose history one feature call reads (a week each): bounds the agent's peak memory
+#: (measured: 200 meters x 8 days from a spool, peak RSS 125 MB in one call -> 114 MB).
+METERS_PER_CALL = 50
 
 
 @dataclass
@@ -113,12 +117,14 @@ class Detector:
         transformer_meters: frozenset[str] = frozenset(),
         energy: EnergyBalance | None = None,
         meter_class: Mapping[str, str] | None = None,
+        meters_per_call: int = METERS_PER_CALL,
     ) -> None:
         self.gateway_id = gateway_id
         self.cooldown = cooldown
         self.transformer_meters = transformer_meters
         self.energy = energy
         self.meter_class: Mapping[str, str] = meter_class or {}
+        self.meters_per_call = max(1, meters_per_call)
         self.book = ModelBook()  # swapped by the rollout (ModelManager), between calls
         self._flag_masks: dict[str | None, int] = {None: 0, "": 0}
 
@@ -163,14 +169,18 @@ class Detector:
         return mask
 
     def _score(self, book: ModelBook, rows: Sequence[Row], buffer: Buffer) -> Prepared:
-        groups: dict[int, list[int]] = {}
+        # Rows by interval length, and at most meters_per_call meters at a time: the history
+        # read for a call (a week of each of its meters) bounds the agent's memory.
+        groups: dict[tuple[int, int], list[int]] = {}
+        batch_of: dict[str, int] = {}
         for i, r in enumerate(rows):
-            groups.setdefault(int(r[2]), []).append(i)
+            b = batch_of.setdefault(r[0], len(batch_of) // self.meters_per_call)
+            groups.setdefault((int(r[2]), b), []).append(i)
         out_rows: list[Row] = list(rows)
         candidates: list[_Candidate] = []
         scored = unscored = 0
         classes = self.meter_class
-        for interval_s, idx in groups.items():
+        for (interval_s, _), idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
             feats, keep = self._features(sub, interval_s, buffer)
             if not keep.size:
@@ -224,29 +234,27 @@ class Detector:
         new_cols = _columns(sub, 15)
         ts_new = np.array(new_cols[1], dtype=np.int64)
         code_of = {m: i for i, m in enumerate(dict.fromkeys(new_cols[0]))}
-        hist = buffer.history(
+        cursor = buffer.history(
             code_of,
             int(ts_new.min()) - history_window_s(interval_s),
             int(ts_new.max()),
             interval_s,
         )
-        n_h = len(hist)
+        # The history (~7 days of every meter concerned) goes into arrays a chunk at a time:
+        # Python objects for one chunk only, whatever the size of the gateway.
+        parts: list[tuple[npt.NDArray[Any], ...]] = []
+        while chunk := cursor.fetchmany(_HISTORY_CHUNK):
+            parts.append(self._arrays(_columns(chunk, 6), code_of))
+        new_part = self._arrays(
+            [new_cols[0], new_cols[1], new_cols[3], new_cols[11], new_cols[12], new_cols[4]],
+            code_of,
+        )
+        n_h = sum(len(part[0]) for part in parts)
         n = n_h + n_new
-        # Column by column (one C-level transpose): the history is ~7 days of every meter.
-        h_cols = _columns(hist, 6)
-        meter_ids = h_cols[0] + new_cols[0]
-        codes = np.fromiter(map(code_of.__getitem__, meter_ids), np.int64, n)
-        ts = np.concatenate([np.array(h_cols[1], dtype=np.int64), ts_new])
-        kwh = np.array(h_cols[2] + new_cols[3], dtype=np.float64)
-        on = np.array(h_cols[3] + new_cols[11], dtype=np.bool_)
-        flag_text = h_cols[4] + new_cols[12]
-        distinct = set(flag_text)
-        if distinct <= {None, ""}:
-            flags = np.zeros(n, dtype=np.uint16)
-        else:
-            masks = {f: self._mask(f) for f in distinct}
-            flags = np.fromiter(map(masks.__getitem__, flag_text), np.uint16, n)
-        reg = np.array(h_cols[5] + new_cols[4], dtype=np.float64)  # None -> NaN
+        codes, ts, kwh, on, flags, reg = (
+            np.concatenate([part[k] for part in (*parts, new_part)]) for k in range(6)
+        )
+        del parts, new_part
         is_new = np.zeros(n, dtype=np.int8)
         is_new[n_h:] = 1
         # By meter, then time, stored rows before new ones; lexsort is stable, so of a key
@@ -268,6 +276,29 @@ class Detector:
         )
         new_rows = order >= n_h
         return x[new_rows], (order[new_rows] - n_h).astype(np.int64)
+
+    def _arrays(
+        self, cols: list[list[Any]], code_of: dict[str, int]
+    ) -> tuple[npt.NDArray[Any], ...]:
+        """``(meter code, ts, kwh, supply on, flag mask, register)`` arrays of row columns."""
+        import numpy as np
+
+        n = len(cols[0])
+        flag_text = cols[4]
+        distinct = set(flag_text)
+        if distinct <= {None, ""}:
+            flags = np.zeros(n, dtype=np.uint16)
+        else:
+            masks = {f: self._mask(f) for f in distinct}
+            flags = np.fromiter(map(masks.__getitem__, flag_text), np.uint16, n)
+        return (
+            np.fromiter(map(code_of.__getitem__, cols[0]), np.int64, n),
+            np.array(cols[1], dtype=np.int64),
+            np.array(cols[2], dtype=np.float64),
+            np.array(cols[3], dtype=np.bool_),
+            flags,
+            np.array(cols[5], dtype=np.float64),  # None -> NaN
+        )
 
     # --- alerts ----------------------------------------------------------------------------
 

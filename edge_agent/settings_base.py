@@ -1,53 +1,92 @@
 """One way to build a part's settings: explicit arguments, then ``EIOT_*`` environment
 variables, then a TOML file (``--config`` or ``EIOT_CONFIG``), then defaults. Shared by the
-agent and central (central imports the edge, never the other way)."""
+agent and central (central imports the edge, never the other way).
+
+Plain pydantic and ``tomllib``: the gateway installs nothing beyond pydantic for its settings.
+Environment variables: ``EIOT_<FIELD>`` (any case), ``EIOT_<FIELD>__<SUBFIELD>`` for a nested
+model (``EIOT_SIM__METERS=100``); a value for a list, dict or model field is JSON.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict
 
 S = TypeVar("S", bound="TomlEnvSettings")
 
+ENV_PREFIX = "EIOT_"
+NESTED = "__"
 
-class TomlEnvSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EIOT_", env_nested_delimiter="__", extra="ignore", toml_file=None
-    )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls),
-            file_secret_settings,
-        )
+class TomlEnvSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel class of a field annotated ``Model`` or ``Model | None``."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _env_value(text: str, model: type[BaseModel] | None, annotation: Any) -> Any:
+    structured = model is not None or getattr(annotation, "__origin__", None) in (list, dict)
+    if structured:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text  # pydantic reports the field
+    return text  # pydantic's lax mode turns "5", "true", "1.5" into the field's type
+
+
+def env_values(cls: type[BaseModel], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``EIOT_*`` variables that name a field of ``cls`` (or of a nested model field)."""
+    env = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+    out: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        key = ENV_PREFIX + name.upper()
+        model = _nested_model(field.annotation)
+        if key in env:
+            out[name] = _env_value(env[key], model, field.annotation)
+        if model is not None:
+            sub = {
+                k[len(key) + len(NESTED) :].lower(): v
+                for k, v in env.items()
+                if k.startswith(key + NESTED)
+            }
+            known = {n: v for n, v in sub.items() if n in model.model_fields}
+            if known:
+                base = out.get(name)
+                out[name] = {**(base if isinstance(base, dict) else {}), **known}
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
 
 
 def build(cls: type[S], config_file: Path | str | None = None, **overrides: Any) -> S:
     """``cls`` from a TOML file (if any), the environment and ``overrides``."""
     path = config_file or os.environ.get("EIOT_CONFIG")
-    if path is None:
-        return cls(**overrides)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    config = {**cls.model_config, "toml_file": Path(path)}
-    from_file = type(f"{cls.__name__}FromFile", (cls,), {"model_config": config})
-    settings: S = from_file(**overrides)
-    return settings
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    data = _merge(data, env_values(cls))
+    data = _merge(data, overrides)
+    return cls.model_validate(data)

@@ -328,10 +328,10 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
 
     def versions() -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for meter, version in intake.buffer.conn.execute(
+        for meter, model_version in intake.buffer.conn.execute(
             "select meter_id, model_version from readings"
         ):
-            out.setdefault(meter, set()).add(version)
+            out.setdefault(meter, set()).add(model_version)
         return out
 
     # u1 (urban) by the urban model; x1 (no industrial model) and m1 (no class) by the global.
@@ -355,3 +355,28 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
     intake.take(day(meters, 9))
     assert versions() == {"u1": {"c1"}, "x1": {"v1"}, "m1": {"v1"}}
     intake.buffer.close()
+
+
+def test_scores_do_not_depend_on_how_many_meters_one_call_takes(tmp_path: Path) -> None:
+    m = models()
+    stored = []
+    for n, per_call in enumerate((1000, 3)):
+        buffer = Buffer(tmp_path / f"b{n}.db")
+        detector = Detector("gw1", cooldown=Cooldown(0, {}), meters_per_call=per_call)
+        manager = ModelManager(
+            buffer, detector, name="iforest", public_key=m.public_key, clock=time.time
+        )
+        assert manager.offer(json.dumps(m.v1).encode(), "test"), manager.error
+        intake = Intake(buffer, Validator(time.time), detector)
+        meters: dict[str, Any] = {f"m{i}": None for i in range(7)}
+        meters["m3"] = lambda k: {"kwh": 0.0} if k > 8 * 48 else {}
+        for d in range(10):
+            intake.take(day(meters, d))
+        stored.append(
+            buffer.conn.execute(
+                "select meter_id, ts, score, model_version from readings order by meter_id, ts"
+            ).fetchall()
+        )
+        buffer.close()
+    assert len(stored[0]) == 10 * 48 * 7 and all(r[2] is not None for r in stored[0])
+    assert stored[0] == stored[1]

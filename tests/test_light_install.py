@@ -21,7 +21,7 @@ from tests.support.detection import Subscriber, models, normal_history, reading,
 
 pytestmark = pytest.mark.services
 
-HEAVY = ("sklearn", "skl2onnx", "pandas", "scipy")
+HEAVY = ("sklearn", "skl2onnx", "pandas", "scipy", "pydantic_settings")
 GW = "gw-light"
 
 

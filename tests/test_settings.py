@@ -46,3 +46,34 @@ def test_production_refuses_laptop_defaults_and_placeholders() -> None:
         central_settings(profile="production")
     ok = central_settings(profile="production", pg_dsn="postgresql://eiot:S3cr3t-x@db/eiot")
     assert ok.profile == "production"
+
+
+def test_environment_reaches_nested_and_typed_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text("[sim]\nmeters = 12\ndays = 2\n")
+    monkeypatch.setenv("EIOT_SIM__METERS", "40")  # nested, over the file's value
+    monkeypatch.setenv("eiot_compress", "false")  # any case; a bool from text
+    monkeypatch.setenv("EIOT_BROKER_PASSWORD", "s3cret-x")
+    monkeypatch.setenv("EIOT_UNRELATED_THING", "ignored")
+    s = load_settings(toml)
+    assert s.sim is not None and (s.sim.meters, s.sim.days) == (40, 2)
+    assert s.compress is False
+    assert s.broker_password is not None and s.broker_password.get_secret_value() == "s3cret-x"
+    assert "s3cret-x" not in repr(s)
+    monkeypatch.setenv("EIOT_BROKER_PORT", "not-a-port")
+    with pytest.raises(ValidationError, match="broker_port"):
+        load_settings(toml)
+
+
+def test_the_edge_settings_need_nothing_beyond_pydantic() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pydantic_settings'] = None; "
+        "from edge_agent.settings import load_settings; print(load_settings().gateway_id)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "gw-laptop"

@@ -1,4 +1,5 @@
-"""Warehouse settings: one pydantic-settings object, built by a function, never at import time.
+"""Warehouse settings: one settings object (``edge_agent.settings_base``), built by a function,
+never at import time.
 
 Environment variables use the ``EIOT_`` prefix (``EIOT_CLICKHOUSE_DSN``, ``EIOT_PG_DSN``...); a
 TOML file (``EIOT_CONFIG``, default ``eiot.toml`` in the working directory) may set the same keys.
@@ -11,21 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+
+from edge_agent.settings_base import TomlEnvSettings, build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WAREHOUSE_PATH = REPO_ROOT / "var" / "warehouse"
 
 
-class WarehouseSettings(BaseSettings):
+class WarehouseSettings(TomlEnvSettings):
     """Where the warehouse lives and how the loader, dbt and the quality checks reach it."""
-
-    model_config = SettingsConfigDict(env_prefix="EIOT_", extra="ignore")
 
     clickhouse_dsn: str = Field(
         default=f"chdb://{DEFAULT_WAREHOUSE_PATH}",
@@ -48,21 +43,9 @@ class WarehouseSettings(BaseSettings):
     dbt_target: str | None = None
     gx_dir: Path = REPO_ROOT / "gx"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get("EIOT_CONFIG", "eiot.toml"))
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_file.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
-        return tuple(sources)
-
 
 def get_settings(**overrides: Any) -> WarehouseSettings:
-    return WarehouseSettings(**overrides)
+    toml_file = os.environ.get("EIOT_CONFIG") or (
+        "eiot.toml" if Path("eiot.toml").is_file() else None
+    )
+    return build(WarehouseSettings, toml_file, **overrides)
