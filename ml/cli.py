@@ -129,6 +129,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from ml.ranking import run
+    from ml.registry import default_dsn
+
+    run_id, ranking = run(
+        args.dsn or default_dsn(),
+        end=_date(args.end) if args.end else None,
+        days=args.days,
+        model_name=args.name,
+        model_version=args.version,
+        interval_s=args.interval,
+        threads=args.threads,
+    )
+    model = " ".join(ranking.model) if ranking.model else "none registered (margins 0)"
+    print(
+        f"run {run_id}: {len(ranking.meter_ids)} customers ranked over"
+        f" {ranking.window_start:%Y-%m-%d %H:%M} .. {ranking.window_end:%Y-%m-%d %H:%M} UTC;"
+        f" gateway model {model}; stored in ml.customer_rankings (view ml.inspection_list)"
+    )
+    for k in range(min(args.top, len(ranking.meter_ids))):
+        why = ", ".join(f"{r['signal']} z={r['z']:g}" for r in ranking.reasons[k]) or "-"
+        print(
+            f"{k + 1:4d}  {ranking.meter_ids[k]:<24} {ranking.scores[k]:8.2f}"
+            f"  {ranking.customer_class[k] or '-':<22} {why}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -228,6 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_arguments(p)
     p.set_defaults(func=evaluation.command)
+
+    p = sub.add_parser(
+        "rank",
+        help="rank customers for inspection over a window of raw.readings (ml.inspection_list)",
+        description=(
+            "Rank the customers of raw.readings over a window by the unsupervised peer score "
+            "(gateway model margins, the meter against itself, its peers and its transformer), "
+            "store the run in ml.customer_rankings and print the top of the list."
+        ),
+    )
+    p.add_argument("--dsn", default=None, help="PostgreSQL DSN (default $EIOT_PG_DSN)")
+    p.add_argument("--end", default=None, help="window end, ISO UTC (default: newest reading)")
+    p.add_argument("--days", type=float, default=28.0, help="window length in days")
+    p.add_argument("--name", default="iforest", help="gateway model set name in ml.models")
+    p.add_argument("--version", default=None, help="model set version (default: newest)")
+    p.add_argument("--interval", type=int, default=1800, help="interval length in seconds")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads")
+    p.add_argument("--top", type=int, default=20, help="rows of the list to print")
+    p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser(
         "models",

@@ -310,13 +310,21 @@ PEER_SIGNS: dict[str, float] = {
 }
 
 
+def peer_contributions(features: CustomerFeatures) -> FloatArray:
+    """``(customers, len(PEER_SIGNS))``: each :data:`PEER_SIGNS` feature's robust z-score over
+    all customers, signed so that higher = more suspicious, kept where positive (capped at 20)."""
+    cols = [
+        np.clip(_robust_z(sign * features.values[:, features.names.index(name)]), 0.0, 20.0)
+        for name, sign in PEER_SIGNS.items()
+    ]
+    if not cols:
+        return np.zeros((features.values.shape[0], 0))
+    return np.stack(cols, axis=1)
+
+
 def peer_score(features: CustomerFeatures) -> FloatArray:
-    """Unsupervised customer score: the sum of the positive parts of the robust z-scores (over
-    all customers) of the :data:`PEER_SIGNS` features, signed so that higher = more suspicious."""
-    total = np.zeros(features.values.shape[0])
-    for name, sign in PEER_SIGNS.items():
-        z = _robust_z(sign * features.values[:, features.names.index(name)])
-        total += np.clip(z, 0.0, 20.0)
+    """Unsupervised customer score: the sum of :func:`peer_contributions`."""
+    total: FloatArray = peer_contributions(features).sum(axis=1)
     return total
 
 

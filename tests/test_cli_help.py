@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-PARSERS = ["edge_agent.cli", "central.cli", "simulator.cli"]
+PARSERS = ["edge_agent.cli", "central.cli", "simulator.cli", "ml.cli"]
 
 
 def walk(

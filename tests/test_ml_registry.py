@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from central.db import migrate
 from edge_agent import wire
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import ModelRejected, load_model
-from ml.dataset import from_fleet, reading_features
+from ml.dataset import MeterData, from_fleet, reading_features
 from ml.modelset import ModelSet, train_model_set
 from ml.publish import generate_keypair, load_private_key
 from ml.registry import (
@@ -152,18 +153,14 @@ def test_same_version_with_another_model_is_refused(
         assert conn.execute("select count(*) from ml.models").fetchone() == (1,)
 
 
-def test_train_on_postgres_readings(ml_dsn: str) -> None:
-    """`train --source postgres`: raw.readings + raw.meters onto the grid, unlabelled training."""
-    from datetime import UTC, datetime
-
-    from ml.dataset import from_postgres
+def copy_fleet(dsn: str, cfg: FleetConfig) -> MeterData:
+    """The simulated fleet's registry and readings into ``raw`` (as ingest would store them)."""
     from simulator import Fleet, flag_names
     from simulator.registry_db import upsert_registry
 
-    cfg = FleetConfig(meters=40, days=9, seed=6)
-    upsert_registry(Fleet(cfg).registry(), ml_dsn)
+    upsert_registry(Fleet(cfg).registry(), dsn)
     sim = from_fleet(cfg)
-    with psycopg.connect(ml_dsn) as conn, conn.cursor() as cur:
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         with cur.copy(
             "copy raw.readings (meter_id, ts, interval_s, kwh, register_kwh, supply, flags,"
             " gateway_id, batch_id) from stdin"
@@ -171,6 +168,8 @@ def test_train_on_postgres_readings(ml_dsn: str) -> None:
             for t, ts in enumerate(sim.ts.tolist()):
                 when = datetime.fromtimestamp(ts, UTC)
                 for m, meter_id in enumerate(sim.meter_ids.tolist()):
+                    if not sim.present[t, m]:
+                        continue
                     copy.write_row(
                         (
                             meter_id,
@@ -184,6 +183,15 @@ def test_train_on_postgres_readings(ml_dsn: str) -> None:
                             "b1",
                         )
                     )
+    return sim
+
+
+def test_train_on_postgres_readings(ml_dsn: str) -> None:
+    """`train --source postgres`: raw.readings + raw.meters onto the grid, unlabelled training."""
+    from ml.dataset import from_postgres
+
+    cfg = FleetConfig(meters=40, days=9, seed=6)
+    sim = copy_fleet(ml_dsn, cfg)
     end = datetime.fromtimestamp(int(sim.ts[-1]), UTC)
     start = datetime.fromtimestamp(int(sim.ts[0]) - sim.interval_s + 7 * 86400, UTC)
     data = from_postgres(ml_dsn, start, end)
@@ -199,3 +207,58 @@ def test_train_on_postgres_readings(ml_dsn: str) -> None:
     trained = train_model_set(data, reading_features(data), warmup_days=7, max_rows=20_000)
     assert trained.variant == "global" and not trained.validation  # no labels: no comparison
     assert "quantile" in trained.members[0].threshold_method
+
+
+def test_rank_customers_from_postgres_with_the_registered_model_set(
+    ml_dsn: str, model_set: ModelSet, keys: tuple[Path, str]
+) -> None:
+    """`python -m ml rank`: the newest registered model set (global + a class member) rebuilt
+    from ml.models, every customer of the window ranked and stored; thieves come first."""
+    from ml.ranking import model_set_from_registry, run
+    from simulator import THEFT_LABELS
+
+    key = load_private_key(keys[0])
+    with psycopg.connect(ml_dsn, autocommit=True) as conn:
+        klass = replace(model_set.members[0], name="iforest.solar_home_payg")
+        klass.customer_class = "solar_home_payg"
+        for member in (model_set.members[0], klass):
+            register(
+                conn, sign_member(model_set, member, key), customer_class=member.customer_class
+            )
+        rebuilt = model_set_from_registry(conn, "iforest")
+    assert rebuilt is not None and rebuilt.version == model_set.version
+    assert {(m.name, m.customer_class) for m in rebuilt.members} == {
+        ("iforest", ""),
+        ("iforest.solar_home_payg", "solar_home_payg"),
+    }
+
+    sim = copy_fleet(ml_dsn, FleetConfig(meters=300, days=21, seed=8, theft_share=0.15))
+    run_id, ranking = run(ml_dsn, days=14)
+    assert ranking.model == ("iforest", model_set.version)
+    customers = int(sim.customers.sum())
+    assert len(ranking.meter_ids) == customers
+    assert list(ranking.scores) == sorted(ranking.scores, reverse=True)
+
+    # Truth: customers with theft-labelled readings inside the 14-day window.
+    assert sim.label_code is not None
+    codes = [sim.label_names.index(n) for n in THEFT_LABELS]
+    window = sim.ts > sim.ts[-1] - 14 * 86400
+    thieves = set(sim.meter_ids[np.isin(sim.label_code[window], codes).any(axis=0)].tolist())
+    thieves &= set(sim.meter_ids[sim.customers].tolist())
+    k = 10
+    hits = len(thieves & set(ranking.meter_ids[:k]))
+    base_rate = len(thieves) / customers
+    print(f"top-{k}: {hits} thieves; {len(thieves)} of {customers} customers steal")
+    assert hits / k >= max(0.6, 3 * base_rate), (hits, len(thieves), customers)
+    assert all(ranking.reasons[i] for i in range(k)), "the top of the list says why"
+
+    with psycopg.connect(ml_dsn) as conn:
+        listed = conn.execute(
+            "select run_id, count(*), min(rank), max(rank), count(distinct meter_id)"
+            " from ml.inspection_list group by run_id"
+        ).fetchall()
+        top = conn.execute(
+            "select meter_id, reasons from ml.inspection_list order by rank limit 1"
+        ).fetchone()
+    assert listed == [(run_id, customers, 1, customers, customers)]
+    assert top is not None and top[0] == ranking.meter_ids[0] and top[1][0]["signal"]
