@@ -654,7 +654,13 @@ class Buffer:
     def stats(self) -> BufferStats:
         c = self.conn
         pending = self._pending  # kept by accept/apply_ack: no count over the table
-        oldest_ts = c.execute("select min(ts) from readings where acked_at is null").fetchone()[0]
+        # Unacknowledged readings are in open batches or not batched yet: start the scan at the
+        # lowest such seq instead of walking every acknowledged reading of the retention window.
+        lo = c.execute("select min(first_seq) from batches where acked_at is null").fetchone()[0]
+        floor = self._batched_upto + 1 if lo is None else min(int(lo), self._batched_upto + 1)
+        oldest_ts = c.execute(
+            "select min(ts) from readings where seq >= ? and acked_at is null", (floor,)
+        ).fetchone()[0]
         unbatched, oldest_acc = c.execute(
             "select count(*), min(accepted_at) from readings where seq > ?",
             (self._meta_int("batched_upto"),),

@@ -169,3 +169,30 @@ def test_prune_removes_quarantine_of_acknowledged_quarantine_only_batches(tmp_pa
         buf.apply_ack(wire.Ack(batch_id=b.batch_id, status="stored"), now=3.0)
     buf.prune(retention_s=86400)
     assert buf.conn.execute("select count(*) from quarantine").fetchone()[0] == 0
+
+
+def test_oldest_pending_ts_with_acks_out_of_order(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.db")
+
+    def naive() -> int | None:
+        value = buf.conn.execute("select min(ts) from readings where acked_at is null").fetchone()
+        return None if value[0] is None else int(value[0])
+
+    # Readings arrive late for some meters: seq order is not ts order.
+    buf.accept([row("m1", k) for k in range(20, 40)], now=1.0)
+    buf.accept([row("m2", k) for k in range(20)], now=2.0)
+    buf.accept([row("m3", k) for k in range(10, 30)], now=3.0)
+    batches = [buf.form_batch("gw", 15, now=4.0, compress=False) for _ in range(3)]
+    assert all(batches)
+    assert buf.stats().oldest_pending_ts == naive() == row("m2", 0)[1]
+    for b in (batches[1], batches[2]):  # later batches answered first
+        assert b is not None and buf.apply_ack(wire.Ack(batch_id=b.batch_id, status="stored"), 5.0)
+        assert buf.stats().oldest_pending_ts == naive()
+    first = batches[0]
+    assert first is not None and buf.apply_ack(
+        wire.Ack(batch_id=first.batch_id, status="stored"), 6.0
+    )
+    assert buf.stats().oldest_pending_ts == naive() == row("m3", 15)[1]  # the unbatched tail
+    while (b := buf.form_batch("gw", 100, now=7.0, compress=False)) is not None:
+        buf.apply_ack(wire.Ack(batch_id=b.batch_id, status="stored"), 8.0)
+    assert buf.stats().oldest_pending_ts is None and naive() is None
