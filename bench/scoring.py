@@ -72,7 +72,11 @@ def _spool_readings(directory: Path, meters: int, days: int) -> int:
 
 
 def agent_peak_rss(
-    message: dict[str, Any], public_key: str, meters: int, days: int
+    message: dict[str, Any],
+    public_key: str,
+    meters: int,
+    days: int,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
     """Peak RSS (VmHWM) of a real ``edge-agent run`` with the signed model loaded, taking
     ``meters`` meters x ``days`` days from its spool directory and scoring every reading. The
@@ -103,7 +107,7 @@ def agent_peak_rss(
         env = {k: v for k, v in os.environ.items() if not k.startswith("EIOT_")}
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(work / "agent.toml")],
+            [python, "-m", "edge_agent.cli", "run", "--config", str(work / "agent.toml")],
             env=env,
             cwd=work,
             stdout=subprocess.DEVNULL,
@@ -177,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         "--agent-meters", type=int, default=AGENT_METERS, help="meters in the agent RSS run"
     )
     parser.add_argument("--agent-days", type=int, default=AGENT_DAYS, help="days in that run")
+    parser.add_argument(
+        "--agent-python",
+        default=None,
+        help="interpreter of a venv with only `.[edge]` installed, to run the agent as a gateway "
+        "would (default: this one; the dev venv's extra packages add a few MB)",
+    )
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -260,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fast  (2 threads): batch {rows_per_s(two.score, x_test):,.0f} rows/s (for info)")
         del two
 
-    report = agent_peak_rss(message, pub, args.agent_meters, args.agent_days)
+    report = agent_peak_rss(
+        message, pub, args.agent_meters, args.agent_days, args.agent_python or sys.executable
+    )
     rss = float(report["peak_rss_mb"])
     print(
         f"edge-agent run (spool of {args.agent_meters} meters x {args.agent_days} days ="
