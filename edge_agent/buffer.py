@@ -454,6 +454,14 @@ class Buffer:
             )
             self.bump({"models_accepted": 1})
 
+    def forget_models(self, name: str) -> int:
+        """Drop the stored models of ``name`` (withdrawn by central)."""
+        with self._tx():
+            cur = self.conn.execute("delete from models where name = ?", (name,))
+            if cur.rowcount:
+                self.bump({"models_withdrawn": 1})
+        return int(cur.rowcount)
+
     def current_models(self) -> list[tuple[str, float]]:
         """(model.v1 JSON, accepted_at) of the newest accepted model of each name, by name."""
         return [

@@ -12,11 +12,14 @@ buffer's ``models`` table, verified again with the key configured now), an optio
 message is installed only when it verifies (checksum, Ed25519 signature with the configured public
 key, feature names, a working ONNX graph), carries one of the agent's names and is newer
 (``created_at``) than the model of that name in use. Anything else is refused: the old model
-stays, a counter goes up and ``status.v1`` shows ``model_error``.
+stays, a counter goes up and ``status.v1`` shows ``model_error``. An empty retained message on a
+model's topic (``ml.registry.clear_retained``) withdraws that model: it is dropped and forgotten.
+A class model older than the global one is not used (a newer set without that class replaced it).
 
 The swap is one assignment on the agent's main loop, between two ``Intake.take`` calls: each call
 scores all its readings with the book it started with, so every reading is scored by exactly one
-version, and no reading accepted after the first model is left unscored.
+version; once a global model is in, no accepted reading is left unscored (with class models only,
+meters of other classes are stored unscored and counted, ``readings_without_model``).
 
 onnxruntime is imported only when a model is actually loaded.
 """
@@ -78,11 +81,6 @@ class ModelManager:
         self._loaded_at: dict[str, float] = {}
         self._inbox: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()
 
-    @property
-    def model(self) -> LoadedModel | None:
-        """The global model in use (None before one is accepted)."""
-        return self.detector.book.models.get(self.name)
-
     def states(self) -> list[wire.ModelState]:
         """Every model in use, by name: the global one (a prefix of the others) first."""
         return [
@@ -113,6 +111,8 @@ class ModelManager:
             self._offer_file(Path(model_path))
 
     def _offer_file(self, path: Path) -> None:
+        """One ``model.v1`` message, or a JSON list of them (a whole model set: the members of
+        classes this gateway does not serve are skipped)."""
         source = f"file:{path}"
         try:
             data = path.read_bytes()
@@ -128,6 +128,11 @@ class ModelManager:
             self._refuse("invalid_message", f"not JSON: {exc}"[:200], source)
             return
         for message in messages:
+            name = message.get("name") if isinstance(message, dict) else None
+            other_class = isinstance(name, str) and name.startswith(self.name + ".")
+            if other_class and name not in self.names:
+                log.info("%s: model %s is for a class this gateway does not serve", source, name)
+                continue
             self.offer(json.dumps(message).encode(), source)
 
     def on_message(self, payload: bytes, topic: str) -> None:
@@ -143,17 +148,37 @@ class ModelManager:
             except queue.Empty:
                 return changed
             before = (self.detector.book, self.error)
-            self.offer(payload, f"mqtt:{topic}")
+            name = topic.rsplit("/", 1)[-1]
+            if not payload:  # the retained message was cleared: central withdrew the model
+                self.withdraw(name)
+            else:
+                self.offer(payload, f"mqtt:{topic}", name_hint=name)
             changed = changed or (self.detector.book, self.error) != before
 
-    def offer(self, payload: bytes, source: str, *, persist: bool = True) -> bool:
-        """Verify a ``model.v1`` payload and install it if it is newer. True if installed."""
+    def withdraw(self, name: str) -> None:
+        """Stop using the model ``name`` (and forget it, so a restart does not bring it back)."""
+        book = self.detector.book
+        if name in book.models:
+            self.detector.book = book.without(name)
+            self._loaded_at.pop(name, None)
+            log.warning("model %s withdrawn by central: no longer used", name)
+        self.buffer.forget_models(name)
+        if self._error_name == name:
+            self.error = None
+
+    def offer(
+        self, payload: bytes, source: str, *, persist: bool = True, name_hint: str | None = None
+    ) -> bool:
+        """Verify a ``model.v1`` payload and install it if it is newer. True if installed.
+        ``name_hint``: the model name the topic it came on implies (for error reports)."""
         try:
             obj = wire.decode(payload, MAX_MODEL_MESSAGE_BYTES)
         except wire.DecodeError as exc:
-            return self._refuse("invalid_message", str(exc), source)
+            return self._refuse("invalid_message", str(exc), source, None, name_hint)
         if wire.schema_of(obj) != "model.v1":
-            return self._refuse("unknown_schema", repr(wire.schema_of(obj))[:40], source)
+            return self._refuse(
+                "unknown_schema", repr(wire.schema_of(obj))[:40], source, None, name_hint
+            )
         book = self.detector.book
         current = book.models.get(str(obj.get("name")))
         if (
@@ -162,6 +187,14 @@ class ModelManager:
             and obj.get("sha256") == current.sha256
         ):
             return False  # the model in use (a retained message delivered again)
+        if obj.get("name") not in self.names:
+            wanted = ", ".join(sorted(self.names))
+            return self._refuse(
+                "name_mismatch",
+                f"model {str(obj.get('name'))[:64]!r}, agent wants one of {wanted}",
+                source,
+                obj,
+            )
         if self.public_key is None:
             return self._refuse("no_public_key", "set model_public_key to accept models", source)
         from edge_agent.model import ModelRejected, load_model, parse_public_key
@@ -170,12 +203,7 @@ class ModelManager:
             key = parse_public_key(self.public_key)
             model = load_model(obj, key, threads=self.threads)
         except ModelRejected as exc:
-            return self._refuse(exc.reason, exc.detail, source, obj)
-        if model.name not in self.names:
-            wanted = ", ".join(sorted(self.names))
-            return self._refuse(
-                "name_mismatch", f"model {model.name!r}, agent wants one of {wanted}", source, obj
-            )
+            return self._refuse(exc.reason, exc.detail, source, obj, name_hint)
         if current is not None and not _newer(model, current):
             log.info(
                 "model %s %s from %s is not newer than %s: ignored",
@@ -210,13 +238,18 @@ class ModelManager:
         return True
 
     def _refuse(
-        self, reason: str, detail: str, source: str, obj: dict[str, Any] | None = None
+        self,
+        reason: str,
+        detail: str,
+        source: str,
+        obj: dict[str, Any] | None = None,
+        name_hint: str | None = None,
     ) -> bool:
         what = ""
         if obj is not None:
             what = f" (model {str(obj.get('name'))[:64]} {str(obj.get('version'))[:64]})"
         self.error = f"{reason}{what}: {detail}"[:400]
-        self._error_name = str(obj.get("name")) if obj is not None else None
+        self._error_name = str(obj.get("name")) if obj is not None else name_hint
         kept = self.detector.book.models.get(str(obj.get("name"))) if obj else None
         log.error(
             "model from %s refused: %s; %s",

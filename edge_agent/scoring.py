@@ -2,14 +2,17 @@
 
 For each ``Intake.take`` call the :class:`Detector` takes the :class:`ModelBook` in use ONCE (a
 hot swap happens between calls, never inside one, so every reading is scored by exactly one
-version), reads the features' history of the meters concerned from the buffer, computes the
-features of history + new rows in one grouped call and scores the new rows with one onnxruntime
-call per model. The score and model version go into the rows, so they are committed with the
-reading and never change.
+version). By interval length and by groups of at most ``meters_per_call`` meters (bounded
+memory), it reads the features' history of the meters from the buffer, computes the features of
+history + new rows in one grouped call and scores the new rows with one onnxruntime call per
+model. The score and model version go into the rows, so they are committed with the reading and
+never change.
 
 Which model scores a meter: the model of its customer class (``<name>.<class>``, e.g.
 ``iforest.urban``) when the agent knows the meter's class (registry file, simulated fleet) and
-holds that model, else the global one (``<name>``). A meter with neither is stored unscored.
+holds a class model not older than the global one, else the global one (``<name>``). A meter with
+neither is stored unscored (counter ``readings_without_model``). A model that fails to score
+leaves its rows unscored (counter ``scoring_errors``), the other models' rows are scored.
 
 Alerts (``alert.v1``) raised here, committed with their readings:
 
@@ -90,14 +93,24 @@ class ModelBook:
         return f"{self.base}.{customer_class}"
 
     def for_class(self, customer_class: str | None) -> LoadedModel | None:
+        """The class's model, else the global one. A class model older than the global model
+        is stale (a newer model set without that class superseded it) and is not used."""
+        glob = self.models.get(self.base)
         if customer_class:
             model = self.models.get(self.class_model_name(customer_class))
-            if model is not None:
+            if model is not None and (glob is None or not _older(model, glob)):
                 return model
-        return self.models.get(self.base)
+        return glob
 
     def with_model(self, model: LoadedModel) -> ModelBook:
         return ModelBook(self.base, {**self.models, model.name: model})
+
+    def without(self, name: str) -> ModelBook:
+        return ModelBook(self.base, {k: v for k, v in self.models.items() if k != name})
+
+
+def _older(a: LoadedModel, b: LoadedModel) -> bool:
+    return a.created_at is not None and b.created_at is not None and a.created_at < b.created_at
 
 
 @dataclass
@@ -178,7 +191,7 @@ class Detector:
             groups.setdefault((int(r[2]), b), []).append(i)
         out_rows: list[Row] = list(rows)
         candidates: list[_Candidate] = []
-        scored = unscored = 0
+        scored = unscored = failed = 0
         classes = self.meter_class
         for (interval_s, _), idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
@@ -197,8 +210,16 @@ class Detector:
             for name, js in by_model.items():
                 model = book.models[name]
                 x_m = feats if len(js) == keep.size else feats[js]
-                scores = model.score(x_m)
-                flagged = model.is_anomaly(scores)
+                try:
+                    scores = model.score(x_m)
+                    flagged = model.is_anomaly(scores)
+                except Exception:  # one broken model must not leave the others' rows unscored
+                    log.exception("model %s %s failed to score", model.name, model.version)
+                    failed += len(js)
+                    for j in js:
+                        if sub[int(keep[j])][12]:
+                            candidates.extend(self._rule_alerts([sub[int(keep[j])]]))
+                    continue
                 scored += len(js)
                 for k, j in enumerate(js):
                     pos = int(keep[j])
@@ -216,6 +237,9 @@ class Detector:
         counters = {"readings_scored": scored}
         if unscored:
             counters["readings_without_model"] = unscored
+        if failed:
+            counters["scoring_errors"] = 1
+            counters["readings_unscored_model_error"] = failed
         out = Prepared(out_rows, counters=counters)
         self._add(out, candidates)
         return out

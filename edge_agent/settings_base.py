@@ -68,6 +68,10 @@ def env_values(cls: type[BaseModel], environ: Mapping[str, str] | None = None) -
     return out
 
 
+def _lower_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k.lower(): _lower_keys(v) if isinstance(v, dict) else v for k, v in doc.items()}
+
+
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for k, v in top.items():
@@ -86,7 +90,7 @@ def build(cls: type[S], config_file: Path | str | None = None, **overrides: Any)
         if not Path(path).is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            data = _lower_keys(tomllib.load(fh))  # keys in any case, like the environment
     data = _merge(data, env_values(cls))
     data = _merge(data, overrides)
     return cls.model_validate(data)

@@ -22,7 +22,8 @@ def build(
     model_error: str | None = None,
 ) -> wire.Status:
     """``models``: every model in use; ``model`` in the message is the first of them (the
-    global one, as :meth:`ModelManager.states` sorts it first) for older readers."""
+    global one when it is loaded: :meth:`ModelManager.states` sorts it first), for readers that
+    show one model. (``status.v1`` readers refuse unknown fields: central is upgraded first.)"""
     stats = buffer.stats()
     return wire.Status(
         gateway_id=gateway_id,

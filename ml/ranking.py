@@ -41,6 +41,8 @@ class Ranking:
     window_start: datetime
     window_end: datetime
     model: tuple[str, str] | None  # (name, version) of the gateway model set used
+    members: list[str]  # its members (global + class models)
+    unregistered: int  # meters with readings but not in raw.meters: left out
     meter_ids: list[str]
     scores: npt.NDArray[np.float64]  # in rank order, highest first
     reasons: list[list[dict[str, Any]]]
@@ -52,13 +54,13 @@ class Ranking:
 def model_set_from_registry(
     conn: psycopg.Connection, name: str, version: str | None = None
 ) -> ModelSet | None:
-    """The model set ``name`` (newest registered version unless ``version``): the global member
-    ``name`` and the class members ``name.<class>`` of that version. None if none is registered."""
+    """The model set ``name`` as gateways got it: the newest PUBLISHED version unless
+    ``version``, its global member ``name`` and class members ``name.<class>``. None if none."""
     if version is None:
         row = conn.execute(
-            "select version from ml.models where name = %s or name like %s"
+            "select version from ml.models where name = %s and published_at is not null"
             " order by created_at desc, registered_at desc limit 1",
-            (name, name + ".%"),
+            (name,),
         ).fetchone()
         if row is None:
             return None
@@ -66,8 +68,9 @@ def model_set_from_registry(
     rows = conn.execute(
         "select name, customer_class, variant, created_at, sha256, threshold, threshold_method,"
         " train_rows, message from ml.models"
-        " where version = %s and (name = %s or name like %s) order by name",
-        (version, name, name + ".%"),
+        " where version = %s and (name = %s or left(name, length(%s) + 1) = %s || '.')"
+        " order by name",
+        (version, name, name, name),
     ).fetchall()
     if not rows:
         return None
@@ -100,9 +103,18 @@ def model_set_from_registry(
     )
 
 
-def rank(data: MeterData, start: int, model_set: ModelSet | None, *, threads: int = 1) -> Ranking:
-    """Rank the customers of ``data`` over the intervals ``start:`` (before: feature history)."""
-    rows = data.present & data.customers[None, :]
+def rank(
+    data: MeterData,
+    start: int,
+    model_set: ModelSet | None,
+    *,
+    customers: npt.NDArray[np.bool_] | None = None,
+    threads: int = 1,
+) -> Ranking:
+    """Rank the ``customers`` (default: every customer meter) of ``data`` over the intervals
+    ``start:`` (the intervals before are the features' history)."""
+    customers = data.customers if customers is None else customers
+    rows = data.present & customers[None, :]
     rows[:start] = False
     if model_set is not None:
         x = reading_features(data)
@@ -110,7 +122,7 @@ def rank(data: MeterData, start: int, model_set: ModelSet | None, *, threads: in
         del x
     else:
         margin = np.zeros(rows.shape)
-    feats = customer_features(data, margin, start)
+    feats = customer_features(data, margin, start, customers=customers)
     parts = peer_contributions(feats)
     scores = parts.sum(axis=1)
     order = np.argsort(-scores, kind="stable")
@@ -135,6 +147,8 @@ def rank(data: MeterData, start: int, model_set: ModelSet | None, *, threads: in
         window_start=first,
         window_end=last,
         model=None if model_set is None else (model_set.name, model_set.version),
+        members=[] if model_set is None else [m.name for m in model_set.members],
+        unregistered=0,
         meter_ids=data.meter_ids[cols].tolist(),
         scores=scores[order],
         reasons=reasons,
@@ -151,15 +165,18 @@ def store(conn: psycopg.Connection, ranking: Ranking) -> str:
     with conn.transaction():
         conn.execute(
             "insert into ml.ranking_runs (run_id, window_start, window_end, model_name,"
-            " model_version, scorer, customers) values (%s, %s, %s, %s, %s, %s, %s)",
+            " model_version, model_members, scorer, customers, unregistered_meters)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 run_id,
                 ranking.window_start,
                 ranking.window_end,
                 name,
                 version,
+                ranking.members,
                 SCORER,
                 len(ranking.meter_ids),
+                ranking.unregistered,
             ),
         )
         with conn.cursor().copy(
@@ -203,12 +220,17 @@ def run(
         if end is None:
             raise ValueError("raw.readings is empty: nothing to rank")
         model_set = model_set_from_registry(conn, model_name, model_version)
+        registered = [r[0] for r in conn.execute("select meter_id from raw.meters")]
     start = end - timedelta(days=days)
     data = from_postgres(dsn, start, end, interval_s=interval_s)
     first = int(np.searchsorted(data.ts, start.timestamp(), side="right"))
     if model_set is not None:
         model_set.interval_s = interval_s
-    ranking = rank(data, first, model_set, threads=threads)
+    # A meter not in the registry has no known role: a transformer meter ranked as a customer
+    # would top the list. Left out, and counted.
+    known = np.isin(data.meter_ids, registered)
+    ranking = rank(data, first, model_set, customers=data.customers & known, threads=threads)
+    ranking.unregistered = int((~known).sum())
     with psycopg.connect(dsn, connect_timeout=5) as conn:
         run_id = store(conn, ranking)
     return run_id, ranking

@@ -16,7 +16,9 @@ Publishing a :class:`~ml.modelset.ModelSet` (``python -m ml publish``), for each
 A gateway that connects later gets the retained message at once. The payload is the wire's
 zlib encoding (first byte 0x01, ``edge_agent.wire.decode`` reads it): an ONNX forest in base64
 shrinks to about a third. Publishing an empty retained payload on the topic withdraws the model
-from the broker (:func:`clear_retained`).
+(:func:`clear_retained`): the broker forgets it and gateways that hear it drop the model. Publishing
+a set withdraws the class models of earlier sets it has no member for (a gateway that missed the
+withdrawal still stops using them: a class model older than the global one is stale).
 
 Connection settings come from arguments or the environment, with the same names as the central
 settings: ``EIOT_PG_DSN``, ``EIOT_BROKER_HOST``, ``EIOT_BROKER_PORT``, ``EIOT_BROKER_USERNAME``,
@@ -25,6 +27,7 @@ settings: ``EIOT_PG_DSN``, ``EIOT_BROKER_HOST``, ``EIOT_BROKER_PORT``, ``EIOT_BR
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -42,6 +45,8 @@ from psycopg.types.json import Jsonb
 from edge_agent import topics, wire
 from ml.modelset import Member, ModelSet
 from ml.publish import build_model_message
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/eiot"
 
@@ -313,4 +318,15 @@ def publish_model_set(
             out.append(
                 Published(member.name, model_set.version, topic, stored["sha256"], added, stored)
             )
+        # Class models of an earlier set that this one has no member for: withdraw them (an
+        # empty retained message), so gateways fall back to the global model for that class.
+        names = [m.name for m in model_set.members]
+        stale = conn.execute(
+            "select distinct name from ml.models where left(name, length(%s) + 1) = %s || '.'"
+            " and published_at is not null and not (name = any(%s))",
+            (model_set.name, model_set.name, names),
+        ).fetchall()
+        for (name,) in stale:
+            clear_retained(topics.model(root, name), broker)
+            log.info("withdrew %s: the new set has no member for its class", name)
     return out

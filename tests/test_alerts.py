@@ -380,3 +380,72 @@ def test_scores_do_not_depend_on_how_many_meters_one_call_takes(tmp_path: Path) 
         buffer.close()
     assert len(stored[0]) == 10 * 48 * 7 and all(r[2] is not None for r in stored[0])
     assert stored[0] == stored[1]
+
+
+def test_class_models_withdrawn_superseded_or_broken(tmp_path: Path) -> None:
+    m = models()
+    path = tmp_path / "b.db"
+    model_file = tmp_path / "set.json"
+    commercial = dict(m.urban, name="iforest.commercial")  # not served here: skipped, no error
+    model_file.write_text(json.dumps([commercial, m.v1, m.urban]))
+
+    def build(from_file: bool = True) -> tuple[Intake, ModelManager]:
+        buffer = Buffer(path)
+        detector = Detector(
+            "gw1", cooldown=Cooldown(0, {}), meter_class={"u1": "urban", "u2": "urban"}
+        )
+        manager = ModelManager(
+            buffer,
+            detector,
+            name="iforest",
+            public_key=m.public_key,
+            clock=time.time,
+            classes=["urban"],
+        )
+        manager.start(model_file if from_file else None)
+        return Intake(buffer, Validator(time.time), detector), manager
+
+    intake, manager = build()
+    assert manager.error is None, manager.error
+    assert [s.name for s in manager.states()] == ["iforest", "iforest.urban"]
+    meters: dict[str, Any] = {"u1": None, "m1": None}
+
+    def versions_of(d: int) -> dict[str, str]:
+        intake.take(day(meters, d))
+        rows = intake.buffer.conn.execute(
+            "select meter_id, model_version from readings where ts > ?",
+            (T0 + d * 86400,),
+        ).fetchall()
+        return dict(rows)
+
+    for d in range(8):
+        intake.take(day(meters, d))
+    assert versions_of(8) == {"u1": "c1", "m1": "v1"}
+
+    # A newer global model (a newer set without an urban member): the older urban model is stale.
+    assert manager.offer(json.dumps(m.v2).encode(), "test")
+    assert versions_of(9) == {"u1": "v2", "m1": "v2"}
+
+    # A model that fails to score leaves only its own rows unscored.
+    class Broken:
+        name, version, created_at, threshold = "iforest.urban", "c9", None, 0.5
+
+        def score(self, x: Any) -> Any:
+            raise RuntimeError("corrupt session")
+
+    detector = intake.detector
+    assert detector is not None
+    good = detector.book
+    detector.book = good.with_model(Broken())  # type: ignore[arg-type]
+    assert versions_of(10) == {"u1": None, "m1": "v2"}
+    assert intake.buffer.counters()["readings_unscored_model_error"] == 48
+    detector.book = good
+
+    # Central clears the retained urban topic: the model is dropped, and stays dropped.
+    manager.on_message(b"", "eiot/v1/models/iforest.urban")
+    assert manager.drain()
+    assert [s.name for s in manager.states()] == ["iforest"] and manager.error is None
+    intake.buffer.close()
+    intake, manager = build(from_file=False)  # a restart does not bring it back
+    assert [(s.name, s.version) for s in manager.states()] == [("iforest", "v2")]
+    intake.buffer.close()

@@ -27,6 +27,7 @@ from ml.registry import (
     Broker,
     VersionConflict,
     clear_retained,
+    mark_published,
     publish_model_set,
     read_retained,
     register,
@@ -134,6 +135,30 @@ def test_publish_registers_row_and_retained_message_verifies(
     assert read_retained(topic, BROKER, timeout_s=1.0) is None
 
 
+def test_a_new_set_without_a_class_withdraws_that_class_model(
+    ml_dsn: str, model_set: ModelSet, keys: tuple[Path, str]
+) -> None:
+    key = load_private_key(keys[0])
+    root = f"eiot-test/{secrets.token_hex(4)}"
+    urban = replace(model_set.members[0], name="iforest.urban", customer_class="urban")
+    per_class = replace(model_set, variant="per_class", members=[model_set.members[0], urban])
+    later = replace(
+        model_set,
+        version=model_set.version + "-2",
+        created_at=model_set.created_at.replace(year=2030),
+    )
+    try:
+        publish_model_set(per_class, key, dsn=ml_dsn, broker=BROKER, root=root)
+        assert read_retained(f"{root}/models/iforest.urban", BROKER) is not None
+        publish_model_set(later, key, dsn=ml_dsn, broker=BROKER, root=root)  # global only
+        assert read_retained(f"{root}/models/iforest.urban", BROKER, timeout_s=1.0) is None
+        retained = read_retained(f"{root}/models/iforest", BROKER)
+        assert retained is not None and wire.decode(retained)["version"] == later.version
+    finally:
+        clear_retained(f"{root}/models/iforest", BROKER)
+        clear_retained(f"{root}/models/iforest.urban", BROKER)
+
+
 def test_same_version_with_another_model_is_refused(
     ml_dsn: str, model_set: ModelSet, keys: tuple[Path, str]
 ) -> None:
@@ -225,6 +250,9 @@ def test_rank_customers_from_postgres_with_the_registered_model_set(
             register(
                 conn, sign_member(model_set, member, key), customer_class=member.customer_class
             )
+        assert model_set_from_registry(conn, "iforest") is None  # registered, not published
+        for member in (model_set.members[0], klass):
+            mark_published(conn, member.name, model_set.version, f"t/models/{member.name}")
         rebuilt = model_set_from_registry(conn, "iforest")
     assert rebuilt is not None and rebuilt.version == model_set.version
     assert {(m.name, m.customer_class) for m in rebuilt.members} == {
@@ -233,8 +261,17 @@ def test_rank_customers_from_postgres_with_the_registered_model_set(
     }
 
     sim = copy_fleet(ml_dsn, FleetConfig(meters=300, days=21, seed=8, theft_share=0.15))
+    with psycopg.connect(ml_dsn) as conn:  # readings of a meter the registry does not know
+        conn.execute(
+            "insert into raw.readings (meter_id, ts, interval_s, kwh, supply, gateway_id,"
+            " batch_id) select 'unknown-1', ts, interval_s, kwh * 50, supply, gateway_id,"
+            " batch_id from raw.readings where meter_id = %s",
+            (str(sim.meter_ids[0]),),
+        )
     run_id, ranking = run(ml_dsn, days=14)
     assert ranking.model == ("iforest", model_set.version)
+    assert ranking.members == ["iforest", "iforest.solar_home_payg"]
+    assert ranking.unregistered == 1 and "unknown-1" not in ranking.meter_ids
     customers = int(sim.customers.sum())
     assert len(ranking.meter_ids) == customers
     assert list(ranking.scores) == sorted(ranking.scores, reverse=True)

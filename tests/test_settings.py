@@ -52,7 +52,7 @@ def test_environment_reaches_nested_and_typed_fields(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     toml = tmp_path / "agent.toml"
-    toml.write_text("[sim]\nmeters = 12\ndays = 2\n")
+    toml.write_text("[SIM]\nmeters = 12\nDays = 2\n")  # TOML keys in any case
     monkeypatch.setenv("EIOT_SIM__METERS", "40")  # nested, over the file's value
     monkeypatch.setenv("eiot_compress", "false")  # any case; a bool from text
     monkeypatch.setenv("EIOT_BROKER_PASSWORD", "s3cret-x")

@@ -8,8 +8,10 @@ create table if not exists ml.ranking_runs (
     window_end    timestamptz not null,
     model_name    text,                                -- gateway model set whose margins it used
     model_version text,
+    model_members text[]      not null default '{}',   -- its members (global + class models)
     scorer        text        not null,                -- 'peer' (unsupervised) | 'supervised'
-    customers     integer     not null check (customers >= 0)
+    customers     integer     not null check (customers >= 0),
+    unregistered_meters integer not null default 0     -- readings of meters not in raw.meters: left out
 );
 
 create table if not exists ml.customer_rankings (
