@@ -24,6 +24,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "register_drop",  # log1p(register decrease / level)
     "tamper_flag",  # 1 if this reading carries a tamper flag
     "tamper_24h_log",  # log1p(number of readings with a tamper flag in the last 24 h)
+    "log_level_7d",  # log of the mean power (kW) of the valid readings of the previous 7 days
+    "evening_share_7d",  # share of the last 7 days' valid energy in 17-23 h (local)
 )
 
 #: Flags that mean somebody touched the meter.

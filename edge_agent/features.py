@@ -423,5 +423,14 @@ def _block_features(
     ct = cumulative(dense_int(tamper.astype(np.int64)))
     out[:, 13] = np.log1p(window(ct, day - 1, -1))
 
+    # Absolute level and evening share: what a meter that always stole cannot hide from a
+    # per-class model (its own history looks normal to the ratios above).
+    out[:, 14] = np.where(ok7, np.log(level / interval_h), 0.0)
+    evening = (mid >= 17 * 3600.0) & (mid < 23 * 3600.0)
+    s_all = window(cvk, week - 1, -1)
+    s_eve = window(cumulative(dense_int(np.where(valid & evening, q, 0))), week - 1, -1)
+    c_all = window(cvc, week - 1, -1)
+    out[:, 15] = np.where((c_all >= day) & (s_all > 0), s_eve / np.maximum(s_all, 1), 0.0)
+
     np.clip(out, -_CLIP, _CLIP, out=out)
     return out.astype(np.float32)

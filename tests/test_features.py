@@ -535,3 +535,62 @@ def test_lifeline_loads_are_above_the_energy_floor() -> None:
     x = feats(m)
     for name in ("kwh_vs_24h", "kwh_vs_7d", "kwh_vs_same_hour_7d"):
         assert x[-1, COL[name]] == pytest.approx(-math.log(11.0), abs=1e-6), name
+
+
+def _reference_level_and_evening(
+    ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int, utc_offset_s: int
+) -> np.ndarray:
+    """log_level_7d and evening_share_7d straight from their definitions, one row at a time."""
+    day = 86400 // interval_s
+    week = 7 * day
+    slot = (ts + interval_s // 2) // interval_s
+    q = np.rint(kwh * 1e6)
+    hour = ((ts - interval_s / 2 + utc_offset_s) % 86400) / 3600.0
+    evening = (hour >= 17) & (hour < 23)
+    floor = features_mod.ENERGY_FLOOR_KW * interval_s / 3600.0
+    out = np.zeros((len(ts), 2))
+    for i in range(len(ts)):
+        before = valid & (slot >= slot[i] - week) & (slot < slot[i])  # the previous 7 days
+        if before.sum() >= day:
+            mean = q[before].sum() / before.sum() / 1e6
+            out[i, 0] = math.log(max(mean, floor) / (interval_s / 3600.0))
+        upto = valid & (slot > slot[i] - week) & (slot <= slot[i])  # 7 days up to this one
+        if upto.sum() >= day and q[upto].sum() > 0:
+            out[i, 1] = q[upto & evening].sum() / q[upto].sum()
+    return out
+
+
+@pytest.mark.parametrize(("interval_s", "utc_offset_s"), [(900, 0), (1800, 3600), (3600, -7200)])
+def test_level_and_evening_share_match_their_definition(interval_s: int, utc_offset_s: int) -> None:
+    rng = np.random.default_rng(7 + interval_s)
+    r = make_readings(3, 10, interval_s=interval_s, seed=interval_s + 1, attack_fraction=0.7)
+    on = r.supply_on & (rng.random(len(r)) > 0.05)
+    flags = r.flags.copy()
+    flags[rng.random(len(r)) < 0.03] |= BITS["no_credit"]
+    keep = rng.random(len(r)) > 0.08
+    m, ts, kwh, on, flags = r.meter_index[keep], r.ts[keep], r.kwh[keep], on[keep], flags[keep]
+    x = compute_features_grouped(
+        m, ts, kwh, on, flags, r.register_kwh[keep], interval_s, BITS, utc_offset_s=utc_offset_s
+    )
+    cols = [COL["log_level_7d"], COL["evening_share_7d"]]
+    for i in np.unique(m):
+        rows = m == i
+        valid = on[rows] & ((flags[rows] & BITS["no_credit"]) == 0)
+        expected = _reference_level_and_evening(
+            ts[rows], kwh[rows], valid, interval_s, utc_offset_s
+        )
+        np.testing.assert_allclose(x[rows][:, cols], expected, rtol=2e-6, atol=2e-6)
+        assert np.count_nonzero(expected[:, 0]) > 0 and np.count_nonzero(expected[:, 1]) > 0
+
+
+def test_an_outage_keeps_the_meters_level_and_evening_share() -> None:
+    # Not validity-masked on purpose: an outage row then looks like the meter's normal rows
+    # (ratios neutral, level and share as usual), not like a meter with no level at all.
+    m = meter(9)
+    m["supply_on"][-3:] = False
+    m["kwh"][-3:] = 0.0
+    x = feats(m)
+    for name in ("log_level_7d", "evening_share_7d"):  # (the outage slots are not counted)
+        assert x[-1, COL[name]] == pytest.approx(x[-4, COL[name]], abs=0.01), name
+    assert x[-4, COL["evening_share_7d"]] == pytest.approx(6 / 24, abs=1e-6)  # flat load
+    assert x[-1, COL["log_level_7d"]] == pytest.approx(math.log(2.0), abs=1e-6)  # 1 kWh / 30 min
