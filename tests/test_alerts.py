@@ -281,29 +281,45 @@ def test_central_stores_each_alert_once_and_quarantines_bad_ones(pg_dsn: str) ->
     assert worker.counters["alerts_stored"] == 1 and worker.counters["alerts_duplicate"] == 2
 
 
+def class_intake(
+    path: Path,
+    meter_class: dict[str, str],
+    *,
+    classes: list[str] | None = None,
+    cooldown_s: int = 86400,
+    model_file: Path | None = None,
+) -> tuple[Intake, ModelManager]:
+    """An intake whose detector knows the meters' classes, its models loaded from the buffer
+    (and ``model_file``)."""
+    buffer = Buffer(path)
+    detector = Detector(
+        "gw1", cooldown=Cooldown(cooldown_s, buffer.last_alerts()), meter_class=meter_class
+    )
+    manager = ModelManager(
+        buffer,
+        detector,
+        name="iforest",
+        public_key=models().public_key,
+        clock=time.time,
+        classes=sorted(set(meter_class.values())) if classes is None else classes,
+    )
+    manager.start(model_file)
+    return Intake(buffer, Validator(time.time), detector), manager
+
+
 def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path: Path) -> None:
     m = models()
     path = tmp_path / "b.db"
 
     def intake_with(offers: list[dict[str, Any]]) -> tuple[Intake, ModelManager]:
-        buffer = Buffer(path)
-        detector = Detector(
-            "gw1",
-            cooldown=Cooldown(86400, buffer.last_alerts()),
-            meter_class={"u1": "urban", "x1": "industrial"},
-        )
-        manager = ModelManager(
-            buffer,
-            detector,
-            name="iforest",
-            public_key=m.public_key,
-            clock=time.time,
+        intake, manager = class_intake(
+            path,
+            {"u1": "urban", "x1": "industrial"},
             classes=["urban", "industrial", "bad/class"],
         )
-        manager.start()
         for message in offers:
             assert manager.offer(json.dumps(message).encode(), "test"), manager.error
-        return Intake(buffer, Validator(time.time), detector), manager
+        return intake, manager
 
     intake, manager = intake_with([m.v1, m.urban])
     assert manager.names == {"iforest", "iforest.urban", "iforest.industrial"}
@@ -390,20 +406,12 @@ def test_class_models_withdrawn_superseded_or_broken(tmp_path: Path) -> None:
     model_file.write_text(json.dumps([commercial, m.v1, m.urban]))
 
     def build(from_file: bool = True) -> tuple[Intake, ModelManager]:
-        buffer = Buffer(path)
-        detector = Detector(
-            "gw1", cooldown=Cooldown(0, {}), meter_class={"u1": "urban", "u2": "urban"}
+        return class_intake(
+            path,
+            {"u1": "urban", "u2": "urban"},
+            cooldown_s=0,
+            model_file=model_file if from_file else None,
         )
-        manager = ModelManager(
-            buffer,
-            detector,
-            name="iforest",
-            public_key=m.public_key,
-            clock=time.time,
-            classes=["urban"],
-        )
-        manager.start(model_file if from_file else None)
-        return Intake(buffer, Validator(time.time), detector), manager
 
     intake, manager = build()
     assert manager.error is None, manager.error
