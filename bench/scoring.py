@@ -33,7 +33,7 @@ from edge_agent.model import LoadedModel, load_model
 from ml.onnx_export import export_stock, fast_graph
 from ml.publish import message_from_trained, public_key_b64
 from ml.synthetic import FLAG_BITS, make_readings
-from ml.train import anomaly_scores, features_for, train
+from ml.train import DEFAULT_MAX_SAMPLES, anomaly_scores, features_for, train
 
 PARITY_ROWS = 100_000
 
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     x_train, y_train, _ = features(args.meters, args.days, seed=1)
     trained = train(x_train, labels=y_train)
     print(
-        f"trained IsolationForest(n_estimators=100, max_samples=256) on {trained.train_rows} rows"
+        f"trained IsolationForest(n_estimators=100, max_samples={DEFAULT_MAX_SAMPLES}) on"
+        f" {trained.train_rows} rows"
         f" x {len(FEATURE_NAMES)} features in {time.perf_counter() - t0:.1f}s;"
         f" threshold {trained.threshold:.4f} ({trained.threshold_method})"
     )

@@ -26,6 +26,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "tamper_24h_log",  # log1p(number of readings with a tamper flag in the last 24 h)
     "log_level_7d",  # log of the mean power (kW) of the valid readings of the previous 7 days
     "evening_share_7d",  # share of the last 7 days' valid energy in 17-23 h (local)
+    "day_vs_best_7d",  # log of the last 24 h's mean vs the best of the seven 24-h blocks
 )
 
 #: Flags that mean somebody touched the meter.

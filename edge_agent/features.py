@@ -404,6 +404,14 @@ def _block_features(
     for lg, ok in zip(logs, oks, strict=True):
         ssd += np.where(ok, np.square(lg - mu), 0.0)
     out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
+    best = np.full(n, -np.inf)
+    for lg, ok in zip(logs, oks, strict=True):
+        best = np.where(ok, np.maximum(best, lg), best)
+    out[:, 16] = np.where(
+        valid & (blocks >= _MIN_DAY_BLOCKS) & oks[0],
+        logs[0] - np.where(np.isfinite(best), best, 0.0),
+        0.0,
+    )
 
     # Register: compare with the previous reported register of the same meter (within 7 days).
     known = np.isfinite(register)

@@ -34,6 +34,9 @@ from edge_agent.features import FEATURE_NAMES, compute_features_grouped
 
 DEFAULT_ALERT_RATE = 0.001
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
+#: Rows per tree. 1,024 rather than scikit-learn's 256: with per-class forests on 16-17 features
+#: it measured reading ROC-AUC 0.937 -> 0.942 and h3 0.77 -> 0.86 at 5 % FPR (docs/detection.md).
+DEFAULT_MAX_SAMPLES = 1024
 
 
 @dataclass
@@ -162,7 +165,7 @@ def fit_isolation_forest(
     features: npt.ArrayLike,
     *,
     n_estimators: int = 100,
-    max_samples: int = 256,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
     max_features: float = 1.0,
     random_state: int = 0,
 ) -> IsolationForest:
@@ -190,7 +193,7 @@ def train(
     alert_rate: float = DEFAULT_ALERT_RATE,
     max_false_alarm_rate: float = DEFAULT_MAX_FALSE_ALARM_RATE,
     n_estimators: int = 100,
-    max_samples: int = 256,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
     random_state: int = 0,
 ) -> TrainedModel:
     """Fit the forest and choose its threshold (see module docstring)."""

@@ -445,6 +445,15 @@ def test_flatness_24h_is_std_over_mean() -> None:
     assert np.all(zeros == 0.0)
 
 
+def test_day_vs_best_7d_compares_the_last_24_h_with_the_best_block() -> None:
+    f = features_mod.ENERGY_FLOOR_KW * 1.0
+    rising = feats(hourly([1.0] * 24 + [2.0] * 24 + [4.0] * 24), 3600)[:, COL["day_vs_best_7d"]]
+    assert np.all(rising[:48] == 0.0)  # fewer than three 24-h blocks
+    assert rising[71] == pytest.approx(0.0, abs=1e-6)  # the last day is the best one
+    falling = feats(hourly([4.0] * 24 + [2.0] * 24 + [1.0] * 24), 3600)[:, COL["day_vs_best_7d"]]
+    assert falling[71] == pytest.approx(math.log((1 + f) / (4 + f)), abs=1e-6)
+
+
 def test_day_spread_7d_is_the_std_of_log_daily_means() -> None:
     f = features_mod.ENERGY_FLOOR_KW * 1.0  # floor in kWh per one-hour interval
     m = hourly([1.0] * 24 + [2.0] * 24 + [4.0] * 24)
@@ -465,13 +474,14 @@ def test_day_spread_7d_is_the_std_of_log_daily_means() -> None:
 def _reference_volatility(
     ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int
 ) -> np.ndarray:
-    """rough_24h, flatness_24h, day_spread_7d of one meter, straight from their definitions."""
+    """rough_24h, flatness_24h, day_spread_7d, day_vs_best_7d of one meter, straight from their
+    definitions."""
     day = slots_per_day(interval_s)
     floor = features_mod.ENERGY_FLOOR_KW * interval_s / 3600
     q = np.rint(kwh * 1e6)
     slot = (ts + interval_s // 2) // interval_s
     energy = {int(s): q[i] for i, s in enumerate(slot) if valid[i]}
-    out = np.zeros((len(ts), 3))
+    out = np.zeros((len(ts), 4))
     for i, g in enumerate(slot):
         if not valid[i]:
             continue
@@ -486,14 +496,18 @@ def _reference_volatility(
         if len(last) >= day // 4:
             out[i, 1] = np.std(last) / max(np.mean(last), floor * 1e6)
         logs = []
+        last_day_counts = False
         for k in range(7):
             block = [
                 energy[s] for s in range(g - (k + 1) * day + 1, g - k * day + 1) if s in energy
             ]
             if len(block) >= day // 4:
                 logs.append(math.log(np.mean(block) / 1e6 + floor))
+                last_day_counts = last_day_counts or k == 0
         if len(logs) >= 3:
             out[i, 2] = np.std(logs)
+            if last_day_counts:
+                out[i, 3] = logs[0] - max(logs)
     return out
 
 
@@ -512,13 +526,14 @@ def test_volatility_features_match_their_definition(interval_s: int) -> None:
     x = compute_features_grouped(
         sel["m"], sel["ts"], sel["kwh"], sel["on"], flags, register, interval_s, BITS
     )
-    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_7d"]]
+    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_7d"], COL["day_vs_best_7d"]]
     for i in np.unique(sel["m"]):
         rows = sel["m"] == i
         valid = sel["on"][rows] & ((flags[rows] & BITS["no_credit"]) == 0)
         expected = _reference_volatility(sel["ts"][rows], sel["kwh"][rows], valid, interval_s)
         np.testing.assert_allclose(x[rows][:, cols], expected, rtol=2e-6, atol=2e-6)
         assert np.count_nonzero(expected[:, 0]) > 0 and np.count_nonzero(expected[:, 2]) > 0
+        assert np.count_nonzero(expected[:, 3]) > 0
 
 
 def test_history_window_covers_the_volatility_windows() -> None:
