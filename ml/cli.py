@@ -1,4 +1,4 @@
-"""``python -m ml``: keygen, train, publish, evaluate, models.
+"""``python -m ml``: keygen, train, publish, evaluate, models, rank.
 
 python -m ml keygen --private var/keys/model_signing.pem --public var/keys/model.pub
 python -m ml train --out var/models/iforest                 # on a simulated fleet
@@ -6,6 +6,7 @@ python -m ml train --source postgres --start 2026-03-01 --end 2026-04-01 --out D
 EIOT_MODEL_SIGNING_KEY_FILE=var/keys/model_signing.pem python -m ml publish DIR
 python -m ml evaluate                                         # held-out simulated fleet
 python -m ml models                                           # what ml.models holds
+python -m ml rank                                             # the inspection list
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from ml import evaluate as evaluation
+from ml.train import DEFAULT_MAX_SAMPLES
 
 _DESCRIPTION = """Gateway anomaly models: train them, sign and publish them to the gateways
 (retained model.v1 over MQTT, registered in PostgreSQL ml.models), and evaluate detection."""
@@ -71,6 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         variant=args.variant,
         warmup_days=warmup,
         max_rows=args.max_rows,
+        samples_per_tree=args.samples_per_tree,
         threads=args.threads,
         seed=args.train_seed,
     )
@@ -215,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", default=None, help="postgres: window end (ISO date/time, UTC)")
     p.add_argument(
         "--max-rows", type=int, default=300_000, help="training readings per forest (random sample)"
+    )
+    p.add_argument(
+        "--samples-per-tree",
+        type=int,
+        default=DEFAULT_MAX_SAMPLES,
+        help=f"rows each tree is grown on (default {DEFAULT_MAX_SAMPLES}; 256 halves the model "
+        "and saves ~1 MB of gateway RSS per model, at some detection)",
     )
     p.add_argument("--train-seed", type=int, default=0, help="random seed of the training")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (validation)")

@@ -34,7 +34,7 @@ from edge_agent.model import LoadedModel
 from ml.dataset import MeterData
 from ml.metrics import pr_auc, roc_auc
 from ml.onnx_export import export_fast
-from ml.train import DEFAULT_ALERT_RATE, DEFAULT_MAX_FALSE_ALARM_RATE, train
+from ml.train import DEFAULT_ALERT_RATE, DEFAULT_MAX_FALSE_ALARM_RATE, DEFAULT_MAX_SAMPLES, train
 
 MANIFEST = "model.json"
 MANIFEST_SCHEMA = "eiot.ml.modelset.v1"
@@ -244,6 +244,7 @@ def _fit_member(
     random_state: int,
     alert_rate: float,
     max_false_alarm_rate: float,
+    samples_per_tree: int,
 ) -> Member:
     if x.shape[0] > max_rows:
         pick = np.sort(rng.choice(x.shape[0], max_rows, replace=False))
@@ -255,6 +256,7 @@ def _fit_member(
         alert_rate=alert_rate,
         max_false_alarm_rate=max_false_alarm_rate,
         random_state=random_state,
+        max_samples=samples_per_tree,
     )
     return Member(
         name=name,
@@ -280,6 +282,7 @@ def _fit_variant(
     seed: int,
     alert_rate: float,
     max_false_alarm_rate: float,
+    samples_per_tree: int,
 ) -> list[Member]:
     rng = np.random.default_rng(seed)
     kwargs: dict[str, Any] = {
@@ -287,6 +290,7 @@ def _fit_variant(
         "random_state": seed,
         "alert_rate": alert_rate,
         "max_false_alarm_rate": max_false_alarm_rate,
+        "samples_per_tree": samples_per_tree,
     }
 
     def rows_of(cols: npt.NDArray[np.bool_]) -> tuple[Any, Any]:
@@ -320,6 +324,7 @@ def train_model_set(
     max_false_alarm_rate: float = DEFAULT_MAX_FALSE_ALARM_RATE,
     threads: int = 1,
     created_at: datetime | None = None,
+    samples_per_tree: int = DEFAULT_MAX_SAMPLES,
 ) -> ModelSet:
     """Train the gateway model(s) on the customer readings after ``warmup_days`` (the feature
     history). ``variant``: ``global``, ``per_class`` or ``auto`` (measure both, keep the better;
@@ -339,6 +344,7 @@ def train_model_set(
     anomalous = None if data.label_code is None else data.label_code > 0
     common: dict[str, Any] = {
         "max_rows": max_rows,
+        "samples_per_tree": samples_per_tree,
         "seed": seed,
         "alert_rate": alert_rate,
         "max_false_alarm_rate": max_false_alarm_rate,
@@ -393,6 +399,7 @@ def train_model_set(
         "fit_meters": int(fit_meters.sum()),
         "labelled": labels is not None,
         "max_rows_per_model": max_rows,
+        "samples_per_tree": samples_per_tree,
         "seed": seed,
         "alert_rate": alert_rate,
         "max_false_alarm_rate": max_false_alarm_rate,

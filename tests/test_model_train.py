@@ -87,3 +87,21 @@ def test_features_for_accepts_any_row_order_and_string_ids() -> None:
     ids = np.array([f"MTR-{i:03d}" for i in r.meter_index])[order]
     shuffled = features_for(ids, *(c[order] for c in cols), r.interval_s, FLAG_BITS)
     np.testing.assert_array_equal(shuffled, grouped[order])
+
+
+def test_samples_per_tree_reaches_every_member() -> None:
+    from ml.dataset import from_fleet, reading_features
+    from ml.modelset import train_model_set
+    from simulator import FleetConfig
+
+    data = from_fleet(FleetConfig(meters=60, days=9, seed=4))
+    x = reading_features(data)
+    small, large = (
+        train_model_set(
+            data, x, variant="global", warmup_days=7, max_rows=20_000, samples_per_tree=n
+        )
+        for n in (32, 512)
+    )
+    assert small.training["samples_per_tree"] == 32 and large.training["samples_per_tree"] == 512
+    # Trees grown on 16x more rows hold many more nodes.
+    assert len(large.members[0].onnx) > 4 * len(small.members[0].onnx)
