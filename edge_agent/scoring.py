@@ -2,11 +2,10 @@
 
 For each ``Intake.take`` call the :class:`Detector` takes the :class:`ModelBook` in use ONCE (a
 hot swap happens between calls, never inside one, so every reading is scored by exactly one
-version). By interval length and by groups of at most ``meters_per_call`` meters (bounded
-memory), it reads the features' history of the meters from the buffer, computes the features of
-history + new rows in one grouped call and scores the new rows with one onnxruntime call per
-model. The score and model version go into the rows, so they are committed with the reading and
-never change.
+version). By interval length, it reads the features' history of the meters from the buffer
+(one query, in chunks), computes the features of history + new rows ``meters_per_call`` meters at
+a time (bounded memory) and scores the new rows with one onnxruntime call per model. The score
+and model version go into the rows, so they are committed with the reading and never change.
 
 Which model scores a meter: the model of its customer class (``<name>.<class>``, e.g.
 ``iforest.urban``) when the agent knows the meter's class (registry file, simulated fleet) and
@@ -65,8 +64,8 @@ _REGISTER_DROP = FEATURE_NAMES.index("register_drop")
 _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
 _HISTORY_CHUNK = 8192
-#: Meters whose history one feature call reads (a week each): bounds the agent's peak memory
-#: (measured: 200 meters x 8 days from a spool, peak RSS 125 MB in one call -> 114 MB).
+#: Meters whose features (a week of history rows each) are computed at once: bounds the agent's
+#: peak memory (measured: 200 meters x 8 days from a spool, peak RSS 125 MB in one go -> 114 MB).
 METERS_PER_CALL = 50
 
 
@@ -182,18 +181,14 @@ class Detector:
         return mask
 
     def _score(self, book: ModelBook, rows: Sequence[Row], buffer: Buffer) -> Prepared:
-        # Rows by interval length, and at most meters_per_call meters at a time: the history
-        # read for a call (a week of each of its meters) bounds the agent's memory.
-        groups: dict[tuple[int, int], list[int]] = {}
-        batch_of: dict[str, int] = {}
+        groups: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
-            b = batch_of.setdefault(r[0], len(batch_of) // self.meters_per_call)
-            groups.setdefault((int(r[2]), b), []).append(i)
+            groups.setdefault(int(r[2]), []).append(i)
         out_rows: list[Row] = list(rows)
         candidates: list[_Candidate] = []
         scored = unscored = failed = 0
         classes = self.meter_class
-        for (interval_s, _), idx in groups.items():
+        for interval_s, idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
             feats, keep = self._features(sub, interval_s, buffer)
             if not keep.size:
@@ -288,18 +283,34 @@ class Detector:
         repeat = np.zeros(n, dtype=np.bool_)
         repeat[1:] = (c_s[1:] == c_s[:-1]) & (t_s[1:] == t_s[:-1])
         order = order[~repeat]
-        x = compute_features_grouped(
-            codes[order],
-            ts[order],
-            kwh[order],
-            on[order],
-            flags[order],
-            reg[order],
-            interval_s,
-            DEFAULT_FLAG_BITS,
+        del c_s, t_s, repeat
+        # Features (history rows included: ~70 bytes a row) meters_per_call meters at a time,
+        # so the agent's memory does not grow with the size of the gateway; one history query.
+        bounds = np.searchsorted(
+            codes[order], np.arange(0, len(code_of) + self.meters_per_call, self.meters_per_call)
         )
-        new_rows = order >= n_h
-        return x[new_rows], (order[new_rows] - n_h).astype(np.int64)
+        x_new = np.zeros((n_new, len(FEATURE_NAMES)), dtype=np.float32)
+        got = np.zeros(n_new, dtype=np.bool_)
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            if lo == hi:
+                continue
+            part = order[lo:hi]
+            x = compute_features_grouped(
+                codes[part],
+                ts[part],
+                kwh[part],
+                on[part],
+                flags[part],
+                reg[part],
+                interval_s,
+                DEFAULT_FLAG_BITS,
+            )
+            new_rows = part >= n_h
+            pos = part[new_rows] - n_h
+            x_new[pos] = x[new_rows]
+            got[pos] = True
+        keep = np.flatnonzero(got).astype(np.int64)
+        return x_new[keep], keep
 
     def _arrays(
         self, cols: list[list[Any]], code_of: dict[str, int]

@@ -373,11 +373,19 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
     intake.buffer.close()
 
 
+class CountingBuffer(Buffer):
+    history_queries = 0
+
+    def history(self, *args: Any, **kwargs: Any) -> Any:
+        self.history_queries += 1
+        return super().history(*args, **kwargs)
+
+
 def test_scores_do_not_depend_on_how_many_meters_one_call_takes(tmp_path: Path) -> None:
     m = models()
     stored = []
     for n, per_call in enumerate((1000, 3)):
-        buffer = Buffer(tmp_path / f"b{n}.db")
+        buffer = CountingBuffer(tmp_path / f"b{n}.db")
         detector = Detector("gw1", cooldown=Cooldown(0, {}), meters_per_call=per_call)
         manager = ModelManager(
             buffer, detector, name="iforest", public_key=m.public_key, clock=time.time
@@ -388,6 +396,9 @@ def test_scores_do_not_depend_on_how_many_meters_one_call_takes(tmp_path: Path) 
         meters["m3"] = lambda k: {"kwh": 0.0} if k > 8 * 48 else {}
         for d in range(10):
             intake.take(day(meters, d))
+        # One history query per call, however the meters are split for the features (a query
+        # per group of meters would scan the whole week of the gateway once per group).
+        assert buffer.history_queries == 10
         stored.append(
             buffer.conn.execute(
                 "select meter_id, ts, score, model_version from readings order by meter_id, ts"
