@@ -11,40 +11,8 @@
 
 with
 
-{% if is_incremental() %}
-    last_run as (
-
-        select
-            max(max_loaded_at)
-            - toIntervalSecond({{ var('incremental_lookback_s') }}) as loaded_after
-        from {{ this }}
-
-    ),
-
-    -- Every (meter, hour) that received rows since the last run is recomputed whole.
-    touched as (
-
-        select distinct
-            stg.meter_id,
-            stg.reading_hour
-        from {{ ref('stg_readings') }} as stg
-        where stg.loaded_at > (select last_run.loaded_after from last_run)
-
-    ),
-{% endif %}
-
-readings as (
-
-    select * from {{ ref('stg_readings') }}
-    {% if is_incremental() %}
-        where
-            (meter_id, reading_hour) in (select
-                touched.meter_id,
-                touched.reading_hour
-            from touched)
-    {% endif %}
-
-),
+-- Every (meter, hour) that received rows since the last run is recomputed whole.
+{{ touched_readings('reading_hour') }},
 
 hourly as (
 
