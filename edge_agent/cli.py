@@ -126,15 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keep_light() -> None:
-    """sqlite-utils imports pandas and pyarrow whenever they are installed (~80 MB of RSS on a
-    dev machine). The agent never uses them: make them look absent in the agent's process."""
-    for name in ("pandas", "pyarrow"):
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-
-
 def main(argv: list[str] | None = None) -> int:
-    _keep_light()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

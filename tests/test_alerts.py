@@ -19,7 +19,7 @@ from edge_agent import wire
 from edge_agent.alerts import Cooldown, alert_id
 from edge_agent.buffer import Buffer
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
-from edge_agent.migrations import LATEST, MIGRATIONS, version
+from edge_agent.migrations import LATEST, apply, version
 from edge_agent.rollout import ModelManager
 from edge_agent.scoring import Detector
 from edge_agent.sources import Intake
@@ -225,19 +225,16 @@ def test_grid_map_from_simulator_registry(tmp_path: Path) -> None:
 
 
 def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
-    import sqlite_utils
-
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    MIGRATIONS[0](sqlite_utils.Database(conn))
-    conn.execute("pragma user_version = 1")
+    apply(conn, 1)
     conn.execute(
         "insert into readings (meter_id, ts, interval_s, kwh, supply_on, accepted_at) "
         "values ('m', 1, 1800, 0.5, 1, 0)"
     )
     conn.close()
     buffer = Buffer(path)
-    assert version(buffer.conn) == LATEST == 3
+    assert version(buffer.conn) == LATEST == 4
     assert buffer.keys() == {("m", 1)}
     assert buffer.unacked_alerts() == 0 and buffer.current_models() == []
 

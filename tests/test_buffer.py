@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 
 from edge_agent import wire
 from edge_agent.buffer import Buffer, BufferFull
-from edge_agent.migrations import LATEST, migrate, version
+from edge_agent.migrations import LATEST, MIGRATIONS, apply, migrate, version
 from tests.helpers import row
 
 
@@ -115,6 +116,52 @@ def test_migrations_idempotent_and_versioned(tmp_path: Path) -> None:
     buf.conn.execute(f"pragma user_version = {LATEST + 1}")
     with pytest.raises(RuntimeError, match="newer"):
         migrate(buf.conn)
+
+
+def _schema(conn: sqlite3.Connection) -> dict[str, object]:
+    """Every table's columns (name, type, not null, default, pk) and every index (columns,
+    unique, partial condition), independent of how the DDL was spelled."""
+    out: dict[str, object] = {}
+    for name, kind, sql in conn.execute(
+        "select name, type, sql from sqlite_master where name not like 'sqlite_%' order by name"
+    ):
+        if kind == "table":
+            out[name] = [tuple(c[1:]) for c in conn.execute(f'pragma table_xinfo("{name}")')]
+        else:
+            cols = [c[2] for c in conn.execute(f'pragma index_info("{name}")')]
+            where = sql.lower().split(" where ", 1)[1].strip() if " where " in sql.lower() else ""
+            out[name] = (cols, "unique" in sql.lower(), where)
+    return out
+
+
+def test_buffer_of_earlier_agents_migrates_to_the_schema_of_a_fresh_one(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    ddl = Path(__file__).with_name("support").joinpath("buffer_v3_sqlite_utils.sql").read_text()
+    old.executescript(ddl + "\npragma user_version = 3;")
+    old.execute(
+        "insert into spool_files (sha256, name, processed_at, readings, quarantined, outcome) "
+        "values ('ab', 'day1.csv', 1.0, 5, 0, 'done')"
+    )
+    fresh = sqlite3.connect(tmp_path / "fresh.db", isolation_level=None)
+    for number in (1, 2, 3):
+        apply(fresh, number)
+    assert _schema(fresh) == _schema(old)  # the SQL files rebuild what sqlite-utils made
+    assert migrate(old) == migrate(fresh) == LATEST == len(MIGRATIONS)
+    assert _schema(old) == _schema(fresh)
+    row_ = old.execute("select outcome, records_done from spool_files").fetchone()
+    assert row_ == ("done", 0)
+
+
+def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+    apply(conn, 1)
+    conn.execute("create table alerts (x integer)")  # v2 will fail to create it
+    with pytest.raises(sqlite3.OperationalError, match="already exists"):
+        migrate(conn)
+    assert version(conn) == 1 and not conn.in_transaction
+    assert conn.execute("select count(*) from sqlite_master where name = 'models'").fetchone() == (
+        0,
+    )
 
 
 def test_quarantine_rows_travel_in_batches(tmp_path: Path) -> None:
