@@ -85,3 +85,89 @@ def test_spool_reads_seed_format(tmp_path: Path) -> None:
     assert buf.conn.execute("select min(ts) from readings").fetchone()[0] == 1704069000
     ((reason, source),) = buf.conn.execute("select reason, source from quarantine").fetchall()
     assert reason.startswith("invalid:") and source.endswith(":6")
+
+
+def _jsonl(n: int, meters: int = 3) -> str:
+    return "".join(
+        json.dumps({"meter_id": f"m{k % meters}", "ts": NOW - 1800 * (n - k), "kwh": 0.1 + k % 7})
+        + "\n"
+        for k in range(n)
+    )
+
+
+class _PowerCut(Exception):
+    pass
+
+
+class _CutAfter(Intake):
+    """An intake whose process 'dies' right after its ``n``-th commit."""
+
+    def __init__(self, buf: Buffer, n: int) -> None:
+        super().__init__(buf, Validator(Clock(NOW)))
+        self.left = n
+
+    def take(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = super().take(*args, **kwargs)
+        self.left -= 1
+        if self.left == 0:
+            raise _PowerCut
+        return result
+
+
+def test_spool_takes_a_file_a_slice_at_a_time_and_resumes_after_a_cut(tmp_path: Path) -> None:
+    d = tmp_path / "spool"
+    buf = Buffer(tmp_path / "b.db")
+    src = SpoolSource(d, _CutAfter(buf, 3), slice_records=10)
+    (d / "big.jsonl").write_text(_jsonl(95) + "not json\n")
+    try:
+        src.poll(NOW)
+    except _PowerCut:
+        pass
+    assert buf.stats().total_readings == 30  # three slices committed, the file still there
+    assert buf.conn.execute("select outcome, records_done from spool_files").fetchone() == (
+        "partial",
+        30,
+    )
+    assert (d / "big.jsonl").exists()
+    buf.close()
+
+    buf = Buffer(tmp_path / "b.db")  # the agent starts again
+    seq_before = buf._accept_seq
+    SpoolSource(d, Intake(buf, Validator(Clock(NOW))), slice_records=10).poll(NOW)
+    assert buf.stats().total_readings == 95
+    assert buf._accept_seq - seq_before == 8  # 66 records in 10-record slices + the closing one
+    counters = buf.counters()
+    assert counters.get("readings_duplicate", 0) == 0, counters  # nothing taken twice
+    assert [r for (r,) in buf.conn.execute("select reason from quarantine")] == [
+        r
+        for (r,) in buf.conn.execute("select reason from quarantine where reason like 'malformed%'")
+    ] and buf.conn.execute("select count(*) from quarantine").fetchone() == (1,)
+    assert buf.conn.execute("select outcome, records_done from spool_files").fetchone() == (
+        "done",
+        96,
+    )
+    assert [p.name for p in (d / "done").iterdir()] == ["big.jsonl"]
+
+
+def test_spool_file_unreadable_midway_keeps_what_came_before(tmp_path: Path) -> None:
+    d = tmp_path / "spool"
+    buf = Buffer(tmp_path / "b.db")
+    src = SpoolSource(d, Intake(buf, Validator(Clock(NOW))), slice_records=10)
+    rows = "".join(
+        f"m{k % 3},2026-03-01 {k // 2:02d}:{k % 2 * 30:02d}:00,0.{k % 9 + 1}\n" for k in range(25)
+    )
+    (d / "torn.csv").write_bytes(f"meter_id,ts,kwh\n{rows}".encode() + b"m1,\xff\xfe,1\nm2,x,1\n")
+    # a JSONL file: a line that is not UTF-8 is one quarantined record, the rest goes on
+    (d / "line.jsonl").write_bytes(_jsonl(5).encode() + b'{"meter_id": "\xff"}\n' + b"\n")
+    src.poll(NOW)
+    assert buf.stats().total_readings == 30  # none lost: those 25 + 5 were valid readings
+    reasons = sorted(r for (r,) in buf.conn.execute("select reason from quarantine"))
+    assert len(reasons) == 2 and reasons[0].startswith("malformed_json: ")
+    assert (
+        reasons[1]
+        == "unreadable_file: line 27 is not UTF-8 (invalid start byte) (after 25 records)"
+    )
+    assert [p.name for p in (d / "failed").iterdir()] == ["torn.csv"]
+    assert [p.name for p in (d / "done").iterdir()] == ["line.jsonl"]
+    ledger = buf.conn.execute("select name, outcome, readings, quarantined from spool_files")
+    assert sorted(ledger) == [("line.jsonl", "done", 5, 1), ("torn.csv", "failed", 25, 1)]

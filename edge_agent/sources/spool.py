@@ -1,11 +1,17 @@
 """A spool directory of CSV / JSONL files dropped by a head-end, a USB stick or an operator.
 
 Writers drop ``*.csv``, ``*.jsonl`` or ``*.json`` files atomically (write ``name.tmp``, then
-rename); other names are left alone. Each file is read whole, its readings and quarantine rows and
-its ledger row (keyed by the file's sha256) committed in one buffer transaction, then the file is
-renamed into ``done/``. A file that cannot be read at all goes to ``failed/`` with a quarantine
-record saying why. A power cut between commit and rename is harmless: on restart the ledger knows
-the file's hash and it is moved without being read again.
+rename); other names are left alone. A file is read as a stream and taken ``slice_records``
+records at a time: each slice's readings, quarantine rows and the file's ledger row (keyed by the
+file's sha256, with the number of records committed so far) go into the buffer in one
+transaction. So the agent's memory does not grow with the size of a file, and a power cut
+mid-file resumes after the last committed slice: nothing skipped, nothing taken twice. When the
+file is finished it is renamed into ``done/``; a power cut between the last commit and the rename
+is harmless (the ledger knows the hash, the file is moved without being read again).
+
+A file that cannot be read (not UTF-8, unknown CSV header, larger than ``MAX_FILE_BYTES``) goes to
+``failed/`` with a quarantine record saying why and after how many records; the records before the
+fault stay accepted (they were valid readings).
 
 CSV columns are the wire field names (``meter_id, ts, kwh, ...``; ``flags`` separated by ``;``);
 the seed dataset's CSV format (``Timestamp, Electricity_Consumed, ...``) is accepted too, as the
@@ -17,12 +23,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from edge_agent import wire
 from edge_agent.buffer import BufferFull
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = {".csv", ".jsonl", ".json"}
 MAX_FILE_BYTES = 256 * 1024 * 1024
+#: Records committed per transaction: bounds the memory one file takes (~1 kB a record while
+#: it is validated, scored and inserted), whatever the file's size.
+SLICE_RECORDS = 2000
 _FLOAT_FIELDS = {
     "kwh",
     "register_kwh",
@@ -50,7 +59,12 @@ class SpoolSource:
     name = "spool"
 
     def __init__(
-        self, directory: Path, intake: Intake, *, seed_meter_id: str = "seed-0001"
+        self,
+        directory: Path,
+        intake: Intake,
+        *,
+        seed_meter_id: str = "seed-0001",
+        slice_records: int = SLICE_RECORDS,
     ) -> None:
         self.dir = Path(directory)
         self.done = self.dir / "done"
@@ -59,6 +73,7 @@ class SpoolSource:
             d.mkdir(parents=True, exist_ok=True)
         self.intake = intake
         self.seed_meter_id = seed_meter_id
+        self.slice_records = max(1, slice_records)
 
     def close(self) -> None:
         pass
@@ -77,52 +92,78 @@ class SpoolSource:
         return handled
 
     def _take_file(self, path: Path) -> int:
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        digest = _sha256(path)
         buffer = self.intake.buffer
         known = buffer.conn.execute(
-            "select outcome from spool_files where sha256 = ?", (digest,)
+            "select outcome, records_done from spool_files where sha256 = ?", (digest,)
         ).fetchone()
-        if known is not None:  # committed before a power cut; only the rename was missing
+        if known is not None and known[0] in ("done", "failed"):
+            # Committed before a power cut; only the rename was missing.
             self._move(path, self.done if known[0] == "done" else self.failed, digest)
             return 0
+        done = 0 if known is None else int(known[1])
         source = f"spool:{path.name}"
-        try:
-            if len(data) > MAX_FILE_BYTES:
-                raise ValueError(f"file larger than {MAX_FILE_BYTES} bytes")
-            text = data.decode("utf-8-sig")
-            results = list(self._parse(path.suffix, text, source))
-            outcome = "done"
-        except (UnicodeDecodeError, ValueError, csv.Error) as exc:
-            results = [
-                self.intake.validator._quarantine(
-                    data[:4096], f"unreadable_file: {exc}", self.intake.validator.clock(), source
-                )
-            ]
+        records = self._parse(path, source)
+        if done:  # resume after the slices committed before a power cut
+            records = islice(records, done, None)
+        handled = 0
+        fault: Exception | None = None
+        while fault is None:
+            part: list[Row | wire.QuarantineRecord] = []
+            try:
+                part.extend(islice(records, self.slice_records))
+            except (ValueError, csv.Error) as exc:
+                fault = exc  # the records of this slice before the fault are still taken
+            if not part:
+                break
+            self._commit(path, digest, part, done + len(part), "partial")
+            done += len(part)
+            handled += len(part)
+        outcome = "done"
+        if fault is not None:
+            v = self.intake.validator
+            reason = f"unreadable_file: {fault} (after {done} records)"
+            with path.open("rb") as f:
+                head = f.read(4096)
+            self._commit(
+                path, digest, [v._quarantine(head, reason, v.clock(), source)], done, "failed"
+            )
             outcome = "failed"
-        res = self.intake.take(
-            results,
-            also=[
-                (
-                    "insert into spool_files (sha256, name, processed_at, readings, quarantined, "
-                    "outcome) values (?, ?, ?, ?, ?, ?)",
-                    (digest, path.name, self.intake.validator.clock(), 0, 0, outcome),
-                )
-            ],
+            handled += 1
+        else:
+            self._commit(path, digest, [], done, "done")
+        self._move(path, self.done if outcome == "done" else self.failed, digest)
+        accepted, quarantined = buffer.conn.execute(
+            "select readings, quarantined from spool_files where sha256 = ?", (digest,)
+        ).fetchone()
+        log.info(
+            "spool %s: %s, %d accepted, %d quarantined", path.name, outcome, accepted, quarantined
         )
-        buffer.conn.execute(
-            "update spool_files set readings = ?, quarantined = ? where sha256 = ?",
+        return handled
+
+    def _commit(
+        self,
+        path: Path,
+        digest: str,
+        part: list[Row | wire.QuarantineRecord],
+        records_done: int,
+        outcome: str,
+    ) -> None:
+        """One slice of a file and its ledger row, in one buffer transaction."""
+        ledger = (
+            "insert into spool_files (sha256, name, processed_at, readings, quarantined, outcome,"
+            " records_done) values (?, ?, ?, 0, 0, ?, ?) on conflict (sha256) do update set"
+            " processed_at = excluded.processed_at, outcome = excluded.outcome,"
+            " records_done = excluded.records_done",
+            (digest, path.name, self.intake.validator.clock(), outcome, records_done),
+        )
+        res = self.intake.take(part, also=[ledger])
+        # Informational totals, outside the transaction (a power cut here under-counts them).
+        self.intake.buffer.conn.execute(
+            "update spool_files set readings = readings + ?, quarantined = quarantined + ?"
+            " where sha256 = ?",
             (res.accepted, res.quarantined, digest),
         )
-        self._move(path, self.done if outcome == "done" else self.failed, digest)
-        log.info(
-            "spool %s: %s, %d accepted, %d quarantined",
-            path.name,
-            outcome,
-            res.accepted,
-            res.quarantined,
-        )
-        return len(results)
 
     def _move(self, path: Path, target_dir: Path, digest: str) -> None:
         target = target_dir / path.name
@@ -130,31 +171,42 @@ class SpoolSource:
             target = target_dir / f"{path.stem}.{digest[:12]}{path.suffix}"
         os.replace(path, target)
 
-    def _parse(self, suffix: str, text: str, source: str) -> Iterator[Row | wire.QuarantineRecord]:
-        check = self.intake.validator.check
-        if suffix in (".jsonl", ".json"):
-            lines = text.splitlines() if suffix == ".jsonl" else [text]
-            for number, line in enumerate(lines, 1):
-                if line.strip():
-                    yield from self.intake.validator.check_json(line, f"{source}:{number}")
+    def _parse(self, path: Path, source: str) -> Iterator[Row | wire.QuarantineRecord]:
+        """The file's records, one by one, read as a stream (one line in memory at a time)."""
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"file of {size} bytes, larger than {MAX_FILE_BYTES}")
+        v = self.intake.validator
+        if path.suffix in (".jsonl", ".json"):
+            with path.open("rb") as f:
+                if path.suffix == ".json":
+                    yield from v.check_json(f.read(), f"{source}:1")
+                    return
+                for number, line in enumerate(f, 1):
+                    if line.strip():  # a line that is not UTF-8 is quarantined like bad JSON
+                        yield from v.check_json(line.rstrip(b"\r\n"), f"{source}:{number}")
             return
-        reader = csv.DictReader(io.StringIO(text))
-        header = tuple(reader.fieldnames or ())
-        if not header:
-            raise ValueError("empty CSV file")
-        if all(c in header for c in SEED_COLUMNS):
-            yield from self._parse_seed(text, source)
-            return
-        if not {"meter_id", "ts", "kwh"} <= set(header):
-            raise ValueError(f"unknown CSV header: {','.join(header)[:200]}")
-        for number, rec in enumerate(reader, 2):
-            raw = ",".join("" if v is None else str(v) for v in rec.values())
-            yield check(_csv_row(rec), raw, f"{source}:{number}")
+        with path.open("rb") as f:
+            reader = csv.DictReader(_utf8_lines(f))
+            header = tuple(reader.fieldnames or ())
+            if not header:
+                raise ValueError("empty CSV file")
+            if all(c in header for c in SEED_COLUMNS):
+                f.seek(0)
+                yield from self._parse_seed(_utf8_lines(f), source)
+                return
+            if not {"meter_id", "ts", "kwh"} <= set(header):
+                raise ValueError(f"unknown CSV header: {','.join(header)[:200]}")
+            for rec in reader:
+                raw = ",".join("" if v is None else str(v) for v in rec.values())
+                yield v.check(_csv_row(rec), raw, f"{source}:{reader.line_num}")
 
-    def _parse_seed(self, text: str, source: str) -> Iterator[Row | wire.QuarantineRecord]:
+    def _parse_seed(
+        self, lines: Iterable[str], source: str
+    ) -> Iterator[Row | wire.QuarantineRecord]:
         from simulator.seed import load_seed_csv  # numpy + stdlib, like the agent
 
-        load = load_seed_csv(io.StringIO(text), meter_id=self.seed_meter_id)
+        load = load_seed_csv(lines, meter_id=self.seed_meter_id)
         v = self.intake.validator
         for reading in load.readings:
             yield v.check(reading, str(reading), source)
@@ -177,6 +229,25 @@ def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
         else:
             obj[key] = value
     return obj
+
+
+def _utf8_lines(f: BinaryIO) -> Iterator[str]:
+    """Lines of a binary file as text (endings kept, for ``csv``), a leading BOM dropped; a line
+    that is not UTF-8 raises ``ValueError`` naming it, when it is reached."""
+    for number, raw in enumerate(f, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"line {number} is not UTF-8 ({exc.reason})") from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _utc_text(value: str) -> str:
