@@ -5,9 +5,10 @@
 Trains an IsolationForest on features of synthetic meters (``ml.synthetic``), exports our fast
 graph and the stock skl2onnx graph, and measures for both: single-row p50 latency (in process,
 many repetitions, through the agent's ``LoadedModel.score``) and batch throughput (one call on
-100,000 rows). Checks parity with scikit-learn on 100,000 rows, and measures the peak RSS of a real
-``edge-agent run`` with the signed model loaded, scoring a spool of 200 meters x 8 days
-(``--agent-meters``, ``--agent-days``).
+100,000 rows). Checks parity with scikit-learn on 100,000 rows, and measures the memory of a real
+``edge-agent run`` with the signed model loaded: idle first (what the libraries and the model
+cost before any reading), then its peak RSS while scoring a spool of 200 meters x 8 days
+(``--agent-meters``, ``--agent-days``), and the private (anonymous) part of that peak.
 Human-readable lines first; the LAST line is one JSON object.
 """
 
@@ -71,6 +72,16 @@ def _spool_readings(directory: Path, meters: int, days: int) -> int:
     return len(r.ts)
 
 
+def _memory(pid: int) -> dict[str, float]:
+    """VmRSS, VmHWM, RssAnon and RssFile of a process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024.0
+    return out
+
+
 def agent_peak_rss(
     message: dict[str, Any],
     public_key: str,
@@ -78,16 +89,19 @@ def agent_peak_rss(
     days: int,
     python: str = sys.executable,
 ) -> dict[str, Any]:
-    """Peak RSS (VmHWM) of a real ``edge-agent run`` with the signed model loaded, taking
-    ``meters`` meters x ``days`` days from its spool directory and scoring every reading. The
-    broker port is closed (an offline gateway: store-and-forward, no uplink)."""
+    """Memory of a real ``edge-agent run`` with the signed model loaded: first idle (the model
+    loaded, no reading yet: what the libraries and the model cost), then taking ``meters``
+    meters x ``days`` days dropped into its spool directory and scoring every reading. The
+    broker port is closed (an offline gateway: store-and-forward, no uplink). Peak RSS is the
+    kernel's VmHWM; the private (anonymous) part is sampled every 50 ms."""
     import socket
     import sqlite3
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "model.json").write_text(json.dumps(message))
-        expected = _spool_readings(work / "spool", meters, days)
+        expected = _spool_readings(work / "later", meters, days)
+        (work / "spool").mkdir()
         with socket.socket() as sock:  # a free port nobody listens on
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -113,29 +127,60 @@ def agent_peak_rss(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+
+        def count(sql: str) -> int:
+            try:
+                with sqlite3.connect(work / "buffer.db", timeout=5) as conn:
+                    return int(conn.execute(sql).fetchone()[0])
+            except sqlite3.Error:
+                return -1
+
         scored = 0
-        started = time.monotonic()
+        idle: dict[str, float] = {}
+        peak_anon = 0.0
         try:
-            while time.monotonic() - started < 300 and proc.poll() is None:
+            started = time.monotonic()
+            while time.monotonic() - started < 60 and proc.poll() is None:
                 time.sleep(0.5)
-                try:
-                    with sqlite3.connect(work / "buffer.db", timeout=5) as conn:
-                        scored = conn.execute("select count(score) from readings").fetchone()[0]
-                except sqlite3.Error:
-                    continue
-                if scored >= expected:
+                if count("select count(*) from models") >= 1:
+                    time.sleep(2.0)  # the model is stored once it is loaded; let it settle
+                    idle = _memory(proc.pid)
                     break
+            if not idle:
+                raise SystemExit("the agent did not load its model:\n" + _stderr(proc))
+            for f in sorted((work / "later").iterdir()):  # drop the files as a head-end would
+                f.rename(work / "spool" / f.name)
+            started = time.monotonic()
+            last_count = 0.0
+            while time.monotonic() - started < 300 and proc.poll() is None:
+                time.sleep(0.05)
+                peak_anon = max(peak_anon, _memory(proc.pid)["RssAnon"])
+                if time.monotonic() - last_count > 0.5:
+                    last_count = time.monotonic()
+                    scored = count("select count(score) from readings")
+                    if scored >= expected:
+                        break
             elapsed = time.monotonic() - started
-            peak = float("nan")
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024.0
+            final = _memory(proc.pid)
         finally:
-            proc.terminate()
-            err = proc.communicate(timeout=30)[1].decode(errors="replace")
+            err = _stderr(proc)
         if scored < expected:
-            raise SystemExit(f"agent scored {scored} of {expected} readings:\n{err[-2000:]}")
-    return {"peak_rss_mb": peak, "readings": expected, "seconds": elapsed}
+            raise SystemExit(f"agent scored {scored} of {expected} readings:\n{err}")
+    return {
+        "peak_rss_mb": final["VmHWM"],
+        "idle_rss_mb": idle["VmRSS"],
+        "idle_anon_mb": idle["RssAnon"],
+        "peak_anon_mb": peak_anon,
+        "readings": expected,
+        "seconds": elapsed,
+    }
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+    assert proc.stderr is not None
+    return proc.communicate(timeout=30)[1].decode(errors="replace")[-2000:]
 
 
 def p50_us(fn: Callable[[], object], repeats: int) -> float:
@@ -276,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     rss = float(report["peak_rss_mb"])
     print(
-        f"edge-agent run (spool of {args.agent_meters} meters x {args.agent_days} days ="
-        f" {report['readings']} readings, model loaded, every reading scored in"
-        f" {report['seconds']:.1f}s, offline): peak RSS {rss:.1f} MB"
+        f"edge-agent run, model loaded, idle: RSS {report['idle_rss_mb']:.1f} MB"
+        f" (private {report['idle_anon_mb']:.1f} MB); then a spool of {args.agent_meters} meters"
+        f" x {args.agent_days} days = {report['readings']} readings, every one scored in"
+        f" {report['seconds']:.1f}s, offline: peak RSS {rss:.1f} MB"
+        f" (private {report['peak_anon_mb']:.1f} MB)"
     )
     targets = [
         ("single_row_p50_us <= 50", single <= 50),
@@ -296,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 "stock_single_row_p50_us": round(stock_single, 2),
                 "stock_batch_rows_per_s": round(stock_batch),
                 "agent_peak_rss_mb": round(rss, 1),
+                "agent_idle_rss_mb": round(float(report["idle_rss_mb"]), 1),
+                "agent_peak_private_mb": round(float(report["peak_anon_mb"]), 1),
                 "parity_max_abs_diff": max_diff,
                 "parity_label_mismatches": mismatches,
             }
