@@ -64,6 +64,9 @@ _REGISTER_DROP = FEATURE_NAMES.index("register_drop")
 _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
 _HISTORY_CHUNK = 8192
+# Most history rows reserved up front (address space only, ~150 MB, until written); beyond it the
+# arrays grow by doubling.
+_HISTORY_ROWS_RESERVED = 1 << 22
 #: Meters whose features (a week of history rows each) are computed at once: bounds the agent's
 #: peak memory (measured: 200 meters x 8 days from a spool, peak RSS 125 MB in one go -> 114 MB).
 METERS_PER_CALL = 50
@@ -259,21 +262,23 @@ class Detector:
             int(ts_new.max()),
             interval_s,
         )
-        # The history (~7 days of every meter concerned) goes into arrays a chunk at a time:
-        # Python objects for one chunk only, whatever the size of the gateway.
-        parts: list[tuple[npt.NDArray[Any], ...]] = []
+        # The history (~7 days of every meter concerned) goes a chunk at a time into arrays
+        # sized for the most it can hold (a row per meter and slot; pages never written cost
+        # no memory): Python objects for one chunk only, and no second copy of the week.
+        span_s = int(ts_new.max()) - int(ts_new.min()) + history_window_s(interval_s)
+        cap = min(len(code_of) * (span_s // interval_s + 2), _HISTORY_ROWS_RESERVED) + n_new
+        cols = _ColumnArrays(cap)
         while chunk := cursor.fetchmany(_HISTORY_CHUNK):
-            parts.append(self._arrays(_columns(chunk, 6), code_of))
-        new_part = self._arrays(
-            [new_cols[0], new_cols[1], new_cols[3], new_cols[11], new_cols[12], new_cols[4]],
-            code_of,
+            cols.append(self._arrays(_columns(chunk, 6), code_of), room_after=n_new)
+        n_h = cols.size
+        cols.append(
+            self._arrays(
+                [new_cols[0], new_cols[1], new_cols[3], new_cols[11], new_cols[12], new_cols[4]],
+                code_of,
+            )
         )
-        n_h = sum(len(part[0]) for part in parts)
         n = n_h + n_new
-        codes, ts, kwh, on, flags, reg = (
-            np.concatenate([part[k] for part in (*parts, new_part)]) for k in range(6)
-        )
-        del parts, new_part
+        codes, ts, kwh, on, flags, reg = cols.filled()
         is_new = np.zeros(n, dtype=np.int8)
         is_new[n_h:] = 1
         # By meter, then time, stored rows before new ones; lexsort is stable, so of a key
@@ -402,6 +407,36 @@ class Detector:
             out.keys[c.record.alert_id] = (c.meter_id, c.kind, c.ts)
         if suppressed:
             out.counters["alerts_suppressed_cooldown"] = suppressed
+
+
+class _ColumnArrays:
+    """Six column arrays filled a part at a time, grown (doubled) if a part does not fit."""
+
+    _DTYPES = ("int64", "int64", "float64", "bool", "uint16", "float64")
+
+    def __init__(self, capacity: int) -> None:
+        import numpy as np
+
+        self.size = 0
+        self.arrays: list[npt.NDArray[Any]] = [np.empty(capacity, d) for d in self._DTYPES]
+
+    def append(self, part: tuple[npt.NDArray[Any], ...], room_after: int = 0) -> None:
+        import numpy as np
+
+        k = len(part[0])
+        need = self.size + k + room_after
+        if need > len(self.arrays[0]):
+            cap = max(need, 2 * len(self.arrays[0]))
+            self.arrays = [
+                np.concatenate([a[: self.size], np.empty(cap - self.size, a.dtype)])
+                for a in self.arrays
+            ]
+        for a, p in zip(self.arrays, part, strict=True):
+            a[self.size : self.size + k] = p
+        self.size += k
+
+    def filled(self) -> list[npt.NDArray[Any]]:
+        return [a[: self.size] for a in self.arrays]
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
