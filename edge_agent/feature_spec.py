@@ -19,14 +19,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "zero_run_log_h",  # log1p(hours of consecutive zero readings, supply on and credit left)
     "rough_24h",  # median |log(kwh_t / kwh_t-1)| of adjacent non-zero readings, last 24 h
     "flatness_24h",  # std / mean of the readings of the last 24 h
-    "day_spread_7d",  # std of log(24-h mean) over the last seven 24-h blocks
+    "day_spread_6d",  # std of log(daily mean) over the six previous local days
     "register_mismatch",  # signed log1p(|register delta - sum kwh| / level)
     "register_drop",  # log1p(register decrease / level)
     "tamper_flag",  # 1 if this reading carries a tamper flag
     "tamper_24h_log",  # log1p(number of readings with a tamper flag in the last 24 h)
     "log_level_7d",  # log of the mean power (kW) of the valid readings of the previous 7 days
     "evening_share_7d",  # share of the last 7 days' valid energy in 17-23 h (local)
-    "day_vs_best_7d",  # log of the last 24 h's mean vs the best of the seven 24-h blocks
+    "today_vs_best_6d",  # log of today's mean so far vs the best of the same hours, 6 days
 )
 
 #: Flags that mean somebody touched the meter.

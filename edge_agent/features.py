@@ -55,7 +55,10 @@ _CLIP = 10.0
 _CHUNK_SLOTS = 1 << 13
 # Rows whose rough_24h median is computed at once (bounds the (rows, slots per day) matrix).
 _MEDIAN_ROWS = 2048
-# Fewest valid 24-h blocks (of the last seven) for day_spread_7d.
+# Previous local days seen by day_spread_6d and today_vs_best_6d (the oldest slot they reach,
+# today's first slot - 6 days, stays inside the 7-day history window).
+_SPREAD_DAYS = 6
+# Fewest valid days (of the previous six) for day_spread_6d.
 _MIN_DAY_BLOCKS = 3
 # Squared energies are summed as two int64 limbs (exact); energies above this (micro-kWh,
 # ~2,147 kWh per interval) are clipped for flatness_24h only, so no square overflows.
@@ -379,20 +382,25 @@ def _block_features(
     flat = np.sqrt(var) / np.maximum(s1 / cnt, floor * scale)
     out[:, 8] = np.where(valid & (r24 >= min_day), flat, 0.0)
 
-    # day_spread_7d: std of log(mean + floor) of the seven 24-h blocks ending at this slot.
-    # Block k covers slots (g - (k + 1) day, g - k day]: cumulative sums at its two ends.
-    # (Row-length vectors one block at a time: they stay in cache, a (7, n) array does not.)
+    # Day-level features on local calendar days (UTC + utc_offset_s): a day-level change
+    # (h1 scales a whole day by a fresh factor) is not smeared over two sliding 24-h blocks.
+    # p = slots of this slot's local day before it (slot midpoints, integer arithmetic).
+    slot_abs = (ts + interval_s // 2) // interval_s
+    two_day = 2 * 86400
+    p = ((2 * slot_abs * interval_s - interval_s + 2 * utc_offset_s) % two_day) // (2 * interval_s)
+    today = np.maximum(g - p, block_start)
+    t_s, t_c = cvk[g + 1] - cvk[today], cvc[g + 1] - cvc[today]
+    # day_spread_6d: std of log(mean + floor) of the six previous local days, each the `day`
+    # slots before today's first slot (whole days at intervals dividing 24 h).
     logs: list[FloatArray] = []
     oks: list[BoolArray] = []
-    end = np.maximum(g + 1, block_start)
-    ek, ec = cvk[end], cvc[end]
-    for k in range(1, _LOOKBACK_DAYS + 1):
-        end = np.maximum(g + 1 - k * day, block_start)
-        sk, sc = cvk[end], cvc[end]
-        bm, ok = mean(ek - sk, ec - sc, min_day)
+    hi = np.maximum(g - p, block_start)
+    for k in range(1, _SPREAD_DAYS + 1):
+        lo = np.maximum(g - p - k * day, block_start)
+        bm, ok = mean(cvk[hi] - cvk[lo], cvc[hi] - cvc[lo], min_day)
         logs.append(np.log(bm + floor))
         oks.append(ok)
-        ek, ec = sk, sc
+        hi = lo
     blocks = np.zeros(n, dtype=np.int64)
     mu = np.zeros(n, dtype=np.float64)
     for lg, ok in zip(logs, oks, strict=True):
@@ -404,12 +412,19 @@ def _block_features(
     for lg, ok in zip(logs, oks, strict=True):
         ssd += np.where(ok, np.square(lg - mu), 0.0)
     out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
+    # today_vs_best_6d: today so far (this slot included) against the best of the same slots
+    # (same local times) on the previous six days, each with at least one valid reading.
+    cur_m, cur_ok = mean(t_s, t_c, 1)
     best = np.full(n, -np.inf)
-    for lg, ok in zip(logs, oks, strict=True):
-        best = np.where(ok, np.maximum(best, lg), best)
+    for k in range(1, _SPREAD_DAYS + 1):
+        lo = np.maximum(g - p - k * day, block_start)
+        hi = np.maximum(g + 1 - k * day, block_start)
+        bm, ok = mean(cvk[hi] - cvk[lo], cvc[hi] - cvc[lo], 1)
+        best = np.where(ok, np.maximum(best, np.log(bm + floor)), best)
+    has_best = np.isfinite(best)
     out[:, 16] = np.where(
-        valid & (blocks >= _MIN_DAY_BLOCKS) & oks[0],
-        logs[0] - np.where(np.isfinite(best), best, 0.0),
+        valid & cur_ok & has_best,
+        np.log(cur_m + floor) - np.where(has_best, best, 0.0),
         0.0,
     )
 

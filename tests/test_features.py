@@ -27,7 +27,7 @@ CONSUMPTION = [
     "zero_run_log_h",
     "rough_24h",
     "flatness_24h",
-    "day_spread_7d",
+    "day_spread_6d",
 ]
 T0 = 1_767_225_600  # midnight UTC
 
@@ -445,37 +445,49 @@ def test_flatness_24h_is_std_over_mean() -> None:
     assert np.all(zeros == 0.0)
 
 
-def test_day_vs_best_7d_compares_the_last_24_h_with_the_best_block() -> None:
+def test_today_vs_best_6d_compares_today_so_far_with_the_best_earlier_day() -> None:
     f = features_mod.ENERGY_FLOOR_KW * 1.0
-    rising = feats(hourly([1.0] * 24 + [2.0] * 24 + [4.0] * 24), 3600)[:, COL["day_vs_best_7d"]]
-    assert np.all(rising[:48] == 0.0)  # fewer than three 24-h blocks
-    assert rising[71] == pytest.approx(0.0, abs=1e-6)  # the last day is the best one
-    falling = feats(hourly([4.0] * 24 + [2.0] * 24 + [1.0] * 24), 3600)[:, COL["day_vs_best_7d"]]
+    rising = hourly([1.0] * 24 + [2.0] * 24 + [4.0] * 24)
+    x = feats(rising, 3600)[:, COL["today_vs_best_6d"]]
+    assert np.all(x[:24] == 0.0)  # no earlier day yet
+    assert x[71] == pytest.approx(math.log((4 + f) / (2 + f)), abs=1e-6)  # today is the best
+    falling = feats(hourly([4.0] * 24 + [2.0] * 24 + [1.0] * 24), 3600)[:, COL["today_vs_best_6d"]]
+    assert falling[48] == pytest.approx(math.log((1 + f) / (4 + f)), abs=1e-6)  # 1st hour
     assert falling[71] == pytest.approx(math.log((1 + f) / (4 + f)), abs=1e-6)
+    # Same hours only: at 06:00 today's six hours are compared with 00:00-06:00 of each day.
+    m = hourly([4.0] * 6 + [1.0] * 18 + [2.0] * 24)
+    x = feats(m, 3600)[:, COL["today_vs_best_6d"]]
+    assert x[29] == pytest.approx(math.log((2 + f) / (4 + f)), abs=1e-6)
+    assert x[47] == pytest.approx(math.log((2 + f) / (1.75 + f)), abs=1e-6)
 
 
-def test_day_spread_7d_is_the_std_of_log_daily_means() -> None:
-    f = features_mod.ENERGY_FLOOR_KW * 1.0  # floor in kWh per one-hour interval
-    m = hourly([1.0] * 24 + [2.0] * 24 + [4.0] * 24)
-    x = feats(m, 3600)[:, COL["day_spread_7d"]]
-    assert np.all(x[:48] == 0.0)  # fewer than three 24-h blocks
-    assert x[71] == pytest.approx(np.std(np.log([1 + f, 2 + f, 4 + f])), abs=1e-6)
-    # Row 70: blocks are rows 47..70, 23..46 and 0..22 (23 rows of 1 kWh).
-    means = [(2 + 23 * 4) / 24, (1 + 23 * 2) / 24, 1.0]
-    assert x[70] == pytest.approx(np.std(np.log(np.add(means, f))), abs=1e-6)
-    # A block with fewer than 6 valid readings does not count.
-    m["supply_on"][24 + 5 :] = False
-    m["supply_on"][48:] = True
-    x = feats(m, 3600)[:, COL["day_spread_7d"]]
-    assert x[71] == 0.0  # only two blocks left
-    assert np.all(x[24 + 5 : 48] == 0.0)  # the outage rows themselves are neutral
+def test_today_vs_best_6d_follows_the_local_day() -> None:
+    # With utc_offset_s = 2 h the local day starts at 22:00 UTC: a reading at 23:00 UTC (local
+    # 01:00) is the second of its local day.
+    m = hourly([4.0] * 24 + [1.0] * 24)
+    x = compute_features(
+        m["ts"],
+        m["kwh"],
+        m["supply_on"],
+        m["flags"],
+        m["register_kwh"],
+        3600,
+        BITS,
+        utc_offset_s=7200,
+    )[:, COL["today_vs_best_6d"]]
+    f = features_mod.ENERGY_FLOOR_KW * 1.0
+    # Row 47 (UTC 23:00-24:00, local 01:00-02:00): today = rows 46..47 (1 kWh each), the same
+    # local hours a day earlier = rows 22..23 (4 kWh).
+    assert x[47] == pytest.approx(math.log((1 + f) / (4 + f)), abs=1e-6)
+    # Row 45 (local 23:00): its local day holds rows 22..45, today's mean (2 x 4 + 22 x 1) / 24.
+    assert x[45] == pytest.approx(math.log((30 / 24 + f) / (4 + f)), abs=1e-6)
 
 
 def _reference_volatility(
-    ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int
+    ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int, utc_offset_s: int = 0
 ) -> np.ndarray:
-    """rough_24h, flatness_24h, day_spread_7d, day_vs_best_7d of one meter, straight from their
-    definitions."""
+    """rough_24h, flatness_24h, day_spread_6d, today_vs_best_6d of one meter, straight from
+    their definitions (local days with ``utc_offset_s``)."""
     day = slots_per_day(interval_s)
     floor = features_mod.ENERGY_FLOOR_KW * interval_s / 3600
     q = np.rint(kwh * 1e6)
@@ -495,24 +507,33 @@ def _reference_volatility(
         last = [energy[s] for s in range(g - day + 1, g + 1) if s in energy]
         if len(last) >= day // 4:
             out[i, 1] = np.std(last) / max(np.mean(last), floor * 1e6)
+        # Local day of a slot: that of its midpoint; `start` = today's first slot.
+        since = int((g * interval_s - interval_s / 2 + utc_offset_s) % 86400 // interval_s)
+        start = g - since
         logs = []
-        last_day_counts = False
-        for k in range(7):
+        for k in range(1, 7):
             block = [
-                energy[s] for s in range(g - (k + 1) * day + 1, g - k * day + 1) if s in energy
+                energy[s] for s in range(start - k * day, start - (k - 1) * day) if s in energy
             ]
             if len(block) >= day // 4:
                 logs.append(math.log(np.mean(block) / 1e6 + floor))
-                last_day_counts = last_day_counts or k == 0
         if len(logs) >= 3:
             out[i, 2] = np.std(logs)
-            if last_day_counts:
-                out[i, 3] = logs[0] - max(logs)
+        today = [energy[s] for s in range(start, g + 1) if s in energy]
+        earlier = []
+        for k in range(1, 7):
+            same = [energy[s] for s in range(start - k * day, g - k * day + 1) if s in energy]
+            if same:
+                earlier.append(math.log(np.mean(same) / 1e6 + floor))
+        if today and earlier:
+            out[i, 3] = math.log(np.mean(today) / 1e6 + floor) - max(earlier)
     return out
 
 
-@pytest.mark.parametrize("interval_s", [900, 1800, 3600])
-def test_volatility_features_match_their_definition(interval_s: int) -> None:
+@pytest.mark.parametrize(
+    ("interval_s", "utc_offset_s"), [(900, 0), (1800, 0), (3600, 0), (1800, 5400)]
+)
+def test_volatility_features_match_their_definition(interval_s: int, utc_offset_s: int) -> None:
     rng = np.random.default_rng(100 + interval_s)
     r = make_readings(3, 10, interval_s=interval_s, seed=interval_s, attack_fraction=0.7)
     kwh = r.kwh.copy()
@@ -524,20 +545,31 @@ def test_volatility_features_match_their_definition(interval_s: int) -> None:
     sel = {k: v[keep] for k, v in (("m", r.meter_index), ("ts", r.ts), ("kwh", kwh), ("on", on))}
     flags, register = flags[keep], r.register_kwh[keep]
     x = compute_features_grouped(
-        sel["m"], sel["ts"], sel["kwh"], sel["on"], flags, register, interval_s, BITS
+        sel["m"],
+        sel["ts"],
+        sel["kwh"],
+        sel["on"],
+        flags,
+        register,
+        interval_s,
+        BITS,
+        utc_offset_s=utc_offset_s,
     )
-    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_7d"], COL["day_vs_best_7d"]]
+    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_6d"], COL["today_vs_best_6d"]]
     for i in np.unique(sel["m"]):
         rows = sel["m"] == i
         valid = sel["on"][rows] & ((flags[rows] & BITS["no_credit"]) == 0)
-        expected = _reference_volatility(sel["ts"][rows], sel["kwh"][rows], valid, interval_s)
+        expected = _reference_volatility(
+            sel["ts"][rows], sel["kwh"][rows], valid, interval_s, utc_offset_s
+        )
         np.testing.assert_allclose(x[rows][:, cols], expected, rtol=2e-6, atol=2e-6)
         assert np.count_nonzero(expected[:, 0]) > 0 and np.count_nonzero(expected[:, 2]) > 0
         assert np.count_nonzero(expected[:, 3]) > 0
 
 
 def test_history_window_covers_the_volatility_windows() -> None:
-    # day_spread_7d reaches back 7 days - 1 slot, rough_24h's oldest pair starts 24 h back.
+    # day_spread_6d and today_vs_best_6d reach back at most 7 days - 1 slot (today's first
+    # slot - 6 days), rough_24h's oldest pair starts 24 h back.
     for interval_s in (900, 1800, 3600):
         assert history_window_s(interval_s) >= 7 * 86400 - interval_s
 
