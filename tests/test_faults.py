@@ -49,6 +49,19 @@ def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
     assert rig.counters("gw-a").get("batches_resent", 0) >= 1
 
 
+def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
+    rig.start_ingest()
+    rig.feed("gw-a", 0, meters=250, intervals=20)  # 5,000 records: three slices of <= 2,000
+    agent = rig.start_agent("gw-a", failpoint="spool.after_slice:2")
+    assert agent.wait(30) == -9, "the failpoint did not fire"
+    assert len(rig.accepted()) == 4000  # two slices committed, the file still in the spool
+    rig.start_agent("gw-a")
+    rig.wait_delivered()
+    rig.assert_exactly_once()
+    counters = rig.counters("gw-a")
+    assert counters.get("readings_duplicate", 0) == 0, counters  # resumed, not taken again
+
+
 def test_broker_killed_and_restarted(rig: Rig, private_broker: Mosquitto) -> None:
     rig.broker_port = private_broker.port
     rig.start_ingest()

@@ -30,7 +30,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edge_agent import wire
+from edge_agent import failpoints, wire
 from edge_agent.buffer import BufferFull
 from edge_agent.rows import Row
 from edge_agent.sources import Intake
@@ -117,6 +117,7 @@ class SpoolSource:
             if not part:
                 break
             self._commit(path, digest, part, done + len(part), "partial")
+            failpoints.hit("spool.after_slice")
             done += len(part)
             handled += len(part)
         outcome = "done"
