@@ -22,10 +22,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "day_spread_6d",  # std of log(daily mean) over the six previous local days
     "register_mismatch",  # signed log1p(|register delta - sum kwh| / level)
     "register_drop",  # log1p(register decrease / level)
-    "tamper_flag",  # 1 if this reading carries a tamper flag
     "tamper_24h_log",  # log1p(number of readings with a tamper flag in the last 24 h)
     "log_level_7d",  # log of the mean power (kW) of the valid readings of the previous 7 days
     "evening_share_7d",  # share of the last 7 days' valid energy in 17-23 h (local)
+    "night_level_7d",  # log of the mean power (kW) of the last 7 days' valid readings in 23-05 h
     "today_vs_best_6d",  # log of today's mean so far vs the best of the same hours, 6 days
 )
 

@@ -442,18 +442,25 @@ def _block_features(
     out[:, 10] = np.sign(mismatch) * np.log1p(np.abs(mismatch) / level)
     out[:, 11] = np.log1p(np.maximum(-delta, 0.0) / level)
 
-    out[:, 12] = tamper
     ct = cumulative(dense_int(tamper.astype(np.int64)))
-    out[:, 13] = np.log1p(window(ct, day - 1, -1))
+    out[:, 12] = np.log1p(window(ct, day - 1, -1))
 
-    # Absolute level and evening share: what a meter that always stole cannot hide from a
-    # per-class model (its own history looks normal to the ratios above).
-    out[:, 14] = np.where(ok7, np.log(level / interval_h), 0.0)
+    # Absolute level, evening share and night level: what a meter that always stole cannot hide
+    # from a per-class model (its own history looks normal to the ratios above).
+    out[:, 13] = np.where(ok7, np.log(level / interval_h), 0.0)
     evening = (mid >= 17 * 3600.0) & (mid < 23 * 3600.0)
     s_all = window(cvk, week - 1, -1)
     s_eve = window(cumulative(dense_int(np.where(valid & evening, q, 0))), week - 1, -1)
     c_all = window(cvc, week - 1, -1)
-    out[:, 15] = np.where((c_all >= day) & (s_all > 0), s_eve / np.maximum(s_all, 1), 0.0)
+    out[:, 14] = np.where((c_all >= day) & (s_all > 0), s_eve / np.maximum(s_all, 1), 0.0)
+    # night_level_7d: mean power of the valid readings in 23-05 h local of the same 7 days (a
+    # nightly bypass empties the night whatever the meter's own past); 0 without a day of samples
+    # or without a valid night reading.
+    night = (mid >= 23 * 3600.0) | (mid < 5 * 3600.0)
+    s_night = window(cumulative(dense_int(np.where(valid & night, q, 0))), week - 1, -1)
+    c_night = window(cumulative(dense_int((valid & night).astype(np.int64))), week - 1, -1)
+    night_kw = np.maximum(s_night / np.maximum(c_night, 1) / scale, floor) / interval_h
+    out[:, 15] = np.where((c_all >= day) & (c_night > 0), np.log(night_kw), 0.0)
 
     np.clip(out, -_CLIP, _CLIP, out=out)
     return out.astype(np.float32)

@@ -80,7 +80,7 @@ def test_regular_meter_is_neutral_after_warmup() -> None:
     x = feats(meter(10))
     day = slots_per_day(1800)
     settled = x[8 * day :]
-    for name in CONSUMPTION + ["register_mismatch", "register_drop", "tamper_flag"]:
+    for name in CONSUMPTION + ["register_mismatch", "register_drop", "tamper_24h_log"]:
         assert np.abs(settled[:, COL[name]]).max() < 1e-6, name
 
 
@@ -201,10 +201,10 @@ def test_tamper_flags() -> None:
     m["flags"][60] = BITS["magnetic"] | BITS["no_credit"]
     m["flags"][70] = BITS["no_credit"]
     x = feats(m)
-    assert x[50, COL["tamper_flag"]] == 1.0
-    assert x[60, COL["tamper_flag"]] == 1.0
-    assert x[70, COL["tamper_flag"]] == 0.0
     assert x[49, COL["tamper_24h_log"]] == 0.0
+    assert x[50, COL["tamper_24h_log"]] == pytest.approx(math.log1p(1))  # this reading counts
+    assert x[60, COL["tamper_24h_log"]] == pytest.approx(math.log1p(2))
+    assert x[70, COL["tamper_24h_log"]] == pytest.approx(math.log1p(2))  # no_credit: no tamper
     assert x[55, COL["tamper_24h_log"]] == pytest.approx(math.log1p(1))
     assert x[65, COL["tamper_24h_log"]] == pytest.approx(math.log1p(2))
     assert x[50 + 48, COL["tamper_24h_log"]] == pytest.approx(math.log1p(1))  # 50 left the day
@@ -367,7 +367,7 @@ def test_flags_mask_from_names() -> None:
         1800,
         DEFAULT_FLAG_BITS,
     )
-    assert x[:, COL["tamper_flag"]].tolist() == [0.0, 1.0, 1.0]
+    assert x[:, COL["tamper_24h_log"]].tolist() == pytest.approx([0.0, LN2, math.log(3.0)])
 
 
 # --- volatility features (rough_24h, flatness_24h, day_spread_7d) ---------------------------
@@ -587,15 +587,17 @@ def test_lifeline_loads_are_above_the_energy_floor() -> None:
 def _reference_level_and_evening(
     ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int, utc_offset_s: int
 ) -> np.ndarray:
-    """log_level_7d and evening_share_7d straight from their definitions, one row at a time."""
+    """log_level_7d, evening_share_7d and night_level_7d straight from their definitions, one
+    row at a time."""
     day = 86400 // interval_s
     week = 7 * day
     slot = (ts + interval_s // 2) // interval_s
     q = np.rint(kwh * 1e6)
     hour = ((ts - interval_s / 2 + utc_offset_s) % 86400) / 3600.0
     evening = (hour >= 17) & (hour < 23)
+    night = (hour >= 23) | (hour < 5)
     floor = features_mod.ENERGY_FLOOR_KW * interval_s / 3600.0
-    out = np.zeros((len(ts), 2))
+    out = np.zeros((len(ts), 3))
     for i in range(len(ts)):
         before = valid & (slot >= slot[i] - week) & (slot < slot[i])  # the previous 7 days
         if before.sum() >= day:
@@ -604,6 +606,9 @@ def _reference_level_and_evening(
         upto = valid & (slot > slot[i] - week) & (slot <= slot[i])  # 7 days up to this one
         if upto.sum() >= day and q[upto].sum() > 0:
             out[i, 1] = q[upto & evening].sum() / q[upto].sum()
+        if upto.sum() >= day and (upto & night).any():
+            night_mean = q[upto & night].sum() / (upto & night).sum() / 1e6
+            out[i, 2] = math.log(max(night_mean, floor) / (interval_s / 3600.0))
     return out
 
 
@@ -619,7 +624,7 @@ def test_level_and_evening_share_match_their_definition(interval_s: int, utc_off
     x = compute_features_grouped(
         m, ts, kwh, on, flags, r.register_kwh[keep], interval_s, BITS, utc_offset_s=utc_offset_s
     )
-    cols = [COL["log_level_7d"], COL["evening_share_7d"]]
+    cols = [COL["log_level_7d"], COL["evening_share_7d"], COL["night_level_7d"]]
     for i in np.unique(m):
         rows = m == i
         valid = on[rows] & ((flags[rows] & BITS["no_credit"]) == 0)
@@ -627,7 +632,7 @@ def test_level_and_evening_share_match_their_definition(interval_s: int, utc_off
             ts[rows], kwh[rows], valid, interval_s, utc_offset_s
         )
         np.testing.assert_allclose(x[rows][:, cols], expected, rtol=2e-6, atol=2e-6)
-        assert np.count_nonzero(expected[:, 0]) > 0 and np.count_nonzero(expected[:, 1]) > 0
+        assert all(np.count_nonzero(expected[:, k]) > 0 for k in range(3))
 
 
 def test_an_outage_keeps_the_meters_level_and_evening_share() -> None:
@@ -637,7 +642,8 @@ def test_an_outage_keeps_the_meters_level_and_evening_share() -> None:
     m["supply_on"][-3:] = False
     m["kwh"][-3:] = 0.0
     x = feats(m)
-    for name in ("log_level_7d", "evening_share_7d"):  # (the outage slots are not counted)
+    for name in ("log_level_7d", "evening_share_7d", "night_level_7d"):  # outage slots: not counted
         assert x[-1, COL[name]] == pytest.approx(x[-4, COL[name]], abs=0.01), name
     assert x[-4, COL["evening_share_7d"]] == pytest.approx(6 / 24, abs=1e-6)  # flat load
     assert x[-1, COL["log_level_7d"]] == pytest.approx(math.log(2.0), abs=1e-6)  # 1 kWh / 30 min
+    assert x[-1, COL["night_level_7d"]] == pytest.approx(math.log(2.0), abs=1e-6)
