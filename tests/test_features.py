@@ -370,7 +370,7 @@ def test_flags_mask_from_names() -> None:
     assert x[:, COL["tamper_24h_log"]].tolist() == pytest.approx([0.0, LN2, math.log(3.0)])
 
 
-# --- volatility features (rough_24h, flatness_24h, day_spread_7d) ---------------------------
+# --- volatility features (rough_24h, flatness_24h, day_spread_6d) ---------------------------
 
 LN2 = math.log(2.0)
 
