@@ -3,14 +3,7 @@
     the last run (every row on a full build), so each touched key is recomputed whole. -#}
 {% macro touched_readings(grain) %}
 {% if is_incremental() %}
-    last_run as (
-
-        select
-            max(max_loaded_at)
-            - toIntervalSecond({{ var('incremental_lookback_s') }}) as loaded_after
-        from {{ this }}
-
-    ),
+    {{ last_run() }},
 
     touched as (
 

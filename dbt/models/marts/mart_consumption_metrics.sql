@@ -15,14 +15,7 @@
 with
 
 {% if is_incremental() %}
-    last_run as (
-
-        select
-            max(max_loaded_at)
-            - toIntervalSecond({{ var('incremental_lookback_s') }}) as loaded_after
-        from {{ this }}
-
-    ),
+    {{ last_run() }},
 {% endif %}
 
 daily as (
