@@ -81,22 +81,33 @@ def test_thresholds_rounded_down_to_float32() -> None:
     assert np.abs(got + model.score_samples(probes)).max() <= 1e-6
 
 
-def test_graph_is_one_tree_ensemble_and_an_exp() -> None:
+def test_graph_is_small_tree_ensembles_a_sum_and_an_exp() -> None:
     rng = np.random.default_rng(0)
     model = IsolationForest(n_estimators=100, random_state=0).fit(
         rng.normal(size=(2000, len(NAMES))).astype(np.float32)
     )
     proto = fast_graph(model, NAMES)
-    assert [(n.op_type, n.domain) for n in proto.graph.node] == [
-        ("TreeEnsemble", "ai.onnx.ml"),
-        ("Exp", ""),
-    ]
+    ops = [(n.op_type, n.domain) for n in proto.graph.node]
+    assert ops == [("TreeEnsemble", "ai.onnx.ml")] * 10 + [("Sum", ""), ("Exp", "")]
     assert {o.domain: o.version for o in proto.opset_import}["ai.onnx.ml"] == 5
     onnx.checker.check_model(proto, full_check=True)
-    roots = next(a for a in proto.graph.node[0].attribute if a.name == "tree_roots")
-    assert len(roots.ints) == 100
+    roots = [len(a.ints) for n in proto.graph.node for a in n.attribute if a.name == "tree_roots"]
+    assert roots == [10] * 10
     with pytest.raises(ValueError):
         fast_graph(model, NAMES[:-1])
+
+
+@pytest.mark.parametrize("per_node", [1, 30, 100, 200])
+def test_any_split_of_the_trees_over_nodes_gives_the_same_scores(per_node: int) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3000, len(NAMES))).astype(np.float32)
+    model = IsolationForest(n_estimators=100, max_samples=256, random_state=3).fit(x)
+    proto = fast_graph(model, NAMES, trees_per_node=per_node)
+    ensembles = [n for n in proto.graph.node if n.op_type == "TreeEnsemble"]
+    assert len(ensembles) == -(-100 // per_node)
+    probes = rng.normal(scale=2.0, size=(5000, len(NAMES))).astype(np.float32)
+    got = onnx_scores(proto.SerializeToString(), probes)
+    assert np.abs(got + model.score_samples(probes)).max() <= 1e-5
 
 
 def test_parity_on_real_features_with_trained_threshold() -> None:
