@@ -111,8 +111,9 @@ class Buffer:
         self.conn.execute("pragma journal_mode = wal")
         self.conn.execute(f"pragma synchronous = {synchronous}")
         self.conn.execute("pragma busy_timeout = 10000")
-        # 4 MB of page cache: the (ts, meter_id) index is appended to, the hot pages are few.
-        self.conn.execute("pragma cache_size = -4096")
+        # 1 MB of page cache: the (ts, meter_id) index is appended to, the hot pages are few
+        # (4 MB raised the agent's peak RSS under a backlog by 3 MB).
+        self.conn.execute("pragma cache_size = -1024")
         migrate(self.conn)
         self.cap = cap
         self.cap_policy = cap_policy

@@ -34,6 +34,9 @@ def _models_of(buffer: Buffer) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.heap import pin_mmap_threshold
+
+    pin_mmap_threshold()  # before numpy, onnxruntime and the model are loaded
     from edge_agent.agent import Agent
 
     settings = load_settings(args.config)

@@ -63,7 +63,8 @@ _REGISTER_DROP = FEATURE_NAMES.index("register_drop")
 # (rounding of a register reported in whole Wh, for instance).
 _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
-_HISTORY_CHUNK = 8192
+# History rows fetched from SQLite at a time (their Python objects live for one chunk only).
+_HISTORY_CHUNK = 2048
 # Most history rows reserved up front (address space only, ~150 MB, until written); beyond it the
 # arrays grow by doubling.
 _HISTORY_ROWS_RESERVED = 1 << 22
