@@ -5,12 +5,13 @@
 Trains an IsolationForest on features of synthetic meters (``ml.synthetic``), exports our fast
 graph and the stock skl2onnx graph, and measures for both: single-row p50 latency (in process,
 through the agent's ``LoadedModel.score``; the lowest median of three rounds) and batch
-throughput (one call on 100,000 rows; the best of five). Checks parity with scikit-learn on 100,000 rows, and measures the memory of a real
-``edge-agent run`` with the signed model loaded: idle first (what the libraries and the model
-cost before any reading), then its peak RSS while scoring a spool of 200 meters x 8 days
-(``--agent-meters``, ``--agent-days``), and the private (anonymous) part of that peak. The agent
-runs in a virtualenv holding only the ``edge`` extra's packages, as on a gateway
-(``var/edge-venv``, made on first use; ``--agent-python current`` runs it in this one).
+throughput (one call on 100,000 rows; the best of five). Checks parity with scikit-learn on
+100,000 rows, and measures the memory of a real ``edge-agent run`` with the signed model
+loaded: idle first (what the libraries and the model cost before any reading), then its peak RSS
+while scoring a spool of 200 meters x 8 days (``--agent-meters``, ``--agent-days``), and the
+private (anonymous) part of that peak. The agent runs in a virtualenv holding only the ``edge``
+extra's packages, as on a gateway (``var/edge-venv``, made on first use; ``--agent-python
+current`` runs it in this one).
 Human-readable lines first; the LAST line is one JSON object.
 """
 

@@ -185,7 +185,7 @@ def fast_graph(
     graph_name: str = "eiot_iforest",
     trees_per_node: int = TREES_PER_NODE,
 ) -> onnx.ModelProto:
-    """The fitted ``model`` as TreeEnsemble node(s) + Exp (see module docstring)."""
+    """The fitted ``model`` as TreeEnsemble nodes, their Sum and an Exp (module docstring)."""
     n_features = int(model.n_features_in_)
     if len(feature_names) != n_features:
         raise ValueError(f"{len(feature_names)} feature names for {n_features} features")
