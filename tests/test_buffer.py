@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent import wire
-from edge_agent.buffer import Buffer, BufferFull
+from edge_agent.buffer import HISTORY_BY_METER_MAX, Buffer, BufferFull
 from edge_agent.migrations import LATEST, MIGRATIONS, apply, migrate, version
 from tests.helpers import row
 
@@ -28,6 +28,35 @@ def test_accept_is_idempotent_and_flags_conflicts(tmp_path: Path) -> None:
         == 0.25
     )
     assert buf.counters()["readings_conflict"] == 1
+
+
+@pytest.mark.parametrize(
+    ("meters", "index"),
+    [
+        (1, "readings_meter_ts"),
+        (HISTORY_BY_METER_MAX, "readings_meter_ts"),
+        (HISTORY_BY_METER_MAX + 1, "readings_key"),
+    ],
+)
+def test_history_reads_few_meters_by_meter_and_many_in_time_order(
+    tmp_path: Path, meters: int, index: str
+) -> None:
+    buf = Buffer(tmp_path / "b.db")
+    fleet = [f"m{i:03d}" for i in range(HISTORY_BY_METER_MAX + 20)]
+    buf.accept([row(m, k, kwh=k / 100) for m in fleet for k in range(10)], now=1.0)
+    other_interval = row("m000", 3)
+    other_interval = (other_interval[0], other_interval[1] + 900, 900, 5.0, *other_interval[4:])
+    assert buf.accept([other_interval], now=1.0).accepted == 1  # not history for 1800 s
+    asked = fleet[:meters]
+    statements: list[str] = []
+    buf.conn.set_trace_callback(statements.append)
+    lo, hi = row("m000", 2)[1], row("m000", 7)[1]
+    got = sorted(buf.history(asked, lo, hi, 1800).fetchall())
+    buf.conn.set_trace_callback(None)
+    expected = sorted((m, row(m, k)[1], k / 100, 1, None, None) for m in asked for k in range(2, 8))
+    assert got == expected
+    plan = buf.conn.execute(f"explain query plan {statements[-1]}").fetchall()
+    assert any(f"USING INDEX {index} " in step[3] for step in plan), plan
 
 
 def test_same_key_twice_in_one_call(tmp_path: Path) -> None:
