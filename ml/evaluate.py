@@ -15,7 +15,9 @@ What happens:
    :mod:`ml.baselines`): ROC-AUC and PR-AUC of theft readings vs normal readings (fault readings
    are left out of both), detection rate per attack / fault type at the cut that flags 1 % and
    5 % of the normal readings, the alert rate on load-shedding intervals (``supply`` off) and on
-   zero-credit intervals (``no_credit`` flag) at the scorer's own threshold and at those cuts.
+   zero-credit intervals (``no_credit`` flag) at the scorer's own threshold and at those cuts,
+   and the same on the valid readings of the ``RECOVERY_HOURS`` after each (cold-load pickup,
+   the first use after a top-up: the readings the agent does alert on).
 4. Customer level (a customer is a thief when it has a theft reading in the window; faulty and
    honest customers are the negatives): ROC-AUC, PR-AUC, MAP@100 of the ranking (the inspection
    list; AP@k normalised by ``min(k, thieves)``), detection rate per type at 1 % / 5 % of the
@@ -55,6 +57,8 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_CSV_ENV = "EIOT_SEED_CSV"
 DEFAULT_SEED_CSV = REPO.parent / "shared" / "data" / "seed-kaggle" / "smart_meter_data.csv"
 FPRS = (0.01, 0.05)
+#: Valid readings this long after an outage or a zero-credit period are reported on their own.
+RECOVERY_HOURS = 2.0
 TARGET_TYPES = ("h1", "h2", "h3", "bypass")
 TARGETS = {
     "customer_roc_auc": 0.90,
@@ -139,6 +143,7 @@ def reading_report(
     no_credit_bit = int(data.flag_bits.get("no_credit", 0))
     shed = ~data.supply_on[rows]
     no_credit = data.supply_on[rows] & ((data.flags[rows] & no_credit_bit) != 0)
+    after_shed, after_credit = (m[rows] & y_normal for m in recovery_masks(data))
     out: dict[str, Any] = {
         "readings": int(rows.sum()),
         "theft_readings": int(y_theft.sum()),
@@ -149,9 +154,13 @@ def reading_report(
             "detection_theft": mt.flag_rate(s[y_theft], native_cut),
             "fpr_shedding": mt.flag_rate(s[shed & y_normal], native_cut),
             "fpr_no_credit": mt.flag_rate(s[no_credit & y_normal], native_cut),
+            "fpr_after_shedding": mt.flag_rate(s[after_shed], native_cut),
+            "fpr_after_no_credit": mt.flag_rate(s[after_credit], native_cut),
         },
         "shedding_readings": int((shed & y_normal).sum()),
         "no_credit_readings": int((no_credit & y_normal).sum()),
+        "after_shedding_readings": int(after_shed.sum()),
+        "after_no_credit_readings": int(after_credit.sum()),
     }
     for fpr in FPRS:
         cut = mt.threshold_at_fpr(s[y_normal], fpr)
@@ -159,8 +168,32 @@ def reading_report(
             "detection": mt.rates_by_code(s > cut, codes, data.label_names),
             "fpr_shedding": mt.flag_rate(s[shed & y_normal], cut),
             "fpr_no_credit": mt.flag_rate(s[no_credit & y_normal], cut),
+            "fpr_after_shedding": mt.flag_rate(s[after_shed], cut),
+            "fpr_after_no_credit": mt.flag_rate(s[after_credit], cut),
         }
     return out
+
+
+def recovery_masks(
+    data: MeterData, hours: float = RECOVERY_HOURS
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """``(T, M)`` masks of the valid readings (supply on, credit left: the ones the agent may
+    alert on) within ``hours`` after a load-shedding reading (supply off) and after a
+    zero-credit reading of the same meter: the cold-load pickup after an outage and the first
+    use after a top-up, where false alarms would come from."""
+    k = max(1, int(round(hours * 3600 / data.interval_s)))
+    no_credit_bit = int(data.flag_bits.get("no_credit", 0))
+    off = data.present & ~data.supply_on
+    empty = data.present & data.supply_on & ((data.flags & no_credit_bit) != 0)
+
+    def within(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        count = np.zeros((mask.shape[0] + 1, mask.shape[1]), dtype=np.int32)
+        np.cumsum(mask, axis=0, out=count[1:])
+        t = np.arange(mask.shape[0])
+        recent: npt.NDArray[np.bool_] = (count[t] - count[np.maximum(t - k, 0)]) > 0
+        return recent & data.valid
+
+    return within(off), within(empty) if no_credit_bit else np.zeros_like(off)
 
 
 def detection_by_onset(
@@ -518,6 +551,16 @@ def summary_lines(result: dict[str, Any], k: int = 100) -> list[str]:
             f"  {name:20s} {_f(r['roc_auc'])}  {_f(r['pr_auc'])}  {_f(n['alert_rate_normal'])}"
             f"        {_f(n['fpr_shedding'])}    {_f(n['fpr_no_credit'])}"
         )
+    lines.append(
+        f"  valid readings <= {RECOVERY_HOURS:g} h after an outage / after zero credit, flagged at"
+        " the scorer's threshold | at the 1 % and 5 % cuts:"
+    )
+    for name, r in read.items():
+        cells = [
+            f"{_f(r[key]['fpr_after_shedding'])} / {_f(r[key]['fpr_after_no_credit'])}"
+            for key in ("native", "at_1pct_fpr", "at_5pct_fpr")
+        ]
+        lines.append(f"  {name:20s} " + " | ".join(cells))
     for name, r in read.items():
         for fpr in FPRS:
             det = r[f"at_{_pct(fpr)}_fpr"]["detection"]

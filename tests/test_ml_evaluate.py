@@ -68,7 +68,9 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
         assert 0.0 <= r["roc_auc"] <= 1.0 and 0.0 <= r["pr_auc"] <= 1.0
         for key in ("at_1pct_fpr", "at_5pct_fpr"):
             assert r[key]["detection"] and {"fpr_shedding", "fpr_no_credit"} <= set(r[key])
-        assert r["shedding_readings"] > 0
+        assert r["shedding_readings"] > 0 and r["after_shedding_readings"] > 0
+        for key in ("native", "at_1pct_fpr", "at_5pct_fpr"):
+            assert {"fpr_after_shedding", "fpr_after_no_credit"} <= set(r[key])
     for name in ["model", "edge_score_mean", "peer_unsupervised", *baselines]:
         c = result["customer"][name]
         assert {"roc_auc", "pr_auc", "map_at_100", "at_1pct_fpr", "at_5pct_fpr"} <= set(c)
@@ -90,6 +92,21 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
     } <= set(targets)
     for t in targets.values():
         assert set(t) == {"value", "target", "best_baseline", "margin_over_baselines", "met"}
+
+
+def test_recovery_masks_mark_the_valid_readings_after_an_outage_or_a_credit_gap() -> None:
+    from ml.evaluate import recovery_masks
+
+    n = 12
+    ts = 1_700_000_000 + 1800 * np.arange(1, n + 1)
+    on = np.ones(n, dtype=bool)
+    on[2:4] = False  # an outage: slots 2-3
+    flags = np.zeros(n, dtype=np.uint16)
+    flags[7] = FLAG_BIT["no_credit"]  # no credit: slot 7
+    data = from_rows(["m1"] * n, ts, np.full(n, 0.3), np.full(n, np.nan), on, flags, 1800, FLAG_BIT)
+    after_shed, after_credit = recovery_masks(data, hours=1.5)  # 3 slots
+    assert np.flatnonzero(after_shed[:, 0]).tolist() == [4, 5, 6]  # 7 has no credit: not valid
+    assert np.flatnonzero(after_credit[:, 0]).tolist() == [8, 9, 10]
 
 
 def test_evaluate_refuses_the_training_fleet() -> None:
