@@ -12,8 +12,10 @@ Time is cut into slots of ``interval_s`` on the absolute epoch grid (``ts`` roun
 multiple of ``interval_s``); missing slots are gaps. A row is *valid* when the supply was on and
 the meter was not out of credit (``no_credit`` flag). Only valid rows feed the trailing means, and
 rows that are not valid get neutral values (0) for every consumption feature, so an outage or an
-empty prepaid meter does not look like theft. Register and tamper-flag features are computed on
-every row: a cover opened during an outage is still a tamper event.
+empty prepaid meter does not look like theft; a valid row right after one, with too few valid
+readings for the volatility windows, keeps its meter's latest volatility values. Register and
+tamper-flag features are computed on every row: a cover opened during an outage is still a
+tamper event.
 
 Energies are summed as integers (micro-kWh), so the result is bit-for-bit the same whether a
 meter is computed alone or inside a large grouped call.
@@ -367,7 +369,8 @@ def _block_features(
     out[:, 6] = np.where(zero, np.log1p(run * interval_h), 0.0)
 
     # Volatility, over valid readings of the last 24 h (slots g - day + 1 .. g, this one included)
-    # or the last seven such 24-h blocks; neutral 0 without enough samples or on invalid rows.
+    # or the last seven such 24-h blocks; 0 on invalid rows, and without enough samples (but see
+    # the carry below day_spread_6d).
     min_day = max(1, day // 4)
     r24 = window(cvc, day - 1, -1)
     out[:, 7] = _rough(g, block_start, valid, vk, vc, day, min_day)
@@ -413,6 +416,14 @@ def _block_features(
     for lg, ok in zip(logs, oks, strict=True):
         ssd += np.where(ok, np.square(lg - mu), 0.0)
     out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
+    # Too few valid readings for these windows (the hours after a zero-credit or outage period,
+    # not a run of valid zeros): a valid row keeps its meter's latest value computed from enough
+    # readings within the week, not 0, which would mean "perfectly steady".
+    for col, enough in ((7, r24 >= min_day), (8, r24 >= min_day), (9, blocks >= _MIN_DAY_BLOCKS)):
+        ok_row = valid & enough
+        last_ok = np.maximum.accumulate(np.where(ok_row | new_meter, rows, -1))
+        carry = valid & ~enough & ok_row[last_ok] & (g - g[last_ok] <= week)
+        out[:, col] = np.where(carry, out[last_ok, col], out[:, col])
     # today_vs_best_6d: today so far (this slot included) against the best of the same slots
     # (same local times) on the previous six days, each with at least one valid reading.
     cur_m, cur_ok = mean(t_s, t_c, 1)

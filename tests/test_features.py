@@ -487,13 +487,14 @@ def _reference_volatility(
     ts: np.ndarray, kwh: np.ndarray, valid: np.ndarray, interval_s: int, utc_offset_s: int = 0
 ) -> np.ndarray:
     """rough_24h, flatness_24h, day_spread_6d, today_vs_best_6d of one meter, straight from
-    their definitions (local days with ``utc_offset_s``)."""
+    their definitions (local days with ``utc_offset_s``), one row at a time."""
     day = slots_per_day(interval_s)
     floor = features_mod.ENERGY_FLOOR_KW * interval_s / 3600
     q = np.rint(kwh * 1e6)
     slot = (ts + interval_s // 2) // interval_s
     energy = {int(s): q[i] for i, s in enumerate(slot) if valid[i]}
     out = np.zeros((len(ts), 4))
+    enough = [(False, False, False)] * len(ts)
     for i, g in enumerate(slot):
         if not valid[i]:
             continue
@@ -527,6 +528,17 @@ def _reference_volatility(
                 earlier.append(math.log(np.mean(same) / 1e6 + floor))
         if today and earlier:
             out[i, 3] = math.log(np.mean(today) / 1e6 + floor) - max(earlier)
+        enough[i] = (len(last) >= day // 4, len(last) >= day // 4, len(logs) >= 3)
+    # Too few valid readings: the latest value of a valid row that had enough, within 7 days.
+    for col in range(3):
+        for i in range(len(ts)):
+            if valid[i] and not enough[i][col]:
+                for j in range(i - 1, -1, -1):
+                    if slot[i] - slot[j] > 7 * day:
+                        break
+                    if valid[j] and enough[j][col]:
+                        out[i, col] = out[j, col]
+                        break
     return out
 
 
@@ -647,3 +659,29 @@ def test_an_outage_keeps_the_meters_level_and_evening_share() -> None:
     assert x[-4, COL["evening_share_7d"]] == pytest.approx(6 / 24, abs=1e-6)  # flat load
     assert x[-1, COL["log_level_7d"]] == pytest.approx(math.log(2.0), abs=1e-6)  # 1 kWh / 30 min
     assert x[-1, COL["night_level_7d"]] == pytest.approx(math.log(2.0), abs=1e-6)
+
+
+def test_volatility_after_a_credit_gap_keeps_the_meters_own_value() -> None:
+    # 8 days of a varying load, then 4 days without credit, then use again: the first valid
+    # readings lack a day of samples (and 3 of the 6 previous days), so rough_24h, flatness_24h
+    # and day_spread_6d keep their values from before the gap instead of 0 ("perfectly
+    # steady", which the model isolates).
+    m = meter(13)
+    day = 48
+    m["kwh"] = 0.5 + 0.4 * np.sin(np.arange(len(m["kwh"])) * 0.7) ** 2
+    m["kwh"][4 * day : 5 * day] *= 1.8  # one heavier day, so day_spread_6d is not tiny
+    gap = slice(8 * day, 12 * day)
+    m["flags"][gap] |= BITS["no_credit"]
+    m["kwh"][gap] = 0.0
+    x = feats(m)
+    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_6d"]]
+    before, after = x[8 * day - 1, cols], x[12 * day, cols]
+    assert (before > 0.05).all()
+    np.testing.assert_array_equal(after, before)
+    assert (x[gap][:, cols] == 0).all()  # the gap itself: invalid rows, neutral 0
+    # Four days of valid zeros (a bypass) are evidence, not a lack of it: no carrying.
+    z = meter(13)
+    z["kwh"] = m["kwh"].copy()
+    xz = feats(z)
+    assert xz[12 * day - 1, COL["rough_24h"]] == 0.0
+    assert xz[12 * day - 1, COL["flatness_24h"]] == 0.0

@@ -79,7 +79,8 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
     # Outages and empty prepaid meters give neutral features: the model does not alert there.
     model = result["reading"]["model"]
     assert model["native"]["fpr_shedding"] == 0.0 and model["native"]["fpr_no_credit"] == 0.0
-    assert model["at_5pct_fpr"]["fpr_shedding"] <= 0.01
+    # At the cut that flags 5 % of the normal readings, outage readings less than half as often.
+    assert model["at_5pct_fpr"]["fpr_shedding"] <= 0.025
     # ... whereas the seed's rule, blind to outages, flags most of them.
     assert result["reading"]["seed_ratio"]["native"]["fpr_shedding"] > 0.5
     assert result["seed_labels"].get("agreement", 1.0) >= 0.99 or "skipped" in result["seed_labels"]
