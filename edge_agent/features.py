@@ -357,7 +357,9 @@ def _block_features(
     out[:, 2] = np.where(valid & oksh, _log_ratio(x, msh, eps), 0.0)
     out[:, 3] = np.where(valid & ok24, _log_ratio(x, m24, eps), 0.0)
     out[:, 4] = np.where(valid & ok7, _log_ratio(x, m7, eps), 0.0)
-    out[:, 5] = np.where(valid & ok24 & ok6, _log_ratio(m24, m6, eps), 0.0)
+    # The level change needs half a day in the last 24 h: a mean of a few hours (the first ones
+    # after a top-up) against whole days is a change of hours, not of level.
+    out[:, 5] = np.where(valid & (c24 >= day // 2) & ok6, _log_ratio(m24, m6, eps), 0.0)
 
     # Zero run: valid zero readings since the last valid non-zero one, within the last 7 days.
     # Outage / no-credit rows and missing slots neither count nor break the run.

@@ -685,3 +685,17 @@ def test_volatility_after_a_credit_gap_keeps_the_meters_own_value() -> None:
     xz = feats(z)
     assert xz[12 * day - 1, COL["rough_24h"]] == 0.0
     assert xz[12 * day - 1, COL["flatness_24h"]] == 0.0
+
+
+def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
+    # A day without credit, then a heavier day: the level change is measured only once the last
+    # 24 h hold half a day of valid readings. Fewer give a mean of some hours of the day only,
+    # against the whole day before: the first hours after a top-up looked like a level change.
+    m = meter(11)
+    day = 48
+    m["kwh"][9 * day :] = 2.0
+    m["flags"][8 * day : 9 * day] |= BITS["no_credit"]
+    m["kwh"][8 * day : 9 * day] = 0.0
+    x = feats(m)[:, COL["mean_24h_vs_prior_6d"]]
+    assert (x[9 * day : 9 * day + day // 2] == 0.0).all()  # up to 23 valid readings before
+    assert (x[9 * day + day // 2 : 10 * day] > 0.3).all()  # log(2 / 1), smoothed
