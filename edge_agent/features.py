@@ -13,7 +13,7 @@ multiple of ``interval_s``); missing slots are gaps. A row is *valid* when the s
 the meter was not out of credit (``no_credit`` flag). Only valid rows feed the trailing means, and
 rows that are not valid get neutral values (0) for every consumption feature, so an outage or an
 empty prepaid meter does not look like theft; a valid row right after one, with too few valid
-readings for the volatility windows, keeps its meter's latest volatility values. Register and
+readings in its last 24 h, keeps its meter's latest ``rough_24h`` and ``flatness_24h``. Register and
 tamper-flag features are computed on every row: a cover opened during an outage is still a
 tamper event.
 
@@ -372,7 +372,7 @@ def _block_features(
 
     # Volatility, over valid readings of the last 24 h (slots g - day + 1 .. g, this one included)
     # or the last seven such 24-h blocks; 0 on invalid rows, and without enough samples (but see
-    # the carry below day_spread_6d).
+    # the carry of rough_24h and flatness_24h below day_spread_6d).
     min_day = max(1, day // 4)
     r24 = window(cvc, day - 1, -1)
     out[:, 7] = _rough(g, block_start, valid, vk, vc, day, min_day)
@@ -418,14 +418,14 @@ def _block_features(
     for lg, ok in zip(logs, oks, strict=True):
         ssd += np.where(ok, np.square(lg - mu), 0.0)
     out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
-    # Too few valid readings for these windows (the hours after a zero-credit or outage period,
-    # not a run of valid zeros): a valid row keeps its meter's latest value computed from enough
-    # readings within the week, not 0, which would mean "perfectly steady".
-    for col, enough in ((7, r24 >= min_day), (8, r24 >= min_day), (9, blocks >= _MIN_DAY_BLOCKS)):
-        ok_row = valid & enough
-        last_ok = np.maximum.accumulate(np.where(ok_row | new_meter, rows, -1))
-        carry = valid & ~enough & ok_row[last_ok] & (g - g[last_ok] <= week)
-        out[:, col] = np.where(carry, out[last_ok, col], out[:, col])
+    # Too few valid readings in the last 24 h (the hours after a zero-credit or outage period,
+    # not a run of valid zeros): a valid row keeps its meter's latest rough_24h and flatness_24h
+    # computed from enough readings, not 0, which would mean "perfectly steady". That row's own
+    # 24 h must lie inside this row's history window (the agent reads no more).
+    enough = r24 >= min_day
+    last_ok = np.maximum.accumulate(np.where((valid & enough) | new_meter, rows, -1))
+    carry = valid & ~enough & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
+    out[:, 7:9] = np.where(carry[:, None], out[last_ok, 7:9], out[:, 7:9])
     # today_vs_best_6d: today so far (this slot included) against the best of the same slots
     # (same local times) on the previous six days, each with at least one valid reading.
     cur_m, cur_ok = mean(t_s, t_c, 1)

@@ -494,7 +494,7 @@ def _reference_volatility(
     slot = (ts + interval_s // 2) // interval_s
     energy = {int(s): q[i] for i, s in enumerate(slot) if valid[i]}
     out = np.zeros((len(ts), 4))
-    enough = [(False, False, False)] * len(ts)
+    enough = [False] * len(ts)
     for i, g in enumerate(slot):
         if not valid[i]:
             continue
@@ -528,17 +528,17 @@ def _reference_volatility(
                 earlier.append(math.log(np.mean(same) / 1e6 + floor))
         if today and earlier:
             out[i, 3] = math.log(np.mean(today) / 1e6 + floor) - max(earlier)
-        enough[i] = (len(last) >= day // 4, len(last) >= day // 4, len(logs) >= 3)
-    # Too few valid readings: the latest value of a valid row that had enough, within 7 days.
-    for col in range(3):
-        for i in range(len(ts)):
-            if valid[i] and not enough[i][col]:
-                for j in range(i - 1, -1, -1):
-                    if slot[i] - slot[j] > 7 * day:
-                        break
-                    if valid[j] and enough[j][col]:
-                        out[i, col] = out[j, col]
-                        break
+        enough[i] = len(last) >= day // 4
+    # Too few valid readings in the last 24 h: rough_24h and flatness_24h of the latest valid row
+    # that had enough, if its own 24 h lie within this row's 7 days.
+    for i in range(len(ts)):
+        if valid[i] and not enough[i]:
+            for j in range(i - 1, -1, -1):
+                if slot[i] - slot[j] > 6 * day:
+                    break
+                if valid[j] and enough[j]:
+                    out[i, :2] = out[j, :2]
+                    break
     return out
 
 
@@ -663,9 +663,9 @@ def test_an_outage_keeps_the_meters_level_and_evening_share() -> None:
 
 def test_volatility_after_a_credit_gap_keeps_the_meters_own_value() -> None:
     # 8 days of a varying load, then 4 days without credit, then use again: the first valid
-    # readings lack a day of samples (and 3 of the 6 previous days), so rough_24h, flatness_24h
-    # and day_spread_6d keep their values from before the gap instead of 0 ("perfectly
-    # steady", which the model isolates).
+    # readings lack a quarter day of samples in their last 24 h, so rough_24h and flatness_24h
+    # keep their values from before the gap instead of 0 ("perfectly steady", which the model
+    # isolates).
     m = meter(13)
     day = 48
     m["kwh"] = 0.5 + 0.4 * np.sin(np.arange(len(m["kwh"])) * 0.7) ** 2
@@ -674,17 +674,25 @@ def test_volatility_after_a_credit_gap_keeps_the_meters_own_value() -> None:
     m["flags"][gap] |= BITS["no_credit"]
     m["kwh"][gap] = 0.0
     x = feats(m)
-    cols = [COL["rough_24h"], COL["flatness_24h"], COL["day_spread_6d"]]
+    cols = [COL["rough_24h"], COL["flatness_24h"]]
     before, after = x[8 * day - 1, cols], x[12 * day, cols]
     assert (before > 0.05).all()
     np.testing.assert_array_equal(after, before)
     assert (x[gap][:, cols] == 0).all()  # the gap itself: invalid rows, neutral 0
+    # day_spread_6d is not carried: what it had before the gap depends on days outside the
+    # history window of the rows after it.
+    assert x[8 * day - 1, COL["day_spread_6d"]] > 0.05 and x[12 * day, COL["day_spread_6d"]] == 0
     # Four days of valid zeros (a bypass) are evidence, not a lack of it: no carrying.
     z = meter(13)
     z["kwh"] = m["kwh"].copy()
     xz = feats(z)
     assert xz[12 * day - 1, COL["rough_24h"]] == 0.0
     assert xz[12 * day - 1, COL["flatness_24h"]] == 0.0
+    # After a gap of a week, the last value is too old: 0 again.
+    w = meter(17)
+    w["kwh"] = 0.5 + 0.4 * np.sin(np.arange(len(w["kwh"])) * 0.7) ** 2
+    w["flags"][8 * day : 15 * day] |= BITS["no_credit"]
+    assert (feats(w)[15 * day, cols] == 0).all()
 
 
 def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
@@ -699,3 +707,22 @@ def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
     x = feats(m)[:, COL["mean_24h_vs_prior_6d"]]
     assert (x[9 * day : 9 * day + day // 2] == 0.0).all()  # up to 23 valid readings before
     assert (x[9 * day + day // 2 : 10 * day] > 0.3).all()  # log(2 / 1), smoothed
+
+
+@pytest.mark.parametrize("gap_days", [0.5, 1.5, 4, 6.5])
+def test_history_window_is_enough_after_a_credit_gap(gap_days: float) -> None:
+    # What a row keeps from before a gap must come from inside its own history window: the agent
+    # reads only history_window_s before its new readings.
+    interval_s = 1800
+    rng = np.random.default_rng(int(gap_days * 10))
+    m = _random_meter(rng, 20, interval_s)
+    day = 48
+    gap = slice(10 * day, 10 * day + int(gap_days * day))
+    m["flags"][gap] |= BITS["no_credit"]
+    full = feats(m, interval_s)
+    for cut in range(gap.stop, gap.stop + 2 * day, 5):
+        first_ts = m["ts"][cut]
+        window = m["ts"] >= first_ts - history_window_s(interval_s)
+        short = feats(take(m, window), interval_s)
+        scored = m["ts"][window] >= first_ts
+        np.testing.assert_array_equal(short[scored], full[cut:], err_msg=f"cut {cut}")
