@@ -386,7 +386,16 @@ def _block_features(
     cnt = np.maximum(r24, 1).astype(np.float64)
     var = np.maximum(cnt * (s2_hi * 4294967296.0 + s2_lo) - s1 * s1, 0.0) / (cnt * cnt)
     flat = np.sqrt(var) / np.maximum(s1 / cnt, floor * scale)
-    out[:, 8] = np.where(valid & (r24 >= min_day), flat, 0.0)
+    enough = r24 >= min_day
+    out[:, 8] = np.where(valid & enough, flat, 0.0)
+    # Too few valid readings in the last 24 h (after a zero-credit period, an outage or missing
+    # readings; not a run of valid zeros): a valid row keeps its meter's latest rough_24h and
+    # flatness_24h computed from enough readings, not 0, which would mean "perfectly steady".
+    # What that row read (its 24 h and the slot before them: g - week at most) must lie inside
+    # this row's history window, as the agent reads no more.
+    last_ok = np.maximum.accumulate(np.where((valid & enough) | new_meter, rows, -1))
+    carry = valid & ~enough & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
+    out[:, 7:9] = np.where(carry[:, None], out[last_ok, 7:9], out[:, 7:9])
 
     # Day-level features on local calendar days (UTC + utc_offset_s): a day-level change
     # (h1 scales a whole day by a fresh factor) is not smeared over two sliding 24-h blocks.
@@ -418,14 +427,6 @@ def _block_features(
     for lg, ok in zip(logs, oks, strict=True):
         ssd += np.where(ok, np.square(lg - mu), 0.0)
     out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
-    # Too few valid readings in the last 24 h (the hours after a zero-credit or outage period,
-    # not a run of valid zeros): a valid row keeps its meter's latest rough_24h and flatness_24h
-    # computed from enough readings, not 0, which would mean "perfectly steady". That row's own
-    # 24 h must lie inside this row's history window (the agent reads no more).
-    enough = r24 >= min_day
-    last_ok = np.maximum.accumulate(np.where((valid & enough) | new_meter, rows, -1))
-    carry = valid & ~enough & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
-    out[:, 7:9] = np.where(carry[:, None], out[last_ok, 7:9], out[:, 7:9])
     # today_vs_best_6d: today so far (this slot included) against the best of the same slots
     # (same local times) on the previous six days, each with at least one valid reading.
     cur_m, cur_ok = mean(t_s, t_c, 1)

@@ -193,7 +193,7 @@ def recovery_masks(
         recent: npt.NDArray[np.bool_] = (count[t] - count[np.maximum(t - k, 0)]) > 0
         return recent & data.valid
 
-    return within(off), within(empty) if no_credit_bit else np.zeros_like(off)
+    return within(off), within(empty)
 
 
 def detection_by_onset(

@@ -709,6 +709,28 @@ def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
     assert (x[9 * day + day // 2 : 10 * day] > 0.3).all()  # log(2 / 1), smoothed
 
 
+@pytest.mark.parametrize("interval_s", [900, 1800, 3600])
+def test_history_window_is_enough_with_a_gap_at_the_carry_limit(interval_s: int) -> None:
+    # A regular meter, then no credit for 6 days minus 2, minus 1 and exactly 6 days (in slots):
+    # the first rows after the gap have their last valid row 6 days - 1 slot, 6 days and 6 days
+    # + 1 slot back, on both sides of the limit of what they may keep.
+    day = slots_per_day(interval_s)
+    for gap_slots in (6 * day - 2, 6 * day - 1, 6 * day):
+        m = meter(16, interval_s)
+        m["kwh"] = 0.5 + 0.4 * np.sin(np.arange(len(m["kwh"])) * 0.7) ** 2
+        gap = slice(8 * day, 8 * day + gap_slots)
+        m["flags"][gap] |= BITS["no_credit"]
+        full = feats(m, interval_s)
+        kept = full[gap.stop, COL["rough_24h"]] != 0
+        assert kept == (gap_slots < 6 * day), gap_slots
+        for cut in range(gap.stop, gap.stop + 3):
+            first_ts = m["ts"][cut]
+            window = m["ts"] >= first_ts - history_window_s(interval_s)
+            short = feats(take(m, window), interval_s)
+            scored = m["ts"][window] >= first_ts
+            np.testing.assert_array_equal(short[scored], full[cut:], err_msg=f"{gap_slots}, {cut}")
+
+
 @pytest.mark.parametrize("gap_days", [0.5, 1.5, 4, 6.5])
 def test_history_window_is_enough_after_a_credit_gap(gap_days: float) -> None:
     # What a row keeps from before a gap must come from inside its own history window: the agent

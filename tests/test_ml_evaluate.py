@@ -98,16 +98,16 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
 def test_recovery_masks_mark_the_valid_readings_after_an_outage_or_a_credit_gap() -> None:
     from ml.evaluate import recovery_masks
 
-    n = 12
+    n = 14
     ts = 1_700_000_000 + 1800 * np.arange(1, n + 1)
     on = np.ones(n, dtype=bool)
     on[2:4] = False  # an outage: slots 2-3
     flags = np.zeros(n, dtype=np.uint16)
-    flags[7] = FLAG_BIT["no_credit"]  # no credit: slot 7
+    flags[8] = FLAG_BIT["no_credit"]  # no credit: slot 8
     data = from_rows(["m1"] * n, ts, np.full(n, 0.3), np.full(n, np.nan), on, flags, 1800, FLAG_BIT)
     after_shed, after_credit = recovery_masks(data, hours=1.5)  # 3 slots
-    assert np.flatnonzero(after_shed[:, 0]).tolist() == [4, 5, 6]  # 7 has no credit: not valid
-    assert np.flatnonzero(after_credit[:, 0]).tolist() == [8, 9, 10]
+    assert np.flatnonzero(after_shed[:, 0]).tolist() == [4, 5, 6]
+    assert np.flatnonzero(after_credit[:, 0]).tolist() == [9, 10, 11]
 
 
 def test_evaluate_refuses_the_training_fleet() -> None:
