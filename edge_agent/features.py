@@ -11,9 +11,10 @@ giving the function more history than that never changes a row's features.
 Time is cut into slots of ``interval_s`` on the absolute epoch grid (``ts`` rounded to the nearest
 multiple of ``interval_s``); missing slots are gaps. A row is *valid* when the supply was on and
 the meter was not out of credit (``no_credit`` flag). Only valid rows feed the trailing means, and
-rows that are not valid get neutral values (0) for every consumption feature, so an outage or an
-empty prepaid meter does not look like theft; a valid row right after one, with too few valid
-readings in its last 24 h, keeps its meter's latest ``rough_24h`` and ``flatness_24h``. Register and
+rows that are not valid get neutral values (0) for the ratio features and the zero run, and keep
+their meter's latest ``rough_24h`` and ``flatness_24h`` (up to 6 days old), so an outage or an
+empty prepaid meter does not look like theft; so does a valid row right after one, with too few
+valid readings in its last 24 h. Register and
 tamper-flag features are computed on every row: a cover opened during an outage is still a
 tamper event.
 
@@ -388,13 +389,14 @@ def _block_features(
     flat = np.sqrt(var) / np.maximum(s1 / cnt, floor * scale)
     enough = r24 >= min_day
     out[:, 8] = np.where(valid & enough, flat, 0.0)
-    # Too few valid readings in the last 24 h (after a zero-credit period, an outage or missing
-    # readings; not a run of valid zeros): a valid row keeps its meter's latest rough_24h and
-    # flatness_24h computed from enough readings, not 0, which would mean "perfectly steady".
-    # What that row read (its 24 h and the slot before them: g - week at most) must lie inside
-    # this row's history window, as the agent reads no more.
+    # A row not valid, or with too few valid readings in the last 24 h (after a zero-credit
+    # period, an outage or missing readings; not a run of valid zeros), keeps its meter's latest
+    # rough_24h and flatness_24h computed from enough readings, not 0, which would mean
+    # "perfectly steady" (as it keeps the meter's level: a 0 made outages stand out). What that
+    # row read (its 24 h and the slot before them: g - week at most) must lie inside this row's
+    # history window, as the agent reads no more.
     last_ok = np.maximum.accumulate(np.where((valid & enough) | new_meter, rows, -1))
-    carry = valid & ~enough & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
+    carry = ~(valid & enough) & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
     out[:, 7:9] = np.where(carry[:, None], out[last_ok, 7:9], out[:, 7:9])
 
     # Day-level features on local calendar days (UTC + utc_offset_s): a day-level change

@@ -529,10 +529,10 @@ def _reference_volatility(
         if today and earlier:
             out[i, 3] = math.log(np.mean(today) / 1e6 + floor) - max(earlier)
         enough[i] = len(last) >= day // 4
-    # Too few valid readings in the last 24 h: rough_24h and flatness_24h of the latest valid row
-    # that had enough, if its own 24 h lie within this row's 7 days.
+    # Not valid, or too few valid readings in the last 24 h: rough_24h and flatness_24h of the
+    # latest valid row that had enough, if it is at most 6 days back.
     for i in range(len(ts)):
-        if valid[i] and not enough[i]:
+        if not (valid[i] and enough[i]):
             for j in range(i - 1, -1, -1):
                 if slot[i] - slot[j] > 6 * day:
                     break
@@ -678,7 +678,9 @@ def test_volatility_after_a_credit_gap_keeps_the_meters_own_value() -> None:
     before, after = x[8 * day - 1, cols], x[12 * day, cols]
     assert (before > 0.05).all()
     np.testing.assert_array_equal(after, before)
-    assert (x[gap][:, cols] == 0).all()  # the gap itself: invalid rows, neutral 0
+    # The gap's own rows keep them too (as they keep the meter's level): a 0 there would make
+    # every outage and empty meter stand out to the model.
+    np.testing.assert_array_equal(x[gap][:, cols], np.broadcast_to(before, (4 * day, 2)))
     # day_spread_6d is not carried: what it had before the gap depends on days outside the
     # history window of the rows after it.
     assert x[8 * day - 1, COL["day_spread_6d"]] > 0.05 and x[12 * day, COL["day_spread_6d"]] == 0
@@ -713,7 +715,7 @@ def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
 def test_history_window_is_enough_with_a_gap_at_the_carry_limit(interval_s: int) -> None:
     # A regular meter, then no credit for 6 days minus 2, minus 1 and exactly 6 days (in slots):
     # the first rows after the gap have their last valid row 6 days - 1 slot, 6 days and 6 days
-    # + 1 slot back, on both sides of the limit of what they may keep.
+    # + 1 slot back, on both sides of the limit of what they may keep (the gap's last rows too).
     day = slots_per_day(interval_s)
     for gap_slots in (6 * day - 2, 6 * day - 1, 6 * day):
         m = meter(16, interval_s)
@@ -723,7 +725,7 @@ def test_history_window_is_enough_with_a_gap_at_the_carry_limit(interval_s: int)
         full = feats(m, interval_s)
         kept = full[gap.stop, COL["rough_24h"]] != 0
         assert kept == (gap_slots < 6 * day), gap_slots
-        for cut in range(gap.stop, gap.stop + 3):
+        for cut in range(gap.stop - 2, gap.stop + 3):
             first_ts = m["ts"][cut]
             window = m["ts"] >= first_ts - history_window_s(interval_s)
             short = feats(take(m, window), interval_s)
