@@ -14,9 +14,8 @@ the meter was not out of credit (``no_credit`` flag). Only valid rows feed the t
 rows that are not valid get neutral values (0) for the ratio features and the zero run, and keep
 their meter's latest ``rough_24h`` and ``flatness_24h`` (up to 6 days old), so an outage or an
 empty prepaid meter does not look like theft; so does a valid row right after one, with too few
-valid readings in its last 24 h. Register and
-tamper-flag features are computed on every row: a cover opened during an outage is still a
-tamper event.
+valid readings in its last 24 h. Register and tamper-flag features are computed on every row:
+a cover opened during an outage is still a tamper event.
 
 Energies are summed as integers (micro-kWh), so the result is bit-for-bit the same whether a
 meter is computed alone or inside a large grouped call.

@@ -131,8 +131,10 @@ def reading_report(
     rows: npt.NDArray[np.bool_],
     data: MeterData,
     theft: npt.NDArray[np.bool_],
+    recovery: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]],
 ) -> dict[str, Any]:
-    """Reading-level figures of one scorer over ``rows`` (``(T, M)`` bool)."""
+    """Reading-level figures of one scorer over ``rows`` (``(T, M)`` bool); ``recovery`` is
+    :func:`recovery_masks` of ``data`` (the same for every scorer: computed once)."""
     assert data.label_code is not None
     normal = data.label_code == 0
     s = scores[rows]
@@ -143,7 +145,7 @@ def reading_report(
     no_credit_bit = int(data.flag_bits.get("no_credit", 0))
     shed = ~data.supply_on[rows]
     no_credit = data.supply_on[rows] & ((data.flags[rows] & no_credit_bit) != 0)
-    after_shed, after_credit = (m[rows] & y_normal for m in recovery_masks(data))
+    after_shed, after_credit = (m[rows] & y_normal for m in recovery)
     out: dict[str, Any] = {
         "readings": int(rows.sum()),
         "theft_readings": int(y_theft.sum()),
@@ -376,11 +378,14 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     assert eval_data.label_code is not None
     theft_codes = [eval_data.label_names.index(n) for n in THEFT_LABELS]
     theft_reading = np.isin(eval_data.label_code, theft_codes)
+    recovery = recovery_masks(eval_data)
     reading: dict[str, Any] = {
-        "model": reading_report(margin, 0.0, rows, eval_data, theft_reading),
+        "model": reading_report(margin, 0.0, rows, eval_data, theft_reading, recovery),
     }
     for variant, m in other.items():
-        reading[f"model_{variant}"] = reading_report(m, 0.0, rows, eval_data, theft_reading)
+        reading[f"model_{variant}"] = reading_report(
+            m, 0.0, rows, eval_data, theft_reading, recovery
+        )
     by_onset = detection_by_onset(margin, rows, eval_data, start, theft_codes)
     # Each baseline twice: as the seed ran it (kwh only), and told about outages and credit
     # (those readings are left out of its history and get its neutral score).
@@ -389,7 +394,9 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         for suffix, seen in (("", eval_data.present), ("_supply_aware", eval_data.valid)):
             s = fn(eval_data.kwh, seen)
             baseline_scores[base + suffix] = (s, cut, rows & seen)
-            reading[base + suffix] = reading_report(s, cut, rows, eval_data, theft_reading)
+            reading[base + suffix] = reading_report(
+                s, cut, rows, eval_data, theft_reading, recovery
+            )
     lap("reading_metrics")
 
     feats = customer_features(eval_data, margin, start)
