@@ -51,11 +51,11 @@ RATIO_SMOOTHING = 0.1
 #: Energy quantum (kWh) for exact integer sums.
 _QUANTUM_PER_KWH = 1_000_000
 _CLIP = 10.0
-# Dense slots processed at once by the grouped variant: small chunks stay in cache (faster) and
-# bound the temporary memory (~600 bytes per slot) whatever the fleet size. Measured (session 4):
-# 580,000 rows/s at 4,096 slots, 640,000 at 8,192, 410,000 at 2,048; the agent's peak RSS under a
-# backlog 3 MB lower at 4,096 than at 8,192.
-_CHUNK_SLOTS = 1 << 12
+# Dense slots processed at once by the grouped variant: bounds the temporary memory (~450 bytes
+# a slot) whatever the fleet size. The agent's peak RSS under a backlog (bench.scoring) is 1 MB
+# lower at 2,048 slots than at 4,096 (3 MB lower at 4,096 than at 8,192), for ~18 % slower
+# features (session 6, one run each: 0.65 M rows/s against 0.79 M at 4,096).
+_CHUNK_SLOTS = 1 << 11
 # Rows whose rough_24h median is computed at once (bounds the (rows, slots per day) matrix).
 _MEDIAN_ROWS = 2048
 # Previous local days seen by day_spread_6d and today_vs_best_6d (the oldest slot they reach,
@@ -138,19 +138,24 @@ def compute_features_grouped(
     flag_bits: Mapping[str, int],
     *,
     utc_offset_s: int = 0,
+    only: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float32]:
     """:func:`compute_features` for many meters at once.
 
     Rows must be grouped by ``meter_index`` (each meter's rows contiguous) and sorted by ``ts``
     inside each meter. The result for a meter's rows is identical to calling
     :func:`compute_features` on that meter alone.
+
+    ``only`` (increasing row positions) returns the features of those rows alone, in that
+    order: the agent passes a week of history to score a few new rows, and has no use for the
+    history's own features (68 bytes a row it does not keep).
     """
     _check_interval(interval_s)
     meter = np.asarray(meter_index)
     ts_a = np.asarray(ts, dtype=np.int64)
     kwh_a = np.asarray(kwh, dtype=np.float64)
     on_a = np.asarray(supply_on, dtype=np.bool_)
-    flags_a = np.asarray(flags).astype(np.int64)
+    flags_a = np.asarray(flags)  # made int64 a chunk at a time
     reg_a = np.asarray(register_kwh, dtype=np.float64)
     n = ts_a.shape[0]
     for name, arr in (
@@ -162,12 +167,21 @@ def compute_features_grouped(
     ):
         if arr.shape != (n,):
             raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
-    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
-    if n == 0:
+    if only is None:
+        wanted = np.arange(n, dtype=np.int64)
+    else:
+        wanted = np.asarray(only, dtype=np.int64)
+        if wanted.ndim != 1 or (wanted.size and (wanted[0] < 0 or wanted[-1] >= n)):
+            raise ValueError(f"only must be row positions in [0, {n})")
+        if np.any(np.diff(wanted) <= 0):
+            raise ValueError("only must be strictly increasing")
+    out = np.zeros((wanted.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
+    if n == 0 or not wanted.size:
         return out
 
     starts = np.flatnonzero(np.r_[True, meter[1:] != meter[:-1]])
-    if len(np.unique(meter)) != len(starts):
+    # Contiguous meters: no meter value starts two runs.
+    if len(np.unique(meter[starts])) != len(starts):
         raise ValueError("rows of a meter must be contiguous (group rows by meter_index)")
     new_meter = np.zeros(n, dtype=np.bool_)
     new_meter[starts] = True
@@ -182,9 +196,11 @@ def compute_features_grouped(
     hist = _history_slots(interval_s)
     slot_abs = (ts_a + interval_s // 2) // interval_s
     step = np.diff(slot_abs, prepend=slot_abs[0])
-    step = np.minimum(step, hist + 1)
+    del slot_abs
+    np.minimum(step, hist + 1, out=step)
     step[new_meter] = 1  # each meter block starts one slot after the previous block ends
-    dense = np.cumsum(step) - 1  # 0-based, strictly increasing across the whole call
+    dense = np.cumsum(step, out=step)
+    dense -= 1  # 0-based, strictly increasing across the whole call
 
     ends = np.r_[starts[1:], n]
     chunk_start = 0
@@ -197,21 +213,25 @@ def compute_features_grouped(
         last_ok = int(np.searchsorted(dense[ends - 1], limit, side="left"))
         stop = max(stop, min(last_ok, len(starts)))
         last_row = ends[stop - 1]
+        lo, hi = np.searchsorted(wanted, [first_row, last_row])
+        chunk_start = stop
+        if lo == hi:  # no row of these meters is asked for
+            continue
         rows = slice(first_row, last_row)
-        out[rows] = _block_features(
+        block = _block_features(
             dense[rows] - base,
             new_meter[rows],
             ts_a[rows],
             kwh_a[rows],
             on_a[rows],
-            flags_a[rows],
+            flags_a[rows].astype(np.int64),
             reg_a[rows],
             interval_s,
             tamper_mask,
             no_credit_mask,
             utc_offset_s,
         )
-        chunk_start = stop
+        out[lo:hi] = block[wanted[lo:hi] - first_row]
     return out
 
 
@@ -360,6 +380,8 @@ def _block_features(
     # The level change needs half a day in the last 24 h: a mean of a few hours (the first ones
     # after a top-up) against whole days is a change of hours, not of level.
     out[:, 5] = np.where(valid & (c24 >= day // 2) & ok6, _log_ratio(m24, m6, eps), 0.0)
+    # (Temporaries are dropped once used: a block's peak memory is the agent's.)
+    del s24, c24, s7, c7, s6, c6, ssh, csh, m24, ok24, m6, ok6, msh, oksh, m7, eps, x
 
     # Zero run: valid zero readings since the last valid non-zero one, within the last 7 days.
     # Outage / no-credit rows and missing slots neither count nor break the run.
@@ -369,6 +391,7 @@ def _block_features(
     lo = np.maximum(np.maximum(reset_slot, g - week + 1), block_start)
     run = cz[g + 1] - cz[lo]
     out[:, 6] = np.where(zero, np.log1p(run * interval_h), 0.0)
+    del cz, last_nonzero, reset_slot, lo, run
 
     # Volatility, over valid readings of the last 24 h (slots g - day + 1 .. g, this one included)
     # or the last seven such 24-h blocks; 0 on invalid rows, and without enough samples (but see
@@ -397,6 +420,7 @@ def _block_features(
     last_ok = np.maximum.accumulate(np.where((valid & enough) | new_meter, rows, -1))
     carry = ~(valid & enough) & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
     out[:, 7:9] = np.where(carry[:, None], out[last_ok, 7:9], out[:, 7:9])
+    del qc, sq, s1, s2_hi, s2_lo, cnt, var, flat, enough, r24, last_ok, carry
 
     # Day-level features on local calendar days (UTC + utc_offset_s): a day-level change
     # (h1 scales a whole day by a fresh factor) is not smeared over two sliding 24-h blocks.
@@ -443,6 +467,7 @@ def _block_features(
         np.log(cur_m + floor) - np.where(has_best, best, 0.0),
         0.0,
     )
+    del logs, oks, blocks, mu, nb, ssd, cur_m, cur_ok, best, has_best, t_s, t_c, today, hi, lo
 
     # Register: compare with the previous reported register of the same meter (within 7 days).
     known = np.isfinite(register)

@@ -64,7 +64,7 @@ _REGISTER_DROP = FEATURE_NAMES.index("register_drop")
 _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
 # History rows fetched from SQLite at a time (their Python objects live for one chunk only).
-_HISTORY_CHUNK = 2048
+_HISTORY_CHUNK = 1024
 # Most history rows reserved up front (address space only, ~150 MB, until written); beyond it the
 # arrays grow by doubling.
 _HISTORY_ROWS_RESERVED = 1 << 22
@@ -254,7 +254,8 @@ class Detector:
         from edge_agent.features import compute_features_grouped
 
         n_new = len(sub)
-        new_cols = _columns(sub, 15)
+        # (meter, ts, kwh, supply on, flags, register) of the new rows
+        new_cols = [[r[j] for r in sub] for j in (0, 1, 3, 11, 12, 4)]
         ts_new = np.array(new_cols[1], dtype=np.int64)
         code_of = {m: i for i, m in enumerate(dict.fromkeys(new_cols[0]))}
         cursor = buffer.history(
@@ -272,48 +273,55 @@ class Detector:
         while chunk := cursor.fetchmany(_HISTORY_CHUNK):
             cols.append(self._arrays(_columns(chunk, 6), code_of), room_after=n_new)
         n_h = cols.size
-        cols.append(
-            self._arrays(
-                [new_cols[0], new_cols[1], new_cols[3], new_cols[11], new_cols[12], new_cols[4]],
-                code_of,
-            )
-        )
+        cols.append(self._arrays(new_cols, code_of))
+        del new_cols
         n = n_h + n_new
-        codes, ts, kwh, on, flags, reg = cols.filled()
+        arrays = cols.filled()
+        del cols
         is_new = np.zeros(n, dtype=np.int8)
         is_new[n_h:] = 1
         # By meter, then time, stored rows before new ones; lexsort is stable, so of a key
         # repeated among the new rows the first comes first (the one the buffer keeps).
-        order = np.lexsort((is_new, ts, codes))
-        c_s, t_s = codes[order], ts[order]
+        order = np.lexsort((is_new, arrays[1], arrays[0]))
+        del is_new
+        c_s, t_s = arrays[0][order], arrays[1][order]
         repeat = np.zeros(n, dtype=np.bool_)
         repeat[1:] = (c_s[1:] == c_s[:-1]) & (t_s[1:] == t_s[:-1])
         order = order[~repeat]
         del c_s, t_s, repeat
-        # Features (history rows included: ~70 bytes a row) meters_per_call meters at a time,
-        # so the agent's memory does not grow with the size of the gateway; one history query.
+        # The columns in that order, each replacing its unsorted self: the groups of meters
+        # below are then slices, not copies.
+        for i in range(len(arrays)):
+            arrays[i] = arrays[i][order]
+        codes, ts, kwh, on, flags, reg = arrays
+        del arrays
+        new_at = order - n_h  # position in ``sub`` of a new row, < 0 for a history row
+        del order
+        # Features meters_per_call meters at a time (their history included, only the new
+        # rows' features kept), so the agent's memory does not grow with the gateway's size;
+        # one history query.
         bounds = np.searchsorted(
-            codes[order], np.arange(0, len(code_of) + self.meters_per_call, self.meters_per_call)
+            codes, np.arange(0, len(code_of) + self.meters_per_call, self.meters_per_call)
         )
         x_new = np.zeros((n_new, len(FEATURE_NAMES)), dtype=np.float32)
         got = np.zeros(n_new, dtype=np.bool_)
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            if lo == hi:
+            local = np.flatnonzero(new_at[lo:hi] >= 0)
+            if not local.size:
                 continue
-            part = order[lo:hi]
             x = compute_features_grouped(
-                codes[part],
-                ts[part],
-                kwh[part],
-                on[part],
-                flags[part],
-                reg[part],
+                codes[lo:hi],
+                ts[lo:hi],
+                kwh[lo:hi],
+                on[lo:hi],
+                flags[lo:hi],
+                reg[lo:hi],
                 interval_s,
                 DEFAULT_FLAG_BITS,
+                only=local,
             )
-            new_rows = part >= n_h
-            pos = part[new_rows] - n_h
-            x_new[pos] = x[new_rows]
+            pos = new_at[lo:hi][local]
+            x_new[pos] = x
             got[pos] = True
         keep = np.flatnonzero(got).astype(np.int64)
         return x_new[keep], keep

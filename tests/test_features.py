@@ -311,6 +311,21 @@ def test_grouped_equals_per_meter_even_in_small_chunks(monkeypatch: pytest.Monke
     np.testing.assert_array_equal(grouped, chunked)
 
 
+def test_only_returns_the_asked_rows_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = make_readings(6, 10, seed=12, attack_fraction=0.5)
+    args = (r.meter_index, r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh, r.interval_s, BITS)
+    every = compute_features_grouped(*args)
+    monkeypatch.setattr(features_mod, "_CHUNK_SLOTS", 300)  # chunks with no row asked for
+    n = every.shape[0]
+    for only in (np.arange(n), np.array([0, 5, n - 1]), np.arange(n - 40, n), np.array([], int)):
+        got = compute_features_grouped(*args, only=only)
+        assert got.shape == (len(only), len(FEATURE_NAMES))
+        np.testing.assert_array_equal(got, every[only])
+    for bad in (np.array([3, 2]), np.array([1, 1]), np.array([-1]), np.array([n])):
+        with pytest.raises(ValueError, match="only"):
+            compute_features_grouped(*args, only=bad)
+
+
 def test_misaligned_timestamps_and_long_gaps() -> None:
     m = meter(10)
     m["ts"] = m["ts"] + np.random.default_rng(1).integers(-300, 300, len(m["ts"]))
