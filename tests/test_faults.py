@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.sources.spool import SLICE_RECORDS
 from tests.conftest import BROKER_PORT, Mosquitto, Proc
 from tests.support.proxy import TcpProxy
 from tests.support.rig import Rig
@@ -51,10 +52,12 @@ def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
 
 def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
     rig.start_ingest()
-    rig.feed("gw-a", 0, meters=250, intervals=20)  # 5,000 records: three slices of <= 2,000
+    rig.feed("gw-a", 0, meters=250, intervals=20)  # 5,000 records: several slices
+    assert 5000 > 2 * SLICE_RECORDS
     agent = rig.start_agent("gw-a", failpoint="spool.after_slice:2")
     assert agent.wait(30) == -9, "the failpoint did not fire"
-    assert len(rig.accepted()) == 4000  # two slices committed, the file still in the spool
+    # two slices committed, the file still in the spool
+    assert len(rig.accepted()) == 2 * SLICE_RECORDS
     rig.start_agent("gw-a")
     rig.wait_delivered()
     rig.assert_exactly_once()
