@@ -51,10 +51,10 @@ RATIO_SMOOTHING = 0.1
 #: Energy quantum (kWh) for exact integer sums.
 _QUANTUM_PER_KWH = 1_000_000
 _CLIP = 10.0
-# Dense slots processed at once by the grouped variant: bounds the temporary memory (~450 bytes
-# a slot) whatever the fleet size. The agent's peak RSS under a backlog (bench.scoring) is 1 MB
-# lower at 2,048 slots than at 4,096 (3 MB lower at 4,096 than at 8,192), for ~18 % slower
-# features (session 6, one run each: 0.65 M rows/s against 0.79 M at 4,096).
+# Dense slots processed at once by the grouped variant: bounds the temporary memory (~700 bytes
+# a slot at 2,048, tracemalloc) whatever the fleet size. The agent's peak RSS under a backlog
+# (bench.scoring) is 1 MB lower at 2,048 slots than at 4,096 (3 MB lower at 4,096 than at
+# 8,192), for ~18 % less throughput (session 6: 0.65 M rows/s against 0.79 M at 4,096).
 _CHUNK_SLOTS = 1 << 11
 # Rows whose rough_24h median is computed at once (bounds the (rows, slots per day) matrix).
 _MEDIAN_ROWS = 2048
@@ -170,13 +170,16 @@ def compute_features_grouped(
     if only is None:
         wanted = np.arange(n, dtype=np.int64)
     else:
-        wanted = np.asarray(only, dtype=np.int64)
+        wanted = np.asarray(only)
+        if wanted.size and wanted.dtype.kind not in "iu":
+            raise ValueError(f"only must be integer row positions, got {wanted.dtype}")
+        wanted = wanted.astype(np.int64)
         if wanted.ndim != 1 or (wanted.size and (wanted[0] < 0 or wanted[-1] >= n)):
             raise ValueError(f"only must be row positions in [0, {n})")
         if np.any(np.diff(wanted) <= 0):
             raise ValueError("only must be strictly increasing")
     out = np.zeros((wanted.shape[0], len(FEATURE_NAMES)), dtype=np.float32)
-    if n == 0 or not wanted.size:
+    if n == 0:
         return out
 
     starts = np.flatnonzero(np.r_[True, meter[1:] != meter[:-1]])
@@ -187,6 +190,8 @@ def compute_features_grouped(
     new_meter[starts] = True
     if np.any((np.diff(ts_a) <= 0) & ~new_meter[1:]):
         raise ValueError("ts must be strictly increasing within each meter")
+    if not wanted.size:
+        return out
 
     tamper_mask = _mask_of(flag_bits, TAMPER_FLAGS)
     no_credit_mask = _mask_of(flag_bits, (NO_CREDIT_FLAG,))

@@ -132,7 +132,7 @@ class LoadedModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # A published graph is already in its final form (ml.onnx_export: TreeEnsemble nodes,
         # a Sum, an Exp): onnxruntime's optimiser finds nothing to change in it, and running it
-        # costs the agent ~1 MB of memory. A graph made otherwise (the benchmark's stock
+        # costs the agent up to 1 MB of memory. A graph made otherwise (the benchmark's stock
         # skl2onnx graph) asks for it with ``optimize_graph``.
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -321,9 +321,12 @@ def test_only_returns_the_asked_rows_features(monkeypatch: pytest.MonkeyPatch) -
         got = compute_features_grouped(*args, only=only)
         assert got.shape == (len(only), len(FEATURE_NAMES))
         np.testing.assert_array_equal(got, every[only])
-    for bad in (np.array([3, 2]), np.array([1, 1]), np.array([-1]), np.array([n])):
+    for bad in (np.array([3, 2]), np.array([1, 1]), np.array([-1]), np.array([n]), [0.5, 1.7]):
         with pytest.raises(ValueError, match="only"):
             compute_features_grouped(*args, only=bad)
+    unsorted = (args[0], args[1][::-1], *args[2:])  # checked even when no row is asked for
+    with pytest.raises(ValueError, match="increasing"):
+        compute_features_grouped(*unsorted, only=np.array([], int))
 
 
 def test_misaligned_timestamps_and_long_gaps() -> None:
