@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from edge_agent.feature_spec import (
     TAMPER_FLAGS,
     history_window_s,
 )
-from edge_agent.rows import Row
+from edge_agent.rows import READING_COLUMNS, Row
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,6 +65,11 @@ _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
 # History rows fetched from SQLite at a time (their Python objects live for one chunk only).
 _HISTORY_CHUNK = 1024
+# Row positions of the columns Buffer.history reads, in its order.
+_HISTORY_COLUMNS = tuple(
+    READING_COLUMNS.index(c)
+    for c in ("meter_id", "ts", "kwh", "supply_on", "flags", "register_kwh")
+)
 # Most history rows reserved up front (address space only, ~150 MB, until written); beyond it the
 # arrays grow by doubling.
 _HISTORY_ROWS_RESERVED = 1 << 22
@@ -254,8 +259,7 @@ class Detector:
         from edge_agent.features import compute_features_grouped
 
         n_new = len(sub)
-        # (meter, ts, kwh, supply on, flags, register) of the new rows
-        new_cols = [[r[j] for r in sub] for j in (0, 1, 3, 11, 12, 4)]
+        new_cols = _columns(sub, _HISTORY_COLUMNS)
         ts_new = np.array(new_cols[1], dtype=np.int64)
         code_of = {m: i for i, m in enumerate(dict.fromkeys(new_cols[0]))}
         cursor = buffer.history(
@@ -271,7 +275,7 @@ class Detector:
         cap = min(len(code_of) * (span_s // interval_s + 2), _HISTORY_ROWS_RESERVED) + n_new
         cols = _ColumnArrays(cap)
         while chunk := cursor.fetchmany(_HISTORY_CHUNK):
-            cols.append(self._arrays(_columns(chunk, 6), code_of), room_after=n_new)
+            cols.append(self._arrays(_columns(chunk, range(6)), code_of), room_after=n_new)
         n_h = cols.size
         cols.append(self._arrays(new_cols, code_of))
         del new_cols
@@ -448,6 +452,7 @@ class _ColumnArrays:
         return [a[: self.size] for a in self.arrays]
 
 
-def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows → columns (a list comprehension per column beats ``zip(*rows)`` on long lists)."""
-    return [[r[j] for r in rows] for j in range(width)]
+def _columns(rows: Sequence[Sequence[Any]], positions: Iterable[int]) -> list[list[Any]]:
+    """Rows → the columns at ``positions`` (a list comprehension per column beats
+    ``zip(*rows)`` on long lists)."""
+    return [[r[j] for r in rows] for j in positions]
