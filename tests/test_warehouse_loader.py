@@ -14,10 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench.warehouse import scratch_database
 from central.warehouse.client import connect, spawn_owner, stop_owner
 from central.warehouse.loader import load, read_watermark
 from central.warehouse.settings import get_settings
+from simulator.raw_db import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.services  # real PostgreSQL

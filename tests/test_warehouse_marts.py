@@ -7,22 +7,27 @@ SAIFI/SAIDI/CAIDI are worked out below by hand.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
-from bench.warehouse import Fleet, scratch_database, write_fleet
 from central.warehouse.client import connect, spawn_owner, stop_owner
 from central.warehouse.dbt import dbt_env, run_dbt
 from central.warehouse.loader import load
 from central.warehouse.quality import run_quality
 from central.warehouse.settings import WarehouseSettings, get_settings
+from simulator.raw_db import scratch_database, write_warehouse_fleet
+from simulator.warehouse_fleet import WarehouseFleet
 
 pytestmark = [pytest.mark.services]  # real PostgreSQL; dbt from .venv-dbt (`make install`)
 
@@ -68,7 +73,7 @@ def write_hand_feeder(pg: psycopg.Connection) -> None:
 
 @dataclass
 class Built:
-    fleet: Fleet
+    fleet: WarehouseFleet
     pg_dsn: str
     url: str
     settings: WarehouseSettings
@@ -78,7 +83,7 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    fleet = Fleet(
+    fleet = WarehouseFleet(
         meters=120,
         days=14,
         seed=7,
@@ -89,7 +94,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     work = tmp_path_factory.mktemp("marts")
     with scratch_database("wh_test") as pg_dsn:
         with psycopg.connect(pg_dsn, autocommit=True) as pg:
-            write_fleet(pg, fleet)
+            write_warehouse_fleet(pg, fleet)
             write_hand_feeder(pg)
         proc, url = spawn_owner(work / "warehouse")
         try:
@@ -111,6 +116,91 @@ def test_dbt_build_runs_every_model_test_and_unit_test(built: Built) -> None:
     assert "energy_balance_splits_supply_into_billed_technical_and_unexplained" in (
         built.build_output
     )
+
+
+def _dbt_models(built: Built) -> list[dict[str, Any]]:
+    """The model nodes of the manifest the build wrote (their database and YAML file)."""
+    manifest = Path(built.dbt_env["DBT_TARGET_PATH"], "manifest.json")
+    nodes = json.loads(manifest.read_text())["nodes"].values()
+    return sorted((n for n in nodes if n["resource_type"] == "model"), key=lambda n: n["unique_id"])
+
+
+def _declared_columns(built: Built, node: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The model's YAML file (relative to the dbt project) and its ``columns`` list, read from
+    the file itself (as the data dictionary does), duplicates and order included."""
+    patch_path = node.get("patch_path")
+    if not patch_path:
+        return "(no YAML)", []
+    relative = patch_path.split("://", 1)[-1]
+    doc = yaml.safe_load((built.settings.dbt_project_dir / relative).read_text())
+    entries = [m for m in doc.get("models", []) if m["name"] == node["name"]]
+    assert len(entries) == 1, f"{node['name']} is declared {len(entries)} times in {relative}"
+    return relative, entries[0].get("columns") or []
+
+
+def _column_difference(declared: list[tuple[str, str]], built: list[tuple[str, str]]) -> str:
+    lines = []
+    declared_types, built_types = dict(declared), dict(built)
+    for name, data_type in declared:
+        if name not in built_types:
+            lines.append(f"  declared but not built: {name} {data_type}")
+        elif built_types[name] != data_type:
+            lines.append(f"  {name}: declared data_type {data_type!r}, built {built_types[name]!r}")
+    lines += [f"  built but not declared: {n} {t}" for n, t in built if n not in declared_types]
+    if len(set(declared_types)) != len(declared):
+        lines.append("  a column is declared more than once")
+    if not lines:
+        lines.append("  same columns, other order")
+    diff = difflib.unified_diff(
+        [f"{n} {t}" for n, t in declared],
+        [f"{n} {t}" for n, t in built],
+        "declared (YAML)",
+        "built (system.columns)",
+        lineterm="",
+    )
+    return "\n".join(lines + ["  " + line for line in diff])
+
+
+def test_yaml_declares_every_column_of_every_model_with_its_built_type(built: Built) -> None:
+    """Each model's YAML lists its columns in the order the built relation has them, with the
+    type ``system.columns`` reports (the data dictionary is generated from that YAML)."""
+    models = _dbt_models(built)
+    # Models land in the database named by their folder (macros/generate_schema_name.sql).
+    assert {n["schema"] for n in models} == {"staging", "intermediate", "marts"}
+    client = connect(built.url)
+    try:
+        rows = client.query(
+            "select database, table, name, type from system.columns "
+            "where database in {databases:Array(String)} order by database, table, position",
+            parameters={"databases": sorted({n["schema"] for n in models})},
+        ).result_rows
+    finally:
+        client.close()
+    columns: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for database, table, name, ctype in rows:
+        columns.setdefault((database, table), []).append((name, ctype))
+
+    problems = []
+    undescribed = []
+    for node in models:
+        relation = (node["schema"], node["alias"])
+        yml, declared_columns = _declared_columns(built, node)
+        declared = [(c["name"], str(c.get("data_type", ""))) for c in declared_columns]
+        undescribed += [
+            f"{node['name']}.{c['name']}"
+            for c in declared_columns
+            if not str(c.get("description") or "").strip()
+        ]
+        actual = columns.get(relation)
+        if actual is None:
+            problems.append(f"{node['name']}: no relation {'.'.join(relation)} was built")
+        elif declared != actual:
+            problems.append(
+                f"{node['name']} ({'.'.join(relation)}, dbt/{yml}):\n"
+                + _column_difference(declared, actual)
+            )
+    assert not problems, "YAML columns differ from the built models:\n" + "\n".join(problems)
+    assert not undescribed, f"columns without a description: {undescribed}"
 
 
 def test_energy_balance_flags_exactly_the_transformers_with_bypass(built: Built) -> None:

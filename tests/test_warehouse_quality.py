@@ -11,9 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench.warehouse import Fleet, scratch_database, write_fleet
 from central.warehouse.quality import run_quality
 from central.warehouse.settings import get_settings
+from simulator.raw_db import scratch_database, write_warehouse_fleet
+from simulator.warehouse_fleet import WarehouseFleet
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.services  # real PostgreSQL
@@ -24,7 +25,8 @@ RAW = ["raw_readings", "raw_meters"]
 def pg_dsn() -> Iterator[str]:
     with scratch_database("wh_test") as dsn:
         with psycopg.connect(dsn, autocommit=True) as pg:
-            write_fleet(pg, Fleet(meters=20, days=2, seed=3, customers_per_transformer=10))
+            fleet = WarehouseFleet(meters=20, days=2, seed=3, customers_per_transformer=10)
+            write_warehouse_fleet(pg, fleet)
         yield dsn
 
 

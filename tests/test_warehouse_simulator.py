@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import pytest
 
 import simulator  # noqa: E402
-from bench.warehouse import scratch_database, write_simulated_fleet
 from central.warehouse.client import connect, spawn_owner, stop_owner
 from central.warehouse.dbt import run_dbt
 from central.warehouse.loader import load
 from central.warehouse.settings import get_settings
+from simulator.raw_db import scratch_database, write_simulated_fleet
 
 pytestmark = [pytest.mark.services]  # real PostgreSQL; dbt from .venv-dbt (`make install`)
 
