@@ -120,6 +120,9 @@ class IngestWorker:
                     reported = self.counters.copy()
                     log.info("counters %s", dict(sorted(self.counters.items())))
         finally:
+            # what this run did (complete: only this thread counts), for the operator and for
+            # tests that stop a worker to see its share
+            log.info("final counters %s", dict(sorted(self.counters.items())))
             self.link.stop()
             if self._conn is not None:
                 self._conn.close()

@@ -2,7 +2,9 @@
 
 Uses the servers that answer on 127.0.0.1 (5432, 1883) when there are any; otherwise starts
 private ones from the distribution's binaries (``scripts/system-deps.sh`` installs them), on free
-loopback ports, with their data under ``var/``. A laptop convenience, never a production path.
+loopback ports, with their data under ``var/`` (as root, PostgreSQL's under /var/tmp, where its
+``postgres`` user can reach it). A laptop convenience, never a production path.
+:class:`PrivatePostgres` also serves the fault tests that crash and restart the database.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -88,11 +91,26 @@ def local_services(var: Path = REPO / "var") -> Iterator[Services]:
     with stack:
         admin = os.environ.get("EIOT_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
         if os.environ.get("EIOT_PRIVATE_SERVICES") or not _pg_usable(admin):
-            admin = stack.enter_context(_private_postgres(var / "pg"))
+            server = PrivatePostgres(_demo_pg_datadir(var / "pg"))
+            stack.callback(server.stop)  # also if it fails half-way through starting
+            server.start()
+            admin = server.admin_dsn
         port = int(os.environ.get("EIOT_BROKER_PORT", "1883"))
         if os.environ.get("EIOT_PRIVATE_SERVICES") or not answers(port):
             port = stack.enter_context(_private_mosquitto(var / "mosquitto"))
         yield Services(admin, "127.0.0.1", port)
+
+
+def _demo_pg_datadir(wanted: Path) -> Path:
+    """Where the demo's private cluster lives (kept from run to run): ``wanted``, or, as root,
+    ``/var/tmp/eiot-demo-pg``, a place the ``postgres`` user can reach."""
+    if postgres_user() is None:
+        return wanted
+    datadir = Path("/var/tmp/eiot-demo-pg")
+    datadir.mkdir(parents=True, exist_ok=True)
+    pw = pwd.getpwnam("postgres")
+    os.chown(datadir, pw.pw_uid, pw.pw_gid)
+    return datadir
 
 
 def _pg_usable(dsn: str) -> bool:
@@ -103,66 +121,109 @@ def _pg_usable(dsn: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _private_postgres(datadir: Path) -> Iterator[str]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+def postgres_bindir() -> Path:
+    """The newest installed PostgreSQL's ``bin`` directory (Debian layout)."""
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     if not found:
         raise RuntimeError(
-            "no PostgreSQL answers on 127.0.0.1:5432 and none is installed: "
+            "PostgreSQL's server programs are not installed (no /usr/lib/postgresql/*/bin): "
             "run scripts/system-deps.sh (installs Debian's postgresql)"
         )
-    bindir = Path(found[-1]).parent
-    user = None
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user,
-        user = "postgres"  # with its data where that user can reach it
-        datadir = Path("/var/tmp/eiot-demo-pg")
-        datadir.mkdir(parents=True, exist_ok=True)
-        pw = pwd.getpwnam(user)
-        os.chown(datadir, pw.pw_uid, pw.pw_gid)
-    prefix = ["runuser", "-u", user, "--"] if user else []
-    if not (datadir / "PG_VERSION").exists():
-        subprocess.run(
-            [
-                *prefix,
-                str(bindir / "initdb"),
-                "-D",
-                str(datadir),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
+    newest = max(found, key=lambda p: float(Path(p).parents[1].name))
+    return Path(newest).parent
+
+
+def postgres_user() -> str | None:
+    """The user a private server runs as: ``postgres`` when we are root (PostgreSQL refuses to
+    run as root), else None (ourselves)."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def reachable_by(user: str | None, path: Path) -> bool:
+    """True if ``user`` (None: ourselves) may enter ``path``: search permission on it and every
+    parent (e.g. pytest's ``/tmp/pytest-of-root`` is 0700, closed to ``postgres``)."""
+    if user is None:
+        return os.access(path, os.X_OK)
+    probe = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(path)], check=False)
+    return probe.returncode == 0
+
+
+PgStopMode = Literal["smart", "fast", "immediate"]
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own: its data directory, a free loopback port chosen once and
+    kept across restarts (clients find it again at the same address), started and stopped on
+    demand, e.g. crashed (``stop("immediate")``) and started again by a fault test.
+
+    Run by root, the server runs as ``postgres``: the data directory is chowned to that user,
+    whose access to its parents the caller checks (:func:`reachable_by`)."""
+
+    def __init__(self, datadir: Path, port: int | None = None) -> None:
+        self.datadir = datadir
+        self.port = port or free_port()
+        self.bindir = postgres_bindir()
+        self.user = postgres_user()
+
+    @property
+    def admin_dsn(self) -> str:
+        """A database to connect to for CREATE/DROP DATABASE."""
+        return self.dsn("postgres")
+
+    def dsn(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.datadir / "server.log"
+
+    def start(self) -> None:
+        """Create the cluster on first use, start the server, wait until it takes connections
+        (after a crash: once it has replayed its WAL)."""
+        if not (self.datadir / "PG_VERSION").exists():
+            self._initdb()
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.datadir} -c fsync=on"
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-o", opts, "-w", "-l", str(self.log_file), "start"
         )
-    port = free_port()
-    opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {datadir} -c fsync=on"
-    subprocess.run(
-        [
-            *prefix,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(datadir),
-            "-o",
-            opts,
-            "-w",
-            "-l",
-            str(datadir / "server.log"),
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    log.info("started a private PostgreSQL on 127.0.0.1:%d (%s)", port, datadir)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "stop"],
+        log.info("started a private PostgreSQL on 127.0.0.1:%d (%s)", self.port, self.datadir)
+
+    def stop(self, mode: PgStopMode = "fast") -> None:
+        """Stop the server if it runs. ``fast``: sessions ended, a checkpoint written;
+        ``immediate``: a crash, no checkpoint (the next start recovers from the WAL)."""
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
+            log.info("stopped the private PostgreSQL on 127.0.0.1:%d (%s)", self.port, mode)
+
+    def running(self) -> bool:
+        if not (self.datadir / "PG_VERSION").exists():
+            return False
+        return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False) == 0
+
+    def _initdb(self) -> None:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(self.datadir, pw.pw_uid, pw.pw_gid)
+        self._run("initdb", "-D", str(self.datadir), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, program: str, *args: str, check: bool = True) -> int:
+        """Run one of the server's programs as its user; its output in the error if it fails."""
+        prefix = ["runuser", "-u", self.user, "--"] if self.user else []
+        done = subprocess.run(
+            [*prefix, str(self.bindir / program), *args],
+            capture_output=True,
+            text=True,
             check=False,
-            capture_output=True,
+            cwd=self.datadir,  # a directory the server's user may enter
         )
+        if check and done.returncode != 0:
+            output = (done.stdout + done.stderr).strip()[-2000:]
+            raise RuntimeError(f"{program} failed ({done.returncode}) for {self}: {output}")
+        return done.returncode
+
+    def __repr__(self) -> str:
+        return f"PrivatePostgres(127.0.0.1:{self.port}, {self.datadir})"
 
 
 def mosquitto_config(workdir: Path, port: int) -> Path:

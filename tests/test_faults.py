@@ -5,11 +5,16 @@ PostgreSQL exactly once (0 lost, 0 doubled)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from central.local_services import PrivatePostgres
 from edge_agent.sources.spool import SLICE_RECORDS
+from tests.support.postgres import migrated_database, private_postgres
 from tests.conftest import BROKER_PORT, Mosquitto, Proc
 from tests.support.proxy import TcpProxy
 from tests.support.rig import Rig
@@ -115,6 +120,58 @@ def test_postgres_unreachable_for_a_while(rig: Rig, proxy_factory: type[TcpProxy
     rig.assert_exactly_once()
 
 
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL of the test's own, that it may crash; stopped and removed afterwards."""
+    with private_postgres(tmp_path) as server:
+        yield server
+
+
+def test_postgres_crashed_and_restarted_during_ingest(
+    tmp_path: Path, topic_root: str, procs: list[Proc], private_pg: PrivatePostgres
+) -> None:
+    rig = Rig(tmp_path, migrated_database(private_pg), BROKER_PORT, topic_root, procs)
+    ingest = rig.start_ingest()
+    rig.start_agent("gw-a")
+    backlog = 40  # files (one batch each): still being stored when the server crashes
+    for n in range(backlog):
+        rig.feed("gw-a", n)
+    rig.wait_until(lambda: rig.stored_count() >= 2 * 500, 30, "first batches stored")
+    fed_before = len(rig.fed)
+    crashed_at = datetime.now(UTC)
+    private_pg.stop("immediate")  # a crash: backends killed, no checkpoint
+    # the agent keeps accepting while the database is away; the outage outlasts the agent's ack
+    # timeout (4 s at most), so it also resends batches the ingest could not store
+    outage_ends = time.monotonic() + 6
+    n = backlog
+    while time.monotonic() < outage_ends:
+        rig.feed("gw-a", n)
+        n += 1
+        time.sleep(0.5)
+    rig.wait_until(lambda: rig.accepted() >= rig.fed, 30, "readings accepted during the outage")
+    restarted_at = datetime.now(UTC)
+    private_pg.start()  # same port, same data: recovers from the WAL
+    rig.wait_delivered()
+    rig.assert_exactly_once()
+
+    stored = _ledger(rig.pg_dsn)
+    before = [inserted for at, inserted in stored if at < crashed_at]
+    after = [inserted for at, inserted in stored if at > restarted_at]
+    assert len(before) >= 2 and sum(before) < fed_before, "the crash did not hit a busy ingest"
+    assert sum(after) >= len(rig.fed) - fed_before, "the outage's readings not stored after it"
+    assert "not properly shut down" in private_pg.log_file.read_text(), "no crash recovery"
+    assert "database unavailable" in ingest.output(), "the ingest never met the outage"
+    assert rig.stop_ingests()["ingest-1"]["db_retries"] >= 1
+
+
+def _ledger(dsn: str) -> list[tuple[datetime, int]]:
+    """Each stored batch: when its transaction began, how many readings it inserted."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "select stored_at, inserted from raw.ingest_batches where status = 'stored'"
+        ).fetchall()
+
+
 def test_flapping_network_between_agent_and_broker(rig: Rig, proxy_factory: type[TcpProxy]) -> None:
     proxy = proxy_factory(BROKER_PORT)
     rig.agent_broker_port = proxy.port
@@ -137,11 +194,24 @@ def test_flapping_network_between_agent_and_broker(rig: Rig, proxy_factory: type
 
 
 def test_two_gateways_two_workers_share_the_load(rig: Rig) -> None:
-    rig.start_ingest("1")
-    rig.start_ingest("2")
+    workers = [rig.start_ingest("1"), rig.start_ingest("2")]
+    for worker in workers:  # both in the share group before the first batch is published
+        rig.wait_ingest_ready(worker)
+    files = 10  # per gateway, one batch each: round-robin gives each worker about 10
     for gw in ("gw-a", "gw-b"):
         rig.start_agent(gw)
-        for n in range(6):
+        for n in range(files):
             rig.feed(gw, n)
     rig.wait_delivered()
     rig.assert_exactly_once()
+    counted = rig.stop_ingests()
+    assert counted.keys() == {"ingest-1", "ingest-2"}
+    stored = {name: c.get("batches_stored", 0) for name, c in counted.items()}
+    seen = {name: stored[name] + c.get("batches_replayed", 0) for name, c in counted.items()}
+    with psycopg.connect(rig.pg_dsn) as conn:
+        row = conn.execute("select count(*) from raw.ingest_batches").fetchone()
+    batches = row[0] if row else 0
+    assert sum(stored.values()) == batches >= 2 * files, f"{stored}, {batches} in the ledger"
+    assert min(stored.values()) >= files // 2, f"one worker did (nearly) all the work: {stored}"
+    # shared, not copied: two groups would each get every batch (and race to store it)
+    assert max(seen.values()) < batches, f"a worker got every batch: {seen} of {batches}"

@@ -3,7 +3,9 @@ PostgreSQL; and the one check every fault test ends with: 0 lost, 0 doubled."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import secrets
 import sqlite3
 import time
@@ -78,6 +80,24 @@ class Rig:
         self.ingests.append(proc)
         self.procs.append(proc)
         return proc
+
+    def wait_ingest_ready(self, proc: Proc) -> None:
+        """Until the worker has loaded its settings and started its broker link (it subscribes
+        as soon as it is connected): messages published before that go to the other workers."""
+        self.wait_until(lambda: "share group" in proc.output(), 30, f"{proc.log.name} started")
+
+    def stop_ingests(self) -> dict[str, dict[str, int]]:
+        """Stop the ingest workers (SIGTERM, as an operator would) and return what each one
+        counted in its last run, by log name (``ingest-1``...), from the line it logs on its way
+        out."""
+        for proc in self.ingests:
+            proc.stop()
+        return {proc.log.stem: self.final_counters(proc) for proc in self.ingests}
+
+    def final_counters(self, proc: Proc) -> dict[str, int]:
+        found = re.findall(r"final counters (\{.*\})$", proc.output(), re.MULTILINE)
+        assert found, f"no final counters in {proc.log.name}: was it stopped?\n{self.logs()}"
+        return dict(ast.literal_eval(found[-1]))
 
     # --- input ----------------------------------------------------------------------------
 
