@@ -30,6 +30,7 @@ from central.db import migrate
 from central.local_services import REPO, Services, local_services, spawn_python
 from edge_agent.buffer import Buffer
 from edge_agent.codec import row_to_wire
+from edge_agent.fields import READING_COLUMNS
 from edge_agent.settings import SimSourceSettings
 from edge_agent.sources import Intake
 from edge_agent.sources.sim import SimSource
@@ -44,11 +45,11 @@ def fill(db: Path, meters: int, days: float, gateways: int, index: int) -> int:
         SimSourceSettings(
             meters=meters, days=days, gateways=gateways, gateway_index=index, chunk_intervals=8
         ),
-        Intake(buffer, Validator(time.time)),
+        Intake(buffer.readings, buffer.meta, Validator(time.time)),
     )
     while not source.exhausted():
         source.poll(time.time())
-    n = buffer.pending
+    n = buffer.readings.pending
     buffer.close()
     return n
 
@@ -151,10 +152,7 @@ def check(dsn: str, var: Path, gateways: list[str]) -> tuple[int, int, int]:
 def baseline(svc: Services, dsn: str, var: Path, gw: str, sample: int) -> dict[str, float]:
     """One JSON message per reading, QoS1; a subscriber doing one INSERT (autocommit) each."""
     with sqlite3.connect(var / f"{gw}.db") as conn:
-        cols = (
-            "meter_id, ts, interval_s, kwh, register_kwh, voltage_v, current_a, power_factor,"
-            " temperature_c, humidity_pct, wind_ms, supply_on, flags, score, model_version"
-        )
+        cols = ", ".join(READING_COLUMNS)
         rows = conn.execute(
             f"select {cols} from readings order by seq limit ?", (sample,)
         ).fetchall()

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.alerts import Cooldown
 from edge_agent.buffer import Buffer
+from edge_agent.fields import Row, make_row
 from edge_agent.rollout import ModelManager
-from edge_agent.rows import Row
-from edge_agent.scoring import Detector
+from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
 from ml.publish import message_from_trained, public_key_b64
@@ -36,8 +36,9 @@ INTERVAL = 1800
 
 def _row(meter: int, k: int, t0: int) -> Row:
     kwh = 0.3 + 0.01 * (k % 48) + 0.001 * (meter % 7)
-    return (f"m{meter:05d}", t0 + k * INTERVAL, INTERVAL, kwh, None, None, None, None, None,
-            None, None, True, None, None, None)  # fmt: skip
+    return make_row(
+        meter_id=f"m{meter:05d}", ts=t0 + k * INTERVAL, interval_s=INTERVAL, kwh=kwh, supply=1
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,13 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     t0 = (int(time.time()) // 86400 - args.days - 2) * 86400
     with tempfile.TemporaryDirectory() as tmp:
         buffer = Buffer(Path(tmp) / "buffer.db")
-        detector = Detector("gw-bench", cooldown=Cooldown(86400, {}))
+        active = ActiveModels("iforest")
+        detector = Detector("gw-bench", buffer.readings, active, cooldown=Cooldown(86400, {}))
         models = ModelManager(
-            buffer, detector, name="iforest", public_key=public_key_b64(key), clock=time.time
+            buffer.models,
+            buffer.counters,
+            active,
+            name="iforest",
+            public_key=public_key_b64(key),
+            clock=time.time,
         )
         if not models.offer(json.dumps(message).encode(), "bench"):
             raise SystemExit(f"model refused: {models.error}")
-        intake = Intake(buffer, Validator(time.time), detector)
+        intake = Intake(buffer.readings, buffer.meta, Validator(time.time), detector)
         start = time.perf_counter()
         last_day = start
         for k in range(intervals):
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.singles):
             intake.take([_row(i % args.meters, intervals, t0)])
         single_ms = (time.perf_counter() - start) / args.singles * 1000
-        scored = buffer.conn.execute("select count(score) from readings").fetchone()[0]
+        scored = buffer.counters.all().get("readings_scored", 0)
         buffer.close()
     expected = intervals * args.meters + args.singles
     if scored != expected:

@@ -30,6 +30,7 @@ from central.settings import CentralSettings
 from edge_agent import failpoints, topics, wire
 from edge_agent.backoff import Backoff
 from edge_agent.mqtt_link import LinkConfig, MqttLink
+from edge_agent.vocabulary import ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class AlertItem:
     alert: wire.Alert
 
 
-_ID = re.compile(wire.ID_PATTERN)
+_ID = re.compile(ID_PATTERN)
 
 
 class IngestWorker:
@@ -87,11 +88,11 @@ class IngestWorker:
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         try:
-            work = self.prepare(msg.topic, msg.payload)
+            work = self.prepare(msg.topic, bytes(msg.payload))
         except Exception as exc:  # a bug must not stop the network thread
             log.exception("cannot prepare message on %s", msg.topic)
             reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
-            work = Work(msg.topic, msg.payload, None, store.BadMessage(reason))
+            work = Work(msg.topic, bytes(msg.payload), None, store.BadMessage(reason))
         self._inbox.put((msg, work))
 
     # --- loop -----------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class IngestWorker:
         while not stop.is_set():
             try:
                 conn = self._connection()
-                ack_topic, outcome = self.store(conn, work)
+                ack_topic, outcome = self.store_work(conn, work)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._drop_connection()
                 delay = self._db_backoff.next_delay()
@@ -150,7 +151,7 @@ class IngestWorker:
                     if conn.info.transaction_status:
                         conn.rollback()
                     bad = store.BadMessage(f"internal_error: {type(exc).__name__}: {exc}"[:300])
-                    store.reject(conn, msg.payload, bad, msg.topic, None)
+                    store.reject(conn, bytes(msg.payload), bad, msg.topic, None)
                 except psycopg.Error:
                     self._drop_connection()
                     stop.wait(self._db_backoff.next_delay())
@@ -196,10 +197,10 @@ class IngestWorker:
     def handle(
         self, conn: psycopg.Connection, topic: str, payload: bytes
     ) -> tuple[str | None, store.Outcome | None]:
-        """Prepare and store one message (see :meth:`store`)."""
-        return self.store(conn, self.prepare(topic, payload))
+        """Prepare and store one message (see :meth:`store_work`)."""
+        return self.store_work(conn, self.prepare(topic, payload))
 
-    def store(
+    def store_work(
         self, conn: psycopg.Connection, work: Work
     ) -> tuple[str | None, store.Outcome | None]:
         """Store one prepared message. Returns (ack topic, outcome). Raises only on database
@@ -229,6 +230,7 @@ class IngestWorker:
             self.counters[f"rejected_{bad.reason.split(':')[0]}"] += 1
             log.warning("quarantined message on %s: %s", topic, bad.reason[:200])
             return ack_topic, store.reject(conn, payload, bad, topic, gateway_id)
+        assert isinstance(work.item, store.Prepared)
         try:
             outcome = store.store_batch(conn, work.item)
         except psycopg.DataError as exc:  # a value PostgreSQL refuses that validation let by

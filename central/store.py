@@ -1,6 +1,6 @@
 """Storing one ``readings.v1`` batch in PostgreSQL: one transaction, exactly once in effect.
 
-Order inside the transaction (DESIGN.md, "Delivery guarantee"):
+Order inside the transaction (``docs/contracts.md``, delivery guarantee):
 
 1. claim the batch in the ledger (``raw.ingest_batches``); a batch already there is a replay and
    gets the ack that was sent the first time — the insert waits on a concurrent worker that holds
@@ -23,25 +23,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
 
+from central.rows import COPY_TYPES, reading_row, row_json, validated_rows
 from edge_agent import wire
-from edge_agent.columnar import ROW_FIELDS, validated_rows
+from edge_agent.fields import METER_ID, N_MEASURED, READING_NAMES, TS, Row
 
-# The wire fields of a reading, in the order of the rows built here and of raw.readings.
-_READING_COLS = ROW_FIELDS
-_MEASURED = _READING_COLS[:13]
-# Binary COPY (about 3x cheaper than text for the worker): the types of the columns sent.
-_COPY_TYPES = [
-    "text",
-    "timestamptz",
-    "int4",
-    *["float8"] * 8,
-    "text",
-    "text[]",
-    "float8",
-    "text",
-    "text",
-    "text",
-]
+_COLUMNS = ", ".join(READING_NAMES)
+_MEASURED = ", ".join(f"r.{c}" for c in READING_NAMES[:N_MEASURED])
 _reading = TypeAdapter(wire.Reading)
 _readings = TypeAdapter(list[wire.Reading])
 _record = TypeAdapter(wire.QuarantineRecord)
@@ -117,7 +104,7 @@ class Prepared:
     """A batch decoded and validated, ready to store (built off the database's critical path)."""
 
     env: wire.BatchEnvelope
-    rows: list[tuple[Any, ...]]
+    rows: list[Row]
     quarantine: list[tuple[Any, ...]]
     source: str
     received: datetime
@@ -202,18 +189,18 @@ def store_batch(
 
 def _validate(
     items: list[Any], received: datetime, source: str
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[Row], list[tuple[Any, ...]]]:
     """Valid readings as rows, invalid ones as quarantine rows. The whole list is validated in
     one call (the fast path); only a list with bad items is gone through one by one."""
     try:
-        return [_row(r) for r in _readings.validate_python(items)], []
+        return [reading_row(r) for r in _readings.validate_python(items)], []
     except ValidationError:
         pass
-    rows: list[tuple[Any, ...]] = []
+    rows: list[Row] = []
     quarantine: list[tuple[Any, ...]] = []
     for item in items:
         try:
-            rows.append(_row(_reading.validate_python(item)))
+            rows.append(reading_row(_reading.validate_python(item)))
         except ValidationError as exc:
             quarantine.append((_raw(item), "invalid: " + wire.explain(exc), received, source))
     return rows, quarantine
@@ -221,29 +208,28 @@ def _validate(
 
 def _insert_readings(
     conn: psycopg.Connection,
-    rows: list[tuple[Any, ...]],
+    rows: list[Row],
     env: wire.BatchEnvelope,
     received: datetime,
     source: str,
 ) -> tuple[int, int, list[tuple[Any, ...]]]:
     if not rows:
         return 0, 0, []
-    cols = ", ".join(_READING_COLS)
     conn.execute(
         "create temp table if not exists incoming (like raw.readings including defaults) "
         "on commit delete rows"
     )
     with conn.cursor().copy(
-        f"copy incoming ({cols}, gateway_id, batch_id) from stdin (format binary)"
+        f"copy incoming ({_COLUMNS}, gateway_id, batch_id) from stdin (format binary)"
     ) as copy:
-        copy.set_types(_COPY_TYPES)
+        copy.set_types(list(COPY_TYPES))
         for row in rows:
             copy.write_row((*row, env.gateway_id, env.batch_id))
     # received_at = now(), the transaction's start: the warehouse loader reads rows up to the
     # start of the oldest open transaction, so no committed row can land behind its watermark.
     inserted = conn.execute(
-        f"insert into raw.readings ({cols}, gateway_id, batch_id, received_at) "
-        f"select {cols}, gateway_id, batch_id, now() from incoming "
+        f"insert into raw.readings ({_COLUMNS}, gateway_id, batch_id, received_at) "
+        f"select {_COLUMNS}, gateway_id, batch_id, now() from incoming "
         f"on conflict (meter_id, ts) do nothing",
     ).rowcount
     if inserted == len(rows):
@@ -252,11 +238,10 @@ def _insert_readings(
     # (The temp table was never analysed: without this the planner may scan raw.readings.)
     conn.execute("analyze incoming")
     # Of a key repeated in this batch, the first occurrence is the one stored (``mine``).
-    measured = ", ".join(f"r.{c}" for c in _MEASURED)
     stored = {
-        (r[1], r[2]): (r[0], r[1:])
+        (r[1 + METER_ID], r[1 + TS]): (r[0], r[1:])
         for r in conn.execute(
-            f"select (r.gateway_id = %s and r.batch_id = %s), {measured} from raw.readings r "
+            f"select (r.gateway_id = %s and r.batch_id = %s), {_MEASURED} from raw.readings r "
             f"where (r.meter_id, r.ts) in (select meter_id, ts from incoming)",
             (env.gateway_id, env.batch_id),
         )
@@ -265,48 +250,22 @@ def _insert_readings(
     conflicts: list[tuple[Any, ...]] = []
     seen: set[tuple[str, datetime]] = set()
     for row in rows:
-        key = (row[0], row[1])
+        key = (row[METER_ID], row[TS])
         mine, values = stored[key]
         if mine and key not in seen:
             seen.add(key)
-        elif tuple(values) == row[:13]:
+        elif tuple(values) == row[:N_MEASURED]:
             duplicates += 1
         else:
             conflicts.append(
                 (
-                    json.dumps(_wire_of(row), separators=(",", ":")),
+                    row_json(row),
                     "conflict: other values already stored for this meter and interval",
                     received,
                     source,
                 )
             )
     return inserted, duplicates, conflicts
-
-
-def _row(r: wire.Reading) -> tuple[Any, ...]:
-    return (
-        r.meter_id,
-        r.ts,
-        r.interval_s,
-        r.kwh,
-        r.register_kwh,
-        r.voltage_v,
-        r.current_a,
-        r.power_factor,
-        r.temperature_c,
-        r.humidity_pct,
-        r.wind_ms,
-        r.supply,
-        list(r.flags),
-        r.score,
-        r.model_version,
-    )
-
-
-def _wire_of(row: tuple[Any, ...]) -> dict[str, Any]:
-    out = {c: v for c, v in zip(_READING_COLS, row, strict=True) if v is not None}
-    out["ts"] = wire._iso_z(row[1])
-    return out
 
 
 def _raw(item: Any) -> str:

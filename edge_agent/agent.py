@@ -11,7 +11,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
@@ -23,11 +24,14 @@ from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
 from edge_agent.mqtt_link import LinkConfig, MqttLink
 from edge_agent.registry import customer_classes, load_meters
 from edge_agent.rollout import ModelManager
-from edge_agent.scoring import Detector
+from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import Intake, Source
 from edge_agent.sync import Sync, SyncPolicy
 from edge_agent.validate import Validator
+
+if TYPE_CHECKING:
+    from simulator import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,68 @@ def link_config(
     )
 
 
+@dataclass(frozen=True)
+class Detection:
+    """The detection parts of an agent, built complete and wired to each other."""
+
+    detector: Detector
+    models: ModelManager
+    energy: EnergyBalance | None
+
+
+def build_detection(
+    s: AgentSettings, buffer: Buffer, meters: list[dict[str, Any]], clock: Callable[[], float]
+) -> Detection:
+    """The detector (scoring, alerts), the model rollout that feeds it models, and the energy
+    balance when the registry says which meters hang under which transformer."""
+    active = ActiveModels(s.model_name)
+    grid = GridMap.from_meters(meters)
+    energy = None
+    if grid:
+        energy = EnergyBalance(
+            buffer.readings,
+            buffer.alerts,
+            buffer.meta,
+            grid,
+            s.gateway_id,
+            BalancePolicy(
+                window_s=s.energy_balance_window_s,
+                expected_loss_share=s.energy_balance_expected_loss,
+                gap_share=s.energy_balance_gap_share,
+                min_gap_kwh=s.energy_balance_min_kwh,
+                min_completeness=s.energy_balance_min_completeness,
+                grace_s=s.energy_balance_grace_s,
+            ),
+        )
+        energy.check(clock())  # windows completed before a restart
+        log.info(
+            "energy balance on for %d transformers (%d customer meters)",
+            len(grid.transformer_meter),
+            sum(len(c) for c in grid.customers.values()),
+        )
+    classes = customer_classes(meters)
+    detector = Detector(
+        s.gateway_id,
+        buffer.readings,
+        active,
+        cooldown=Cooldown(s.alert_cooldown_s, buffer.alerts.last_alerted()),
+        transformer_meters=grid.transformer_meters if grid else frozenset(),
+        energy=energy,
+        meter_class=classes,
+    )
+    models = ModelManager(
+        buffer.models,
+        buffer.counters,
+        active,
+        name=s.model_name,
+        public_key=s.model_public_key,
+        clock=clock,
+        threads=s.model_threads,
+        classes=classes.values(),
+    )
+    return Detection(detector, models, energy)
+
+
 class Agent:
     def __init__(self, settings: AgentSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = s = settings
@@ -58,27 +124,23 @@ class Agent:
         self.buffer = Buffer(
             s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
         )
-        self.detector = Detector(
-            s.gateway_id, cooldown=Cooldown(s.alert_cooldown_s, self.buffer.last_alerts())
-        )
+        # A simulated fleet is the registry when there is no registry file.
+        fleet = None
+        if s.sim is not None:
+            from edge_agent.sources.sim import make_fleet  # numpy: only for the simulator
+
+            fleet = make_fleet(s.sim)
+        detection = build_detection(s, self.buffer, self._registry_meters(fleet), clock)
+        self.detector = detection.detector
+        self.energy = detection.energy
+        self.models = detection.models
         self.intake = Intake(
-            self.buffer,
+            self.buffer.readings,
+            self.buffer.meta,
             Validator(clock, max_future_s=s.max_future_s, max_kw=s.max_kw),
             self.detector,
         )
-        self.sources: list[Source] = self._build_sources()
-        meters = self._registry_meters()
-        self.energy = self._build_energy(meters)
-        self.detector.meter_class = customer_classes(meters)
-        self.models = ModelManager(
-            self.buffer,
-            self.detector,
-            name=s.model_name,
-            public_key=s.model_public_key,
-            clock=clock,
-            threads=s.model_threads,
-            classes=self.detector.meter_class.values(),
-        )
+        self.sources: list[Source] = self._build_sources(fleet)
         self.models.start(s.model_path)
         self._acks: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._status_due = threading.Event()
@@ -92,14 +154,13 @@ class Agent:
         cfg.subscriptions = [(self._ack_topic, 1)] + [(t, 1) for t in sorted(self._model_topics)]
         self.link = MqttLink(cfg, on_message=self._on_message, on_connect=self._on_connect)
         self.outbox = AlertOutbox(
-            self.buffer,
-            self.link.client,
-            self.link.connected,
+            self.buffer.alerts,
+            self.link,
             topics.alerts(s.topic_root, s.gateway_id),
             resend_s=s.alert_resend_s,
         )
         self.sync = Sync(
-            self.buffer,
+            self.buffer.batches,
             self.link,
             clock,
             gateway_id=s.gateway_id,
@@ -117,45 +178,14 @@ class Agent:
         self._last_status = 0.0
         self._last_prune = 0.0
 
-    def _registry_meters(self) -> list[dict[str, Any]]:
+    def _registry_meters(self, fleet: Fleet | None) -> list[dict[str, Any]]:
         """The meters this gateway reads (transformer, customer class), from the registry file,
         else (simulated source) from the simulated fleet; empty when unknown."""
         if self.settings.registry_path is not None:
             return load_meters(self.settings.registry_path)
-        for source in self.sources:
-            fleet = getattr(source, "fleet", None)
-            if fleet is not None:
-                return list(fleet.registry().meters)
+        if fleet is not None:
+            return list(fleet.registry().meters)
         return []
-
-    def _build_energy(self, meters: list[dict[str, Any]]) -> EnergyBalance | None:
-        """The energy balance, when the agent knows which meters hang under which transformer."""
-        s = self.settings
-        grid = GridMap.from_meters(meters)
-        if not grid:
-            return None
-        energy = EnergyBalance(
-            self.buffer,
-            grid,
-            s.gateway_id,
-            BalancePolicy(
-                window_s=s.energy_balance_window_s,
-                expected_loss_share=s.energy_balance_expected_loss,
-                gap_share=s.energy_balance_gap_share,
-                min_gap_kwh=s.energy_balance_min_kwh,
-                min_completeness=s.energy_balance_min_completeness,
-                grace_s=s.energy_balance_grace_s,
-            ),
-        )
-        self.detector.transformer_meters = grid.transformer_meters
-        self.detector.energy = energy
-        energy.check(self.clock())  # windows completed before a restart
-        log.info(
-            "energy balance on for %d transformers (%d customer meters)",
-            len(grid.transformer_meter),
-            sum(len(c) for c in grid.customers.values()),
-        )
-        return energy
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         """Network thread: route to the main loop's queues."""
@@ -168,17 +198,21 @@ class Agent:
         self.outbox.reconnected()
         self._status_due.set()
 
-    def _build_sources(self) -> list[Source]:
+    def _build_sources(self, fleet: Fleet | None) -> list[Source]:
         s = self.settings
         sources: list[Source] = []
         if s.sim is not None:
             from edge_agent.sources.sim import SimSource
 
-            sources.append(SimSource(s.sim, self.intake))
+            sources.append(SimSource(s.sim, self.intake, fleet))
         if s.spool_dir is not None:
             from edge_agent.sources.spool import SpoolSource
 
-            sources.append(SpoolSource(s.spool_dir, self.intake, seed_meter_id=s.spool_meter_id))
+            sources.append(
+                SpoolSource(
+                    s.spool_dir, self.intake, self.buffer.spool, seed_meter_id=s.spool_meter_id
+                )
+            )
         if s.source_topic:
             from edge_agent.sources.mqtt_source import MqttSource
 
@@ -196,7 +230,7 @@ class Agent:
             "agent %s started: buffer %s, %d pending",
             self.settings.gateway_id,
             self.settings.db_path,
-            self.buffer.pending,
+            self.buffer.readings.pending,
         )
         try:
             while not stop.is_set():
@@ -227,18 +261,18 @@ class Agent:
             self.publish_status(now)
         if now - self._last_prune >= PRUNE_EVERY_S:
             self._last_prune = now
-            self.buffer.prune(self.settings.retention_s)
+            self.buffer.maintenance.prune(self.settings.retention_s)
         return work
 
     def drained(self) -> bool:
         if not all(_exhausted(src) for src in self.sources):
             return False
-        count, _ = self.buffer.unbatched(1)
+        count, _ = self.buffer.batches.unbatched(1)
         return (
             count == 0
-            and self.buffer.pending == 0
-            and not self.buffer.open_batches()
-            and self.buffer.unacked_alerts() == 0
+            and self.buffer.readings.pending == 0
+            and not self.buffer.batches.open()
+            and self.buffer.alerts.undelivered() == 0
         )
 
     def _drain_acks(self) -> int:
@@ -253,7 +287,7 @@ class Agent:
                 ack = wire.Ack.model_validate(wire.decode(bytes(msg.payload)))
             except (wire.DecodeError, ValidationError) as exc:
                 log.warning("unreadable ack on %s: %s", msg.topic, exc)
-                self.buffer.bump({"acks_invalid": 1})
+                self.buffer.counters.add({"acks_invalid": 1})
                 continue
             if ack.status == "rejected":
                 log.error("central rejected batch %s: %s", ack.batch_id, ack.reason)

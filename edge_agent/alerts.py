@@ -2,9 +2,9 @@
 
 Delivery: an alert is committed to the buffer's ``alerts`` table (the outbox) in the same
 transaction as the reading it is about, then published QoS1 on ``{root}/gw/{gateway_id}/alerts``
-and marked delivered when the broker's PUBACK for that very message (paho ``on_publish`` with its
-``mid``) arrives. Not acknowledged within ``resend_s``, or still open after a restart, it is
-published again with the same ``alert_id``: nothing is lost, and subscribers de-duplicate.
+and marked delivered when the broker's PUBACK for that very message arrives (the publisher's
+``on_delivered`` callback). Not acknowledged within ``resend_s``, or still open after a restart,
+it is published again with the same ``alert_id``: nothing is lost, and subscribers de-duplicate.
 
 ``alert_id`` is the first 32 hex digits of
 ``sha256("alert.v1|" + kind + "|" + meter_id + "|" + ts + "|" + basis)``, where ``ts`` is the
@@ -20,14 +20,13 @@ import hashlib
 import json
 import logging
 import queue
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-import paho.mqtt.client as mqtt
+from functools import partial
 
 from edge_agent import failpoints, wire
-from edge_agent.buffer import AlertRecord, Buffer
+from edge_agent.buffer import AlertRecord, AlertStore
+from edge_agent.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -90,70 +89,59 @@ class Cooldown:
 
 
 class AlertOutbox:
-    """Publishes the outbox QoS1 and marks alerts delivered on their PUBACK.
+    """Publishes the outbox QoS1 through the :class:`~edge_agent.publisher.Publisher` and marks
+    alerts delivered on their PUBACK (of any of their sends: an alert resent after a reconnect
+    is delivered by whichever copy the broker answers first).
 
-    ``tick`` runs on the agent's main loop (the buffer's one writer); the PUBACK callback runs on
-    the MQTT network thread and only puts the message id on a queue."""
+    ``tick`` runs on the agent's main loop (the buffer's one writer); a delivery callback may run
+    on the MQTT network thread and only puts the alert id on a queue."""
 
     def __init__(
         self,
-        buffer: Buffer,
-        client: mqtt.Client,
-        connected: Callable[[], bool],
+        store: AlertStore,
+        publisher: Publisher,
         topic: str,
         *,
         resend_s: float = 30.0,
         max_per_tick: int = 200,
     ) -> None:
-        self.buffer = buffer
-        self.client = client
-        self.connected = connected
+        self.store = store
+        self.publisher = publisher
         self.topic = topic
         self.resend_s = resend_s
         self.max_per_tick = max_per_tick
-        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
-        self._by_mid: dict[int, str] = {}
-        self._mid_of: dict[str, int] = {}
+        self._answers: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         # After a start or a reconnect every open alert goes out at once: earlier sends may
         # have been lost with the connection.
         self._reconnected = True
         self._resend_from: float | None = None
-        client.on_publish = self._on_publish
 
     def reconnected(self) -> None:
         """Called on (re)connect, from the network thread."""
         self._reconnected = True
 
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
-    ) -> None:
-        failed = bool(getattr(reason, "is_failure", False))
-        self._acks.put((mid, not failed))
-
-    def drain_acks(self, now: float) -> int:
+    def drain_answers(self, now: float) -> int:
+        """Record the broker's answers received since the last call; returns the alerts newly
+        delivered."""
         delivered: list[str] = []
         refused = 0
         while True:
             try:
-                mid, ok = self._acks.get_nowait()
+                alert_id, ok = self._answers.get_nowait()
             except queue.Empty:
                 break
-            aid = self._by_mid.pop(mid, None)
-            if aid is None:
-                continue  # a readings batch or a status message: not ours
-            self._mid_of.pop(aid, None)
             if ok:
-                delivered.append(aid)
+                delivered.append(alert_id)
             else:
                 refused += 1  # the broker refused it (e.g. not authorised): try again later
         if refused:
-            self.buffer.bump({"alerts_refused_by_broker": refused})
-        return self.buffer.mark_alerts_acked(delivered, now) if delivered else 0
+            self.store.count_refused(refused)
+        return self.store.mark_delivered(delivered, now) if delivered else 0
 
     def tick(self, now: float) -> int:
         """Publish what is due; returns how many alerts were published or confirmed."""
-        work = self.drain_acks(now)
-        if not self.connected():
+        work = self.drain_answers(now)
+        if not self.publisher.connected():
             return work
         if self._reconnected:
             self._reconnected = False
@@ -161,22 +149,22 @@ class AlertOutbox:
         sent_before = now - self.resend_s
         if self._resend_from is not None:
             sent_before = max(sent_before, self._resend_from)
-        due = self.buffer.alerts_due(sent_before, self.max_per_tick)
+        due = self.store.due(sent_before, self.max_per_tick)
         if len(due) < self.max_per_tick:
             self._resend_from = None
         sent: list[str] = []
         resent = 0
         for alert in due:
-            info = self.client.publish(self.topic, alert.payload.encode(), qos=1)
-            old = self._mid_of.pop(alert.alert_id, None)
-            if old is not None:
-                self._by_mid.pop(old, None)
-            self._by_mid[info.mid] = alert.alert_id
-            self._mid_of[alert.alert_id] = info.mid
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            answered = partial(self._answer, alert.alert_id)
+            if not self.publisher.publish(
+                self.topic, alert.payload.encode(), qos=1, on_delivered=answered
+            ):
                 break  # connection lost meanwhile: the rest waits for the next tick
             failpoints.hit("alerts.after_publish")
             sent.append(alert.alert_id)
             resent += alert.attempts > 0
-        self.buffer.mark_alerts_sent(sent, now, resent)
+        self.store.mark_sent(sent, now, resent)
         return work + len(sent)
+
+    def _answer(self, alert_id: str, ok: bool) -> None:
+        self._answers.put((alert_id, ok))

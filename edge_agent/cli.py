@@ -24,10 +24,10 @@ def _fmt_time(epoch: float | None) -> str:
 
 def _models_of(buffer: Buffer) -> list[str]:
     out = []
-    for message, accepted_at in buffer.current_models():
+    for stored in buffer.models.current():
         try:
-            msg = json.loads(message)
-            out.append(f"{msg['name']} {msg['version']} (accepted {_fmt_time(accepted_at)})")
+            msg = json.loads(stored.message)
+            out.append(f"{msg['name']} {msg['version']} (accepted {_fmt_time(stored.accepted_at)})")
         except (ValueError, KeyError, TypeError):
             out.append("unreadable model record")
     return out
@@ -55,10 +55,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     buffer = Buffer(db)  # WAL: reading while the agent writes is safe
     try:
-        stats = buffer.stats()
-        counters = buffer.counters()
+        stats = buffer.maintenance.stats()
+        counters = buffer.counters.all()
         models = _models_of(buffer)
-        alerts_waiting = buffer.unacked_alerts()
+        alerts_waiting = buffer.alerts.undelivered()
         report = {
             "buffer": str(db),
             "pending_readings": stats.pending_readings,

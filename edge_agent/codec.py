@@ -1,4 +1,4 @@
-"""Buffer rows ⇄ wire dicts, without building a pydantic object per reading on the hot path.
+"""Buffer rows → the wire dicts of readings, without building a pydantic object per reading.
 
 A buffer row holds a reading that was validated when it was accepted, so turning it into its wire
 form is plain formatting. Fields equal to the wire defaults (``interval_s = 1800``,
@@ -11,10 +11,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from edge_agent.rows import READING_COLUMNS, Row
-from edge_agent.wire import Reading
+from edge_agent.fields import (
+    FLAGS,
+    INTERVAL_S,
+    KWH,
+    METER_ID,
+    MODEL_VERSION,
+    N_MEASURED,
+    OPTIONAL_FLOATS,
+    READING_NAMES,
+    SCORE,
+    SUPPLY,
+    TS,
+    Row,
+)
 
-_OPTIONAL_FLOATS = READING_COLUMNS[4:11]
+_OPTIONAL_FLOAT_NAMES = READING_NAMES[OPTIONAL_FLOATS]
 DEFAULT_INTERVAL_S = 1800
 
 
@@ -22,46 +34,26 @@ def ts_to_iso(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reading_to_row(r: Reading) -> Row:
-    return (
-        r.meter_id,
-        int(r.ts.timestamp()),
-        r.interval_s,
-        r.kwh,
-        r.register_kwh,
-        r.voltage_v,
-        r.current_a,
-        r.power_factor,
-        r.temperature_c,
-        r.humidity_pct,
-        r.wind_ms,
-        1 if r.supply == "on" else 0,
-        ",".join(r.flags) if r.flags else None,
-        r.score,
-        r.model_version,
-    )
-
-
 def row_to_wire(row: Row) -> dict[str, Any]:
     """A buffer row → the compact wire dict of a ``Reading``."""
-    out: dict[str, Any] = {"meter_id": row[0], "ts": ts_to_iso(row[1])}
-    if row[2] != DEFAULT_INTERVAL_S:
-        out["interval_s"] = row[2]
-    out["kwh"] = row[3]
-    for name, value in zip(_OPTIONAL_FLOATS, row[4:11], strict=True):
+    out: dict[str, Any] = {"meter_id": row[METER_ID], "ts": ts_to_iso(row[TS])}
+    if row[INTERVAL_S] != DEFAULT_INTERVAL_S:
+        out["interval_s"] = row[INTERVAL_S]
+    out["kwh"] = row[KWH]
+    for name, value in zip(_OPTIONAL_FLOAT_NAMES, row[OPTIONAL_FLOATS], strict=True):
         if value is not None:
             out[name] = value
-    if not row[11]:
+    if not row[SUPPLY]:
         out["supply"] = "off"
-    if row[12]:
-        out["flags"] = row[12].split(",")
-    if row[13] is not None:
-        out["score"] = row[13]
-    if row[14] is not None:
-        out["model_version"] = row[14]
+    if row[FLAGS]:
+        out["flags"] = row[FLAGS].split(",")
+    if row[SCORE] is not None:
+        out["score"] = row[SCORE]
+    if row[MODEL_VERSION] is not None:
+        out["model_version"] = row[MODEL_VERSION]
     return out
 
 
 def measured_equal(a: Row, b: Row) -> bool:
     """Two rows for the same key carry the same measurement (score and model are not measured)."""
-    return a[:13] == b[:13]
+    return a[:N_MEASURED] == b[:N_MEASURED]

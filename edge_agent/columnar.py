@@ -18,51 +18,24 @@ Column names are the ``Reading`` field names, with two lossless transforms:
   (otherwise ``register_kwh`` goes as plain floats).
 
 A column left out is missing for every row. v2 decodes to the v1 reading objects, which are
-validated exactly as v1 readings are. Measured on simulated fleets: ~10 bytes per 30-minute
-reading against ~23 for v1 (zlib on both).
+validated exactly as v1 readings are. ``bench.e2e`` reports the bytes per reading on the wire
+(``wire_bytes_per_reading``; results in ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticUndefined
+from edge_agent.fields import FLAGS, METER_ID, READING_NAMES, REGISTER_KWH, SUPPLY, TS, Row
 
-from edge_agent.rows import READING_COLUMNS, Row
-
-_PLAIN = (
-    "interval_s",
-    "kwh",
-    "voltage_v",
-    "current_a",
-    "power_factor",
-    "temperature_c",
-    "humidity_pct",
-    "wind_ms",
-    "score",
-    "model_version",
-)
-KNOWN = {"meter_id", "ts_delta", "register_kwh", "register_kwh_mdelta", "supply", "flags", *_PLAIN}
-_IDX = {name: i for i, name in enumerate(READING_COLUMNS)}
+# Fields with a coding of their own; every other field is a plain column.
+_CODED = ("meter_id", "ts", "register_kwh", "supply", "flags")
+_PLAIN = tuple((name, i) for i, name in enumerate(READING_NAMES) if name not in _CODED)
 _DELTA = ("ts_delta", "register_kwh_mdelta")
-ROW_FIELDS = (
-    "meter_id",
-    "ts",
-    "interval_s",
-    "kwh",
-    "register_kwh",
-    "voltage_v",
-    "current_a",
-    "power_factor",
-    "temperature_c",
-    "humidity_pct",
-    "wind_ms",
-    "supply",
-    "flags",
-    "score",
-    "model_version",
+KNOWN = frozenset(
+    {"meter_id", "ts_delta", "register_kwh", "register_kwh_mdelta", "supply", "flags"}
+    | {name for name, _ in _PLAIN}
 )
 
 
@@ -93,28 +66,28 @@ def encode_columns(rows: Sequence[Row], presorted: bool = False) -> tuple[int, d
     """Buffer rows → (n, columns). Rows are sorted by (meter_id, ts) first, unless the caller
     says they already are."""
     if not presorted:
-        rows = sorted(rows, key=lambda r: (r[0], r[1]))
+        rows = sorted(rows, key=lambda r: (r[METER_ID], r[TS]))
     n = len(rows)
     cols: dict[str, Any] = {}
     if not n:
         return 0, cols
-    cols["meter_id"] = _squeeze([r[0] for r in rows])
-    cols["ts_delta"] = _delta([r[1] for r in rows])
-    reg = [r[_IDX["register_kwh"]] for r in rows]
+    cols["meter_id"] = _squeeze([r[METER_ID] for r in rows])
+    cols["ts_delta"] = _delta([r[TS] for r in rows])
+    reg = [r[REGISTER_KWH] for r in rows]
     if any(v is not None for v in reg):
         milli = [None if v is None else round(v * 1000) for v in reg]
         if all(m is not None and m / 1000 == v for m, v in zip(milli, reg, strict=True)):
             cols["register_kwh_mdelta"] = _delta(milli)  # type: ignore[arg-type]
         else:
             cols["register_kwh"] = reg
-    for name in _PLAIN:
-        values = [r[_IDX[name]] for r in rows]
+    for name, i in _PLAIN:
+        values = [r[i] for r in rows]
         if any(v is not None for v in values):
             cols[name] = _squeeze(values)
-    supply = ["on" if r[_IDX["supply_on"]] else "off" for r in rows]
+    supply = ["on" if r[SUPPLY] else "off" for r in rows]
     if any(s == "off" for s in supply):
         cols["supply"] = supply
-    flags = [r[_IDX["flags"]].split(",") if r[_IDX["flags"]] else [] for r in rows]
+    flags = [r[FLAGS].split(",") if r[FLAGS] else [] for r in rows]
     if any(flags):
         cols["flags"] = flags
     return n, cols
@@ -146,7 +119,7 @@ def check_columns(n: Any, columns: Any) -> None:
             raise ColumnError(f"column {name} must hold integers")
 
 
-def _full(n: int, columns: dict[str, Any]) -> dict[str, list[Any]]:
+def full_columns(n: int, columns: dict[str, Any]) -> dict[str, list[Any]]:
     """Every column as a list of n plain values (deltas undone)."""
     full = {k: (v if isinstance(v, list) else [v] * n) for k, v in columns.items()}
     full["ts"] = _undelta(full.pop("ts_delta"))
@@ -160,53 +133,6 @@ def decode_columns(n: Any, columns: Any) -> list[dict[str, Any]]:
     check_columns(n, columns)
     if n == 0:
         return []
-    full = _full(n, columns)
+    full = full_columns(n, columns)
     names = list(full)
     return [dict(zip(names, values, strict=True)) for values in zip(*full.values(), strict=True)]
-
-
-# --- validation by column -------------------------------------------------------------------
-# The fast path of central ingest: each column is validated against the very constraints of
-# the ``Reading`` field it holds (derived from the model, so the two cannot drift), in one call.
-# A batch with anything invalid takes the reading-by-reading path, which says what and why.
-
-_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {}
-
-
-def _adapter(name: str) -> TypeAdapter[list[Any]]:
-    from edge_agent.wire import Reading  # wire imports this module
-
-    if name not in _ADAPTERS:
-        info = Reading.model_fields[name]
-        item = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-        _ADAPTERS[name] = TypeAdapter(list[item])  # type: ignore[valid-type]
-    return _ADAPTERS[name]
-
-
-def validated_rows(n: int, columns: dict[str, Any]) -> list[tuple[Any, ...]] | None:
-    """Rows ``(meter_id, ts datetime, interval_s, kwh, register_kwh, voltage_v, current_a,
-    power_factor, temperature_c, humidity_pct, wind_ms, supply, flags list, score,
-    model_version)`` when every value is valid; None otherwise. ``check_columns`` first."""
-    from edge_agent.wire import WIRE_MAX_KW, Reading  # wire imports this module
-
-    if n == 0:
-        return []
-    full = _full(n, columns)
-    out: list[list[Any]] = []
-    try:
-        for name in ROW_FIELDS:
-            values = full.get(name)
-            if values is None:
-                default = Reading.model_fields[name].default
-                if default is PydanticUndefined:
-                    return None  # a required column is missing
-                out.append([default] * n if name != "flags" else [[]] * n)
-                continue
-            checked = _adapter(name).validate_python(values)
-            out.append([list(f) for f in checked] if name == "flags" else checked)
-    except ValidationError:
-        return None
-    kwh, interval = out[3], out[2]
-    if any(k > WIRE_MAX_KW * i / 3600.0 for k, i in zip(kwh, interval, strict=True)):
-        return None
-    return list(zip(*out, strict=True))

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.alerts import make_alert
-from edge_agent.buffer import AlertRecord, Buffer
+from edge_agent.buffer import AlertRecord, AlertStore, Meta, ReadingStore
+from edge_agent.fields import METER_ID, TS, Row
 from edge_agent.registry import load_meters
-from edge_agent.rows import Row
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,16 @@ class EnergyBalance:
     with the window's alert, so a restart neither skips nor repeats a window."""
 
     def __init__(
-        self, buffer: Buffer, grid: GridMap, gateway_id: str, policy: BalancePolicy | None = None
+        self,
+        readings: ReadingStore,
+        alerts: AlertStore,
+        meta: Meta,
+        grid: GridMap,
+        gateway_id: str,
+        policy: BalancePolicy | None = None,
     ) -> None:
-        self.buffer = buffer
+        self.readings = readings
+        self.alerts = alerts
         self.grid = grid
         self.gateway_id = gateway_id
         self.policy = policy or BalancePolicy()
@@ -103,11 +110,11 @@ class EnergyBalance:
         self.done: dict[str, int] = {}  # transformer meter -> end of the last judged window
         self.frontier: dict[str, int] = {}  # transformer meter -> newest reading seen
         for meter in grid.transformer_meters:
-            value = buffer.meta(_META_PREFIX + meter)
+            value = meta.get(_META_PREFIX + meter)
             if value is not None:
                 self.done[meter] = int(value)
         if self.done:
-            known = buffer.latest_ts(self.done, min(self.done.values()))
+            known = readings.latest_ts(self.done, min(self.done.values()))
             self.frontier.update({m: t for m, t in known.items() if m in self.done})
 
     def _window_end(self, ts: int) -> int:
@@ -119,8 +126,8 @@ class EnergyBalance:
         tx_meters = self._tx_of_meter
         newest: dict[str, int] = {}
         for r in rows:
-            if r[0] in tx_meters and r[1] > newest.get(r[0], -1):
-                newest[r[0]] = int(r[1])
+            if r[METER_ID] in tx_meters and r[TS] > newest.get(r[METER_ID], -1):
+                newest[r[METER_ID]] = int(r[TS])
         first: dict[str, object] = {}
         for meter, ts in newest.items():
             if ts > self.frontier.get(meter, -1):
@@ -130,7 +137,7 @@ class EnergyBalance:
                 self.done[meter] = self._window_end(ts) - self.policy.window_s
                 first[_META_PREFIX + meter] = self.done[meter]
         if first:
-            self.buffer.add_alerts([], 0.0, meta=first)
+            self.alerts.add([], 0.0, meta=first)
 
     def check(self, now: float) -> tuple[str, ...]:
         """Judge every window that became complete; returns the ids of new alerts."""
@@ -154,7 +161,7 @@ class EnergyBalance:
         for meter in tx_meters:
             wanted.append(meter)
             wanted.extend(self.grid.customers.get(self._tx_of_meter[meter], ()))
-        sums = self.buffer.window_sums(wanted, end - p.window_s, end)
+        sums = self.readings.window_sums(wanted, end - p.window_s, end)
         alerts: list[AlertRecord] = []
         counters: dict[str, int] = defaultdict(int)
         for meter in tx_meters:
@@ -163,7 +170,7 @@ class EnergyBalance:
             if record is not None:
                 alerts.append(record)
         meta: dict[str, object] = {_META_PREFIX + m: end for m in tx_meters}
-        stored = self.buffer.add_alerts(alerts, now, meta=meta, counters=dict(counters))
+        stored = self.alerts.add(alerts, now, meta=meta, counters=dict(counters))
         for m in tx_meters:
             self.done[m] = end
         return stored

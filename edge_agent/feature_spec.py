@@ -9,6 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from edge_agent.vocabulary import METER_FLAGS, NO_CREDIT_FLAG, TAMPER_FLAGS
+
+__all__ = [
+    "DEFAULT_FLAG_BITS",
+    "FEATURE_NAMES",
+    "NO_CREDIT_FLAG",
+    "TAMPER_FLAGS",
+    "flag_bits_from_names",
+    "history_window_s",
+    "slots_per_day",
+]
+
 FEATURE_NAMES: tuple[str, ...] = (
     "hour_sin",  # hour of day of the interval midpoint (UTC + utc_offset_s)
     "hour_cos",
@@ -29,11 +41,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "today_vs_best_6d",  # log of today's mean so far vs the best of the same hours, 6 days
 )
 
-#: Flags that mean somebody touched the meter.
-TAMPER_FLAGS: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "clock_reset")
-#: Flag that marks a prepaid meter switched off for lack of credit (zero use is expected then).
-NO_CREDIT_FLAG = "no_credit"
-
 _LOOKBACK_DAYS = 7
 
 
@@ -42,8 +49,9 @@ def flag_bits_from_names(names: Iterable[str]) -> dict[str, int]:
     return {name: 1 << i for i, name in enumerate(names)}
 
 
-#: A bit layout for agents that hold flags as strings (``Reading.flags``).
-DEFAULT_FLAG_BITS: dict[str, int] = flag_bits_from_names((*TAMPER_FLAGS, NO_CREDIT_FLAG))
+#: The bit layout of flag masks (``vocabulary.METER_FLAGS`` order), for agents that hold flags
+#: as strings (``Reading.flags``).
+DEFAULT_FLAG_BITS: dict[str, int] = flag_bits_from_names(METER_FLAGS)
 
 
 def slots_per_day(interval_s: int) -> int:

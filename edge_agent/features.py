@@ -52,9 +52,8 @@ RATIO_SMOOTHING = 0.1
 _QUANTUM_PER_KWH = 1_000_000
 _CLIP = 10.0
 # Dense slots processed at once by the grouped variant: bounds the temporary memory (~700 bytes
-# a slot at 2,048, tracemalloc) whatever the fleet size. The agent's peak RSS under a backlog
-# (bench.scoring) is 1 MB lower at 2,048 slots than at 4,096 (3 MB lower at 4,096 than at
-# 8,192), for ~18 % less throughput (session 6: 0.65 M rows/s against 0.79 M at 4,096).
+# a slot) whatever the fleet size. Smaller chunks lower the agent's peak RSS under a backlog and
+# cost feature throughput (2,048 against 4,096: about 1 MB less, ~18 % slower).
 _CHUNK_SLOTS = 1 << 11
 # Rows whose rough_24h median is computed at once (bounds the (rows, slots per day) matrix).
 _MEDIAN_ROWS = 2048
@@ -66,6 +65,13 @@ _MIN_DAY_BLOCKS = 3
 # Squared energies are summed as two int64 limbs (exact); energies above this (micro-kWh,
 # ~2,147 kWh per interval) are clipped for flatness_24h only, so no square overflows.
 _SQUARE_CAP = (1 << 31) - 1
+
+# Feature columns by name (FEATURE_NAMES is the one order); rough_24h and flatness_24h are
+# carried together, as one slice.
+_AT = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_CARRIED = slice(_AT["rough_24h"], _AT["flatness_24h"] + 1)
+if _CARRIED.stop - _CARRIED.start != 2:
+    raise RuntimeError("features: rough_24h and flatness_24h must be adjacent in FEATURE_NAMES")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -377,14 +383,16 @@ def _block_features(
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
     mid = (ts - interval_s / 2.0 + utc_offset_s) % 86400.0
     angle = 2.0 * math.pi * mid / 86400.0
-    out[:, 0] = np.sin(angle)
-    out[:, 1] = np.cos(angle)
-    out[:, 2] = np.where(valid & oksh, _log_ratio(x, msh, eps), 0.0)
-    out[:, 3] = np.where(valid & ok24, _log_ratio(x, m24, eps), 0.0)
-    out[:, 4] = np.where(valid & ok7, _log_ratio(x, m7, eps), 0.0)
+    out[:, _AT["hour_sin"]] = np.sin(angle)
+    out[:, _AT["hour_cos"]] = np.cos(angle)
+    out[:, _AT["kwh_vs_same_hour_7d"]] = np.where(valid & oksh, _log_ratio(x, msh, eps), 0.0)
+    out[:, _AT["kwh_vs_24h"]] = np.where(valid & ok24, _log_ratio(x, m24, eps), 0.0)
+    out[:, _AT["kwh_vs_7d"]] = np.where(valid & ok7, _log_ratio(x, m7, eps), 0.0)
     # The level change needs half a day in the last 24 h: a mean of a few hours (the first ones
     # after a top-up) against whole days is a change of hours, not of level.
-    out[:, 5] = np.where(valid & (c24 >= day // 2) & ok6, _log_ratio(m24, m6, eps), 0.0)
+    out[:, _AT["mean_24h_vs_prior_6d"]] = np.where(
+        valid & (c24 >= day // 2) & ok6, _log_ratio(m24, m6, eps), 0.0
+    )
     # (Temporaries are dropped once used: a block's peak memory is the agent's.)
     del s24, c24, s7, c7, s6, c6, ssh, csh, m24, ok24, m6, ok6, msh, oksh, m7, eps, x
 
@@ -395,7 +403,7 @@ def _block_features(
     reset_slot = np.where(nonzero[last_nonzero], g[last_nonzero] + 1, g[last_nonzero])
     lo = np.maximum(np.maximum(reset_slot, g - week + 1), block_start)
     run = cz[g + 1] - cz[lo]
-    out[:, 6] = np.where(zero, np.log1p(run * interval_h), 0.0)
+    out[:, _AT["zero_run_log_h"]] = np.where(zero, np.log1p(run * interval_h), 0.0)
     del cz, last_nonzero, reset_slot, lo, run
 
     # Volatility, over valid readings of the last 24 h (slots g - day + 1 .. g, this one included)
@@ -403,7 +411,7 @@ def _block_features(
     # the carry of rough_24h and flatness_24h below day_spread_6d).
     min_day = max(1, day // 4)
     r24 = window(cvc, day - 1, -1)
-    out[:, 7] = _rough(g, block_start, valid, vk, vc, day, min_day)
+    out[:, _AT["rough_24h"]] = _rough(g, block_start, valid, vk, vc, day, min_day)
 
     # flatness_24h = std / mean: exact integer sums of q and q^2 (q^2 as two 32-bit limbs).
     qc = np.minimum(np.where(valid, q, 0), _SQUARE_CAP)
@@ -415,7 +423,7 @@ def _block_features(
     var = np.maximum(cnt * (s2_hi * 4294967296.0 + s2_lo) - s1 * s1, 0.0) / (cnt * cnt)
     flat = np.sqrt(var) / np.maximum(s1 / cnt, floor * scale)
     enough = r24 >= min_day
-    out[:, 8] = np.where(valid & enough, flat, 0.0)
+    out[:, _AT["flatness_24h"]] = np.where(valid & enough, flat, 0.0)
     # A row not valid, or with too few valid readings in the last 24 h (after a zero-credit
     # period, an outage or missing readings; not a run of valid zeros), keeps its meter's latest
     # rough_24h and flatness_24h computed from enough readings, not 0, which would mean
@@ -424,7 +432,7 @@ def _block_features(
     # history window, as the agent reads no more.
     last_ok = np.maximum.accumulate(np.where((valid & enough) | new_meter, rows, -1))
     carry = ~(valid & enough) & valid[last_ok] & enough[last_ok] & (g - g[last_ok] <= week - day)
-    out[:, 7:9] = np.where(carry[:, None], out[last_ok, 7:9], out[:, 7:9])
+    out[:, _CARRIED] = np.where(carry[:, None], out[last_ok, _CARRIED], out[:, _CARRIED])
     del qc, sq, s1, s2_hi, s2_lo, cnt, var, flat, enough, r24, last_ok, carry
 
     # Day-level features on local calendar days (UTC + utc_offset_s): a day-level change
@@ -456,7 +464,9 @@ def _block_features(
     ssd = np.zeros(n, dtype=np.float64)
     for lg, ok in zip(logs, oks, strict=True):
         ssd += np.where(ok, np.square(lg - mu), 0.0)
-    out[:, 9] = np.where(valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0)
+    out[:, _AT["day_spread_6d"]] = np.where(
+        valid & (blocks >= _MIN_DAY_BLOCKS), np.sqrt(ssd / nb), 0.0
+    )
     # today_vs_best_6d: today so far (this slot included) against the best of the same slots
     # (same local times) on the previous six days, each with at least one valid reading.
     cur_m, cur_ok = mean(t_s, t_c, 1)
@@ -467,7 +477,7 @@ def _block_features(
         bm, ok = mean(cvk[hi] - cvk[lo], cvc[hi] - cvc[lo], 1)
         best = np.where(ok, np.maximum(best, np.log(bm + floor)), best)
     has_best = np.isfinite(best)
-    out[:, 16] = np.where(
+    out[:, _AT["today_vs_best_6d"]] = np.where(
         valid & cur_ok & has_best,
         np.log(cur_m + floor) - np.where(has_best, best, 0.0),
         0.0,
@@ -485,20 +495,22 @@ def _block_features(
     energy = (cq[rows + 1] - cq[p + 1]) / scale
     contiguous = has_prev & ((g - g[p]) == (rows - p))
     mismatch = np.where(contiguous, delta - energy, 0.0)
-    out[:, 10] = np.sign(mismatch) * np.log1p(np.abs(mismatch) / level)
-    out[:, 11] = np.log1p(np.maximum(-delta, 0.0) / level)
+    out[:, _AT["register_mismatch"]] = np.sign(mismatch) * np.log1p(np.abs(mismatch) / level)
+    out[:, _AT["register_drop"]] = np.log1p(np.maximum(-delta, 0.0) / level)
 
     ct = cumulative(dense_int(tamper.astype(np.int64)))
-    out[:, 12] = np.log1p(window(ct, day - 1, -1))
+    out[:, _AT["tamper_24h_log"]] = np.log1p(window(ct, day - 1, -1))
 
     # Absolute level, evening share and night level: what a meter that always stole cannot hide
     # from a per-class model (its own history looks normal to the ratios above).
-    out[:, 13] = np.where(ok7, np.log(level / interval_h), 0.0)
+    out[:, _AT["log_level_7d"]] = np.where(ok7, np.log(level / interval_h), 0.0)
     evening = (mid >= 17 * 3600.0) & (mid < 23 * 3600.0)
     s_all = window(cvk, week - 1, -1)
     s_eve = window(cumulative(dense_int(np.where(valid & evening, q, 0))), week - 1, -1)
     c_all = window(cvc, week - 1, -1)
-    out[:, 14] = np.where((c_all >= day) & (s_all > 0), s_eve / np.maximum(s_all, 1), 0.0)
+    out[:, _AT["evening_share_7d"]] = np.where(
+        (c_all >= day) & (s_all > 0), s_eve / np.maximum(s_all, 1), 0.0
+    )
     # night_level_7d: mean power of the valid readings in 23-05 h local of the same 7 days (a
     # nightly bypass empties the night whatever the meter's own past); 0 without a day of samples
     # or without a valid night reading.
@@ -506,7 +518,7 @@ def _block_features(
     s_night = window(cumulative(dense_int(np.where(valid & night, q, 0))), week - 1, -1)
     c_night = window(cumulative(dense_int((valid & night).astype(np.int64))), week - 1, -1)
     night_kw = np.maximum(s_night / np.maximum(c_night, 1) / scale, floor) / interval_h
-    out[:, 15] = np.where((c_all >= day) & (c_night > 0), np.log(night_kw), 0.0)
+    out[:, _AT["night_level_7d"]] = np.where((c_all >= day) & (c_night > 0), np.log(night_kw), 0.0)
 
     np.clip(out, -_CLIP, _CLIP, out=out)
     return out.astype(np.float32)

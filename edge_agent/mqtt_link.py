@@ -3,7 +3,7 @@ reconnect with exponential backoff and full jitter, subscriptions renewed on eve
 
 The network loop runs in its own thread; ``publish`` may be called from any thread. Incoming
 messages are handed to ``on_message`` on the network thread: keep that callback short (put the
-message on a queue).
+message on a queue). The same holds for a publish's ``on_delivered`` callback (the PUBACK).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.backoff import Backoff
+from edge_agent.publisher import Delivered
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class LinkConfig:
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     manual_ack: bool = False
     receive_maximum: int | None = None
+
+
+def _ignore(ok: bool) -> None:
+    pass
 
 
 class MqttLink:
@@ -76,6 +81,13 @@ class MqttLink:
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
+        self.client.on_publish = self._handle_publish
+        # PUBACK callbacks by message id. paho calls on_publish holding a lock that publish()
+        # takes too, so this lock is never held while calling paho; a PUBACK that arrives before
+        # publish() returned its mid waits in _early until publish() picks it up.
+        self._delivery_lock = threading.Lock()
+        self._on_delivered: dict[int, Delivered] = {}
+        self._early: dict[int, bool] = {}
 
     # --- public ---------------------------------------------------------------------------
 
@@ -100,11 +112,33 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Queue a message; False when not connected (the caller keeps it and tries later)."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        on_delivered: Delivered | None = None,
+    ) -> bool:
+        """Queue a message; False when not connected (the caller keeps it and tries later).
+        ``on_delivered`` is called on the network thread when the broker answers a QoS 1
+        message; paho keeps a message queued while the connection drops and sends it again,
+        so the callback may come although this returned False."""
         if not self.connected():
             return False
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        # paho calls on_publish once for every message it holds (sent, or queued while the
+        # connection is down): QoS 0 when written, QoS 1 on the PUBACK. Every such mid is
+        # registered here, or its answer taken from _early if it came first, so no answer is
+        # left behind to be mistaken for a later message's. Only a QoS 1 answer is a delivery.
+        held = info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+        callback = on_delivered if qos > 0 and on_delivered is not None else _ignore
+        with self._delivery_lock:
+            early = self._early.pop(info.mid, None)
+            if held and early is None:
+                self._on_delivered[info.mid] = callback
+        if held and early is not None:
+            callback(early)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def ack(self, mid: int, qos: int) -> None:
@@ -170,3 +204,14 @@ class MqttLink:
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._on_message:
             self._on_message(msg)
+
+    def _handle_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        ok = not bool(getattr(reason, "is_failure", False))
+        with self._delivery_lock:
+            callback = self._on_delivered.pop(mid, None)
+            if callback is None:
+                self._early[mid] = ok  # publish() has not registered it yet
+        if callback is not None:
+            callback(ok)

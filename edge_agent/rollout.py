@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import wire
-from edge_agent.buffer import Buffer
-from edge_agent.scoring import Detector, ModelBook
-from edge_agent.wire import ID_PATTERN
+from edge_agent.buffer import Counters, ModelStore
+from edge_agent.scoring import ActiveModels
+from edge_agent.vocabulary import ID_PATTERN
 
 if TYPE_CHECKING:
     from edge_agent.model import LoadedModel
@@ -52,8 +52,9 @@ MAX_MODEL_MESSAGE_BYTES = 48 * 1024 * 1024
 class ModelManager:
     def __init__(
         self,
-        buffer: Buffer,
-        detector: Detector,
+        store: ModelStore,
+        counters: Counters,
+        active: ActiveModels,
         *,
         name: str,
         public_key: str | None,
@@ -61,13 +62,15 @@ class ModelManager:
         threads: int = 1,
         classes: Iterable[str] = (),
     ) -> None:
-        self.buffer = buffer
-        self.detector = detector
+        if active.book.base != name:
+            raise ValueError(f"the active models are named {active.book.base!r}, not {name!r}")
+        self.store = store
+        self.counters = counters
+        self.active = active
         self.name = name
-        detector.book = ModelBook(name)
         names = {name}
         for c in sorted(set(classes)):
-            member = detector.book.class_model_name(c)
+            member = active.book.class_model_name(c)
             if re.fullmatch(ID_PATTERN, member):  # no MQTT wildcard or level separator
                 names.add(member)
             else:
@@ -89,14 +92,15 @@ class ModelManager:
                 version=m.version,
                 loaded_at=datetime.fromtimestamp(self._loaded_at[m.name], UTC),
             )
-            for m in sorted(self.detector.book.models.values(), key=lambda m: m.name)
+            for m in sorted(self.active.book.models.values(), key=lambda m: m.name)
         ]
 
     # --- sources of models -----------------------------------------------------------------
 
     def start(self, model_path: Path | None = None) -> None:
         """The stored models, then the model file (if any)."""
-        for message, _ in self.buffer.current_models():
+        for stored in self.store.current():
+            message = stored.message
             try:
                 name = json.loads(message).get("name")
             except (ValueError, AttributeError):
@@ -147,22 +151,22 @@ class ModelManager:
                 payload, topic = self._inbox.get_nowait()
             except queue.Empty:
                 return changed
-            before = (self.detector.book, self.error)
+            before = (self.active.book, self.error)
             name = topic.rsplit("/", 1)[-1]
             if not payload:  # the retained message was cleared: central withdrew the model
                 self.withdraw(name)
             else:
                 self.offer(payload, f"mqtt:{topic}", name_hint=name)
-            changed = changed or (self.detector.book, self.error) != before
+            changed = changed or (self.active.book, self.error) != before
 
     def withdraw(self, name: str) -> None:
         """Stop using the model ``name`` (and forget it, so a restart does not bring it back)."""
-        book = self.detector.book
+        book = self.active.book
         if name in book.models:
-            self.detector.book = book.without(name)
+            self.active.book = book.without(name)
             self._loaded_at.pop(name, None)
             log.warning("model %s withdrawn by central: no longer used", name)
-        self.buffer.forget_models(name)
+        self.store.forget(name)
         if self._error_name == name:
             self.error = None
 
@@ -179,7 +183,7 @@ class ModelManager:
             return self._refuse(
                 "unknown_schema", repr(wire.schema_of(obj))[:40], source, None, name_hint
             )
-        book = self.detector.book
+        book = self.active.book
         current = book.models.get(str(obj.get("name")))
         if (
             current is not None
@@ -212,19 +216,19 @@ class ModelManager:
                 source,
                 current.version,
             )
-            self.buffer.bump({"models_ignored_not_newer": 1})
+            self.counters.add({"models_ignored_not_newer": 1})
             return False
         if persist:
-            self.buffer.save_model(
+            self.store.save(
                 name=model.name,
                 version=model.version,
-                created_at=wire._iso_z(model.created_at) if model.created_at else "",
+                created_at=wire.iso_z(model.created_at) if model.created_at else "",
                 sha256=model.sha256,
                 message=json.dumps(obj, separators=(",", ":")),
                 public_key_sha256=hashlib.sha256(key).hexdigest(),
                 now=self.clock(),
             )
-        self.detector.book = book.with_model(model)  # the swap: the next Intake.take uses it
+        self.active.book = book.with_model(model)  # the swap: the next Intake.take uses it
         self._loaded_at[model.name] = self.clock()
         if self._error_name in (None, model.name):
             self.error = None
@@ -250,14 +254,14 @@ class ModelManager:
             what = f" (model {str(obj.get('name'))[:64]} {str(obj.get('version'))[:64]})"
         self.error = f"{reason}{what}: {detail}"[:400]
         self._error_name = str(obj.get("name")) if obj is not None else name_hint
-        kept = self.detector.book.models.get(str(obj.get("name"))) if obj else None
+        kept = self.active.book.models.get(str(obj.get("name"))) if obj else None
         log.error(
             "model from %s refused: %s; %s",
             source,
             self.error,
             f"keeping {kept.name} {kept.version}" if kept else "no model of that name in use",
         )
-        self.buffer.bump({"models_rejected": 1, f"models_rejected_{reason}": 1})
+        self.counters.add({"models_rejected": 1, f"models_rejected_{reason}": 1})
         return False
 
 

@@ -33,10 +33,10 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.alerts import Cooldown, make_alert
-from edge_agent.buffer import AcceptResult, AlertRecord, Buffer
+from edge_agent.buffer import AcceptResult, AlertRecord
 
 # Names only: numpy (~14 MB) is imported when a model is there to score with.
 from edge_agent.feature_spec import (
@@ -46,9 +46,22 @@ from edge_agent.feature_spec import (
     TAMPER_FLAGS,
     history_window_s,
 )
-from edge_agent.rows import READING_COLUMNS, Row
+from edge_agent.fields import (
+    FLAGS,
+    INTERVAL_S,
+    KWH,
+    METER_ID,
+    READING_COLUMNS,
+    REGISTER_KWH,
+    SCORE,
+    SUPPLY,
+    TS,
+    Row,
+)
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import numpy as np
     import numpy.typing as npt
 
@@ -58,6 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TAMPER = frozenset(TAMPER_FLAGS)
+_NO_CREDIT_BIT = DEFAULT_FLAG_BITS[NO_CREDIT_FLAG]
 _REGISTER_DROP = FEATURE_NAMES.index("register_drop")
 # register_drop = log1p(decrease / level): ignore decreases below 1 % of a normal interval's use
 # (rounding of a register reported in whole Wh, for instance).
@@ -65,7 +79,7 @@ _MIN_REGISTER_DROP = math.log1p(0.01)
 SCORE_DECIMALS = 6
 # History rows fetched from SQLite at a time (their Python objects live for one chunk only).
 _HISTORY_CHUNK = 1024
-# Row positions of the columns Buffer.history reads, in its order.
+# Row positions of the columns ReadingStore.history reads, in its order.
 _HISTORY_COLUMNS = tuple(
     READING_COLUMNS.index(c)
     for c in ("meter_id", "ts", "kwh", "supply_on", "flags", "register_kwh")
@@ -74,7 +88,7 @@ _HISTORY_COLUMNS = tuple(
 # arrays grow by doubling.
 _HISTORY_ROWS_RESERVED = 1 << 22
 #: Meters whose features (a week of history rows each) are computed at once: bounds the agent's
-#: peak memory (measured: 200 meters x 8 days from a spool, peak RSS 125 MB in one go -> 114 MB).
+#: peak memory, which would otherwise grow with the number of meters in one intake call.
 METERS_PER_CALL = 50
 
 
@@ -117,6 +131,22 @@ class ModelBook:
         return ModelBook(self.base, {k: v for k, v in self.models.items() if k != name})
 
 
+class History(Protocol):
+    """Where the features' history comes from (``ReadingStore.history``)."""
+
+    def history(
+        self, meter_ids: Iterable[str], ts_from: int, ts_to: int, interval_s: int
+    ) -> sqlite3.Cursor: ...
+
+
+class ActiveModels:
+    """The model book in use: the rollout (``ModelManager``) swaps it between two intake calls,
+    the detector reads it once per call."""
+
+    def __init__(self, base: str = "iforest") -> None:
+        self.book = ModelBook(base)
+
+
 def _older(a: LoadedModel, b: LoadedModel) -> bool:
     return a.created_at is not None and b.created_at is not None and a.created_at < b.created_at
 
@@ -130,9 +160,14 @@ class _Candidate:
 
 
 class Detector:
+    """Scores and raises alerts for each intake call. Built complete by
+    ``edge_agent.agent.build_detection``; its models change only through ``ActiveModels``."""
+
     def __init__(
         self,
         gateway_id: str,
+        readings: History,
+        models: ActiveModels,
         *,
         cooldown: Cooldown,
         transformer_meters: frozenset[str] = frozenset(),
@@ -141,30 +176,31 @@ class Detector:
         meters_per_call: int = METERS_PER_CALL,
     ) -> None:
         self.gateway_id = gateway_id
+        self.readings = readings
+        self.models = models
         self.cooldown = cooldown
         self.transformer_meters = transformer_meters
         self.energy = energy
         self.meter_class: Mapping[str, str] = meter_class or {}
         self.meters_per_call = max(1, meters_per_call)
-        self.book = ModelBook()  # swapped by the rollout (ModelManager), between calls
         self._flag_masks: dict[str | None, int] = {None: 0, "": 0}
 
     # --- the two hooks of Intake.take ------------------------------------------------------
 
-    def prepare(self, rows: Sequence[Row], buffer: Buffer) -> Prepared:
-        book = self.book  # one version per model for the whole call
+    def prepare(self, rows: Sequence[Row]) -> Prepared:
+        book = self.models.book  # one version per model for the whole call
         if not book:
-            flagged = [r for r in rows if r[12]]
+            flagged = [r for r in rows if r[FLAGS]]
             out = Prepared(rows)
             if flagged:
                 self._add(out, self._rule_alerts(flagged))
             return out
         try:
-            return self._score(book, rows, buffer)
+            return self._score(book, rows)
         except Exception:  # never lose readings to a scoring bug: store them unscored
             log.exception("scoring failed; %d readings stored without a score", len(rows))
             out = Prepared(rows, counters={"scoring_errors": 1})
-            flagged = [r for r in rows if r[12]]
+            flagged = [r for r in rows if r[FLAGS]]
             if flagged:
                 self._add(out, self._rule_alerts(flagged))
             return out
@@ -189,25 +225,25 @@ class Detector:
             self._flag_masks[flags] = mask
         return mask
 
-    def _score(self, book: ModelBook, rows: Sequence[Row], buffer: Buffer) -> Prepared:
+    def _score(self, book: ModelBook, rows: Sequence[Row]) -> Prepared:
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
-            groups.setdefault(int(r[2]), []).append(i)
+            groups.setdefault(int(r[INTERVAL_S]), []).append(i)
         out_rows: list[Row] = list(rows)
         candidates: list[_Candidate] = []
         scored = unscored = failed = 0
         classes = self.meter_class
         for interval_s, idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
-            feats, keep = self._features(sub, interval_s, buffer)
+            feats, keep = self._features(sub, interval_s)
             if not keep.size:
                 continue
             by_model: dict[str, list[int]] = {}
             for j, pos in enumerate(keep.tolist()):
-                model = book.for_class(classes.get(sub[pos][0]))
+                model = book.for_class(classes.get(sub[pos][METER_ID]))
                 if model is None:
                     unscored += 1
-                    if sub[pos][12]:
+                    if sub[pos][FLAGS]:
                         candidates.extend(self._rule_alerts([sub[pos]]))
                     continue
                 by_model.setdefault(model.name, []).append(j)
@@ -221,7 +257,7 @@ class Detector:
                     log.exception("model %s %s failed to score", model.name, model.version)
                     failed += len(js)
                     for j in js:
-                        if sub[int(keep[j])][12]:
+                        if sub[int(keep[j])][FLAGS]:
                             candidates.extend(self._rule_alerts([sub[int(keep[j])]]))
                     continue
                 scored += len(js)
@@ -229,12 +265,12 @@ class Detector:
                     pos = int(keep[j])
                     r = sub[pos]
                     score = round(float(scores[k]), SCORE_DECIMALS)
-                    out_rows[idx[pos]] = (*r[:13], score, model.version)
+                    out_rows[idx[pos]] = (*r[:SCORE], score, model.version)
                     x = x_m[k]
-                    valid = r[11] and not (self._mask(r[12]) & DEFAULT_FLAG_BITS[NO_CREDIT_FLAG])
-                    if flagged[k] and valid and r[0] not in self.transformer_meters:
+                    valid = r[SUPPLY] and not (self._mask(r[FLAGS]) & _NO_CREDIT_BIT)
+                    if flagged[k] and valid and r[METER_ID] not in self.transformer_meters:
                         candidates.append(self._anomaly(model, r, score, x))
-                    if r[12] and (set(r[12].split(",")) & _TAMPER):
+                    if r[FLAGS] and (set(r[FLAGS].split(",")) & _TAMPER):
                         candidates.append(self._tamper(r, x))
                     if x[_REGISTER_DROP] > _MIN_REGISTER_DROP:
                         candidates.append(self._rollback(r, x))
@@ -249,7 +285,7 @@ class Detector:
         return out
 
     def _features(
-        self, sub: Sequence[Row], interval_s: int, buffer: Buffer
+        self, sub: Sequence[Row], interval_s: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Features of the new rows ``sub`` (one interval length), with the positions in
         ``sub`` they belong to. Rows whose key is already stored, or repeated in ``sub``, are
@@ -262,7 +298,7 @@ class Detector:
         new_cols = _columns(sub, _HISTORY_COLUMNS)
         ts_new = np.array(new_cols[1], dtype=np.int64)
         code_of = {m: i for i, m in enumerate(dict.fromkeys(new_cols[0]))}
-        cursor = buffer.history(
+        cursor = self.readings.history(
             code_of,
             int(ts_new.min()) - history_window_s(interval_s),
             int(ts_new.max()),
@@ -366,42 +402,42 @@ class Detector:
         record = make_alert(
             gateway_id=self.gateway_id,
             kind="anomaly",
-            meter_id=r[0],
-            ts=r[1],
+            meter_id=r[METER_ID],
+            ts=r[TS],
             basis=f"{model.name}:{model.version}",
             score=score,
             threshold=model.threshold,
             model_version=model.version,
             features=self._named(x),
-            detail=f"{r[3]:g} kWh; model {model.name} {model.version}",
+            detail=f"{r[KWH]:g} kWh; model {model.name} {model.version}",
         )
-        return _Candidate("anomaly", r[0], r[1], record)
+        return _Candidate("anomaly", r[METER_ID], r[TS], record)
 
     def _tamper(self, r: Row, x: npt.NDArray[np.float32] | None) -> _Candidate:
         record = make_alert(
             gateway_id=self.gateway_id,
             kind="tamper",
-            meter_id=r[0],
-            ts=r[1],
+            meter_id=r[METER_ID],
+            ts=r[TS],
             features=self._named(x),
-            detail=f"meter flags: {r[12]}",
+            detail=f"meter flags: {r[FLAGS]}",
         )
-        return _Candidate("tamper", r[0], r[1], record)
+        return _Candidate("tamper", r[METER_ID], r[TS], record)
 
     def _rollback(self, r: Row, x: npt.NDArray[np.float32]) -> _Candidate:
         record = make_alert(
             gateway_id=self.gateway_id,
             kind="register_rollback",
-            meter_id=r[0],
-            ts=r[1],
+            meter_id=r[METER_ID],
+            ts=r[TS],
             features=self._named(x),
-            detail=f"register {r[4]} kWh is below the previous reading's",
+            detail=f"register {r[REGISTER_KWH]} kWh is below the previous reading's",
         )
-        return _Candidate("register_rollback", r[0], r[1], record)
+        return _Candidate("register_rollback", r[METER_ID], r[TS], record)
 
     def _rule_alerts(self, rows: Sequence[Row]) -> list[_Candidate]:
         """Alerts that need no model: tamper flags."""
-        return [self._tamper(r, None) for r in rows if set(r[12].split(",")) & _TAMPER]
+        return [self._tamper(r, None) for r in rows if set(r[FLAGS].split(",")) & _TAMPER]
 
     def _add(self, out: Prepared, candidates: list[_Candidate]) -> None:
         """Apply the cooldown in reading order; the survivors go with the readings."""

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from edge_agent.settings_base import TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
-from edge_agent.wire import ID_PATTERN
+from edge_agent.vocabulary import ID_PATTERN
 
 PLACEHOLDER_SECRETS = {"", "changeme", "password", "secret", "mosquitto", "admin"}
 

@@ -24,7 +24,7 @@ def build(
     """``models``: every model in use; ``model`` in the message is the first of them (the
     global one when it is loaded: :meth:`ModelManager.states` sorts it first), for readers that
     show one model. (``status.v1`` readers refuse unknown fields: central is upgraded first.)"""
-    stats = buffer.stats()
+    stats = buffer.maintenance.stats()
     return wire.Status(
         gateway_id=gateway_id,
         state=state,
@@ -35,10 +35,10 @@ def build(
             inflight_batches=stats.inflight_batches,
             total_readings=stats.total_readings,
             oldest_pending_ts=_utc(stats.oldest_pending_ts),
-            full=stats.pending_readings >= buffer.cap,
+            full=buffer.readings.is_full,
         ),
         last_ack_at=_utc(stats.last_ack_at),
-        counters=buffer.counters(),
+        counters=buffer.counters.all(),
         model=models[0] if models else None,
         models=models or None,
         model_error=model_error,

@@ -1,24 +1,18 @@
 """Store-and-forward: freeze buffered readings into batches, publish them QoS1, resend the same
 batch until central's ``ack.v1`` arrives.
 
-Pure logic over three seams (buffer, publisher, clock): the agent drives ``tick()`` from its main
-loop, tests drive it by hand.
+Pure logic over three seams (the batch queue, the publisher, the clock): the agent drives
+``tick()`` from its main loop, tests drive it by hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from edge_agent import failpoints, topics, wire
-from edge_agent.buffer import Buffer
-
-
-class Publisher(Protocol):
-    def connected(self) -> bool: ...
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
+from edge_agent.buffer import BatchQueue
+from edge_agent.publisher import Publisher
 
 
 @dataclass(frozen=True)
@@ -39,7 +33,7 @@ class SyncPolicy:
 class Sync:
     def __init__(
         self,
-        buffer: Buffer,
+        batches: BatchQueue,
         publisher: Publisher,
         clock: Callable[[], float],
         *,
@@ -47,7 +41,7 @@ class Sync:
         topic_root: str = topics.DEFAULT_ROOT,
         policy: SyncPolicy | None = None,
     ) -> None:
-        self.buffer = buffer
+        self.batches = batches
         self.publisher = publisher
         self.clock = clock
         self.gateway_id = gateway_id
@@ -63,20 +57,20 @@ class Sync:
             return 0
         now = self.clock()
         sent = 0
-        open_batches = self.buffer.open_batches()
+        open_batches = self.batches.open()
         for batch in open_batches:
             due = (
                 self._resend_all
                 or batch.last_sent_at is None
                 or now - batch.last_sent_at >= self.policy.timeout_after(batch.send_count)
             )
-            payload = self.buffer.payload(batch.batch_id) if due else b""
+            payload = self.batches.payload(batch.batch_id) if due else b""
             if payload and self._send(batch.batch_id, payload, now, batch.send_count > 0):
                 sent += 1
         self._resend_all = False
         in_flight = len(open_batches)
         while in_flight < self.policy.inflight_window and self._batch_due(now):
-            formed = self.buffer.form_batch(
+            formed = self.batches.form(
                 self.gateway_id,
                 self.policy.batch_max_readings,
                 now,
@@ -92,10 +86,10 @@ class Sync:
         return sent
 
     def on_ack(self, ack: wire.Ack) -> bool:
-        return self.buffer.apply_ack(ack, self.clock())
+        return self.batches.apply_ack(ack, self.clock())
 
     def _batch_due(self, now: float) -> bool:
-        count, oldest = self.buffer.unbatched(self.policy.batch_max_readings)
+        count, oldest = self.batches.unbatched(self.policy.batch_max_readings)
         if count == 0:
             return False
         if count >= self.policy.batch_max_readings or self.flush:
@@ -106,7 +100,5 @@ class Sync:
         if not self.publisher.publish(self.topic, payload, qos=1):
             return False
         failpoints.hit("sync.after_publish")
-        self.buffer.mark_sent(batch_id, now, len(payload))
-        if resend:
-            self.buffer.bump({"batches_resent": 1})
+        self.batches.mark_sent(batch_id, now, len(payload), resend=resend)
         return True

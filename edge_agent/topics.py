@@ -1,4 +1,4 @@
-"""MQTT topic names (DESIGN.md, "MQTT topics"). The root is configurable, default ``eiot/v1``."""
+"""MQTT topic names (``docs/contracts.md``). The root is configurable, default ``eiot/v1``."""
 
 from __future__ import annotations
 

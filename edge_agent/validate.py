@@ -10,8 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge_agent import wire
-from edge_agent.codec import reading_to_row
-from edge_agent.rows import Row
+from edge_agent.fields import Row
 
 Clock = Callable[[], float]
 
@@ -26,16 +25,16 @@ class Validator:
         """One decoded item (normally a dict) → a row, or a quarantine record saying why not."""
         now = self.clock()
         if not isinstance(obj, dict):
-            return self._quarantine(raw, "not_an_object", now, source)
+            return self.quarantine(raw, "not_an_object", now, source)
         try:
             reading = wire.Reading.model_validate(obj)
         except ValidationError as exc:
-            return self._quarantine(raw, "invalid: " + wire.explain(exc), now, source)
+            return self.quarantine(raw, "invalid: " + wire.explain(exc), now, source)
         if reading.ts.timestamp() > now + self.max_future_s:
-            return self._quarantine(raw, "ts_in_future", now, source)
+            return self.quarantine(raw, "ts_in_future", now, source)
         ceiling = self.max_kw * reading.interval_s / 3600.0
         if reading.kwh > ceiling:
-            return self._quarantine(raw, f"implausible_kwh: above {ceiling:g}", now, source)
+            return self.quarantine(raw, f"implausible_kwh: above {ceiling:g}", now, source)
         return reading_to_row(reading)
 
     def check_json(self, payload: bytes | str, source: str) -> list[Row | wire.QuarantineRecord]:
@@ -43,19 +42,39 @@ class Validator:
         try:
             obj = json.loads(payload)
         except (ValueError, RecursionError) as exc:  # incl. JSONDecodeError, huge integers
-            return [self._quarantine(payload, f"malformed_json: {exc}", self.clock(), source)]
+            return [self.quarantine(payload, f"malformed_json: {exc}", self.clock(), source)]
         items = obj if isinstance(obj, list) else [obj]
         if not items:
-            return [self._quarantine(payload, "empty_list", self.clock(), source)]
+            return [self.quarantine(payload, "empty_list", self.clock(), source)]
         if len(items) == 1:
             return [self.check(items[0], payload, source)]
         return [self.check(item, json.dumps(item), source) for item in items]
 
     @staticmethod
-    def _quarantine(
-        raw: str | bytes, reason: str, now: float, source: str
-    ) -> wire.QuarantineRecord:
+    def quarantine(raw: str | bytes, reason: str, now: float, source: str) -> wire.QuarantineRecord:
+        """A quarantine record for input that is not a reading, received ``now``."""
         return wire.QuarantineRecord.of(raw, reason, datetime.fromtimestamp(now, UTC), source)
+
+
+def reading_to_row(r: wire.Reading) -> Row:
+    """A validated reading → its buffer row (``edge_agent.fields`` order)."""
+    return (
+        r.meter_id,
+        int(r.ts.timestamp()),
+        r.interval_s,
+        r.kwh,
+        r.register_kwh,
+        r.voltage_v,
+        r.current_a,
+        r.power_factor,
+        r.temperature_c,
+        r.humidity_pct,
+        r.wind_ms,
+        1 if r.supply == "on" else 0,
+        ",".join(r.flags) if r.flags else None,
+        r.score,
+        r.model_version,
+    )
 
 
 def split(

@@ -1,4 +1,4 @@
-"""Wire contracts shared by the agent, central and ml (see ../shared/DESIGN.md).
+"""Wire contracts shared by the agent, central and ml (``docs/contracts.md``).
 
 Every MQTT payload is a JSON object carrying ``"schema": "<name>.v<N>"``. Payloads may be
 compressed; the encoding is told by the first byte (works on MQTT 3.1.1 brokers too):
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -29,10 +30,11 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent.columnar import ColumnError, check_columns, decode_columns
+from edge_agent.codec import row_to_wire
+from edge_agent.columnar import ColumnError, check_columns, decode_columns, encode_columns
+from edge_agent.fields import Row
+from edge_agent.vocabulary import FLAG_PATTERN, ID_PATTERN
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-FLAG_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 # A hard ceiling any single meter respects (a large distribution transformer meter): interval
 # energy above max_kw * hours is not a reading but a fault. Agents may configure tighter bounds.
 WIRE_MAX_KW = 5000.0
@@ -51,17 +53,23 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-def _iso_z(value: datetime) -> str:
+def iso_z(value: datetime) -> str:
+    """An aware datetime as the wire writes it: UTC, ``Z``, milliseconds only when not zero."""
     text = value.astimezone(UTC).isoformat(timespec="milliseconds")
     # Whole seconds are the norm for interval data: keep the wire short.
     text = text.removesuffix(".000+00:00").removesuffix("+00:00")
     return text + "Z"
 
 
+def epoch_iso_z(epoch_s: float) -> str:
+    """Epoch seconds as the wire writes a time (:func:`iso_z`)."""
+    return iso_z(datetime.fromtimestamp(epoch_s, UTC))
+
+
 UtcDatetime = Annotated[
     AwareDatetime,
     AfterValidator(_to_utc),
-    PlainSerializer(_iso_z, return_type=str, when_used="json"),
+    PlainSerializer(iso_z, return_type=str, when_used="json"),
 ]
 
 
@@ -199,6 +207,40 @@ class BatchEnvelope(WireModel):
         if self.columns is not None and self.n is not None:
             return decode_columns(self.n, self.columns)
         return self.readings
+
+
+def readings_payload(
+    schema: str,
+    *,
+    gateway_id: str,
+    batch_id: str,
+    batch_seq: int,
+    sent_at: float,
+    rows: Sequence[Row],
+    quarantined: Sequence[tuple[str, str, float, str]],
+    presorted: bool = False,
+) -> dict[str, Any]:
+    """A readings batch as its JSON object, from buffer rows and quarantine rows (``raw,
+    reason, received_at`` epoch seconds, ``source``). readings.v2 sorts the rows by
+    ``(meter_id, ts)`` unless ``presorted`` says they already are."""
+    if schema not in READINGS_SCHEMAS:
+        raise ValueError(f"unknown readings schema {schema!r}")
+    payload: dict[str, Any] = {
+        "schema": schema,
+        "gateway_id": gateway_id,
+        "batch_id": batch_id,
+        "batch_seq": batch_seq,
+        "sent_at": epoch_iso_z(sent_at),
+    }
+    if schema == "readings.v2":
+        payload["n"], payload["columns"] = encode_columns(rows, presorted=presorted)
+    else:
+        payload["readings"] = [row_to_wire(r) for r in rows]
+    payload["quarantined"] = [
+        {"raw": raw, "reason": reason, "received_at": epoch_iso_z(at), "source": source}
+        for raw, reason, at, source in quarantined
+    ]
+    return payload
 
 
 class Ack(WireModel):

@@ -17,8 +17,7 @@ from __future__ import annotations
 import great_expectations.expectations as gxe
 
 from central.warehouse.quality import QualityParams, SuiteSpec
-
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+from edge_agent.vocabulary import ID_PATTERN, SUPPLY_STATES
 
 
 def raw_suites(p: QualityParams) -> list[SuiteSpec]:
@@ -39,7 +38,7 @@ def raw_suites(p: QualityParams) -> list[SuiteSpec]:
             gxe.ExpectColumnValuesToBeBetween(column="voltage_v", min_value=0, max_value=300),
             gxe.ExpectColumnValuesToBeBetween(column="power_factor", min_value=-1, max_value=1),
             gxe.ExpectColumnValuesToBeBetween(column="humidity_pct", min_value=0, max_value=100),
-            gxe.ExpectColumnValuesToBeInSet(column="supply", value_set=["on", "off"]),
+            gxe.ExpectColumnValuesToBeInSet(column="supply", value_set=list(SUPPLY_STATES)),
             gxe.UnexpectedRowsExpectation(
                 description="No reading ends more than 5 minutes after it was received.",
                 unexpected_rows_query=(

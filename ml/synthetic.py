@@ -12,13 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-FLAG_NAMES: tuple[str, ...] = (
-    "cover_open",
-    "magnetic",
-    "reverse_flow",
-    "clock_reset",
-    "no_credit",
-)
+from edge_agent.vocabulary import METER_FLAGS
+
+FLAG_NAMES: tuple[str, ...] = METER_FLAGS
 FLAG_BITS: dict[str, int] = {name: 1 << i for i, name in enumerate(FLAG_NAMES)}
 ATTACKS: tuple[str, ...] = ("bypass", "reduce", "register_rollback", "magnetic")
 START_TS = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -82,14 +78,14 @@ def make_readings(
     n_slots = days * per_day
     interval_h = interval_s / 3600.0
     slot_ts = start_ts + interval_s * np.arange(1, n_slots + 1, dtype=np.int64)
-    hours = ((slot_ts - interval_s / 2) % 86400) / 3600.0
+    hours = (((slot_ts - interval_s / 2) % 86400) / 3600.0).astype(np.float64)
     shape = _daily_shape(hours)
 
     parts: list[tuple[np.ndarray, ...]] = []
     for m in range(n_meters):
         base_kw = rng.lognormal(np.log(0.25), 0.6)
         phase = rng.normal(0.0, 1.0)  # people live at slightly different hours
-        shifted = _daily_shape((hours + phase) % 24.0) if abs(phase) > 0.05 else shape
+        shifted = _daily_shape(np.mod(hours + phase, 24.0)) if abs(phase) > 0.05 else shape
         true_kwh = base_kw * shifted * interval_h * rng.lognormal(0.0, 0.3, n_slots)
         on = np.ones(n_slots, dtype=np.bool_)
         flags = np.zeros(n_slots, dtype=np.uint16)

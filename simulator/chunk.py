@@ -109,7 +109,7 @@ class Chunk:
         return [name for b, name in enumerate(FLAG_NAMES) if bits >> b & 1]
 
     def to_readings(self, truth: bool = False) -> list[dict[str, Any]]:
-        """Wire-shaped dicts (DESIGN.md "Reading"): ISO 'Z' timestamps, supply "on"/"off",
+        """Wire-shaped readings (``docs/contracts.md``): ISO 'Z' timestamps, supply "on"/"off",
         flag names; NaN fields left out. ``truth`` adds true_kwh and label."""
         out = []
         iso = {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Bit i of ``Chunk.flags`` <-> FLAG_NAMES[i]. Names follow the wire's flag pattern.
-FLAG_NAMES: tuple[str, ...] = ("cover_open", "magnetic", "reverse_flow", "clock_reset", "no_credit")
+from edge_agent.vocabulary import METER_FLAGS
+
+# Bit i of ``Chunk.flags`` <-> FLAG_NAMES[i]: the project's flag vocabulary, in its bit order.
+FLAG_NAMES: tuple[str, ...] = METER_FLAGS
 FLAG_BIT: dict[str, int] = {name: 1 << i for i, name in enumerate(FLAG_NAMES)}
 
 # Electricity theft (non-technical loss on purpose).

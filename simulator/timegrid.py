@@ -1,7 +1,8 @@
 """The time axis: UTC day blocks of ``intervals_per_day`` intervals, seen in each region's clock.
 
-``ts`` is the END of an interval (DESIGN.md). Hour-of-day, weekday and season of an interval are
-taken at its START in the region's local time, so the 17:00-17:30 interval is in hour 17.
+``ts`` is the END of an interval (``docs/contracts.md``). Hour-of-day, weekday and season of an
+interval are taken at its START in the region's local time, so the 17:00-17:30 interval is in
+hour 17.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from edge_agent.features import DEFAULT_FLAG_BITS, compute_features_grouped, fla
 from edge_agent.model import load_model
 from edge_agent.settings import AgentSettings
 from ml.publish import build_model_message
-from tests.conftest import BROKER_PORT
 from tests.support.detection import Subscriber, models, normal_history, write_spool
+from tests.support.processes import BROKER_PORT
 
 pytestmark = pytest.mark.services
 

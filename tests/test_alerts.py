@@ -17,34 +17,16 @@ from central.ingest import IngestWorker
 from central.settings import CentralSettings
 from edge_agent import scoring, wire
 from edge_agent.alerts import Cooldown, alert_id
-from edge_agent.buffer import Buffer
-from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
+from edge_agent.buffer import Buffer, ReadingStore
+from edge_agent.energy import GridMap
 from edge_agent.migrations import LATEST, apply, version
 from edge_agent.rollout import ModelManager
-from edge_agent.scoring import Detector
+from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
 from ml.publish import build_model_message
-from tests.conftest import BROKER_PORT
-from tests.support.detection import T0, models, reading, row_of
-
-
-def make_intake(path: Path, model: dict[str, Any] | None = None, cooldown_s: int = 86400) -> Intake:
-    buffer = Buffer(path)
-    detector = Detector("gw1", cooldown=Cooldown(cooldown_s, buffer.last_alerts()))
-    if model is not None:
-        manager = ModelManager(
-            buffer, detector, name="iforest", public_key=models().public_key, clock=time.time
-        )
-        assert manager.offer(json.dumps(model).encode(), "test"), manager.error
-    return Intake(buffer, Validator(time.time), detector)
-
-
-def alerts(buffer: Buffer) -> list[dict[str, Any]]:
-    return [
-        json.loads(p)
-        for (p,) in buffer.conn.execute("select payload from alerts order by ts, meter_id, kind")
-    ]
+from tests.support.detection import T0, Gateway, gateway, models, reading, row_of
+from tests.support.processes import BROKER_PORT
 
 
 def day(meters: dict[str, Any], d: int) -> list[Any]:
@@ -57,7 +39,7 @@ def day(meters: dict[str, Any], d: int) -> list[Any]:
 
 
 def test_no_alert_for_outage_or_empty_prepaid_meter_but_for_a_bypass(tmp_path: Path) -> None:
-    intake = make_intake(tmp_path / "b.db", models().v1)
+    intake = gateway(tmp_path / "b.db", model=models().v1)
     normal = {m: None for m in ("bypass", "outage", "no_credit", "control")}
     for d in range(9):
         intake.take(day(normal, d))
@@ -70,11 +52,11 @@ def test_no_alert_for_outage_or_empty_prepaid_meter_but_for_a_bypass(tmp_path: P
     intake.take(day(last, 9))
     for d in (10, 11):  # supply and credit come back
         intake.take(day(normal, d))
-    got = alerts(intake.buffer)
+    got = intake.alerts()
     assert {a["meter_id"] for a in got} == {"bypass"}, got
     assert got[0]["kind"] == "anomaly" and got[0]["model_version"] == "v1"
     assert got[0]["score"] > got[0]["threshold"]
-    scored = intake.buffer.conn.execute(
+    scored = intake.buffer.db.conn.execute(
         "select count(*), count(score), count(distinct model_version) from readings"
     ).fetchone()
     assert scored == (12 * 48 * 4, 12 * 48 * 4, 1)
@@ -85,14 +67,14 @@ def test_alert_ids_are_deterministic(tmp_path: Path) -> None:
     nothing new."""
     ids = []
     for name in ("a", "b"):
-        intake = make_intake(tmp_path / f"{name}.db", models().v1)
+        intake = gateway(tmp_path / f"{name}.db", model=models().v1)
         for d in range(9):
             intake.take(day({"m1": None, "m2": None}, d))
         tamper = {"m1": lambda k: {"flags": ["cover_open"]} if k % 48 == 20 else {}}
         intake.take(day({"m2": {"kwh": 0.0}, **tamper}, 9))
         again = intake.take(day({"m2": {"kwh": 0.0}, **tamper}, 9))  # the source resends
         assert again.accepted == 0 and again.alert_ids == ()
-        ids.append([(a["alert_id"], a["kind"], a["meter_id"]) for a in alerts(intake.buffer)])
+        ids.append([(a["alert_id"], a["kind"], a["meter_id"]) for a in intake.alerts()])
     assert ids[0] == ids[1]
     kinds = {(k, m) for _, k, m in ids[0]}
     assert kinds == {("tamper", "m1"), ("anomaly", "m2")}
@@ -103,19 +85,19 @@ def test_alert_ids_are_deterministic(tmp_path: Path) -> None:
 
 def test_tamper_alerts_without_model_and_cooldown_across_restart(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
-    intake = make_intake(path, None, cooldown_s=86400)
+    intake = gateway(path)
     # The cover stays open from interval 10 on: every reading carries the flag.
     cover = {"m1": lambda k: {"flags": ["cover_open"]} if k >= 10 else {}, "m2": None}
     res = intake.take(day(cover, 0))
     assert len(res.alert_ids) == 1
-    assert intake.buffer.counters()["alerts_suppressed_cooldown"] == 37
-    intake.buffer.close()
+    assert intake.buffer.counters.all()["alerts_suppressed_cooldown"] == 37
+    intake.close()
 
-    intake = make_intake(path, None, cooldown_s=86400)  # restart: the cooldowns come back
+    intake = gateway(path)  # restart: the cooldowns come back
     intake.take(day(cover, 1)[: 2 * 10])  # intervals 48..57: less than 24 h after interval 10
-    assert intake.buffer.unacked_alerts() == 1
+    assert intake.buffer.alerts.undelivered() == 1
     intake.take(day(cover, 1)[2 * 10 :])
-    got = [wire.Alert.model_validate(a) for a in alerts(intake.buffer)]
+    got = [wire.Alert.model_validate(a) for a in intake.alerts()]
     assert [(a.kind, a.meter_id) for a in got] == [("tamper", "m1")] * 2
     assert got[1].detail == "meter flags: cover_open"
     assert (got[1].ts - got[0].ts).total_seconds() == 86400
@@ -123,10 +105,10 @@ def test_tamper_alerts_without_model_and_cooldown_across_restart(tmp_path: Path)
 
 
 def test_conflicting_reading_raises_no_alert(tmp_path: Path) -> None:
-    intake = make_intake(tmp_path / "b.db")
+    intake = gateway(tmp_path / "b.db")
     intake.take([row_of(reading("m1", 0))])
     res = intake.take([row_of(reading("m1", 0, kwh=5.0, flags=["magnetic"]))])
-    assert res.conflicts == 1 and res.alert_ids == () and intake.buffer.unacked_alerts() == 0
+    assert res.conflicts == 1 and res.alert_ids == () and intake.buffer.alerts.undelivered() == 0
 
 
 # --- energy balance -----------------------------------------------------------------------
@@ -162,37 +144,34 @@ def test_energy_balance_names_the_transformer(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     grid = GridMap.from_meters(GRID)
     assert grid.transformer_meters == {"TX-1", "TX-2"}
-    intake = make_intake(path)
-    assert intake.detector is not None
-    intake.detector.energy = EnergyBalance(intake.buffer, grid, "gw1", BalancePolicy())
+    intake = gateway(path, meters=GRID)
+    assert intake.energy is not None and intake.energy.grid == grid
     intake.take(balance_day(0))
     intake.take(balance_day(1, hookup_kwh=0.1))  # ~16 % of DT-1's energy unaccounted
     intake.take(balance_day(2, drop="c2-0"))  # a customer meter silent: not judged
     intake.take(balance_day(3))  # makes day 2 complete (grace)
-    got = alerts(intake.buffer)
+    got = intake.alerts()
     assert [(a["kind"], a["meter_id"]) for a in got] == [("energy_balance", "TX-1")], got
     alert = got[0]
     assert "DT-1" in alert["detail"]
-    assert alert["ts"] == wire._iso_z(wire.Alert.model_validate(alert).ts)
+    assert alert["ts"] == wire.iso_z(wire.Alert.model_validate(alert).ts)
     assert wire.Alert.model_validate(alert).ts.timestamp() == T0 + 2 * 86400  # window's end
     f = alert["features"]
     assert f["supplied_kwh"] == pytest.approx(48 * 0.73)
     assert f["billed_kwh"] == pytest.approx(48 * 0.6)
     assert alert["alert_id"] == alert_id("energy_balance", "TX-1", T0 + 2 * 86400, "window=86400")
-    counters = intake.buffer.counters()
+    counters = intake.buffer.counters.all()
     assert counters["energy_balance_windows"] == 5  # days 0, 1 of both; day 2 of DT-1
     assert counters["energy_balance_incomplete"] == 1  # day 2 of DT-2
-    intake.buffer.close()
+    intake.close()
 
     # A restart judges nothing twice; the next day is judged once it is complete.
-    intake = make_intake(path)
-    assert intake.detector is not None
-    intake.detector.energy = EnergyBalance(intake.buffer, grid, "gw1", BalancePolicy())
-    assert intake.detector.energy.check(time.time()) == ()
+    intake = gateway(path, meters=GRID)
+    assert intake.energy is not None and intake.energy.check(time.time()) == ()
     intake.take(balance_day(4, hookup_kwh=0.1))
-    assert len(alerts(intake.buffer)) == 1  # day 3 judged (balanced), day 4 not complete yet
+    assert len(intake.alerts()) == 1  # day 3 judged (balanced), day 4 not complete yet
     intake.take(balance_day(5))
-    assert [a["meter_id"] for a in alerts(intake.buffer)] == ["TX-1", "TX-1"]
+    assert [a["meter_id"] for a in intake.alerts()] == ["TX-1", "TX-1"]
 
 
 def test_grid_map_from_simulator_registry(tmp_path: Path) -> None:
@@ -234,9 +213,9 @@ def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
     )
     conn.close()
     buffer = Buffer(path)
-    assert version(buffer.conn) == LATEST == 5
-    assert buffer.keys() == {("m", 1)}
-    assert buffer.unacked_alerts() == 0 and buffer.current_models() == []
+    assert version(buffer.db.conn) == LATEST == 5
+    assert buffer.readings.keys() == {("m", 1)}
+    assert buffer.alerts.undelivered() == 0 and buffer.models.current() == []
 
 
 # --- central ------------------------------------------------------------------------------
@@ -278,38 +257,32 @@ def test_central_stores_each_alert_once_and_quarantines_bad_ones(pg_dsn: str) ->
     assert worker.counters["alerts_stored"] == 1 and worker.counters["alerts_duplicate"] == 2
 
 
-def class_intake(
+def class_gateway(
     path: Path,
     meter_class: dict[str, str],
     *,
     classes: list[str] | None = None,
     cooldown_s: int = 86400,
     model_file: Path | None = None,
-) -> tuple[Intake, ModelManager]:
-    """An intake whose detector knows the meters' classes, its models loaded from the buffer
-    (and ``model_file``)."""
-    buffer = Buffer(path)
-    detector = Detector(
-        "gw1", cooldown=Cooldown(cooldown_s, buffer.last_alerts()), meter_class=meter_class
-    )
-    manager = ModelManager(
-        buffer,
-        detector,
-        name="iforest",
-        public_key=models().public_key,
-        clock=time.time,
-        classes=sorted(set(meter_class.values())) if classes is None else classes,
-    )
-    manager.start(model_file)
-    return Intake(buffer, Validator(time.time), detector), manager
+) -> tuple[Gateway, ModelManager]:
+    """A gateway whose registry gives the meters' classes (and, with ``classes``, meters of those
+    classes too), its models loaded from the buffer (and ``model_file``)."""
+    registry = [{"meter_id": m, "customer_class": c} for m, c in meter_class.items()]
+    served = set(meter_class.values())
+    registry += [
+        {"meter_id": f"other-{i}", "customer_class": c}
+        for i, c in enumerate(sorted(set(classes or ()) - served))
+    ]
+    gw = gateway(path, cooldown_s=cooldown_s, meters=registry, model_file=model_file)
+    return gw, gw.models
 
 
 def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path: Path) -> None:
     m = models()
     path = tmp_path / "b.db"
 
-    def intake_with(offers: list[dict[str, Any]]) -> tuple[Intake, ModelManager]:
-        intake, manager = class_intake(
+    def intake_with(offers: list[dict[str, Any]]) -> tuple[Gateway, ModelManager]:
+        intake, manager = class_gateway(
             path,
             {"u1": "urban", "x1": "industrial"},
             classes=["urban", "industrial", "bad/class"],
@@ -341,7 +314,7 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
 
     def versions() -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for meter, model_version in intake.buffer.conn.execute(
+        for meter, model_version in intake.buffer.db.conn.execute(
             "select meter_id, model_version from readings"
         ):
             out.setdefault(meter, set()).add(model_version)
@@ -350,14 +323,14 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
     # u1 (urban) by the urban model; x1 (no industrial model) and m1 (no class) by the global.
     assert versions() == {"u1": {"c1"}, "x1": {"v1"}, "m1": {"v1"}}
     # The scores are the class model's: the same features give other scores under v1.
-    u1 = intake.buffer.conn.execute(
+    u1 = intake.buffer.db.conn.execute(
         "select score from readings where meter_id = 'u1' order by ts"
     ).fetchall()
-    m1 = intake.buffer.conn.execute(
+    m1 = intake.buffer.db.conn.execute(
         "select score from readings where meter_id = 'm1' order by ts"
     ).fetchall()
     assert u1 != m1  # same consumption, different forests
-    intake.buffer.close()
+    intake.close()
 
     # Restart: both stored models come back, each under its name.
     intake, manager = intake_with([])
@@ -367,15 +340,19 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
     ]
     intake.take(day(meters, 9))
     assert versions() == {"u1": {"c1"}, "x1": {"v1"}, "m1": {"v1"}}
-    intake.buffer.close()
+    intake.close()
 
 
-class CountingBuffer(Buffer):
-    history_queries = 0
+class CountingHistory:
+    """The readings' history, counting the queries."""
+
+    def __init__(self, readings: ReadingStore) -> None:
+        self.readings = readings
+        self.queries = 0
 
     def history(self, *args: Any, **kwargs: Any) -> Any:
-        self.history_queries += 1
-        return super().history(*args, **kwargs)
+        self.queries += 1
+        return self.readings.history(*args, **kwargs)
 
 
 def test_scores_do_not_depend_on_how_many_meters_one_call_takes(
@@ -387,22 +364,31 @@ def test_scores_do_not_depend_on_how_many_meters_one_call_takes(
         if n:  # history arrays reserved too small, read in small chunks: they grow as it is read
             monkeypatch.setattr(scoring, "_HISTORY_ROWS_RESERVED", 16)
             monkeypatch.setattr(scoring, "_HISTORY_CHUNK", 100)
-        buffer = CountingBuffer(tmp_path / f"b{n}.db")
-        detector = Detector("gw1", cooldown=Cooldown(0, {}), meters_per_call=per_call)
+        buffer = Buffer(tmp_path / f"b{n}.db")
+        history = CountingHistory(buffer.readings)
+        active = ActiveModels("iforest")
+        detector = Detector(
+            "gw1", history, active, cooldown=Cooldown(0, {}), meters_per_call=per_call
+        )
         manager = ModelManager(
-            buffer, detector, name="iforest", public_key=m.public_key, clock=time.time
+            buffer.models,
+            buffer.counters,
+            active,
+            name="iforest",
+            public_key=m.public_key,
+            clock=time.time,
         )
         assert manager.offer(json.dumps(m.v1).encode(), "test"), manager.error
-        intake = Intake(buffer, Validator(time.time), detector)
+        intake = Intake(buffer.readings, buffer.meta, Validator(time.time), detector)
         meters: dict[str, Any] = {f"m{i}": None for i in range(7)}
         meters["m3"] = lambda k: {"kwh": 0.0} if k > 8 * 48 else {}
         for d in range(10):
             intake.take(day(meters, d))
         # One history query per call, however the meters are split for the features (a query
         # per group of meters would scan the whole week of the gateway once per group).
-        assert buffer.history_queries == 10
+        assert history.queries == 10
         stored.append(
-            buffer.conn.execute(
+            buffer.db.conn.execute(
                 "select meter_id, ts, score, model_version from readings order by meter_id, ts"
             ).fetchall()
         )
@@ -418,8 +404,8 @@ def test_class_models_withdrawn_superseded_or_broken(tmp_path: Path) -> None:
     commercial = dict(m.urban, name="iforest.commercial")  # not served here: skipped, no error
     model_file.write_text(json.dumps([commercial, m.v1, m.urban]))
 
-    def build(from_file: bool = True) -> tuple[Intake, ModelManager]:
-        return class_intake(
+    def build(from_file: bool = True) -> tuple[Gateway, ModelManager]:
+        return class_gateway(
             path,
             {"u1": "urban", "u2": "urban"},
             cooldown_s=0,
@@ -433,7 +419,7 @@ def test_class_models_withdrawn_superseded_or_broken(tmp_path: Path) -> None:
 
     def versions_of(d: int) -> dict[str, str]:
         intake.take(day(meters, d))
-        rows = intake.buffer.conn.execute(
+        rows = intake.buffer.db.conn.execute(
             "select meter_id, model_version from readings where ts > ?",
             (T0 + d * 86400,),
         ).fetchall()
@@ -454,19 +440,18 @@ def test_class_models_withdrawn_superseded_or_broken(tmp_path: Path) -> None:
         def score(self, x: Any) -> Any:
             raise RuntimeError("corrupt session")
 
-    detector = intake.detector
-    assert detector is not None
-    good = detector.book
-    detector.book = good.with_model(Broken())  # type: ignore[arg-type]
+    active = intake.detector.models
+    good = active.book
+    active.book = good.with_model(Broken())  # type: ignore[arg-type]
     assert versions_of(10) == {"u1": None, "m1": "v2"}
-    assert intake.buffer.counters()["readings_unscored_model_error"] == 48
-    detector.book = good
+    assert intake.buffer.counters.all()["readings_unscored_model_error"] == 48
+    active.book = good
 
     # Central clears the retained urban topic: the model is dropped, and stays dropped.
     manager.on_message(b"", "eiot/v1/models/iforest.urban")
     assert manager.drain()
     assert [s.name for s in manager.states()] == ["iforest"] and manager.error is None
-    intake.buffer.close()
+    intake.close()
     intake, manager = build(from_file=False)  # a restart does not bring it back
     assert [(s.name, s.version) for s in manager.states()] == [("iforest", "v2")]
-    intake.buffer.close()
+    intake.close()

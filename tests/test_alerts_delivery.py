@@ -14,8 +14,8 @@ import pytest
 
 from edge_agent import topics
 from edge_agent.alerts import alert_id
-from tests.conftest import Mosquitto, Proc
 from tests.support.detection import T0, Subscriber, reading, write_spool
+from tests.support.processes import Mosquitto, Proc
 from tests.support.rig import Rig
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

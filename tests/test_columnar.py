@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent import wire
-from edge_agent.codec import reading_to_row, row_to_wire
+from edge_agent.codec import row_to_wire
 from edge_agent.columnar import ColumnError, decode_columns, encode_columns
+from edge_agent.validate import reading_to_row
 
 T0 = 1_772_323_200
 
@@ -176,8 +177,8 @@ def test_column_fast_path_agrees_with_reading_validation(
     """The fast path accepts a batch exactly when every reading validates, with equal rows."""
     from pydantic import ValidationError
 
-    from central.store import _row
-    from edge_agent.columnar import check_columns, validated_rows
+    from central.rows import reading_row, validated_rows
+    from edge_agent.columnar import check_columns
 
     n, cols = encode_columns([as_row(t) for t in sample])
     cols = json.loads(json.dumps(cols))
@@ -192,7 +193,7 @@ def test_column_fast_path_agrees_with_reading_validation(
         return
     fast = validated_rows(n, cols)
     try:
-        slow = [_row(wire.Reading.model_validate(d)) for d in decode_columns(n, cols)]
+        slow = [reading_row(wire.Reading.model_validate(d)) for d in decode_columns(n, cols)]
     except ValidationError:
         slow = None
     assert fast == slow

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from edge_agent import topics
-from tests.conftest import BROKER_PORT, Proc
 from tests.support.detection import T0, Subscriber, models, reading, write_spool
+from tests.support.processes import BROKER_PORT, Proc
 from tests.support.rig import Rig
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

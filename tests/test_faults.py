@@ -15,7 +15,7 @@ import pytest
 from central.local_services import PrivatePostgres
 from edge_agent.sources.spool import SLICE_RECORDS
 from tests.support.postgres import migrated_database, private_postgres
-from tests.conftest import BROKER_PORT, Mosquitto, Proc
+from tests.support.processes import BROKER_PORT, Mosquitto, Proc
 from tests.support.proxy import TcpProxy
 from tests.support.rig import Rig
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from central.ingest import IngestWorker
 from central.settings import CentralSettings
 from edge_agent import topics, wire
-from tests.conftest import BROKER_HOST, BROKER_PORT
+from tests.support.processes import BROKER_HOST, BROKER_PORT
 
 VALID = {
     "schema": "readings.v1",

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent import topics
-from tests.conftest import BROKER_PORT, REPO
 from tests.support.detection import Subscriber, models, normal_history, reading, write_spool
+from tests.support.processes import BROKER_PORT, REPO
 
 pytestmark = pytest.mark.services
 

@@ -30,7 +30,7 @@ def env(
 
 def rd(meter: str, k: int, kwh: float = 0.5, **kw: Any) -> dict[str, Any]:
     ts = datetime.fromtimestamp(1_772_323_200 + 1800 * (k + 1), UTC)
-    return {"meter_id": meter, "ts": wire._iso_z(ts), "kwh": kwh, **kw}
+    return {"meter_id": meter, "ts": wire.iso_z(ts), "kwh": kwh, **kw}
 
 
 def count(pg: psycopg.Connection, sql: str) -> int:

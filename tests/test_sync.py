@@ -5,28 +5,29 @@ from pathlib import Path
 from edge_agent import wire
 from edge_agent.backoff import Backoff
 from edge_agent.buffer import Buffer
+from edge_agent.publisher import MemoryPublisher
 from edge_agent.sync import Sync, SyncPolicy
-from tests.helpers import Clock, MemoryPublisher, row
+from tests.support.builders import Clock, row
 
 
 def make(tmp_path: Path, **policy: float) -> tuple[Buffer, MemoryPublisher, Clock, Sync]:
     buf = Buffer(tmp_path / "b.db")
     pub = MemoryPublisher()
     clock = Clock()
-    sync = Sync(buf, pub, clock, gateway_id="gw", policy=SyncPolicy(**policy))  # type: ignore[arg-type]
+    sync = Sync(buf.batches, pub, clock, gateway_id="gw", policy=SyncPolicy(**policy))  # type: ignore[arg-type]
     return buf, pub, clock, sync
 
 
 def batch_ids(pub: MemoryPublisher) -> list[str]:
-    return [wire.decode(p)["batch_id"] for _, p, _, _ in pub.sent]
+    return [wire.decode(m.payload)["batch_id"] for m in pub.sent]
 
 
 def test_batches_bounded_by_size_and_window(tmp_path: Path) -> None:
     buf, pub, clock, sync = make(tmp_path, batch_max_readings=10, inflight_window=3)
-    buf.accept([row("m", k) for k in range(55)], now=clock())
+    buf.readings.accept([row("m", k) for k in range(55)], now=clock())
     assert sync.tick() == 3  # window full
     assert len(pub.sent) == 3
-    assert all(wire.decode(p)["n"] == 10 for _, p, _, _ in pub.sent)
+    assert all(wire.decode(m.payload)["n"] == 10 for m in pub.sent)
     assert sync.tick() == 0
     sync.on_ack(wire.Ack(batch_id=batch_ids(pub)[0], status="stored"))
     assert sync.tick() == 1
@@ -35,7 +36,7 @@ def test_batches_bounded_by_size_and_window(tmp_path: Path) -> None:
 def test_small_batch_waits_for_age(tmp_path: Path) -> None:
     buf, pub, clock, sync = make(tmp_path, batch_max_readings=100, batch_max_age_s=5)
     clock.advance(0)
-    buf.accept([row("m", 0)], now=clock())
+    buf.readings.accept([row("m", 0)], now=clock())
     assert sync.tick() == 0
     clock.advance(5)
     assert sync.tick() == 1
@@ -45,46 +46,46 @@ def test_resend_same_bytes_after_timeout_with_growing_wait(tmp_path: Path) -> No
     buf, pub, clock, sync = make(
         tmp_path, batch_max_readings=5, ack_timeout_s=10, inflight_window=1
     )
-    buf.accept([row("m", k) for k in range(5)], now=clock())
+    buf.readings.accept([row("m", k) for k in range(5)], now=clock())
     sync.tick()
-    first = pub.sent[-1][1]
+    first = pub.sent[-1].payload
     clock.advance(9)
     assert sync.tick() == 0
     clock.advance(1)
-    assert sync.tick() == 1 and pub.sent[-1][1] == first  # same batch id, same content
+    assert sync.tick() == 1 and pub.sent[-1].payload == first  # same batch id, same content
     clock.advance(10)
     assert sync.tick() == 0  # second wait is 20 s
     clock.advance(10)
-    assert sync.tick() == 1 and pub.sent[-1][1] == first
-    assert buf.counters()["batches_resent"] == 2
+    assert sync.tick() == 1 and pub.sent[-1].payload == first
+    assert buf.counters.all()["batches_resent"] == 2
 
 
 def test_disconnected_publisher_keeps_everything(tmp_path: Path) -> None:
     buf, pub, clock, sync = make(tmp_path, batch_max_readings=5)
     pub.up = False
-    buf.accept([row("m", k) for k in range(5)], now=clock())
-    assert sync.tick() == 0 and buf.open_batches() == []
+    buf.readings.accept([row("m", k) for k in range(5)], now=clock())
+    assert sync.tick() == 0 and buf.batches.open() == []
     pub.up = True
     assert sync.tick() == 1
 
 
 def test_restart_resends_open_batches_at_once(tmp_path: Path) -> None:
     buf, pub, clock, sync = make(tmp_path, batch_max_readings=5, ack_timeout_s=100)
-    buf.accept([row("m", k) for k in range(5)], now=clock())
+    buf.readings.accept([row("m", k) for k in range(5)], now=clock())
     sync.tick()
-    first = pub.sent[-1][1]
-    again = Sync(buf, pub, clock, gateway_id="gw", policy=sync.policy)
-    assert again.tick() == 1 and pub.sent[-1][1] == first
+    first = pub.sent[-1].payload
+    again = Sync(buf.batches, pub, clock, gateway_id="gw", policy=sync.policy)
+    assert again.tick() == 1 and pub.sent[-1].payload == first
 
 
 def test_rejected_ack_is_counted_not_resent(tmp_path: Path) -> None:
     buf, pub, clock, sync = make(tmp_path, batch_max_readings=5, ack_timeout_s=1)
-    buf.accept([row("m", k) for k in range(5)], now=clock())
+    buf.readings.accept([row("m", k) for k in range(5)], now=clock())
     sync.tick()
     sync.on_ack(wire.Ack(batch_id=batch_ids(pub)[0], status="rejected", reason="x"))
     clock.advance(10)
     assert sync.tick() == 0
-    assert buf.counters()["batches_rejected"] == 1
+    assert buf.counters.all()["batches_rejected"] == 1
 
 
 def test_backoff_full_jitter_bounds() -> None:

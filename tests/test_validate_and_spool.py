@@ -8,7 +8,7 @@ from edge_agent.sources import Intake
 from edge_agent.sources.spool import SpoolSource
 from edge_agent.validate import Validator, split
 from edge_agent.wire import QuarantineRecord
-from tests.helpers import Clock
+from tests.support.builders import Clock
 
 NOW = 1_790_000_000.0  # 2026-09-21
 
@@ -33,7 +33,11 @@ def test_validator_reasons() -> None:
 
 def _spool(tmp_path: Path) -> tuple[Buffer, SpoolSource]:
     buf = Buffer(tmp_path / "b.db")
-    return buf, SpoolSource(tmp_path / "spool", Intake(buf, Validator(Clock(NOW))))
+    return buf, SpoolSource(tmp_path / "spool", _intake(buf), buf.spool)
+
+
+def _intake(buf: Buffer) -> Intake:
+    return Intake(buf.readings, buf.meta, Validator(Clock(NOW)))
 
 
 def test_spool_files_done_failed_never_twice(tmp_path: Path) -> None:
@@ -57,17 +61,17 @@ def test_spool_files_done_failed_never_twice(tmp_path: Path) -> None:
     assert sorted(p.name for p in (d / "done").iterdir()) == ["a.jsonl", "b.csv"]
     assert [p.name for p in (d / "failed").iterdir()] == ["c.csv"]
     assert {p.name for p in d.iterdir() if p.is_file()} == {"d.bin", "e.csv.tmp"}
-    assert buf.stats().total_readings == 4
-    reasons = sorted(r for (r,) in buf.conn.execute("select reason from quarantine"))
+    assert buf.maintenance.stats().total_readings == 4
+    reasons = sorted(r for (r,) in buf.db.conn.execute("select reason from quarantine"))
     assert len(reasons) == 3 and any(
         r.startswith("unreadable_file: unknown CSV header") for r in reasons
     )
-    flags = buf.conn.execute("select flags from readings where meter_id='m2'").fetchone()[0]
+    flags = buf.db.conn.execute("select flags from readings where meter_id='m2'").fetchone()[0]
     assert flags == "cover_open,magnetic"
     # the same content dropped again (a re-copied file) is recognised and not read twice
     (d / "a.jsonl").write_bytes((d / "done" / "a.jsonl").read_bytes())
     src.poll(NOW)
-    assert buf.stats().total_readings == 4
+    assert buf.maintenance.stats().total_readings == 4
     assert len(list((d / "done").iterdir())) == 3
 
 
@@ -78,12 +82,12 @@ def test_spool_reads_seed_format(tmp_path: Path) -> None:
     lines[5] = lines[5].replace(",", ",oops,", 1)  # one corrupted row
     (tmp_path / "spool" / "seed.csv").write_text("\n".join(lines) + "\n")
     src.poll(NOW)
-    assert buf.stats().total_readings == 9
-    (meter,) = {m for (m,) in buf.conn.execute("select meter_id from readings")}
+    assert buf.maintenance.stats().total_readings == 9
+    (meter,) = {m for (m,) in buf.db.conn.execute("select meter_id from readings")}
     assert meter == "seed-0001"
     # the seed's Timestamp is the interval start: 00:00 → the interval ending 00:30
-    assert buf.conn.execute("select min(ts) from readings").fetchone()[0] == 1704069000
-    ((reason, source),) = buf.conn.execute("select reason, source from quarantine").fetchall()
+    assert buf.db.conn.execute("select min(ts) from readings").fetchone()[0] == 1704069000
+    ((reason, source),) = buf.db.conn.execute("select reason, source from quarantine").fetchall()
     assert reason.startswith("invalid:") and source.endswith(":6")
 
 
@@ -103,7 +107,7 @@ class _CutAfter(Intake):
     """An intake whose process 'dies' right after its ``n``-th commit."""
 
     def __init__(self, buf: Buffer, n: int) -> None:
-        super().__init__(buf, Validator(Clock(NOW)))
+        super().__init__(buf.readings, buf.meta, Validator(Clock(NOW)))
         self.left = n
 
     def take(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -117,14 +121,16 @@ class _CutAfter(Intake):
 def test_spool_takes_a_file_a_slice_at_a_time_and_resumes_after_a_cut(tmp_path: Path) -> None:
     d = tmp_path / "spool"
     buf = Buffer(tmp_path / "b.db")
-    src = SpoolSource(d, _CutAfter(buf, 3), slice_records=10)
+    src = SpoolSource(d, _CutAfter(buf, 3), buf.spool, slice_records=10)
     (d / "big.jsonl").write_text(_jsonl(95) + "not json\n")
     try:
         src.poll(NOW)
     except _PowerCut:
         pass
-    assert buf.stats().total_readings == 30  # three slices committed, the file still there
-    assert buf.conn.execute("select outcome, records_done from spool_files").fetchone() == (
+    assert (
+        buf.maintenance.stats().total_readings == 30
+    )  # three slices committed, the file still there
+    assert buf.db.conn.execute("select outcome, records_done from spool_files").fetchone() == (
         "partial",
         30,
     )
@@ -132,17 +138,21 @@ def test_spool_takes_a_file_a_slice_at_a_time_and_resumes_after_a_cut(tmp_path: 
     buf.close()
 
     buf = Buffer(tmp_path / "b.db")  # the agent starts again
-    seq_before = buf._accept_seq
-    SpoolSource(d, Intake(buf, Validator(Clock(NOW))), slice_records=10).poll(NOW)
-    assert buf.stats().total_readings == 95
-    assert buf._accept_seq - seq_before == 8  # 66 records in 10-record slices + the closing one
-    counters = buf.counters()
+    seq_before = buf.meta.get_int("accept_seq")
+    SpoolSource(d, _intake(buf), buf.spool, slice_records=10).poll(NOW)
+    assert buf.maintenance.stats().total_readings == 95
+    assert (
+        buf.meta.get_int("accept_seq") - seq_before == 8
+    )  # 66 records in 10-record slices + the closing one
+    counters = buf.counters.all()
     assert counters.get("readings_duplicate", 0) == 0, counters  # nothing taken twice
-    assert [r for (r,) in buf.conn.execute("select reason from quarantine")] == [
+    assert [r for (r,) in buf.db.conn.execute("select reason from quarantine")] == [
         r
-        for (r,) in buf.conn.execute("select reason from quarantine where reason like 'malformed%'")
-    ] and buf.conn.execute("select count(*) from quarantine").fetchone() == (1,)
-    assert buf.conn.execute("select outcome, records_done from spool_files").fetchone() == (
+        for (r,) in buf.db.conn.execute(
+            "select reason from quarantine where reason like 'malformed%'"
+        )
+    ] and buf.db.conn.execute("select count(*) from quarantine").fetchone() == (1,)
+    assert buf.db.conn.execute("select outcome, records_done from spool_files").fetchone() == (
         "done",
         96,
     )
@@ -152,7 +162,7 @@ def test_spool_takes_a_file_a_slice_at_a_time_and_resumes_after_a_cut(tmp_path: 
 def test_spool_file_unreadable_midway_keeps_what_came_before(tmp_path: Path) -> None:
     d = tmp_path / "spool"
     buf = Buffer(tmp_path / "b.db")
-    src = SpoolSource(d, Intake(buf, Validator(Clock(NOW))), slice_records=10)
+    src = SpoolSource(d, _intake(buf), buf.spool, slice_records=10)
     rows = "".join(
         f"m{k % 3},2026-03-01 {k // 2:02d}:{k % 2 * 30:02d}:00,0.{k % 9 + 1}\n" for k in range(25)
     )
@@ -160,8 +170,10 @@ def test_spool_file_unreadable_midway_keeps_what_came_before(tmp_path: Path) -> 
     # a JSONL file: a line that is not UTF-8 is one quarantined record, the rest goes on
     (d / "line.jsonl").write_bytes(_jsonl(5).encode() + b'{"meter_id": "\xff"}\n' + b"\n")
     src.poll(NOW)
-    assert buf.stats().total_readings == 30  # none lost: those 25 + 5 were valid readings
-    reasons = sorted(r for (r,) in buf.conn.execute("select reason from quarantine"))
+    assert (
+        buf.maintenance.stats().total_readings == 30
+    )  # none lost: those 25 + 5 were valid readings
+    reasons = sorted(r for (r,) in buf.db.conn.execute("select reason from quarantine"))
     assert len(reasons) == 2 and reasons[0].startswith("malformed_json: ")
     assert (
         reasons[1]
@@ -169,5 +181,5 @@ def test_spool_file_unreadable_midway_keeps_what_came_before(tmp_path: Path) -> 
     )
     assert [p.name for p in (d / "failed").iterdir()] == ["torn.csv"]
     assert [p.name for p in (d / "done").iterdir()] == ["line.jsonl"]
-    ledger = buf.conn.execute("select name, outcome, readings, quarantined from spool_files")
+    ledger = buf.db.conn.execute("select name, outcome, readings, quarantined from spool_files")
     assert sorted(ledger) == [("line.jsonl", "done", 5, 1), ("torn.csv", "failed", 25, 1)]

@@ -38,6 +38,7 @@ from clickhouse_connect.driver.client import Client
 from central.warehouse.client import connect
 from central.warehouse.schema import ensure_schema
 from central.warehouse.settings import WarehouseSettings
+from edge_agent.fields import READING_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,33 @@ class TableSpec:
         )
 
 
+# PostgreSQL type of a reading's field → the Arrow type its CSV text is parsed into.
+_ARROW_OF_PG = {
+    "text": STR,
+    "timestamp with time zone": I64,  # epoch milliseconds (see _ms)
+    "integer": I32,
+    "double precision": F64,
+    "text[]": STR,  # comma-joined in the copy, split into a list afterwards
+}
+
+
+def _readings_spec() -> TableSpec:
+    """raw.readings: a reading's fields (edge_agent.fields), then what the ingest adds."""
+    columns = {f.name: _ARROW_OF_PG[f.postgres.type] for f in READING_FIELDS}
+    columns.update({"gateway_id": STR, "batch_id": STR, "received_at": I64})
+    pg_types = {f.name: f.postgres.type for f in READING_FIELDS}
+    lists = tuple(n for n, t in pg_types.items() if t == "text[]")
+    stamps = tuple(n for n, t in pg_types.items() if t == "timestamp with time zone")
+    return TableSpec(
+        "readings",
+        "received_at",
+        columns,
+        select={n: f"array_to_string({n}, ',')" for n in lists},
+        timestamps=(*stamps, "received_at"),
+        list_columns=lists,
+    )
+
+
 TABLE_SPECS: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -115,33 +143,7 @@ TABLE_SPECS: dict[str, TableSpec] = {
             },
             timestamps=("installed_at", "updated_at"),
         ),
-        TableSpec(
-            "readings",
-            "received_at",
-            {
-                "meter_id": STR,
-                "ts": I64,
-                "interval_s": I32,
-                "kwh": F64,
-                "register_kwh": F64,
-                "voltage_v": F64,
-                "current_a": F64,
-                "power_factor": F64,
-                "temperature_c": F64,
-                "humidity_pct": F64,
-                "wind_ms": F64,
-                "supply": STR,
-                "flags": STR,
-                "score": F64,
-                "model_version": STR,
-                "gateway_id": STR,
-                "batch_id": STR,
-                "received_at": I64,
-            },
-            select={"flags": "array_to_string(flags, ',')"},
-            timestamps=("ts", "received_at"),
-            list_columns=("flags",),
-        ),
+        _readings_spec(),
         TableSpec(
             "alerts",
             "received_at",
@@ -209,7 +211,7 @@ Progress = Callable[[str, int], None]
 class _CopyStream(io.RawIOBase):
     """A file object over a psycopg COPY, for Arrow's streaming CSV reader."""
 
-    def __init__(self, chunks: Iterator[memoryview]) -> None:
+    def __init__(self, chunks: Iterator[bytes | bytearray | memoryview]) -> None:
         self._chunks = chunks
         self._pending = memoryview(b"")
 
@@ -260,7 +262,8 @@ def _parquet(table: pa.Table) -> bytes:
     """A columnar block for ClickHouse: uncompressed Parquet (row groups parse in parallel)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="none", row_group_size=131_072, use_dictionary=False)
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def read_watermark(client: Client, table: str, database: str = "raw") -> datetime:

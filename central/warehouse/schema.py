@@ -11,26 +11,16 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
+from edge_agent.fields import READING_FIELDS
+
 TS = "DateTime64(3, 'UTC')"
+# A reading's own columns come from its one definition (edge_agent.fields).
+READING_COLUMNS_DDL = ",\n            ".join(f"{f.name} {f.clickhouse}" for f in READING_FIELDS)
 
 TABLES: dict[str, str] = {
     "readings": f"""
         create table if not exists {{db}}.readings (
-            meter_id String,
-            ts {TS},
-            interval_s UInt32,
-            kwh Float64,
-            register_kwh Nullable(Float64),
-            voltage_v Nullable(Float64),
-            current_a Nullable(Float64),
-            power_factor Nullable(Float64),
-            temperature_c Nullable(Float64),
-            humidity_pct Nullable(Float64),
-            wind_ms Nullable(Float64),
-            supply LowCardinality(String),
-            flags Array(LowCardinality(String)),
-            score Nullable(Float64),
-            model_version LowCardinality(Nullable(String)),
+            {READING_COLUMNS_DDL},
             gateway_id LowCardinality(String),
             batch_id String,
             received_at {TS},

@@ -7,11 +7,11 @@ acknowledges its own upstream only after that transaction committed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent import wire
-from edge_agent.buffer import AcceptResult, Buffer
-from edge_agent.rows import Row
+from edge_agent.buffer import AcceptResult, Meta, ReadingStore, TxWrite
+from edge_agent.fields import Row
 from edge_agent.validate import Validator, split
 
 if TYPE_CHECKING:
@@ -36,25 +36,36 @@ class Intake:
     alerts are committed in the same transaction as the readings."""
 
     def __init__(
-        self, buffer: Buffer, validator: Validator, detector: Detector | None = None
+        self,
+        readings: ReadingStore,
+        meta: Meta,
+        validator: Validator,
+        detector: Detector | None = None,
     ) -> None:
-        self.buffer = buffer
+        self.readings = readings
+        self._meta = meta
         self.validator = validator
         self.detector = detector
+
+    def progress(self, key: str) -> str | None:
+        """A source's progress marker, as last committed with its readings (``meta=``)."""
+        return self._meta.get(key)
 
     def take(
         self,
         results: Iterable[Row | wire.QuarantineRecord],
         *,
         meta: dict[str, object] | None = None,
-        also: Sequence[tuple[str, tuple[Any, ...]]] = (),
+        also: Sequence[TxWrite] = (),
     ) -> AcceptResult:
+        """Commit the validated ``results`` (rows and quarantine records) in one transaction,
+        with the source's progress markers (``meta``) and its own writes (``also``)."""
         rows, bad = split(results)
         now = self.validator.clock()
         if self.detector is None or not rows:
-            return self.buffer.accept(rows, bad, now=now, meta=meta, also=also)
-        prepared = self.detector.prepare(rows, self.buffer)
-        result = self.buffer.accept(
+            return self.readings.accept(rows, bad, now=now, meta=meta, also=also)
+        prepared = self.detector.prepare(rows)
+        result = self.readings.accept(
             prepared.rows,
             bad,
             now=now,

@@ -14,8 +14,8 @@ import queue
 import paho.mqtt.client as mqtt
 
 from edge_agent.buffer import BufferFull
+from edge_agent.fields import Row
 from edge_agent.mqtt_link import LinkConfig, MqttLink
-from edge_agent.rows import Row
 from edge_agent.sources import Intake
 from edge_agent.wire import QuarantineRecord
 

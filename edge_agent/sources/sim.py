@@ -11,41 +11,56 @@ any point resumes exactly where it stopped: nothing skipped, nothing read twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.buffer import BufferFull
 from edge_agent.codec import row_to_wire
-from edge_agent.rows import Row
+from edge_agent.fields import READING_NAMES, Row
 from edge_agent.settings import SimSourceSettings
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
 from edge_agent.wire import WIRE_MAX_KW, QuarantineRecord
 
+if TYPE_CHECKING:
+    from simulator import Fleet
+
+
+def make_fleet(settings: SimSourceSettings) -> Fleet:
+    """The simulated fleet the settings describe (deterministic: the same settings, the same
+    readings)."""
+    from simulator import Fleet, FleetConfig
+
+    return Fleet(
+        FleetConfig(
+            meters=settings.meters,
+            days=int(settings.days) if settings.days.is_integer() else settings.days,
+            start=settings.start,
+            interval_s=settings.interval_s,
+            seed=settings.seed,
+            gateways=settings.gateways,
+            theft_share=settings.theft_share,
+        )
+    )
+
 
 class SimSource:
     name = "sim"
 
-    def __init__(self, settings: SimSourceSettings, intake: Intake) -> None:
-        from simulator import FLAG_NAMES, Fleet, FleetConfig  # numpy-only package
+    def __init__(
+        self, settings: SimSourceSettings, intake: Intake, fleet: Fleet | None = None
+    ) -> None:
+        """``fleet``: the fleet of ``settings`` when the caller made it already (the agent reads
+        its registry before it builds the intake)."""
+        from simulator import FLAG_NAMES  # numpy-only package
 
         self.settings = settings
         self.intake = intake
         self.flag_names = FLAG_NAMES
-        self.fleet = Fleet(
-            FleetConfig(
-                meters=settings.meters,
-                days=int(settings.days) if settings.days.is_integer() else settings.days,
-                start=settings.start,
-                interval_s=settings.interval_s,
-                seed=settings.seed,
-                gateways=settings.gateways,
-                theft_share=settings.theft_share,
-            )
-        )
+        self.fleet = fleet if fleet is not None else make_fleet(settings)
         self.key = f"sim:{settings.seed}:{settings.gateways}:{settings.gateway_index}:next_chunk"
-        stored = intake.buffer.meta(self.key)
+        stored = intake.progress(self.key)
         self.next_chunk = int(stored) if stored is not None else 0
         self._chunks = self.fleet.chunks(
             gateway=settings.gateway_index, chunk_intervals=settings.chunk_intervals
@@ -112,23 +127,24 @@ def columns_to_rows(
     ok &= (interval >= 300) & (interval <= 86400)
     flags = np.asarray(chunk.flags)
     flag_text = {int(b): _flag_text(int(b), flag_names) for b in np.unique(flags)}
-    cols = [
-        np.asarray(chunk.meter_id).tolist(),
-        ts.tolist(),
-        [interval] * n,
-        kwh.tolist(),
-        _opt(reg),
-        _opt(volt),
-        [None] * n,
-        [None] * n,
-        _opt(np.round(np.asarray(chunk.temperature_c, dtype=np.float64), 1)),
-        _opt(np.round(np.asarray(chunk.humidity_pct, dtype=np.float64), 1)),
-        _opt(np.round(np.asarray(chunk.wind_ms, dtype=np.float64), 1)),
-        np.asarray(chunk.supply_on).astype(np.int64).tolist(),
-        [flag_text[b] for b in flags.tolist()],
-        [None] * n,
-        [None] * n,
-    ]
+    by_name: dict[str, list[Any]] = {
+        "meter_id": np.asarray(chunk.meter_id).tolist(),
+        "ts": ts.tolist(),
+        "interval_s": [interval] * n,
+        "kwh": kwh.tolist(),
+        "register_kwh": _opt(reg),
+        "voltage_v": _opt(volt),
+        "temperature_c": _opt(np.round(np.asarray(chunk.temperature_c, dtype=np.float64), 1)),
+        "humidity_pct": _opt(np.round(np.asarray(chunk.humidity_pct, dtype=np.float64), 1)),
+        "wind_ms": _opt(np.round(np.asarray(chunk.wind_ms, dtype=np.float64), 1)),
+        "supply": np.asarray(chunk.supply_on).astype(np.int64).tolist(),
+        "flags": [flag_text[b] for b in flags.tolist()],
+    }
+    unknown = set(by_name) - set(READING_NAMES)
+    if unknown:
+        raise KeyError(f"not reading fields: {sorted(unknown)}")
+    missing = [None] * n  # fields the simulated meters do not report
+    cols = [by_name.get(name, missing) for name in READING_NAMES]
     rows: list[Row | QuarantineRecord] = list(zip(*cols, strict=True))
     for i in np.flatnonzero(~ok).tolist():
         wire_dict = row_to_wire(rows[i])  # type: ignore[arg-type]

@@ -1,10 +1,13 @@
 """Models and readings for the detection tests: small IsolationForests trained on ``ml.synthetic``
-meters (cached per test process), signed model.v1 messages, and JSONL/row builders."""
+meters (cached per test process), signed model.v1 messages, JSONL/row builders, and a gateway's
+buffer + detection + intake built the way the agent builds them."""
 
 from __future__ import annotations
 
 import functools
 import json
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +16,16 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.rows import Row
+from edge_agent.agent import build_detection
+from edge_agent.buffer import AcceptResult, Buffer
+from edge_agent.energy import EnergyBalance
+from edge_agent.fields import Row
+from edge_agent.rollout import ModelManager
+from edge_agent.scoring import Detector
+from edge_agent.settings import AgentSettings
+from edge_agent.sources import Intake
+from edge_agent.validate import Validator, reading_to_row
+from edge_agent.wire import QuarantineRecord, Reading
 
 INTERVAL = 1800
 # Readings start 40 days before "now" of the test run: in the past (the agent refuses readings
@@ -81,10 +93,54 @@ def reading(meter: str, k: int, kwh: float | None = None, **extra: Any) -> dict[
 
 def row_of(obj: dict[str, Any]) -> Row:
     """A wire dict → a buffer row (validated like the agent does)."""
-    from edge_agent.codec import reading_to_row
-    from edge_agent.wire import Reading
-
     return reading_to_row(Reading.model_validate(obj))
+
+
+@dataclass
+class Gateway:
+    """A gateway's buffer, detection and intake, wired by ``edge_agent.agent.build_detection``."""
+
+    buffer: Buffer
+    detector: Detector
+    models: ModelManager
+    energy: EnergyBalance | None
+    intake: Intake
+
+    def take(self, results: Iterable[Row | QuarantineRecord]) -> AcceptResult:
+        return self.intake.take(results)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert in the outbox, by reading time."""
+        return [json.loads(p) for p in self.buffer.alerts.payloads()]
+
+    def close(self) -> None:
+        self.buffer.close()
+
+
+def gateway(
+    path: Path,
+    *,
+    model: dict[str, Any] | None = None,
+    cooldown_s: int = 86400,
+    meters: Iterable[Mapping[str, Any]] = (),
+    model_file: Path | None = None,
+) -> Gateway:
+    """A gateway over the buffer file ``path`` (its stored models loaded, as at a start), with
+    ``model`` offered when given; ``meters`` is its registry (transformers, customer classes)."""
+    buffer = Buffer(path)
+    settings = AgentSettings(
+        gateway_id="gw1",
+        db_path=path,
+        model_name="iforest",
+        model_public_key=models().public_key,
+        alert_cooldown_s=cooldown_s,
+    )
+    parts = build_detection(settings, buffer, [dict(m) for m in meters], time.time)
+    parts.models.start(model_file)
+    if model is not None:
+        assert parts.models.offer(json.dumps(model).encode(), "test"), parts.models.error
+    intake = Intake(buffer.readings, buffer.meta, Validator(time.time), parts.detector)
+    return Gateway(buffer, parts.detector, parts.models, parts.energy, intake)
 
 
 def write_spool(directory: Path, name: str, readings: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import Proc
+from tests.support.processes import Proc
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -26,7 +26,7 @@ renamed as (
         wind_ms,
         cast(supply = 'on', 'Bool') as is_supply_on,
         flags,
-        cast(hasAny(flags, ['cover_open', 'magnetic', 'reverse_flow']), 'Bool') as has_tamper_flag,
+        cast(hasAny(flags, {{ var('tamper_flags') }}), 'Bool') as has_tamper_flag,
         score as anomaly_score,
         model_version,
         gateway_id,

@@ -1,0 +1,124 @@
+"""The buffer file: one SQLite connection in WAL mode, its transactions, meta values, counters.
+
+Every part of the buffer (readings, batches, quarantine, alert outbox, models, spool ledger)
+works over this one connection, so writes of several parts commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edge_agent.migrations import migrate
+
+
+class Meta:
+    """Small durable values by key: progress markers of sources, sequence counters."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, key: str) -> str | None:
+        row = self._conn.execute("select value from meta where key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get_int(self, key: str) -> int:
+        value = self.get(key)
+        return 0 if value is None else int(value)
+
+    def set(self, key: str, value: object) -> None:
+        """Write (inside a transaction, or on its own)."""
+        self._conn.execute(
+            "insert into meta (key, value) values (?, ?) "
+            "on conflict (key) do update set value = excluded.value",
+            (key, str(value)),
+        )
+
+
+class Counters:
+    """Monotonic counters (``edge-agent status``, ``status.v1``)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def add(self, counters: dict[str, int]) -> None:
+        """Add to counters (inside a transaction, or on its own); zeros are skipped."""
+        self._conn.executemany(
+            "insert into counters (name, value) values (?, ?) "
+            "on conflict (name) do update set value = value + excluded.value",
+            [(k, v) for k, v in counters.items() if v],
+        )
+
+    def all(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._conn.execute("select name, value from counters")}
+
+
+class BufferDB:
+    """The connection, the schema (migrated on open) and ``transaction()``.
+
+    The buffer is written by one thread of one process (the agent's main loop);
+    ``edge-agent status`` and ``sqlite-utils`` may read it at any time (WAL)."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("pragma journal_mode = wal")
+        self.conn.execute(f"pragma synchronous = {synchronous}")
+        self.conn.execute("pragma busy_timeout = 10000")
+        # A small page cache: the (ts, meter_id) index is appended to, the hot pages are few,
+        # and the OS keeps the file's pages anyway; every MB here counts in the agent's RSS.
+        self.conn.execute("pragma cache_size = -512")
+        migrate(self.conn)
+        self.meta = Meta(self.conn)
+        self.counters = Counters(self.conn)
+        self._on_commit: list[Callable[[], None]] = []
+        self.incarnation = self._incarnation()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error. Not nested: a part that writes inside
+        a caller's transaction says so and does not open its own."""
+        self.conn.execute("begin immediate")
+        try:
+            yield self.conn
+            self.conn.execute("commit")
+        except BaseException:
+            self._on_commit.clear()
+            # SQLite may have rolled back already (SQLITE_FULL, an I/O error): keep the cause.
+            if self.conn.in_transaction:
+                self.conn.execute("rollback")
+            raise
+        done, self._on_commit = self._on_commit, []
+        errors: list[BaseException] = []
+        for fn in done:  # every one runs: the data is committed whatever one of them does
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the current transaction has committed (never if it rolls back): how a
+        part keeps its in-memory state in step with the file."""
+        if self.conn.in_transaction:
+            self._on_commit.append(fn)
+        else:
+            fn()
+
+    def _incarnation(self) -> str:
+        """A random id fixed when the file is created: batch ids never repeat across a new card."""
+        value = self.meta.get("incarnation")
+        if value is None:
+            value = secrets.token_hex(4)
+            with self.transaction():
+                self.meta.set("incarnation", value)
+        return value

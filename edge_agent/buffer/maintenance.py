@@ -1,0 +1,71 @@
+"""Housekeeping over every part of the buffer: pruning and the figures of ``status``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_agent.buffer.batches import BatchQueue
+from edge_agent.buffer.db import BufferDB
+from edge_agent.buffer.outbox import AlertStore
+from edge_agent.buffer.quarantine import QuarantineStore
+from edge_agent.buffer.readings import ReadingStore
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    pending_readings: int  # not yet acknowledged by central (in a batch or not)
+    unbatched_readings: int
+    inflight_batches: int
+    total_readings: int
+    oldest_pending_ts: int | None
+    oldest_unbatched_accepted_at: float | None
+    last_ack_at: float | None
+
+
+class Maintenance:
+    def __init__(
+        self,
+        db: BufferDB,
+        readings: ReadingStore,
+        batches: BatchQueue,
+        quarantine: QuarantineStore,
+        alerts: AlertStore,
+    ) -> None:
+        self._db = db
+        self._readings = readings
+        self._batches = batches
+        self._quarantine = quarantine
+        self._alerts = alerts
+
+    def prune(self, retention_s: int) -> int:
+        """Delete what central acknowledged and the detector no longer needs: readings (and
+        delivered alerts) older than ``retention_s`` before the newest reading, quarantine
+        records and batches once acknowledged. Returns the readings deleted."""
+        newest = self._readings.newest_ts()
+        if newest is None:
+            return 0
+        with self._db.transaction():
+            n = self._readings.prune_acknowledged(newest - retention_s)
+            self._quarantine.prune_acknowledged()
+            self._batches.prune_acknowledged(self._readings.lowest_seq())
+            self._alerts.prune_delivered(newest - retention_s)
+            self._db.counters.add({"readings_pruned": n})
+        return n
+
+    def stats(self) -> BufferStats:
+        r = self._readings
+        # Unacknowledged readings are in open batches or not batched yet: start the scan at the
+        # lowest such seq instead of walking every acknowledged reading of the retention window.
+        lo = self._batches.lowest_open_seq()
+        floor = r.batched_upto + 1 if lo is None else min(lo, r.batched_upto + 1)
+        unbatched, oldest_accepted = r.unbatched_total()
+        last_ack = self._db.meta.get("last_ack_at")
+        return BufferStats(
+            pending_readings=r.pending,
+            unbatched_readings=unbatched,
+            inflight_batches=self._batches.open_count(),
+            total_readings=r.count(),
+            oldest_pending_ts=r.oldest_pending_ts(floor),
+            oldest_unbatched_accepted_at=oldest_accepted,
+            last_ack_at=float(last_ack) if last_ack else None,
+        )

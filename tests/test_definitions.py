@@ -1,0 +1,205 @@
+"""One definition per concept: every copy of a reading's fields, the flag vocabulary and the id
+pattern is derived from ``edge_agent.fields`` / ``edge_agent.vocabulary`` or checked here, so a
+drift anywhere fails a test.
+
+The stores are introspected as they are created (SQLite migrations applied to a new buffer, the
+PostgreSQL migrations applied to a new database, the ClickHouse schema created in an embedded
+engine), not read from their DDL text."""
+
+from __future__ import annotations
+
+import typing
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from central.rows import EXTRA_COLUMNS, reading_row, validated_rows
+from central.warehouse.quality import QualityParams, load_suites
+from edge_agent import wire
+from edge_agent.buffer import Buffer
+from edge_agent.codec import row_to_wire
+from edge_agent.columnar import encode_columns
+from edge_agent.feature_spec import DEFAULT_FLAG_BITS
+from edge_agent.fields import (
+    N_MEASURED,
+    READING_COLUMNS,
+    READING_FIELDS,
+    READING_NAMES,
+    position,
+)
+from edge_agent.validate import reading_to_row
+from edge_agent.vocabulary import (
+    ALERT_KINDS,
+    ID_PATTERN,
+    METER_FLAGS,
+    SUPPLY_STATES,
+    TAMPER_FLAGS,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DBT = REPO / "dbt"
+# What the ClickHouse and dbt copies of raw.readings add after PostgreSQL's columns.
+WAREHOUSE_EXTRA = ("loaded_at",)
+
+
+def full_reading() -> wire.Reading:
+    """A reading with a distinct value in every field."""
+    return wire.Reading(
+        meter_id="m-1",
+        ts="2026-03-01T00:30:00Z",
+        interval_s=900,
+        kwh=0.125,
+        register_kwh=1234.5,
+        voltage_v=229.5,
+        current_a=1.5,
+        power_factor=0.95,
+        temperature_c=27.5,
+        humidity_pct=61.0,
+        wind_ms=3.5,
+        supply="off",
+        flags=("cover_open", "magnetic"),
+        score=0.625,
+        model_version="v7",
+    )
+
+
+# --- the wire and the rows ----------------------------------------------------------------
+
+
+def test_the_wire_reading_has_the_defined_fields_in_order() -> None:
+    assert tuple(wire.Reading.model_fields) == READING_NAMES
+    assert all(not f.measured for f in READING_FIELDS[N_MEASURED:])
+    assert READING_NAMES[N_MEASURED:] == ("score", "model_version")
+
+
+def test_literal_vocabularies_match_the_definitions() -> None:
+    assert typing.get_args(wire.AlertKind) == ALERT_KINDS
+    supply = wire.Reading.model_fields["supply"].annotation
+    assert typing.get_args(supply) == SUPPLY_STATES
+    assert set(TAMPER_FLAGS) < set(METER_FLAGS)
+    assert list(DEFAULT_FLAG_BITS) == list(METER_FLAGS)
+
+
+def test_rows_put_every_field_at_its_position() -> None:
+    r = full_reading()
+    edge, central = reading_to_row(r), reading_row(r)
+    assert len(edge) == len(central) == len(READING_FIELDS)
+    for f in READING_FIELDS:
+        value = getattr(r, f.name)
+        i = position(f.name)
+        if f.name == "ts":
+            assert edge[i] == int(value.timestamp()) and central[i] == value
+        elif f.name == "supply":
+            assert edge[i] == 0 and central[i] == "off"
+        elif f.name == "flags":
+            assert edge[i] == "cover_open,magnetic" and central[i] == list(value)
+        else:
+            assert edge[i] == value and central[i] == value, f.name
+    # buffer row -> wire -> reading: the same reading; v2 columns -> central rows: the same row
+    assert wire.Reading.model_validate(row_to_wire(edge)) == r
+    n, columns = encode_columns([edge])
+    assert validated_rows(n, columns) == [central]
+
+
+# --- the stores -----------------------------------------------------------------------------
+
+
+# Column ORDER in a table is not checked: the code always names columns, and a field added later
+# is appended by ALTER TABLE wherever it stands in READING_FIELDS. Names, types and NOT NULL are.
+
+
+def test_gateway_buffer_readings_table_matches(tmp_path: Path) -> None:
+    buffer = Buffer(tmp_path / "b.db")
+    cols = {
+        name: (ctype.lower(), bool(notnull))
+        for _, name, ctype, notnull, _, _ in buffer.db.conn.execute("pragma table_info(readings)")
+    }
+    buffer.close()
+    expected = {f.buffer_column: (f.sqlite.type, f.sqlite.not_null) for f in READING_FIELDS}
+    assert {c: cols.get(c) for c in READING_COLUMNS} == expected
+    own = {"seq", "accepted_at", "accept_seq", "batch_id", "acked_at"}  # the buffer's own
+    assert set(cols) == set(expected) | own
+
+
+@pytest.mark.services
+def test_postgres_raw_readings_matches(pg: psycopg.Connection) -> None:
+    cols = {
+        name: (ctype, notnull)
+        for name, ctype, notnull in pg.execute(
+            "select attname, format_type(atttypid, atttypmod), attnotnull from pg_attribute "
+            "where attrelid = 'raw.readings'::regclass and attnum > 0 and not attisdropped"
+        )
+    }
+    expected = {f.name: (f.postgres.type, f.postgres.not_null) for f in READING_FIELDS}
+    assert {c: cols.get(c) for c in READING_NAMES} == expected
+    assert set(cols) == set(expected) | set(EXTRA_COLUMNS)
+
+
+def test_clickhouse_raw_readings_matches(tmp_path: Path) -> None:
+    from central.warehouse.client import connect
+    from central.warehouse.schema import ensure_schema
+
+    client = connect(f"chdb://{tmp_path / 'wh'}")
+    try:
+        ensure_schema(client)
+        cols = client.query(
+            "select name, type from system.columns "
+            "where database = 'raw' and table = 'readings' order by position"
+        ).result_rows
+    finally:
+        client.close()
+    types = {name: ctype for name, ctype in cols}
+    expected = {f.name: f.clickhouse for f in READING_FIELDS}
+    assert {c: types.get(c) for c in READING_NAMES} == expected
+    assert set(types) == set(expected) | set(EXTRA_COLUMNS) | set(WAREHOUSE_EXTRA)
+
+
+def test_dbt_source_declares_the_raw_readings_columns() -> None:
+    doc = yaml.safe_load((DBT / "models" / "staging" / "_sources.yml").read_text())
+    (source,) = doc["sources"]
+    (readings,) = [t for t in source["tables"] if t["name"] == "readings"]
+    declared = [(c["name"], c.get("description")) for c in readings["columns"]]
+    fields = [(f.name, f.description) for f in READING_FIELDS]
+    assert declared[: len(fields)] == fields
+    assert tuple(n for n, _ in declared[len(fields) :]) == (*EXTRA_COLUMNS, *WAREHOUSE_EXTRA)
+
+
+def test_dbt_vars_carry_the_vocabulary() -> None:
+    project = yaml.safe_load((DBT / "dbt_project.yml").read_text())
+    assert tuple(project["vars"]["tamper_flags"]) == TAMPER_FLAGS
+
+
+# --- the quality suites ---------------------------------------------------------------------
+
+
+def _columns_of(expectation: Any) -> set[str]:
+    named = set()
+    for attr in ("column", "column_A", "column_B"):
+        value = getattr(expectation, attr, None)
+        if isinstance(value, str):
+            named.add(value)
+    named |= set(getattr(expectation, "column_list", None) or ())
+    return named
+
+
+def test_quality_suites_name_only_defined_columns() -> None:
+    with warnings.catch_warnings():  # GX warns about its own deprecations at import time
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = load_suites(REPO / "gx")
+    suites = {s.name: s for s in module.raw_suites(QualityParams())}
+    readings = suites["raw_readings"]
+    used = set().union(*(_columns_of(e) for e in readings.expectations)) | set(readings.key)
+    assert used <= set(READING_NAMES) | set(EXTRA_COLUMNS)
+    regexes = {e.regex for s in suites.values() for e in s.expectations if hasattr(e, "regex")}
+    assert regexes == {ID_PATTERN}
+    supply = [e for e in readings.expectations if getattr(e, "column", None) == "supply"]
+    assert any(list(getattr(e, "value_set", [])) == list(SUPPLY_STATES) for e in supply)
+    marts_yml = yaml.safe_load((DBT / "models" / "marts" / "_marts.yml").read_text())
+    declared = {m["name"]: {c["name"] for c in m.get("columns", [])} for m in marts_yml["models"]}
+    for suite in module.mart_suites(QualityParams()):
+        used = set().union(*(_columns_of(e) for e in suite.expectations)) | set(suite.key)
+        assert used <= declared[suite.table], (suite.name, used - declared[suite.table])

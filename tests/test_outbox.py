@@ -1,0 +1,86 @@
+"""The alert outbox publishes through the Publisher seam: delivered on the broker's answer, sent
+again when refused or unanswered, everything again after a reconnect; and MqttLink reports a
+real broker's PUBACK to the publisher's callback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from edge_agent.alerts import AlertOutbox, make_alert
+from edge_agent.buffer import Buffer
+from edge_agent.mqtt_link import LinkConfig, MqttLink
+from edge_agent.publisher import MemoryPublisher
+from tests.support.builders import row
+from tests.support.processes import BROKER_PORT
+
+
+def _outbox(tmp_path: Path, pub: MemoryPublisher) -> tuple[Buffer, AlertOutbox]:
+    buffer = Buffer(tmp_path / "b.db")
+    alerts = [
+        make_alert(gateway_id="gw", kind="tamper", meter_id=f"m{i}", ts=row(f"m{i}", 0)[1])
+        for i in range(3)
+    ]
+    buffer.alerts.add(alerts, now=1.0)
+    return buffer, AlertOutbox(buffer.alerts, pub, "t/alerts", resend_s=30)
+
+
+def test_delivered_only_on_the_brokers_answer(tmp_path: Path) -> None:
+    pub = MemoryPublisher()
+    buffer, outbox = _outbox(tmp_path, pub)
+    assert outbox.tick(now=10.0) == 3 and len(pub.sent) == 3
+    assert buffer.alerts.undelivered() == 3  # published is not delivered
+    assert outbox.tick(now=11.0) == 0  # nothing due before resend_s
+    pub.confirm(ok=True)
+    assert outbox.tick(now=12.0) == 3 and buffer.alerts.undelivered() == 0
+    assert buffer.counters.all()["alerts_delivered"] == 3
+
+
+def test_refused_and_unanswered_alerts_go_again(tmp_path: Path) -> None:
+    pub = MemoryPublisher()
+    buffer, outbox = _outbox(tmp_path, pub)
+    outbox.tick(now=10.0)
+    pub.confirm(ok=False)  # e.g. not authorised
+    outbox.tick(now=11.0)
+    assert buffer.counters.all()["alerts_refused_by_broker"] == 3
+    assert buffer.alerts.undelivered() == 3
+    assert outbox.tick(now=41.0) == 3 and len(pub.sent) == 6  # resent after resend_s
+    assert buffer.counters.all()["alerts_resent"] == 3
+    pub.up = False
+    assert outbox.tick(now=80.0) == 0  # not connected: nothing leaves
+    pub.up = True
+    outbox.reconnected()  # after a reconnect everything open goes at once
+    assert outbox.tick(now=81.0) == 3 and len(pub.sent) == 9
+    ids = {m.payload for m in pub.sent[-3:]}
+    assert ids == {m.payload for m in pub.sent[:3]}  # the same alerts, the same bytes
+
+
+def test_mqtt_link_reports_the_pubacks_of_a_real_broker(topic_root: str) -> None:
+    link = MqttLink(LinkConfig(client_id=f"outbox-{topic_root[-8:]}", port=BROKER_PORT))
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        answers: list[bool] = []
+        done = threading.Event()
+
+        def delivered(ok: bool) -> None:
+            answers.append(ok)
+            if len(answers) == 50:
+                done.set()
+
+        for i in range(50):
+            assert link.publish(f"{topic_root}/x", b"%d" % i, qos=1, on_delivered=delivered)
+        assert done.wait(10), f"{len(answers)} of 50 PUBACKs reported"
+        assert answers == [True] * 50
+        # QoS 0 messages are answered too (when written): nothing may stay behind to be taken
+        # for the PUBACK of a later message with the same id
+        for _ in range(20):
+            assert link.publish(f"{topic_root}/x", b"q0", qos=0, on_delivered=delivered)
+        deadline = time.monotonic() + 5
+        while (link._early or link._on_delivered) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link._early == {} and link._on_delivered == {}
+        assert len(answers) == 50  # a QoS 0 write is not a delivery
+    finally:
+        link.stop()
