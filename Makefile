@@ -42,6 +42,7 @@ bench: install services
 	$(BIN)/python -m bench.buffer
 	$(BIN)/python -m bench.e2e --meters 1000 --days 2 --gateways 2
 
+# ruff (lint and format check) and mypy strict on edge_agent, central and ml (pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -28,7 +28,7 @@ def connect(dsn: str, **kwargs: object) -> psycopg.Connection:
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("central") / "sql"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name, p.read_text()) for p in files]
 
 
@@ -72,7 +72,7 @@ def migrate(dsn: str) -> list[str]:
                         log.warning("migration %s changed since it was applied", name)
                     continue
                 with conn.transaction():
-                    conn.execute(text)  # type: ignore[arg-type]
+                    conn.execute(text.encode())  # a whole file: no parameters, no quoting
                     conn.execute(
                         "insert into public.eiot_migrations (filename, sha256) values (%s, %s)",
                         (name, digest),

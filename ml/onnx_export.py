@@ -11,9 +11,9 @@ implements it on CPU) of :data:`TREES_PER_NODE` trees each, their ``Sum`` and on
     Exp                                      -> "score" float32 [N, 1]
 
 Why ten nodes and not one: onnxruntime's kernel picks its loop order by the size of the ensemble,
-and with few trees a block of rows goes through every tree while the trees sit in cache. Measured
-on 100,000 rows, one thread: one node of 100 trees 250,000-290,000 rows/s, ten nodes of 10 trees
-330,000-360,000 rows/s; one row costs ~20 us instead of ~14 us (``docs/detection.md``).
+and with few trees a block of rows goes through every tree while the trees sit in cache. Batches
+score about 25 % faster than with one node of 100 trees, a single row somewhat slower
+(``python -m bench.scoring``; results in ``bench/RESULTS.md``).
 
 Each leaf carries its tree's share of the log of the IsolationForest anomaly score:
 
@@ -50,7 +50,7 @@ ONNX_OPSET = 21
 ML_OPSET = 5
 IR_VERSION = 10
 _BRANCH_LEQ = 0
-# Trees per TreeEnsemble node (see the module docstring): measured fastest in batches.
+# Trees per TreeEnsemble node (see the module docstring): the fastest for batches.
 TREES_PER_NODE = 10
 
 
@@ -226,7 +226,8 @@ def fast_graph(
 
 def export_fast(model: IsolationForest, feature_names: Sequence[str]) -> bytes:
     """Serialized :func:`fast_graph`."""
-    return fast_graph(model, feature_names).SerializeToString()
+    data: bytes = fast_graph(model, feature_names).SerializeToString()
+    return data
 
 
 def export_stock(model: IsolationForest, n_features: int) -> bytes:

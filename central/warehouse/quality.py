@@ -3,7 +3,7 @@
 The suites are code, in ``gx/suites.py``. Both stores are validated through GX SQL data
 sources: Postgres with ``postgresql+psycopg``, ClickHouse with clickhouse-connect's SQLAlchemy
 dialect (``clickhousedb://``) over HTTP (an embedded warehouse is served by its owner process
-for the run). One checkpoint per family (raw, marts) updates the Data Docs site; a failed
+for the run). One checkpoint per suite updates the Data Docs site; a failed
 expectation makes the run fail and the report lists the failing rows by their key.
 """
 
@@ -143,6 +143,7 @@ def _run(
     console: Console,
 ) -> QualityOutcome:
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     module = load_suites(settings.gx_dir)
     specs: list[SuiteSpec] = module.raw_suites(params) + module.mart_suites(params)
@@ -153,7 +154,7 @@ def _run(
         specs = [s for s in specs if s.name in only]
 
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     docs_dir.mkdir(parents=True, exist_ok=True)
     context.add_data_docs_site(
         site_name="local",
@@ -191,7 +192,7 @@ def _validate(
     ch_url: str,
 ) -> tuple[list[Failure], bool]:
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.checkpoint.actions import UpdateDataDocsAction
 
     failures: list[Failure] = []
     success = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib
 import json
 import logging
 import os
@@ -119,10 +120,10 @@ def _decompress(data: bytes, encoding: str) -> bytes:
 
         return bytes(lz4.frame.decompress(data))
     if encoding == "zstd":
-        try:
-            from compression import zstd  # type: ignore[import-not-found]
+        try:  # Python 3.14's compression.zstd, else the backports.zstd package
+            zstd: Any = importlib.import_module("compression.zstd")
         except ImportError:
-            from backports import zstd  # type: ignore[no-redef]
+            zstd = importlib.import_module("backports.zstd")
         return bytes(zstd.decompress(data))
     if encoding == "br":
         import brotli  # type: ignore[import-not-found]
@@ -173,12 +174,12 @@ class Engine:
     def __init__(self, path: Path, default_settings: dict[str, str] | None = None) -> None:
         import chdb
 
-        self._chdb = chdb
+        self._chdb: Any = chdb  # its connect() is not annotated
         self.path = path.resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         self.conn_str = str(self.path)
         # The anchor handle keeps the engine (and its directory lock) for the life of the owner.
-        self._anchor = chdb.connect(self.conn_str)
+        self._anchor = self._chdb.connect(self.conn_str)
         self.version = self._anchor.query("SELECT version()", "TabSeparated").bytes().decode()
         self.version = self.version.strip()
         self.default_settings = {"session_timezone": "UTC", **(default_settings or {})}
@@ -204,9 +205,10 @@ class Engine:
                 handle.conn.close()
             return
         with self._sessions_lock:
-            handle = self.sessions.get(session_id)
-            if handle is None:
-                handle = self.sessions[session_id] = self._new_handle()
+            found = self.sessions.get(session_id)
+            if found is None:
+                found = self.sessions[session_id] = self._new_handle()
+            handle = found
         with handle.lock:
             handle.timeout_s = timeout_s
             handle.last_used = time.monotonic()
@@ -507,6 +509,8 @@ class OwnerServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        if isinstance(host, bytes):
+            host = host.decode()
         return f"http://{host}:{port}"
 
     def _expire_loop(self) -> None:
