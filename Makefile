@@ -10,7 +10,7 @@ DBT_VENV := .venv-dbt
 DBT_REQS := "dbt-core~=1.11.0" "dbt-clickhouse~=1.10.0" "sqlfluff~=4.4" "sqlfluff-templater-dbt~=4.4"
 DBT_STAMP := $(DBT_VENV)/.installed-$(shell echo '$(DBT_REQS)' | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench lint format services clean
+.PHONY: install demo test bench lint format datadict services clean
 
 install: $(STAMP) $(DBT_STAMP)
 
@@ -47,6 +47,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# docs/data-dictionary.md, from the stores themselves (tests/test_datadict.py keeps it current).
+datadict: install services
+	$(BIN)/python -m central.datadict
 
 format: install
 	$(BIN)/ruff check --fix .
