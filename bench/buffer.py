@@ -10,7 +10,6 @@ The last line is a JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from bench.results import report
 from edge_agent.buffer import Buffer
 from edge_agent.sources import Intake
 from edge_agent.sources.sim import columns_to_rows
@@ -112,15 +112,14 @@ def main() -> None:
     )
     per_reading = run(args.readings // 5, args.chunk, args.synchronous, dicts=True)
     print(f"per-reading path: {per_reading:>12,.0f} readings/s")
-    print(
-        json.dumps(
-            {
-                "readings_per_s": round(columns),
-                "per_reading_path_readings_per_s": round(per_reading),
-                "synchronous": args.synchronous,
-                "readings_per_commit": args.chunk,
-            }
-        )
+    report(
+        "bench.buffer",
+        {
+            "readings_per_s": round(columns),
+            "per_reading_path_readings_per_s": round(per_reading),
+            "synchronous": args.synchronous,
+            "readings_per_commit": args.chunk,
+        },
     )
 
 

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 import psutil
 import psycopg
 
+from bench.results import report
 from central.db import migrate
 from central.local_services import REPO, Services, local_services, spawn_python
 from edge_agent.buffer import Buffer
@@ -273,24 +274,23 @@ def main() -> None:
             f"baseline (one message and one INSERT per reading, {base['readings']:,} readings): "
             f"{base['readings_per_s']:,} readings/s, {base['wire_bytes_per_reading']} bytes/reading"
         )
-    print(
-        json.dumps(
-            {
-                "meters": args.meters,
-                "days": args.days,
-                "gateways": args.gateways,
-                "readings": readings,
-                "stored": stored,
-                "lost": lost,
-                "duplicates": duplicates,
-                "readings_per_s": round(rate),
-                "seconds": round(fwd["seconds"], 3),
-                "wire_bytes_per_reading": round(fwd["wire_bytes"] / readings, 2),
-                "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
-                "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
-                "baseline": base,
-            }
-        )
+    report(
+        "bench.e2e",
+        {
+            "meters": args.meters,
+            "days": args.days,
+            "gateways": args.gateways,
+            "readings": readings,
+            "stored": stored,
+            "lost": lost,
+            "duplicates": duplicates,
+            "readings_per_s": round(rate),
+            "seconds": round(fwd["seconds"], 3),
+            "wire_bytes_per_reading": round(fwd["wire_bytes"] / readings, 2),
+            "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
+            "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
+            "baseline": base,
+        },
     )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.results import report
 from edge_agent.alerts import Cooldown
 from edge_agent.buffer import Buffer
 from edge_agent.fields import Row, make_row
@@ -99,17 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.meters} meters: interval blocks scored at {rate:,.0f} readings/s"
         f" ({block_s / intervals * 1000:.0f} ms per call); one reading per call {single_ms:.1f} ms"
     )
-    print(
-        json.dumps(
-            {
-                "meters": args.meters,
-                "days": args.days,
-                "block_readings_per_s": round(rate),
-                "block_call_ms": round(block_s / intervals * 1000, 1),
-                "single_reading_call_ms": round(single_ms, 1),
-                "scored": scored,
-            }
-        )
+    report(
+        "bench.intake",
+        {
+            "meters": args.meters,
+            "days": args.days,
+            "block_readings_per_s": round(rate),
+            "block_call_ms": round(block_s / intervals * 1000, 1),
+            "single_reading_call_ms": round(single_ms, 1),
+            "scored": scored,
+        },
+        argv,
     )
     return 0
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.results import report as bench_report
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import LoadedModel, load_model
 from ml.onnx_export import export_stock, fast_graph
@@ -372,20 +373,20 @@ def main(argv: list[str] | None = None) -> int:
         ("parity_label_mismatches == 0", mismatches == 0),
     ]
     print("targets: " + ", ".join(f"{name}: {'ok' if ok else 'MISSED'}" for name, ok in targets))
-    print(
-        json.dumps(
-            {
-                "single_row_p50_us": round(single, 2),
-                "batch_rows_per_s": round(batch),
-                "stock_single_row_p50_us": round(stock_single, 2),
-                "stock_batch_rows_per_s": round(stock_batch),
-                "agent_peak_rss_mb": round(rss, 1),
-                "agent_idle_rss_mb": round(float(report["idle_rss_mb"]), 1),
-                "agent_peak_private_mb": round(float(report["peak_anon_mb"]), 1),
-                "parity_max_abs_diff": max_diff,
-                "parity_label_mismatches": mismatches,
-            }
-        )
+    bench_report(
+        "bench.scoring",
+        {
+            "single_row_p50_us": round(single, 2),
+            "batch_rows_per_s": round(batch),
+            "stock_single_row_p50_us": round(stock_single, 2),
+            "stock_batch_rows_per_s": round(stock_batch),
+            "agent_peak_rss_mb": round(rss, 1),
+            "agent_idle_rss_mb": round(float(report["idle_rss_mb"]), 1),
+            "agent_peak_private_mb": round(float(report["peak_anon_mb"]), 1),
+            "parity_max_abs_diff": max_diff,
+            "parity_label_mismatches": mismatches,
+        },
+        argv,
     )
     return 0
 

@@ -9,12 +9,12 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
 from collections.abc import Sequence
 
+from bench.results import report
 from simulator import Fleet, FleetConfig
 
 
@@ -66,19 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{rate:,.0f} readings/s"
     )
     print(f"peak RSS {peak:,.0f} MB (after topology {rss_after_build:,.0f} MB)")
-    print(
-        json.dumps(
-            {
-                "meters": fleet.meter_count(),
-                "days": args.days,
-                "interval_s": args.interval,
-                "readings": rows,
-                "seconds": round(elapsed, 3),
-                "build_seconds": round(t_build, 3),
-                "readings_per_s": round(rate),
-                "peak_rss_mb": round(peak, 1),
-            }
-        )
+    report(
+        "bench.simulate",
+        {
+            "meters": fleet.meter_count(),
+            "days": args.days,
+            "interval_s": args.interval,
+            "readings": rows,
+            "seconds": round(elapsed, 3),
+            "build_seconds": round(t_build, 3),
+            "readings_per_s": round(rate),
+            "peak_rss_mb": round(peak, 1),
+        },
+        argv,
     )
     return 0
 

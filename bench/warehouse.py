@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.results import report
 from simulator.raw_db import scratch_database, write_warehouse_fleet
 from simulator.warehouse_fleet import WarehouseFleet
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TZ", "UTC")
     figures = run(args.meters, args.days, args.seed, args.repeats, args.keep_db)
-    print(json.dumps(figures))
+    report("bench.warehouse", figures, argv)
     return 0
 
 

@@ -5,8 +5,8 @@ but each time such a block is freed it raises that threshold to the block's size
 After the first few batches, numpy's temporaries (feature chunks, history columns) and the
 model's load-time buffers then come from the heap, which can give back only its free top: the
 gateway's resident memory stays at its high-water mark. :func:`pin_mmap_threshold` sets the
-threshold once, which turns that adjustment off. Measured with ``python -m bench.scoring`` (an
-agent with only the ``edge`` extra): 2-3 MB less while idle with the model loaded.
+threshold once, which turns that adjustment off: a few MB less resident memory while the agent
+idles with a model loaded (``python -m bench.scoring`` reports it).
 """
 
 from __future__ import annotations

@@ -356,7 +356,7 @@ class CustomerScorer:
             random_state=self.random_state,
         )
         # One OpenMP thread: on small data (a few thousand customers) thread start-up and
-        # spinning cost more than they bring (measured ~10x slower with 2 shared cores).
+        # spinning cost more than they bring (several times slower on a 2-core machine).
         with threadpool_limits(limits=1, user_api="openmp"):
             self.model.fit(features.values, y)
         self.train_rows = int(y.size)

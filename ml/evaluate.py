@@ -710,12 +710,19 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     )
 
 
-def command(args: argparse.Namespace) -> int:
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the evaluation the arguments describe, print its summary, return its figures."""
     cfg = config_from_args(args)
     result = run(cfg, log=lambda s: print(s, flush=True))
     for line in summary_lines(result, cfg.k):
         print(line)
-    text = json.dumps(mt.round_floats(result, 4), sort_keys=True, allow_nan=False)
+    rounded = mt.round_floats(result, 4)
+    assert isinstance(rounded, dict)
+    return rounded
+
+
+def command(args: argparse.Namespace) -> int:
+    text = json.dumps(evaluate(args), sort_keys=True, allow_nan=False)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text, flush=True)

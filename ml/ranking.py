@@ -5,8 +5,8 @@ PostgreSQL, scores every reading with the newest registered gateway model set (t
 the per-class ones, as gateways do, rebuilt from the signed messages in ``ml.models``), describes
 each customer over the window (:func:`ml.customer.customer_features`: the gateway margins
 aggregated, the meter against itself, against its peers, against its transformer) and ranks them
-by the unsupervised peer score (:func:`ml.customer.peer_score`: no labels needed; 0.979 customer
-ROC-AUC on the held-out simulated fleet, see ``docs/detection.md``). Each customer's ``reasons``
+by the unsupervised peer score (:func:`ml.customer.peer_score`: no labels needed; its quality on
+held-out simulated fleets is part of ``python -m bench.detection``). Each customer's ``reasons``
 are the strongest of those signals, named, so an inspector knows what to look at.
 
 The run is stored in ``ml.ranking_runs`` / ``ml.customer_rankings``; ``ml.inspection_list`` is the
