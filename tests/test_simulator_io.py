@@ -131,17 +131,24 @@ def test_cli_generate_writes_files_and_reports_progress(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
-def test_bench_prints_json_last(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.simulate", "--meters", "300", "--days", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def test_bench_prints_json_last_and_records_it(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"  # not the repository's bench/RESULTS.md
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.simulate", "--meters", "300", "--days", "2"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "EIOT_BENCH_RESULTS": str(results)},
+        )
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["readings"] == last["meters"] * 96
     assert last["readings_per_s"] > 0 and last["peak_rss_mb"] > 0
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 2  # one header, a row per run
+    assert "`python -m bench.simulate --meters 300 --days 2`" in rows[-1]
+    assert rows[-1].endswith(f"`{proc.stdout.strip().splitlines()[-1]}` |")
 
 
 PG = os.environ.get("EIOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
