@@ -1,10 +1,14 @@
 """End to end: simulated fleet → agents → broker → ingest → PostgreSQL, against a naive baseline.
 
-    python -m bench.e2e --meters 1000 --days 2 --gateways 2
+    python -m bench.e2e --meters 1000 --days 2 --gateways 2 [--secure] [--workers N]
 
 Phase 1 fills each gateway's buffer from the simulator (as after an outage: a backlog).
-Phase 2 starts one ingest worker and the agents, and times the forward path from the first
-publish to the last ack, watching both processes' peak RSS.
+Phase 2 starts the ingest workers and the agents, and times the forward path from the first
+publish to the last ack, watching the processes' peak RSS. The agents reach the broker through
+a relay that counts the bytes crossing their sockets both ways (``socket_bytes_per_reading``:
+MQTT framing, acks and, with ``--secure``, TLS records and handshakes included).
+``--secure``: the secure broker (TLS, client certificates, access control), each agent and
+worker with its own identity, as ``make demo`` runs.
 Phase 3, the baseline: one MQTT message per reading (QoS1) and one INSERT per reading, on a
 sample of the same readings.
 Readings lost and doubled are counted by comparing the buffers with PostgreSQL.
@@ -14,12 +18,14 @@ The last line is a JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -28,7 +34,17 @@ import psycopg
 
 from bench.results import report
 from central.db import migrate
-from central.local_services import REPO, Services, local_services, spawn_python
+from central.local_services import (
+    REPO,
+    SecureMosquitto,
+    Services,
+    identity_env,
+    local_services,
+    provision,
+    spawn_python,
+)
+from central.netproxy import TcpProxy
+from central.pki import Pki
 from edge_agent.buffer import Buffer
 from edge_agent.codec import row_to_wire
 from edge_agent.fields import READING_COLUMNS
@@ -78,26 +94,48 @@ class PeakRss:
         return self.peak
 
 
-def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str, float]:
-    ingest = spawn_python(
-        ["-m", "central", "ingest"],
-        {
-            "EIOT_PG_DSN": dsn,
-            "EIOT_BROKER_PORT": str(svc.broker_port),
-            "EIOT_TOPIC_ROOT": ROOT,
-            "EIOT_WORKER_ID": "bench-1",
-            "EIOT_SESSION_EXPIRY_S": "60",
-            "EIOT_LOG_LEVEL": "WARNING",
-        },
-        var / "ingest.log",
-    )
-    time.sleep(1.0)  # subscribed before the first batch
+@dataclass
+class Broker:
+    """Where the agents and the workers connect, and as whom."""
+
+    port: int
+    pki: Pki | None = None  # the secure broker: identities from this PKI
+
+    def env(self, name: str, port: int | None = None) -> dict[str, str]:
+        port = port or self.port
+        if self.pki is None:
+            return {"EIOT_BROKER_PORT": str(port)}
+        return identity_env(self.pki, name, "127.0.0.1", port)
+
+
+def forward(
+    broker: Broker, dsn: str, var: Path, gateways: list[str], workers: int
+) -> dict[str, float]:
+    relay = TcpProxy("127.0.0.1", broker.port)  # the agents' side: bytes on their sockets
+    ingests = [
+        spawn_python(
+            ["-m", "central", "ingest"],
+            {
+                **broker.env(f"svc-ingest-{n}"),
+                "EIOT_PG_DSN": dsn,
+                "EIOT_TOPIC_ROOT": ROOT,
+                "EIOT_WORKER_ID": f"bench-{n}",
+                "EIOT_SHARE_GROUP": f"bench-{os.getpid()}",
+                "EIOT_SESSION_EXPIRY_S": "60",
+                "EIOT_STATE_DIR": str(var / "ingest-state"),
+                "EIOT_LOG_LEVEL": "WARNING",
+            },
+            var / f"ingest-{n}.log",
+        )
+        for n in range(1, workers + 1)
+    ]
+    time.sleep(1.5)  # subscribed before the first batch
     agents = [
         spawn_python(
             ["-m", "edge_agent", "--log-level", "WARNING", "run", "--exit-when-drained"],
             {
+                **broker.env(gw, relay.port),
                 "EIOT_GATEWAY_ID": gw,
-                "EIOT_BROKER_PORT": str(svc.broker_port),
                 "EIOT_TOPIC_ROOT": ROOT,
                 "EIOT_DB_PATH": str(var / f"{gw}.db"),
                 "EIOT_BATCH_MAX_AGE_S": "0.2",
@@ -107,13 +145,15 @@ def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str
         )
         for gw in gateways
     ]
-    rss = PeakRss([ingest.pid, *[a.pid for a in agents]])
+    rss = PeakRss([*[i.pid for i in ingests], *[a.pid for a in agents]])
     for a in agents:
         if a.wait(900) != 0:
-            raise RuntimeError((var / "ingest.log").read_text()[-2000:])
+            raise RuntimeError((var / "ingest-1.log").read_text()[-2000:])
     peaks = rss.stop()
-    ingest.terminate()
-    ingest.wait(10)
+    for ingest in ingests:
+        ingest.terminate()
+        ingest.wait(10)
+    relay.close()
     first = last = None
     wire_bytes = 0
     for gw in gateways:
@@ -130,8 +170,9 @@ def forward(svc: Services, dsn: str, var: Path, gateways: list[str]) -> dict[str
     return {
         "seconds": last - first,
         "wire_bytes": wire_bytes,
+        "socket_bytes": relay.bytes_up + relay.bytes_down,
         "agent_peak_rss_mb": max(peaks[a.pid] for a in agents),
-        "ingest_peak_rss_mb": peaks[ingest.pid],
+        "ingest_peak_rss_mb": max(peaks[i.pid] for i in ingests),
     }
 
 
@@ -240,8 +281,10 @@ def main() -> None:
         "--baseline-sample",
         type=int,
         default=20_000,
-        help="readings pushed through the naive baseline",
+        help="readings pushed through the naive baseline (0: skip it)",
     )
+    parser.add_argument("--secure", action="store_true", help="TLS, identities, access control")
+    parser.add_argument("--workers", type=int, default=1, help="ingest workers (shared group)")
     args = parser.parse_args()
     var = REPO / "var" / "bench-e2e"
     import shutil
@@ -258,7 +301,15 @@ def main() -> None:
             for i, gw in enumerate(gateways)
         )
         print(f"buffers filled: {readings:,} readings in {time.perf_counter() - t0:.1f} s")
-        fwd = forward(svc, dsn, var, gateways)
+        with contextlib.ExitStack() as stack:
+            broker = Broker(svc.broker_port)
+            if args.secure:
+                pki = provision(var / "pki", gateways, workers=args.workers)
+                secure = SecureMosquitto(var / "broker", pki.dir, ROOT)
+                secure.start()
+                stack.callback(secure.stop)
+                broker = Broker(secure.port, pki)
+            fwd = forward(broker, dsn, var, gateways, args.workers)
         stored, lost, duplicates = check(dsn, var, gateways)
         rate = readings / fwd["seconds"]
         print(
@@ -266,20 +317,29 @@ def main() -> None:
             f"{fwd['wire_bytes'] / readings:.1f} bytes/reading on the wire"
         )
         print(
+            f"{fwd['socket_bytes'] / readings:.1f} bytes/reading on the agents' sockets "
+            f"({'TLS' if args.secure else 'plain'}, both ways)"
+        )
+        print(
             f"peak RSS: agent {fwd['agent_peak_rss_mb']:.0f} MB, "
             f"ingest {fwd['ingest_peak_rss_mb']:.0f} MB; lost {lost}, doubled {duplicates}"
         )
-        base = baseline(svc, dsn, var, gateways[0], min(args.baseline_sample, readings))
-        print(
-            f"baseline (one message and one INSERT per reading, {base['readings']:,} readings): "
-            f"{base['readings_per_s']:,} readings/s, {base['wire_bytes_per_reading']} bytes/reading"
-        )
+        base: dict[str, float] = {}
+        if args.baseline_sample and not args.secure:  # the baseline needs an open broker
+            base = baseline(svc, dsn, var, gateways[0], min(args.baseline_sample, readings))
+            print(
+                f"baseline (one message and one INSERT per reading, {base['readings']:,} "
+                f"readings): {base['readings_per_s']:,} readings/s, "
+                f"{base['wire_bytes_per_reading']} bytes/reading"
+            )
     report(
         "bench.e2e",
         {
             "meters": args.meters,
             "days": args.days,
             "gateways": args.gateways,
+            "secure": args.secure,
+            "workers": args.workers,
             "readings": readings,
             "stored": stored,
             "lost": lost,
@@ -287,9 +347,10 @@ def main() -> None:
             "readings_per_s": round(rate),
             "seconds": round(fwd["seconds"], 3),
             "wire_bytes_per_reading": round(fwd["wire_bytes"] / readings, 2),
+            "socket_bytes_per_reading": round(fwd["socket_bytes"] / readings, 2),
             "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
             "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
-            "baseline": base,
+            **({"baseline": base} if base else {}),
         },
     )
 

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         models = ModelManager(
             buffer.models,
             buffer.counters,
+            buffer.meta,
             active,
             name="iforest",
             public_key=public_key_b64(key),

@@ -76,8 +76,10 @@ BUFFER_NOTES: dict[str, dict[str, str]] = {
         "first_sent_at": "First publish (epoch seconds).",
         "last_sent_at": "Latest publish (epoch seconds).",
         "acked_at": "When central's ack.v1 arrived (epoch seconds).",
-        "ack_status": "'stored' or 'rejected'.",
-        "ack_json": "The ack.v1 message as received.",
+        "ack_status": "'stored', 'rejected', or 'conflict' (central knew the id with other "
+        "content: the readings went out again in a new incarnation).",
+        "ack_json": "The ack message as received.",
+        "payload_sha256": "sha256 of the payload: an ack.v2 naming other bytes is not applied.",
     },
     "alerts": {
         "": "The alert outbox: alert.v1 messages kept until their delivery is confirmed.",

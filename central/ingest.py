@@ -3,21 +3,31 @@
 Subscribes (shared subscription, so several workers split the load) to every gateway's readings,
 alerts and status topics with manual acknowledgement. Alerts (``alert.v1``) go to ``raw.alerts``
 once per ``alert_id`` (agents resend until PUBACK, so duplicates are normal); a bad alert payload
-is quarantined whole, like a bad batch. For each message: store in one transaction,
-commit, publish ``ack.v1`` to the gateway, and only then PUBACK the message to the broker. A
-worker killed anywhere in between loses nothing: the broker or the agent delivers again and the
-batch ledger answers with the same ack.
+is quarantined whole, like a bad batch. For each message: store in one transaction, commit,
+publish ``ack.v2`` to the gateway, and only then PUBACK the message to the broker. A worker
+killed anywhere in between loses nothing: the broker or the agent delivers again and the batch
+ledger answers with the same ack.
+
+Hostile input costs bounded work: a message is refused by its size, then by its inflated size
+and the number of JSON values it holds before it is parsed (``wire.BATCH_LIMITS``); a message
+that killed the worker twice is set aside (``central.poison``). Every refusal of a readings
+message that names its gateway and batch is answered with a rejecting ack, so nothing is resent
+forever. Whole messages kept in quarantine are bounded, and each gateway has a budget of bytes
+of quarantined excerpts per hour.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import re
 import threading
 import time
+import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -26,13 +36,18 @@ from pydantic import ValidationError
 
 from central import store
 from central.db import connect
+from central.poison import PoisonGuard
 from central.settings import CentralSettings
 from edge_agent import failpoints, topics, wire
+from edge_agent.alerts import alert_id
 from edge_agent.backoff import Backoff
 from edge_agent.mqtt_link import LinkConfig, MqttLink
 from edge_agent.vocabulary import ID_PATTERN
 
 log = logging.getLogger(__name__)
+
+#: Identities of central services (``central.pki``): never a gateway on a topic.
+SERVICE_PREFIX = "svc-"
 
 
 @dataclass
@@ -43,6 +58,7 @@ class Work:
     payload: bytes
     gateway_id: str | None
     item: store.Prepared | store.BadMessage | AlertItem | None
+    sha256: str = ""
 
 
 @dataclass
@@ -51,28 +67,41 @@ class AlertItem:
 
 
 _ID = re.compile(ID_PATTERN)
+_BATCH_ID = re.compile(rb'"batch_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})"')
+
+
+class QuarantineBudget:
+    """Bytes of quarantined excerpts and payloads each gateway may add per hour; beyond it a
+    refused message keeps only its reason, size and digest (never dropped silently)."""
+
+    def __init__(self, bytes_per_hour: int) -> None:
+        self.bytes_per_hour = bytes_per_hour
+        self._used: dict[str | None, tuple[float, int]] = {}
+
+    def take(self, gateway_id: str | None, size: int) -> bool:
+        now = time.monotonic()
+        start, used = self._used.get(gateway_id, (now, 0))
+        if now - start >= 3600:
+            start, used = now, 0
+        if used + size > self.bytes_per_hour:
+            self._used[gateway_id] = (start, used)
+            return False
+        self._used[gateway_id] = (start, used + size)
+        return True
 
 
 class IngestWorker:
     def __init__(self, settings: CentralSettings) -> None:
         self.s = settings
         self.counters: Counter[str] = Counter()
-        self._inbox: queue.SimpleQueue[tuple[mqtt.MQTTMessage, Work]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[mqtt.MQTTMessage, Work | None]] = queue.SimpleQueue()
         root = settings.topic_root
         group = settings.share_group or None
         self.link = MqttLink(
-            LinkConfig(
-                client_id=f"eiot-ingest-{settings.worker_id}",
-                host=settings.broker_host,
-                port=settings.broker_port,
+            LinkConfig.of(
+                settings,
+                f"eiot-ingest-{settings.worker_id}",
                 session_expiry_s=settings.session_expiry_s,
-                username=settings.broker_username,
-                password=(
-                    settings.broker_password.get_secret_value()
-                    if settings.broker_password
-                    else None
-                ),
-                tls=settings.broker_tls,
                 subscriptions=[
                     (topics.shared(group, f"{root}/gw/+/readings"), 1),
                     (topics.shared(group, f"{root}/gw/+/status"), 1),
@@ -83,17 +112,49 @@ class IngestWorker:
             ),
             on_message=self._on_message,
         )
+        self.batch_limits = replace(wire.BATCH_LIMITS, max_bytes=settings.max_inflated_bytes)
+        self.small_limits = wire.Limits(max_bytes=min(settings.max_message_bytes, 1 << 20))
+        self.window = store.Window(
+            earliest=datetime.combine(settings.earliest_reading, datetime.min.time(), UTC),
+            max_future_s=settings.max_future_s,
+        )
+        self.policy = store.QuarantinePolicy(settings.quarantine_payload_max_bytes)
+        self.budget = QuarantineBudget(settings.quarantine_budget_bytes_per_hour)
+        self.guard = PoisonGuard(settings.state_dir, f"ingest-{settings.worker_id}")
         self._conn: psycopg.Connection | None = None
         self._db_backoff = Backoff(0.2, settings.db_retry_max_s)
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Network thread: decode and validate here, overlapping the main thread's database
+        work; while a death is unexplained the main thread decodes, one message at a time."""
+        if self.guard.careful:
+            self._inbox.put((msg, None))
+            return
+        self._inbox.put((msg, self._prepare_guarded(msg.topic, bytes(msg.payload))))
+
+    def _prepare_guarded(self, topic: str, payload: bytes) -> Work:
+        sha = hashlib.sha256(payload).hexdigest()
+        if self.guard.is_poison(sha):
+            return self._poison(topic, payload, sha)
+        self.guard.enter("decoding", sha)
         try:
-            work = self.prepare(msg.topic, bytes(msg.payload))
+            failpoints.hit("ingest.decoding")
+            work = self.prepare(topic, payload)
         except Exception as exc:  # a bug must not stop the network thread
-            log.exception("cannot prepare message on %s", msg.topic)
+            log.exception("cannot prepare message on %s", topic)
             reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
-            work = Work(msg.topic, bytes(msg.payload), None, store.BadMessage(reason))
-        self._inbox.put((msg, work))
+            work = Work(topic, payload, self._gateway(topic), self._bad(reason, payload))
+        finally:
+            self.guard.leave("decoding")
+        work.sha256 = sha
+        return work
+
+    def _poison(self, topic: str, payload: bytes, sha: str) -> Work:
+        self.counters["poison_messages"] += 1
+        deaths = self.guard.deaths(sha)
+        log.error("message %s on %s killed the worker %d times: set aside", sha[:16], topic, deaths)
+        reason = f"poison_message: the ingest worker died {deaths} times while handling it"
+        return Work(topic, payload, self._gateway(topic), self._bad(reason, payload), sha)
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -115,6 +176,8 @@ class IngestWorker:
                 except queue.Empty:
                     pass
                 else:
+                    if work is None:  # careful: decoded here, alone
+                        work = self._prepare_guarded(msg.topic, bytes(msg.payload))
                     self.process(msg, work, stop)
                 if time.monotonic() - last_report > 10 and self.counters != reported:
                     last_report = time.monotonic()
@@ -130,41 +193,52 @@ class IngestWorker:
 
     def process(self, msg: mqtt.MQTTMessage, work: Work, stop: threading.Event) -> None:
         """Handle one message until it is stored (retrying through database outages)."""
-        while not stop.is_set():
-            try:
-                conn = self._connection()
-                ack_topic, outcome = self.store_work(conn, work)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._drop_connection()
-                delay = self._db_backoff.next_delay()
-                self.counters["db_retries"] += 1
-                log.warning(
-                    "database unavailable (%s); retry in %.1fs", str(exc).strip()[:120], delay
-                )
-                stop.wait(delay)
-                continue
-            except Exception as exc:  # a bug must not stop the worker: keep the message, say why
-                log.exception("cannot store message on %s", msg.topic)
-                self.counters["internal_errors"] += 1
+        sha = work.sha256 or hashlib.sha256(work.payload).hexdigest()
+        self.guard.enter("storing", sha)
+        try:
+            while not stop.is_set():
                 try:
                     conn = self._connection()
-                    if conn.info.transaction_status:
-                        conn.rollback()
-                    bad = store.BadMessage(f"internal_error: {type(exc).__name__}: {exc}"[:300])
-                    store.reject(conn, bytes(msg.payload), bad, msg.topic, None)
-                except psycopg.Error:
+                    ack_topic, outcome = self.store_work(conn, work)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     self._drop_connection()
-                    stop.wait(self._db_backoff.next_delay())
+                    delay = self._db_backoff.next_delay()
+                    self.counters["db_retries"] += 1
+                    log.warning(
+                        "database unavailable (%s); retry in %.1fs", str(exc).strip()[:120], delay
+                    )
+                    stop.wait(delay)
                     continue
-                ack_topic, outcome = None, None
-            self._db_backoff.reset()
-            if outcome is not None and outcome.ack is not None and ack_topic:
-                failpoints.hit("ingest.after_commit")
-                if not self.link.publish(ack_topic, wire.encode_model(outcome.ack, compress=False)):
-                    return  # no PUBACK either: the agent resends, the ledger answers
-                self.counters["acks_sent"] += 1
-            self.link.ack(msg.mid, msg.qos)
-            return
+                except Exception as exc:  # a bug must not stop the worker: keep it, say why
+                    log.exception("cannot store message on %s", msg.topic)
+                    self.counters["internal_errors"] += 1
+                    reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
+                    work = Work(
+                        work.topic,
+                        work.payload,
+                        work.gateway_id,
+                        self._bad(reason, work.payload),
+                        sha,
+                    )
+                    try:
+                        conn = self._connection()
+                        if conn.info.transaction_status:
+                            conn.rollback()
+                    except psycopg.Error:
+                        self._drop_connection()
+                    continue
+                self._db_backoff.reset()
+                if outcome is not None and outcome.ack is not None and ack_topic:
+                    failpoints.hit("ingest.after_commit")
+                    ack = wire.encode_model(outcome.ack, compress=False)
+                    if not self.link.publish(ack_topic, ack):
+                        return  # no PUBACK either: the agent resends, the ledger answers
+                    self.counters["acks_sent"] += 1
+                self.link.ack(msg.mid, msg.qos)
+                self.guard.settled(sha)
+                return
+        finally:
+            self.guard.leave("storing")
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -181,10 +255,21 @@ class IngestWorker:
 
     # --- one message ----------------------------------------------------------------------
 
-    def prepare(self, topic: str, payload: bytes) -> Work:
-        """Decode and validate one message: CPU only, no database (runs on the network thread,
-        so it overlaps with the main thread's database work)."""
+    def _gateway(self, topic: str) -> str | None:
+        """The gateway a topic names, if it can be one (services never are)."""
         gateway_id = topics.gateway_of(topic, self.s.topic_root)
+        if gateway_id is None or not _valid_id(gateway_id):
+            return None
+        return None if gateway_id.startswith(SERVICE_PREFIX) else gateway_id
+
+    def _bad(self, reason: str, payload: bytes) -> store.BadMessage:
+        """A refusal that still names the batch when its id can be read from the first bytes
+        (inflated a little, never whole): the agent gets a rejecting ack, not silence."""
+        return store.BadMessage(reason, _peek_batch_id(payload))
+
+    def prepare(self, topic: str, payload: bytes) -> Work:
+        """Decode and validate one message: CPU only, no database."""
+        gateway_id = self._gateway(topic)
         if topic.endswith("/status"):
             return Work(topic, payload, gateway_id, None)
         if topic.endswith("/alerts"):
@@ -192,13 +277,37 @@ class IngestWorker:
         parsed = self._parse_batch(payload, gateway_id)
         if isinstance(parsed, store.BadMessage):
             return Work(topic, payload, gateway_id, parsed)
-        return Work(topic, payload, gateway_id, store.prepare(parsed, f"mqtt:{topic}"))
+        try:
+            prepared = store.prepare(parsed, f"mqtt:{topic}", payload, self.window)
+        except Exception as exc:  # a bug: the batch is named, the agent gets its answer
+            log.exception("cannot validate batch %s on %s", parsed.batch_id, topic)
+            reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
+            return Work(topic, payload, gateway_id, store.BadMessage(reason, parsed.batch_id))
+        return Work(topic, payload, gateway_id, prepared)
 
     def handle(
         self, conn: psycopg.Connection, topic: str, payload: bytes
     ) -> tuple[str | None, store.Outcome | None]:
         """Prepare and store one message (see :meth:`store_work`)."""
         return self.store_work(conn, self.prepare(topic, payload))
+
+    def _reject(
+        self,
+        conn: psycopg.Connection,
+        payload: bytes,
+        bad: store.BadMessage,
+        topic: str,
+        gateway_id: str | None,
+    ) -> store.Outcome:
+        """Quarantine a whole message within the gateway's budget of excerpt bytes."""
+        policy = self.policy
+        kept = min(len(payload), wire.MAX_RAW_CHARS) + (
+            len(payload) if len(payload) <= policy.payload_max_bytes else 0
+        )
+        if not self.budget.take(gateway_id, kept):
+            self.counters["quarantine_over_budget"] += 1
+            policy = store.QuarantinePolicy(payload_max_bytes=-1, excerpt_chars=0)
+        return store.reject(conn, payload, bad, topic, gateway_id, policy)
 
     def store_work(
         self, conn: psycopg.Connection, work: Work
@@ -222,23 +331,26 @@ class IngestWorker:
             assert isinstance(work.item, store.BadMessage)
             self.counters["alerts_quarantined"] += 1
             log.warning("quarantined alert on %s: %s", topic, work.item.reason[:200])
-            store.reject(conn, payload, work.item, topic, gateway_id)
+            self._reject(conn, payload, work.item, topic, gateway_id)
             return None, None
         ack_topic = topics.ack(self.s.topic_root, gateway_id) if gateway_id else None
         if isinstance(work.item, store.BadMessage):
             bad = work.item
             self.counters[f"rejected_{bad.reason.split(':')[0]}"] += 1
             log.warning("quarantined message on %s: %s", topic, bad.reason[:200])
-            return ack_topic, store.reject(conn, payload, bad, topic, gateway_id)
+            return ack_topic, self._reject(conn, payload, bad, topic, gateway_id)
         assert isinstance(work.item, store.Prepared)
         try:
-            outcome = store.store_batch(conn, work.item)
+            outcome = store.store_batch(conn, work.item, policy=self.policy)
         except psycopg.DataError as exc:  # a value PostgreSQL refuses that validation let by
             bad = store.BadMessage(f"store_error: {exc}".strip()[:300], work.item.env.batch_id)
-            return ack_topic, store.reject(conn, payload, bad, topic, gateway_id)
+            return ack_topic, self._reject(conn, payload, bad, topic, gateway_id)
         ack = outcome.ack
         assert ack is not None
-        if outcome.replay:
+        if outcome.conflict:
+            self.counters["batch_conflicts"] += 1
+            log.error("batch %s of %s: %s", ack.batch_id, gateway_id, ack.reason)
+        elif outcome.replay:
             self.counters["batches_replayed"] += 1
             log.info(
                 "batch %s of %s delivered again: answered with the stored ack",
@@ -260,11 +372,11 @@ class IngestWorker:
         if gateway_id is None:
             return store.BadMessage("bad_topic")
         if len(payload) > self.s.max_message_bytes:
-            return store.BadMessage(f"oversize: {len(payload)} bytes")
+            return self._bad(f"oversize: {len(payload)} bytes", payload)
         try:
-            obj = wire.decode(payload, self.s.max_inflated_bytes)
+            obj = wire.decode(payload, self.batch_limits)
         except wire.DecodeError as exc:
-            return store.BadMessage(str(exc))
+            return self._bad(str(exc), payload)
         batch_id = obj.get("batch_id")
         if not isinstance(batch_id, str) or not _valid_id(batch_id):
             batch_id = None
@@ -284,10 +396,8 @@ class IngestWorker:
     def _parse_alert(self, payload: bytes, gateway_id: str | None) -> AlertItem | store.BadMessage:
         if gateway_id is None:
             return store.BadMessage("bad_topic")
-        if len(payload) > self.s.max_message_bytes:
-            return store.BadMessage(f"oversize: {len(payload)} bytes")
         try:
-            obj = wire.decode(payload, self.s.max_message_bytes)
+            obj = wire.decode(payload, self.small_limits)
         except wire.DecodeError as exc:
             return store.BadMessage(str(exc))
         schema = wire.schema_of(obj)
@@ -308,17 +418,20 @@ class IngestWorker:
     ) -> None:
         reason = None
         status: wire.Status | None = None
-        try:
-            status = wire.Status.model_validate(wire.decode(payload, self.s.max_message_bytes))
-        except wire.DecodeError as exc:
-            reason = str(exc)
-        except ValidationError as exc:
-            reason = "invalid_status: " + wire.explain(exc)
+        if gateway_id is None:
+            reason = "bad_topic"
+        else:
+            try:
+                status = wire.Status.model_validate(wire.decode(payload, self.small_limits))
+            except wire.DecodeError as exc:
+                reason = str(exc)
+            except ValidationError as exc:
+                reason = "invalid_status: " + wire.explain(exc)
         if status is not None and status.gateway_id != gateway_id:
             reason = f"gateway_mismatch: topic {gateway_id}, payload {status.gateway_id}"
         if reason is not None or status is None:
             self.counters["status_quarantined"] += 1
-            store.reject(conn, payload, store.BadMessage(reason or "invalid_status"), topic, None)
+            self._reject(conn, payload, store.BadMessage(reason or "invalid_status"), topic, None)
             return
         try:
             with conn.transaction():
@@ -327,13 +440,51 @@ class IngestWorker:
                     "values (%s, %s, %s, %s) on conflict do nothing",
                     (status.gateway_id, status.sent_at, status.state, Jsonb(status.to_json_dict())),
                 )
+                if _scores_nothing(status):
+                    self._scoring_off(conn, status)
         except psycopg.DataError as exc:  # e.g. a NUL inside a string: PostgreSQL refuses it
             self.counters["status_quarantined"] += 1
             bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
-            store.reject(conn, payload, bad, topic, None)
+            self._reject(conn, payload, bad, topic, None)
             return
         self.counters["status_stored"] += 1
+
+    def _scoring_off(self, conn: psycopg.Connection, status: wire.Status) -> None:
+        """A gateway online without a model raises a ``scoring_off`` alert, once per gateway
+        and UTC day (its id is deterministic), with the gateway's own reason."""
+        day = int(status.sent_at.timestamp()) // 86400 * 86400
+        aid = alert_id("scoring_off", status.gateway_id, day)
+        cur = conn.execute(
+            "insert into raw.alerts (alert_id, gateway_id, meter_id, ts, kind, detail) "
+            "values (%s, %s, %s, %s, 'scoring_off', %s) on conflict (alert_id) do nothing",
+            (
+                aid,
+                status.gateway_id,
+                status.gateway_id,
+                datetime.fromtimestamp(day, UTC),
+                wire.printable(status.model_error or "no model in use")[:500],
+            ),
+        )
+        if cur.rowcount:
+            self.counters["alerts_scoring_off"] += 1
+            log.warning("gateway %s scores nothing: %s", status.gateway_id, status.model_error)
+
+
+def _scores_nothing(status: wire.Status) -> bool:
+    return status.state == "online" and not status.models and status.model is None
 
 
 def _valid_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
+
+
+def _peek_batch_id(payload: bytes, window: int = 4096) -> str | None:
+    """The batch id in the first bytes of a message (plain or compressed), if it shows there."""
+    head = payload[:window]
+    if payload[:1] == wire.ZLIB_HEADER:
+        try:
+            head = zlib.decompressobj().decompress(payload[1:], window)
+        except zlib.error:
+            return None
+    match = _BATCH_ID.search(head)
+    return match.group(1).decode() if match else None

@@ -27,6 +27,8 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
+from central.pki import Pki
+
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,3 +267,82 @@ def _private_mosquitto(workdir: Path) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class SecureMosquitto:
+    """A private broker with the secure configuration (``central.broker``): TLS with client
+    certificates from ``pki_dir``, the Dynamic Security plugin for ``topic_root``, persistence in
+    ``state_dir``. The port is chosen once and kept across restarts."""
+
+    def __init__(
+        self, state_dir: Path, pki_dir: Path, topic_root: str, port: int | None = None
+    ) -> None:
+        from central.broker import BrokerFiles
+
+        self.files = BrokerFiles(pki_dir=pki_dir, state_dir=state_dir)
+        self.topic_root = topic_root
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.files.state_dir / "mosquitto.log"
+
+    def start(self) -> None:
+        from central.broker import write_broker
+
+        conf = write_broker(
+            self.files,
+            self.topic_root,
+            port=self.port,
+            bind="127.0.0.1",
+            user="root" if os.geteuid() == 0 else None,
+            log_dest=f"file {self.log_file}",
+        )
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)], cwd=self.files.state_dir
+        )
+        wait_port(self.port)
+        log.info("started a secure Mosquitto on 127.0.0.1:%d", self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def provision(
+    pki_dir: Path, gateways: list[str], workers: int = 1, alerts: tuple[str, ...] = ()
+) -> Pki:
+    """A PKI with what a laptop stack needs: the broker's certificate (localhost, 127.0.0.1),
+    one identity per gateway, ``workers`` ingest identities, the model publisher, the admin and
+    ``alerts`` subscribers. Identities already issued are kept."""
+    pki = Pki(pki_dir)
+    pki.init("eiot laptop CA")
+    pki.ensure("localhost", "broker", hosts=("127.0.0.1",))
+    for gw in gateways:
+        pki.ensure(gw, "gateway")
+    for n in range(1, workers + 1):
+        pki.ensure(f"svc-ingest-{n}", "ingest")
+    pki.ensure("svc-models", "models")
+    pki.ensure("svc-admin", "admin")
+    for name in alerts:
+        pki.ensure(f"svc-alerts-{name}", "alerts")
+    return pki
+
+
+def identity_env(pki: Pki, name: str, host: str, port: int) -> dict[str, str]:
+    """``EIOT_*`` variables that connect a part to the secure broker as ``name``."""
+    return {
+        "EIOT_BROKER_HOST": host,
+        "EIOT_BROKER_PORT": str(port),
+        "EIOT_BROKER_TLS": "true",
+        "EIOT_BROKER_CA_FILE": str(pki.ca_cert_path),
+        "EIOT_BROKER_CERT_FILE": str(pki.cert_path(name)),
+        "EIOT_BROKER_KEY_FILE": str(pki.key_path(name)),
+    }

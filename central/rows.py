@@ -84,7 +84,9 @@ def validated_rows(n: int, columns: dict[str, Any]) -> list[Row] | None:
             out.append([list(f) for f in checked] if name == "flags" else checked)
     except ValidationError:
         return None
-    kwh, interval = out[KWH], out[INTERVAL_S]
+    kwh, interval, ts = out[KWH], out[INTERVAL_S], out[TS]
     if any(k > wire.WIRE_MAX_KW * i / 3600.0 for k, i in zip(kwh, interval, strict=True)):
+        return None
+    if any(wire.ts_problem(t, i) for t, i in zip(ts, interval, strict=True)):
         return None
     return list(zip(*out, strict=True))

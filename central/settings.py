@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
-from edge_agent.settings_base import TomlEnvSettings, build
+from edge_agent.settings_base import PLACEHOLDER_SECRETS, BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 
-PLACEHOLDER_SECRETS = {"", "changeme", "password", "secret", "postgres", "admin"}
 
-
-class CentralSettings(TomlEnvSettings):
+class CentralSettings(TomlEnvSettings, BrokerSettings):
     profile: Literal["laptop", "production"] = "laptop"
+    # The ingest's own role (docs/security.md): it may insert into raw, nothing else.
     pg_dsn: str = "postgresql://postgres@127.0.0.1:5432/eiot"
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 1883
-    broker_username: str | None = None
-    broker_password: SecretStr | None = None
-    broker_tls: bool = False
     topic_root: str = DEFAULT_ROOT
     # Shared-subscription group; empty for brokers without shared subscriptions.
     share_group: str = "ingest"
@@ -32,15 +27,31 @@ class CentralSettings(TomlEnvSettings):
     session_expiry_s: int = 3600
     receive_maximum: int = Field(default=4, ge=1, le=1000)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_inflated_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_inflated_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     db_retry_max_s: float = 10.0
+    # Plausibility at the door: a reading may not end before the fleet's first day, nor more
+    # than max_future_s after central's clock.
+    earliest_reading: date = date(2010, 1, 1)
+    max_future_s: int = Field(default=600, ge=0)
+    # A message quarantined whole keeps its bytes up to this size (else an excerpt, its size and
+    # digest); each gateway may add this many bytes of quarantined excerpts per hour.
+    quarantine_payload_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    quarantine_budget_bytes_per_hour: int = Field(default=64 * 1024 * 1024, ge=0)
+    # The worker's own small files (which message it is handling: see central.poison).
+    state_dir: Path = Path("var/ingest")
 
     @model_validator(mode="after")
-    def _no_placeholder_secrets(self) -> CentralSettings:
+    def _production_is_secure(self) -> CentralSettings:
         if self.profile == "production":
-            password = conninfo_to_dict(self.pg_dsn).get("password")
+            problems = self.broker_problems()
+            params = conninfo_to_dict(self.pg_dsn)
+            password = params.get("password")
             if not password or str(password).lower() in PLACEHOLDER_SECRETS:
-                raise ValueError("production needs a real PostgreSQL password in EIOT_PG_DSN")
+                problems.append("production needs a real PostgreSQL password in EIOT_PG_DSN")
+            if params.get("user") in (None, "postgres"):
+                problems.append("EIOT_PG_DSN names the superuser: use the ingest's own role")
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
 

@@ -1,22 +1,27 @@
-"""Storing one ``readings.v1`` batch in PostgreSQL: one transaction, exactly once in effect.
+"""Storing one readings batch in PostgreSQL: one transaction, exactly once in effect.
 
 Order inside the transaction (``docs/contracts.md``, delivery guarantee):
 
-1. claim the batch in the ledger (``raw.ingest_batches``); a batch already there is a replay and
-   gets the ack that was sent the first time — the insert waits on a concurrent worker that holds
-   the same batch, so two workers never both store it;
-2. COPY the valid readings into a temporary table, then ``INSERT … ON CONFLICT DO NOTHING``;
-3. readings not inserted are duplicates (same values) or conflicts (other values → quarantine);
-4. invalid readings and the agent's own quarantine records → ``raw.quarantine``;
-5. the ledger row gets its counts and the ack; commit. The caller publishes the ack afterwards.
+1. claim the batch in the ledger (``raw.ingest_batches``) with the digest of its message; a
+   batch id already there with the same digest is a replay and gets the ack sent the first time
+   (the insert waits on a concurrent worker that holds the same batch, so two workers never both
+   store it); with another digest it is a **batch conflict**: quarantined whole, answered
+   ``rejected`` (reason ``batch_conflict``), never acknowledged as stored;
+2. readings of meters registered to another gateway go to quarantine (``meter_of_other_gateway``);
+3. COPY the valid readings into a temporary table, then ``INSERT … ON CONFLICT DO NOTHING``;
+4. readings not inserted are duplicates (same values) or conflicts (other values → quarantine);
+5. invalid or implausible readings and the agent's own quarantine records → ``raw.quarantine``;
+6. the ledger row gets its counts and the ack; commit. The caller publishes the ack afterwards.
+
+Every ack is ``ack.v2``, carrying the sha256 of the message it answers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -32,12 +37,14 @@ _MEASURED = ", ".join(f"r.{c}" for c in READING_NAMES[:N_MEASURED])
 _reading = TypeAdapter(wire.Reading)
 _readings = TypeAdapter(list[wire.Reading])
 _record = TypeAdapter(wire.QuarantineRecord)
+QuarantineRow = tuple[str, str, datetime, str]  # raw, reason, received_at, source
 
 
 @dataclass
 class Outcome:
     ack: wire.Ack | None  # None when no ack can be addressed (no batch id could be read)
     replay: bool = False
+    conflict: bool = False  # a known batch id with other content
 
 
 @dataclass
@@ -48,8 +55,37 @@ class BadMessage:
     batch_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Window:
+    """When a reading may end, as central judges it on arrival: not before ``earliest`` (the
+    fleet's first day), not more than ``max_future_s`` after central's own clock."""
+
+    earliest: datetime = datetime(2010, 1, 1, tzinfo=UTC)
+    max_future_s: int = 600
+
+    def problem(self, ts: datetime, received: datetime) -> str | None:
+        if ts > received + timedelta(seconds=self.max_future_s):
+            return f"ts_in_future: {wire.iso_z(ts)} is after central's clock + {self.max_future_s}s"
+        if ts < self.earliest:
+            return f"ts_too_old: {wire.iso_z(ts)} is before {wire.iso_z(self.earliest)}"
+        return None
+
+
+@dataclass(frozen=True)
+class QuarantinePolicy:
+    """How much of a message quarantined whole is kept: its bytes when small (a rejected batch
+    can then be recovered), else an excerpt, its size and its digest."""
+
+    payload_max_bytes: int = 1024 * 1024
+    excerpt_chars: int = wire.MAX_RAW_CHARS
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
 
 
 def _quarantine_message(
@@ -59,14 +95,16 @@ def _quarantine_message(
     source: str,
     gateway_id: str | None,
     batch_id: str | None,
+    policy: QuarantinePolicy,
 ) -> bool:
-    """Store a whole bad message once (keyed by its hash), its exact bytes included: a rejected
-    batch's readings can be recovered from here. True if it was new."""
-    digest = hashlib.sha256(payload).hexdigest()
-    raw = wire.printable(payload[: wire.MAX_RAW_CHARS].decode("utf-8", errors="backslashreplace"))
+    """Store a whole bad message once (keyed by its digest). True if it was new."""
+    excerpt = payload[: policy.excerpt_chars].decode("utf-8", errors="backslashreplace")
+    raw = wire.printable(excerpt)[: policy.excerpt_chars]
+    keep = bytes(payload) if len(payload) <= policy.payload_max_bytes else None
     cur = conn.execute(
         "insert into raw.quarantine (raw, reason, received_at, source, gateway_id, batch_id, "
-        "payload_sha256, payload) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+        "payload_sha256, payload, payload_size) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "on conflict do nothing",
         (
             raw,
             wire.printable(reason)[:500],
@@ -74,27 +112,40 @@ def _quarantine_message(
             source,
             gateway_id,
             batch_id,
-            digest,
-            bytes(payload),
+            digest(payload),
+            keep,
+            len(payload),
         ),
     )
     return cur.rowcount == 1
 
 
 def reject(
-    conn: psycopg.Connection, payload: bytes, bad: BadMessage, topic: str, gateway_id: str | None
+    conn: psycopg.Connection,
+    payload: bytes,
+    bad: BadMessage,
+    topic: str,
+    gateway_id: str | None,
+    policy: QuarantinePolicy = QuarantinePolicy(),
 ) -> Outcome:
     """Quarantine a message whole; answer ``rejected`` when it names a batch we can address."""
     with conn.transaction():
-        _quarantine_message(conn, payload, bad.reason, f"mqtt:{topic}", gateway_id, bad.batch_id)
+        _quarantine_message(
+            conn, payload, bad.reason, f"mqtt:{topic}", gateway_id, bad.batch_id, policy
+        )
         if bad.batch_id is None or gateway_id is None:
             return Outcome(None)
-        ack = wire.Ack(batch_id=bad.batch_id, status="rejected", reason=bad.reason[:200])
+        ack = wire.Ack(
+            batch_id=bad.batch_id,
+            status="rejected",
+            reason=bad.reason[:200],
+            batch_sha256=digest(payload),
+        )
         conn.execute(
             "insert into raw.ingest_batches (gateway_id, batch_id, batch_seq, sent_at, readings, "
-            "inserted, duplicates, conflicts, quarantined, status, ack) "
-            "values (%s, %s, -1, %s, 0, 0, 0, 0, 1, 'rejected', %s) on conflict do nothing",
-            (gateway_id, bad.batch_id, _now(), Jsonb(ack.to_json_dict())),
+            "inserted, duplicates, conflicts, quarantined, status, ack, payload_sha256) "
+            "values (%s, %s, -1, %s, 0, 0, 0, 0, 1, 'rejected', %s, %s) on conflict do nothing",
+            (gateway_id, bad.batch_id, _now(), Jsonb(ack.to_json_dict()), digest(payload)),
         )
     return Outcome(ack)
 
@@ -105,21 +156,32 @@ class Prepared:
 
     env: wire.BatchEnvelope
     rows: list[Row]
-    quarantine: list[tuple[Any, ...]]
+    quarantine: list[QuarantineRow]
     source: str
     received: datetime
+    payload: bytes = b""
+    sha256: str = field(default="")
 
 
-def prepare(env: wire.BatchEnvelope, source: str) -> Prepared:
-    """Validate each reading and quarantine record of an envelope-valid batch (no I/O)."""
+def prepare(
+    env: wire.BatchEnvelope, source: str, payload: bytes = b"", window: Window = Window()
+) -> Prepared:
+    """Validate each reading and quarantine record of an envelope-valid batch (no I/O).
+    ``payload``: the message as received (its digest names the batch's content); without it,
+    the envelope's canonical JSON stands for it."""
+    if not payload:
+        payload = json.dumps(
+            env.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
+        ).encode()
     received = _now()
     rows = None
     if env.columns is not None and env.n is not None:
         rows = validated_rows(env.n, env.columns)  # the fast path: everything valid
     if rows is not None:
-        quarantine: list[tuple[Any, ...]] = []
+        quarantine: list[QuarantineRow] = []
     else:
         rows, quarantine = _validate(env.reading_items(), received, source)
+    rows = _in_window(rows, quarantine, window, received, source)
     for item in env.quarantined:
         try:
             q = _record.validate_python(item)
@@ -128,11 +190,35 @@ def prepare(env: wire.BatchEnvelope, source: str) -> Prepared:
             quarantine.append(
                 (_raw(item), "invalid_quarantine_record: " + wire.explain(exc), received, source)
             )
-    return Prepared(env, rows, quarantine, source, received)
+    return Prepared(env, rows, quarantine, source, received, payload, digest(payload))
+
+
+def _in_window(
+    rows: list[Row],
+    quarantine: list[QuarantineRow],
+    window: Window,
+    received: datetime,
+    source: str,
+) -> list[Row]:
+    """The rows whose time is plausible; the others go to ``quarantine`` with the reason."""
+    latest = received + timedelta(seconds=window.max_future_s)
+    if all(window.earliest <= r[TS] <= latest for r in rows):
+        return rows
+    kept: list[Row] = []
+    for r in rows:
+        problem = window.problem(r[TS], received)
+        if problem is None:
+            kept.append(r)
+        else:
+            quarantine.append((row_json(r), problem, received, source))
+    return kept
 
 
 def store_batch(
-    conn: psycopg.Connection, batch: Prepared | wire.BatchEnvelope, source: str = ""
+    conn: psycopg.Connection,
+    batch: Prepared | wire.BatchEnvelope,
+    source: str = "",
+    policy: QuarantinePolicy = QuarantinePolicy(),
 ) -> Outcome:
     """Store a batch in one transaction and return its ack (the stored one for a replay)."""
     p = batch if isinstance(batch, Prepared) else prepare(batch, source)
@@ -140,20 +226,24 @@ def store_batch(
     with conn.transaction():
         claimed = conn.execute(
             "insert into raw.ingest_batches (gateway_id, batch_id, batch_seq, sent_at, readings, "
-            "inserted, duplicates, conflicts, quarantined, status, ack) "
-            "values (%s, %s, %s, %s, %s, 0, 0, 0, 0, 'stored', '{}') "
+            "inserted, duplicates, conflicts, quarantined, status, ack, payload_sha256) "
+            "values (%s, %s, %s, %s, %s, 0, 0, 0, 0, 'stored', '{}', %s) "
             "on conflict do nothing returning 1",
-            (env.gateway_id, env.batch_id, env.batch_seq, env.sent_at, env.size),
+            (env.gateway_id, env.batch_id, env.batch_seq, env.sent_at, env.size, p.sha256),
         ).fetchone()
         if claimed is None:
             row = conn.execute(
-                "select ack from raw.ingest_batches where gateway_id = %s and batch_id = %s",
+                "select ack, payload_sha256 from raw.ingest_batches "
+                "where gateway_id = %s and batch_id = %s",
                 (env.gateway_id, env.batch_id),
             ).fetchone()
             assert row is not None
-            return Outcome(wire.Ack.model_validate(row[0]), replay=True)
+            if row[1] is None or row[1] == p.sha256:
+                return Outcome(wire.Ack.model_validate(row[0]), replay=True)
+            return _batch_conflict(conn, p, str(row[1]), policy)
         quarantine = list(p.quarantine)
-        received, rows = p.received, p.rows
+        received = p.received
+        rows = _owned(conn, p.rows, quarantine, env.gateway_id, received, p.source)
         inserted, duplicates, conflicts = _insert_readings(conn, rows, env, received, p.source)
         quarantine.extend(conflicts)
         if quarantine:
@@ -170,6 +260,7 @@ def store_batch(
             duplicates=duplicates,
             conflicts=len(conflicts),
             quarantined=len(quarantine),
+            batch_sha256=p.sha256,
         )
         conn.execute(
             "update raw.ingest_batches set inserted = %s, duplicates = %s, conflicts = %s, "
@@ -187,9 +278,61 @@ def store_batch(
     return Outcome(ack)
 
 
+def _batch_conflict(
+    conn: psycopg.Connection, p: Prepared, stored_sha256: str, policy: QuarantinePolicy
+) -> Outcome:
+    """A batch id already stored with other content: never acknowledged as stored. The message
+    goes to quarantine whole (once per digest) and the agent gets a rejecting ack that names it
+    (it then sends these readings again under new ids)."""
+    env = p.env
+    reason = (
+        f"batch_conflict: batch {env.batch_id} of {env.gateway_id} was stored with other "
+        f"content (sha256 {stored_sha256[:16]}...)"
+    )
+    _quarantine_message(conn, p.payload, reason, p.source, env.gateway_id, env.batch_id, policy)
+    ack = wire.Ack(
+        batch_id=env.batch_id, status="rejected", reason=reason[:200], batch_sha256=p.sha256
+    )
+    return Outcome(ack, conflict=True)
+
+
+def _owned(
+    conn: psycopg.Connection,
+    rows: list[Row],
+    quarantine: list[QuarantineRow],
+    gateway_id: str,
+    received: datetime,
+    source: str,
+) -> list[Row]:
+    """The rows of meters this gateway may report: a meter registered to another gateway is
+    reported by that one only (a gateway cannot take another's slots first)."""
+    if not rows:
+        return rows
+    meters = sorted({r[METER_ID] for r in rows})
+    others: dict[str, str] = {
+        str(m): str(g)
+        for m, g in conn.execute(
+            "select meter_id, gateway_id from raw.meters where meter_id = any(%s) "
+            "and gateway_id is not null and gateway_id <> %s",
+            (meters, gateway_id),
+        )
+    }
+    if not others:
+        return rows
+    kept: list[Row] = []
+    for r in rows:
+        owner = others.get(r[METER_ID])
+        if owner is None:
+            kept.append(r)
+        else:
+            reason = f"meter_of_other_gateway: {r[METER_ID]} is read by {owner}"
+            quarantine.append((row_json(r), reason, received, source))
+    return kept
+
+
 def _validate(
     items: list[Any], received: datetime, source: str
-) -> tuple[list[Row], list[tuple[Any, ...]]]:
+) -> tuple[list[Row], list[QuarantineRow]]:
     """Valid readings as rows, invalid ones as quarantine rows. The whole list is validated in
     one call (the fast path); only a list with bad items is gone through one by one."""
     try:
@@ -197,7 +340,7 @@ def _validate(
     except ValidationError:
         pass
     rows: list[Row] = []
-    quarantine: list[tuple[Any, ...]] = []
+    quarantine: list[QuarantineRow] = []
     for item in items:
         try:
             rows.append(reading_row(_reading.validate_python(item)))
@@ -212,7 +355,7 @@ def _insert_readings(
     env: wire.BatchEnvelope,
     received: datetime,
     source: str,
-) -> tuple[int, int, list[tuple[Any, ...]]]:
+) -> tuple[int, int, list[QuarantineRow]]:
     if not rows:
         return 0, 0, []
     conn.execute(
@@ -247,7 +390,7 @@ def _insert_readings(
         )
     }
     duplicates = 0
-    conflicts: list[tuple[Any, ...]] = []
+    conflicts: list[QuarantineRow] = []
     seen: set[tuple[str, datetime]] = set()
     for row in rows:
         key = (row[METER_ID], row[TS])

@@ -38,18 +38,28 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 60.0
 
 
-def link_config(
-    s: AgentSettings, client_id: str, host: str | None = None, port: int | None = None
-) -> LinkConfig:
-    return LinkConfig(
-        client_id=client_id,
-        host=host or s.broker_host,
-        port=port or s.broker_port,
+def uplink_config(s: AgentSettings) -> LinkConfig:
+    """The link to central's broker (client id: with a certificate identity the broker replaces
+    it by the identity, the gateway id)."""
+    return LinkConfig.of(
+        s,
+        f"eiot-agent-{s.gateway_id}",
         keepalive_s=s.keepalive_s,
         session_expiry_s=s.session_expiry_s,
-        username=s.broker_username,
-        password=s.broker_password.get_secret_value() if s.broker_password else None,
-        tls=s.broker_tls,
+        backoff_min_s=s.backoff_min_s,
+        backoff_max_s=s.backoff_max_s,
+    )
+
+
+def source_config(s: AgentSettings) -> LinkConfig:
+    """The link to the local broker meters or a head-end publish to (on the gateway itself: no
+    uplink identity goes there)."""
+    return LinkConfig(
+        client_id=f"eiot-source-{s.gateway_id}",
+        host=s.source_broker_host,
+        port=s.source_broker_port,
+        keepalive_s=s.keepalive_s,
+        session_expiry_s=s.session_expiry_s,
         backoff_min_s=s.backoff_min_s,
         backoff_max_s=s.backoff_max_s,
     )
@@ -107,6 +117,7 @@ def build_detection(
     models = ModelManager(
         buffer.models,
         buffer.counters,
+        buffer.meta,
         active,
         name=s.model_name,
         public_key=s.model_public_key,
@@ -146,7 +157,7 @@ class Agent:
         self._status_due = threading.Event()
         self._ack_topic = topics.ack(s.topic_root, s.gateway_id)
         self._model_topics = {topics.model(s.topic_root, n) for n in sorted(self.models.names)}
-        cfg = link_config(s, f"eiot-agent-{s.gateway_id}")
+        cfg = uplink_config(s)
         cfg.will = (
             topics.status(s.topic_root, s.gateway_id),
             wire.encode_model(status.offline(s.gateway_id, clock()), compress=False),
@@ -216,10 +227,7 @@ class Agent:
         if s.source_topic:
             from edge_agent.sources.mqtt_source import MqttSource
 
-            cfg = link_config(
-                s, f"eiot-source-{s.gateway_id}", s.source_broker_host, s.source_broker_port
-            )
-            sources.append(MqttSource(cfg, s.source_topic, self.intake))
+            sources.append(MqttSource(source_config(s), s.source_topic, self.intake))
         return sources
 
     # --- loop -----------------------------------------------------------------------------
@@ -301,7 +309,7 @@ class Agent:
             now,
             state=state,
             models=self.models.states(),
-            model_error=self.models.error,
+            model_error=self.models.status_error(),
         )
         self.link.publish(
             topics.status(self.settings.topic_root, self.settings.gateway_id),

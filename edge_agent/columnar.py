@@ -25,6 +25,7 @@ validated exactly as v1 readings are. ``bench.e2e`` reports the bytes per readin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from edge_agent.fields import FLAGS, METER_ID, READING_NAMES, REGISTER_KWH, SUPPLY, TS, Row
@@ -33,6 +34,10 @@ from edge_agent.fields import FLAGS, METER_ID, READING_NAMES, REGISTER_KWH, SUPP
 _CODED = ("meter_id", "ts", "register_kwh", "supply", "flags")
 _PLAIN = tuple((name, i) for i, name in enumerate(READING_NAMES) if name not in _CODED)
 _DELTA = ("ts_delta", "register_kwh_mdelta")
+# Bounds of the delta-coded columns once summed: epoch seconds of years 1970..9999, and a
+# register below 10^12 kWh. Anything else is a hostile or broken batch, refused whole.
+_TS_MAX = 253_402_300_799
+_MILLI_KWH_MAX = 10**15
 KNOWN = frozenset(
     {"meter_id", "ts_delta", "register_kwh", "register_kwh_mdelta", "supply", "flags"}
     | {name for name, _ in _PLAIN}
@@ -117,12 +122,26 @@ def check_columns(n: Any, columns: Any) -> None:
             isinstance(v, int) and not isinstance(v, bool) for v in columns[name]
         ):
             raise ColumnError(f"column {name} must hold integers")
+    _check_sums(columns)
+
+
+def _check_sums(columns: dict[str, Any]) -> None:
+    """The delta-coded columns, summed, stay within their bounds."""
+    epochs = _undelta(columns["ts_delta"])
+    if min(epochs) < 0 or max(epochs) > _TS_MAX:
+        raise ColumnError("column ts_delta sums to a time outside years 1970..9999")
+    if "register_kwh_mdelta" in columns:
+        milli = _undelta(columns["register_kwh_mdelta"])
+        if min(milli) < -_MILLI_KWH_MAX or max(milli) > _MILLI_KWH_MAX:
+            raise ColumnError("column register_kwh_mdelta sums to an impossible register")
 
 
 def full_columns(n: int, columns: dict[str, Any]) -> dict[str, list[Any]]:
-    """Every column as a list of n plain values (deltas undone)."""
+    """Every column as a list of n plain values: deltas undone, ``ts`` as aware datetimes (the
+    epoch seconds of the contract, never read as anything else). Raises ColumnError."""
+    _check_sums(columns)
     full = {k: (v if isinstance(v, list) else [v] * n) for k, v in columns.items()}
-    full["ts"] = _undelta(full.pop("ts_delta"))
+    full["ts"] = [datetime.fromtimestamp(t, UTC) for t in _undelta(full.pop("ts_delta"))]
     if "register_kwh_mdelta" in full:
         full["register_kwh"] = [v / 1000 for v in _undelta(full.pop("register_kwh_mdelta"))]
     return full

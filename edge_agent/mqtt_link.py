@@ -13,6 +13,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,6 +23,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.backoff import Backoff
 from edge_agent.publisher import Delivered
+from edge_agent.settings_base import BrokerSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,31 @@ class LinkConfig:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_file: Path | None = None  # None: the system's trust store
+    cert_file: Path | None = None  # this client's certificate (its CN is its identity)
+    key_file: Path | None = None
     backoff_min_s: float = 0.5
     backoff_max_s: float = 60.0
     will: tuple[str, bytes] | None = None  # retained QoS1 last will
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     manual_ack: bool = False
     receive_maximum: int | None = None
+
+    @classmethod
+    def of(cls, b: BrokerSettings, client_id: str, **extra: Any) -> LinkConfig:
+        """The link a part's broker settings describe."""
+        return cls(
+            client_id=client_id,
+            host=b.broker_host,
+            port=b.broker_port,
+            username=b.broker_username,
+            password=b.broker_password.get_secret_value() if b.broker_password else None,
+            tls=b.broker_tls,
+            ca_file=b.broker_ca_file,
+            cert_file=b.broker_cert_file,
+            key_file=b.broker_key_file,
+            **extra,
+        )
 
 
 def _ignore(ok: bool) -> None:
@@ -75,7 +96,13 @@ class MqttLink:
         if config.username:
             self.client.username_pw_set(config.username, config.password)
         if config.tls:
-            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            self.client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                certfile=str(config.cert_file) if config.cert_file else None,
+                keyfile=str(config.key_file) if config.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         if config.will:
             self.client.will_set(config.will[0], config.will[1], qos=1, retain=True)
         self.client.on_connect = self._handle_connect

@@ -12,9 +12,13 @@ buffer's ``models`` table, verified again with the key configured now), an optio
 message is installed only when it verifies (checksum, Ed25519 signature with the configured public
 key, feature names, a working ONNX graph), carries one of the agent's names and is newer
 (``created_at``) than the model of that name in use. Anything else is refused: the old model
-stays, a counter goes up and ``status.v1`` shows ``model_error``. An empty retained message on a
-model's topic (``ml.registry.clear_retained``) withdraws that model: it is dropped and forgotten.
-A class model older than the global one is not used (a newer set without that class replaced it).
+stays, a counter goes up and ``status.v1`` shows ``model_error``. The newest model of each name
+ever accepted is remembered in the buffer: an older one (a replayed message) is refused
+(``rollback``), also after a restart. A signed ``model_withdrawal.v1`` on a model's topic newer
+than every model of that name withdraws it: dropped, forgotten, and no model created before the
+withdrawal is accepted again; an empty retained message is not signed and is ignored. A class
+model older than the global one is not used (a newer set without that class replaced it).
+Without a model, ``status.v1`` says why in ``model_error`` (central raises ``scoring_off``).
 
 The swap is one assignment on the agent's main loop, between two ``Intake.take`` calls: each call
 scores all its readings with the book it started with, so every reading is scored by exactly one
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import wire
-from edge_agent.buffer import Counters, ModelStore
+from edge_agent.buffer import Counters, Meta, ModelStore
 from edge_agent.scoring import ActiveModels
 from edge_agent.vocabulary import ID_PATTERN
 
@@ -46,14 +50,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_MODEL_MESSAGE_BYTES = 48 * 1024 * 1024
-
 
 class ModelManager:
     def __init__(
         self,
         store: ModelStore,
         counters: Counters,
+        meta: Meta,
         active: ActiveModels,
         *,
         name: str,
@@ -66,6 +69,7 @@ class ModelManager:
             raise ValueError(f"the active models are named {active.book.base!r}, not {name!r}")
         self.store = store
         self.counters = counters
+        self.meta = meta
         self.active = active
         self.name = name
         names = {name}
@@ -153,13 +157,16 @@ class ModelManager:
                 return changed
             before = (self.active.book, self.error)
             name = topic.rsplit("/", 1)[-1]
-            if not payload:  # the retained message was cleared: central withdrew the model
-                self.withdraw(name)
+            if not payload:
+                # A cleared retained message is not signed: anybody able to publish there could
+                # send one. Withdrawals are signed messages (model_withdrawal.v1).
+                log.warning("empty message on %s: not a withdrawal (unsigned), ignored", topic)
+                self.counters.add({"models_clear_ignored": 1})
             else:
                 self.offer(payload, f"mqtt:{topic}", name_hint=name)
             changed = changed or (self.active.book, self.error) != before
 
-    def withdraw(self, name: str) -> None:
+    def _withdraw(self, name: str) -> None:
         """Stop using the model ``name`` (and forget it, so a restart does not bring it back)."""
         book = self.active.book
         if name in book.models:
@@ -170,15 +177,69 @@ class ModelManager:
         if self._error_name == name:
             self.error = None
 
+    # --- the highest model accepted, per name (persisted: no rollback across restarts) ----
+
+    def _high(self, name: str) -> tuple[str, str, str] | None:
+        """(created_at, version, sha256) of the newest model of ``name`` ever accepted, or of
+        its withdrawal (version ``WITHDRAWN``, above any)."""
+        value = self.meta.get(_HIGH + name)
+        if value is None:
+            return None
+        created, version, sha = json.loads(value)
+        return str(created), str(version), str(sha)
+
+    def _raise_high(self, name: str, created: str, version: str, sha: str) -> None:
+        high = self._high(name)
+        if high is None or (created, version) > high[:2]:
+            self.meta.set(_HIGH + name, json.dumps([created, version, sha]))
+
+    def status_error(self) -> str | None:
+        """For status.v1: the last refusal, or why no model is in use."""
+        if self.error is not None or self.active.book:
+            return self.error
+        if self.public_key is None:
+            return "no_public_key: set model_public_key to accept models"
+        for name in sorted(self.names):
+            high = self._high(name)
+            if high is not None and high[1] == WITHDRAWN:
+                return f"withdrawn: central withdrew {name} (signed, {high[0]})"
+        return "no_model: none received yet"
+
+    def _withdrawal(self, obj: dict[str, Any], source: str, name_hint: str | None) -> bool:
+        """A signed ``model_withdrawal.v1``: applied when it verifies and is newer than every
+        model of that name accepted so far (a replayed old withdrawal is refused)."""
+        if self.public_key is None:
+            return self._refuse("no_public_key", "set model_public_key to accept models", source)
+        from edge_agent.signing import ModelRejected, verify_withdrawal
+
+        try:
+            w = verify_withdrawal(obj, self.public_key)
+        except ModelRejected as exc:
+            return self._refuse(exc.reason, exc.detail, source, obj, name_hint)
+        if w.name not in self.names:
+            return self._refuse("name_mismatch", f"withdrawal of {w.name!r}", source, obj)
+        created = _sortable(w.created_at)
+        high = self._high(w.name)
+        if high is not None and created <= high[0]:
+            return self._refuse(
+                "stale_withdrawal", f"of {created}, not after {high[0]}", source, obj, name_hint
+            )
+        self._withdraw(w.name)
+        self._raise_high(w.name, created, WITHDRAWN, "")
+        self.counters.add({"models_withdrawn_signed": 1})
+        return True
+
     def offer(
         self, payload: bytes, source: str, *, persist: bool = True, name_hint: str | None = None
     ) -> bool:
         """Verify a ``model.v1`` payload and install it if it is newer. True if installed.
         ``name_hint``: the model name the topic it came on implies (for error reports)."""
         try:
-            obj = wire.decode(payload, MAX_MODEL_MESSAGE_BYTES)
+            obj = wire.decode(payload, wire.MODEL_LIMITS)
         except wire.DecodeError as exc:
             return self._refuse("invalid_message", str(exc), source, None, name_hint)
+        if wire.schema_of(obj) == "model_withdrawal.v1":
+            return self._withdrawal(obj, source, name_hint)
         if wire.schema_of(obj) != "model.v1":
             return self._refuse(
                 "unknown_schema", repr(wire.schema_of(obj))[:40], source, None, name_hint
@@ -208,6 +269,15 @@ class ModelManager:
             model = load_model(obj, key, threads=self.threads)
         except ModelRejected as exc:
             return self._refuse(exc.reason, exc.detail, source, obj, name_hint)
+        created = _sortable(model.created_at) if model.created_at else ""
+        high = self._high(model.name)
+        if high is not None and (created, model.version) < high[:2]:
+            what = "a withdrawal" if high[1] == WITHDRAWN else f"{high[1]} ({high[0]})"
+            return self._refuse("rollback", f"older than {what}", source, obj, name_hint)
+        if high is not None and (created, model.version) == high[:2] and model.sha256 != high[2]:
+            return self._refuse(
+                "version_reused", "same version, other content", source, obj, name_hint
+            )
         if current is not None and not _newer(model, current):
             log.info(
                 "model %s %s from %s is not newer than %s: ignored",
@@ -218,6 +288,7 @@ class ModelManager:
             )
             self.counters.add({"models_ignored_not_newer": 1})
             return False
+        self._raise_high(model.name, created, model.version, model.sha256)
         if persist:
             self.store.save(
                 name=model.name,
@@ -263,6 +334,17 @@ class ModelManager:
         )
         self.counters.add({"models_rejected": 1, f"models_rejected_{reason}": 1})
         return False
+
+
+# Meta key of a name's highest accepted model; the version that marks a withdrawal sorts above
+# every real version (ids are ASCII).
+_HIGH = "model_high:"
+WITHDRAWN = "\uffff withdrawn"
+
+
+def _sortable(at: datetime) -> str:
+    """A time as text that sorts as the time does (fixed width, microseconds, UTC)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _newer(candidate: LoadedModel, current: LoadedModel) -> bool:

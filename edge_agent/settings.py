@@ -10,13 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from edge_agent.settings_base import TomlEnvSettings, build
+from edge_agent.settings_base import BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 from edge_agent.vocabulary import ID_PATTERN
-
-PLACEHOLDER_SECRETS = {"", "changeme", "password", "secret", "mosquitto", "admin"}
 
 
 class SimSourceSettings(BaseModel):
@@ -35,16 +33,12 @@ class SimSourceSettings(BaseModel):
     chunk_intervals: int = Field(default=4, ge=1)
 
 
-class AgentSettings(TomlEnvSettings):
+class AgentSettings(TomlEnvSettings, BrokerSettings):
+    """The broker_* settings are the uplink to central (``BrokerSettings``)."""
+
     profile: Literal["laptop", "production"] = "laptop"
     gateway_id: str = Field(default="gw-laptop", pattern=ID_PATTERN)
 
-    # Uplink broker (central).
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 1883
-    broker_username: str | None = None
-    broker_password: SecretStr | None = None
-    broker_tls: bool = False
     topic_root: str = DEFAULT_ROOT
     keepalive_s: int = Field(default=30, ge=5)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
@@ -75,8 +69,9 @@ class AgentSettings(TomlEnvSettings):
 
     # Sources (any combination).
     source_topic: str | None = None  # e.g. "meters/+/reading" on the source broker
-    source_broker_host: str | None = None  # default: the uplink broker
-    source_broker_port: int | None = None
+    # The local broker meters or a head-end publish to (plain MQTT on the gateway itself).
+    source_broker_host: str = "127.0.0.1"
+    source_broker_port: int = 1883
     spool_dir: Path | None = None
     spool_meter_id: str = Field(default="seed-0001", pattern=ID_PATTERN)
     sim: SimSourceSettings | None = None
@@ -105,13 +100,13 @@ class AgentSettings(TomlEnvSettings):
     energy_balance_grace_s: int = Field(default=3600, ge=0)
 
     @model_validator(mode="after")
-    def _no_placeholder_secrets(self) -> AgentSettings:
+    def _production_is_secure(self) -> AgentSettings:
         if self.profile == "production":
+            problems = self.broker_problems()
             if self.gateway_id == "gw-laptop":
-                raise ValueError("production profile needs its own gateway_id")
-            pw = self.broker_password.get_secret_value() if self.broker_password else None
-            if pw is not None and pw.lower() in PLACEHOLDER_SECRETS:
-                raise ValueError("broker_password is a placeholder; set a real secret")
+                problems.insert(0, "production profile needs its own gateway_id")
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
 

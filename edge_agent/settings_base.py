@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 S = TypeVar("S", bound="TomlEnvSettings")
 
@@ -94,3 +94,42 @@ def build(cls: type[S], config_file: Path | str | None = None, **overrides: Any)
     data = _merge(data, env_values(cls))
     data = _merge(data, overrides)
     return cls.model_validate(data)
+
+
+PLACEHOLDER_SECRETS = {"", "changeme", "password", "secret", "mosquitto", "admin", "postgres"}
+
+
+class BrokerSettings(BaseModel):
+    """How a part reaches the MQTT broker. The secure setup (``docs/security.md``): TLS on 8883,
+    the CA that signed the broker's certificate (``broker_ca_file``; else the system's store)
+    and this client's own certificate and key, whose CN is its identity."""
+
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    broker_tls: bool = False
+    broker_ca_file: Path | None = None
+    broker_cert_file: Path | None = None
+    broker_key_file: Path | None = None
+    broker_username: str | None = None
+    broker_password: SecretStr | None = None
+
+    def broker_problems(self) -> list[str]:
+        """What a production profile refuses: plaintext, no identity, placeholder secrets."""
+        problems = []
+        if not self.broker_tls:
+            problems.append("broker_tls must be true (plaintext MQTT is refused in production)")
+        has_cert = self.broker_cert_file is not None and self.broker_key_file is not None
+        has_password = bool(self.broker_username) and self.broker_password is not None
+        if not (has_cert or has_password):
+            problems.append(
+                "the broker connection needs an identity: broker_cert_file and broker_key_file "
+                "(or broker_username and broker_password); anonymous access is refused"
+            )
+        pw = self.broker_password.get_secret_value() if self.broker_password else None
+        if pw is not None and pw.lower() in PLACEHOLDER_SECRETS:
+            problems.append("broker_password is a placeholder; set a real secret")
+        for name in ("broker_ca_file", "broker_cert_file", "broker_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                problems.append(f"{name}: no file at {path}")
+        return problems

@@ -34,4 +34,5 @@ ALERT_KINDS: tuple[str, ...] = (
     "supply_loss",
     "energy_balance",
     "buffer_full",
+    "scoring_off",  # central: a gateway scores nothing (no model, or its model refused)
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -39,6 +41,7 @@ from edge_agent.vocabulary import FLAG_PATTERN, ID_PATTERN
 # energy above max_kw * hours is not a reading but a fault. Agents may configure tighter bounds.
 WIRE_MAX_KW = 5000.0
 MAX_BATCH_READINGS = 50_000
+MAX_BATCH_QUARANTINED = 10_000
 MAX_RAW_CHARS = 16_384
 
 READINGS_SCHEMAS = ("readings.v1", "readings.v2")
@@ -66,11 +69,35 @@ def epoch_iso_z(epoch_s: float) -> str:
     return iso_z(datetime.fromtimestamp(epoch_s, UTC))
 
 
+def _not_a_number(value: Any) -> Any:
+    """A time on the wire is an ISO-8601 string with an offset: a number is refused, never
+    guessed to be seconds or milliseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a time is an ISO-8601 string with a UTC offset, not a number")
+    return value
+
+
 UtcDatetime = Annotated[
     AwareDatetime,
+    BeforeValidator(_not_a_number),
     AfterValidator(_to_utc),
     PlainSerializer(iso_z, return_type=str, when_used="json"),
 ]
+
+#: Readings end on whole seconds on their interval's grid: a multiple of the interval for
+#: intervals up to 15 minutes, of 15 minutes for longer ones (so a daily or hourly reading may
+#: end on a local hour or midnight in any time zone).
+ALIGN_MAX_S = 900
+
+
+def ts_problem(ts: datetime, interval_s: int) -> str | None:
+    """Why ``ts`` cannot end an interval of ``interval_s`` seconds, or None."""
+    if ts.microsecond:
+        return "ts must be whole seconds"
+    step = min(int(interval_s), ALIGN_MAX_S)
+    if int(ts.timestamp()) % step:
+        return f"ts {iso_z(ts)} is not on the {step} s grid of its interval"
+    return None
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -112,10 +139,13 @@ class Reading(WireModel):
     model_version: str | None = Field(default=None, pattern=ID_PATTERN)
 
     @model_validator(mode="after")
-    def _plausible_energy(self) -> Reading:
+    def _plausible(self) -> Reading:
         ceiling = WIRE_MAX_KW * self.interval_s / 3600.0
         if self.kwh > ceiling:
             raise ValueError(f"kwh {self.kwh} above {ceiling:g} for a {self.interval_s}s interval")
+        problem = ts_problem(self.ts, self.interval_s)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -156,7 +186,9 @@ class ReadingsBatch(WireModel):
     batch_seq: int = Field(ge=0)
     sent_at: UtcDatetime
     readings: list[Reading] = Field(default_factory=list, max_length=MAX_BATCH_READINGS)
-    quarantined: list[QuarantineRecord] = Field(default_factory=list)
+    quarantined: list[QuarantineRecord] = Field(
+        default_factory=list, max_length=MAX_BATCH_QUARANTINED
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -179,7 +211,7 @@ class BatchEnvelope(WireModel):
     readings: list[Any] = Field(default_factory=list, max_length=MAX_BATCH_READINGS)
     n: int | None = Field(default=None, ge=0, le=MAX_BATCH_READINGS)
     columns: dict[str, Any] | None = None
-    quarantined: list[Any] = Field(default_factory=list)
+    quarantined: list[Any] = Field(default_factory=list, max_length=MAX_BATCH_QUARANTINED)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -243,15 +275,25 @@ def readings_payload(
     return payload
 
 
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
 class Ack(WireModel):
-    schema_: Literal["ack.v1"] = Field(default="ack.v1", alias="schema")
+    """Central's answer to a readings batch, sent after the transaction that stored it.
+
+    ``ack.v2`` adds ``batch_sha256``: the sha256 of the batch message it answers (the exact
+    bytes central received), so an agent applies an ack only to the batch it sent; ``ack.v1``
+    (no digest) is still read."""
+
+    schema_: Literal["ack.v1", "ack.v2"] = Field(default="ack.v2", alias="schema")
     batch_id: str = Field(max_length=200)
     status: Literal["stored", "rejected"]
     inserted: int = Field(default=0, ge=0)
     duplicates: int = Field(default=0, ge=0)
     conflicts: int = Field(default=0, ge=0)
     quarantined: int = Field(default=0, ge=0)
-    reason: str | None = None
+    reason: str | None = Field(default=None, max_length=300)
+    batch_sha256: str | None = Field(default=None, pattern=SHA256_HEX)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -293,7 +335,13 @@ class Status(WireModel):
 
 
 AlertKind = Literal[
-    "anomaly", "tamper", "register_rollback", "supply_loss", "energy_balance", "buffer_full"
+    "anomaly",
+    "tamper",
+    "register_rollback",
+    "supply_loss",
+    "energy_balance",
+    "buffer_full",
+    "scoring_off",
 ]
 
 
@@ -333,6 +381,22 @@ class ModelMessage(WireModel):
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
+class ModelWithdrawal(WireModel):
+    """Central stops the use of a model: published retained on the model's topic, signed like
+    a model (``edge_agent.signing``). ``created_at`` is after the model it withdraws; no model
+    of that name created before it is accepted afterwards."""
+
+    schema_: Literal["model_withdrawal.v1"] = Field(default="model_withdrawal.v1", alias="schema")
+    name: Identifier
+    created_at: UtcDatetime
+    signature: str = Field(max_length=200)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
 # --- encoding -------------------------------------------------------------------------------
 
 
@@ -356,8 +420,32 @@ def encode_model(model: WireModel, compress: bool = True) -> bytes:
     return encode(model.to_json_dict(), compress=compress)
 
 
-def decode(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> dict[str, Any]:
-    """Bytes → JSON object. Raises :class:`DecodeError` with a reason, never anything else."""
+@dataclass(frozen=True)
+class Limits:
+    """How much one message may cost before it is parsed: its inflated size, and an upper bound
+    on the JSON values it holds (objects and arrays; items, counted by their separators), so a
+    small hostile payload cannot make the parser build millions of objects."""
+
+    max_bytes: int = 1024 * 1024
+    max_containers: int = 10_000
+    max_items: int = 100_000
+
+
+#: A readings batch: 50,000 readings of every field (v1 rows or v2 columns, flags as lists)
+#: plus 10,000 quarantine records.
+BATCH_LIMITS = Limits(
+    max_bytes=32 * 1024 * 1024,
+    max_containers=2 * MAX_BATCH_READINGS + MAX_BATCH_QUARANTINED + 64,
+    max_items=20 * MAX_BATCH_READINGS + 6 * MAX_BATCH_QUARANTINED,
+)
+#: A model.v1 message: one object, its ONNX graph as one base64 string.
+MODEL_LIMITS = Limits(max_bytes=48 * 1024 * 1024, max_containers=64, max_items=4_096)
+
+
+def decode(payload: bytes, limits: Limits = Limits()) -> dict[str, Any]:
+    """Bytes → JSON object, within ``limits``. Raises :class:`DecodeError` with a reason, never
+    anything else."""
+    max_bytes = limits.max_bytes
     if not payload:
         raise DecodeError("empty")
     if payload[:1] == ZLIB_HEADER:
@@ -376,6 +464,13 @@ def decode(payload: bytes, max_bytes: int = 64 * 1024 * 1024) -> dict[str, Any]:
         body = payload
     else:
         raise DecodeError("bad_encoding", f"unknown first byte 0x{payload[0]:02x}")
+    # Upper bounds, counted on the bytes (a brace inside a string counts too): cheap, and the
+    # parser never sees a structure that would cost more than the limits allow.
+    containers = body.count(b"{") + body.count(b"[")
+    if containers > limits.max_containers:
+        raise DecodeError("too_complex", f"{containers} objects or arrays")
+    if body.count(b",") + 1 > limits.max_items:
+        raise DecodeError("too_complex", "too many values")
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError) as exc:  # incl. JSONDecodeError, huge integers

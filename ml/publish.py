@@ -23,8 +23,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.model import signed_bytes
-from edge_agent.wire import ModelMessage
+from edge_agent.signing import signed_bytes, withdrawal_signed_bytes
+from edge_agent.wire import ModelMessage, ModelWithdrawal
 from ml.onnx_export import export_fast
 from ml.train import TrainedModel
 
@@ -116,6 +116,20 @@ def build_model_message(
     signature = private_key.sign(signed_bytes(wire, onnx_bytes))
     message = wire.to_json_dict()
     message["signature"] = base64.b64encode(signature).decode("ascii")
+    return message
+
+
+def build_withdrawal(
+    name: str, *, private_key: Ed25519PrivateKey, created_at: datetime | None = None
+) -> dict[str, Any]:
+    """A signed ``model_withdrawal.v1``: gateways stop using ``name`` and accept no model of
+    that name created before ``created_at`` (now by default)."""
+    unsigned = ModelWithdrawal(name=name, created_at=created_at or datetime.now(UTC), signature="")
+    wire = ModelWithdrawal.model_validate(unsigned.to_json_dict())
+    message = wire.to_json_dict()
+    message["signature"] = base64.b64encode(private_key.sign(withdrawal_signed_bytes(wire))).decode(
+        "ascii"
+    )
     return message
 
 

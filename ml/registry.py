@@ -15,10 +15,12 @@ Publishing a :class:`~ml.modelset.ModelSet` (``python -m ml publish``), for each
 
 A gateway that connects later gets the retained message at once. The payload is the wire's
 zlib encoding (first byte 0x01, ``edge_agent.wire.decode`` reads it): an ONNX forest in base64
-shrinks to about a third. Publishing an empty retained payload on the topic withdraws the model
-(:func:`clear_retained`): the broker forgets it and gateways that hear it drop the model. Publishing
-a set withdraws the class models of earlier sets it has no member for (a gateway that missed the
-withdrawal still stops using them: a class model older than the global one is stale).
+shrinks to about a third. A model is withdrawn by a signed ``model_withdrawal.v1`` published
+retained on its topic (:func:`withdraw`): gateways that hear it drop the model and refuse any
+model of that name created before it (an empty retained message is ignored: anybody able to
+publish could send one). Publishing a set withdraws the class models of earlier sets it has no
+member for (a gateway that missed the withdrawal still stops using them: a class model older than
+the global one is stale).
 
 Connection settings come from arguments or the environment, with the same names as the central
 settings: ``EIOT_PG_DSN``, ``EIOT_BROKER_HOST``, ``EIOT_BROKER_PORT``, ``EIOT_BROKER_USERNAME``,
@@ -44,7 +46,7 @@ from psycopg.types.json import Jsonb
 
 from edge_agent import topics, wire
 from ml.modelset import Member, ModelSet
-from ml.publish import build_model_message
+from ml.publish import build_model_message, build_withdrawal
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class Broker:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_file: str | None = None  # the broker's CA (else the system's trust store)
+    cert_file: str | None = None  # the publisher's identity (svc-models, docs/security.md)
+    key_file: str | None = None
     timeout_s: float = 10.0
 
     @classmethod
@@ -77,6 +82,9 @@ class Broker:
             "username": e.get("EIOT_BROKER_USERNAME") or None,
             "password": e.get("EIOT_BROKER_PASSWORD") or None,
             "tls": e.get("EIOT_BROKER_TLS", "").lower() in ("1", "true", "yes"),
+            "ca_file": e.get("EIOT_BROKER_CA_FILE") or None,
+            "cert_file": e.get("EIOT_BROKER_CERT_FILE") or None,
+            "key_file": e.get("EIOT_BROKER_KEY_FILE") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -204,7 +212,7 @@ def _client(broker: Broker, purpose: str) -> mqtt.Client:
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
     if broker.tls:
-        client.tls_set()
+        client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file)
     return client
 
 
@@ -241,8 +249,18 @@ def publish_retained(topic: str, payload: bytes, broker: Broker) -> None:
 
 
 def clear_retained(topic: str, broker: Broker) -> None:
-    """Remove the retained message of ``topic`` (an empty retained payload)."""
+    """Remove the retained message of ``topic`` (an empty retained payload): the broker forgets
+    it; gateways ignore it (a withdrawal is :func:`withdraw`)."""
     publish_retained(topic, b"", broker)
+
+
+def withdraw(
+    name: str, private_key: Ed25519PrivateKey, broker: Broker, root: str = topics.DEFAULT_ROOT
+) -> dict[str, Any]:
+    """Publish a signed withdrawal of model ``name``, retained (late gateways hear it too)."""
+    message = build_withdrawal(name, private_key=private_key)
+    publish_retained(topics.model(root, name), wire.encode(message, compress=False), broker)
+    return message
 
 
 def read_retained(topic: str, broker: Broker, timeout_s: float | None = None) -> bytes | None:
@@ -318,8 +336,8 @@ def publish_model_set(
             out.append(
                 Published(member.name, model_set.version, topic, stored["sha256"], added, stored)
             )
-        # Class models of an earlier set that this one has no member for: withdraw them (an
-        # empty retained message), so gateways fall back to the global model for that class.
+        # Class models of an earlier set that this one has no member for: withdraw them (a
+        # signed withdrawal), so gateways fall back to the global model for that class.
         names = [m.name for m in model_set.members]
         stale = conn.execute(
             "select distinct name from ml.models where left(name, length(%s) + 1) = %s || '.'"
@@ -327,6 +345,6 @@ def publish_model_set(
             (model_set.name, model_set.name, names),
         ).fetchall()
         for (name,) in stale:
-            clear_retained(topics.model(root, name), broker)
+            withdraw(name, private_key, broker, root)
             log.info("withdrew %s: the new set has no member for its class", name)
     return out

@@ -12,8 +12,11 @@ import psycopg
 import pytest
 
 from central.db import migrate
+from central.netproxy import TcpProxy
 from tests.support.processes import PG_ADMIN_DSN, Mosquitto, Proc
-from tests.support.proxy import TcpProxy
+
+# The session PKI and the secure private broker (tests/support/secure.py).
+pytest_plugins = ["tests.support.secure"]
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 

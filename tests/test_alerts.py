@@ -24,7 +24,7 @@ from edge_agent.rollout import ModelManager
 from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
-from ml.publish import build_model_message
+from ml.publish import build_model_message, build_withdrawal
 from tests.support.detection import T0, Gateway, gateway, models, reading, row_of
 from tests.support.processes import BROKER_PORT
 
@@ -213,7 +213,7 @@ def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
     )
     conn.close()
     buffer = Buffer(path)
-    assert version(buffer.db.conn) == LATEST == 5
+    assert version(buffer.db.conn) == LATEST == 6
     assert buffer.readings.keys() == {("m", 1)}
     assert buffer.alerts.undelivered() == 0 and buffer.models.current() == []
 
@@ -373,6 +373,7 @@ def test_scores_do_not_depend_on_how_many_meters_one_call_takes(
         manager = ModelManager(
             buffer.models,
             buffer.counters,
+            buffer.meta,
             active,
             name="iforest",
             public_key=m.public_key,
@@ -447,10 +448,23 @@ def test_class_models_withdrawn_superseded_or_broken(tmp_path: Path) -> None:
     assert intake.buffer.counters.all()["readings_unscored_model_error"] == 48
     active.book = good
 
-    # Central clears the retained urban topic: the model is dropped, and stays dropped.
+    # An empty retained message (anybody could send one) withdraws nothing.
     manager.on_message(b"", "eiot/v1/models/iforest.urban")
+    assert not manager.drain()
+    assert [s.name for s in manager.states()] == ["iforest", "iforest.urban"]
+    assert intake.buffer.counters.all()["models_clear_ignored"] == 1
+    # Central withdraws the urban model, signed: it is dropped, and stays dropped.
+    withdrawal = build_withdrawal("iforest.urban", private_key=m.key)
+    manager.on_message(json.dumps(withdrawal).encode(), "eiot/v1/models/iforest.urban")
     assert manager.drain()
     assert [s.name for s in manager.states()] == ["iforest"] and manager.error is None
+    manager.on_message(json.dumps(m.urban).encode(), "eiot/v1/models/iforest.urban")
+    manager.drain()  # the urban model, replayed: created before the withdrawal
+    assert [s.name for s in manager.states()] == ["iforest"]
+    assert (manager.error or "").startswith("rollback")
+    manager.on_message(json.dumps(withdrawal).encode(), "eiot/v1/models/iforest.urban")
+    manager.drain()  # the same withdrawal again: not newer than itself
+    assert (manager.error or "").startswith("stale_withdrawal")
     intake.close()
     intake, manager = build(from_file=False)  # a restart does not bring it back
     assert [(s.name, s.version) for s in manager.states()] == [("iforest", "v2")]

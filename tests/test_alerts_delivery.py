@@ -4,7 +4,6 @@ the same alert_id, so a subscriber that de-duplicates by id sees each alert exac
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 import time
 from collections import defaultdict
@@ -12,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from central.local_services import SecureMosquitto
+from central.pki import Pki
 from edge_agent import topics
 from edge_agent.alerts import alert_id
 from tests.support.detection import T0, Subscriber, reading, write_spool
-from tests.support.processes import Mosquitto, Proc
+from tests.support.processes import Proc
 from tests.support.rig import Rig
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -45,13 +46,16 @@ def outbox(rig: Rig) -> dict[str, tuple[int, float | None]]:
 
 
 def test_alerts_survive_agent_kill_and_broker_outage(
-    tmp_path: Path, topic_root: str, procs: list[Proc], private_broker: Mosquitto
+    tmp_path: Path, topic_root: str, procs: list[Proc], secure_broker: SecureMosquitto, pki: Pki
 ) -> None:
-    rig = Rig(tmp_path, "", private_broker.port, topic_root, procs)
+    private_broker = secure_broker
+    rig = Rig(tmp_path, "", private_broker.port, topic_root, procs, pki=pki)
+    watcher = "svc-alerts-test"  # an alert subscriber: its identity is its persistent session
     sub = Subscriber(
         private_broker.port,
         [topics.alerts(topic_root, GW)],
-        session=f"alert-watch-{secrets.token_hex(3)}",
+        session=watcher,
+        tls=(str(pki.ca_cert_path), str(pki.cert_path(watcher)), str(pki.key_path(watcher))),
     ).start()
 
     def received() -> dict[str, list[bytes]]:

@@ -10,18 +10,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
+from central.local_services import SecureMosquitto
+from central.pki import Pki
 from edge_agent import topics
 from tests.support.detection import T0, Subscriber, models, reading, write_spool
-from tests.support.processes import BROKER_PORT, Proc
+from tests.support.processes import Proc
 from tests.support.rig import Rig
+from tests.support.secure import connect
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-GW = "gw-det"
+GW = "gw-c"
 METERS = ["m-theft", "m-outage", "m-a", "m-b", "m-c"]
 
 
@@ -41,45 +43,57 @@ class DetectionRig(Rig):
         write_spool(self.spool(GW), f"day{d:03d}", items)
 
 
-def publish_retained(root: str, message: dict[str, object]) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", BROKER_PORT)
-    client.loop_start()
+def publish_retained(pki: Pki, port: int, root: str, message: dict[str, object]) -> None:
+    """As the model publisher (the only identity allowed to)."""
+    client = connect(pki, "svc-models", port)
     try:
-        info = client.publish(
-            topics.model(root, "iforest"), json.dumps(message), qos=1, retain=True
-        )
-        info.wait_for_publish(10)
+        code = client.publish(topics.model(root, "iforest"), json.dumps(message).encode(), True)
+        assert getattr(code, "value", code) in (0, 0x10), code
     finally:
-        client.loop_stop()
-        client.disconnect()
+        client.close()
 
 
 def test_theft_detected_at_the_edge_reaches_subscribers_and_postgres(
-    tmp_path: Path, pg_dsn: str, topic_root: str, procs: list[Proc]
+    tmp_path: Path,
+    pg_dsn: str,
+    topic_root: str,
+    procs: list[Proc],
+    secure_broker: SecureMosquitto,
+    pki: Pki,
 ) -> None:
     m = models()  # IsolationForest trained on labelled synthetic meters, signed
+    port = secure_broker.port
     rig = DetectionRig(
         tmp_path,
         pg_dsn,
-        BROKER_PORT,
+        port,
         topic_root,
         procs,
         gateways=[GW],
+        pki=pki,
         extra_env={"EIOT_MODEL_PUBLIC_KEY": m.public_key, "EIOT_MODEL_NAME": "iforest"},
     )
-    publish_retained(topic_root, m.v1)
+    publish_retained(pki, port, topic_root, m.v1)
+    watcher = "svc-alerts-test"  # reads alerts; the gateway's status comes through the ingest
     sub = Subscriber(
-        BROKER_PORT, [topics.alerts(topic_root, GW), topics.status(topic_root, GW)]
+        port,
+        [topics.alerts(topic_root, GW)],
+        tls=(str(pki.ca_cert_path), str(pki.cert_path(watcher)), str(pki.key_path(watcher))),
     ).start()
     try:
         rig.start_ingest()
         rig.start_agent(GW)
-        sub.wait_for(
-            lambda: any(s.get("model", {}).get("version") == "v1" for s in sub.payloads("/status")),
-            30,
-            "the agent to load the retained model",
-        )
+
+        def model_in_use() -> str | None:  # as the gateway's status.v1 says, stored centrally
+            with psycopg.connect(pg_dsn) as conn:
+                row = conn.execute(
+                    "select status->'model'->>'version' from raw.gateway_status "
+                    "where gateway_id = %s order by received_at desc limit 1",
+                    (GW,),
+                ).fetchone()
+            return None if row is None else row[0]
+
+        rig.wait_until(lambda: model_in_use() == "v1", 30, "the agent to load the retained model")
         for d in range(8):
             rig.feed_day(d)
         # Day 8: a bypass (the meter reads nothing while supply is on) and an outage.

@@ -12,19 +12,28 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from central.local_services import PrivatePostgres
+from central.local_services import PrivatePostgres, SecureMosquitto
+from central.netproxy import TcpProxy
+from central.pki import Pki
 from edge_agent.sources.spool import SLICE_RECORDS
 from tests.support.postgres import migrated_database, private_postgres
-from tests.support.processes import BROKER_PORT, Mosquitto, Proc
-from tests.support.proxy import TcpProxy
+from tests.support.processes import Proc
 from tests.support.rig import Rig
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def rig(tmp_path: Path, pg_dsn: str, topic_root: str, procs: list[Proc]) -> Rig:
-    return Rig(tmp_path, pg_dsn, BROKER_PORT, topic_root, procs)
+def rig(
+    tmp_path: Path,
+    pg_dsn: str,
+    topic_root: str,
+    procs: list[Proc],
+    secure_broker: SecureMosquitto,
+    pki: Pki,
+) -> Rig:
+    """The reading path on the secure broker: TLS, client certificates, the shipped ACL."""
+    return Rig(tmp_path, pg_dsn, secure_broker.port, topic_root, procs, pki=pki)
 
 
 def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
@@ -70,8 +79,8 @@ def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
     assert counters.get("readings_duplicate", 0) == 0, counters  # resumed, not taken again
 
 
-def test_broker_killed_and_restarted(rig: Rig, private_broker: Mosquitto) -> None:
-    rig.broker_port = private_broker.port
+def test_broker_killed_and_restarted(rig: Rig, secure_broker: SecureMosquitto) -> None:
+    private_broker = secure_broker
     rig.start_ingest()
     rig.start_agent("gw-a")
     for n in range(6):
@@ -128,9 +137,16 @@ def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
 
 
 def test_postgres_crashed_and_restarted_during_ingest(
-    tmp_path: Path, topic_root: str, procs: list[Proc], private_pg: PrivatePostgres
+    tmp_path: Path,
+    topic_root: str,
+    procs: list[Proc],
+    private_pg: PrivatePostgres,
+    secure_broker: SecureMosquitto,
+    pki: Pki,
 ) -> None:
-    rig = Rig(tmp_path, migrated_database(private_pg), BROKER_PORT, topic_root, procs)
+    rig = Rig(
+        tmp_path, migrated_database(private_pg), secure_broker.port, topic_root, procs, pki=pki
+    )
     ingest = rig.start_ingest()
     rig.start_agent("gw-a")
     backlog = 40  # files (one batch each): still being stored when the server crashes
@@ -173,7 +189,7 @@ def _ledger(dsn: str) -> list[tuple[datetime, int]]:
 
 
 def test_flapping_network_between_agent_and_broker(rig: Rig, proxy_factory: type[TcpProxy]) -> None:
-    proxy = proxy_factory(BROKER_PORT)
+    proxy = proxy_factory(rig.broker_port)
     rig.agent_broker_port = proxy.port
     rig.start_ingest()
     rig.start_agent("gw-a")

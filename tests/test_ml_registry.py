@@ -20,9 +20,10 @@ from central.db import migrate
 from edge_agent import wire
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import ModelRejected, load_model
+from edge_agent.signing import verify_withdrawal
 from ml.dataset import MeterData, from_fleet, reading_features
 from ml.modelset import ModelSet, train_model_set
-from ml.publish import generate_keypair, load_private_key
+from ml.publish import generate_keypair, load_private_key, public_key_b64
 from ml.registry import (
     Broker,
     VersionConflict,
@@ -151,7 +152,10 @@ def test_a_new_set_without_a_class_withdraws_that_class_model(
         publish_model_set(per_class, key, dsn=ml_dsn, broker=BROKER, root=root)
         assert read_retained(f"{root}/models/iforest.urban", BROKER) is not None
         publish_model_set(later, key, dsn=ml_dsn, broker=BROKER, root=root)  # global only
-        assert read_retained(f"{root}/models/iforest.urban", BROKER, timeout_s=1.0) is None
+        withdrawal = read_retained(f"{root}/models/iforest.urban", BROKER, timeout_s=1.0)
+        assert withdrawal is not None  # a signed withdrawal, retained for late gateways
+        verified = verify_withdrawal(wire.decode(withdrawal), public_key_b64(key))
+        assert verified.name == "iforest.urban"
         retained = read_retained(f"{root}/models/iforest", BROKER)
         assert retained is not None and wire.decode(retained)["version"] == later.version
     finally:

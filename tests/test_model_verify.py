@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import (
-    SIGNING_CONTEXT,
     LoadedModel,
     ModelRejected,
     canonical_metadata,
@@ -23,6 +22,7 @@ from edge_agent.model import (
     parse_public_key,
     signed_bytes,
 )
+from edge_agent.signing import SIGNING_CONTEXT
 from edge_agent.wire import ModelMessage, decode, encode
 from ml.publish import (
     KEY_ENV,

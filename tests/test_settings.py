@@ -37,14 +37,37 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         central_settings(tmp_path / "nope.toml")
 
 
-def test_production_refuses_laptop_defaults_and_placeholders() -> None:
+def test_production_refuses_laptop_defaults_and_placeholders(tmp_path: Path) -> None:
+    cert, key, ca = (tmp_path / n for n in ("gw-9.crt", "gw-9.key", "ca.crt"))
+    for f in (cert, key, ca):
+        f.write_text("pem")
+    identity = {
+        "broker_tls": True,
+        "broker_cert_file": cert,
+        "broker_key_file": key,
+        "broker_ca_file": ca,
+    }
     with pytest.raises(ValidationError, match="gateway_id"):
-        load_settings(profile="production")
+        load_settings(profile="production", **identity)
     with pytest.raises(ValidationError, match="placeholder"):
         load_settings(profile="production", gateway_id="gw-9", broker_password="changeme")
+    with pytest.raises(ValidationError, match="plaintext"):  # no TLS
+        load_settings(profile="production", gateway_id="gw-9", broker_cert_file=cert)
+    with pytest.raises(ValidationError, match="anonymous"):  # TLS, but nobody
+        load_settings(profile="production", gateway_id="gw-9", broker_tls=True)
+    with pytest.raises(ValidationError, match="no file"):
+        load_settings(
+            profile="production", gateway_id="gw-9", **{**identity, "broker_key_file": "/nope"}
+        )
+    assert load_settings(profile="production", gateway_id="gw-9", **identity).broker_tls
+    dsn = "postgresql://eiot_ingest:S3cr3t-x@db/eiot"
     with pytest.raises(ValidationError, match="password"):
-        central_settings(profile="production")
-    ok = central_settings(profile="production", pg_dsn="postgresql://eiot:S3cr3t-x@db/eiot")
+        central_settings(profile="production", **identity)
+    with pytest.raises(ValidationError, match="superuser"):
+        central_settings(profile="production", pg_dsn="postgresql://postgres:S3cr3t-x@db/eiot")
+    with pytest.raises(ValidationError, match="plaintext"):
+        central_settings(profile="production", pg_dsn=dsn)
+    ok = central_settings(profile="production", pg_dsn=dsn, **identity)
     assert ok.profile == "production"
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge_agent import wire
 from edge_agent.buffer import Buffer
 from edge_agent.sources import Intake
 from edge_agent.sources.spool import SpoolSource
@@ -93,8 +94,15 @@ def test_spool_reads_seed_format(tmp_path: Path) -> None:
 
 
 def _jsonl(n: int, meters: int = 3) -> str:
+    end = int(NOW) // 1800 * 1800  # readings end on their 30-minute grid, before now
     return "".join(
-        json.dumps({"meter_id": f"m{k % meters}", "ts": NOW - 1800 * (n - k), "kwh": 0.1 + k % 7})
+        json.dumps(
+            {
+                "meter_id": f"m{k % meters}",
+                "ts": wire.epoch_iso_z(end - 1800 * (n - k)),
+                "kwh": 0.1 + k % 7,
+            }
+        )
         + "\n"
         for k in range(n)
     )
@@ -160,7 +168,7 @@ def test_spool_takes_a_file_a_slice_at_a_time_and_resumes_after_a_cut(tmp_path: 
     assert [p.name for p in (d / "done").iterdir()] == ["big.jsonl"]
 
 
-def test_spool_file_unreadable_midway_keeps_what_came_before(tmp_path: Path) -> None:
+def test_a_bad_record_in_a_spool_file_costs_that_record_only(tmp_path: Path) -> None:
     d = tmp_path / "spool"
     buf = Buffer(tmp_path / "b.db")
     src = SpoolSource(d, _intake(buf), buf.spool, slice_records=10)
@@ -174,13 +182,13 @@ def test_spool_file_unreadable_midway_keeps_what_came_before(tmp_path: Path) -> 
     assert (
         buf.maintenance.stats().total_readings == 30
     )  # none lost: those 25 + 5 were valid readings
-    reasons = sorted(r for (r,) in buf.db.conn.execute("select reason from quarantine"))
-    assert len(reasons) == 2 and reasons[0].startswith("malformed_json: ")
-    assert (
-        reasons[1]
-        == "unreadable_file: line 27 is not UTF-8 (invalid start byte) (after 25 records)"
-    )
-    assert [p.name for p in (d / "failed").iterdir()] == ["torn.csv"]
-    assert [p.name for p in (d / "done").iterdir()] == ["line.jsonl"]
+    rows_ = buf.db.conn.execute("select reason, raw, source from quarantine order by id")
+    got = {(reason.split(":")[0], source.rsplit(":", 1)[-1]) for reason, _, source in rows_}
+    # the CSV line that is not UTF-8, the next one (a bad ts), the JSONL line that is not UTF-8
+    assert got == {("not_utf8", "27"), ("invalid", "28"), ("malformed_json", "6")}
+    raw = [r for (r,) in buf.db.conn.execute("select raw from quarantine where reason='not_utf8'")]
+    assert raw == ["m1,\\xff\\xfe,1"]  # the bytes shown, not lost
+    assert list((d / "failed").iterdir()) == []
+    assert sorted(p.name for p in (d / "done").iterdir()) == ["line.jsonl", "torn.csv"]
     ledger = buf.db.conn.execute("select name, outcome, readings, quarantined from spool_files")
-    assert sorted(ledger) == [("line.jsonl", "done", 5, 1), ("torn.csv", "failed", 25, 1)]
+    assert sorted(ledger) == [("line.jsonl", "done", 5, 1), ("torn.csv", "done", 25, 2)]

@@ -66,8 +66,64 @@ def test_decode_errors_have_reasons(payload: bytes, reason: str) -> None:
 def test_decode_bounds_inflation() -> None:
     bomb = wire.ZLIB_HEADER + zlib.compress(b"{" + b" " * 5_000_000 + b"}")
     with pytest.raises(wire.DecodeError) as err:
-        wire.decode(bomb, max_bytes=1_000_000)
+        wire.decode(bomb, wire.Limits(max_bytes=1_000_000))
     assert err.value.reason == "oversize"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # 22 M empty objects in 65 kB of zlib once cost the ingest 1.8 GB
+        b'{"schema":"readings.v1","readings":[' + b"{}," * 2_000_000 + b"{}]}",
+        b'{"schema":"readings.v2","columns":{"kwh":[' + b"1," * 3_000_000 + b"1]}}",
+        b'{"a":' + b"[" * 300_000 + b"]" * 300_000 + b"}",
+    ],
+    ids=["objects", "values", "nesting"],
+)
+def test_decode_refuses_structures_over_the_limits_before_parsing(body: bytes) -> None:
+    payload = wire.ZLIB_HEADER + zlib.compress(body, 9)
+    assert len(payload) < 100_000  # small on the wire
+    with pytest.raises(wire.DecodeError) as err:
+        wire.decode(payload, wire.BATCH_LIMITS)
+    assert err.value.reason == "too_complex"
+
+
+def test_the_largest_legitimate_batch_fits_the_limits() -> None:
+    from edge_agent.fields import make_row
+
+    rows = [
+        make_row(
+            meter_id=f"m{i % 2000:05d}",
+            ts=1_772_323_200 + 1800 * (i // 2000 + 1),
+            interval_s=1800,
+            kwh=0.123,
+            register_kwh=1000.5 + i,
+            voltage_v=230.1,
+            current_a=1.5,
+            power_factor=0.9,
+            temperature_c=25.5,
+            humidity_pct=60.5,
+            wind_ms=3.5,
+            supply=i % 7,
+            flags="cover_open,no_credit" if i % 3 else None,
+            score=0.5,
+            model_version="v1",
+        )
+        for i in range(wire.MAX_BATCH_READINGS)
+    ]
+    records = [("x" * 100, "r", 1.0, "s")] * wire.MAX_BATCH_QUARANTINED
+    for schema in wire.READINGS_SCHEMAS:
+        payload = wire.readings_payload(
+            schema,
+            gateway_id="gw",
+            batch_id="b-1",
+            batch_seq=1,
+            sent_at=1.0,
+            rows=rows,
+            quarantined=records,
+        )
+        body = wire.encode(payload, compress=True)
+        assert wire.decode(body, wire.BATCH_LIMITS)["batch_id"] == "b-1", schema
 
 
 def test_quarantine_record_escapes_nul_and_truncates() -> None:

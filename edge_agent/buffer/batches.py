@@ -7,12 +7,18 @@ carries the same ``batch_id`` and the same bytes, also after a restart. Batch id
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 
 from edge_agent import wire
 from edge_agent.buffer.db import BufferDB
 from edge_agent.buffer.quarantine import QuarantineStore
 from edge_agent.buffer.readings import ReadingStore
+
+log = logging.getLogger(__name__)
+#: The reason central gives for a batch id it stored with other content.
+BATCH_CONFLICT = "batch_conflict"
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class BatchQueue:
             body = wire.encode(payload, compress=compress)
             conn.execute(
                 "insert into batches (batch_id, seq, created_at, payload, first_seq, last_seq, "
-                "readings, quarantined) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                "readings, quarantined, payload_sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     batch_id,
                     seq,
@@ -79,6 +85,7 @@ class BatchQueue:
                     taken.last_seq,
                     len(taken.rows),
                     len(records),
+                    hashlib.sha256(body).hexdigest(),
                 ),
             )
             self._db.meta.set("batch_seq", seq)
@@ -113,15 +120,24 @@ class BatchQueue:
             )
 
     def apply_ack(self, ack: wire.Ack, now: float) -> bool:
-        """Record central's answer. Returns False for an ack of an unknown or answered batch."""
+        """Record central's answer. Returns False for an ack that is not applied: of an unknown
+        or answered batch, or naming other bytes than the batch's (``ack.v2``)."""
         with self._db.transaction() as conn:
             row = conn.execute(
-                "select first_seq, last_seq from batches where batch_id = ? and acked_at is null",
+                "select first_seq, last_seq, payload_sha256 from batches "
+                "where batch_id = ? and acked_at is null",
                 (ack.batch_id,),
             ).fetchone()
             if row is None:
                 self._db.counters.add({"acks_ignored": 1})
                 return False
+            if ack.batch_sha256 is not None and row[2] is not None and ack.batch_sha256 != row[2]:
+                log.error("ack for batch %s names other bytes: not applied", ack.batch_id)
+                self._db.counters.add({"acks_digest_mismatch": 1})
+                return False
+            if ack.status == "rejected" and (ack.reason or "").startswith(BATCH_CONFLICT):
+                self._requeue(ack, row[0], row[1], now)
+                return True
             conn.execute(
                 "update batches set acked_at = ?, ack_status = ?, ack_json = ?, payload = null "
                 "where batch_id = ?",
@@ -136,6 +152,34 @@ class BatchQueue:
                 # somebody must look. The counter and status.v1 make it visible.
                 self._db.counters.add({"batches_rejected": 1, "readings_rejected": n})
         return True
+
+    def _requeue(
+        self, ack: wire.Ack, first_seq: int | None, last_seq: int | None, now: float
+    ) -> None:
+        """Central stored this batch id with other content (this buffer went back in time: a
+        restored or stale copy). Inside the caller's transaction: the batch is closed, its
+        readings and quarantine records are queued again, and the buffer starts a new
+        incarnation, so no id it forms from now on can repeat one central knows."""
+        self._db.conn.execute(
+            "update batches set acked_at = ?, ack_status = 'conflict', ack_json = ?, "
+            "payload = null where batch_id = ?",
+            (now, ack.model_dump_json(by_alias=True), ack.batch_id),
+        )
+        requeued = self._readings.requeue(first_seq, last_seq)
+        self._quarantine.requeue(ack.batch_id)
+        counters = {"batches_id_conflict": 1, "readings_requeued": requeued}
+        incarnation = self._db.incarnation
+        if ack.batch_id.startswith(incarnation + "-"):  # an older one has been left already
+            incarnation = self._db.new_incarnation()
+            counters["incarnations"] = 1
+        self._db.counters.add(counters)
+        log.error(
+            "central stored batch %s with other content: %d readings queued again under "
+            "incarnation %s",
+            ack.batch_id,
+            requeued,
+            incarnation,
+        )
 
     def open_count(self) -> int:
         return int(

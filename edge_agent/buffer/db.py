@@ -122,3 +122,16 @@ class BufferDB:
             with self.transaction():
                 self.meta.set("incarnation", value)
         return value
+
+    def new_incarnation(self) -> str:
+        """Start a new incarnation (inside the caller's transaction): the batch ids formed from
+        now on cannot repeat any formed before, whatever copy of this file they came from.
+        Returns it."""
+        value = secrets.token_hex(4)
+        self.meta.set("incarnation", value)
+
+        def adopt() -> None:
+            self.incarnation = value
+
+        self.on_commit(adopt)
+        return value

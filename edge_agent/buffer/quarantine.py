@@ -54,6 +54,12 @@ class QuarantineStore:
             )
         return [(str(raw), str(reason), float(at), str(src)) for _, raw, reason, at, src in rows]
 
+    def requeue(self, batch_id: str) -> None:
+        """The records of a batch central did not take go out again in a later batch."""
+        self._db.conn.execute(
+            "update quarantine set batch_id = null where batch_id = ?", (batch_id,)
+        )
+
     def prune_acknowledged(self) -> None:
         """Drop the records whose batch central acknowledged (inside the caller's transaction;
         before those batches are pruned: records are found through their batch)."""

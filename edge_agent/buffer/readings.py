@@ -311,6 +311,32 @@ class ReadingStore:
         self._db.on_commit(release)
         return int(n)
 
+    def requeue(self, first_seq: int | None, last_seq: int | None) -> int:
+        """Move a batch's readings behind the frontier (inside the caller's transaction): they
+        take new seqs, so they are unbatched again and form a new batch. Returns how many."""
+        if first_seq is None or last_seq is None:
+            return 0
+        conn = self._db.conn
+        rows = conn.execute(
+            f"select {_COLUMNS}, accepted_at, accept_seq from readings "
+            "where seq between ? and ? order by seq",
+            (first_seq, last_seq),
+        ).fetchall()
+        conn.execute("delete from readings where seq between ? and ?", (first_seq, last_seq))
+        base = self._next_seq
+        conn.executemany(
+            f"insert into readings (seq, {_COLUMNS}, accepted_at, accept_seq) "
+            f"values (?, {', '.join('?' * len(READING_COLUMNS))}, ?, ?)",
+            [(base + i, *r) for i, r in enumerate(rows)],
+        )
+        self._db.meta.set("next_seq", base + len(rows))
+
+        def advance() -> None:
+            self._next_seq = base + len(rows)
+
+        self._db.on_commit(advance)
+        return len(rows)
+
     # --- housekeeping ---------------------------------------------------------------------
 
     def newest_ts(self) -> int | None:

@@ -185,7 +185,12 @@ class SpoolSource:
                 raise ValueError(f"unknown CSV header: {','.join(header)[:200]}")
             for rec in reader:
                 raw = ",".join("" if v is None else str(v) for v in rec.values())
-                yield v.check(_csv_row(rec), raw, f"{source}:{reader.line_num}")
+                where = f"{source}:{reader.line_num}"
+                if not _is_utf8(raw):  # that record only: the rest of the file goes on
+                    shown = raw.encode("utf-8", "surrogateescape")
+                    yield v.quarantine(shown, "not_utf8", v.clock(), where)
+                    continue
+                yield v.check(_csv_row(rec), raw, where)
 
     def _parse_seed(
         self, lines: Iterable[str], source: str
@@ -218,14 +223,20 @@ def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _utf8_lines(f: BinaryIO) -> Iterator[str]:
-    """Lines of a binary file as text (endings kept, for ``csv``), a leading BOM dropped; a line
-    that is not UTF-8 raises ``ValueError`` naming it, when it is reached."""
+    """Lines of a binary file as text (endings kept, for ``csv``), a leading BOM dropped. Bytes
+    that are not UTF-8 are carried as lone surrogates (``surrogateescape``), so the record that
+    holds them can be quarantined alone (:func:`_is_utf8`)."""
     for number, raw in enumerate(f, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"line {number} is not UTF-8 ({exc.reason})") from None
+        line = raw.decode("utf-8", "surrogateescape")
         yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _sha256(path: Path) -> str:

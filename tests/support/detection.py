@@ -162,8 +162,15 @@ class Subscriber:
     messages published while it is away are kept for it by the broker."""
 
     def __init__(
-        self, port: int, topics: list[str], *, session: str | None = None, host: str = "127.0.0.1"
+        self,
+        port: int,
+        topics: list[str],
+        *,
+        session: str | None = None,
+        host: str = "127.0.0.1",
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
+        """``tls``: (CA file, certificate, key) of the identity to connect as."""
         import threading
 
         import paho.mqtt.client as mqtt
@@ -176,6 +183,8 @@ class Subscriber:
             client_id=session or "",
             protocol=mqtt.MQTTv5,
         )
+        if tls is not None:
+            self.client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.reconnect_delay_set(0.2, 1)

@@ -1,5 +1,8 @@
 """A whole reading path of real processes for the fault tests: agents, ingest workers, a broker,
-PostgreSQL; and the one check every fault test ends with: 0 lost, 0 doubled."""
+PostgreSQL; and the one check every fault test ends with: 0 lost, 0 doubled.
+
+With a ``pki`` the broker is the secure one (``tests/support/secure.py``): agents connect as
+their gateway id, ingest worker ``n`` as ``svc-ingest-<n>``, over TLS with client certificates."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from pathlib import Path
 
 import psycopg
 
+from central.pki import Pki
 from tests.support.processes import Proc
+from tests.support.secure import identity_env
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -35,13 +40,19 @@ class Rig:
     agents: dict[str, Proc] = field(default_factory=dict)
     ingests: list[Proc] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
+    pki: Pki | None = None
 
     # --- processes ------------------------------------------------------------------------
 
+    def _identity(self, name: str, port: int) -> dict[str, str]:
+        if self.pki is None:
+            return {"EIOT_BROKER_PORT": str(port)}
+        return identity_env(self.pki, name, port)
+
     def agent_env(self, gw: str) -> dict[str, str]:
         return {
+            **self._identity(gw, self.agent_broker_port or self.broker_port),
             "EIOT_GATEWAY_ID": gw,
-            "EIOT_BROKER_PORT": str(self.agent_broker_port or self.broker_port),
             "EIOT_TOPIC_ROOT": self.topic_root,
             "EIOT_DB_PATH": str(self.tmp / f"{gw}.db"),
             "EIOT_SPOOL_DIR": str(self.spool(gw)),
@@ -67,9 +78,10 @@ class Rig:
 
     def start_ingest(self, worker: str = "1", failpoint: str | None = None) -> Proc:
         env = {
+            **self._identity(f"svc-ingest-{worker}", self.broker_port),
             "EIOT_PG_DSN": self.ingest_pg_dsn or self.pg_dsn,
-            "EIOT_BROKER_PORT": str(self.broker_port),
             "EIOT_TOPIC_ROOT": self.topic_root,
+            "EIOT_STATE_DIR": str(self.tmp / "ingest-state"),
             # stable per worker: a restarted worker resumes its broker session
             "EIOT_WORKER_ID": f"{worker}-{self.run_id}",
             "EIOT_SESSION_EXPIRY_S": "300",

@@ -1,4 +1,6 @@
-"""A TCP proxy a test controls: cut the network, restore it, drop every live connection."""
+"""A TCP relay on loopback that a fault test or a benchmark controls: cut the network, restore
+it, drop every live connection; it counts the bytes that cross it each way (for a TLS
+connection: the bytes on the wire, records and handshakes included)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.connections = 0
+        self.bytes_up = 0  # client → target
+        self.bytes_down = 0  # target → client
         threading.Thread(target=self._accept, daemon=True).start()
 
     # --- controls ---------------------------------------------------------------------------
@@ -84,6 +88,11 @@ class TcpProxy:
                     if not data:
                         return
                     (b if s is a else a).sendall(data)
+                    with self._lock:
+                        if s is a:
+                            self.bytes_up += len(data)
+                        else:
+                            self.bytes_down += len(data)
         except (OSError, ValueError):
             return
         finally:
