@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import yaml
 
+from central.db import migration_files
 from central.rows import EXTRA_COLUMNS, reading_row, validated_rows
 from central.warehouse.quality import QualityParams, load_suites
 from edge_agent import wire
@@ -171,6 +172,36 @@ def test_dbt_source_declares_the_raw_readings_columns() -> None:
 def test_dbt_vars_carry_the_vocabulary() -> None:
     project = yaml.safe_load((DBT / "dbt_project.yml").read_text())
     assert tuple(project["vars"]["tamper_flags"]) == TAMPER_FLAGS
+
+
+def _accepted_values(column: dict[str, Any]) -> list[list[str]]:
+    found = []
+    for test in column.get("data_tests", []):
+        if isinstance(test, dict) and "accepted_values" in test:
+            spec = test["accepted_values"]
+            found.append(spec.get("arguments", spec)["values"])
+    return found
+
+
+def test_dbt_accepted_values_are_the_vocabulary() -> None:
+    vocabulary = {"alert_kind": ALERT_KINDS}
+    checked = set()
+    for path in (DBT / "models").rglob("*.yml"):
+        for model in yaml.safe_load(path.read_text()).get("models", []):
+            for column in model.get("columns", []):
+                if column["name"] in vocabulary:
+                    for values in _accepted_values(column):
+                        assert tuple(values) == vocabulary[column["name"]], (path.name, column)
+                        checked.add(column["name"])
+    assert checked == set(vocabulary)
+
+
+def test_the_alert_kind_comment_names_every_kind() -> None:
+    comments = [
+        text for _, text in migration_files() if "comment on column raw.alerts.kind" in text
+    ]
+    newest = comments[-1]
+    assert all(kind in newest for kind in ALERT_KINDS)
 
 
 # --- the quality suites ---------------------------------------------------------------------
