@@ -41,10 +41,12 @@ from central.local_services import (
     identity_env,
     local_services,
     provision,
+    service_login,
     spawn_python,
 )
 from central.netproxy import TcpProxy
 from central.pki import Pki
+from central.roles import INGEST
 from edge_agent.buffer import Buffer
 from edge_agent.codec import row_to_wire
 from edge_agent.fields import READING_COLUMNS
@@ -105,7 +107,8 @@ class Broker:
         port = port or self.port
         if self.pki is None:
             return {"EIOT_BROKER_PORT": str(port)}
-        return identity_env(self.pki, name, "127.0.0.1", port)
+        # the production profile refuses anything less than the secure configuration
+        return {**identity_env(self.pki, name, "127.0.0.1", port), "EIOT_PROFILE": "production"}
 
 
 def forward(
@@ -292,7 +295,7 @@ def main() -> None:
     shutil.rmtree(var, ignore_errors=True)
     var.mkdir(parents=True)
     gateways = [f"bench-gw{i + 1}" for i in range(args.gateways)]
-    with local_services() as svc:
+    with local_services(plain_broker=not args.secure) as svc:
         dsn = svc.fresh_database("eiot_bench")
         migrate(dsn)
         t0 = time.perf_counter()
@@ -302,14 +305,16 @@ def main() -> None:
         )
         print(f"buffers filled: {readings:,} readings in {time.perf_counter() - t0:.1f} s")
         with contextlib.ExitStack() as stack:
-            broker = Broker(svc.broker_port)
+            broker, ingest_dsn = Broker(svc.broker_port), dsn
             if args.secure:
                 pki = provision(var / "pki", gateways, workers=args.workers)
                 secure = SecureMosquitto(var / "broker", pki.dir, ROOT)
                 secure.start()
                 stack.callback(secure.stop)
                 broker = Broker(secure.port, pki)
-            fwd = forward(broker, dsn, var, gateways, args.workers)
+                # the ingest's own login (insert into raw, nothing else), not the owner
+                ingest_dsn = service_login(svc.admin_dsn, dsn, "eiot_bench_ingest", INGEST)
+            fwd = forward(broker, ingest_dsn, var, gateways, args.workers)
         stored, lost, duplicates = check(dsn, var, gateways)
         rate = readings / fwd["seconds"]
         print(

@@ -32,9 +32,11 @@ from central.local_services import (
     identity_env,
     local_services,
     provision,
+    service_login,
     spawn_python,
 )
 from central.pki import Pki
+from central.roles import INGEST
 from edge_agent import wire
 
 ROOT = "eiot-hostile/v1"
@@ -185,7 +187,10 @@ class Gateway:
 
 
 def run(repeat: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="eiot-hostile-") as tmp, local_services() as svc:
+    with (
+        tempfile.TemporaryDirectory(prefix="eiot-hostile-") as tmp,
+        local_services(plain_broker=False) as svc,
+    ):
         work = Path(tmp)
         dsn = svc.fresh_database("eiot_hostile")
         migrate(dsn)
@@ -196,7 +201,8 @@ def run(repeat: int) -> dict[str, Any]:
             ["-m", "central", "--log-level", "WARNING", "ingest"],
             {
                 **identity_env(pki, "svc-ingest-1", "127.0.0.1", broker.port),
-                "EIOT_PG_DSN": dsn,
+                "EIOT_PROFILE": "production",
+                "EIOT_PG_DSN": service_login(svc.admin_dsn, dsn, "eiot_hostile_ingest", INGEST),
                 "EIOT_TOPIC_ROOT": ROOT,
                 "EIOT_WORKER_ID": "1",
                 "EIOT_STATE_DIR": str(work / "ingest-state"),

@@ -149,6 +149,12 @@ class BrokerFiles:
         return self.state_dir / "dynamic-security.json"
 
 
+#: The layout docs/security.md installs on a broker host; ``mosquitto/secure.conf`` is
+#: :func:`mosquitto_conf` for it (a test keeps the two equal).
+INSTALLED = BrokerFiles(Path("/etc/mosquitto/eiot"), Path("/var/lib/mosquitto/eiot"), "broker")
+INSTALLED_OPTIONS: dict[str, Any] = {"user": "mosquitto", "log_dest": "syslog"}
+
+
 def mosquitto_conf(
     files: BrokerFiles,
     *,

@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+from central.security_cli import register as register_security
+from central.security_cli import register_db_login
 from central.settings import load_settings
 
 
@@ -16,9 +18,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from central.db import ensure_database, migrate
 
     settings = load_settings(args.config)
+    dsn = args.dsn or settings.pg_dsn
     if settings.profile == "laptop" or args.create_db:
-        ensure_database(settings.pg_dsn)
-    applied = migrate(settings.pg_dsn)
+        ensure_database(dsn)
+    applied = migrate(dsn)
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
     return 0
 
@@ -53,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mig.add_argument("--config", type=Path, help="TOML settings file")
     mig.add_argument(
+        "--dsn",
+        help="the owner's DSN (default: EIOT_PG_DSN): services' own logins cannot change it",
+    )
+    mig.add_argument(
         "--create-db", action="store_true", help="create the database if it does not exist"
     )
     mig.set_defaults(func=cmd_migrate)
+    register_db_login(db_sub)
 
     ing = sub.add_parser(
         "ingest",
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--worker-id", help="stable id of this worker (its MQTT session)")
     ing.set_defaults(func=cmd_ingest)
 
+    register_security(sub)
     try:
         from central.warehouse.cli import register
     except ImportError:  # the warehouse extra is not installed

@@ -5,13 +5,22 @@ included) forward to one ingest worker; midway the central site goes down for a 
 agents ride it out on their buffers. At the end every reading an agent accepted is checked
 against PostgreSQL, and a summary per gateway is printed. Exit status 0 only when nothing was
 lost or doubled.
+
+It runs the secure configuration (docs/security.md), the one production uses: a PKI under
+``var/demo/pki`` with a certificate per gateway and service, a private Mosquitto with the
+generated secure configuration (TLS, client certificates, per-identity access control), the
+agents and the ingest on their production profile, and PostgreSQL logins with random passwords
+per role (the ingest inserts into raw only, the warehouse load reads raw only); their DSNs are
+kept in ``var/demo/secrets`` (0600).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -21,19 +30,35 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from central.db import migrate
-from central.local_services import REPO, Services, local_services, spawn_python
+from central.local_services import (
+    REPO,
+    SecureMosquitto,
+    Services,
+    identity_env,
+    local_services,
+    provision,
+    service_login,
+    spawn_python,
+)
+from central.roles import INGEST, LOADER
 
 TOPIC_ROOT = "eiot/v1"
 
 
-def _agent_env(svc: Services, var: Path, gw_index: int, a: argparse.Namespace) -> dict[str, str]:
-    gw = f"gw-{gw_index + 1:02d}"
+def _gateway(gw_index: int) -> str:
+    return f"gw-{gw_index + 1:02d}"
+
+
+def _agent_env(
+    secure: dict[str, str], var: Path, gw: str, gw_index: int, a: argparse.Namespace
+) -> dict[str, str]:
     return {
+        **secure,
+        "EIOT_PROFILE": "production",
         "EIOT_GATEWAY_ID": gw,
-        "EIOT_BROKER_HOST": svc.broker_host,
-        "EIOT_BROKER_PORT": str(svc.broker_port),
         "EIOT_TOPIC_ROOT": TOPIC_ROOT,
         "EIOT_DB_PATH": str(var / f"{gw}.db"),
         "EIOT_BATCH_MAX_AGE_S": "1",
@@ -64,41 +89,57 @@ def _stored_count(dsn: str) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
-    var = REPO / "var" / "demo"
+    var = a.var
     shutil.rmtree(var, ignore_errors=True)
     var.mkdir(parents=True)
     started = time.monotonic()
-    with local_services() as svc:
-        dsn = svc.fresh_database("eiot_demo")
-        migrate(dsn)
-        print(f"PostgreSQL {svc.dsn('eiot_demo')}, Mosquitto {svc.broker_host}:{svc.broker_port}")
+    seed = _seed_csv()
+    gateways = [_gateway(i) for i in range(a.gateways)] + (["gw-seed"] if seed else [])
+    with contextlib.ExitStack() as stack:
+        svc = stack.enter_context(local_services(plain_broker=False))
+        pki = provision(var / "pki", gateways, workers=1)
+        broker = SecureMosquitto(var / "broker", pki.dir, TOPIC_ROOT)
+        stack.callback(broker.stop)
+        broker.start()
+        dsn = svc.fresh_database(a.database)
+        migrate(dsn)  # as the owner
+        dsns = _logins(svc, dsn, a.database, var / "secrets")
+        logins = ", ".join(str(conninfo_to_dict(d)["user"]) for d in dsns.values())
+        print(f"PostgreSQL {svc.dsn(a.database)}, services log in as {logins}")
+        print(
+            f"secure Mosquitto 127.0.0.1:{broker.port}: TLS, a client certificate per gateway "
+            "and service, access control per identity"
+        )
+        print(f"PKI {pki.dir}: {len(pki.active())} identities")
         _write_registry(a, dsn)
+
+        def secure(name: str) -> dict[str, str]:
+            return identity_env(pki, name, "127.0.0.1", broker.port)
+
         ingest_env = {
-            "EIOT_PG_DSN": dsn,
-            "EIOT_BROKER_HOST": svc.broker_host,
-            "EIOT_BROKER_PORT": str(svc.broker_port),
+            **secure("svc-ingest-1"),
+            "EIOT_PROFILE": "production",
+            "EIOT_PG_DSN": dsns[INGEST],
             "EIOT_TOPIC_ROOT": TOPIC_ROOT,
-            "EIOT_WORKER_ID": "demo-1",
-            # A share group of its own: sessions other runs left on a shared broker never take
-            # a share of this run's batches. Short session: enough to ride out the outage below.
-            "EIOT_SHARE_GROUP": f"demo-{os.getpid()}",
+            "EIOT_WORKER_ID": "1",
+            "EIOT_STATE_DIR": str(var / "ingest-state"),
+            # Short session: enough to ride out the outage below.
             "EIOT_SESSION_EXPIRY_S": "120",
         }
         ingest = spawn_python(["-m", "central", "ingest"], ingest_env, var / "ingest.log")
-        envs = {f"gw-{i + 1:02d}": _agent_env(svc, var, i, a) for i in range(a.gateways)}
+        envs = {
+            gw: _agent_env(secure(gw), var, gw, i, a) for i, gw in enumerate(gateways[: a.gateways])
+        }
         print(
             f"{a.gateways} gateways, {a.meters} simulated meters, {a.days} days of "
             f"30-minute readings, played in about {a.seconds:.0f} s"
         )
-        seed = _seed_csv()
         if seed is not None:  # the seed project's dataset through a spool directory
             spool = var / "spool-seed"
             spool.mkdir()
             shutil.copy(seed, spool / seed.name)
             envs["gw-seed"] = {
-                **_agent_env(svc, var, 0, a),
-                "EIOT_GATEWAY_ID": "gw-seed",
-                "EIOT_DB_PATH": str(var / "gw-seed.db"),
+                **_agent_env(secure("gw-seed"), var, "gw-seed", 0, a),
                 "EIOT_SPOOL_DIR": str(spool),
             }
             for key in [k for k in envs["gw-seed"] if k.startswith("EIOT_SIM__")]:
@@ -106,7 +147,6 @@ def run(a: argparse.Namespace) -> int:
             print(f"gateway gw-seed: the seed dataset ({seed.name}) through its spool directory")
         else:
             print("seed dataset not found (../shared/data/seed-kaggle or EIOT_SEED_CSV): skipped")
-        gateways = list(envs)
         agents = [
             spawn_python(["-m", "edge_agent", "run", "--exit-when-drained"], env, var / f"{gw}.log")
             for gw, env in envs.items()
@@ -153,9 +193,22 @@ def run(a: argparse.Namespace) -> int:
                     p.wait(10)
         ok = _summary(gateways, var, dsn)
         if ok and a.warehouse:
-            ok = _warehouse(dsn, var) == 0
+            ok = _warehouse(dsns[LOADER], var) == 0
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
+
+
+def _logins(svc: Services, dsn: str, database: str, secrets_dir: Path) -> dict[str, str]:
+    """A login with a random password for the ingest and for the warehouse load; their DSNs
+    (with the password) are kept in ``secrets_dir`` for whoever wants to look around."""
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dsns = {}
+    for role, name in ((INGEST, f"{database}_ingest"), (LOADER, f"{database}_loader")):
+        dsns[role] = service_login(svc.admin_dsn, dsn, name, role)
+        path = secrets_dir / f"{name}.dsn"
+        path.touch(mode=0o600)
+        path.write_text(dsns[role] + "\n")
+    return dsns
 
 
 def _write_registry(a: argparse.Namespace, dsn: str) -> None:
@@ -239,6 +292,12 @@ def _warehouse(dsn: str, var: Path) -> int:
     return 0
 
 
+def _identifier(value: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", value):
+        raise argparse.ArgumentTypeError("lower-case letters, digits and _ only")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m central.demo",
@@ -250,6 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30, help="wall time to play the days in")
     parser.add_argument("--outage-s", type=float, default=8, help="how long central is down")
     parser.add_argument("--seed", type=int, default=7, help="simulation seed")
+    parser.add_argument(
+        "--var", type=Path, default=REPO / "var" / "demo", help="its files (emptied first)"
+    )
+    parser.add_argument(
+        "--database",
+        default="eiot_demo",
+        type=_identifier,
+        help="PostgreSQL database (dropped and made again); its logins are <database>_ingest "
+        "and <database>_loader",
+    )
     parser.add_argument(
         "--no-warehouse", dest="warehouse", action="store_false", help="stop after the reading path"
     )

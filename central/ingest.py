@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from central import store
 from central.db import connect
 from central.poison import PoisonGuard
+from central.roles import is_superuser
 from central.settings import CentralSettings
 from edge_agent import failpoints, topics, wire
 from edge_agent.alerts import alert_id
@@ -242,7 +243,19 @@ class IngestWorker:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.s.pg_dsn)
+            conn = connect(self.s.pg_dsn)
+            superuser = self.s.profile == "production" and is_superuser(conn)
+            conn.rollback()  # no transaction left open: the store's own ones must commit
+            if superuser:
+                # Treated as an unusable database: nothing is stored or acked (the agents keep
+                # their readings) until the DSN names the ingest's own login.
+                conn.close()
+                self.counters["db_refused_superuser"] += 1
+                raise psycopg.OperationalError(
+                    "refused: EIOT_PG_DSN connects as a superuser; production ingest uses its "
+                    "own login (central db login --role eiot_ingest)"
+                )
+            self._conn = conn
         return self._conn
 
     def _drop_connection(self) -> None:

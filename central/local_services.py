@@ -14,6 +14,7 @@ import glob
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -87,8 +88,9 @@ def spawn_python(args: list[str], env: dict[str, str], log: Path) -> subprocess.
 
 
 @contextlib.contextmanager
-def local_services(var: Path = REPO / "var") -> Iterator[Services]:
-    """The services for a demo or benchmark run; private ones are stopped on exit."""
+def local_services(var: Path = REPO / "var", plain_broker: bool = True) -> Iterator[Services]:
+    """The services for a demo or benchmark run; private ones are stopped on exit. Without
+    ``plain_broker`` only PostgreSQL (the caller runs a :class:`SecureMosquitto`)."""
     stack = contextlib.ExitStack()
     with stack:
         admin = os.environ.get("EIOT_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -98,9 +100,9 @@ def local_services(var: Path = REPO / "var") -> Iterator[Services]:
             server.start()
             admin = server.admin_dsn
         port = int(os.environ.get("EIOT_BROKER_PORT", "1883"))
-        if os.environ.get("EIOT_PRIVATE_SERVICES") or not answers(port):
+        if plain_broker and (os.environ.get("EIOT_PRIVATE_SERVICES") or not answers(port)):
             port = stack.enter_context(_private_mosquitto(var / "mosquitto"))
-        yield Services(admin, "127.0.0.1", port)
+        yield Services(admin, "127.0.0.1", port if plain_broker else 0)
 
 
 def _demo_pg_datadir(wanted: Path) -> Path:
@@ -334,6 +336,16 @@ def provision(
     for name in alerts:
         pki.ensure(f"svc-alerts-{name}", "alerts")
     return pki
+
+
+def service_login(admin_dsn: str, dsn: str, name: str, role: str) -> str:
+    """A PostgreSQL login ``name`` in group ``role`` (``central.roles``) with a new random
+    password; returns its DSN for ``dsn``'s database."""
+    from central.roles import create_login, dsn_for
+
+    password = secrets.token_urlsafe(24)
+    create_login(admin_dsn, name, role, password)
+    return dsn_for(dsn, name, password)
 
 
 def identity_env(pki: Pki, name: str, host: str, port: int) -> dict[str, str]:

@@ -20,6 +20,7 @@ from psycopg import errors, sql
 from central import roles, store
 from central.db import migrate, migration_files
 from central.ingest import IngestWorker
+from central.pki import Pki
 from central.settings import CentralSettings
 from central.warehouse import loader
 from edge_agent import wire
@@ -437,3 +438,37 @@ def test_create_login_is_idempotent_and_moves_the_login(
         roles.create_login(pg_dsn, str(admin[0]), roles.LOADER, "x")
     with pytest.raises(ValueError, match="unknown role"):
         roles.create_login(pg_dsn, user, "postgres", "x")
+
+
+def test_production_ingest_refuses_a_superuser_login(
+    pg_dsn: str, pg: psycopg.Connection, login: Login, pki: Pki
+) -> None:
+    name, password = f"eiot_tsuper_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    pg.execute(
+        sql.SQL("create role {} login superuser password {}").format(
+            sql.Identifier(name), sql.Literal(password)
+        )
+    )
+    try:
+        production = CentralSettings(
+            profile="production",
+            pg_dsn=roles.dsn_for(pg_dsn, name, password),  # not called postgres, still super
+            broker_tls=True,
+            broker_ca_file=pki.ca_cert_path,
+            broker_cert_file=pki.cert_path("svc-ingest-1"),
+            broker_key_file=pki.key_path("svc-ingest-1"),
+        )
+        with pytest.raises(psycopg.OperationalError, match="superuser"):
+            IngestWorker(production)._connection()
+    finally:
+        pg.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+    # Its own login is accepted, and the check leaves no transaction open: what it stores is
+    # committed, seen by everyone else.
+    worker = IngestWorker(production.model_copy(update={"pg_dsn": login(roles.INGEST)}))
+    conn = worker._connection()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    status = {"schema": "status.v1", "gateway_id": "gw1", "state": "online"}
+    status["sent_at"] = "2026-03-02T00:00:00Z"
+    worker.handle(conn, "eiot/v1/gw/gw1/status", json.dumps(status).encode())
+    assert pg.execute("select count(*) from raw.gateway_status").fetchone() == (1,)
+    conn.close()

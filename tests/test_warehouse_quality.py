@@ -10,8 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
-from central.warehouse.quality import run_quality
+from central import roles
+from central.warehouse.quality import run_quality, sqlalchemy_postgres
 from central.warehouse.settings import get_settings
 from simulator.raw_db import scratch_database, write_warehouse_fleet
 from simulator.warehouse_fleet import WarehouseFleet
@@ -76,3 +78,22 @@ def test_raw_checkpoint_fails_on_a_corrupted_load(pg_dsn: str, tmp_path: Path) -
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "BAD1" in done.stderr and "BAD2" in done.stderr
+
+
+def test_raw_checks_run_as_the_loader_login(pg_dsn: str, tmp_path: Path) -> None:
+    """The quality step runs with the warehouse load's own login, whose DSN is key=value (as
+    ``central db login`` prints it) and whose password has characters a URL or GX could
+    misread."""
+    name, password = "eiot_test_quality_loader", "p$a@ss {w}/o:rd%"
+    roles.create_login(pg_dsn, name, roles.LOADER, password)
+    try:
+        dsn = roles.dsn_for(pg_dsn, name, password)
+        url = make_url(sqlalchemy_postgres(dsn))
+        assert (url.username, url.password) == (name, password)
+        assert url.database and url.database.startswith("wh_test_")
+        settings = get_settings(pg_dsn=dsn, clickhouse_dsn=f"chdb://{tmp_path}/unused")
+        outcome = run_quality(settings, suites=RAW, docs_dir=tmp_path / "docs")
+        assert outcome.success, outcome.failures
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as pg:
+            pg.execute(f"drop role if exists {name}")

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -77,9 +78,20 @@ def load_suites(gx_dir: Path) -> ModuleType:
     return module
 
 
-def _sqlalchemy_postgres(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+def sqlalchemy_postgres(dsn: str) -> str:
+    """A libpq DSN (URL or key=value, as ``central db login`` prints) as a SQLAlchemy URL. User
+    and password are percent-encoded: a ``$`` or ``@`` in a password stays a character (GX
+    would read ``${...}`` as one of its config variables)."""
+    params = conninfo_to_dict(dsn)
+    auth = quote(str(params.pop("user", "")), safe="")
+    if params.get("password"):
+        auth += ":" + quote(str(params.pop("password")), safe="")
+    netloc = (auth + "@" if auth else "") + str(params.pop("host", "localhost"))
+    if params.get("port"):
+        netloc += f":{params.pop('port')}"
+    path = "/" + quote(str(params.pop("dbname", "")), safe="")
+    query = urlencode({k: str(v) for k, v in params.items() if v is not None})
+    return urlunsplit(("postgresql+psycopg", netloc, path, query, ""))
 
 
 def _sqlalchemy_clickhouse(url: str, database: str) -> str:
@@ -201,7 +213,7 @@ def _validate(
         if source_key not in sources:
             name = f"{spec.source}_{spec.schema}"
             if spec.source == "postgres":
-                conn = _sqlalchemy_postgres(settings.pg_dsn)
+                conn = sqlalchemy_postgres(settings.pg_dsn)
                 sources[source_key] = context.data_sources.add_postgres(
                     name, connection_string=conn
                 )
