@@ -41,6 +41,8 @@ test: install services
 bench: install services
 	$(BIN)/python -m bench.buffer
 	$(BIN)/python -m bench.e2e --meters 1000 --days 2 --gateways 2
+	$(BIN)/python -m bench.e2e --meters 1000 --days 2 --gateways 2 --secure
+	$(BIN)/python -m bench.hostile
 
 # ruff (lint and format check) and mypy strict on edge_agent, central and ml (pyproject.toml).
 lint: install
