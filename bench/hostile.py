@@ -26,6 +26,7 @@ import psycopg
 
 from bench.e2e import PeakRss
 from bench.results import report
+from central.broker import identity_client
 from central.db import migrate
 from central.local_services import (
     SecureMosquitto,
@@ -153,17 +154,9 @@ class Gateway:
     def __init__(self, pki: Pki, name: str, port: int) -> None:
         import threading
 
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self._answers: dict[int, Any] = {}
         self._cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-        self.client.tls_set(
-            ca_certs=str(pki.ca_cert_path),
-            certfile=str(pki.cert_path(name)),
-            keyfile=str(pki.key_path(name)),
-        )
+        self.client = identity_client(pki, name)
         self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()

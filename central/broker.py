@@ -240,24 +240,31 @@ def sync_commands(
     return commands
 
 
+def identity_client(pki: Pki, name: str) -> Any:
+    """A paho MQTT 5 client that will connect over TLS as identity ``name`` of ``pki`` (the
+    broker makes the client id the certificate's CN anyway)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+    client.tls_set(
+        ca_certs=str(pki.ca_cert_path),
+        certfile=str(pki.cert_path(name)),
+        keyfile=str(pki.key_path(name)),
+    )
+    return client
+
+
 class BrokerAdmin:
     """A client with the admin role, talking to the plugin's ``$CONTROL`` API."""
 
     def __init__(
         self, host: str, port: int, pki: Pki, name: str = ADMIN, timeout_s: float = 10.0
     ) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.timeout_s = timeout_s
         self._responses: list[dict[str, Any]] = []
         self._got = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
-        self.client.tls_set(
-            ca_certs=str(pki.ca_cert_path),
-            certfile=str(pki.cert_path(name)),
-            keyfile=str(pki.key_path(name)),
-        )
+        self.client = identity_client(pki, name)
         self.client.on_message = self._on_message
         connected, subscribed = threading.Event(), threading.Event()
         self.client.on_connect = lambda *a: connected.set()

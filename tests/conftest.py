@@ -7,13 +7,19 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
 from central.db import migrate
+from central.local_services import SecureMosquitto
 from central.netproxy import TcpProxy
+from central.pki import Pki
 from tests.support.processes import PG_ADMIN_DSN, Mosquitto, Proc
+
+if TYPE_CHECKING:  # imported by the fixture: tests.support.secure must load as a plugin first
+    from tests.support.rig import Rig
 
 # The session PKI and the secure private broker (tests/support/secure.py).
 pytest_plugins = ["tests.support.secure"]
@@ -84,3 +90,18 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.kill()
+
+
+@pytest.fixture
+def rig(
+    tmp_path: Path,
+    pg_dsn: str,
+    topic_root: str,
+    procs: list[Proc],
+    secure_broker: SecureMosquitto,
+    pki: Pki,
+) -> Rig:
+    """The reading path on the secure broker: TLS, client certificates, the shipped ACL."""
+    from tests.support.rig import Rig
+
+    return Rig(tmp_path, pg_dsn, secure_broker.port, topic_root, procs, pki=pki)

@@ -19,7 +19,6 @@ from central.pki import Pki
 from edge_agent import wire
 from edge_agent.buffer import Buffer
 from tests.support.builders import row
-from tests.support.processes import Proc
 from tests.support.rig import Rig
 from tests.support.secure import connect
 from tests.test_store import env, rd
@@ -105,20 +104,12 @@ def test_a_batch_conflict_sends_the_readings_again_under_a_new_incarnation(
 
 
 @pytest.mark.slow
-def test_a_stale_copy_of_the_buffer_loses_nothing(
-    tmp_path: Path,
-    pg_dsn: str,
-    topic_root: str,
-    procs: list[Proc],
-    secure_broker: SecureMosquitto,
-    pki: Pki,
-) -> None:
+def test_a_stale_copy_of_the_buffer_loses_nothing(tmp_path: Path, pg_dsn: str, rig: Rig) -> None:
     """The agent's card is copied (a backup), the agent goes on and delivers more, is killed
     (its last commits only in the -wal file); then it starts from the stale copy (a restored
     card, or a -wal file lost in a power cut) and takes new readings: the batch ids it forms
     again are ones central knows with other content. Every reading fed reaches PostgreSQL
     exactly once."""
-    rig = Rig(tmp_path, pg_dsn, secure_broker.port, topic_root, procs, pki=pki)
     db = tmp_path / "gw-a.db"
     rig.start_ingest()
     agent = rig.start_agent("gw-a")
@@ -157,14 +148,8 @@ def test_a_stale_copy_of_the_buffer_loses_nothing(
 
 @pytest.mark.slow
 def test_a_message_that_kills_the_worker_twice_is_set_aside(
-    tmp_path: Path,
-    pg_dsn: str,
-    topic_root: str,
-    procs: list[Proc],
-    secure_broker: SecureMosquitto,
-    pki: Pki,
+    pg_dsn: str, topic_root: str, secure_broker: SecureMosquitto, pki: Pki, rig: Rig
 ) -> None:
-    rig = Rig(tmp_path, pg_dsn, secure_broker.port, topic_root, procs, pki=pki)
     gw = connect(pki, "gw-a", secure_broker.port)
     gw.subscribe(f"{topic_root}/gw/gw-a/ack")
     poison = wire.encode(

@@ -23,19 +23,6 @@ from tests.support.rig import Rig
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def rig(
-    tmp_path: Path,
-    pg_dsn: str,
-    topic_root: str,
-    procs: list[Proc],
-    secure_broker: SecureMosquitto,
-    pki: Pki,
-) -> Rig:
-    """The reading path on the secure broker: TLS, client certificates, the shipped ACL."""
-    return Rig(tmp_path, pg_dsn, secure_broker.port, topic_root, procs, pki=pki)
-
-
 def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
     rig.start_ingest()
     # killed right after freezing a batch, right after publishing one, then at random moments
