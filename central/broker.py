@@ -45,11 +45,12 @@ def _acl(kind: str, topic: str) -> dict[str, Any]:
     return {"acltype": kind, "topic": topic, "allow": True, "priority": 0}
 
 
-def _read(topic: str, shared: bool = False) -> list[dict[str, Any]]:
-    """Subscribe to ``topic`` (also through any shared-subscription group) and receive it."""
+def _read(topic: str, group: str | None = None) -> list[dict[str, Any]]:
+    """Subscribe to ``topic`` and receive it; with ``group``, also through that shared
+    subscription group (``+``: any group)."""
     acls = [_acl(_SUB_PATTERN, topic), _acl(_RECEIVE, topic)]
-    if shared:
-        acls.append(_acl(_SUB_PATTERN, f"$share/+/{topic}"))
+    if group:
+        acls.append(_acl(_SUB_PATTERN, f"$share/{group}/{topic}"))
     return acls
 
 
@@ -76,9 +77,9 @@ def service_roles(root: str) -> list[dict[str, Any]]:
         {
             "rolename": "ingest",
             "acls": [
-                *_read(f"{gw}/readings", shared=True),
-                *_read(f"{gw}/alerts", shared=True),
-                *_read(f"{gw}/status", shared=True),
+                *_read(f"{gw}/readings", group="+"),
+                *_read(f"{gw}/alerts", group="+"),
+                *_read(f"{gw}/status", group="+"),
                 _acl(_SEND, f"{gw}/ack"),
             ],
         },
@@ -86,7 +87,6 @@ def service_roles(root: str) -> list[dict[str, Any]]:
             "rolename": "models",
             "acls": [_acl(_SEND, f"{root}/models/+"), *_read(f"{root}/models/+")],
         },
-        {"rolename": "alerts", "acls": _read(f"{gw}/alerts", shared=True)},
         {
             "rolename": "admin",
             "acls": [
@@ -97,17 +97,26 @@ def service_roles(root: str) -> list[dict[str, Any]]:
     ]
 
 
+def alerts_role(root: str, name: str) -> dict[str, Any]:
+    """What alert subscriber ``name`` may do: read every gateway's alerts, plainly or through
+    a shared-subscription group named after itself. Never through any group (``$share/+``
+    would let it join the ingest's group and take a share of the alerts away from central)."""
+    return {"rolename": f"alerts.{name}", "acls": _read(f"{root}/gw/+/alerts", group=name)}
+
+
 def _role_of(identity: Identity) -> str | None:
     if identity.role == "gateway":
         return f"gw.{identity.name}"
-    return identity.role if identity.role in ("ingest", "models", "alerts", "admin") else None
+    if identity.role == "alerts":
+        return f"alerts.{identity.name}"
+    return identity.role if identity.role in ("ingest", "models", "admin") else None
 
 
 def clients_and_roles(
     identities: Iterable[Identity], root: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The plugin's clients (one per live identity, no password: the certificate is the
-    credential) and roles (the services' and one per gateway)."""
+    credential) and roles (the services', one per gateway, one per alert subscriber)."""
     clients: list[dict[str, Any]] = []
     roles = service_roles(root)
     for identity in identities:
@@ -116,6 +125,8 @@ def clients_and_roles(
             continue
         if identity.role == "gateway":
             roles.append(gateway_role(root, identity.name))
+        elif identity.role == "alerts":
+            roles.append(alerts_role(root, identity.name))
         clients.append({"username": identity.name, "roles": [{"rolename": role}]})
     return clients, roles
 
@@ -178,6 +189,10 @@ def mosquitto_conf(
         f"persistence_location {files.state_dir}/",
         "autosave_interval 5",
         "max_queued_messages 100000",
+        # Per client, in memory: the ingest's queue holds every gateway's batches while central
+        # is away. Beyond it the broker drops new QoS 1 messages for that client, which loses
+        # nothing (unacknowledged batches stay in the agents' buffers and are sent again).
+        "max_queued_bytes 536870912",
         "max_inflight_messages 64",
         # The largest message a gateway or central sends is a readings batch (central refuses
         # more than 8 MiB); a client sending a larger packet is disconnected before it costs
@@ -218,25 +233,59 @@ def write_broker(files: BrokerFiles, root: str, **conf: Any) -> Path:
 # --- a running broker ----------------------------------------------------------------------
 
 
+def _acl_key(acl: dict[str, Any]) -> tuple[str, str, bool, int]:
+    return (acl["acltype"], acl["topic"], bool(acl.get("allow", True)), int(acl.get("priority", 0)))
+
+
 def sync_commands(
-    known_clients: Iterable[str], known_roles: Iterable[str], pki: Pki, root: str
+    have_clients: Iterable[dict[str, Any]],
+    have_roles: Iterable[dict[str, Any]],
+    pki: Pki,
+    root: str,
 ) -> list[dict[str, Any]]:
-    """``$CONTROL`` commands that bring a running broker in line with the PKI: create the
-    missing roles and clients, delete clients whose certificates were all revoked (the plugin
-    disconnects them)."""
+    """``$CONTROL`` commands that bring a running broker (its clients and roles as
+    ``listClients`` / ``listRoles`` with ``verbose`` give them) in line with the PKI and the
+    code: missing roles and clients created, roles' ACLs and clients' roles corrected, clients
+    whose certificates were all revoked deleted (the plugin disconnects them), roles nobody
+    should have deleted. The admin's own client, if it goes, goes last."""
     clients, roles = clients_and_roles(pki.active(), root)
-    have_clients, have_roles = set(known_clients), set(known_roles)
+    current = {r["rolename"]: {_acl_key(a) for a in r.get("acls", [])} for r in have_roles}
     commands: list[dict[str, Any]] = []
     for role in roles:
-        if role["rolename"] not in have_roles:
+        name = role["rolename"]
+        if name not in current:
             commands.append({"command": "createRole", **role})
-    live = {c["username"] for c in clients}
+            continue
+        want = {_acl_key(a) for a in role["acls"]}
+        for kind, topic, _, _ in sorted(current[name] - want):
+            commands.append(
+                {"command": "removeRoleACL", "rolename": name, "acltype": kind, "topic": topic}
+            )
+        for kind, topic, allow, priority in sorted(want - current[name]):
+            commands.append(
+                {
+                    "command": "addRoleACL",
+                    "rolename": name,
+                    "acltype": kind,
+                    "topic": topic,
+                    "allow": allow,
+                    "priority": priority,
+                }
+            )
+    have = {c["username"]: {r["rolename"] for r in c.get("roles", [])} for c in have_clients}
     for client in clients:
-        if client["username"] not in have_clients:
+        user, want_roles = client["username"], {r["rolename"] for r in client["roles"]}
+        if user not in have:
             commands.append({"command": "createClient", **client})
-    for name in sorted(have_clients - live):
-        if name != ADMIN or ADMIN not in live:
-            commands.append({"command": "deleteClient", "username": name})
+            continue
+        for rolename in sorted(have[user] - want_roles):
+            commands.append({"command": "removeClientRole", "username": user, "rolename": rolename})
+        for rolename in sorted(want_roles - have[user]):
+            commands.append({"command": "addClientRole", "username": user, "rolename": rolename})
+    gone = sorted(set(have) - {c["username"] for c in clients}, key=lambda u: (u == ADMIN, u))
+    commands += [{"command": "deleteClient", "username": user} for user in gone]
+    wanted = {r["rolename"] for r in roles}
+    commands += [{"command": "deleteRole", "rolename": n} for n in sorted(set(current) - wanted)]
     return commands
 
 
@@ -296,14 +345,30 @@ class BrokerAdmin:
             answers: list[dict[str, Any]] = self._responses[0].get("responses", [])
         return answers
 
-    def state(self) -> tuple[list[str], list[str]]:
-        """The usernames and role names the running broker knows."""
-        answers = self.send([{"command": "listClients"}, {"command": "listRoles"}])
+    def state(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The clients (with their roles) and the roles (with their ACLs) the broker knows."""
+        answers = self.send(
+            [
+                {"command": "listClients", "verbose": True, "count": -1},
+                {"command": "listRoles", "verbose": True, "count": -1},
+            ]
+        )
         by_command = {a.get("command"): a.get("data", {}) for a in answers}
         return (
             list(by_command.get("listClients", {}).get("clients", [])),
             list(by_command.get("listRoles", {}).get("roles", [])),
         )
+
+    def sync(
+        self, pki: Pki, root: str, dry_run: bool = False
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Bring the broker in line with ``pki`` (:func:`sync_commands`); returns the commands
+        and the answers that report an error."""
+        clients, roles = self.state()
+        commands = sync_commands(clients, roles, pki, root)
+        if dry_run or not commands:
+            return commands, []
+        return commands, [a for a in self.send(commands) if a.get("error")]
 
     def close(self) -> None:
         self.client.loop_stop()

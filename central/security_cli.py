@@ -108,22 +108,22 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_sync(args: argparse.Namespace) -> int:
-    from central.broker import BrokerAdmin, sync_commands
+    from central.broker import BrokerAdmin
     from central.pki import Pki
 
     pki = Pki(_pki_dir(args))
     admin = BrokerAdmin(args.host, args.port, pki, name=args.admin)
     try:
-        clients, roles = admin.state()
-        commands = sync_commands(clients, roles, pki, args.topic_root)
-        for command in commands:
-            print(f"{command['command']} {command.get('username') or command.get('rolename')}")
-        if args.dry_run or not commands:
-            print("nothing sent" if args.dry_run else "the broker is in line with the PKI")
-            return 0
-        failed = [a for a in admin.send(commands) if a.get("error")]
+        commands, failed = admin.sync(pki, args.topic_root, dry_run=args.dry_run)
     finally:
         admin.close()
+    for c in commands:
+        what = c.get("username") or c.get("rolename")
+        print(" ".join(str(x) for x in (c["command"], what, c.get("acltype"), c.get("topic")) if x))
+    if not commands:
+        print("the broker is in line with the PKI")
+    elif args.dry_run:
+        print("nothing sent")
     for answer in failed:
         print(f"refused by the broker: {answer}", file=sys.stderr)
     return 1 if failed else 0

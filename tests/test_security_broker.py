@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from central.broker import BrokerAdmin, sync_commands
+from central.broker import BrokerAdmin
 from central.local_services import SecureMosquitto
 from central.pki import Pki, PkiError
 from tests.support.secure import connect, refused_tls
@@ -68,6 +68,10 @@ def test_only_central_reads_every_gateway_and_acks(
         assert code(ingest.publish(f"{r}/gw/gw-a/ack", b"{}")) in (0, 0x10)
         assert code(ingest.publish(f"{r}/models/iforest", b"{}")) == NOT_AUTHORIZED
         assert code(alerts.subscribe(f"{r}/gw/+/alerts")) == 1
+        # a group of its own, never the ingest's (it would take a share of central's alerts)
+        assert code(alerts.subscribe(f"$share/svc-alerts-test/{r}/gw/+/alerts")) == 1
+        assert code(alerts.subscribe(f"$share/ingest/{r}/gw/+/alerts")) == NOT_AUTHORIZED
+        assert code(alerts.subscribe(f"$share/+/{r}/gw/+/alerts")) == NOT_AUTHORIZED
         assert code(alerts.subscribe(f"{r}/gw/+/readings")) == NOT_AUTHORIZED
         assert code(alerts.publish(f"{r}/gw/gw-a/ack", b"{}")) == NOT_AUTHORIZED
         gw.publish(f"{r}/gw/gw-a/readings", b"batch")
@@ -119,9 +123,12 @@ def test_revocation_cuts_a_gateway_off(
     try:
         admin = BrokerAdmin("127.0.0.1", secure_broker.port, pki)
         try:  # the running broker drops the identity at once
-            clients, roles = admin.state()
-            answers = admin.send(sync_commands(clients, roles, pki, topic_root))
-            assert [a.get("error") for a in answers] == [None] * len(answers)
+            commands, failed = admin.sync(pki, topic_root)
+            assert commands == [
+                {"command": "deleteClient", "username": "gw-d"},
+                {"command": "deleteRole", "rolename": "gw.gw-d"},
+            ]
+            assert failed == []
         finally:
             admin.close()
         gw.wait(lambda: bool(gw.disconnects), what="the revoked gateway's disconnection")
@@ -145,3 +152,52 @@ def test_names_say_their_role(tmp_path: object) -> None:
     p.issue("gw-x", "gateway")
     with pytest.raises(PkiError):
         p.issue("gw-x", "alerts")  # one name, one role
+
+
+def test_sync_repairs_a_broker_that_drifted(
+    secure_broker: SecureMosquitto, pki: Pki, topic_root: str
+) -> None:
+    """ACLs changed by hand (or by an older release), a client given a role too many, a role
+    nobody uses: one sync puts it all back; a second has nothing to do."""
+    port, r = secure_broker.port, topic_root
+    admin = BrokerAdmin("127.0.0.1", port, pki)
+    try:
+        drift = [
+            {
+                "command": "addRoleACL",
+                "rolename": "gw.gw-a",
+                "acltype": "subscribePattern",
+                "topic": "#",
+                "allow": True,
+                "priority": 0,
+            },
+            {
+                "command": "removeRoleACL",
+                "rolename": "gw.gw-a",
+                "acltype": "publishClientSend",
+                "topic": f"{r}/gw/gw-a/status",
+            },
+            {"command": "addClientRole", "username": "gw-b", "rolename": "ingest"},
+            {"command": "createRole", "rolename": "legacy", "acls": []},
+        ]
+        assert [a.get("error") for a in admin.send(drift)] == [None] * len(drift)
+        a = connect(pki, "gw-a", port)
+        assert code(a.subscribe("#")) == 1  # the drift is real
+        a.close()
+        commands, failed = admin.sync(pki, r)
+        assert failed == [] and {c["command"] for c in commands} == {
+            "removeRoleACL",
+            "addRoleACL",
+            "removeClientRole",
+            "deleteRole",
+        }
+        assert admin.sync(pki, r) == ([], [])
+    finally:
+        admin.close()
+    a = connect(pki, "gw-a", port)
+    assert code(a.subscribe("#")) == NOT_AUTHORIZED
+    assert code(a.publish(f"{r}/gw/gw-a/status", b"{}")) in (0, 0x10)
+    a.close()
+    b = connect(pki, "gw-b", port)
+    assert code(b.subscribe(f"{r}/gw/+/readings")) == NOT_AUTHORIZED
+    b.close()
