@@ -26,6 +26,7 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -43,12 +44,9 @@ from edge_agent import failpoints, topics, wire
 from edge_agent.alerts import alert_id
 from edge_agent.backoff import Backoff
 from edge_agent.mqtt_link import LinkConfig, MqttLink
-from edge_agent.vocabulary import ID_PATTERN
+from edge_agent.vocabulary import CENTRAL_ALERT_KINDS, ID_PATTERN, SERVICE_PREFIX
 
 log = logging.getLogger(__name__)
-
-#: Identities of central services (``central.pki``): never a gateway on a topic.
-SERVICE_PREFIX = "svc-"
 
 
 @dataclass
@@ -72,15 +70,16 @@ _BATCH_ID = re.compile(rb'"batch_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})"'
 
 
 class QuarantineBudget:
-    """Bytes of quarantined excerpts and payloads each gateway may add per hour; beyond it a
-    refused message keeps only its reason, size and digest (never dropped silently)."""
+    """Bytes each gateway may add to the quarantine per hour (see :meth:`IngestWorker._reject`
+    for what happens beyond it: nothing is dropped silently)."""
 
-    def __init__(self, bytes_per_hour: int) -> None:
+    def __init__(self, bytes_per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.bytes_per_hour = bytes_per_hour
+        self.clock = clock
         self._used: dict[str | None, tuple[float, int]] = {}
 
     def take(self, gateway_id: str | None, size: int) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         start, used = self._used.get(gateway_id, (now, 0))
         if now - start >= 3600:
             start, used = now, 0
@@ -196,23 +195,35 @@ class IngestWorker:
         """Handle one message until it is stored (retrying through database outages)."""
         sha = work.sha256 or hashlib.sha256(work.payload).hexdigest()
         self.guard.enter("storing", sha)
+        failures = 0
         try:
             while not stop.is_set():
                 try:
                     conn = self._connection()
                     ack_topic, outcome = self.store_work(conn, work)
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    self._drop_connection()
-                    delay = self._db_backoff.next_delay()
-                    self.counters["db_retries"] += 1
-                    log.warning(
-                        "database unavailable (%s); retry in %.1fs", str(exc).strip()[:120], delay
-                    )
-                    stop.wait(delay)
-                    continue
-                except Exception as exc:  # a bug must not stop the worker: keep it, say why
+                except Exception as exc:
+                    if _database_cannot_take(exc):
+                        # Unreachable, read-only after a failover, a grant or a column missing
+                        # after a deploy: nothing is acked (a rejected ack would let the agent
+                        # drop good readings); the same message is retried with backoff.
+                        self._drop_connection()
+                        delay = self._db_backoff.next_delay()
+                        self.counters["db_retries"] += 1
+                        log.warning(
+                            "database cannot store (%s: %s); retry in %.1fs",
+                            type(exc).__name__,
+                            str(exc).strip()[:160],
+                            delay,
+                        )
+                        stop.wait(delay)
+                        continue
+                    # A bug must not stop the worker: the message is quarantined with the reason
+                    # (its bytes kept) and answered. If even that fails, back off between tries.
                     log.exception("cannot store message on %s", msg.topic)
                     self.counters["internal_errors"] += 1
+                    failures += 1
+                    if failures > 1:
+                        stop.wait(self._db_backoff.next_delay())
                     reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
                     work = Work(
                         work.topic,
@@ -312,14 +323,24 @@ class IngestWorker:
         topic: str,
         gateway_id: str | None,
     ) -> store.Outcome:
-        """Quarantine a whole message within the gateway's budget of excerpt bytes."""
+        """Quarantine a whole message, within the gateway's hourly budget.
+
+        A message that names a batch and its gateway is answered ``rejected``, and the agent
+        then lets those readings go: its bytes are kept whole (the only copy left; at most
+        ``max_message_bytes``). Over the budget such a batch is not answered now (``Outcome``
+        without an ack): the agent sends it again after its ack timeout. Any other message
+        keeps its bytes up to ``quarantine_payload_max_bytes``, else an excerpt; over the budget
+        its reason, size and digest only."""
+        if gateway_id is not None and bad.batch_id is not None:
+            if not self.budget.take(gateway_id, len(payload)):
+                self.counters["rejections_deferred"] += 1
+                return store.Outcome(None)
+            whole = store.QuarantinePolicy(payload_max_bytes=len(payload))
+            return store.reject(conn, payload, bad, topic, gateway_id, whole)
         policy = self.policy
-        kept = min(len(payload), wire.MAX_RAW_CHARS) + (
-            len(payload) if len(payload) <= policy.payload_max_bytes else 0
-        )
-        if not self.budget.take(gateway_id, kept):
+        if not self.budget.take(gateway_id, policy.cost(len(payload))):
             self.counters["quarantine_over_budget"] += 1
-            policy = store.QuarantinePolicy(payload_max_bytes=-1, excerpt_chars=0)
+            policy = store.BARE
         return store.reject(conn, payload, bad, topic, gateway_id, policy)
 
     def store_work(
@@ -334,6 +355,8 @@ class IngestWorker:
         if isinstance(work.item, AlertItem):
             try:
                 new = store.store_alert(conn, work.item.alert)
+            except store.ForeignMeter as exc:
+                work = Work(topic, payload, gateway_id, store.BadMessage(str(exc)))
             except psycopg.DataError as exc:  # a value PostgreSQL refuses (NaN in features...)
                 bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
                 work = Work(topic, payload, gateway_id, bad)
@@ -353,8 +376,19 @@ class IngestWorker:
             log.warning("quarantined message on %s: %s", topic, bad.reason[:200])
             return ack_topic, self._reject(conn, payload, bad, topic, gateway_id)
         assert isinstance(work.item, store.Prepared)
+        assert gateway_id is not None  # a batch is prepared only from a gateway's topic
+        # Readings quarantined one by one are acked away too: they count against the budget,
+        # and a batch over it is answered later (the agent resends it), not stored now.
+        quarantined = sum(len(q[0]) for q in work.item.quarantine)
+        if quarantined and not self.budget.take(gateway_id, quarantined):
+            self.counters["batches_deferred"] += 1
+            log.warning("gateway %s is over its quarantine budget: batch deferred", gateway_id)
+            return ack_topic, store.Outcome(None)
+        gw = gateway_id
         try:
-            outcome = store.store_batch(conn, work.item, policy=self.policy)
+            outcome = store.store_batch(
+                conn, work.item, policy=self.policy, afford=lambda n: self.budget.take(gw, n)
+            )
         except psycopg.DataError as exc:  # a value PostgreSQL refuses that validation let by
             bad = store.BadMessage(f"store_error: {exc}".strip()[:300], work.item.env.batch_id)
             return ack_topic, self._reject(conn, payload, bad, topic, gateway_id)
@@ -424,6 +458,8 @@ class IngestWorker:
             return store.BadMessage(
                 f"gateway_mismatch: topic {gateway_id}, payload {alert.gateway_id}"
             )
+        if alert.kind in CENTRAL_ALERT_KINDS:
+            return store.BadMessage(f"reserved_kind: {alert.kind} is raised by central only")
         return AlertItem(alert)
 
     def _store_status(
@@ -444,7 +480,8 @@ class IngestWorker:
             reason = f"gateway_mismatch: topic {gateway_id}, payload {status.gateway_id}"
         if reason is not None or status is None:
             self.counters["status_quarantined"] += 1
-            self._reject(conn, payload, store.BadMessage(reason or "invalid_status"), topic, None)
+            bad = store.BadMessage(reason or "invalid_status")
+            self._reject(conn, payload, bad, topic, gateway_id)
             return
         try:
             with conn.transaction():
@@ -458,7 +495,7 @@ class IngestWorker:
         except psycopg.DataError as exc:  # e.g. a NUL inside a string: PostgreSQL refuses it
             self.counters["status_quarantined"] += 1
             bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
-            self._reject(conn, payload, bad, topic, None)
+            self._reject(conn, payload, bad, topic, gateway_id)
             return
         self.counters["status_stored"] += 1
 
@@ -469,7 +506,8 @@ class IngestWorker:
         aid = alert_id("scoring_off", status.gateway_id, day)
         cur = conn.execute(
             "insert into raw.alerts (alert_id, gateway_id, meter_id, ts, kind, detail) "
-            "values (%s, %s, %s, %s, 'scoring_off', %s) on conflict (alert_id) do nothing",
+            "values (%s, %s, %s, %s, 'scoring_off', %s) "
+            "on conflict (gateway_id, alert_id) do nothing",
             (
                 aid,
                 status.gateway_id,
@@ -481,6 +519,14 @@ class IngestWorker:
         if cur.rowcount:
             self.counters["alerts_scoring_off"] += 1
             log.warning("gateway %s scores nothing: %s", status.gateway_id, status.model_error)
+
+
+def _database_cannot_take(exc: Exception) -> bool:
+    """A database error that says nothing about the message (connection, server state,
+    privileges, schema), as opposed to a value the database refuses (data, integrity)."""
+    return isinstance(exc, psycopg.Error) and not isinstance(
+        exc, (psycopg.DataError, psycopg.IntegrityError)
+    )
 
 
 def _scores_nothing(status: wire.Status) -> bool:

@@ -38,11 +38,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_agent.vocabulary import ID_PATTERN
+from edge_agent.vocabulary import ID_PATTERN, SERVICE_PREFIX
 
 Role = Literal["gateway", "ingest", "models", "alerts", "admin", "broker"]
 ROLES: tuple[Role, ...] = ("gateway", "ingest", "models", "alerts", "admin", "broker")
-SERVICE_PREFIX = "svc-"
 _SERVICE_NAME = {
     "ingest": re.compile(r"^svc-ingest-[A-Za-z0-9_.-]{1,40}$"),
     "models": re.compile(r"^svc-models(-[A-Za-z0-9_.-]{1,40})?$"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +79,18 @@ class QuarantinePolicy:
 
     payload_max_bytes: int = 1024 * 1024
     excerpt_chars: int = wire.MAX_RAW_CHARS
+
+    def cost(self, size: int) -> int:
+        """Bytes a message of ``size`` bytes adds to the quarantine under this policy."""
+        return min(size, self.excerpt_chars) + (size if size <= self.payload_max_bytes else 0)
+
+
+#: Only the reason, size and digest of a message: what a gateway over its budget gets.
+BARE = QuarantinePolicy(payload_max_bytes=-1, excerpt_chars=0)
+
+
+def _always(size: int) -> bool:
+    return True
 
 
 def _now() -> datetime:
@@ -219,6 +232,7 @@ def store_batch(
     batch: Prepared | wire.BatchEnvelope,
     source: str = "",
     policy: QuarantinePolicy = QuarantinePolicy(),
+    afford: Callable[[int], bool] = _always,
 ) -> Outcome:
     """Store a batch in one transaction and return its ack (the stored one for a replay)."""
     p = batch if isinstance(batch, Prepared) else prepare(batch, source)
@@ -238,9 +252,14 @@ def store_batch(
                 (env.gateway_id, env.batch_id),
             ).fetchone()
             assert row is not None
-            if row[1] is None or row[1] == p.sha256:
+            # A batch stored before digests were kept (row[1] null) cannot be compared: taken as
+            # a conflict, so the agent sends its readings again under new ids (duplicates at
+            # worst), never as a replay that could hide other content.
+            if row[1] is not None and row[1] == p.sha256:
                 return Outcome(wire.Ack.model_validate(row[0]), replay=True)
-            return _batch_conflict(conn, p, str(row[1]), policy)
+            if not afford(policy.cost(len(p.payload))):
+                policy = BARE
+            return _batch_conflict(conn, p, row[1], policy)
         quarantine = list(p.quarantine)
         received = p.received
         rows = _owned(conn, p.rows, quarantine, env.gateway_id, received, p.source)
@@ -279,15 +298,16 @@ def store_batch(
 
 
 def _batch_conflict(
-    conn: psycopg.Connection, p: Prepared, stored_sha256: str, policy: QuarantinePolicy
+    conn: psycopg.Connection, p: Prepared, stored_sha256: str | None, policy: QuarantinePolicy
 ) -> Outcome:
     """A batch id already stored with other content: never acknowledged as stored. The message
     goes to quarantine whole (once per digest) and the agent gets a rejecting ack that names it
     (it then sends these readings again under new ids)."""
     env = p.env
+    stored = f"sha256 {stored_sha256[:16]}..." if stored_sha256 else "no digest kept"
     reason = (
         f"batch_conflict: batch {env.batch_id} of {env.gateway_id} was stored with other "
-        f"content (sha256 {stored_sha256[:16]}...)"
+        f"content ({stored})"
     )
     _quarantine_message(conn, p.payload, reason, p.source, env.gateway_id, env.batch_id, policy)
     ack = wire.Ack(
@@ -418,14 +438,27 @@ def _raw(item: Any) -> str:
         return repr(item)[: wire.MAX_RAW_CHARS]
 
 
+class ForeignMeter(ValueError):
+    """An alert about a meter registered to another gateway."""
+
+
 def store_alert(conn: psycopg.Connection, alert: wire.Alert) -> bool:
     """Store one ``alert.v1`` in ``raw.alerts``; True if new. Alert ids are deterministic (same
-    reading and model, same id), so a resent alert is a no-op here."""
+    reading and model, same id), so a resent alert is a no-op here; they are unique per gateway,
+    so no gateway can pre-empt another's. Raises :class:`ForeignMeter` for a meter registered
+    to another gateway (as its readings would be)."""
     with conn.transaction():
+        owner = conn.execute(
+            "select gateway_id from raw.meters where meter_id = %s "
+            "and gateway_id is not null and gateway_id <> %s",
+            (alert.meter_id, alert.gateway_id),
+        ).fetchone()
+        if owner is not None:
+            raise ForeignMeter(f"meter_of_other_gateway: {alert.meter_id} is read by {owner[0]}")
         cur = conn.execute(
             "insert into raw.alerts (alert_id, gateway_id, meter_id, ts, kind, score, threshold, "
             "model_version, features, detail) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "on conflict (alert_id) do nothing",
+            "on conflict (gateway_id, alert_id) do nothing",
             (
                 alert.alert_id,
                 alert.gateway_id,

@@ -36,3 +36,9 @@ ALERT_KINDS: tuple[str, ...] = (
     "buffer_full",
     "scoring_off",  # central: a gateway scores nothing (no model, or its model refused)
 )
+#: Kinds only central raises: refused on a gateway's alerts topic.
+CENTRAL_ALERT_KINDS: tuple[str, ...] = ("scoring_off",)
+
+#: Identities of central services begin so (``svc-ingest-1``, ``svc-models``): a gateway id
+#: never does, so no topic ``…/gw/<id>/…`` can name a service (``central.pki``).
+SERVICE_PREFIX = "svc-"

@@ -35,6 +35,7 @@ from edge_agent.fields import (
 from edge_agent.validate import reading_to_row
 from edge_agent.vocabulary import (
     ALERT_KINDS,
+    CENTRAL_ALERT_KINDS,
     ID_PATTERN,
     METER_FLAGS,
     SUPPLY_STATES,
@@ -79,6 +80,7 @@ def test_the_wire_reading_has_the_defined_fields_in_order() -> None:
 
 def test_literal_vocabularies_match_the_definitions() -> None:
     assert typing.get_args(wire.AlertKind) == ALERT_KINDS
+    assert set(CENTRAL_ALERT_KINDS) < set(ALERT_KINDS)
     supply = wire.Reading.model_fields["supply"].annotation
     assert typing.get_args(supply) == SUPPLY_STATES
     assert set(TAMPER_FLAGS) < set(METER_FLAGS)

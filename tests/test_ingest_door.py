@@ -11,9 +11,10 @@ from typing import Any
 
 import psycopg
 
-from central.ingest import IngestWorker
+from central.ingest import IngestWorker, _database_cannot_take
 from central.settings import CentralSettings
 from edge_agent import wire
+from edge_agent.alerts import alert_id
 from tests.support.processes import BROKER_PORT
 
 TOPIC = "eiot/v1/gw/gw1/readings"
@@ -158,3 +159,122 @@ def test_readings_of_a_meter_registered_to_another_gateway_are_quarantined(
     assert stored == {"mine", "unregistered"}
     (reason,) = pg.execute("select reason from raw.quarantine").fetchone() or ("",)
     assert reason.startswith("meter_of_other_gateway") and "gw2" in reason
+
+
+def alert(gateway: str, meter: str, kind: str = "tamper", aid: str | None = None) -> bytes:
+    ts = "2026-03-01T00:30:00Z"
+    return json.dumps(
+        {
+            "schema": "alert.v1",
+            "alert_id": aid or alert_id(kind, meter, 1772325000),
+            "gateway_id": gateway,
+            "meter_id": meter,
+            "ts": ts,
+            "kind": kind,
+        }
+    ).encode()
+
+
+def test_no_gateway_can_pre_empt_or_fake_another_gateways_alerts(
+    pg_dsn: str, pg: psycopg.Connection
+) -> None:
+    pg.execute("insert into raw.meters (meter_id, gateway_id) values ('m-b', 'gw2')")
+    w = worker(pg_dsn)
+    day = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
+    with psycopg.connect(pg_dsn) as conn:
+        # gw1 sends first, under gw2's (predictable) ids: its alerts about gw2's meter are
+        # refused; about a meter nobody registered they are gw1's own, beside gw2's
+        w.handle(conn, "eiot/v1/gw/gw1/alerts", alert("gw1", "m-b"))
+        w.handle(conn, "eiot/v1/gw/gw1/alerts", alert("gw1", "m-free"))
+        # a kind only central raises, and gw2's scoring_off id taken first under another kind
+        w.handle(conn, "eiot/v1/gw/gw1/alerts", alert("gw1", "gw1", kind="scoring_off"))
+        stolen = alert_id("scoring_off", "gw2", day)
+        w.handle(conn, "eiot/v1/gw/gw1/alerts", alert("gw1", "m-free", aid=stolen))
+        # then gw2's real alerts, and a status saying it scores nothing
+        w.handle(conn, "eiot/v1/gw/gw2/alerts", alert("gw2", "m-b"))
+        w.handle(conn, "eiot/v1/gw/gw2/alerts", alert("gw2", "m-free"))
+        status = {"schema": "status.v1", "gateway_id": "gw2", "state": "online"}
+        status["sent_at"] = "2026-03-01T08:00:00Z"
+        w.handle(conn, "eiot/v1/gw/gw2/status", json.dumps(status).encode())
+    stored = set(pg.execute("select gateway_id, meter_id, kind from raw.alerts").fetchall())
+    assert stored == {
+        ("gw1", "m-free", "tamper"),
+        ("gw2", "m-b", "tamper"),
+        ("gw2", "m-free", "tamper"),
+        ("gw2", "gw2", "scoring_off"),
+    }
+    reasons = sorted(r for (r,) in pg.execute("select reason from raw.quarantine"))
+    assert [r.split(":")[0] for r in reasons] == ["meter_of_other_gateway", "reserved_kind"]
+    # the stolen id: stored as gw1's, it did not stop gw2's scoring_off
+    assert pg.execute(
+        "select count(*) from raw.alerts where alert_id = %s", (stolen,)
+    ).fetchone() == (2,)
+
+
+def test_a_rejected_batch_keeps_its_bytes_or_waits_for_the_budget(
+    pg_dsn: str, pg: psycopg.Connection
+) -> None:
+    """A rejected ack lets the agent drop the batch: its bytes must be kept whole, whatever
+    their size. Over the gateway's budget it is not answered now: the agent sends it again
+    later, and then it is."""
+    now = [0.0]
+    w = worker(
+        pg_dsn, quarantine_payload_max_bytes=1000, quarantine_budget_bytes_per_hour=3_000_000
+    )
+    w.budget.clock = lambda: now[0]
+    big = {"schema": "readings.v9", "gateway_id": "gw1", "batch_seq": 1, "pad": "x" * 2_000_000}
+    first = json.dumps({**big, "batch_id": "r-1"}).encode()
+    second = json.dumps({**big, "batch_id": "r-2"}).encode()
+    with psycopg.connect(pg_dsn) as conn:
+        _, one = w.handle(conn, TOPIC, first)
+        _, two = w.handle(conn, TOPIC, second)  # over the 3 MB budget
+        assert ack_of(one).status == "rejected"
+        assert two is not None and two.ack is None  # not answered: the agent keeps it
+        assert pg.execute(
+            "select count(*) from raw.ingest_batches where batch_id = 'r-2'"
+        ).fetchone() == (0,)
+        now[0] += 3600  # an hour later the agent resends it
+        _, again = w.handle(conn, TOPIC, second)
+    assert ack_of(again).status == "rejected"
+    kept = pg.execute(
+        "select batch_id, payload from raw.quarantine order by quarantine_id"
+    ).fetchall()
+    assert [(b, bytes(p)) for b, p in kept] == [("r-1", first), ("r-2", second)]
+    assert w.counters["rejections_deferred"] == 1
+
+
+def test_a_database_that_cannot_store_is_an_outage_not_a_rejection(
+    pg_dsn: str, pg: psycopg.Connection
+) -> None:
+    """A column missing after a deploy (or a grant, or a read-only server): the batch is not
+    rejected (the agent would drop good readings), the error goes up and is retried."""
+    pg.execute("alter table raw.readings rename column kwh to kwh_renamed")
+    good = batch("g-1", [{"meter_id": "m1", "ts": "2026-03-01T00:30:00Z", "kwh": 0.5}])
+    with psycopg.connect(pg_dsn) as conn:
+        try:
+            worker(pg_dsn).handle(conn, TOPIC, good)
+        except psycopg.Error as exc:
+            assert _database_cannot_take(exc)
+        else:
+            raise AssertionError("the batch was answered although nothing could be stored")
+    assert pg.execute("select count(*) from raw.ingest_batches").fetchone() == (0,)
+    assert pg.execute("select count(*) from raw.quarantine").fetchone() == (0,)
+    pg.execute("alter table raw.readings rename column kwh_renamed to kwh")
+    with psycopg.connect(pg_dsn) as conn:
+        _, outcome = worker(pg_dsn).handle(conn, TOPIC, good)
+    assert ack_of(outcome).inserted == 1
+
+
+def test_a_batch_stored_before_digests_were_kept_is_never_a_replay(
+    pg_dsn: str, pg: psycopg.Connection
+) -> None:
+    w = worker(pg_dsn)
+    old = batch("n-1", [{"meter_id": "m1", "ts": "2026-03-01T00:30:00Z", "kwh": 0.5}])
+    with psycopg.connect(pg_dsn) as conn:
+        w.handle(conn, TOPIC, old)
+    pg.execute("update raw.ingest_batches set payload_sha256 = null")  # as before 0007
+    other = batch("n-1", [{"meter_id": "m2", "ts": "2026-03-01T00:30:00Z", "kwh": 0.7}])
+    with psycopg.connect(pg_dsn) as conn:
+        _, outcome = w.handle(conn, TOPIC, other)
+    ack = ack_of(outcome)
+    assert ack.status == "rejected" and ack.reason and ack.reason.startswith("batch_conflict")

@@ -338,6 +338,7 @@ def test_grants_are_exactly_the_table(pg: psycopg.Connection) -> None:
         *{("eiot_ingest", f"raw.{t}", "insert") for t in ("quarantine", "gateway_status")},
         ("eiot_ingest", "raw.alerts", "insert"),
         ("eiot_ingest", "raw.alerts.alert_id", "select"),
+        ("eiot_ingest", "raw.alerts.gateway_id", "select"),  # the key: 0010_alerts_per_gateway.sql
         ("eiot_ingest", "raw.quarantine_quarantine_id_seq", "usage"),
         ("eiot_ingest", "raw.meters", "select"),
         *{("eiot_loader", f"raw.{t}", "select") for t in [*raw, "alerts"]},
