@@ -210,7 +210,7 @@ class IngestWorker:
                         delay = self._db_backoff.next_delay()
                         self.counters["db_retries"] += 1
                         log.warning(
-                            "database cannot store (%s: %s); retry in %.1fs",
+                            "database unavailable (%s: %s); retry in %.1fs",
                             type(exc).__name__,
                             str(exc).strip()[:160],
                             delay,
