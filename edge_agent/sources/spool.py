@@ -44,7 +44,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 #: Records committed per transaction: bounds the memory one file takes (~1 kB a record while
 #: it is validated, scored and inserted, plus the week of history of its meters), whatever the
 #: file's size. Smaller slices lower the agent's peak RSS under a backlog and cost intake speed.
-SLICE_RECORDS = 1000
+SLICE_RECORDS = 500
 SEED_COLUMNS = ("Timestamp", "Electricity_Consumed")
 
 
