@@ -109,6 +109,11 @@ class MqttLink:
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
         self.client.on_publish = self._handle_publish
+        # Only the network thread touches the socket. Without this hook paho writes a message
+        # queued from another thread (publish, a manual ack) from that thread, while the network
+        # thread may be reading: two threads in one TLS connection corrupt it ("bad record
+        # mac"). With it, paho queues the packet and wakes the network thread, which writes.
+        self.client.on_socket_register_write = _ignore_socket
         # PUBACK callbacks by message id. paho calls on_publish holding a lock that publish()
         # takes too, so this lock is never held while calling paho; a PUBACK that arrives before
         # publish() returned its mid waits in _early until publish() picks it up.
@@ -242,3 +247,7 @@ class MqttLink:
                 self._early[mid] = ok  # publish() has not registered it yet
         if callback is not None:
             callback(ok)
+
+
+def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's external-loop hook, set only so that writes stay on the network thread."""
