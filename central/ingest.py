@@ -2,9 +2,10 @@
 
 Subscribes (shared subscription, so several workers split the load) to every gateway's readings,
 alerts and status topics with manual acknowledgement. Alerts (``alert.v1``) go to ``raw.alerts``
-once per ``alert_id`` (agents resend until PUBACK, so duplicates are normal); a bad alert payload
-is quarantined whole, like a bad batch. For each message: store in one transaction, commit,
-publish ``ack.v2`` to the gateway, and only then PUBACK the message to the broker. A worker
+once per ``alert_id`` (agents resend until central answers, so duplicates are normal); a bad alert
+payload is quarantined whole, like a bad batch. For each message: store in one transaction,
+commit, publish the answer to the gateway (``ack.v2`` for a batch, ``alert_ack.v1`` for an
+alert), and only then PUBACK the message to the broker. A worker
 killed anywhere in between loses nothing: the broker or the agent delivers again and the batch
 ledger answers with the same ack.
 
@@ -67,6 +68,7 @@ class AlertItem:
 
 _ID = re.compile(ID_PATTERN)
 _BATCH_ID = re.compile(rb'"batch_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})"')
+_ALERT_ID = re.compile(r"[0-9a-f]{32}")  # edge_agent.alerts.alert_id
 
 
 class QuarantineBudget:
@@ -311,7 +313,7 @@ class IngestWorker:
 
     def handle(
         self, conn: psycopg.Connection, topic: str, payload: bytes
-    ) -> tuple[str | None, store.Outcome | None]:
+    ) -> tuple[str | None, store.Outcome | store.AlertOutcome | None]:
         """Prepare and store one message (see :meth:`store_work`)."""
         return self.store_work(conn, self.prepare(topic, payload))
 
@@ -345,31 +347,38 @@ class IngestWorker:
 
     def store_work(
         self, conn: psycopg.Connection, work: Work
-    ) -> tuple[str | None, store.Outcome | None]:
+    ) -> tuple[str | None, store.Outcome | store.AlertOutcome | None]:
         """Store one prepared message. Returns (ack topic, outcome). Raises only on database
         outages."""
         topic, payload, gateway_id = work.topic, work.payload, work.gateway_id
         if work.item is None:
             self._store_status(conn, topic, gateway_id, payload)
             return None, None
+        ack_topic = topics.ack(self.s.topic_root, gateway_id) if gateway_id else None
         if isinstance(work.item, AlertItem):
+            aid = work.item.alert.alert_id
             try:
                 new = store.store_alert(conn, work.item.alert)
             except store.ForeignMeter as exc:
-                work = Work(topic, payload, gateway_id, store.BadMessage(str(exc)))
+                work = Work(topic, payload, gateway_id, store.BadMessage(str(exc), alert_id=aid))
             except psycopg.DataError as exc:  # a value PostgreSQL refuses (NaN in features...)
-                bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
+                bad = store.BadMessage(f"store_error: {exc}".strip()[:300], alert_id=aid)
                 work = Work(topic, payload, gateway_id, bad)
             else:
                 self.counters["alerts_stored" if new else "alerts_duplicate"] += 1
-                return None, None
-        if topic.endswith("/alerts"):  # a bad alert: quarantined whole, nobody to answer
-            assert isinstance(work.item, store.BadMessage)
+                return ack_topic, store.AlertOutcome(wire.AlertAck(alert_id=aid, status="stored"))
+        if topic.endswith("/alerts"):  # a bad alert: quarantined whole, answered if addressable
+            refused = work.item
+            assert isinstance(refused, store.BadMessage)
             self.counters["alerts_quarantined"] += 1
-            log.warning("quarantined alert on %s: %s", topic, work.item.reason[:200])
-            self._reject(conn, payload, work.item, topic, gateway_id)
-            return None, None
-        ack_topic = topics.ack(self.s.topic_root, gateway_id) if gateway_id else None
+            log.warning("quarantined alert on %s: %s", topic, refused.reason[:200])
+            self._reject(conn, payload, refused, topic, gateway_id)
+            if refused.alert_id is None or ack_topic is None:
+                return None, None
+            answer = wire.AlertAck(
+                alert_id=refused.alert_id, status="rejected", reason=refused.reason[:300]
+            )
+            return ack_topic, store.AlertOutcome(answer)
         if isinstance(work.item, store.BadMessage):
             bad = work.item
             self.counters[f"rejected_{bad.reason.split(':')[0]}"] += 1
@@ -447,19 +456,24 @@ class IngestWorker:
             obj = wire.decode(payload, self.small_limits)
         except wire.DecodeError as exc:
             return store.BadMessage(str(exc))
+        # the id that addresses the rejecting answer, when the alert is unreadable otherwise
+        aid = obj.get("alert_id")
+        aid = aid if isinstance(aid, str) and _ALERT_ID.fullmatch(aid) else None
         schema = wire.schema_of(obj)
         if schema != "alert.v1":
-            return store.BadMessage(f"unknown_schema: {schema[:40]!r}")
+            return store.BadMessage(f"unknown_schema: {schema[:40]!r}", alert_id=aid)
         try:
             alert = wire.Alert.model_validate(obj)
         except ValidationError as exc:
-            return store.BadMessage("invalid_alert: " + wire.explain(exc))
+            return store.BadMessage("invalid_alert: " + wire.explain(exc), alert_id=aid)
         if alert.gateway_id != gateway_id:
             return store.BadMessage(
-                f"gateway_mismatch: topic {gateway_id}, payload {alert.gateway_id}"
+                f"gateway_mismatch: topic {gateway_id}, payload {alert.gateway_id}", alert_id=aid
             )
         if alert.kind in CENTRAL_ALERT_KINDS:
-            return store.BadMessage(f"reserved_kind: {alert.kind} is raised by central only")
+            return store.BadMessage(
+                f"reserved_kind: {alert.kind} is raised by central only", alert_id=aid
+            )
         return AlertItem(alert)
 
     def _store_status(

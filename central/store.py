@@ -49,11 +49,20 @@ class Outcome:
 
 
 @dataclass
+class AlertOutcome:
+    """The answer to an alert message (stored, or quarantined with the reason)."""
+
+    ack: wire.AlertAck
+
+
+@dataclass
 class BadMessage:
-    """A message quarantined whole, before any batch could be read from it."""
+    """A message quarantined whole, before any batch could be read from it; the batch or
+    alert id it names, when one could be read, addresses the rejecting answer."""
 
     reason: str
     batch_id: str | None = None
+    alert_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -284,15 +284,21 @@ class Agent:
         )
 
     def _drain_acks(self) -> int:
+        """Central's answers: ``ack.v2`` for batches, ``alert_ack.v1`` for alerts."""
         n = 0
+        alert_acks: list[wire.AlertAck] = []
         while True:
             try:
                 msg = self._acks.get_nowait()
             except queue.Empty:
-                return n
+                break
             n += 1
             try:
-                ack = wire.Ack.model_validate(wire.decode(bytes(msg.payload)))
+                obj = wire.decode(bytes(msg.payload))
+                if wire.schema_of(obj) == "alert_ack.v1":
+                    alert_acks.append(wire.AlertAck.model_validate(obj))
+                    continue
+                ack = wire.Ack.model_validate(obj)
             except (wire.DecodeError, ValidationError) as exc:
                 log.warning("unreadable ack on %s: %s", msg.topic, exc)
                 self.buffer.counters.add({"acks_invalid": 1})
@@ -300,6 +306,9 @@ class Agent:
             if ack.status == "rejected":
                 log.error("central rejected batch %s: %s", ack.batch_id, ack.reason)
             self.sync.on_ack(ack)
+        if alert_acks:
+            self.outbox.answered(alert_acks, self.clock())
+        return n
 
     def publish_status(self, now: float, state: Literal["online", "offline"] = "online") -> None:
         self._last_status = now

@@ -2,9 +2,11 @@
 
 Delivery: an alert is committed to the buffer's ``alerts`` table (the outbox) in the same
 transaction as the reading it is about, then published QoS1 on ``{root}/gw/{gateway_id}/alerts``
-and marked delivered when the broker's PUBACK for that very message arrives (the publisher's
-``on_delivered`` callback). Not acknowledged within ``resend_s``, or still open after a restart,
-it is published again with the same ``alert_id``: nothing is lost, and subscribers de-duplicate.
+and marked delivered when central's ``alert_ack.v1`` for it arrives on the gateway's ack topic
+(central sends it after committing the alert to ``raw.alerts``). The broker's PUBACK is not
+enough: a broker killed after its PUBACK and before it wrote its store loses the message. Not
+answered within ``resend_s``, or still open after a restart or a reconnect, an alert is
+published again with the same ``alert_id``: nothing is lost, and subscribers de-duplicate.
 
 ``alert_id`` is the first 32 hex digits of
 ``sha256("alert.v1|" + kind + "|" + meter_id + "|" + ts + "|" + basis)``, where ``ts`` is the
@@ -20,7 +22,7 @@ import hashlib
 import json
 import logging
 import queue
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 
@@ -90,11 +92,10 @@ class Cooldown:
 
 class AlertOutbox:
     """Publishes the outbox QoS1 through the :class:`~edge_agent.publisher.Publisher` and marks
-    alerts delivered on their PUBACK (of any of their sends: an alert resent after a reconnect
-    is delivered by whichever copy the broker answers first).
+    alerts delivered on central's answer (to any of their sends).
 
-    ``tick`` runs on the agent's main loop (the buffer's one writer); a delivery callback may run
-    on the MQTT network thread and only puts the alert id on a queue."""
+    ``tick`` and ``answered`` run on the agent's main loop (the buffer's one writer); a PUBACK
+    callback may run on the MQTT network thread and only puts the alert id on a queue."""
 
     def __init__(
         self,
@@ -120,27 +121,33 @@ class AlertOutbox:
         """Called on (re)connect, from the network thread."""
         self._reconnected = True
 
-    def drain_answers(self, now: float) -> int:
-        """Record the broker's answers received since the last call; returns the alerts newly
-        delivered."""
-        delivered: list[str] = []
+    def drain_answers(self) -> int:
+        """Count the publishes the broker refused since the last call (e.g. not authorised:
+        they go again after ``resend_s``); a PUBACK changes nothing, central's answer does."""
         refused = 0
         while True:
             try:
-                alert_id, ok = self._answers.get_nowait()
+                _, ok = self._answers.get_nowait()
             except queue.Empty:
                 break
-            if ok:
-                delivered.append(alert_id)
-            else:
-                refused += 1  # the broker refused it (e.g. not authorised): try again later
+            refused += not ok
         if refused:
             self.store.count_refused(refused)
-        return self.store.mark_delivered(delivered, now) if delivered else 0
+        return refused
+
+    def answered(self, acks: Sequence[wire.AlertAck], now: float) -> int:
+        """Central stored (or quarantined, with its reason) these alerts: they leave the queue.
+        Returns the alerts newly delivered."""
+        for ack in acks:
+            if ack.status == "rejected":
+                log.error("central rejected alert %s: %s", ack.alert_id, ack.reason)
+        return self.store.mark_delivered(
+            [(ack.alert_id, ack.status == "rejected") for ack in acks], now
+        )
 
     def tick(self, now: float) -> int:
         """Publish what is due; returns how many alerts were published or confirmed."""
-        work = self.drain_answers(now)
+        work = self.drain_answers()
         if not self.publisher.connected():
             return work
         if self._reconnected:

@@ -364,6 +364,23 @@ class Alert(WireModel):
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
+class AlertAck(WireModel):
+    """Central's answer to an alert, on the gateway's ack topic, sent after the transaction that
+    stored it in ``raw.alerts`` (``stored``, also for an alert it already had) or quarantined
+    it (``rejected``, with the reason). A broker's PUBACK only says the broker has the alert;
+    the agent keeps it in its outbox, and sends it again, until this answer arrives."""
+
+    schema_: Literal["alert_ack.v1"] = Field(default="alert_ack.v1", alias="schema")
+    alert_id: str = Field(max_length=80)
+    status: Literal["stored", "rejected"]
+    reason: str | None = Field(default=None, max_length=300)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
 class ModelMessage(WireModel):
     schema_: Literal["model.v1"] = Field(default="model.v1", alias="schema")
     name: Identifier

@@ -15,6 +15,7 @@ import pytest
 
 from central.ingest import IngestWorker
 from central.settings import CentralSettings
+from central.store import AlertOutcome
 from edge_agent import scoring, wire
 from edge_agent.alerts import Cooldown, alert_id
 from edge_agent.buffer import Buffer, ReadingStore
@@ -241,11 +242,21 @@ def test_central_stores_each_alert_once_and_quarantines_bad_ones(pg_dsn: str) ->
         (json.dumps({**good, "kind": "nonsense"}).encode(), "invalid_alert"),
         (json.dumps({**good, "gateway_id": "gw2"}).encode(), "gateway_mismatch"),
     ]
+    ack_topic = "eiot/v1/gw/gw1/ack"
     with psycopg.connect(pg_dsn) as conn:
-        for _ in range(3):  # resent: same id
-            assert worker.handle(conn, topic, json.dumps(good).encode()) == (None, None)
-        for payload, _reason in bad:
-            assert worker.handle(conn, topic, payload) == (None, None)
+        for _ in range(3):  # resent: same id, answered each time (the answer may be lost)
+            answer = worker.handle(conn, topic, json.dumps(good).encode())
+            stored_ack = wire.AlertAck(alert_id=good["alert_id"], status="stored")
+            assert answer == (ack_topic, AlertOutcome(stored_ack))
+        for payload, reason in bad:
+            got_topic, outcome = worker.handle(conn, topic, payload)
+            if payload == b"{oops":  # no id to address: not answered, resent, quarantined once
+                assert (got_topic, outcome) == (None, None)
+                continue
+            assert got_topic == ack_topic and outcome is not None  # stop resending it
+            assert isinstance(outcome.ack, wire.AlertAck)
+            assert outcome.ack.alert_id == good["alert_id"] and outcome.ack.status == "rejected"
+            assert outcome.ack.reason is not None and outcome.ack.reason.startswith(reason)
         stored = conn.execute(
             "select alert_id, gateway_id, kind, features from raw.alerts"
         ).fetchall()

@@ -1,13 +1,15 @@
-"""The alert outbox publishes through the Publisher seam: delivered on the broker's answer, sent
-again when refused or unanswered, everything again after a reconnect; and MqttLink reports a
-real broker's PUBACK to the publisher's callback."""
+"""The alert outbox publishes through the Publisher seam: delivered on central's answer (not on
+the broker's PUBACK), sent again when refused or unanswered, everything again after a reconnect;
+and MqttLink reports a real broker's PUBACK to the publisher's callback."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
 
+from edge_agent import wire
 from edge_agent.alerts import AlertOutbox, make_alert
 from edge_agent.buffer import Buffer
 from edge_agent.mqtt_link import LinkConfig, MqttLink
@@ -26,15 +28,24 @@ def _outbox(tmp_path: Path, pub: MemoryPublisher) -> tuple[Buffer, AlertOutbox]:
     return buffer, AlertOutbox(buffer.alerts, pub, "t/alerts", resend_s=30)
 
 
-def test_delivered_only_on_the_brokers_answer(tmp_path: Path) -> None:
+def test_delivered_only_on_centrals_answer(tmp_path: Path) -> None:
     pub = MemoryPublisher()
     buffer, outbox = _outbox(tmp_path, pub)
     assert outbox.tick(now=10.0) == 3 and len(pub.sent) == 3
     assert buffer.alerts.undelivered() == 3  # published is not delivered
     assert outbox.tick(now=11.0) == 0  # nothing due before resend_s
     pub.confirm(ok=True)
-    assert outbox.tick(now=12.0) == 3 and buffer.alerts.undelivered() == 0
-    assert buffer.counters.all()["alerts_delivered"] == 3
+    outbox.tick(now=12.0)
+    assert buffer.alerts.undelivered() == 3  # nor is the broker's PUBACK
+    ids = [json.loads(m.payload)["alert_id"] for m in pub.sent]
+    answers = [wire.AlertAck(alert_id=ids[0], status="stored")]
+    answers.append(wire.AlertAck(alert_id=ids[1], status="rejected", reason="reserved_kind: x"))
+    assert outbox.answered(answers, now=13.0) == 2
+    assert outbox.answered(answers, now=14.0) == 0  # an answer repeated changes nothing
+    assert buffer.alerts.undelivered() == 1
+    assert outbox.tick(now=41.0) == 1 and json.loads(pub.sent[-1].payload)["alert_id"] == ids[2]
+    counters = buffer.counters.all()
+    assert counters["alerts_delivered"] == 2 and counters["alerts_rejected_by_central"] == 1
 
 
 def test_refused_and_unanswered_alerts_go_again(tmp_path: Path) -> None:

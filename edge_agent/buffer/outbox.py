@@ -119,19 +119,24 @@ class AlertStore:
             )
             self._db.counters.add({"alerts_published": len(alert_ids), "alerts_resent": resent})
 
-    def mark_delivered(self, alert_ids: Sequence[str], now: float) -> int:
-        """Record delivery; returns how many were not delivered before."""
-        if not alert_ids:
+    def mark_delivered(self, answers: Sequence[tuple[str, bool]], now: float) -> int:
+        """Record central's answers, ``(alert_id, rejected)``; returns how many alerts were not
+        delivered before (an answer repeated counts once)."""
+        if not answers:
             return 0
+        delivered = rejected = 0
         with self._db.transaction():
-            before = self._db.conn.total_changes
-            self._db.conn.executemany(
-                "update alerts set acked_at = ? where alert_id = ? and acked_at is null",
-                [(now, a) for a in alert_ids],
+            for alert_id, refused in answers:
+                changed = self._db.conn.execute(
+                    "update alerts set acked_at = ? where alert_id = ? and acked_at is null",
+                    (now, alert_id),
+                ).rowcount
+                delivered += changed
+                rejected += changed if refused else 0
+            self._db.counters.add(
+                {"alerts_delivered": delivered, "alerts_rejected_by_central": rejected}
             )
-            n = self._db.conn.total_changes - before
-            self._db.counters.add({"alerts_delivered": n})
-        return n
+        return delivered
 
     def count_refused(self, n: int) -> None:
         """The broker refused ``n`` publishes (e.g. not authorised); they are sent again."""
