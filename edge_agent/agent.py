@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,8 @@ from pydantic import ValidationError
 
 from edge_agent import status, topics, wire
 from edge_agent.alerts import AlertOutbox, Cooldown
-from edge_agent.buffer import Buffer
+from edge_agent.buffer import Buffer, BufferFull, is_full
+from edge_agent.capacity import IntakeGate, SpaceLimits
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
 from edge_agent.mqtt_link import LinkConfig, MqttLink
 from edge_agent.registry import customer_classes, load_meters
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 60.0
+PRUNE_WHEN_FULL_S = 5.0  # intake paused for lack of room: give room back sooner
 
 
 def uplink_config(s: AgentSettings) -> LinkConfig:
@@ -152,6 +155,10 @@ class Agent:
             self.detector,
         )
         self.sources: list[Source] = self._build_sources(fleet)
+        self.gate = IntakeGate(
+            self.buffer, SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb), s.gateway_id
+        )
+        self.intake.on_full = self.gate.full
         self.models.start(s.model_path)
         self._acks: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._status_due = threading.Event()
@@ -252,13 +259,27 @@ class Agent:
             self.shutdown()
 
     def step(self) -> int:
+        """One turn of the loop. A write refused for lack of space closes the intake gate and
+        ends the turn; sending, acks and pruning go on in the next turns."""
+        try:
+            return self._step()
+        except BufferFull as exc:
+            self.gate.full(exc)
+        except sqlite3.OperationalError as exc:  # a write outside a transaction (a counter)
+            if not is_full(exc):
+                raise
+            self.gate.full(BufferFull(str(exc)))
+        return 0
+
+    def _step(self) -> int:
         now = self.clock()
         work = self._drain_acks()
         if self.models.drain():  # a model swap happens here, between two intake calls
             self._status_due.set()
             work += 1
-        for source in self.sources:
-            work += source.poll(now)
+        if self.gate.check():
+            for source in self.sources:
+                work += source.poll(now)
         self.sync.flush = all(_exhausted(src) for src in self.sources)
         work += self.sync.tick()
         work += self.outbox.tick(self.clock())
@@ -267,7 +288,7 @@ class Agent:
         ):
             self._status_due.clear()
             self.publish_status(now)
-        if now - self._last_prune >= PRUNE_EVERY_S:
+        if now - self._last_prune >= (PRUNE_EVERY_S if self.gate.is_open else PRUNE_WHEN_FULL_S):
             self._last_prune = now
             self.buffer.maintenance.prune(self.settings.retention_s)
         return work
@@ -319,6 +340,7 @@ class Agent:
             state=state,
             models=self.models.states(),
             model_error=self.models.status_error(),
+            gate=self.gate,
         )
         self.link.publish(
             topics.status(self.settings.topic_root, self.settings.gateway_id),

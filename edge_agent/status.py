@@ -7,6 +7,7 @@ from typing import Literal
 
 from edge_agent import __version__, wire
 from edge_agent.buffer import Buffer
+from edge_agent.capacity import IntakeGate
 
 
 def _utc(epoch: float | None) -> datetime | None:
@@ -20,6 +21,7 @@ def build(
     state: Literal["online", "offline"] = "online",
     models: list[wire.ModelState] | None = None,
     model_error: str | None = None,
+    gate: IntakeGate | None = None,
 ) -> wire.Status:
     """``models``: every model in use; ``model`` in the message is the first of them (the
     global one when it is loaded: :meth:`ModelManager.states` sorts it first), for readers that
@@ -35,7 +37,8 @@ def build(
             inflight_batches=stats.inflight_batches,
             total_readings=stats.total_readings,
             oldest_pending_ts=_utc(stats.oldest_pending_ts),
-            full=buffer.readings.is_full,
+            full=buffer.readings.is_full if gate is None else not gate.is_open,
+            **({} if gate is None else _space(gate)),
         ),
         last_ack_at=_utc(stats.last_ack_at),
         counters=buffer.counters.all(),
@@ -43,6 +46,17 @@ def build(
         models=models or None,
         model_error=model_error,
     )
+
+
+def _space(gate: IntakeGate) -> dict[str, object]:
+    s = gate.space
+    return {
+        "intake": gate.state,
+        "data_bytes": s.used_bytes,
+        "budget_bytes": gate.limits.budget_bytes,
+        "wal_bytes": s.wal_bytes,
+        "disk_free_bytes": s.disk_free_bytes,
+    }
 
 
 def offline(gateway_id: str, now: float) -> wire.Status:

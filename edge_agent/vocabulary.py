@@ -33,7 +33,8 @@ ALERT_KINDS: tuple[str, ...] = (
     "register_rollback",
     "supply_loss",
     "energy_balance",
-    "buffer_full",
+    "buffer_full",  # the gateway's buffer reached its byte budget: intake paused
+    "disk_full",  # the gateway's disk is (nearly) full: intake paused
     "scoring_off",  # central: a gateway scores nothing (no model, or its model refused)
 )
 #: Kinds only central raises: refused on a gateway's alerts topic.

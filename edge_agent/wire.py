@@ -306,7 +306,12 @@ class BufferState(WireModel):
     inflight_batches: int = 0
     total_readings: int = 0
     oldest_pending_ts: UtcDatetime | None = None
-    full: bool = False
+    full: bool = False  # intake paused (``intake`` says why)
+    intake: Literal["open", "buffer_full", "disk_full"] | None = None
+    data_bytes: int | None = Field(default=None, ge=0)  # the buffer's data (pages in use)
+    budget_bytes: int | None = Field(default=None, ge=0)  # buffer_max_mb
+    wal_bytes: int | None = Field(default=None, ge=0)
+    disk_free_bytes: int | None = Field(default=None, ge=0)
 
 
 class ModelState(WireModel):
@@ -341,6 +346,7 @@ AlertKind = Literal[
     "supply_loss",
     "energy_balance",
     "buffer_full",
+    "disk_full",
     "scoring_off",
 ]
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent.buffer.batches import Batch, BatchQueue
-from edge_agent.buffer.db import BufferDB, Counters, Meta
+from edge_agent.buffer.db import BufferDB, BufferFull, Counters, DiskFull, FileSpace, Meta, is_full
 from edge_agent.buffer.maintenance import BufferStats, Maintenance
 from edge_agent.buffer.models import ModelStore, StoredModel
 from edge_agent.buffer.outbox import AlertRecord, AlertStore, OutboxAlert
 from edge_agent.buffer.quarantine import QuarantineStore
-from edge_agent.buffer.readings import AcceptResult, BufferFull, ReadingStore, TxWrite
+from edge_agent.buffer.readings import AcceptResult, ReadingStore, TxWrite
 from edge_agent.buffer.spool_ledger import SpoolFile, SpoolLedger
 
 
@@ -70,6 +70,8 @@ __all__ = [
     "BufferFull",
     "BufferStats",
     "Counters",
+    "DiskFull",
+    "FileSpace",
     "Maintenance",
     "Meta",
     "ModelStore",
@@ -80,4 +82,5 @@ __all__ = [
     "SpoolLedger",
     "StoredModel",
     "TxWrite",
+    "is_full",
 ]

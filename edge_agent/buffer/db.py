@@ -6,13 +6,49 @@ works over this one connection, so writes of several parts commit in one transac
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.migrations import migrate
+
+#: The write-ahead log is cut back to this size after each checkpoint (``journal_size_limit``):
+#: without it a WAL that once grew (a long backlog, a reader holding a snapshot) keeps its size.
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+class BufferFull(Exception):
+    """The buffer cannot take more readings now: its cap or byte budget is reached. Nothing was
+    written; the source keeps its input."""
+
+
+class DiskFull(BufferFull):
+    """SQLite could not write (``SQLITE_FULL``: the disk, or the file's page limit, is full).
+    The transaction was rolled back; nothing of it was written."""
+
+
+def is_full(exc: BaseException) -> bool:
+    """An SQLite error that says the disk (or the file's size limit) is full."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
+
+
+@dataclass(frozen=True)
+class FileSpace:
+    """Bytes of the buffer: what its data takes (pages in use), the database's size (pages in
+    use and free, the write-ahead log's newest pages included), the write-ahead log file, and
+    the free space left on their file system."""
+
+    used_bytes: int
+    size_bytes: int
+    wal_bytes: int
+    disk_free_bytes: int
 
 
 class Meta:
@@ -73,6 +109,7 @@ class BufferDB:
         # A small page cache: the (ts, meter_id) index is appended to, the hot pages are few,
         # and the OS keeps the file's pages anyway; every MB here counts in the agent's RSS.
         self.conn.execute("pragma cache_size = -512")
+        self.conn.execute(f"pragma journal_size_limit = {WAL_LIMIT_BYTES}")
         migrate(self.conn)
         self.meta = Meta(self.conn)
         self.counters = Counters(self.conn)
@@ -86,15 +123,17 @@ class BufferDB:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error. Not nested: a part that writes inside
         a caller's transaction says so and does not open its own."""
-        self.conn.execute("begin immediate")
         try:
+            self.conn.execute("begin immediate")
             yield self.conn
             self.conn.execute("commit")
-        except BaseException:
+        except BaseException as exc:
             self._on_commit.clear()
             # SQLite may have rolled back already (SQLITE_FULL, an I/O error): keep the cause.
             if self.conn.in_transaction:
                 self.conn.execute("rollback")
+            if is_full(exc):
+                raise DiskFull(str(exc)) from exc
             raise
         done, self._on_commit = self._on_commit, []
         errors: list[BaseException] = []
@@ -105,6 +144,27 @@ class BufferDB:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+    def limit_size(self, max_bytes: int) -> None:
+        """The file never grows past ``max_bytes`` (``max_page_count``; SQLite keeps the
+        current size if it is larger): a write beyond raises :class:`DiskFull`."""
+        page = int(self.conn.execute("pragma page_size").fetchone()[0])
+        self.conn.execute(f"pragma max_page_count = {max(1, max_bytes // page)}")
+
+    def space(self) -> FileSpace:
+        """What the buffer takes and what is left (cheap: three pragmas, a stat, a statvfs)."""
+        page = int(self.conn.execute("pragma page_size").fetchone()[0])
+        pages = int(self.conn.execute("pragma page_count").fetchone()[0])
+        free_pages = int(self.conn.execute("pragma freelist_count").fetchone()[0])
+        if str(self.path) == ":memory:":
+            return FileSpace((pages - free_pages) * page, pages * page, 0, 2**62)
+        fs = os.statvfs(self.path.parent)
+        return FileSpace(
+            used_bytes=(pages - free_pages) * page,
+            size_bytes=pages * page,
+            wal_bytes=_size(Path(f"{self.path}-wal")),
+            disk_free_bytes=fs.f_bavail * fs.f_frsize,
+        )
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the current transaction has committed (never if it rolls back): how a
@@ -135,3 +195,10 @@ class BufferDB:
 
         self.on_commit(adopt)
         return value
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from edge_agent import wire
-from edge_agent.buffer.db import BufferDB
+from edge_agent.buffer.db import BufferDB, BufferFull
 from edge_agent.buffer.outbox import AlertRecord, AlertStore
 from edge_agent.buffer.quarantine import QuarantineStore
 from edge_agent.codec import measured_equal, row_to_wire
@@ -38,10 +38,6 @@ HISTORY_BY_METER_MAX = 64
 
 #: A write of the caller's own, run inside an accept's transaction (a spool file's ledger row).
 TxWrite = Callable[[], None]
-
-
-class BufferFull(Exception):
-    """The buffer holds ``cap`` unacknowledged readings and the policy is to refuse more."""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ acknowledges its own upstream only after that transaction committed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from edge_agent import wire
-from edge_agent.buffer import AcceptResult, Meta, ReadingStore, TxWrite
+from edge_agent.buffer import AcceptResult, BufferFull, Meta, ReadingStore, TxWrite
 from edge_agent.fields import Row
 from edge_agent.validate import Validator, split
 
@@ -46,6 +46,8 @@ class Intake:
         self._meta = meta
         self.validator = validator
         self.detector = detector
+        # told when the buffer refuses a call for lack of room (the agent's intake gate)
+        self.on_full: Callable[[BufferFull], None] | None = None
 
     def progress(self, key: str) -> str | None:
         """A source's progress marker, as last committed with its readings (``meta=``)."""
@@ -60,6 +62,19 @@ class Intake:
     ) -> AcceptResult:
         """Commit the validated ``results`` (rows and quarantine records) in one transaction,
         with the source's progress markers (``meta``) and its own writes (``also``)."""
+        try:
+            return self._take(results, meta, also)
+        except BufferFull as exc:  # nothing was written: the source keeps its input
+            if self.on_full is not None:
+                self.on_full(exc)
+            raise
+
+    def _take(
+        self,
+        results: Iterable[Row | wire.QuarantineRecord],
+        meta: dict[str, object] | None,
+        also: Sequence[TxWrite],
+    ) -> AcceptResult:
         rows, bad = split(results)
         now = self.validator.clock()
         if self.detector is None or not rows:

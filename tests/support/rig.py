@@ -41,6 +41,7 @@ class Rig:
     ingests: list[Proc] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     pki: Pki | None = None
+    buffer_dir: Path | None = None  # where the agents' buffers and spools live (default: tmp)
 
     # --- processes ------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ class Rig:
             **self._identity(gw, self.agent_broker_port or self.broker_port),
             "EIOT_GATEWAY_ID": gw,
             "EIOT_TOPIC_ROOT": self.topic_root,
-            "EIOT_DB_PATH": str(self.tmp / f"{gw}.db"),
+            "EIOT_DB_PATH": str(self.db(gw)),
             "EIOT_SPOOL_DIR": str(self.spool(gw)),
             "EIOT_BATCH_MAX_READINGS": "500",
             "EIOT_BATCH_MAX_AGE_S": "0.2",
@@ -68,13 +69,16 @@ class Rig:
             "EIOT_RETENTION_S": str(10 * 365 * 86400),
         }
 
-    def start_agent(self, gw: str = "gw-a", failpoint: str | None = None) -> Proc:
+    def start_agent(
+        self, gw: str = "gw-a", failpoint: str | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        """Start (or start again) the agent of ``gw``; ``env`` adds to its settings."""
         proc = self.agents.get(gw)
         if proc is None:
             proc = Proc(["-m", "edge_agent", "run"], self.agent_env(gw), self.tmp / f"{gw}.log")
             self.agents[gw] = proc
             self.procs.append(proc)
-        return proc.start({"EIOT_FAILPOINT": failpoint} if failpoint else {"EIOT_FAILPOINT": ""})
+        return proc.start({**(env or {}), "EIOT_FAILPOINT": failpoint or ""})
 
     def start_ingest(self, worker: str = "1", failpoint: str | None = None) -> Proc:
         env = {
@@ -114,9 +118,12 @@ class Rig:
     # --- input ----------------------------------------------------------------------------
 
     def spool(self, gw: str) -> Path:
-        path = self.tmp / f"spool-{gw}"
+        path = (self.buffer_dir or self.tmp) / f"spool-{gw}"
         path.mkdir(exist_ok=True)
         return path
+
+    def db(self, gw: str) -> Path:
+        return (self.buffer_dir or self.tmp) / f"{gw}.db"
 
     def feed(self, gw: str, file_no: int, meters: int = 50, intervals: int = 10) -> None:
         """Drop one JSONL spool file: ``meters`` meters × ``intervals`` intervals (atomic)."""
@@ -145,7 +152,7 @@ class Rig:
     def accepted(self) -> set[tuple[str, int]]:
         keys: set[tuple[str, int]] = set()
         for gw in self.agents:
-            with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
+            with sqlite3.connect(self.db(gw)) as conn:
                 keys |= {(m, t) for m, t in conn.execute("select meter_id, ts from readings")}
         return keys
 
@@ -169,13 +176,13 @@ class Rig:
         raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
 
     def pending(self, gw: str) -> int:
-        with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
+        with sqlite3.connect(self.db(gw)) as conn:
             return int(
                 conn.execute("select count(*) from readings where acked_at is null").fetchone()[0]
             )
 
     def counters(self, gw: str) -> dict[str, int]:
-        with sqlite3.connect(self.tmp / f"{gw}.db") as conn:
+        with sqlite3.connect(self.db(gw)) as conn:
             return dict(conn.execute("select name, value from counters").fetchall())
 
     def wait_delivered(self, timeout: float = 60) -> None:
