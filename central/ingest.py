@@ -515,8 +515,9 @@ class IngestWorker:
 
     def _scoring_off(self, conn: psycopg.Connection, status: wire.Status) -> None:
         """A gateway online without a model raises a ``scoring_off`` alert, once per gateway
-        and UTC day (its id is deterministic), with the gateway's own reason."""
-        day = int(status.sent_at.timestamp()) // 86400 * 86400
+        and UTC day by central's clock (its id is deterministic), with the gateway's own
+        reason."""
+        day = int(time.time()) // 86400 * 86400
         aid = alert_id("scoring_off", status.gateway_id, day)
         cur = conn.execute(
             "insert into raw.alerts (alert_id, gateway_id, meter_id, ts, kind, detail) "

@@ -22,6 +22,7 @@ from edge_agent import status, topics, wire
 from edge_agent.alerts import AlertOutbox, Cooldown
 from edge_agent.buffer import Buffer, BufferFull, is_full
 from edge_agent.capacity import IntakeGate, SpaceLimits
+from edge_agent.clock import ClockWatch
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
 from edge_agent.mqtt_link import LinkConfig, MqttLink
 from edge_agent.registry import customer_classes, load_meters
@@ -132,12 +133,21 @@ def build_detection(
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, clock: Callable[[], float] = time.time) -> None:
+    """``clock`` (the wall clock) stamps; ``monotonic`` times every wait (``edge_agent.clock``)."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = s = settings
         self.clock = clock
+        self.monotonic = monotonic
         self.buffer = Buffer(
             s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
         )
+        self.watch = ClockWatch(self.buffer, s.gateway_id, wall=clock, monotonic=monotonic)
         # A simulated fleet is the registry when there is no registry file.
         fleet = None
         if s.sim is not None:
@@ -151,7 +161,12 @@ class Agent:
         self.intake = Intake(
             self.buffer.readings,
             self.buffer.meta,
-            Validator(clock, max_future_s=s.max_future_s, max_kw=s.max_kw),
+            Validator(
+                clock,
+                max_future_s=s.max_future_s,
+                max_kw=s.max_kw,
+                trusted=lambda: self.watch.trusted,
+            ),
             self.detector,
         )
         self.sources: list[Source] = self._build_sources(fleet)
@@ -192,9 +207,11 @@ class Agent:
                 compress=s.compress,
                 schema=s.wire_schema,
             ),
+            monotonic=monotonic,
         )
-        self._last_status = 0.0
-        self._last_prune = 0.0
+        self._last_status: float | None = None  # monotonic
+        self._last_prune: float | None = None  # monotonic
+        self._flushed = threading.Event()
 
     def _registry_meters(self, fleet: Fleet | None) -> list[dict[str, Any]]:
         """The meters this gateway reads (transformer, customer class), from the registry file,
@@ -272,7 +289,9 @@ class Agent:
         return 0
 
     def _step(self) -> int:
+        self.watch.check()
         now = self.clock()
+        mono = self.monotonic()
         work = self._drain_acks()
         if self.models.drain():  # a model swap happens here, between two intake calls
             self._status_due.set()
@@ -284,13 +303,17 @@ class Agent:
         work += self.sync.tick()
         work += self.outbox.tick(self.clock())
         if self.link.connected() and (
-            self._status_due.is_set() or now - self._last_status >= self.settings.status_interval_s
+            self._status_due.is_set()
+            or _due(self._last_status, mono, self.settings.status_interval_s)
         ):
             self._status_due.clear()
             self.publish_status(now)
-        if now - self._last_prune >= (PRUNE_EVERY_S if self.gate.is_open else PRUNE_WHEN_FULL_S):
-            self._last_prune = now
-            self.buffer.maintenance.prune(self.settings.retention_s)
+        every = PRUNE_EVERY_S if self.gate.is_open else PRUNE_WHEN_FULL_S
+        # a suspect clock prunes nothing, unless room is short (pruning is by reading time
+        # and is bounded by the wall clock, so it stays safe then too)
+        if _due(self._last_prune, mono, every) and (self.watch.trusted or not self.gate.is_open):
+            self._last_prune = mono
+            self.buffer.maintenance.prune(self.settings.retention_s, now=now)
         return work
 
     def drained(self) -> bool:
@@ -332,7 +355,7 @@ class Agent:
         return n
 
     def publish_status(self, now: float, state: Literal["online", "offline"] = "online") -> None:
-        self._last_status = now
+        self._last_status = self.monotonic()
         msg = status.build(
             self.buffer,
             self.settings.gateway_id,
@@ -341,6 +364,7 @@ class Agent:
             models=self.models.states(),
             model_error=self.models.status_error(),
             gate=self.gate,
+            watch=self.watch,
         )
         self.link.publish(
             topics.status(self.settings.topic_root, self.settings.gateway_id),
@@ -354,9 +378,13 @@ class Agent:
             source.close()
         if self.link.connected():
             self.publish_status(self.clock(), state="offline")
-            time.sleep(0.2)  # let the network thread flush the retained offline status
+            self._flushed.wait(0.2)  # let the network thread flush the retained offline status
         self.link.stop()
         self.buffer.close()
+
+
+def _due(last: float | None, now: float, every: float) -> bool:
+    return last is None or now - last >= every
 
 
 def _exhausted(source: Source) -> bool:

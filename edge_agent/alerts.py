@@ -156,7 +156,7 @@ class AlertOutbox:
         sent_before = now - self.resend_s
         if self._resend_from is not None:
             sent_before = max(sent_before, self._resend_from)
-        due = self.store.due(sent_before, self.max_per_tick)
+        due = self.store.due(sent_before, self.max_per_tick, now)
         if len(due) < self.max_per_tick:
             self._resend_from = None
         sent: list[str] = []

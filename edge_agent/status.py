@@ -8,6 +8,7 @@ from typing import Literal
 from edge_agent import __version__, wire
 from edge_agent.buffer import Buffer
 from edge_agent.capacity import IntakeGate
+from edge_agent.clock import ClockWatch
 
 
 def _utc(epoch: float | None) -> datetime | None:
@@ -22,6 +23,7 @@ def build(
     models: list[wire.ModelState] | None = None,
     model_error: str | None = None,
     gate: IntakeGate | None = None,
+    watch: ClockWatch | None = None,
 ) -> wire.Status:
     """``models``: every model in use; ``model`` in the message is the first of them (the
     global one when it is loaded: :meth:`ModelManager.states` sorts it first), for readers that
@@ -45,6 +47,8 @@ def build(
         model=models[0] if models else None,
         models=models or None,
         model_error=model_error,
+        clock_suspect=None if watch is None else watch.suspect,
+        clock_last_step_s=None if watch is None or not watch.last_jump_s else watch.last_jump_s,
     )
 
 

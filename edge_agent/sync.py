@@ -1,12 +1,15 @@
 """Store-and-forward: freeze buffered readings into batches, publish them QoS1, resend the same
 batch until central's ``ack.v1`` arrives.
 
-Pure logic over three seams (the batch queue, the publisher, the clock): the agent drives
-``tick()`` from its main loop, tests drive it by hand.
+Pure logic over four seams (the batch queue, the publisher, the wall clock that stamps, the
+monotonic clock that times): the agent drives ``tick()`` from its main loop, tests drive it by
+hand. Waits are measured on the monotonic clock, so a wall clock stepped back a day (a gateway
+without RTC before NTP) neither holds a resend for a day nor a young batch until it catches up.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,10 +43,13 @@ class Sync:
         gateway_id: str,
         topic_root: str = topics.DEFAULT_ROOT,
         policy: SyncPolicy | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batches = batches
         self.publisher = publisher
         self.clock = clock
+        self.monotonic = monotonic
+        self._sent: dict[str, float] = {}  # batch id → monotonic time of its last send here
         self.gateway_id = gateway_id
         self.policy = policy or SyncPolicy()
         self.topic = topics.readings(topic_root, gateway_id)
@@ -56,13 +62,17 @@ class Sync:
         if not self.publisher.connected():
             return 0
         now = self.clock()
+        mono = self.monotonic()
         sent = 0
         open_batches = self.batches.open()
+        still_open = {b.batch_id for b in open_batches}
+        self._sent = {k: v for k, v in self._sent.items() if k in still_open}
         for batch in open_batches:
+            last = self._sent.get(batch.batch_id)
             due = (
                 self._resend_all
-                or batch.last_sent_at is None
-                or now - batch.last_sent_at >= self.policy.timeout_after(batch.send_count)
+                or last is None  # never sent by this process (a restart resends everything)
+                or mono - last >= self.policy.timeout_after(batch.send_count)
             )
             payload = self.batches.payload(batch.batch_id) if due else b""
             if payload and self._send(batch.batch_id, payload, now, batch.send_count > 0):
@@ -94,11 +104,15 @@ class Sync:
             return False
         if count >= self.policy.batch_max_readings or self.flush:
             return True
-        return oldest is not None and now - oldest >= self.policy.batch_max_age_s
+        if oldest is None:
+            return False
+        age = now - oldest  # wall clock: accepted_at is stored; negative after a step back
+        return not 0 <= age < self.policy.batch_max_age_s
 
     def _send(self, batch_id: str, payload: bytes, now: float, resend: bool) -> bool:
         if not self.publisher.publish(self.topic, payload, qos=1):
             return False
         failpoints.hit("sync.after_publish")
+        self._sent[batch_id] = self.monotonic()
         self.batches.mark_sent(batch_id, now, len(payload), resend=resend)
         return True

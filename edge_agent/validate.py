@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,10 +17,29 @@ Clock = Callable[[], float]
 
 
 class Validator:
-    def __init__(self, clock: Clock, *, max_future_s: int = 300, max_kw: float = 1000.0) -> None:
+    """``trusted`` says whether the wall clock can judge reading times now: while it cannot (a
+    clock that stepped or went back, ``edge_agent.clock``) no reading is quarantined as
+    ``ts_in_future`` here; central checks them against its own clock."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_future_s: int = 300,
+        max_kw: float = 1000.0,
+        trusted: Callable[[], bool] | None = None,
+    ) -> None:
         self.clock = clock
         self.max_future_s = max_future_s
         self.max_kw = max_kw
+        self.trusted = trusted
+
+    def latest_ts(self) -> float:
+        """The latest reading time taken now (epoch seconds): ``max_future_s`` past the wall
+        clock, or no limit while the clock is not trusted."""
+        if self.trusted is not None and not self.trusted():
+            return math.inf
+        return self.clock() + self.max_future_s
 
     def check(self, obj: Any, raw: str | bytes, source: str) -> Row | wire.QuarantineRecord:
         """One decoded item (normally a dict) → a row, or a quarantine record saying why not."""
@@ -30,7 +50,7 @@ class Validator:
             reading = wire.Reading.model_validate(obj)
         except ValidationError as exc:
             return self.quarantine(raw, "invalid: " + wire.explain(exc), now, source)
-        if reading.ts.timestamp() > now + self.max_future_s:
+        if reading.ts.timestamp() > self.latest_ts():
             return self.quarantine(raw, "ts_in_future", now, source)
         ceiling = self.max_kw * reading.interval_s / 3600.0
         if reading.kwh > ceiling:

@@ -35,6 +35,7 @@ ALERT_KINDS: tuple[str, ...] = (
     "energy_balance",
     "buffer_full",  # the gateway's buffer reached its byte budget: intake paused
     "disk_full",  # the gateway's disk is (nearly) full: intake paused
+    "clock_suspect",  # the gateway's wall clock stepped, or is behind the latest time it saw
     "scoring_off",  # central: a gateway scores nothing (no model, or its model refused)
 )
 #: Kinds only central raises: refused on a gateway's alerts topic.

@@ -332,6 +332,10 @@ class Status(WireModel):
     model: ModelState | None = None  # the global model (else the first class model)
     models: list[ModelState] | None = None  # every model in use, by name (per-class models)
     model_error: str | None = None
+    # The wall clock stepped lately, or is behind the latest time the gateway saw: sent_at and
+    # the reading times it stamps may be wrong (edge_agent/clock.py).
+    clock_suspect: bool | None = None
+    clock_last_step_s: FiniteFloat | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -347,6 +351,7 @@ AlertKind = Literal[
     "energy_balance",
     "buffer_full",
     "disk_full",
+    "clock_suspect",
     "scoring_off",
 ]
 

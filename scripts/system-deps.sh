@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# System packages the project needs on Debian/Ubuntu: Python's venv module, the Mosquitto broker
-# and PostgreSQL. Installs only what is missing; needs root or sudo for that.
+# System packages the project needs on Debian/Ubuntu: Python's venv module, the Mosquitto broker,
+# PostgreSQL and libfaketime (tests). Installs only what is missing; needs root or sudo for that.
 set -euo pipefail
 
 missing=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# libfaketime: the tests run an agent whose wall clock steps (tests/test_clock.py)
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing+=(faketime)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing system packages: ${missing[*]}"

@@ -14,7 +14,14 @@ def make(tmp_path: Path, **policy: float) -> tuple[Buffer, MemoryPublisher, Cloc
     buf = Buffer(tmp_path / "b.db")
     pub = MemoryPublisher()
     clock = Clock()
-    sync = Sync(buf.batches, pub, clock, gateway_id="gw", policy=SyncPolicy(**policy))  # type: ignore[arg-type]
+    sync = Sync(
+        buf.batches,
+        pub,
+        clock,
+        gateway_id="gw",
+        policy=SyncPolicy(**policy),  # type: ignore[arg-type]
+        monotonic=clock,  # the wall clock never steps in these tests
+    )
     return buf, pub, clock, sync
 
 
@@ -74,8 +81,29 @@ def test_restart_resends_open_batches_at_once(tmp_path: Path) -> None:
     buf.readings.accept([row("m", k) for k in range(5)], now=clock())
     sync.tick()
     first = pub.sent[-1].payload
-    again = Sync(buf.batches, pub, clock, gateway_id="gw", policy=sync.policy)
+    again = Sync(buf.batches, pub, clock, gateway_id="gw", policy=sync.policy, monotonic=clock)
     assert again.tick() == 1 and pub.sent[-1].payload == first
+
+
+def test_a_wall_clock_stepped_back_a_day_holds_nothing(tmp_path: Path) -> None:
+    """Resends wait on the monotonic clock, and readings accepted 'in the future' of a clock
+    that went back are batched at once, not when the clock catches up."""
+    buf = Buffer(tmp_path / "b.db")
+    pub = MemoryPublisher()
+    wall, mono = Clock(), Clock(1000.0)
+    policy = SyncPolicy(batch_max_readings=5, batch_max_age_s=5, ack_timeout_s=10)
+    sync = Sync(buf.batches, pub, wall, gateway_id="gw", policy=policy, monotonic=mono)
+    buf.readings.accept([row("m", k) for k in range(5)], now=wall())
+    assert sync.tick() == 1
+    buf.readings.accept([row("m", 9)], now=wall())  # young: waits for its age
+    wall.advance(-86400)  # NTP not there yet: the clock goes back a day
+    mono.advance(10)
+    assert sync.tick() == 2  # the unacknowledged batch resent, the small one formed
+    assert batch_ids(pub)[0] == batch_ids(pub)[1] != batch_ids(pub)[2]
+    mono.advance(5)
+    assert sync.tick() == 0  # waits on the monotonic clock: 20 s for the second resend
+    mono.advance(15)
+    assert sync.tick() == 2
 
 
 def test_rejected_ack_is_counted_not_resent(tmp_path: Path) -> None:

@@ -37,13 +37,17 @@ class Maintenance:
         self._quarantine = quarantine
         self._alerts = alerts
 
-    def prune(self, retention_s: int) -> int:
+    def prune(self, retention_s: int, now: float | None = None) -> int:
         """Delete what central acknowledged and the detector no longer needs: readings (and
-        delivered alerts) older than ``retention_s`` before the newest reading, quarantine
-        records and batches once acknowledged. Returns the readings deleted."""
+        delivered alerts) older than ``retention_s`` before the newest reading (or before
+        ``now``, the wall clock, when that is earlier: one reading stamped far in the future
+        must not take the history with it), quarantine records and batches once acknowledged.
+        Returns the readings deleted."""
         newest = self._readings.newest_ts()
         if newest is None:
             return 0
+        if now is not None:
+            newest = min(newest, int(now))
         with self._db.transaction():
             n = self._readings.prune_acknowledged(newest - retention_s)
             self._quarantine.prune_acknowledged()

@@ -98,14 +98,16 @@ class AlertStore:
             self._db.counters.add(counters or {})
         return tuple(a.alert_id for a in stored)
 
-    def due(self, sent_before: float, limit: int) -> list[OutboxAlert]:
-        """Undelivered alerts never sent, or last sent before ``sent_before``; oldest first."""
+    def due(self, sent_before: float, limit: int, now: float | None = None) -> list[OutboxAlert]:
+        """Undelivered alerts never sent, last sent before ``sent_before``, or (given ``now``)
+        last sent after it: the wall clock stepped back since; oldest first."""
         return [
             OutboxAlert(str(a), str(p), int(n))
             for a, p, n in self._db.conn.execute(
                 "select alert_id, payload, attempts from alerts where acked_at is null "
-                "and (last_sent_at is null or last_sent_at < ?) order by created_at limit ?",
-                (sent_before, limit),
+                "and (last_sent_at is null or last_sent_at < ? or last_sent_at > ?) "
+                "order by created_at limit ?",
+                (sent_before, now if now is not None else float("inf"), limit),
             )
         ]
 

@@ -121,7 +121,7 @@ def columns_to_rows(
     volt = np.round(np.asarray(chunk.voltage_v, dtype=np.float64), 1)
     reg = np.round(np.asarray(chunk.register_kwh, dtype=np.float64), 3)
     ceiling = min(v.max_kw, WIRE_MAX_KW) * interval / 3600.0
-    ok = np.isfinite(kwh) & (kwh >= 0) & (kwh <= ceiling) & (ts <= v.clock() + v.max_future_s)
+    ok = np.isfinite(kwh) & (kwh >= 0) & (kwh <= ceiling) & (ts <= v.latest_ts())
     ok &= np.isnan(volt) | ((volt >= 0) & (volt <= 300))
     ok &= np.isnan(reg) | (reg >= 0)
     ok &= (interval >= 300) & (interval <= 86400)

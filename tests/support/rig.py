@@ -182,8 +182,12 @@ class Rig:
             )
 
     def counters(self, gw: str) -> dict[str, int]:
-        with sqlite3.connect(self.db(gw)) as conn:
-            return dict(conn.execute("select name, value from counters").fetchall())
+        """The agent's counters; empty before its buffer exists."""
+        try:
+            with sqlite3.connect(f"file:{self.db(gw)}?mode=ro", uri=True) as conn:
+                return dict(conn.execute("select name, value from counters").fetchall())
+        except sqlite3.Error:
+            return {}
 
     def wait_delivered(self, timeout: float = 60) -> None:
         """Every fed reading accepted, and central acknowledged all of them."""

@@ -4,8 +4,9 @@ with
 
 latest_status as (
 
+    -- the newest by central's clock: a gateway's own clock may be a year off (no RTC)
     select * from {{ ref('stg_gateway_status') }}
-    order by sent_at desc
+    order by received_at desc, sent_at desc
     limit 1 by gateway_id
 
 ),
@@ -51,7 +52,7 @@ final as (
         g.gateway_id as gateway_id,
         nullIf(s.state, '') as gateway_state,
         s.is_online as is_online,
-        if(s.gateway_id != '', s.sent_at, null) as last_status_at,
+        if(s.gateway_id != '', s.received_at, null) as last_status_at,
         if(r.gateway_id != '', r.last_reading_received_at, null) as last_reading_received_at,
         if(r.gateway_id != '', r.last_reading_at, null) as last_reading_at,
         greatest(
