@@ -23,14 +23,11 @@ def _fmt_time(epoch: float | None) -> str:
 
 
 def _models_of(buffer: Buffer) -> list[str]:
-    out = []
-    for stored in buffer.models.current():
-        try:
-            msg = json.loads(stored.message)
-            out.append(f"{msg['name']} {msg['version']} (accepted {_fmt_time(stored.accepted_at)})")
-        except (ValueError, KeyError, TypeError):
-            out.append("unreadable model record")
-    return out
+    """The models the agent scores with, as it last recorded (not merely the newest stored: a
+    damaged one is not in use)."""
+    from edge_agent.rollout import models_in_use
+
+    return [f"{name} {version}" for name, version in models_in_use(buffer.meta).items()]
 
 
 def cmd_run(args: argparse.Namespace) -> int:

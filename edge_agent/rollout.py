@@ -102,19 +102,26 @@ class ModelManager:
     # --- sources of models -----------------------------------------------------------------
 
     def start(self, model_path: Path | None = None) -> None:
-        """The stored models, then the model file (if any)."""
-        for stored in self.store.current():
-            message = stored.message
-            try:
-                name = json.loads(message).get("name")
-            except (ValueError, AttributeError):
-                name = None
+        """The stored models, then the model file (if any). A stored model that no longer
+        verifies or loads (a damaged card) gives way to the previous one of its name, verified
+        again: the agent keeps scoring, and says so."""
+        for name in self.meta.prefixed(_IN_USE):
+            self.meta.set(_IN_USE + name, "")  # nothing is in use before it is loaded again
+        for name, stored in self.store.by_name().items():
             if name not in self.names:
                 log.info("stored model %s is not one of this agent's names: not loaded", name)
                 continue
-            self.offer(message.encode(), "stored", persist=False)
-            if self.error is not None and not self.error.startswith("stored model refused"):
-                self.error = f"stored model refused: {self.error}"
+            refused: str | None = None
+            for i, model in enumerate(stored):
+                if self.offer(model.message.encode(), "stored", persist=False, fallback=i > 0):
+                    if i > 0:
+                        log.warning("stored model of %s refused: fell back to an older one", name)
+                        self.counters.add({"models_fallback": 1})
+                    break
+                refused = refused or self.error
+            if refused is not None:
+                self.error = f"stored model refused: {refused}"[:400]
+                self._error_name = name
         if model_path is not None:
             self._offer_file(Path(model_path))
 
@@ -174,6 +181,7 @@ class ModelManager:
             self._loaded_at.pop(name, None)
             log.warning("model %s withdrawn by central: no longer used", name)
         self.store.forget(name)
+        self.meta.set(_IN_USE + name, "")
         if self._error_name == name:
             self.error = None
 
@@ -230,10 +238,18 @@ class ModelManager:
         return True
 
     def offer(
-        self, payload: bytes, source: str, *, persist: bool = True, name_hint: str | None = None
+        self,
+        payload: bytes,
+        source: str,
+        *,
+        persist: bool = True,
+        name_hint: str | None = None,
+        fallback: bool = False,
     ) -> bool:
         """Verify a ``model.v1`` payload and install it if it is newer. True if installed.
-        ``name_hint``: the model name the topic it came on implies (for error reports)."""
+        ``name_hint``: the model name the topic it came on implies (for error reports).
+        ``fallback``: an older model this agent accepted before, offered from its own store
+        because the newer one is damaged (not a rollback: still verified in full)."""
         try:
             obj = wire.decode(payload, wire.MODEL_LIMITS)
         except wire.DecodeError as exc:
@@ -271,7 +287,7 @@ class ModelManager:
             return self._refuse(exc.reason, exc.detail, source, obj, name_hint)
         created = _sortable(model.created_at) if model.created_at else ""
         high = self._high(model.name)
-        if high is not None and (created, model.version) < high[:2]:
+        if not fallback and high is not None and (created, model.version) < high[:2]:
             what = "a withdrawal" if high[1] == WITHDRAWN else f"{high[1]} ({high[0]})"
             return self._refuse("rollback", f"older than {what}", source, obj, name_hint)
         if high is not None and (created, model.version) == high[:2] and model.sha256 != high[2]:
@@ -301,6 +317,7 @@ class ModelManager:
             )
         self.active.book = book.with_model(model)  # the swap: the next Intake.take uses it
         self._loaded_at[model.name] = self.clock()
+        self.meta.set(_IN_USE + model.name, f"{model.version} {model.sha256}")
         if self._error_name in (None, model.name):
             self.error = None
         log.info(
@@ -339,6 +356,9 @@ class ModelManager:
 # Meta key of a name's highest accepted model; the version that marks a withdrawal sorts above
 # every real version (ids are ASCII).
 _HIGH = "model_high:"
+# Meta key of the model of a name the agent scores with now ("<version> <sha256>", "" for none):
+# what ``edge-agent status`` shows.
+_IN_USE = "model_in_use:"
 WITHDRAWN = "\uffff withdrawn"
 
 
@@ -353,3 +373,8 @@ def _newer(candidate: LoadedModel, current: LoadedModel) -> bool:
     if candidate.created_at != current.created_at:
         return candidate.created_at > current.created_at
     return candidate.version > current.version
+
+
+def models_in_use(meta: Meta) -> dict[str, str]:
+    """``{name: version}`` of the models the agent scores with (as it last recorded)."""
+    return {n: v.split(" ")[0] for n, v in sorted(meta.prefixed(_IN_USE).items()) if v}

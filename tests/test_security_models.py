@@ -5,6 +5,10 @@ why, and central raises ``scoring_off`` for it."""
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -13,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central.ingest import IngestWorker
 from central.settings import CentralSettings
 from edge_agent import wire
+from edge_agent.rollout import models_in_use
 from ml.publish import build_withdrawal
 from tests.support.detection import gateway, models
 from tests.support.processes import BROKER_PORT
@@ -88,3 +93,34 @@ def test_central_raises_scoring_off_once_a_day(
     rows = pg.execute("select kind, gateway_id, meter_id, detail from raw.alerts").fetchall()
     assert rows == [("scoring_off", "gw1", "gw1", "withdrawn: central withdrew iforest")]
     assert wire.Status.model_validate(scoring).model is not None
+
+
+def test_a_damaged_stored_model_gives_way_to_the_previous_one(tmp_path: Path) -> None:
+    """The newest stored model no longer verifies (a flipped bit on the card): after a restart
+    the agent scores with the previous one it accepted, verified again, says so, and
+    ``edge-agent status`` names the model in use, not the damaged one."""
+    m = models()
+    gw = gateway(tmp_path / "b.db", model=m.v1)
+    offer(gw, m.v2)
+    assert [s.version for s in gw.models.states()] == ["v2"]
+    gw.close()
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        damaged = conn.execute(
+            "update models set message = replace(message, ?, ?) where version = 'v2'",
+            (m.v2["sha256"], "0" * 64),
+        ).rowcount
+    assert damaged == 1
+    again = gateway(tmp_path / "b.db")
+    assert [s.version for s in again.models.states()] == ["v1"]
+    assert (again.models.status_error() or "").startswith("stored model refused: checksum")
+    assert again.buffer.counters.all()["models_fallback"] == 1
+    assert models_in_use(again.buffer.meta) == {"iforest": "v1"}
+    again.close()
+    shown = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "status", "--json"],
+        env={**os.environ, "EIOT_DB_PATH": str(tmp_path / "b.db")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(shown.stdout)["models"] == ["iforest v1"]

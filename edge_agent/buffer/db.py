@@ -65,6 +65,15 @@ class Meta:
         value = self.get(key)
         return 0 if value is None else int(value)
 
+    def prefixed(self, prefix: str) -> dict[str, str]:
+        """Every value whose key starts with ``prefix``, by the rest of the key."""
+        return {
+            str(k)[len(prefix) :]: str(v)
+            for k, v in self._conn.execute(
+                "select key, value from meta where substr(key, 1, ?) = ?", (len(prefix), prefix)
+            )
+        }
+
     def set(self, key: str, value: object) -> None:
         """Write (inside a transaction, or on its own)."""
         self._conn.execute(

@@ -52,6 +52,15 @@ class ModelStore:
                 self._db.counters.add({"models_withdrawn": 1})
         return int(cur.rowcount)
 
+    def by_name(self) -> dict[str, list[StoredModel]]:
+        """Every stored model, by name, newest first (the ones to fall back on after it)."""
+        out: dict[str, list[StoredModel]] = {}
+        for name, message, at in self._db.conn.execute(
+            "select name, message, accepted_at from models order by name, id desc"
+        ):
+            out.setdefault(str(name), []).append(StoredModel(str(message), float(at)))
+        return out
+
     def current(self) -> list[StoredModel]:
         """The newest accepted model of each name, by name."""
         return [
