@@ -294,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn", default=None, help="PostgreSQL DSN (default $EIOT_PG_DSN)")
     p.add_argument("--name", default=None, help="only this model name")
     p.set_defaults(func=cmd_models)
+
+    from ml import keeper
+
+    p = sub.add_parser(
+        "keep-published",
+        help="keep the models in service retained on the broker (a service: after a broker "
+        "restart it publishes again what the broker lost)",
+        description=(keeper.__doc__ or "").split("\n\n")[0],
+    )
+    keeper.add_arguments(p)
+    p.set_defaults(func=keeper.command)
     return parser
 
 

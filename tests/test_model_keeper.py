@@ -1,0 +1,70 @@
+"""The model in service survives a broker that lost its retained messages: the broker is
+killed and started on an empty store (as after a crash inside its autosave interval); the
+keeper (``python -m ml keep-published``) reconnects and publishes the model again, retained;
+what the broker still holds is not sent again."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from central.local_services import SecureMosquitto
+from central.pki import Pki
+from edge_agent import topics, wire
+from ml.keeper import RetainedKeeper
+from ml.registry import Broker, mark_published, publish_retained, read_retained, register
+from tests.support.detection import models
+
+pytestmark = pytest.mark.services
+
+
+def wait(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_keeper_publishes_again_what_a_restarted_broker_lost(
+    pg_dsn: str, topic_root: str, secure_broker: SecureMosquitto, pki: Pki
+) -> None:
+    broker = Broker(
+        port=secure_broker.port,
+        tls=True,
+        ca_file=str(pki.ca_cert_path),
+        cert_file=str(pki.cert_path("svc-models")),
+        key_file=str(pki.key_path("svc-models")),
+    )
+    m = models()
+    topic = topics.model(topic_root, "iforest")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for message in (m.v1, m.v2):  # v2 is the newest published: the one in service
+            stored, _ = register(conn, message)
+            publish_retained(topic, wire.encode(stored, compress=True), broker)
+            mark_published(conn, message["name"], message["version"], topic)
+
+    keeper = RetainedKeeper(pg_dsn, broker, root=topic_root, settle_s=1.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=keeper.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait(lambda: keeper.checks >= 1, 20, "the first check")
+        assert keeper.republished == 0  # the broker holds v2: nothing sent again
+
+        secure_broker.kill()
+        for store in secure_broker.files.state_dir.glob("*.db"):
+            store.unlink()  # a fresh store: the retained model is gone
+        secure_broker.start()
+        wait(lambda: keeper.checks >= 2, 30, "a check after the restart")
+        assert keeper.republished == 1
+        payload = read_retained(topic, broker, timeout_s=5)
+        assert payload is not None
+        assert wire.decode(payload, wire.MODEL_LIMITS)["version"] == "v2"
+    finally:
+        stop.set()
+        thread.join(10)
