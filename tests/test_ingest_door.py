@@ -6,6 +6,7 @@ resent forever and nothing bad is stored."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,7 +181,7 @@ def test_no_gateway_can_pre_empt_or_fake_another_gateways_alerts(
 ) -> None:
     pg.execute("insert into raw.meters (meter_id, gateway_id) values ('m-b', 'gw2')")
     w = worker(pg_dsn)
-    day = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
+    day = int(time.time()) // 86400 * 86400  # scoring_off ids go by central's UTC day
     with psycopg.connect(pg_dsn) as conn:
         # gw1 sends first, under gw2's (predictable) ids: its alerts about gw2's meter are
         # refused; about a meter nobody registered they are gw1's own, beside gw2's
