@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from edge_agent import failpoints, wire
-from edge_agent.buffer import AlertRecord, AlertStore
+from edge_agent.buffer import AlertRecord, AlertStore, BufferFull
 from edge_agent.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,26 @@ def make_alert(
     )
     payload = json.dumps(alert.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
     return AlertRecord(aid, kind, meter_id, int(ts), payload)
+
+
+def raise_gateway_alert(
+    store: AlertStore, *, gateway_id: str, kind: str, ts: float, detail: str, now: float
+) -> bool:
+    """An alert about the gateway itself (``meter_id`` is the gateway id: ``buffer_full``,
+    ``disk_full``, ``clock_suspect``), one id per kind and hour of ``ts``, into the outbox.
+    False when the buffer has no room for it now: the caller tries again later."""
+    alert = make_alert(
+        gateway_id=gateway_id,
+        kind=kind,
+        meter_id=gateway_id,
+        ts=int(ts) // 3600 * 3600,
+        detail=detail,
+    )
+    try:
+        store.add([alert], now)
+    except BufferFull:
+        return False
+    return True
 
 
 class Cooldown:

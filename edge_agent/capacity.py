@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from edge_agent.alerts import make_alert
+from edge_agent.alerts import raise_gateway_alert
 from edge_agent.buffer import Buffer, BufferFull, DiskFull, FileSpace
 
 log = logging.getLogger(__name__)
@@ -126,34 +126,24 @@ class IntakeGate:
         )
         if state == "open":
             log.info("intake resumed (was %s): %s", before, figures)
-            self._count({"intake_resumed": 1})
+            self.buffer.db.count({"intake_resumed": 1})
             return
         log.warning("intake paused: %s (%s)%s", state, figures, f": {reason}" if reason else "")
-        self._count({f"intake_paused_{state}": 1})
+        self.buffer.db.count({f"intake_paused_{state}": 1})
         self._alert_due = state
 
     def _raise_alert(self, state: IntakeState) -> None:
         s = self.space
-        alert = make_alert(
+        if raise_gateway_alert(
+            self.buffer.alerts,
             gateway_id=self.gateway_id,
             kind=state,
-            meter_id=self.gateway_id,
-            ts=int(self.wall()) // 3600 * 3600,  # one alert id per kind and hour
+            ts=self.wall(),
+            now=self.wall(),
             detail=(
                 f"intake paused: buffer data {s.used_bytes} B of {self.limits.budget_bytes} B, "
                 f"disk free {s.disk_free_bytes} B (reserve {self.limits.reserve_bytes} B); "
                 "readings wait at their sources, sending goes on"
             ),
-        )
-        try:
-            self.buffer.alerts.add([alert], self.wall())
-        except BufferFull:
-            return  # no room even for the alert: tried again at the next check
-        self._alert_due = None
-
-    def _count(self, counters: dict[str, int]) -> None:
-        try:
-            with self.buffer.db.transaction():
-                self.buffer.counters.add(counters)
-        except BufferFull:
-            pass  # a counter is not worth a failure when the disk is full
+        ):
+            self._alert_due = None

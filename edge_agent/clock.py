@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge_agent.alerts import make_alert
+from edge_agent.alerts import raise_gateway_alert
 from edge_agent.buffer import Buffer, BufferFull
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class ClockWatch:
             self._suspect_until = mono + self.policy.settle_s
             self._alert_due = True
             log.warning("the wall clock stepped by %+.0f s (now %s)", step, _iso(self.wall()))
-            self._count({"clock_jumps": 1})
+            self.buffer.db.count({"clock_jumps": 1})
         else:
             self._offset = offset  # follow NTP's slewing
         if self._saved_at is None or mono - self._saved_at >= self.policy.save_every_s:
@@ -111,30 +111,19 @@ class ClockWatch:
 
     def _raise_alert(self) -> None:
         wall = self.wall()
-        detail = (
-            f"wall clock {_iso(wall)}; last step {self.last_jump_s:+.0f} s; latest time seen "
-            f"{_iso(self.high_water) if self.high_water else 'none'}; timers run on the "
-            "monotonic clock, future readings are left to central's check"
-        )
-        alert = make_alert(
+        if raise_gateway_alert(
+            self.buffer.alerts,
             gateway_id=self.gateway_id,
             kind="clock_suspect",
-            meter_id=self.gateway_id,
-            ts=int(max(wall, self.high_water)) // 3600 * 3600,
-            detail=detail,
-        )
-        try:
-            self.buffer.alerts.add([alert], wall)
-        except BufferFull:
-            return  # tried again next turn
-        self._alert_due = False
-
-    def _count(self, counters: dict[str, int]) -> None:
-        try:
-            with self.buffer.db.transaction():
-                self.buffer.counters.add(counters)
-        except BufferFull:
-            pass
+            ts=max(wall, self.high_water),
+            now=wall,
+            detail=(
+                f"wall clock {_iso(wall)}; last step {self.last_jump_s:+.0f} s; latest time "
+                f"seen {_iso(self.high_water) if self.high_water else 'none'}; timers run on "
+                "the monotonic clock, future readings are left to central's check"
+            ),
+        ):
+            self._alert_due = False
 
 
 def _iso(epoch: float) -> str:

@@ -175,6 +175,15 @@ class BufferDB:
             disk_free_bytes=fs.f_bavail * fs.f_frsize,
         )
 
+    def count(self, counters: dict[str, int]) -> None:
+        """Add to counters in a transaction of their own; skipped when there is no room (a
+        counter is not worth a failure when the disk is full)."""
+        try:
+            with self.transaction():
+                self.counters.add(counters)
+        except BufferFull:
+            pass
+
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the current transaction has committed (never if it rolls back): how a
         part keeps its in-memory state in step with the file."""

@@ -66,6 +66,7 @@ class Rig:
             "EIOT_KEEPALIVE_S": "5",
             "EIOT_SESSION_EXPIRY_S": "300",
             "EIOT_STATUS_INTERVAL_S": "2",
+            "EIOT_ALERT_RESEND_S": "3",
             "EIOT_RETENTION_S": str(10 * 365 * 86400),
         }
 
