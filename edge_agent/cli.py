@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
+import sqlite3
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_agent.buffer import Buffer
+from edge_agent.backoff import Backoff
+from edge_agent.buffer import Buffer, is_full
 from edge_agent.settings import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def _fmt_time(epoch: float | None) -> str:
@@ -37,11 +42,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
 
     settings = load_settings(args.config)
-    agent = Agent(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    agent.run(stop, exit_when_drained=args.exit_when_drained)
+    # A card full to the last byte (another program's files, a power cut) cannot even open the
+    # buffer's write-ahead log: wait for room, saying so, instead of crash-looping.
+    backoff = Backoff(1.0, 60.0)
+    while not stop.is_set():
+        try:
+            agent = Agent(settings)
+        except sqlite3.OperationalError as exc:
+            if not (is_full(exc) or "disk I/O error" in str(exc)):
+                raise
+            free = shutil.disk_usage(settings.db_path.parent).free
+            delay = backoff.next_delay()
+            log.error(
+                "cannot open the buffer %s (%s; %d bytes free on its disk): retry in %.0f s",
+                settings.db_path,
+                exc,
+                free,
+                delay,
+            )
+            stop.wait(delay)
+            continue
+        agent.run(stop, exit_when_drained=args.exit_when_drained)
+        break
     return 0
 
 

@@ -6,6 +6,7 @@ the buffer's byte budget (``buffer_full``). Nothing accepted is lost or doubled.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sqlite3
@@ -205,3 +206,32 @@ def test_buffer_budget_pauses_intake_until_sending_and_pruning_make_room(rig: Ri
     assert len(stored) == len(set(stored)) == c["readings_accepted"]  # pruned here: count them
     rig.wait_until(lambda: "buffer_full" in central_alert_kinds(rig), 30, "alert at central")
     assert "Traceback" not in agent.output()
+
+
+def test_an_agent_started_on_a_full_card_waits_for_room_then_delivers(rig: Rig) -> None:
+    """A power cut while the card was full: at start SQLite cannot even open the write-ahead
+    log. The agent says so and waits (no crash loop); once there is room it starts and
+    delivers what it holds and what waited in the spool."""
+    with tmpfs(rig.tmp / "card", 8) as card:
+        rig.buffer_dir = card
+        rig.wait_ingest_ready(rig.start_ingest())
+        rig.feed(GW, 0)
+        env = {"EIOT_DISK_RESERVE_MB": "1"}  # an 8 MB card
+        agent = rig.start_agent(GW, env=env)
+        rig.wait_delivered(30)
+        agent.stop()
+        gc.collect()  # this test's own readers of the buffer closed: the last close below
+        with contextlib.closing(sqlite3.connect(rig.db(GW))) as conn:  # removes the WAL files
+            conn.execute("pragma wal_checkpoint(truncate)")
+        assert not Path(f"{rig.db(GW)}-wal").exists()
+        rig.feed(GW, 1)  # arrives while the agent is down
+        fill(card / "other-program.log", leave_bytes=0)
+        agent = rig.start_agent(GW, env=env)
+        rig.wait_until(lambda: "cannot open the buffer" in agent.output(), 20, "the complaint")
+        time.sleep(2)
+        assert agent.alive(), rig.logs()
+        (card / "other-program.log").unlink()
+        rig.wait_delivered(60)
+        rig.assert_exactly_once()
+        assert "Traceback" not in agent.output()
+        agent.stop()
