@@ -111,6 +111,8 @@ class IngestWorker:
                 ],
                 manual_ack=True,
                 receive_maximum=settings.receive_maximum,
+                backoff_min_s=0.2,
+                backoff_max_s=settings.broker_backoff_max_s,
             ),
             on_message=self._on_message,
         )

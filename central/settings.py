@@ -29,6 +29,10 @@ class CentralSettings(TomlEnvSettings, BrokerSettings):
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_inflated_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     db_retry_max_s: float = 10.0
+    # Reconnect to the broker after 0.2 s, doubling (with jitter) up to this: central and its
+    # broker share a site, so a restarted broker is back in seconds (gateways on 3G wait up to
+    # a minute).
+    broker_backoff_max_s: float = Field(default=5.0, gt=0, le=60)
     # Plausibility at the door: a reading may not end before the fleet's first day, nor more
     # than max_future_s after central's clock.
     earliest_reading: date = date(2010, 1, 1)

@@ -83,6 +83,32 @@ def test_broker_killed_and_restarted(rig: Rig, secure_broker: SecureMosquitto) -
     rig.assert_exactly_once()
 
 
+def test_ingest_reconnects_within_seconds_of_a_broker_restart(
+    rig: Rig, secure_broker: SecureMosquitto
+) -> None:
+    """Down 20 s (an uncapped backoff would be waiting up to 16 s by then), the broker comes
+    back: the ingest is connected again within its backoff cap (5 s) and stores new batches."""
+    ingest = rig.start_ingest()
+    rig.wait_ingest_ready(ingest)
+    rig.start_agent("gw-a")
+    rig.feed("gw-a", 0)
+    rig.wait_delivered(30)
+    secure_broker.kill()
+    time.sleep(20)
+    seen = len(secure_broker.log_file.read_bytes())
+    secure_broker.start()
+    back = time.monotonic()
+
+    def ingest_back() -> bool:  # the broker's log since the restart
+        return b" as svc-ingest-1 " in secure_broker.log_file.read_bytes()[seen:]
+
+    rig.wait_until(ingest_back, 15, "the ingest connected again")
+    assert time.monotonic() - back < 7.5
+    rig.feed("gw-a", 1)
+    rig.wait_delivered(30)
+    rig.assert_exactly_once()
+
+
 def test_ingest_killed_between_commit_and_ack(rig: Rig) -> None:
     ingest = rig.start_ingest(failpoint="ingest.after_commit:3")
     rig.start_agent("gw-a")
