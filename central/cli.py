@@ -38,6 +38,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    from central.retention import Warehouse, clickhouse_warehouse, run
+
+    settings = load_settings(args.config)
+    warehouse: Warehouse | None = None
+    try:
+        from central.warehouse.settings import get_settings
+    except ImportError:  # the warehouse extra is not installed: nothing can be dropped
+        print("the warehouse extra is not installed: nothing will be dropped", file=sys.stderr)
+    else:
+        ch = args.clickhouse_dsn or get_settings().clickhouse_dsn
+        warehouse = clickhouse_warehouse(ch)
+    run(
+        args.dsn or settings.pg_dsn,
+        keep_days=args.keep_days if args.keep_days is not None else settings.retention_keep_days,
+        warehouse=warehouse,
+        dry_run=args.dry_run,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="central",
@@ -74,6 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--config", type=Path, help="TOML settings file")
     ing.add_argument("--worker-id", help="stable id of this worker (its MQTT session)")
     ing.set_defaults(func=cmd_ingest)
+
+    ret = sub.add_parser(
+        "retention",
+        help="raw.readings partitions: make the months ahead, drop old ones the warehouse holds",
+        description="Partitions of raw.readings (central/retention.py).",
+    )
+    ret_sub = ret.add_subparsers(dest="retention_command", required=True, metavar="COMMAND")
+    rr = ret_sub.add_parser(
+        "run",
+        help="make the next months' partitions; drop months past the retention period whose "
+        "every reading the warehouse holds",
+        description="Drops a month only when it ended more than --keep-days ago, the warehouse "
+        "load watermark is past its newest row and the warehouse holds as many readings of it. "
+        "Prints every decision. Run as the database owner (it creates and drops tables).",
+    )
+    rr.add_argument("--config", type=Path, help="TOML settings file")
+    rr.add_argument("--dsn", help="the owner's DSN (default: EIOT_PG_DSN)")
+    rr.add_argument("--clickhouse-dsn", help="the warehouse (default: EIOT_CLICKHOUSE_DSN)")
+    rr.add_argument("--keep-days", type=int, help="retention in PostgreSQL (default 92)")
+    rr.add_argument(
+        "--dry-run", action="store_true", help="say what would be dropped; change nothing"
+    )
+    rr.set_defaults(func=cmd_retention)
 
     register_security(sub)
     try:

@@ -29,6 +29,9 @@ class CentralSettings(TomlEnvSettings, BrokerSettings):
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_inflated_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     db_retry_max_s: float = 10.0
+    # raw.readings keeps whole months younger than this; older ones go once the warehouse holds
+    # them (central retention run).
+    retention_keep_days: int = Field(default=92, ge=1)
     # Reconnect to the broker after 0.2 s, doubling (with jitter) up to this: central and its
     # broker share a site, so a restarted broker is back in seconds (gateways on 3G wait up to
     # a minute).
