@@ -74,9 +74,14 @@ def fill(db: Path, meters: int, days: float, gateways: int, index: int) -> int:
 
 
 class PeakRss:
+    """Peak RSS and CPU seconds (user + system, last seen) of each process, and the machine's
+    busy share of all cores over the watch."""
+
     def __init__(self, pids: list[int]) -> None:
         self.procs = [psutil.Process(p) for p in pids]
         self.peak = {p: 0.0 for p in pids}
+        self.cpu_s = {p: 0.0 for p in pids}
+        self._machine = psutil.cpu_times()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -86,9 +91,20 @@ class PeakRss:
             for p in self.procs:
                 try:
                     self.peak[p.pid] = max(self.peak[p.pid], p.memory_info().rss / 2**20)
+                    t = p.cpu_times()
+                    self.cpu_s[p.pid] = t.user + t.system
                 except psutil.Error:
                     pass
             self._stop.wait(0.05)
+
+    def busy_share(self) -> float:
+        """The share of all cores busy since the watch began (every process of the machine)."""
+        now = psutil.cpu_times()
+        total = sum(now) - sum(self._machine)
+        idle = (now.idle + getattr(now, "iowait", 0)) - (
+            self._machine.idle + getattr(self._machine, "iowait", 0)
+        )
+        return 1 - idle / total if total > 0 else 0.0
 
     def stop(self) -> dict[int, float]:
         self._stop.set()
@@ -153,6 +169,7 @@ def forward(
         if a.wait(900) != 0:
             raise RuntimeError((var / "ingest-1.log").read_text()[-2000:])
     peaks = rss.stop()
+    busy = rss.busy_share()
     for ingest in ingests:
         ingest.terminate()
         ingest.wait(10)
@@ -176,6 +193,9 @@ def forward(
         "socket_bytes": relay.bytes_up + relay.bytes_down,
         "agent_peak_rss_mb": max(peaks[a.pid] for a in agents),
         "ingest_peak_rss_mb": max(peaks[i.pid] for i in ingests),
+        "agents_cpu_s": sum(rss.cpu_s[a.pid] for a in agents),
+        "ingest_cpu_s": sum(rss.cpu_s[i.pid] for i in ingests),
+        "machine_busy_share": busy,
     }
 
 
@@ -355,6 +375,11 @@ def main() -> None:
             "socket_bytes_per_reading": round(fwd["socket_bytes"] / readings, 2),
             "agent_peak_rss_mb": round(fwd["agent_peak_rss_mb"], 1),
             "ingest_peak_rss_mb": round(fwd["ingest_peak_rss_mb"], 1),
+            # where the time goes: CPU seconds of the agents and the workers over the whole
+            # forward phase (start-up included), and the machine's busy share meanwhile
+            "agents_cpu_s": round(fwd["agents_cpu_s"], 2),
+            "ingest_cpu_s": round(fwd["ingest_cpu_s"], 2),
+            "machine_busy_share": round(fwd["machine_busy_share"], 2),
             **({"baseline": base} if base else {}),
         },
     )
