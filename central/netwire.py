@@ -10,8 +10,11 @@ dropped with probability ``loss``; dropped if ``limit`` frames already wait (dro
 otherwise serialised at ``rate_bps`` behind the frames before it, then held for ``delay_ms``
 (netem's order: rate, then delay). No reordering, no duplication, no corruption.
 ``blackhole`` drops every frame both ways without a word to either end (no RST, no ICMP): a
-half-open path. Both ends' TCP stacks are the kernel's, so retransmissions, congestion control
-and TLS records are real, and the interfaces' byte counters count them.
+half-open path. ARP frames pass at once, whatever the shape: they are the emulation's own
+plumbing (veths are Ethernet; a modem's IP link has no ARP), so a dead path looks to a
+connecting gateway like an IP path that does not answer (its SYNs time out) rather than a
+neighbour that does not resolve. Both ends' TCP stacks are the kernel's, so retransmissions,
+congestion control and TLS records are real, and the interfaces' byte counters count them.
 
 Frames are read with their virtio-net header (``PACKET_VNET_HDR``) and written with it, so a
 frame whose checksum the sending veth left to "hardware" (``CHECKSUM_PARTIAL``) still arrives
@@ -27,6 +30,7 @@ unlimited). The process exits when stdin closes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -44,6 +48,8 @@ PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 VNET_HDR_LEN = 10  # struct virtio_net_hdr, before each frame
 MAX_FRAME = 65536 + VNET_HDR_LEN
+ETHERTYPE = slice(VNET_HDR_LEN + 12, VNET_HDR_LEN + 14)  # where a frame says what it carries
+ARP = b"\x08\x06"
 BURST = 256  # frames read from one socket before looking at the clock again
 
 
@@ -154,6 +160,10 @@ class Wire:
             except BlockingIOError:
                 return
             if addr[2] == PACKET_OUTGOING:  # kernels without PACKET_IGNORE_OUTGOING
+                continue
+            if frame[ETHERTYPE] == ARP:
+                with contextlib.suppress(OSError):
+                    direction.out.send(frame)
                 continue
             direction.offer(frame, time.monotonic(), self.rng, self.blackhole)
 

@@ -62,12 +62,12 @@ def _acked_at(rig: LinkRig, gw: str) -> list[float]:
 # --- the link itself ------------------------------------------------------------------------
 
 
-def _connect_error(link: Link, port: int) -> str:
+def _connect_error(link: Link, port: int, timeout: float = 2) -> str:
     """How a TCP connect from the gateway namespace to the root end fails (or 'connected')."""
     code = (
         "import socket, sys\n"
         "try:\n"
-        f"    socket.create_connection(({link.central_ip!r}, {port}), timeout=2).close()\n"
+        f"    socket.create_connection(({link.central_ip!r}, {port}), timeout={timeout}).close()\n"
         "    print('connected')\n"
         "except OSError as e:\n"
         "    print(type(e).__name__, e.errno)\n"
@@ -95,9 +95,12 @@ def test_the_link_shapes_counts_and_cuts(link: Link) -> None:
         assert time.monotonic() - t0 >= 0.3
         used = link.counters() - before
         assert used.packets >= 3 and used.ip_bytes >= 3 * 40  # SYN, SYN-ACK, ACK (+ FIN...)
-        # half-open: no RST for a closed port, no answer at all
+        # half-open: no RST for a closed port, no answer at all; and, as on an IP link, the
+        # SYNs go unanswered (not "no route to host": ARP is not the modelled link's)
         link.blackhole(True)
         assert _connect_error(link, closed_port).startswith("TimeoutError")
+        subprocess.run(link.command(["ip", "neigh", "flush", "all"]), check=True)
+        assert _connect_error(link, port, timeout=5).startswith("TimeoutError")
         link.blackhole(False)
         # the gateway's interface down: the gateway knows at once
         link.down()
