@@ -9,8 +9,8 @@ namespace, the ingest with its own PostgreSQL login, as in production.
 
 Profiles: ``lan`` (no shaping), ``3g`` (150 ms each way, so ≈300 ms round trip; 1 % of the
 frames lost each way; 384 kbit/s each way), ``flapping`` (3g, and the gateway's interface down
-for --flap-down-s every --flap-period-s, the first time --flap-first-s after the agent starts,
-while it drains).
+for --flap-down-s every --flap-period-s, the first time --flap-first-s after the agent's first
+publish: while its batches are on the way).
 
 1. Fill the gateway's buffer from the simulator: --meters × --hours of 30-minute readings.
 2. Drain: start the agent; ``drain_s`` runs from its start to the last ack (``connect_s``: to
@@ -85,6 +85,12 @@ def unacked(db: Path) -> int:
     with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
         row = conn.execute("select count(*) from readings where acked_at is null").fetchone()
     return int(row[0])
+
+
+def first_sent(db: Path) -> float | None:
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+        row = conn.execute("select min(first_sent_at) from batches").fetchone()
+    return None if row[0] is None else float(row[0])
 
 
 def buffer_figures(db: Path) -> dict[str, Any]:
@@ -196,9 +202,10 @@ def forward(
     started = time.time()
     agent = link.popen(AGENT_ARGS, env, agent_log)
     flapping = None
-    if args.profile == "flapping":
-        flapping = Flapping(link, args.flap_period_s, args.flap_down_s, args.flap_first_s)
     try:
+        if args.profile == "flapping":
+            wait_for(lambda: first_sent(db) is not None, args.timeout_s, "the first publish")
+            flapping = Flapping(link, args.flap_period_s, args.flap_down_s, args.flap_first_s)
         drained = wait_for(
             lambda: agent.poll() is not None or unacked(db) == 0,
             args.timeout_s,
@@ -295,7 +302,10 @@ def main() -> None:
     parser.add_argument("--flap-period-s", type=float, default=120, help="flapping: period")
     parser.add_argument("--flap-down-s", type=float, default=30, help="flapping: down this long")
     parser.add_argument(
-        "--flap-first-s", type=float, default=5, help="flapping: first outage after the start"
+        "--flap-first-s",
+        type=float,
+        default=1,
+        help="flapping: the first outage this long after the agent's first publish",
     )
     parser.add_argument(
         "--hold-s",
