@@ -43,6 +43,9 @@ bench: install services
 	$(BIN)/python -m bench.e2e --meters 1000 --days 2 --gateways 2
 	$(BIN)/python -m bench.e2e --meters 1000 --days 2 --gateways 2 --secure
 	$(BIN)/python -m bench.hostile
+	@# over a real 3G link (docs/links.md): network namespaces need root
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m bench.link --profile 3g; \
+	else echo "bench.link skipped: network namespaces need root (sudo make bench)"; fi
 
 # ruff (lint and format check) and mypy strict on edge_agent, central and ml (pyproject.toml).
 lint: install
