@@ -378,7 +378,10 @@ class IngestWorker:
             if refused.alert_id is None or ack_topic is None:
                 return None, None
             answer = wire.AlertAck(
-                alert_id=refused.alert_id, status="rejected", reason=refused.reason[:300]
+                # the reason's code only: its detail may name another gateway's meters
+                alert_id=refused.alert_id,
+                status="rejected",
+                reason=refused.reason.split(":")[0][:300],
             )
             return ack_topic, store.AlertOutcome(answer)
         if isinstance(work.item, store.BadMessage):

@@ -314,6 +314,14 @@ class Agent:
         if _due(self._last_prune, mono, every) and (self.watch.trusted or not self.gate.is_open):
             self._last_prune = mono
             self.buffer.maintenance.prune(self.settings.retention_s, now=now)
+            if self.gate.state == "buffer_full":
+                # the acknowledged history alone may exceed the budget: it gives way
+                freed = self.buffer.maintenance.prune_for_room(self.gate.room_target_bytes)
+                if freed:
+                    log.warning(
+                        "buffer budget: %d acknowledged readings of the history pruned early",
+                        freed,
+                    )
         return work
 
     def drained(self) -> bool:

@@ -102,18 +102,28 @@ class IntakeGate:
         if self.state == "open":
             if space.disk_free_bytes < lim.reserve_bytes:
                 return "disk_full"
-            if space.used_bytes >= lim.budget_bytes or readings.is_full:
+            if space.used_bytes >= lim.budget_bytes or self._cap_reached():
                 return "buffer_full"
             return "open"
         # closed: open again only with some room to spare
         if space.disk_free_bytes < lim.reserve_bytes * 1.5:
             return "disk_full"
-        if (
-            space.used_bytes >= lim.budget_bytes * lim.resume_share
-            or readings.pending >= readings.cap * lim.resume_share
+        if space.used_bytes >= lim.budget_bytes * lim.resume_share or (
+            readings.cap_policy == "refuse" and readings.pending >= readings.cap * lim.resume_share
         ):
             return "buffer_full"
         return "open"
+
+    def _cap_reached(self) -> bool:
+        """The readings cap closes intake only under the ``refuse`` policy (``evict_oldest``
+        makes room by evicting)."""
+        readings = self.buffer.readings
+        return readings.cap_policy == "refuse" and readings.is_full
+
+    @property
+    def room_target_bytes(self) -> int:
+        """Data size that opens a gate closed by the budget, with a margin."""
+        return int(self.limits.budget_bytes * (self.limits.resume_share - 0.05))
 
     def _move(self, state: IntakeState, reason: str = "") -> None:
         if state == self.state:

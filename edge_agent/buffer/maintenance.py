@@ -56,6 +56,25 @@ class Maintenance:
             self._db.counters.add({"readings_pruned": n})
         return n
 
+    def prune_for_room(self, target_bytes: int, chunk: int = 5_000) -> int:
+        """Delete acknowledged readings, oldest first, until the buffer's data is under
+        ``target_bytes`` or none is left: when the history window holds more than the byte
+        budget, the history shrinks rather than intake staying paused for ever. Returns the
+        readings deleted."""
+        deleted = 0
+        while self._db.space().used_bytes > target_bytes:
+            with self._db.transaction():
+                n = self._db.conn.execute(
+                    "delete from readings where seq in (select seq from readings "
+                    "where acked_at is not null order by ts limit ?)",
+                    (chunk,),
+                ).rowcount
+                self._db.counters.add({"readings_pruned_for_room": n})
+            if n == 0:
+                break
+            deleted += n
+        return deleted
+
     def stats(self) -> BufferStats:
         r = self._readings
         # Unacknowledged readings are in open batches or not batched yet: start the scan at the
