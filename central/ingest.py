@@ -69,6 +69,7 @@ class AlertItem:
 _ID = re.compile(ID_PATTERN)
 _BATCH_ID = re.compile(rb'"batch_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})"')
 _ALERT_ID = re.compile(r"[0-9a-f]{32}")  # edge_agent.alerts.alert_id
+_ALERT_ID_FIELD = re.compile(rb'"alert_id"\s*:\s*"([0-9a-f]{32})"')
 
 
 class QuarantineBudget:
@@ -147,7 +148,7 @@ class IngestWorker:
         except Exception as exc:  # a bug must not stop the network thread
             log.exception("cannot prepare message on %s", topic)
             reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
-            work = Work(topic, payload, self._gateway(topic), self._bad(reason, payload))
+            work = Work(topic, payload, self._gateway(topic), self._bad(reason, payload, topic))
         finally:
             self.guard.leave("decoding")
         work.sha256 = sha
@@ -158,7 +159,7 @@ class IngestWorker:
         deaths = self.guard.deaths(sha)
         log.error("message %s on %s killed the worker %d times: set aside", sha[:16], topic, deaths)
         reason = f"poison_message: the ingest worker died {deaths} times while handling it"
-        return Work(topic, payload, self._gateway(topic), self._bad(reason, payload), sha)
+        return Work(topic, payload, self._gateway(topic), self._bad(reason, payload, topic), sha)
 
     # --- loop -----------------------------------------------------------------------------
 
@@ -233,7 +234,7 @@ class IngestWorker:
                         work.topic,
                         work.payload,
                         work.gateway_id,
-                        self._bad(reason, work.payload),
+                        self._bad(reason, work.payload, work.topic),
                         sha,
                     )
                     try:
@@ -290,10 +291,13 @@ class IngestWorker:
             return None
         return None if gateway_id.startswith(SERVICE_PREFIX) else gateway_id
 
-    def _bad(self, reason: str, payload: bytes) -> store.BadMessage:
-        """A refusal that still names the batch when its id can be read from the first bytes
-        (inflated a little, never whole): the agent gets a rejecting ack, not silence."""
-        return store.BadMessage(reason, _peek_batch_id(payload))
+    def _bad(self, reason: str, payload: bytes, topic: str = "") -> store.BadMessage:
+        """A refusal that still names the batch (or, on an alerts topic, the alert) when its id
+        can be read from the first bytes (inflated a little, never whole): the agent gets a
+        rejecting answer, not silence, and stops resending."""
+        if topic.endswith("/alerts"):
+            return store.BadMessage(reason, alert_id=_peek(payload, _ALERT_ID_FIELD))
+        return store.BadMessage(reason, _peek(payload, _BATCH_ID))
 
     def prepare(self, topic: str, payload: bytes) -> Work:
         """Decode and validate one message: CPU only, no database."""
@@ -460,7 +464,7 @@ class IngestWorker:
         try:
             obj = wire.decode(payload, self.small_limits)
         except wire.DecodeError as exc:
-            return store.BadMessage(str(exc))
+            return store.BadMessage(str(exc), alert_id=_peek(payload, _ALERT_ID_FIELD))
         # the id that addresses the rejecting answer, when the alert is unreadable otherwise
         aid = obj.get("alert_id")
         aid = aid if isinstance(aid, str) and _ALERT_ID.fullmatch(aid) else None
@@ -557,13 +561,13 @@ def _valid_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
-def _peek_batch_id(payload: bytes, window: int = 4096) -> str | None:
-    """The batch id in the first bytes of a message (plain or compressed), if it shows there."""
+def _peek(payload: bytes, field: re.Pattern[bytes], window: int = 4096) -> str | None:
+    """An id ``field`` finds in the first bytes of a message (plain or compressed)."""
     head = payload[:window]
     if payload[:1] == wire.ZLIB_HEADER:
         try:
             head = zlib.decompressobj().decompress(payload[1:], window)
         except zlib.error:
             return None
-    match = _BATCH_ID.search(head)
+    match = field.search(head)
     return match.group(1).decode() if match else None

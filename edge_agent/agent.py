@@ -191,6 +191,7 @@ class Agent:
             self.link,
             topics.alerts(s.topic_root, s.gateway_id),
             resend_s=s.alert_resend_s,
+            resend_max_s=s.alert_resend_max_s,
         )
         self.sync = Sync(
             self.buffer.batches,

@@ -5,8 +5,9 @@ transaction as the reading it is about, then published QoS1 on ``{root}/gw/{gate
 and marked delivered when central's ``alert_ack.v1`` for it arrives on the gateway's ack topic
 (central sends it after committing the alert to ``raw.alerts``). The broker's PUBACK is not
 enough: a broker killed after its PUBACK and before it wrote its store loses the message. Not
-answered within ``resend_s``, or still open after a restart or a reconnect, an alert is
-published again with the same ``alert_id``: nothing is lost, and subscribers de-duplicate.
+answered within ``resend_s`` (doubled after each unanswered send, at most ``resend_max_s``), or
+still open after a restart or a reconnect, an alert is published again with the same
+``alert_id``: nothing is lost, and subscribers de-duplicate.
 
 ``alert_id`` is the first 32 hex digits of
 ``sha256("alert.v1|" + kind + "|" + meter_id + "|" + ts + "|" + basis)``, where ``ts`` is the
@@ -124,12 +125,14 @@ class AlertOutbox:
         topic: str,
         *,
         resend_s: float = 30.0,
+        resend_max_s: float = 900.0,
         max_per_tick: int = 200,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.topic = topic
         self.resend_s = resend_s
+        self.resend_max_s = resend_max_s
         self.max_per_tick = max_per_tick
         self._answers: queue.SimpleQueue[tuple[str, bool]] = queue.SimpleQueue()
         # After a start or a reconnect every open alert goes out at once: earlier sends may
@@ -173,10 +176,13 @@ class AlertOutbox:
         if self._reconnected:
             self._reconnected = False
             self._resend_from = now  # everything sent before now goes again
-        sent_before = now - self.resend_s
-        if self._resend_from is not None:
-            sent_before = max(sent_before, self._resend_from)
-        due = self.store.due(sent_before, self.max_per_tick, now)
+        due = self.store.due(
+            now,
+            resend_s=self.resend_s,
+            resend_max_s=self.resend_max_s,
+            limit=self.max_per_tick,
+            sent_before=self._resend_from,
+        )
         if len(due) < self.max_per_tick:
             self._resend_from = None
         sent: list[str] = []

@@ -91,7 +91,10 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
 
     # Alerts (alert.v1 on {topic_root}/gw/{gateway_id}/alerts, QoS1, outbox in the buffer).
     alert_cooldown_s: int = Field(default=86400, ge=0)  # per meter and kind, in reading time
-    alert_resend_s: float = Field(default=30.0, gt=0)  # no PUBACK after this long: send again
+    # Not answered by central (alert_ack.v1) after this long: send again, the wait doubling per
+    # unanswered send up to alert_resend_max_s.
+    alert_resend_s: float = Field(default=30.0, gt=0)
+    alert_resend_max_s: float = Field(default=900.0, gt=0)
 
     # Energy balance per transformer. The meter -> transformer mapping comes from a registry
     # JSON file (the simulator's registry.json: meters with meter_id, meter_role, transformer_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from central import store
 from central.ingest import IngestWorker, _database_cannot_take
 from central.settings import CentralSettings
 from edge_agent import wire
@@ -210,6 +211,35 @@ def test_no_gateway_can_pre_empt_or_fake_another_gateways_alerts(
     assert pg.execute(
         "select count(*) from raw.alerts where alert_id = %s", (stolen,)
     ).fetchone() == (2,)
+
+
+def test_an_alert_that_trips_a_bug_or_cannot_be_decoded_is_still_answered(
+    pg_dsn: str, pg: psycopg.Connection, monkeypatch: Any
+) -> None:
+    """Unanswered, the agent would resend the alert for ever: a bug while decoding it, a poison
+    verdict or a body that is not JSON still gets a rejecting alert_ack that names it."""
+    w = worker(pg_dsn)
+    topic = "eiot/v1/gw/gw1/alerts"
+    tripping = alert("gw1", "m-1")
+    aid = json.loads(tripping)["alert_id"]
+    broken = tripping[:-30]  # cut short: not JSON any more, its id still in the first bytes
+
+    def bug(topic: str, payload: bytes) -> Any:
+        raise KeyError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(w, "prepare", bug)
+        work = w._prepare_guarded(topic, tripping)
+    with psycopg.connect(pg_dsn) as conn:
+        answers = [w.store_work(conn, work), w.handle(conn, topic, broken)]
+    for ack_topic, outcome in answers:
+        assert ack_topic == "eiot/v1/gw/gw1/ack"
+        assert isinstance(outcome, store.AlertOutcome), outcome
+        assert (outcome.ack.alert_id, outcome.ack.status) == (aid, "rejected")
+    reasons = [o.ack.reason for _, o in answers]  # type: ignore[union-attr]
+    assert reasons[0] == "internal_error" and reasons[1] != "internal_error", reasons
+    assert pg.execute("select count(*) from raw.quarantine").fetchone() == (2,)
+    assert pg.execute("select count(*) from raw.alerts").fetchone() == (0,)
 
 
 def test_a_rejected_batch_keeps_its_bytes_or_waits_for_the_budget(

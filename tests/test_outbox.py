@@ -67,6 +67,26 @@ def test_refused_and_unanswered_alerts_go_again(tmp_path: Path) -> None:
     assert ids == {m.payload for m in pub.sent[:3]}  # the same alerts, the same bytes
 
 
+def test_unanswered_alerts_wait_longer_after_each_send(tmp_path: Path) -> None:
+    """Central down for a day: each alert is sent at 30 s, 60 s, 120 s... apart, at most
+    resend_max_s, not every 30 s; a reconnect still sends everything open at once."""
+    pub = MemoryPublisher()
+    buffer = Buffer(tmp_path / "b.db")
+    buffer.alerts.add(
+        [make_alert(gateway_id="gw", kind="tamper", meter_id="m", ts=row("m", 0)[1])], now=0.0
+    )
+    outbox = AlertOutbox(buffer.alerts, pub, "t/alerts", resend_s=30, resend_max_s=300)
+    sends = []
+    for now in range(0, 86400, 5):
+        if outbox.tick(now=float(now)):
+            sends.append(now)
+    gaps = [b - a for a, b in zip(sends, sends[1:], strict=False)]
+    assert gaps[:4] == [30, 60, 120, 240] and set(gaps[4:]) == {300}, gaps
+    assert len(sends) < 86400 / 300 + 5
+    outbox.reconnected()
+    assert outbox.tick(now=86401.0) == 1  # at once, whatever its wait
+
+
 def test_mqtt_link_reports_the_pubacks_of_a_real_broker(topic_root: str) -> None:
     link = MqttLink(LinkConfig(client_id=f"outbox-{topic_root[-8:]}", port=BROKER_PORT))
     link.start()

@@ -98,16 +98,34 @@ class AlertStore:
             self._db.counters.add(counters or {})
         return tuple(a.alert_id for a in stored)
 
-    def due(self, sent_before: float, limit: int, now: float | None = None) -> list[OutboxAlert]:
-        """Undelivered alerts never sent, last sent before ``sent_before``, or (given ``now``)
-        last sent after it: the wall clock stepped back since; oldest first."""
+    def due(
+        self,
+        now: float,
+        *,
+        resend_s: float,
+        resend_max_s: float,
+        limit: int,
+        sent_before: float | None = None,
+    ) -> list[OutboxAlert]:
+        """Undelivered alerts due to go (out), oldest first: never sent; sent ``attempts`` times
+        and unanswered for ``resend_s`` doubled per earlier attempt, at most ``resend_max_s``
+        (central down for hours costs a few sends an hour, not one every ``resend_s``); last
+        sent before ``sent_before`` (a reconnect: earlier sends may be lost); or last sent
+        after ``now`` (the wall clock stepped back since)."""
         return [
             OutboxAlert(str(a), str(p), int(n))
             for a, p, n in self._db.conn.execute(
                 "select alert_id, payload, attempts from alerts where acked_at is null "
-                "and (last_sent_at is null or last_sent_at < ? or last_sent_at > ?) "
-                "order by created_at limit ?",
-                (sent_before, now if now is not None else float("inf"), limit),
+                "and (last_sent_at is null or last_sent_at > :now or last_sent_at < :before "
+                "or last_sent_at + min(:base * (1 << min(max(attempts - 1, 0), 30)), :cap) "
+                "<= :now) order by created_at limit :limit",
+                {
+                    "now": now,
+                    "before": sent_before if sent_before is not None else float("-inf"),
+                    "base": resend_s,
+                    "cap": max(resend_s, resend_max_s),
+                    "limit": limit,
+                },
             )
         ]
 
