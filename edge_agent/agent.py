@@ -165,7 +165,7 @@ class Agent:
                 clock,
                 max_future_s=s.max_future_s,
                 max_kw=s.max_kw,
-                trusted=lambda: self.watch.trusted,
+                latest_now=self.watch.latest_now,
             ),
             self.detector,
         )

@@ -116,6 +116,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clock_reset(args: argparse.Namespace) -> int:
+    from edge_agent.clock import reset_high_water
+
+    db = Path(args.db) if args.db else load_settings(args.config).db_path
+    if not db.exists():
+        print(f"no buffer at {db}", file=sys.stderr)
+        return 2
+    buffer = Buffer(db)
+    try:
+        old = reset_high_water(buffer)
+    finally:
+        buffer.close()
+    seen = _fmt_time(old) if old else "none"
+    print(f"clock high-water mark cleared (was {seen}); the current clock is taken as right")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -148,6 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--db", help="buffer file to read, instead of the configured one")
     st.add_argument("--json", action="store_true", help="print JSON instead of text")
     st.set_defaults(func=cmd_status)
+
+    clock = sub.add_parser(
+        "clock",
+        help="the clock's high-water mark (see docs/runbook.md, wrong clocks)",
+        description="The agent takes a wall clock behind the latest time it has seen as wrong.",
+    )
+    clock_sub = clock.add_subparsers(dest="clock_command", required=True, metavar="ACTION")
+    reset = clock_sub.add_parser(
+        "reset",
+        help="forget the latest time seen, when it was raised by a wrong clock",
+        description="Clear the high-water mark: the agent (running or next started) takes its "
+        "current clock as right. Use after checking the clock (date -u) is correct.",
+    )
+    reset.add_argument("--config", type=Path, help="TOML settings file (for db_path)")
+    reset.add_argument("--db", help="buffer file, instead of the configured one")
+    reset.set_defaults(func=cmd_clock_reset)
     return parser
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +16,10 @@ Clock = Callable[[], float]
 
 
 class Validator:
-    """``trusted`` says whether the wall clock can judge reading times now: while it cannot (a
-    clock that stepped or went back, ``edge_agent.clock``) no reading is quarantined as
-    ``ts_in_future`` here; central checks them against its own clock."""
+    """``latest_now`` is the latest the time can be now (default: the wall clock); while the wall
+    clock is in doubt (``edge_agent.clock.ClockWatch.latest_now``) it is the later of the wall
+    clock and the time before the doubt, so a clock stepped back does not quarantine real-time
+    readings as ``ts_in_future``, and a reading far ahead of both is still refused."""
 
     def __init__(
         self,
@@ -27,19 +27,17 @@ class Validator:
         *,
         max_future_s: int = 300,
         max_kw: float = 1000.0,
-        trusted: Callable[[], bool] | None = None,
+        latest_now: Clock | None = None,
     ) -> None:
         self.clock = clock
         self.max_future_s = max_future_s
         self.max_kw = max_kw
-        self.trusted = trusted
+        self.latest_now = latest_now or clock
 
     def latest_ts(self) -> float:
-        """The latest reading time taken now (epoch seconds): ``max_future_s`` past the wall
-        clock, or no limit while the clock is not trusted."""
-        if self.trusted is not None and not self.trusted():
-            return math.inf
-        return self.clock() + self.max_future_s
+        """The latest reading time taken now (epoch seconds): ``max_future_s`` past
+        ``latest_now``."""
+        return self.latest_now() + self.max_future_s
 
     def check(self, obj: Any, raw: str | bytes, source: str) -> Row | wire.QuarantineRecord:
         """One decoded item (normally a dict) → a row, or a quarantine record saying why not."""

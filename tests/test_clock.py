@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from edge_agent import cli as edge_cli
+from edge_agent import wire
 from edge_agent.buffer import Buffer
-from edge_agent.clock import ClockPolicy, ClockWatch
+from edge_agent.clock import CLOCK_FLOOR, HIGH_WATER_KEY, ClockPolicy, ClockWatch
+from edge_agent.validate import Validator
 from tests.support.builders import Clock, row
 from tests.support.processes import Mosquitto, Proc
 from tests.support.rig import Rig
@@ -37,29 +41,97 @@ def test_clock_watch_sees_steps_and_a_clock_behind_its_high_water_mark(tmp_path:
     watch = ClockWatch(buffer, "gw", policy, wall=wall, monotonic=mono)
     watch.check()
     assert watch.trusted and buffer.alerts.undelivered() == 0
-    passes(30)
+    assert watch.high_water == 0  # not stable long enough yet to raise the mark
+    passes(310)
     watch.check()
     wall.advance(20)  # NTP slews 20 s: under the step threshold
     watch.check()
-    assert watch.trusted
+    assert watch.trusted and watch.high_water == wall() - 20  # saved before the slew
+    before = wall()
     wall.advance(-86400)  # stepped back a day
     passes(1)
     watch.check()
     assert watch.suspect and watch.last_jump_s == -86400
     assert buffer.counters.all()["clock_jumps"] == 1
     assert [json.loads(p)["kind"] for p in buffer.alerts.payloads()] == ["clock_suspect"]
+    # readings are judged against the time before the step, carried on by the monotonic clock
+    assert watch.latest_now() == before + 1
     passes(400)  # settled, but still behind the mark it saved before the step
     watch.check()
     assert watch.suspect and watch.behind()
+    assert watch.latest_now() == before + 401
     # a restart with the clock still behind: suspect from the start, by the saved mark
-    assert ClockWatch(buffer, "gw", policy, wall=wall, monotonic=mono).suspect
+    again = ClockWatch(buffer, "gw", policy, wall=wall, monotonic=mono)
+    assert again.suspect and again.latest_now() == math.inf  # no reference: central judges
     wall.advance(86400)  # NTP puts it right: one more step
     passes(1)
     watch.check()
     assert watch.suspect and buffer.counters.all()["clock_jumps"] == 2
     passes(400)
     watch.check()
-    assert watch.trusted
+    assert watch.trusted and watch.latest_now() == wall()
+
+
+def test_a_clock_a_year_ahead_does_not_leave_its_mark(tmp_path: Path) -> None:
+    """Stepped a year ahead and left there past the settling time, the clock raises the mark no
+    faster than the monotonic clock runs: when NTP brings it back it is trusted again, not
+    'behind' for a year. A mark wrong anyway is cleared by `edge-agent clock reset`."""
+    buffer = Buffer(tmp_path / "b.db")
+    wall, mono = Clock(), Clock(100.0)
+    policy = ClockPolicy(jump_s=60, settle_s=300, save_every_s=10)
+    watch = ClockWatch(buffer, "gw", policy, wall=wall, monotonic=mono)
+    for _ in range(40):
+        wall.advance(10)
+        mono.advance(10)
+        watch.check()
+    true_time = wall()
+    wall.advance(365 * 86400)
+    for _ in range(100):  # 1000 s a year ahead
+        wall.advance(10)
+        mono.advance(10)
+        watch.check()
+        true_time += 10
+    assert watch.trusted  # it settled: nothing tells a wrong clock from a right one
+    assert watch.high_water < true_time + 2 * policy.jump_s
+    wall.now = true_time  # NTP steps it back
+    for _ in range(40):
+        wall.advance(10)
+        mono.advance(10)
+        watch.check()
+    assert watch.trusted and not watch.behind()
+    # a mark raised by a clock that was wrong when the agent started: cleared by hand
+    buffer.meta.set(HIGH_WATER_KEY, f"{wall() + 86400 * 30:.0f}")
+    stuck = ClockWatch(buffer, "gw", policy, wall=wall, monotonic=mono)
+    assert stuck.behind()
+    assert edge_cli.main(["clock", "reset", "--db", str(tmp_path / "b.db")]) == 0
+    for _ in range(2):
+        mono.advance(10)
+        stuck.check()
+    assert stuck.trusted and stuck.high_water == 0
+    for _ in range(35):
+        mono.advance(10)
+        wall.advance(10)
+        stuck.check()
+    assert stuck.high_water == wall()  # the current clock taken as right
+
+
+def test_a_card_that_never_saw_a_time_does_not_trust_1970(tmp_path: Path) -> None:
+    """A new card has no mark; a gateway booting at the epoch is still suspect (status, alert),
+    and a reading stamped today is not in the future by it."""
+    buffer = Buffer(tmp_path / "b.db")
+    wall, mono = Clock(1000.0), Clock(5.0)
+    watch = ClockWatch(buffer, "gw", wall=wall, monotonic=mono)
+    watch.check()
+    assert watch.suspect and watch.behind() and watch.mark == CLOCK_FLOOR
+    assert [json.loads(p)["kind"] for p in buffer.alerts.payloads()] == ["clock_suspect"]
+    v = Validator(wall, latest_now=watch.latest_now)
+    today = {"meter_id": "m", "ts": "2026-03-01T00:30:00Z", "kwh": 0.5}
+    assert not isinstance(v.check(today, "", "t"), wire.QuarantineRecord)
+    for _ in range(70):  # the mark is not raised from the epoch
+        mono.advance(10)
+        wall.advance(10)
+        watch.check()
+    assert watch.high_water == 0 and watch.suspect
 
 
 def test_pruning_is_bounded_by_the_wall_clock(tmp_path: Path) -> None:
