@@ -182,7 +182,7 @@ class Agent:
         cfg = uplink_config(s)
         cfg.will = (
             topics.status(s.topic_root, s.gateway_id),
-            wire.encode_model(status.offline(s.gateway_id, clock()), compress=False),
+            lambda: wire.encode_model(status.offline(s.gateway_id, clock()), compress=False),
         )
         cfg.subscriptions = [(self._ack_topic, 1)] + [(t, 1) for t in sorted(self._model_topics)]
         self.link = MqttLink(cfg, on_message=self._on_message, on_connect=self._on_connect)

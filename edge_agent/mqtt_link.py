@@ -45,7 +45,9 @@ class LinkConfig:
     key_file: Path | None = None
     backoff_min_s: float = 0.5
     backoff_max_s: float = 60.0
-    will: tuple[str, bytes] | None = None  # retained QoS1 last will
+    # Retained QoS1 last will: topic and a payload made afresh for every connection (an offline
+    # status stamped with the connect time, so each unclean drop is a new row at central).
+    will: tuple[str, Callable[[], bytes]] | None = None
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     manual_ack: bool = False
     receive_maximum: int | None = None
@@ -103,8 +105,6 @@ class MqttLink:
                 cert_reqs=ssl.CERT_REQUIRED,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        if config.will:
-            self.client.will_set(config.will[0], config.will[1], qos=1, retain=True)
         self.client.on_connect = self._handle_connect
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
@@ -185,6 +185,9 @@ class MqttLink:
         if self.config.receive_maximum:
             props.ReceiveMaximum = self.config.receive_maximum
         while not self._stop.is_set():
+            if self.config.will:
+                topic, make = self.config.will
+                self.client.will_set(topic, make(), qos=1, retain=True)
             try:
                 self.client.connect(
                     self.config.host,

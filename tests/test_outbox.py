@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from central.netproxy import TcpProxy
 from edge_agent import wire
 from edge_agent.alerts import AlertOutbox, make_alert
 from edge_agent.buffer import Buffer
@@ -115,3 +116,52 @@ def test_mqtt_link_reports_the_pubacks_of_a_real_broker(topic_root: str) -> None
         assert len(answers) == 50  # a QoS 0 write is not a delivery
     finally:
         link.stop()
+
+
+def test_each_connection_leaves_its_own_last_will(
+    topic_root: str, proxy_factory: type[TcpProxy]
+) -> None:
+    """Two unclean drops leave two offline statuses with different times: central keys status
+    rows by (gateway, sent_at), so a will stamped once at start would be dropped as a duplicate
+    the second time and the gateway would show online while it is gone."""
+    proxy = proxy_factory(BROKER_PORT)
+    will_topic = f"{topic_root}/gw/gw-w/status"
+    stamps = iter(range(1, 100))
+    link = MqttLink(
+        LinkConfig(
+            client_id=f"will-{topic_root[-8:]}",
+            port=proxy.port,
+            backoff_min_s=0.1,
+            backoff_max_s=0.2,
+            will=(will_topic, lambda: b"offline-%d" % next(stamps)),
+        )
+    )
+    wills: list[bytes] = []
+    watcher = MqttLink(
+        LinkConfig(
+            client_id=f"watch-{topic_root[-8:]}",
+            port=BROKER_PORT,
+            subscriptions=[(will_topic, 1)],
+        ),
+        on_message=lambda m: wills.append(bytes(m.payload)),
+    )
+    watcher.start()
+    link.start()
+    try:
+        assert watcher.wait_connected(10) and link.wait_connected(10)
+        for drop in (1, 2):
+            proxy.drop_connections()  # an unclean drop: the broker publishes the will
+            deadline = time.monotonic() + 10
+            while len(wills) < drop and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert link.wait_connected(10)
+            time.sleep(0.3)
+        assert wills[:2] == [b"offline-1", b"offline-2"], wills
+    finally:
+        link.stop()
+        watcher.stop()
+        cleaner = MqttLink(LinkConfig(client_id=f"clean-{topic_root[-8:]}", port=BROKER_PORT))
+        cleaner.start()
+        if cleaner.wait_connected(5):
+            cleaner.publish(will_topic, b"", retain=True)  # no retained will left behind
+        cleaner.stop()
