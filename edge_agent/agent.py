@@ -171,7 +171,11 @@ class Agent:
         )
         self.sources: list[Source] = self._build_sources(fleet)
         self.gate = IntakeGate(
-            self.buffer, SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb), s.gateway_id
+            self.buffer,
+            SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb),
+            s.gateway_id,
+            wall=clock,
+            monotonic=monotonic,
         )
         self.intake.on_full = self.gate.full
         self.models.start(s.model_path)

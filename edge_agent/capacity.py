@@ -8,7 +8,11 @@ acknowledgements and pruning go on. The budget leaves headroom for that: the fil
 ``headroom`` past the budget (``max_page_count``) before SQLite refuses even those writes. A
 ``buffer_full`` or ``disk_full`` alert goes out once per closing, status shows the state, and
 the gate opens again on its own once the data is below ``resume_share`` of the budget and the
-disk has half the reserve again to spare (hysteresis: no flapping at the edge).
+disk has half the reserve again to spare (hysteresis: no flapping at the edge). A write refused
+while the measures said there was room (a file system that reports free space SQLite cannot
+have, a reserve of almost nothing) holds the gate closed for ``hold_min_s``, doubled for each
+refusal that follows a reopening soon (up to ``hold_max_s``): the gate does not open and close
+every turn of the loop.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class SpaceLimits:
     reserve_bytes: int  # intake stops when the file system has less than this free
     headroom_bytes: int = 8 * MB  # past the budget, for batches, acks, alerts and status
     resume_share: float = 0.95
+    hold_min_s: float = 5.0  # closed at least this long after a refused write
+    hold_max_s: float = 300.0
 
     @classmethod
     def of(cls, buffer_max_mb: int, disk_reserve_mb: int) -> SpaceLimits:
@@ -53,11 +59,16 @@ class IntakeGate:
         gateway_id: str,
         *,
         wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.buffer = buffer
         self.limits = limits
         self.gateway_id = gateway_id
         self.wall = wall
+        self.monotonic = monotonic
+        self._hold_s = 0.0  # the current hold after a refused write (0: none yet)
+        self._held_until = 0.0
+        self._opened_at: float | None = None
         self.state: IntakeState = "open"
         self.space: FileSpace = buffer.db.space()
         self._alert_due: IntakeState | None = None
@@ -88,6 +99,11 @@ class IntakeGate:
         if state == "open":
             state = "disk_full" if isinstance(exc, DiskFull) else "buffer_full"
         lim = self.limits
+        mono = self.monotonic()
+        reopened_lately = self._opened_at is not None and mono - self._opened_at < lim.hold_max_s
+        self._hold_s = min(lim.hold_max_s, self._hold_s * 2) if reopened_lately else lim.hold_min_s
+        self._hold_s = max(self._hold_s, lim.hold_min_s)
+        self._held_until = mono + self._hold_s
         at_limit = self.space.size_bytes + lim.headroom_bytes // 4 >= self._limit
         if isinstance(exc, DiskFull) and at_limit:
             if self.space.disk_free_bytes > lim.reserve_bytes + lim.headroom_bytes:
@@ -105,7 +121,9 @@ class IntakeGate:
             if space.used_bytes >= lim.budget_bytes or self._cap_reached():
                 return "buffer_full"
             return "open"
-        # closed: open again only with some room to spare
+        # closed: open again only with some room to spare, and not within a hold
+        if self.monotonic() < self._held_until:
+            return self.state
         if space.disk_free_bytes < lim.reserve_bytes * 1.5:
             return "disk_full"
         if space.used_bytes >= lim.budget_bytes * lim.resume_share or (
@@ -135,6 +153,7 @@ class IntakeGate:
             f"WAL {s.wal_bytes / MB:.1f} MB, disk free {s.disk_free_bytes / MB:.1f} MB"
         )
         if state == "open":
+            self._opened_at = self.monotonic()
             log.info("intake resumed (was %s): %s", before, figures)
             self.buffer.db.count({"intake_resumed": 1})
             return

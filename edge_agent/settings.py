@@ -52,8 +52,9 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     # The buffer's data may take this much (SQLite pages in use, ~190 B a reading with its
     # indexes); then intake pauses until sending and pruning make room (edge_agent/capacity.py).
     buffer_max_mb: int = Field(default=512, ge=4)
-    # Intake pauses when the buffer's file system has less than this free.
-    disk_reserve_mb: int = Field(default=64, ge=0)
+    # Intake pauses when the buffer's file system has less than this free (at least 1 MB:
+    # recording acks and pruning need a few pages of their own).
+    disk_reserve_mb: int = Field(default=64, ge=1)
     cap_policy: Literal["refuse", "evict_oldest"] = "refuse"
     retention_s: int = Field(default=8 * 24 * 3600, ge=0)
 
