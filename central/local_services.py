@@ -332,6 +332,7 @@ def provision(
     for n in range(1, workers + 1):
         pki.ensure(f"svc-ingest-{n}", "ingest")
     pki.ensure("svc-models", "models")
+    pki.ensure("svc-models-keeper", "models")  # python -m ml keep-published
     pki.ensure("svc-admin", "admin")
     for name in alerts:
         pki.ensure(f"svc-alerts-{name}", "alerts")

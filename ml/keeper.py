@@ -2,15 +2,19 @@
 
 A broker acknowledges a retained message before it writes it to disk (``autosave_interval``); a
 broker killed in between, or started on a fresh store, has no model to give a gateway that
-connects. This service holds a connection (as ``svc-models``), and on every connect (so after
-every broker restart) and every ``recheck_s`` it subscribes to ``{root}/models/+``, reads what the
-broker retains, and publishes again, retained and QoS 1, each model in service that the broker
-does not hold: the newest published version of the model set in ``ml.models`` (the global model
-and the class models published with it). What the broker already holds is left alone: a
-gateway receives a model again only when the broker had lost it (~100 kB over 3G each time).
+connects. This service holds a connection as its own identity, ``svc-models-keeper`` (role
+``models``: the broker makes the identity the client id, so sharing ``svc-models`` with
+``python -m ml publish`` would have each connection throw the other off), and on every connect
+(so after every broker restart) and every ``recheck_s`` it subscribes to ``{root}/models/+``,
+reads what the broker retains, and publishes again, retained and QoS 1, each model in service
+that the broker has lost: the newest published version of the model set in ``ml.models`` (the
+global model and the class models published with it).
 
-Withdrawals are not re-asserted (they are signed with the private key, which this service does
-not hold); a gateway that misses one still drops a class model older than the global model.
+Only a topic with nothing retained, or with an older model, gets the model again. A retained
+message created later is left alone: a withdrawal (signed with the private key, which this
+service does not hold), or a model ``ml publish`` sent a moment before recording it. A gateway
+receives a model again only when the broker had lost it (~100 kB over 3G each time). A database
+or broker error fails one check, not the service: the next check comes within ``retry_s``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,7 @@ class RetainedKeeper:
         root: str = topics.DEFAULT_ROOT,
         set_name: str = "iforest",
         recheck_s: float = 600.0,
+        retry_s: float = 30.0,
         settle_s: float = 2.0,
         client_id: str = "svc-models-keeper",
     ) -> None:
@@ -72,11 +78,13 @@ class RetainedKeeper:
         self.root = root
         self.set_name = set_name
         self.recheck_s = recheck_s
+        self.retry_s = retry_s
+        self.failures = 0
         self.settle_s = settle_s
         self.republished = 0
         self.checks = 0
         self._lock = threading.Lock()
-        self._held: dict[str, tuple[str, str]] = {}  # topic → (version, sha256) retained
+        self._held: dict[str, dict[str, Any]] = {}  # topic → the retained message, decoded
         self._due = threading.Event()
         self._filter = topics.model(root, "+")
         config = LinkConfig(
@@ -96,23 +104,31 @@ class RetainedKeeper:
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         if not msg.retain:
             return
+        if not msg.payload:
+            return  # an empty retained message: nothing is held
         try:
-            obj = wire.decode(bytes(msg.payload), wire.MODEL_LIMITS) if msg.payload else {}
+            obj = wire.decode(bytes(msg.payload), wire.MODEL_LIMITS)
         except wire.DecodeError:
-            obj = {}
+            obj = {}  # unreadable: held, but older than anything
         with self._lock:
-            self._held[msg.topic] = (str(obj.get("version", "")), str(obj.get("sha256", "")))
+            self._held[msg.topic] = obj
 
     def run(self, stop: threading.Event) -> None:
         self.link.start()
-        last = time.monotonic()
+        last, wait_s = time.monotonic(), self.recheck_s
         try:
             while not stop.is_set():
-                if self._due.wait(0.5) or time.monotonic() - last >= self.recheck_s:
+                if self._due.wait(0.5) or time.monotonic() - last >= wait_s:
                     self._due.clear()
-                    last = time.monotonic()
-                    if self.link.connected():
+                    last, wait_s = time.monotonic(), self.recheck_s
+                    if not self.link.connected():
+                        continue
+                    try:
                         self.check(stop)
+                    except (psycopg.Error, OSError) as exc:
+                        self.failures += 1
+                        wait_s = min(self.retry_s, self.recheck_s)
+                        log.warning("check failed (%s): again in %.0f s", exc, wait_s)
         finally:
             self.link.stop()
 
@@ -129,7 +145,7 @@ class RetainedKeeper:
         sent = 0
         for name, message in sorted(wanted.items()):
             topic = topics.model(self.root, name)
-            if held.get(topic) == (message["version"], message["sha256"]):
+            if topic in held and not _older(held[topic], message):
                 continue
             if self.link.publish(topic, wire.encode(message, compress=True), qos=1, retain=True):
                 sent += 1
@@ -141,6 +157,19 @@ class RetainedKeeper:
         if not sent:
             log.info("the broker holds every model in service (%d)", len(wanted))
         return sent
+
+
+def _older(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether the retained message was created before the model in service (an unreadable one
+    counts as older)."""
+    try:
+        return _created(held) < _created(wanted)
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+def _created(message: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(message["created_at"]))
 
 
 def _path(value: str | None) -> Path | None:

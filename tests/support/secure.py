@@ -33,6 +33,7 @@ def make_pki(directory: Path) -> Pki:
     for name in INGEST:
         pki.issue(name, "ingest")
     pki.issue("svc-models", "models")
+    pki.issue("svc-models-keeper", "models")
     pki.issue("svc-alerts-test", "alerts")
     pki.issue("svc-admin", "admin")
     return pki
