@@ -147,6 +147,19 @@ class Agent:
         self.buffer = Buffer(
             s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
         )
+        self.sources: list[Source] = []
+        try:
+            self._assemble()
+        except BaseException:
+            # half built (a full disk, a bad registry file): release what was opened, or every
+            # retry of a start would leave a buffer connection and a source's MQTT session
+            for source in self.sources:
+                source.close()
+            self.buffer.close()
+            raise
+
+    def _assemble(self) -> None:
+        s, clock, monotonic = self.settings, self.clock, self.monotonic
         self.watch = ClockWatch(self.buffer, s.gateway_id, wall=clock, monotonic=monotonic)
         # A simulated fleet is the registry when there is no registry file.
         fleet = None
@@ -169,7 +182,7 @@ class Agent:
             ),
             self.detector,
         )
-        self.sources: list[Source] = self._build_sources(fleet)
+        self._build_sources(fleet)
         self.gate = IntakeGate(
             self.buffer,
             SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb),
@@ -238,9 +251,9 @@ class Agent:
         self.outbox.reconnected()
         self._status_due.set()
 
-    def _build_sources(self, fleet: Fleet | None) -> list[Source]:
+    def _build_sources(self, fleet: Fleet | None) -> None:
         s = self.settings
-        sources: list[Source] = []
+        sources = self.sources  # filled as built: a failure half-way closes those already made
         if s.sim is not None:
             from edge_agent.sources.sim import SimSource
 
@@ -257,7 +270,6 @@ class Agent:
             from edge_agent.sources.mqtt_source import MqttSource
 
             sources.append(MqttSource(source_config(s), s.source_topic, self.intake))
-        return sources
 
     # --- loop -----------------------------------------------------------------------------
 

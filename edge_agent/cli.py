@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_agent.backoff import Backoff
-from edge_agent.buffer import Buffer, is_full
+from edge_agent.buffer import Buffer, BufferFull, is_full
 from edge_agent.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     while not stop.is_set():
         try:
             agent = Agent(settings)
-        except sqlite3.OperationalError as exc:
-            if not (is_full(exc) or "disk I/O error" in str(exc)):
+        except (sqlite3.OperationalError, BufferFull) as exc:
+            # BufferFull: a write inside a transaction (DiskFull), e.g. the clock's mark
+            if not (isinstance(exc, BufferFull) or is_full(exc) or "disk I/O error" in str(exc)):
                 raise
             free = shutil.disk_usage(settings.db_path.parent).free
             delay = backoff.next_delay()

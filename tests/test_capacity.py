@@ -42,3 +42,39 @@ def test_a_refused_write_holds_intake_closed_with_a_growing_hold(tmp_path: Path)
 def test_no_reserve_at_all_is_refused() -> None:
     with pytest.raises(ValidationError, match="disk_reserve_mb"):
         AgentSettings(gateway_id="gw", disk_reserve_mb=0)
+
+
+def test_an_agent_that_cannot_finish_starting_releases_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills while the agent starts (here: when the intake gate is made, after the
+    local MQTT source connected): the start fails with DiskFull, which `edge-agent run` waits
+    out and retries, so nothing of the failed start may stay behind (a second session of the
+    source's client id would throw the next one off; an open buffer connection per retry)."""
+    import threading
+
+    from edge_agent.agent import Agent
+    from tests.support.processes import BROKER_PORT
+
+    settings = AgentSettings(
+        gateway_id="gw-half",
+        db_path=tmp_path / "b.db",
+        source_topic="meters/gw-half/#",
+        broker_port=BROKER_PORT,
+    )
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise DiskFull("database or disk is full")
+
+    with monkeypatch.context() as m:
+        m.setattr(IntakeGate, "__init__", full)
+        for _ in range(3):
+            with pytest.raises(DiskFull):
+                Agent(settings)
+    source_threads = [t for t in threading.enumerate() if t.name == "mqtt-eiot-source-gw-half"]
+    assert source_threads == []
+    agent = Agent(settings)  # room again: it starts
+    try:
+        assert agent.buffer.readings.pending == 0
+    finally:
+        agent.shutdown()

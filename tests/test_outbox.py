@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from central.netproxy import TcpProxy
 from edge_agent import wire
@@ -165,3 +166,65 @@ def test_each_connection_leaves_its_own_last_will(
         if cleaner.wait_connected(5):
             cleaner.publish(will_topic, b"", retain=True)  # no retained will left behind
         cleaner.stop()
+
+
+def test_a_clean_stop_leaves_no_last_will(topic_root: str) -> None:
+    """``stop`` sends DISCONNECT before the network thread ends: the broker drops the will, so
+    an agent stopped on purpose is not reported as vanished (and its own final status stays)."""
+    will_topic = f"{topic_root}/gw/gw-s/status"
+    wills: list[bytes] = []
+    watcher = MqttLink(
+        LinkConfig(
+            client_id=f"watch-{topic_root[-8:]}", port=BROKER_PORT, subscriptions=[(will_topic, 1)]
+        ),
+        on_message=lambda m: wills.append(bytes(m.payload)),
+    )
+    watcher.start()
+    try:
+        assert watcher.wait_connected(10)
+        for n in range(5):
+            link = MqttLink(
+                LinkConfig(
+                    client_id=f"stop-{topic_root[-8:]}",
+                    port=BROKER_PORT,
+                    will=(will_topic, lambda: b"vanished"),
+                )
+            )
+            link.start()
+            assert link.wait_connected(10)
+            assert link.publish(will_topic, b"stopped-%d" % n, qos=1, retain=True)
+            link.stop()
+        time.sleep(1.0)
+        assert wills == [b"stopped-%d" % n for n in range(5)], wills
+    finally:
+        watcher.publish(will_topic, b"", retain=True)
+        watcher.stop()
+
+
+def test_only_the_network_thread_writes_to_the_socket(topic_root: str) -> None:
+    """paho writes a message queued from another thread (publish, a manual ack) from that
+    thread unless told otherwise; with TLS, two threads in one connection corrupt it ("bad
+    record mac" over a slow link, a reconnect, everything in flight sent again). Every write
+    must come from the link's network thread."""
+    link = MqttLink(LinkConfig(client_id=f"writer-{topic_root[-8:]}", port=BROKER_PORT))
+    writers: set[str] = set()
+    write = link.client.loop_write
+
+    def recorded() -> Any:
+        writers.add(threading.current_thread().name)
+        return write()
+
+    link.client.loop_write = recorded  # type: ignore[method-assign]
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        done = threading.Semaphore(0)
+        for i in range(200):
+            assert link.publish(
+                f"{topic_root}/w", b"%d" % i, qos=1, on_delivered=lambda ok: done.release()
+            )
+        for n in range(200):
+            assert done.acquire(timeout=10), f"{n} of 200 PUBACKs"
+    finally:
+        link.stop()
+    assert writers == {f"mqtt-{link.config.client_id}"}, writers
