@@ -18,7 +18,7 @@ from central.settings import CentralSettings
 from central.store import AlertOutcome
 from edge_agent import scoring, wire
 from edge_agent.alerts import Cooldown, alert_id
-from edge_agent.buffer import Buffer, ReadingStore
+from edge_agent.buffer import Buffer, BufferFull, DiskFull, ReadingStore
 from edge_agent.energy import GridMap
 from edge_agent.migrations import LATEST, apply, version
 from edge_agent.rollout import ModelManager
@@ -173,6 +173,43 @@ def test_energy_balance_names_the_transformer(tmp_path: Path) -> None:
     assert len(intake.alerts()) == 1  # day 3 judged (balanced), day 4 not complete yet
     intake.take(balance_day(5))
     assert [a["meter_id"] for a in intake.alerts()] == ["TX-1", "TX-1"]
+
+
+def test_a_full_disk_after_the_readings_committed_does_not_offer_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The energy-balance alert is written after the readings' transaction: a full disk there
+    must not tell the source 'nothing written' (it would offer the slice again and its quarantine
+    rows twice). The window is judged again with the next readings."""
+    intake = gateway(tmp_path / "b.db", meters=GRID)
+    assert intake.energy is not None
+    full: list[BufferFull] = []
+    intake.intake.on_full = full.append
+    for d in range(2):
+        intake.take(balance_day(d))
+    add = intake.energy.alerts.add
+
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise DiskFull("database or disk is full")
+
+    monkeypatch.setattr(intake.energy.alerts, "add", disk_full)
+    bad = wire.QuarantineRecord.model_validate(
+        {
+            "raw": "x",
+            "reason": "malformed_json: x",
+            "received_at": "2026-03-01T00:00:00Z",
+            "source": "t",
+        }
+    )
+    result = intake.take([*balance_day(2, hookup_kwh=0.1), bad])  # no exception: committed
+    assert result.accepted == len(balance_day(2)) and result.quarantined == 1
+    assert len(full) == 1 and intake.alerts() == []
+    monkeypatch.setattr(intake.energy.alerts, "add", add)
+    intake.take(balance_day(3))
+    intake.take(balance_day(4))  # makes day 3 complete: days 1 and 2 were judged meanwhile
+    assert [(a["kind"], a["meter_id"]) for a in intake.alerts()] == [("energy_balance", "TX-1")]
+    assert intake.buffer.db.conn.execute("select count(*) from quarantine").fetchone() == (1,)
+    intake.close()
 
 
 def test_grid_map_from_simulator_registry(tmp_path: Path) -> None:

@@ -89,7 +89,14 @@ class Intake:
             alerts=prepared.alerts,
             counters=prepared.counters,
         )
-        self.detector.committed(prepared, result, now)
+        try:
+            self.detector.committed(prepared, result, now)
+        except BufferFull as exc:
+            # The readings are committed: the source must not offer them again (a second set
+            # of quarantine rows). What failed (an energy-balance alert) is judged again with
+            # the next readings; the gate hears of the full buffer.
+            if self.on_full is not None:
+                self.on_full(exc)
         return result
 
 
