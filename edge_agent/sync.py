@@ -5,13 +5,21 @@ Pure logic over four seams (the batch queue, the publisher, the wall clock that 
 monotonic clock that times): the agent drives ``tick()`` from its main loop, tests drive it by
 hand. Waits are measured on the monotonic clock, so a wall clock stepped back a day (a gateway
 without RTC before NTP) neither holds a resend for a day nor a young batch until it catches up.
+
+The wait for central's ack starts at the broker's PUBACK, not at the publish: over a slow 3G
+link a batch may wait in the MQTT client's queue longer than the ack timeout, and a link that
+died without a word takes up to 1.5 keepalives to notice; resending then would only queue the
+same bytes twice (the client sends what it holds again itself after a reconnect). A send the
+broker never answers is repeated after ``ack_timeout_max_s``.
 """
 
 from __future__ import annotations
 
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from edge_agent import failpoints, topics, wire
 from edge_agent.buffer import BatchQueue
@@ -50,6 +58,9 @@ class Sync:
         self.clock = clock
         self.monotonic = monotonic
         self._sent: dict[str, float] = {}  # batch id → monotonic time of its last send here
+        self._brokered: dict[str, float] = {}  # batch id → when the broker answered that send
+        # (batch id, when) from the network thread
+        self._answers: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
         self.gateway_id = gateway_id
         self.policy = policy or SyncPolicy()
         self.topic = topics.readings(topic_root, gateway_id)
@@ -64,15 +75,20 @@ class Sync:
         now = self.clock()
         mono = self.monotonic()
         sent = 0
+        self._take_answers()
         open_batches = self.batches.open()
         still_open = {b.batch_id for b in open_batches}
         self._sent = {k: v for k, v in self._sent.items() if k in still_open}
+        self._brokered = {k: v for k, v in self._brokered.items() if k in still_open}
         for batch in open_batches:
             last = self._sent.get(batch.batch_id)
+            brokered = self._brokered.get(batch.batch_id)
+            timeout = self.policy.timeout_after(batch.send_count)
             due = (
                 self._resend_all
                 or last is None  # never sent by this process (a restart resends everything)
-                or mono - last >= self.policy.timeout_after(batch.send_count)
+                or (brokered is not None and mono - brokered >= timeout)
+                or mono - last >= max(timeout, self.policy.ack_timeout_max_s)
             )
             payload = self.batches.payload(batch.batch_id) if due else b""
             if payload and self._send(batch.batch_id, payload, now, batch.send_count > 0):
@@ -109,10 +125,25 @@ class Sync:
         age = now - oldest  # wall clock: accepted_at is stored; negative after a step back
         return not 0 <= age < self.policy.batch_max_age_s
 
+    def _take_answers(self) -> None:
+        while True:
+            try:
+                batch_id, when = self._answers.get_nowait()
+            except queue.Empty:
+                return
+            if batch_id in self._sent:
+                self._brokered[batch_id] = when
+
+    def _answered(self, batch_id: str, ok: bool) -> None:
+        """Network thread: the broker answered a send (a refusal starts the wait too)."""
+        self._answers.put((batch_id, self.monotonic()))
+
     def _send(self, batch_id: str, payload: bytes, now: float, resend: bool) -> bool:
-        if not self.publisher.publish(self.topic, payload, qos=1):
+        answered = partial(self._answered, batch_id)
+        if not self.publisher.publish(self.topic, payload, qos=1, on_delivered=answered):
             return False
         failpoints.hit("sync.after_publish")
         self._sent[batch_id] = self.monotonic()
+        self._brokered.pop(batch_id, None)  # the wait starts at this send's answer
         self.batches.mark_sent(batch_id, now, len(payload), resend=resend)
         return True

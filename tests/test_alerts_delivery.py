@@ -130,8 +130,14 @@ def test_alerts_survive_a_broker_killed_after_its_puback(
     """The broker acknowledges the alerts and dies before it saved them (SIGKILL well inside
     its 5 s autosave interval): the agent, which has no answer from central, sends them again
     once the broker is back, and central stores each once."""
+    # The ingest's persistent session is on the broker's disk (one autosave after it
+    # subscribed), then the ingest is gone: the broker queues the alerts for it, in memory.
+    first = rig.start_ingest()
+    rig.wait_ingest_ready(first)
+    time.sleep(6)
+    first.kill()
     expected = tamper_file(rig, 0, meters=11)
-    agent = rig.start_agent(GW)  # no ingest yet: the broker holds the alerts alone
+    agent = rig.start_agent(GW)
     rig.wait_until(
         lambda: len(outbox(rig)) == len(expected) and all(n > 0 for n, _ in outbox(rig).values()),
         30,

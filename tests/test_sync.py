@@ -55,16 +55,38 @@ def test_resend_same_bytes_after_timeout_with_growing_wait(tmp_path: Path) -> No
     )
     buf.readings.accept([row("m", k) for k in range(5)], now=clock())
     sync.tick()
+    pub.confirm()  # the broker's PUBACK: the wait for central's ack starts
     first = pub.sent[-1].payload
     clock.advance(9)
     assert sync.tick() == 0
     clock.advance(1)
     assert sync.tick() == 1 and pub.sent[-1].payload == first  # same batch id, same content
+    pub.confirm()
     clock.advance(10)
     assert sync.tick() == 0  # second wait is 20 s
     clock.advance(10)
     assert sync.tick() == 1 and pub.sent[-1].payload == first
     assert buf.counters.all()["batches_resent"] == 2
+
+
+def test_a_send_the_broker_has_not_taken_is_not_sent_again(tmp_path: Path) -> None:
+    """A slow 3G link, or one that died without a word: the batch waits in the MQTT client's
+    queue, unanswered. Resending would queue the same bytes twice; the wait for central's ack
+    starts at the PUBACK, and only a send never answered goes again, after ack_timeout_max_s."""
+    buf, pub, clock, sync = make(
+        tmp_path, batch_max_readings=5, ack_timeout_s=10, ack_timeout_max_s=120
+    )
+    buf.readings.accept([row("m", k) for k in range(10)], now=clock())
+    assert sync.tick() == 2
+    clock.advance(100)  # no PUBACK yet: still queued in the client
+    assert sync.tick() == 0
+    pub.confirm()  # the link drains
+    clock.advance(9)
+    assert sync.tick() == 0  # central has 10 s from the PUBACK
+    clock.advance(1)
+    assert sync.tick() == 2
+    clock.advance(120)  # these sends never answered by the broker: again after the maximum
+    assert sync.tick() == 2 and len(pub.sent) == 6
 
 
 def test_disconnected_publisher_keeps_everything(tmp_path: Path) -> None:
@@ -95,11 +117,13 @@ def test_a_wall_clock_stepped_back_a_day_holds_nothing(tmp_path: Path) -> None:
     sync = Sync(buf.batches, pub, wall, gateway_id="gw", policy=policy, monotonic=mono)
     buf.readings.accept([row("m", k) for k in range(5)], now=wall())
     assert sync.tick() == 1
+    pub.confirm()
     buf.readings.accept([row("m", 9)], now=wall())  # young: waits for its age
     wall.advance(-86400)  # NTP not there yet: the clock goes back a day
     mono.advance(10)
     assert sync.tick() == 2  # the unacknowledged batch resent, the small one formed
     assert batch_ids(pub)[0] == batch_ids(pub)[1] != batch_ids(pub)[2]
+    pub.confirm()
     mono.advance(5)
     assert sync.tick() == 0  # waits on the monotonic clock: 20 s for the second resend
     mono.advance(15)
