@@ -10,7 +10,7 @@ DBT_VENV := .venv-dbt
 DBT_REQS := "dbt-core~=1.11.0" "dbt-clickhouse~=1.10.0" "sqlfluff~=4.4" "sqlfluff-templater-dbt~=4.4"
 DBT_STAMP := $(DBT_VENV)/.installed-$(shell echo '$(DBT_REQS)' | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench lint format datadict services clean
+.PHONY: install demo test bench lint format datadict services gateway-bundle clean
 
 install: $(STAMP) $(DBT_STAMP)
 
@@ -46,6 +46,10 @@ bench: install services
 	@# over a real 3G link (docs/links.md): network namespaces need root
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m bench.link --profile 3g; \
 	else echo "bench.link skipped: network namespaces need root (sudo make bench)"; fi
+
+# Offline install bundles for gateways (docs/gateway-install.md): var/gateway-bundle/*.tar.gz.
+gateway-bundle: install
+	$(BIN)/python -m central.gateway_bundle
 
 # ruff (lint and format check) and mypy strict on edge_agent, central and ml (pyproject.toml).
 lint: install

@@ -28,6 +28,7 @@ from edge_agent.mqtt_link import LinkConfig, MqttLink
 from edge_agent.registry import customer_classes, load_meters
 from edge_agent.rollout import ModelManager
 from edge_agent.scoring import ActiveModels, Detector
+from edge_agent.sdnotify import Notifier
 from edge_agent.settings import AgentSettings
 from edge_agent.sources import Intake, Source
 from edge_agent.sync import Sync, SyncPolicy
@@ -140,10 +141,12 @@ class Agent:
         settings: AgentSettings,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = s = settings
         self.clock = clock
         self.monotonic = monotonic
+        self.notifier = notifier or Notifier()  # systemd (Type=notify, WatchdogSec)
         self.buffer = Buffer(
             s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
         )
@@ -281,8 +284,10 @@ class Agent:
             self.settings.db_path,
             self.buffer.readings.pending,
         )
+        self.notifier.ready(f"{self.buffer.readings.pending} readings pending")
         try:
             while not stop.is_set():
+                self.notifier.tick(self.monotonic())
                 work = self.step()
                 if exit_when_drained and self.drained():
                     log.info("all sources exhausted and every reading acknowledged")
@@ -379,7 +384,12 @@ class Agent:
             self.outbox.answered(alert_acks, self.clock())
         return n
 
-    def publish_status(self, now: float, state: Literal["online", "offline"] = "online") -> None:
+    def publish_status(
+        self,
+        now: float,
+        state: Literal["online", "offline"] = "online",
+        on_delivered: threading.Event | None = None,
+    ) -> None:
         self._last_status = self.monotonic()
         msg = status.build(
             self.buffer,
@@ -396,16 +406,20 @@ class Agent:
             wire.encode_model(msg, compress=False),
             qos=1,
             retain=True,
+            on_delivered=None if on_delivered is None else (lambda ok: on_delivered.set()),
         )
 
     def shutdown(self) -> None:
+        self.notifier.stopping()
         for source in self.sources:
             source.close()
         if self.link.connected():
-            self.publish_status(self.clock(), state="offline")
-            self._flushed.wait(0.2)  # let the network thread flush the retained offline status
+            self._flushed.clear()
+            self.publish_status(self.clock(), state="offline", on_delivered=self._flushed)
+            self._flushed.wait(2.0)  # the broker has the retained offline status (PUBACK)
         self.link.stop()
         self.buffer.close()
+        self.notifier.close()
 
 
 def _due(last: float | None, now: float, every: float) -> bool:

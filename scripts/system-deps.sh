@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the project needs on Debian/Ubuntu: Python's venv module, the Mosquitto broker,
-# PostgreSQL and libfaketime (tests). Installs only what is missing; needs root or sudo for that.
+# PostgreSQL, libfaketime and systemd-analyze (tests). Installs only what is missing; needs root
+# or sudo for that.
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # libfaketime: the tests run an agent whose wall clock steps (tests/test_clock.py)
 ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing+=(faketime)
+# systemd-analyze: the tests verify the gateway's systemd unit (deploy/gateway/)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing system packages: ${missing[*]}"

@@ -40,7 +40,14 @@ def test_every_command_has_help(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["edge-agent", "--help"], ["central", "--help"], ["edge-agent", "status", "--help"]]
+    "command",
+    [
+        ["edge-agent", "--help"],
+        ["central", "--help"],
+        ["edge-agent", "status", "--help"],
+        ["edge-agent", "clock", "reset", "--help"],
+        ["python", "-m", "central.gateway_bundle", "--help"],
+    ],
 )
 def test_installed_entry_points_answer_help(command: list[str]) -> None:
     exe = f"{sys.prefix}/bin/{command[0]}"
