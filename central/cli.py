@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from central.forwarder import register as register_forwarder
 from central.security_cli import register as register_security
 from central.security_cli import register_db_login
 from central.settings import load_settings
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     rr.set_defaults(func=cmd_retention)
 
     register_security(sub)
+    register_forwarder(sub)
     try:
         from central.warehouse.cli import register
     except ImportError:  # the warehouse extra is not installed
