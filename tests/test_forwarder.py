@@ -20,7 +20,7 @@ from central.local_services import SecureMosquitto
 from central.pki import Pki
 from edge_agent import topics
 from edge_agent.alerts import make_alert
-from tests.support.processes import Proc
+from tests.support.processes import Proc, wait_until
 from tests.support.secure import connect, identity_env
 
 pytestmark = pytest.mark.services
@@ -74,15 +74,6 @@ def receiver() -> Iterator[Receiver]:
     r.server.server_close()
 
 
-def wait(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def alert(gw: str, n: int, *, payload_gw: str | None = None) -> tuple[str, bytes]:
     record = make_alert(
         gateway_id=payload_gw or gw, kind="tamper", meter_id=f"m{n}", ts=T0 + n * 1800
@@ -114,12 +105,13 @@ def test_every_alert_reaches_the_webhook_through_failures_kills_and_duplicates(
     try:
         topic = topics.alerts(topic_root, "gw-a")
         first_id, first = alert("gw-a", 0)
-        # the forwarder's session exists once its first alert went through (after 3 × 503)
-        wait(
-            lambda: bool(gw.publish(topic, first) is not None and receiver.delivered()),
-            30,
-            "the first alert delivered",
-        )
+        # Published until the forwarder has subscribed (before that the broker has nobody to
+        # give it to); the first delivery comes after three 503s. Repeats are duplicates.
+        deadline = time.monotonic() + 30
+        while not receiver.delivered() and time.monotonic() < deadline:
+            gw.publish(topic, first)
+            time.sleep(0.5)
+        assert receiver.delivered() == [first_id], forwarder.output()[-2000:]
         ids = [first_id]
         for n in range(1, 10):
             aid, payload = alert("gw-a", n)
@@ -128,7 +120,7 @@ def test_every_alert_reaches_the_webhook_through_failures_kills_and_duplicates(
         gw.publish(topic, first)  # an agent resending: not posted again
         gw.publish(topic, b"{not json")  # skipped, not posted, not blocking
         gw.publish(topic, alert("gw-a", 99, payload_gw="gw-b")[1])  # another gateway's name
-        wait(lambda: len(receiver.delivered()) >= 5, 30, "half of the alerts")
+        wait_until(lambda: len(receiver.delivered()) >= 5, 30, "half of the alerts")
         forwarder.kill()  # mid-stream, SIGKILL
         for n in range(10, 20):  # raised while it is down: they wait at the broker
             aid, payload = alert("gw-a", n)
@@ -136,7 +128,7 @@ def test_every_alert_reaches_the_webhook_through_failures_kills_and_duplicates(
             gw.publish(topic, payload)
         forwarder.start()
         wanted = set(ids) - {refused_id}
-        wait(lambda: set(receiver.delivered()) >= wanted, 60, "every alert delivered")
+        wait_until(lambda: set(receiver.delivered()) >= wanted, 60, "every alert delivered")
         time.sleep(1.0)  # nothing more comes
     finally:
         gw.close()

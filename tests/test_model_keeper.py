@@ -7,7 +7,6 @@ overwritten. The keeper has its own identity: ``ml publish`` connecting does not
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 import pytest
@@ -19,17 +18,9 @@ from ml.keeper import RetainedKeeper
 from ml.publish import build_withdrawal
 from ml.registry import Broker, mark_published, publish_retained, read_retained, register
 from tests.support.detection import models
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.services
-
-
-def wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def as_identity(secure_broker: SecureMosquitto, pki: Pki, name: str) -> Broker:
@@ -61,14 +52,14 @@ def test_keeper_publishes_again_what_a_restarted_broker_lost(
     thread = threading.Thread(target=keeper.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait(lambda: keeper.checks >= 1, 20, "the first check")
+        wait_until(lambda: keeper.checks >= 1, 20, "the first check")
         assert keeper.republished == 0  # the broker holds v2: nothing sent again
 
         secure_broker.kill()
         for store in secure_broker.files.state_dir.glob("*.db"):
             store.unlink()  # a fresh store: the retained model is gone
         secure_broker.start()
-        wait(lambda: keeper.checks >= 2, 30, "a check after the restart")
+        wait_until(lambda: keeper.checks >= 2, 30, "a check after the restart")
         assert keeper.republished == 1
         payload = read_retained(topic, broker, timeout_s=5)
         assert payload is not None
@@ -81,7 +72,7 @@ def test_keeper_publishes_again_what_a_restarted_broker_lost(
         publish_retained(topic, wire.encode(withdrawal, compress=False), broker)
         checks = keeper.checks
         keeper._due.set()
-        wait(lambda: keeper.checks > checks, 20, "a check after the withdrawal")
+        wait_until(lambda: keeper.checks > checks, 20, "a check after the withdrawal")
         assert keeper.republished == 1
         payload = read_retained(topic, broker, timeout_s=5)
         assert payload is not None
@@ -105,7 +96,7 @@ def test_keeper_outlives_a_database_it_cannot_reach(
     thread = threading.Thread(target=keeper.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait(lambda: keeper.failures >= 3, 20, "checks failing and retried")
+        wait_until(lambda: keeper.failures >= 3, 20, "checks failing and retried")
         assert thread.is_alive() and keeper.checks == 0
     finally:
         stop.set()

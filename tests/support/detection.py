@@ -234,14 +234,9 @@ class Subscriber:
         return out
 
     def wait_for(self, cond: Any, timeout: float, what: str) -> None:
-        import time
+        from tests.support.processes import wait_until
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        wait_until(cond, timeout, what)
 
     def last_status(self) -> dict[str, Any] | None:
         statuses = self.payloads("/status")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from central.local_services import free_port, mosquitto_binary, mosquitto_config, wait_port
@@ -16,6 +18,16 @@ PG_ADMIN_DSN = os.environ.get(
 )
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = int(os.environ.get("EIOT_TEST_BROKER_PORT", "1883"))
+
+
+def wait_until(cond: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> None:
+    """Until ``cond()`` is true; an AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Mosquitto:
