@@ -10,7 +10,13 @@ DBT_VENV := .venv-dbt
 DBT_REQS := "dbt-core~=1.11.0" "dbt-clickhouse~=1.10.0" "sqlfluff~=4.4" "sqlfluff-templater-dbt~=4.4"
 DBT_STAMP := $(DBT_VENV)/.installed-$(shell echo '$(DBT_REQS)' | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench lint format datadict services gateway-bundle clean
+# Airflow 3 and Cosmos in their own virtualenv, made only when used (make airflow, the DAG tests):
+# their pins clash with dbt's, which stays in .venv-dbt.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_REQS := "astronomer-cosmos~=1.15" "asyncpg>=0.29"
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-$(shell (sha1sum pyproject.toml; echo '$(AIRFLOW_REQS)') | sha1sum | cut -c1-12)
+
+.PHONY: install demo test bench lint format datadict services gateway-bundle airflow-venv airflow clean
 
 install: $(STAMP) $(DBT_STAMP)
 
@@ -29,13 +35,26 @@ $(DBT_STAMP):
 	@rm -f $(DBT_VENV)/.installed-*
 	@touch $@
 
+$(AIRFLOW_STAMP): pyproject.toml
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -e '.[dev,warehouse,airflow]' $(AIRFLOW_REQS)
+	@rm -f $(AIRFLOW_VENV)/.installed-*
+	@touch $@
+
+airflow-venv: $(AIRFLOW_STAMP)
+
+# Airflow standalone on 127.0.0.1:8080 over the demo's data (docs/orchestration.md).
+airflow: install $(AIRFLOW_STAMP) services
+	$(AIRFLOW_VENV)/bin/python -m central.orchestration.launch
+
 services:
 	@bash scripts/services.sh
 
 demo: install
 	$(BIN)/python -m central.demo
 
-test: install services
+test: install services $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest
 
 bench: install services

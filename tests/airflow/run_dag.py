@@ -1,0 +1,70 @@
+"""Run under .venv-airflow by tests/test_orchestration.py (Airflow cannot share the test venv):
+``parse DAGS`` imports the DAG folder with every network connection refused and prints what it
+found; ``test DAGS DAG_ID`` runs one DAG with ``dag.test()`` and prints its state, the asset
+events and every task's XCom. One JSON object on the last line of stdout."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from typing import Any
+
+
+def parse(folder: str) -> dict[str, Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("network access while parsing a DAG file")
+
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.create_connection = refuse
+    from airflow.dag_processing.dagbag import DagBag
+
+    start = time.monotonic()
+    bag = DagBag(folder)
+    seconds = time.monotonic() - start
+    return {
+        "dag_ids": sorted(bag.dag_ids),
+        "import_errors": {str(k): str(v)[-2000:] for k, v in bag.import_errors.items()},
+        "parse_s": round(seconds, 3),
+        "documented": {d: bool(dag.doc_md) for d, dag in bag.dags.items()},
+    }
+
+
+def test(folder: str, dag_id: str) -> dict[str, Any]:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.asset import AssetEvent
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag = DagBag(folder).dags[dag_id]
+    with create_session() as session:
+        before = session.query(AssetEvent).count()
+    start = time.monotonic()
+    run = dag.test()
+    seconds = time.monotonic() - start
+    with create_session() as session:
+        events = [
+            {"uri": e.asset.uri, "dag_id": e.source_dag_id, "run_id": e.source_run_id}
+            for e in session.query(AssetEvent).order_by(AssetEvent.id).all()[before:]
+        ]
+        xcoms = {
+            x.task_id: x.value
+            for x in session.query(XComModel).filter(
+                XComModel.dag_id == dag_id, XComModel.run_id == run.run_id
+            )
+        }
+        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
+    return {
+        "state": str(run.state),
+        "seconds": round(seconds, 2),
+        "events": events,
+        "xcom": xcoms,
+        "tasks": states,
+    }
+
+
+if __name__ == "__main__":
+    command, folder, *rest = sys.argv[1:]
+    result = parse(folder) if command == "parse" else test(folder, rest[0])
+    print(json.dumps(result, default=str))

@@ -1,0 +1,139 @@
+"""The Airflow DAGs (central/orchestration/dags) under a real Airflow 3 (its own virtualenv,
+.venv-airflow, made by `make test`): the folder imports with no error, documented, without
+touching the network while parsing; `warehouse_refresh` run with `dag.test()` against a real
+PostgreSQL and an embedded warehouse builds the marts and emits the `marts` asset; a second run
+with no new data changes nothing; a failing quality gate fails the run and emits nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from simulator.raw_db import scratch_database, write_warehouse_fleet
+from simulator.warehouse_fleet import WarehouseFleet
+from tests.support.processes import REPO
+
+pytestmark = pytest.mark.services
+
+AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
+DAGS = REPO / "central" / "orchestration" / "dags"
+DRIVER = REPO / "tests" / "airflow" / "run_dag.py"
+
+
+class Airflow:
+    """A private Airflow home (SQLite metadata) and the environment its tasks read."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        if not AIRFLOW_PYTHON.exists():
+            pytest.fail("no .venv-airflow: `make test` (or `make airflow-venv`) makes it")
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("EIOT_", "AIRFLOW"))},
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+            **env,
+        }
+
+    def run(self, *args: str, timeout: float = 600) -> dict[str, Any]:
+        done = subprocess.run(
+            [str(AIRFLOW_PYTHON), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    def cli(self, *args: str) -> None:
+        done = subprocess.run(
+            [str(AIRFLOW_PYTHON.parent / "airflow"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=self.env,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_the_dag_folder_imports_documented_without_network(tmp_path: Path) -> None:
+    found = Airflow(tmp_path / "airflow", {}).run(str(DRIVER), "parse", str(DAGS))
+    assert found["import_errors"] == {}
+    assert "warehouse_refresh" in found["dag_ids"]
+    assert all(found["documented"].values()), found["documented"]
+    print(f"DAG folder parsed in {found['parse_s']} s")
+
+
+@pytest.fixture(scope="module")
+def fleet_dsn() -> Iterator[str]:
+    fleet = WarehouseFleet(
+        meters=120,
+        days=14,
+        seed=7,
+        customers_per_transformer=20,
+        transformers_per_feeder=3,
+        theft_transformer_share=0.34,
+    )
+    with scratch_database("af_test") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            write_warehouse_fleet(pg, fleet)
+        yield dsn
+
+
+def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
+    tmp_path: Path, fleet_dsn: str
+) -> None:
+    airflow = Airflow(
+        tmp_path / "airflow",
+        {
+            "EIOT_PG_DSN": fleet_dsn,
+            "EIOT_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'warehouse'}",
+            "DBT_TARGET_PATH": str(tmp_path / "dbt-target"),
+            "DBT_LOG_PATH": str(tmp_path / "dbt-logs"),
+            "EIOT_GX_DIR": str(REPO / "gx"),
+        },
+    )
+    airflow.cli("db", "migrate")
+    airflow.cli("dags", "reserialize")
+    run_dag = [str(DRIVER), "test", str(DAGS), "warehouse_refresh"]
+
+    first = airflow.run(*run_dag)
+    assert first["state"] == "success", first["tasks"]
+    assert [e["uri"] for e in first["events"]] == ["eiot://warehouse/marts"]
+    loaded = first["xcom"]["load"]
+    with psycopg.connect(fleet_dsn) as pg:
+        (readings,) = pg.execute("select count(*) from raw.readings").fetchone()  # type: ignore[misc]
+    assert loaded["readings"] == readings
+    built = first["xcom"]["dbt_build"]["results"]
+    assert any(n.startswith("unit_test.") for n in built), "the unit tests ran"
+    assert {r["status"] for r in built.values()} <= {"success", "pass"}
+    marts = first["xcom"]["quality_gate"]["marts_rows"]
+    assert marts["mart_consumption_metrics"] > 0 and marts["mart_energy_balance"] > 0, marts
+    print(f"warehouse_refresh: {first['seconds']} s, marts {marts}")
+
+    # Nothing new in PostgreSQL. The loader reads the last load_overlap_s (5 min) again, which
+    # the warehouse collapses (ReplacingMergeTree): the marts come out the same.
+    second = airflow.run(*run_dag)
+    assert second["state"] == "success"
+    assert second["xcom"]["quality_gate"]["marts_rows"] == marts
+
+    with psycopg.connect(fleet_dsn, autocommit=True) as pg:  # a meter reading 999 V
+        pg.execute(
+            "insert into raw.readings (meter_id, ts, interval_s, kwh, voltage_v, gateway_id, "
+            "batch_id) select meter_id, max(ts) + interval '30 minutes', 1800, 0.1, 999, "
+            "'GW-X', 'bad' from raw.readings group by meter_id limit 1"
+        )
+    third = airflow.run(*run_dag)
+    assert third["state"] == "failed" and third["tasks"]["quality_gate"] == "failed", third
+    assert third["events"] == [], "a failed gate must not update the marts asset"
