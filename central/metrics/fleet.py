@@ -101,5 +101,8 @@ def view_of(status: Mapping[str, Any], received_at: float) -> GatewayView:
         clock_suspect=status.get("clock_suspect") if "clock_suspect" in status else None,
         scoring=bool(models),
         models=tuple(models),
-        counters=tuple(_num(cnt.get(name)) for name in GATEWAY_COUNTERS),
+        # the agent stores no zero counters: in a full status an absent one is 0
+        counters=tuple(
+            _num(cnt.get(name)) if name in cnt or not buf else 0.0 for name in GATEWAY_COUNTERS
+        ),
     )

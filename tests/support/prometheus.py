@@ -23,6 +23,7 @@ RULE_TESTS = MONITORING / "prometheus" / "tests" / "eiot.rules.test.yml"
 PROMETHEUS_CONFIG = MONITORING / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager" / "alertmanager.yml"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"
+GRAFANA_PROVISIONING = MONITORING / "grafana" / "provisioning"
 HINT = "install it with scripts/system-deps.sh (Debian package prometheus)"
 
 
