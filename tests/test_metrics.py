@@ -4,6 +4,7 @@ ledger and the quarantine, and what it serves (names, values, bounded labels).""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -286,3 +287,30 @@ def test_metrics_serve_command_serves_and_survives_a_database_away(pg_dsn: str) 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.slow
+def test_a_failed_quality_run_reaches_the_exporter(
+    pg_dsn: str, pg: psycopg.Connection, tmp_path: Path, exporters: list[Exporter]
+) -> None:
+    """``central quality run --results-file`` (real Great Expectations on the real database)
+    leaves the file the exporter reads."""
+    pg.execute(
+        "insert into raw.readings (meter_id, ts, interval_s, kwh, voltage_v, gateway_id, "
+        "batch_id) values ('BAD1', '2026-03-01T00:30Z', 1800, 99999, 230, 'gw', 'x')"
+    )
+    results = tmp_path / "quality.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "central", "quality", "run", "--suite", "raw_readings",
+         "--docs-dir", str(tmp_path / "docs"), "--results-file", str(results)],
+        env={**os.environ, "EIOT_PG_DSN": pg_dsn}, cwd=REPO, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    exporter = Exporter(_settings(pg_dsn, metrics_quality_results=results))
+    exporters.append(exporter)
+    exporter.poller.poll()
+    s = _samples(exporter)
+    assert s[("eiot_quality_last_run_success", ())] == 0
+    assert s[("eiot_quality_failed_expectations", (("suite", "raw_readings"),))] >= 1
+    assert abs(s[("eiot_quality_last_run_timestamp_seconds", ())] - time.time()) < 300
