@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,8 @@ def test_prometheus_scrapes_a_real_run_and_fires_rules(rig: Rig, tmp_path: Path)
     rig.procs.append(exporter)
     prom = Prometheus(tmp_path / "prometheus", port, rules_without_for(tmp_path / "rules.yml"))
     try:
+        # the exporter's counters start at its first poll: it must have polled before any batch
+        rig.wait_until(lambda: _polled(port), 30, "the exporter's first poll")
         prom.start()
         ingest = rig.start_ingest()
         rig.wait_ingest_ready(ingest)
@@ -329,6 +332,15 @@ def _result_files(tmp: Path) -> dict[str, Path]:
     )
     quality.write_text(json.dumps(doc))
     return {"dbt": dbt, "quality": quality}
+
+
+def _polled(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return False
+    return "eiot_metrics_polls_total 0.0" not in text and "eiot_metrics_polls_total" in text
 
 
 def _offline_stored(dsn: str) -> bool:
