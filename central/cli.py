@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from central.forwarder import register as register_forwarder
+from central.metrics.cli import register as register_metrics
 from central.security_cli import register as register_security
 from central.security_cli import register_db_login
 from central.settings import load_settings
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_security(sub)
     register_forwarder(sub)
+    register_metrics(sub)
     try:
         from central.warehouse.cli import register
     except ImportError:  # the warehouse extra is not installed

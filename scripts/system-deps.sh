@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the project needs on Debian/Ubuntu: Python's venv module, the Mosquitto broker,
-# PostgreSQL, libfaketime and systemd-analyze (tests). Installs only what is missing; needs root
-# or sudo for that.
+# PostgreSQL, libfaketime, systemd-analyze, Prometheus and Alertmanager (tests). Installs only
+# what is missing; needs root or sudo for that.
 set -euo pipefail
 
 missing=()
@@ -12,6 +12,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing+=(faketime)
 # systemd-analyze: the tests verify the gateway's systemd unit (deploy/gateway/)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# promtool and a real Prometheus, amtool: the monitoring files' tests (tests/test_monitoring.py)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing system packages: ${missing[*]}"

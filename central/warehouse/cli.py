@@ -7,8 +7,10 @@ runs them standalone.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,11 +127,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
+    from central.metrics.poll import quality_results
     from central.warehouse.quality import run_quality
 
     settings = _settings(args)
     docs = Path(args.docs_dir) if args.docs_dir else None
+    started = time.monotonic()
     outcome = run_quality(settings, suites=args.suite or None, docs_dir=docs)
+    if args.results_file:  # for the exporter (central metrics serve, docs/monitoring.md)
+        failed = [(f.suite, f.expectation) for f in outcome.failures]
+        doc = quality_results(
+            outcome.success, outcome.suites_run, failed, time.monotonic() - started
+        )
+        target = Path(args.results_file)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(target)  # the exporter never reads half a file
     return 0 if outcome.success else 1
 
 
@@ -207,6 +220,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_dsn(p, pg=True)
     p.add_argument("--suite", action="append", help="run only this suite (repeatable)")
     p.add_argument("--docs-dir", help="where to build Data Docs (default gx/uncommitted/...)")
+    p.add_argument(
+        "--results-file", help="write the outcome here as JSON, for central metrics serve"
+    )
     p.set_defaults(func=cmd_quality)
 
 
