@@ -40,7 +40,8 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
 
     pki = Pki(_pki_dir(args))
     try:
-        identity = pki.issue(args.name, args.role, hosts=tuple(args.host))
+        issue = pki.ensure if args.if_missing else pki.issue
+        identity = issue(args.name, args.role, hosts=tuple(args.host))
     except PkiError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -221,6 +222,11 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         help="another DNS name or IP address of the broker (repeatable)",
+    )
+    issue.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep the live certificate of NAME if it has one (provisioning scripts: idempotent)",
     )
     issue.set_defaults(func=cmd_pki_issue)
 

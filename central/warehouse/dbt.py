@@ -41,7 +41,7 @@ def dbt_executable(settings: WarehouseSettings) -> str:
     found = shutil.which("dbt")
     if found is None:
         raise FileNotFoundError(
-            f"dbt not found at {exe} nor on PATH: create .venv-dbt (make warehouse-venv)"
+            f"dbt not found at {exe} nor on PATH: create .venv-dbt (make install)"
         )
     return found
 

