@@ -40,8 +40,13 @@ def cmd_pki_issue(args: argparse.Namespace) -> int:
 
     pki = Pki(_pki_dir(args))
     try:
-        issue = pki.ensure if args.if_missing else pki.issue
-        identity = issue(args.name, args.role, hosts=tuple(args.host))
+        live = [i for i in pki.active(args.role) if i.name == args.name]
+        if args.if_missing and live and pki.cert_path(args.name).exists():
+            print(
+                f"kept the live certificate of {args.role} {args.name} (serial {live[-1].serial:x})"
+            )
+            return 0
+        identity = pki.issue(args.name, args.role, hosts=tuple(args.host))
     except PkiError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

@@ -137,6 +137,13 @@ def test_the_pki_cli_refuses_names_that_lie_about_their_role(tmp_path: Path) -> 
     pki = Pki(tmp_path / "pki")
     assert [i.name for i in pki.active()] == ["gw-1"]
     assert oct((tmp_path / "pki" / "gw-1.key").stat().st_mode & 0o777) == "0o600"
+    # provisioning scripts (docker/provision.sh) run again: the live certificate stays
+    key = (tmp_path / "pki" / "gw-1.key").read_bytes()
+    kept = central("pki", "issue", "gw-1", "--role", "gateway", "--if-missing", *d)
+    assert "kept the live certificate" in kept.stdout
+    assert (tmp_path / "pki" / "gw-1.key").read_bytes() == key
+    central("pki", "issue", "gw-2", "--role", "gateway", "--if-missing", *d)
+    assert sorted(i.name for i in pki.active()) == ["gw-1", "gw-2"]
 
 
 @pytest.mark.services
