@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_agent.backoff import Backoff
 from edge_agent.buffer import Buffer, BufferFull, is_full
+from edge_agent.sdnotify import Notifier
 from edge_agent.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     # A card full to the last byte (another program's files, a power cut) cannot even open the
-    # buffer's write-ahead log: wait for room, saying so, instead of crash-looping.
+    # buffer's write-ahead log: wait for room, saying so (to systemd too), instead of
+    # crash-looping.
+    notifier = Notifier()
     backoff = Backoff(1.0, 60.0)
     while not stop.is_set():
         try:
@@ -64,8 +67,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 free,
                 delay,
             )
+            notifier.still_starting(
+                f"waiting for room on the buffer's disk ({free} B free)", delay + 30
+            )
             stop.wait(delay)
             continue
+        notifier.close()
         agent.run(stop, exit_when_drained=args.exit_when_drained)
         break
     return 0

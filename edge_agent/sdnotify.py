@@ -47,6 +47,11 @@ class Notifier:
     def status(self, text: str) -> None:
         self._send(f"STATUS={text}")
 
+    def still_starting(self, text: str, seconds: float) -> None:
+        """Not ready yet and waiting on purpose (a full card): ask for ``seconds`` more than
+        ``TimeoutStartSec`` before systemd gives up on the start, and say why."""
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}\nSTATUS={text}")
+
     def tick(self, mono: float) -> None:
         """From the main loop, every turn: a watchdog ping when one is due."""
         if self.watchdog_s is None:

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.support.rig import Rig
+from tests.support.systemd import NotifySocket
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -226,12 +227,23 @@ def test_an_agent_started_on_a_full_card_waits_for_room_then_delivers(rig: Rig) 
         assert not Path(f"{rig.db(GW)}-wal").exists()
         rig.feed(GW, 1)  # arrives while the agent is down
         fill(card / "other-program.log", leave_bytes=0)
-        agent = rig.start_agent(GW, env=env)
+        notify = NotifySocket(rig.tmp / "notify")  # as systemd would hear it
+        agent = rig.start_agent(GW, env={**env, "NOTIFY_SOCKET": str(notify.path)})
         rig.wait_until(lambda: "cannot open the buffer" in agent.output(), 20, "the complaint")
         time.sleep(2)
         assert agent.alive(), rig.logs()
+        # not ready, and asking systemd for more time than TimeoutStartSec instead of being
+        # killed and restarted
+        assert notify.messages and all(
+            m.startswith("EXTEND_TIMEOUT_USEC=") and "waiting for room" in m
+            for m in notify.messages
+        ), notify.messages
         (card / "other-program.log").unlink()
+        rig.wait_until(
+            lambda: "READY=1" in [m.split("\n")[0] for m in notify.messages], 30, "READY"
+        )
         rig.wait_delivered(60)
+        notify.close()
         rig.assert_exactly_once()
         assert "Traceback" not in agent.output()
         agent.stop()

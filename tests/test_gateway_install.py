@@ -11,11 +11,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from central import gateway_bundle
 from edge_agent import topics
 from tests.support.detection import Subscriber, models, normal_history, reading, write_spool
 from tests.support.processes import BROKER_PORT
+from tests.support.systemd import NotifySocket
 
 pytestmark = pytest.mark.services
 
@@ -37,32 +36,6 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024.0
     return float("nan")
-
-
-class NotifySocket:
-    """What systemd hears on ``NOTIFY_SOCKET``: the agent's datagrams, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
 
 
 def test_the_systemd_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
