@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from simulator.raw_db import scratch_database, write_warehouse_fleet
-from simulator.warehouse_fleet import WarehouseFleet
 from tests.support.processes import REPO
+from tests.support.warehouse import marts_fleet
 
 pytestmark = pytest.mark.services
 
@@ -77,14 +77,7 @@ def test_the_dag_folder_imports_documented_without_network(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def fleet_dsn() -> Iterator[str]:
-    fleet = WarehouseFleet(
-        meters=120,
-        days=14,
-        seed=7,
-        customers_per_transformer=20,
-        transformers_per_feeder=3,
-        theft_transformer_share=0.34,
-    )
+    fleet = marts_fleet()
     with scratch_database("af_test") as dsn:
         with psycopg.connect(dsn, autocommit=True) as pg:
             write_warehouse_fleet(pg, fleet)

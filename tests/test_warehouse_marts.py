@@ -28,6 +28,7 @@ from central.warehouse.quality import run_quality
 from central.warehouse.settings import WarehouseSettings, get_settings
 from simulator.raw_db import scratch_database, write_warehouse_fleet
 from simulator.warehouse_fleet import WarehouseFleet
+from tests.support.warehouse import marts_fleet
 
 pytestmark = [pytest.mark.services]  # real PostgreSQL; dbt from .venv-dbt (`make install`)
 
@@ -83,14 +84,7 @@ class Built:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    fleet = WarehouseFleet(
-        meters=120,
-        days=14,
-        seed=7,
-        customers_per_transformer=20,
-        transformers_per_feeder=3,
-        theft_transformer_share=0.34,
-    )
+    fleet = marts_fleet()
     work = tmp_path_factory.mktemp("marts")
     with scratch_database("wh_test") as pg_dsn:
         with psycopg.connect(pg_dsn, autocommit=True) as pg:
