@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
-MARTS = Asset(name="marts", uri="eiot://warehouse/marts")
+from central.orchestration.assets import MARTS
 
 
 @dag(
