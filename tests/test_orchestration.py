@@ -103,15 +103,19 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
 
     first = airflow.run(*run_dag)
     assert first["state"] == "success", first["tasks"]
-    assert [e["uri"] for e in first["events"]] == ["eiot://warehouse/marts"]
+    assert [e["uri"] for e in first["events"]] == ["eiot://warehouse/marts"], first
     loaded = first["xcom"]["load"]
     with psycopg.connect(fleet_dsn) as pg:
         (readings,) = pg.execute("select count(*) from raw.readings").fetchone()  # type: ignore[misc]
     assert loaded["readings"] == readings
-    built = first["xcom"]["dbt_build"]["results"]
-    assert any(n.startswith("unit_test.") for n in built), "the unit tests ran"
-    assert {r["status"] for r in built.values()} <= {"success", "pass"}
-    marts = first["xcom"]["quality_gate"]["marts_rows"]
+    nodes = first["xcom"]["dbt_build:nodes"]
+    assert {n["kind"] for n in nodes} >= {"model", "test", "unit_test"}, "the unit tests ran"
+    assert {n["status"] for n in nodes} <= {"success", "pass"}
+    # One task instance per dbt node, named by the node: the per-model view of the grid.
+    per_node = {k: v for k, v in first["tasks"].items() if k.startswith("dbt_node[")}
+    assert len(per_node) == len(nodes) and set(per_node.values()) == {"success"}, per_node
+    assert "dbt_node[model mart_energy_balance]" in per_node
+    marts = first["xcom"]["publish"]
     assert marts["mart_consumption_metrics"] > 0 and marts["mart_energy_balance"] > 0, marts
     print(f"warehouse_refresh: {first['seconds']} s, marts {marts}")
 
@@ -119,14 +123,34 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     # the warehouse collapses (ReplacingMergeTree): the marts come out the same.
     second = airflow.run(*run_dag)
     assert second["state"] == "success"
-    assert second["xcom"]["quality_gate"]["marts_rows"] == marts
+    assert second["xcom"]["publish"] == marts
+    served_before = balance_rows(tmp_path / "warehouse")
 
-    with psycopg.connect(fleet_dsn, autocommit=True) as pg:  # a meter reading 999 V
+    with psycopg.connect(fleet_dsn, autocommit=True) as pg:  # a new day of readings, 999 V
         pg.execute(
             "insert into raw.readings (meter_id, ts, interval_s, kwh, voltage_v, gateway_id, "
-            "batch_id) select meter_id, max(ts) + interval '30 minutes', 1800, 0.1, 999, "
-            "'GW-X', 'bad' from raw.readings group by meter_id limit 1"
+            "batch_id) select meter_id, max(ts) + interval '1 day', 1800, 0.1, 999, "
+            "'GW-X', 'bad' from raw.readings group by meter_id"
         )
     third = airflow.run(*run_dag)
     assert third["state"] == "failed" and third["tasks"]["quality_gate"] == "failed", third
+    assert third["tasks"]["publish"] == "upstream_failed"
     assert third["events"] == [], "a failed gate must not update the marts asset"
+    # The build database has the new day; the served marts are still yesterday's.
+    assert balance_rows(tmp_path / "warehouse", "marts_build") != served_before
+    assert balance_rows(tmp_path / "warehouse") == served_before
+
+
+def balance_rows(warehouse: Path, schema: str = "marts") -> list[tuple[Any, ...]]:
+    from central.warehouse.client import connect
+
+    client = connect(f"chdb://{warehouse}")
+    try:
+        return list(
+            client.query(
+                f"select balance_date, asset_id, supplied_kwh from {schema}.mart_energy_balance "
+                "order by balance_date, asset_id"
+            ).result_rows
+        )
+    finally:
+        client.close()

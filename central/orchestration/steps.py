@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,22 @@ from central.warehouse.settings import WarehouseSettings, get_settings
 
 log = logging.getLogger(__name__)
 
-MART_SCHEMA = "marts"
-
 
 class StepFailed(RuntimeError):
     """A step that must stop the run (the DAG's task fails with this message)."""
 
 
+#: dbt statuses of a node that did its job (a model built, a test passed or only warned).
+NODE_OK = frozenset({"success", "pass", "warn"})
+
+
 def settings(**overrides: Any) -> WarehouseSettings:
     return get_settings(**overrides)
+
+
+def dbt_vars(s: WarehouseSettings) -> dict[str, str]:
+    """The dbt vars of an orchestrated build: the marts go to the build database."""
+    return {"marts_schema": s.marts_build_schema}
 
 
 def load_warehouse(s: WarehouseSettings) -> dict[str, int]:
@@ -42,66 +48,95 @@ def load_warehouse(s: WarehouseSettings) -> dict[str, int]:
     return {t.table: t.rows for t in loads}
 
 
-def build_marts(s: WarehouseSettings, target_path: Path | None = None) -> dict[str, Any]:
-    """``dbt build``: every model, its data tests and the unit tests, in one dbt process. Returns
-    each node's status and time (from dbt's ``run_results.json``): the per-model view."""
-    env = {"DBT_TARGET_PATH": str(target_path)} if target_path else None
-    done = run_dbt(s, ["build"], capture=True, extra_env=env)
-    target = target_path or Path(os.environ.get("DBT_TARGET_PATH") or s.dbt_project_dir / "target")
-    results_file = target / "run_results.json"
-    nodes = _node_results(results_file) if results_file.exists() else {}
+def build_marts(s: WarehouseSettings, target_path: Path) -> dict[str, Any]:
+    """``dbt build`` into the build database, in one dbt process: every model, its data tests
+    and the unit tests (what the DAG's Cosmos task runs, without Airflow). Returns each node's
+    status and time."""
+    done = run_dbt(
+        s,
+        ["build", "--vars", json.dumps(dbt_vars(s))],
+        capture=True,
+        extra_env={"DBT_TARGET_PATH": str(target_path)},
+    )
+    results_file = target_path / "run_results.json"
+    nodes = node_results(results_file) if results_file.exists() else []
     log.info("dbt build:\n%s", done.stdout[-4000:])
-    failed = {n: r for n, r in nodes.items() if r["status"] not in ("success", "pass")}
+    failed = [n for n in nodes if n["status"] not in NODE_OK]
     if done.returncode != 0 or failed:
         raise StepFailed(
             f"dbt build failed ({len(failed)} nodes): "
-            + "; ".join(f"{n}: {r['status']} {r['message']}" for n, r in sorted(failed.items()))
+            + "; ".join(f"{n['name']}: {n['status']} {n['message']}" for n in failed)
             + f"\n{done.stdout[-2000:]}"
         )
     return {"nodes": len(nodes), "results": nodes}
 
 
-def _node_results(path: Path) -> dict[str, dict[str, Any]]:
+def node_results(path: Path) -> list[dict[str, Any]]:
+    """One entry per dbt node of a ``run_results.json``: its id, kind, name, status, seconds and
+    message (a failing test's message says how many rows failed)."""
     results = json.loads(path.read_text())["results"]
-    return {
-        r["unique_id"]: {
-            "status": r["status"],
-            "seconds": round(float(r.get("execution_time") or 0.0), 3),
-            "message": (r.get("message") or "")[:200],
-        }
-        for r in results
-    }
+    nodes = []
+    for r in results:
+        kind, _, rest = str(r["unique_id"]).partition(".")
+        nodes.append(
+            {
+                "id": r["unique_id"],
+                "kind": kind,
+                "name": rest.split(".", 1)[-1],
+                "status": r["status"],
+                "seconds": round(float(r.get("execution_time") or 0.0), 3),
+                "message": (r.get("message") or "")[:300],
+            }
+        )
+    return nodes
 
 
 def quality_gate(s: WarehouseSettings, docs_dir: Path) -> dict[str, Any]:
-    """Great Expectations on raw and marts (``central quality run``). A failure raises with the
-    failing expectations and the Data Docs page."""
+    """Great Expectations on raw and on the marts in the build database (``central quality
+    run``). A failure raises with the failing expectations and the Data Docs page."""
     from central.warehouse.quality import run_quality
 
-    outcome = run_quality(s, docs_dir=docs_dir)
+    outcome = run_quality(s, docs_dir=docs_dir, marts_schema=s.marts_build_schema)
     docs = str(outcome.docs_index) if outcome.docs_index else str(docs_dir)
     if not outcome.success:
         reasons = "; ".join(
             f"{f.suite}: {f.expectation} {f.column} ({f.reason})" for f in outcome.failures[:10]
         )
-        raise StepFailed(f"quality gate failed: {reasons}. Data Docs: file://{docs}")
+        raise StepFailed(
+            f"quality gate failed, the marts readers use are kept as they were: {reasons}. "
+            f"Data Docs: file://{docs}"
+        )
     return {"suites": outcome.suites_run, "data_docs": docs}
 
 
-def mart_rows(s: WarehouseSettings) -> dict[str, int]:
-    """Rows per mart table (``count()``: ``system.tables.total_rows`` still counts rows an
-    incremental model deleted until their part is merged)."""
+def publish(s: WarehouseSettings) -> dict[str, int]:
+    """The checked marts (build database) replace the served ones; rows per published table."""
+    from central.warehouse.publish import publish_marts
+
+    with served(s.clickhouse_dsn) as url:
+        client = connect(url)
+        try:
+            return publish_marts(client, s.marts_build_schema, s.marts_schema)
+        finally:
+            client.close()
+
+
+def mart_rows(s: WarehouseSettings, schema: str | None = None) -> dict[str, int]:
+    """Rows per mart table of ``schema`` (default: the served marts). ``count()``:
+    ``system.tables.total_rows`` still counts rows an incremental model deleted until their
+    part is merged."""
+    db = schema or s.marts_schema
     with served(s.clickhouse_dsn) as url:
         client = connect(url)
         try:
             names = client.query(
                 "select name from system.tables where database = {db:String} "
-                "and name like 'mart_%' order by name",
-                parameters={"db": MART_SCHEMA},
+                "and name like 'mart\\_%' order by name",
+                parameters={"db": db},
             ).result_rows
             return {
                 str(name): int(
-                    client.query(f"select count() from `{MART_SCHEMA}`.`{name}`").result_rows[0][0]
+                    client.query(f"select count() from `{db}`.`{name}`").result_rows[0][0]
                 )
                 for (name,) in names
             }

@@ -10,6 +10,7 @@ expectation makes the run fail and the report lists the failing rows by their ke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import warnings
 from dataclasses import dataclass, field
@@ -134,8 +135,11 @@ def run_quality(
     docs_dir: Path | None = None,
     params: QualityParams | None = None,
     console: Console | None = None,
+    marts_schema: str | None = None,
 ) -> QualityOutcome:
-    """Run the raw and mart checkpoints; print the failures; build Data Docs to ``docs_dir``."""
+    """Run the raw and mart checkpoints; print the failures; build Data Docs to ``docs_dir``.
+    ``marts_schema`` checks the marts in another database than the served one (the
+    orchestrated refresh checks ``marts_build_schema`` before publishing it)."""
     console = console or Console(stderr=True)
     params = params or QualityParams()
     docs_dir = docs_dir or settings.gx_dir / "uncommitted" / "data_docs" / "local_site"
@@ -144,7 +148,7 @@ def run_quality(
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        return _run(settings, suites, docs_dir, params, console)
+        return _run(settings, suites, docs_dir, params, console, marts_schema)
 
 
 def _run(
@@ -153,12 +157,17 @@ def _run(
     docs_dir: Path,
     params: QualityParams,
     console: Console,
+    marts_schema: str | None = None,
 ) -> QualityOutcome:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     module = load_suites(settings.gx_dir)
-    specs: list[SuiteSpec] = module.raw_suites(params) + module.mart_suites(params)
+    marts = [
+        dataclasses.replace(s, schema=marts_schema or settings.marts_schema)
+        for s in module.mart_suites(params)
+    ]
+    specs: list[SuiteSpec] = module.raw_suites(params) + marts
     if only:
         unknown = sorted(set(only) - {s.name for s in specs})
         if unknown:

@@ -11,12 +11,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge_agent.settings_base import TomlEnvSettings, build
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WAREHOUSE_PATH = REPO_ROOT / "var" / "warehouse"
+
+
+#: A ClickHouse database name this project creates (quoted nowhere: letters, digits, underscore).
+SCHEMA_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 
 
 class WarehouseSettings(TomlEnvSettings):
@@ -42,6 +46,16 @@ class WarehouseSettings(TomlEnvSettings):
     # dbt target: `embedded` for a chdb:/// DSN, `server` otherwise, unless set.
     dbt_target: str | None = None
     gx_dir: Path = REPO_ROOT / "gx"
+    # The marts readers use (dashboards, training, reports), and the database the orchestrated
+    # refresh builds and checks them in before publishing them there (central/warehouse/publish.py).
+    marts_schema: str = Field(default="marts", pattern=SCHEMA_PATTERN)
+    marts_build_schema: str = Field(default="marts_build", pattern=SCHEMA_PATTERN)
+
+    @model_validator(mode="after")
+    def _marts_apart(self) -> WarehouseSettings:
+        if self.marts_schema == self.marts_build_schema:
+            raise ValueError("marts_build_schema must differ from marts_schema")
+        return self
 
 
 def get_settings(**overrides: Any) -> WarehouseSettings:

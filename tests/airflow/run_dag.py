@@ -48,13 +48,26 @@ def test(folder: str, dag_id: str) -> dict[str, Any]:
             {"uri": e.asset.uri, "dag_id": e.source_dag_id, "run_id": e.source_run_id}
             for e in session.query(AssetEvent).order_by(AssetEvent.id).all()[before:]
         ]
-        xcoms = {
-            x.task_id: x.value
-            for x in session.query(XComModel).filter(
-                XComModel.dag_id == dag_id, XComModel.run_id == run.run_id
-            )
+        # The return value of each task (a mapped task's: one per instance, in order) and any
+        # other key a task pushed, as "task_id:key".
+        xcoms: dict[str, Any] = {}
+        for x in (
+            session.query(XComModel)
+            .filter(XComModel.dag_id == dag_id, XComModel.run_id == run.run_id)
+            .order_by(XComModel.map_index)
+        ):
+            name = x.task_id if x.key == "return_value" else f"{x.task_id}:{x.key}"
+            if x.map_index >= 0:
+                xcoms.setdefault(name, []).append(x.value)
+            else:
+                xcoms[name] = x.value
+        # A mapped task's instances as "task_id[rendered map index]".
+        states = {
+            ti.task_id
+            if ti.map_index < 0
+            else f"{ti.task_id}[{ti.rendered_map_index or ti.map_index}]": str(ti.state)
+            for ti in run.get_task_instances(session=session)
         }
-        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances(session=session)}
     return {
         "state": str(run.state),
         "seconds": round(seconds, 2),

@@ -2,14 +2,18 @@
 ### warehouse_refresh
 
 Every 15 minutes: the raw readings PostgreSQL stored since the last run go to the warehouse,
-dbt rebuilds the marts (every model, its data tests and the unit tests), and Great
-Expectations checks raw and marts. Only when the gate passes is the **`marts`** asset updated,
-which starts `model_lifecycle` and tells every consumer the marts are fresh and sound.
+dbt builds the marts (every model, its data tests and the unit tests) into the build database,
+Great Expectations checks raw and those marts, and only then are they published to the marts
+dashboards and training read. Only then is the **`marts`** asset updated, which starts
+`model_lifecycle` and tells every consumer the marts are fresh and sound.
 
-* **load**: `central warehouse load`, incremental by watermark (a run with no new data loads
-  nothing and changes nothing).
-* **dbt_build**: one `dbt build`; the task's result lists every node's status and time.
-* **quality_gate**: fails with the failing expectations and the Data Docs page.
+* **load**: `central warehouse load`, incremental by watermark (a run with no new data changes
+  nothing).
+* **dbt_build**: one `dbt build` (Cosmos, one dbt process); **dbt_node** shows one instance per
+  model, test and unit test (named by the node; it fails where the node failed).
+* **quality_gate**: fails with the failing expectations and the Data Docs page; the served
+  marts stay as they were (yesterday's marts keep serving).
+* **publish**: the checked marts replace the served ones (copy, then an atomic swap per table).
 
 Settings come from the environment (`EIOT_PG_DSN` of the loader's login,
 `EIOT_CLICKHOUSE_DSN`); the steps are `central/orchestration/steps.py`.
@@ -21,9 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, get_current_context, task
 
 from central.orchestration.assets import MARTS
+from central.orchestration.dbt_build import NODES_KEY, WarehouseDbtBuild
 
 
 @dag(
@@ -43,23 +48,50 @@ def warehouse_refresh() -> None:
 
         return steps.load_warehouse(steps.settings())
 
-    @task
-    def dbt_build(loaded: dict[str, int]) -> dict[str, Any]:
+    build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
+
+    @task(trigger_rule="all_done")
+    def dbt_nodes() -> list[dict[str, Any]]:
+        """The nodes dbt ran, also when the build failed (to show which)."""
+        ti = get_current_context()["ti"]
+        nodes = ti.xcom_pull(task_ids="dbt_build", key=NODES_KEY)
+        if not nodes:  # no run_results.json: nothing to check, so nothing to publish
+            raise RuntimeError("dbt reported no nodes (see the dbt_build log)")
+        return list(nodes)
+
+    @task(trigger_rule="all_done", map_index_template="{{ dbt_node }}")
+    def dbt_node(node: dict[str, Any]) -> dict[str, Any]:
+        from airflow.exceptions import AirflowSkipException
+
         from central.orchestration import steps
 
-        return steps.build_marts(steps.settings())
+        get_current_context()["dbt_node"] = f"{node['kind']} {node['name']}"  # type: ignore[literal-required]
+        detail = f"{node['status']} in {node['seconds']} s {node['message']}"
+        if node["status"] == "skipped":
+            raise AirflowSkipException(detail)
+        if node["status"] not in steps.NODE_OK:
+            raise RuntimeError(f"{node['id']}: {detail}")
+        return node
 
-    @task(outlets=[MARTS], retries=0)
-    def quality_gate(built: dict[str, Any]) -> dict[str, Any]:
+    @task(retries=0)
+    def quality_gate() -> dict[str, Any]:
         from central.orchestration import steps
 
         s = steps.settings()
         docs = Path(s.gx_dir) / "uncommitted" / "data_docs" / "local_site"
-        result = steps.quality_gate(s, docs)
-        result["marts_rows"] = steps.mart_rows(s)
-        return result
+        return steps.quality_gate(s, docs)
 
-    quality_gate(dbt_build(load()))
+    @task(outlets=[MARTS])
+    def publish() -> dict[str, int]:
+        from central.orchestration import steps
+
+        return steps.publish(steps.settings())
+
+    nodes = dbt_nodes()
+    load() >> build >> nodes
+    gate = quality_gate()
+    [build, dbt_node.expand(node=nodes)] >> gate
+    gate >> publish()
 
 
 warehouse_refresh()
