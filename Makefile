@@ -51,8 +51,9 @@ airflow: install $(AIRFLOW_STAMP) services
 services:
 	@bash scripts/services.sh
 
-demo: install
-	$(BIN)/python -m central.demo
+# `make demo AIRFLOW=1`: the central half through Airflow (warehouse_refresh).
+demo: install $(if $(AIRFLOW),$(AIRFLOW_STAMP))
+	$(BIN)/python -m central.demo $(if $(AIRFLOW),--airflow)
 
 test: install services $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest

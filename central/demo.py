@@ -193,7 +193,8 @@ def run(a: argparse.Namespace) -> int:
                     p.wait(10)
         ok = _summary(gateways, var, dsn)
         if ok and a.warehouse:
-            ok = _warehouse(dsns[LOADER], var) == 0
+            central_half = _warehouse_airflow if a.airflow else _warehouse
+            ok = central_half(dsns[LOADER], var) == 0
     print(f"demo finished in {time.monotonic() - started:.0f} s")
     return 0 if ok else 1
 
@@ -265,9 +266,40 @@ def _summary(gateways: list[str], var: Path, dsn: str) -> bool:
     return all_ok
 
 
+def _warehouse_env(dsn: str, var: Path) -> dict[str, str]:
+    return {"EIOT_PG_DSN": dsn, "EIOT_CLICKHOUSE_DSN": f"chdb://{var / 'warehouse'}"}
+
+
+def _warehouse_airflow(dsn: str, var: Path) -> int:
+    """The central half through Airflow: one run of ``warehouse_refresh`` (load, dbt build
+    through Cosmos, quality gate, publish), then the report."""
+    python = REPO / ".venv-airflow" / "bin" / "python"
+    if not python.exists():
+        print("no .venv-airflow: `make demo AIRFLOW=1` makes it", file=sys.stderr)
+        return 1
+    print("\n== Airflow: warehouse_refresh (load, dbt build, quality gate, publish)")
+    started = time.monotonic()
+    launch = ["-m", "central.orchestration.launch", "--home", str(var / "airflow"), "--sqlite"]
+    proc = subprocess.run(
+        [str(python), *launch, "--run", "warehouse_refresh"],
+        env={
+            **os.environ,
+            **_warehouse_env(dsn, var),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        },
+        cwd=REPO,
+    )
+    if proc.returncode != 0:
+        print(f"warehouse_refresh failed: exit {proc.returncode}", file=sys.stderr)
+        return proc.returncode
+    print(f"   ({time.monotonic() - started:.0f} s)")
+    return _central_steps(
+        dsn, var, [("inspection list and worst transformers", ["warehouse", "report"])]
+    )
+
+
 def _warehouse(dsn: str, var: Path) -> int:
     """Load ClickHouse (embedded chDB under var/), dbt build, quality gates, the report."""
-    env = {"EIOT_PG_DSN": dsn, "EIOT_CLICKHOUSE_DSN": f"chdb://{var / 'warehouse'}"}
     steps = [
         ("load PostgreSQL raw into ClickHouse", ["warehouse", "load"]),
         ("dbt build (staging, intermediate, marts, tests)", ["warehouse", "dbt", "build"]),
@@ -277,6 +309,11 @@ def _warehouse(dsn: str, var: Path) -> int:
         ),
         ("inspection list and worst transformers", ["warehouse", "report"]),
     ]
+    return _central_steps(dsn, var, steps)
+
+
+def _central_steps(dsn: str, var: Path, steps: list[tuple[str, list[str]]]) -> int:
+    env = _warehouse_env(dsn, var)
     for title, args in steps:
         print(f"\n== {title}")
         started = time.monotonic()
@@ -321,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-warehouse", dest="warehouse", action="store_false", help="stop after the reading path"
+    )
+    parser.add_argument(
+        "--airflow",
+        action="store_true",
+        help="run the central half through Airflow (warehouse_refresh; needs .venv-airflow)",
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return run(parser.parse_args(argv))

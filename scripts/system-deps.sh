@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the project needs on Debian/Ubuntu: Python's venv module, the Mosquitto broker,
-# PostgreSQL, libfaketime, systemd-analyze, Prometheus and Alertmanager (tests). Installs only
-# what is missing; needs root or sudo for that.
+# PostgreSQL, libfaketime, systemd-analyze, Prometheus and Alertmanager, headless Chromium
+# (tests). Installs only what is missing; needs root or sudo for that.
 set -euo pipefail
 
 missing=()
@@ -15,6 +15,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # promtool and a real Prometheus, amtool: the monitoring files' tests (tests/test_monitoring.py)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+# headless Chromium and its WebDriver: the browser tests (screenshots of the Airflow grid)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing system packages: ${missing[*]}"

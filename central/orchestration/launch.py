@@ -8,8 +8,8 @@ PostgreSQL and warehouse (run ``make demo`` first), from ``.venv-airflow``.
   first start, prints it, and keeps it in ``var/airflow/simple_auth_manager_passwords.json.
   generated``.
 * The DAGs read ``EIOT_PG_DSN`` (default: the warehouse loader's login the demo wrote to
-  ``var/secrets/eiot_demo_loader.dsn``) and ``EIOT_CLICKHOUSE_DSN`` (default: the embedded
-  warehouse in ``var/warehouse``).
+  ``var/demo/secrets/eiot_demo_loader.dsn``) and ``EIOT_CLICKHOUSE_DSN`` (default: the embedded
+  warehouse in ``var/demo/warehouse``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[2]
 HOME = REPO / "var" / "airflow"
 DAGS = Path(__file__).resolve().parent / "dags"
-DEMO_LOADER_DSN = REPO / "var" / "secrets" / "eiot_demo_loader.dsn"
+# What `make demo` leaves behind (central/demo.py, default --var and --database).
+DEMO_VAR = REPO / "var" / "demo"
+DEMO_LOADER_DSN = DEMO_VAR / "secrets" / "eiot_demo_loader.dsn"
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -45,13 +47,13 @@ def metadata_url(admin_dsn: str, home: Path) -> str:
         return f"sqlite:///{home / 'airflow.db'}"
 
 
-def environment(home: Path, port: int) -> dict[str, str]:
+def environment(home: Path, port: int, sqlite: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     if "EIOT_PG_DSN" not in env:
         if not DEMO_LOADER_DSN.exists():
             raise SystemExit("run `make demo` first, or set EIOT_PG_DSN (the loader's login)")
         env["EIOT_PG_DSN"] = DEMO_LOADER_DSN.read_text().strip()
-    env.setdefault("EIOT_CLICKHOUSE_DSN", f"chdb://{REPO / 'var' / 'warehouse'}")
+    env.setdefault("EIOT_CLICKHOUSE_DSN", f"chdb://{DEMO_VAR / 'warehouse'}")
     env.update(
         {
             # standalone starts its parts as `airflow ...` from PATH
@@ -59,9 +61,9 @@ def environment(home: Path, port: int) -> dict[str, str]:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url(
-                env.get("EIOT_AIRFLOW_ADMIN_DSN", ADMIN_DSN), home
-            ),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"
+            if sqlite
+            else metadata_url(env.get("EIOT_AIRFLOW_ADMIN_DSN", ADMIN_DSN), home),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
@@ -71,19 +73,52 @@ def environment(home: Path, port: int) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m central.orchestration.launch",
-        description="Airflow standalone on 127.0.0.1 with the project's DAGs (make airflow).",
-    )
-    parser.add_argument("--port", type=int, default=8080, help="the UI and API port")
-    parser.add_argument("--home", type=Path, default=HOME, help="AIRFLOW_HOME (var/airflow)")
-    args = parser.parse_args(argv)
-    args.home.mkdir(parents=True, exist_ok=True)
-    env = environment(args.home, args.port)
+def prepare(env: dict[str, str]) -> str:
+    """Airflow's metadata database migrated and the DAGs serialized; the ``airflow`` command."""
     airflow = str(Path(sys.executable).parent / "airflow")
     for step in (["db", "migrate"], ["dags", "reserialize"]):
         subprocess.run([airflow, *step], env=env, check=True, stdout=subprocess.DEVNULL)
+    return airflow
+
+
+def run_once(dag_id: str, env: dict[str, str]) -> bool:
+    """One run of ``dag_id`` now, in this process (``dag.test()``: no scheduler needed); prints
+    each task's state. True when the run succeeded."""
+    prepare(env)
+    os.environ.update(env)  # read by Airflow when it is imported, below
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(DAGS), include_examples=False)
+    if dag_id not in bag.dags:
+        raise SystemExit(f"no DAG {dag_id!r} in {DAGS}: {sorted(bag.dags)} {bag.import_errors}")
+    run = bag.dags[dag_id].test()
+    print(f"\n{dag_id} {run.run_id}: {run.state}")
+    for ti in sorted(
+        run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date)
+    ):
+        name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.rendered_map_index}]"
+        print(f"  {str(ti.state):16} {name}")
+    return str(run.state) == "success"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m central.orchestration.launch",
+        description="Airflow standalone on 127.0.0.1 with the project's DAGs (make airflow); "
+        "or, with --run, one run of one DAG now, without a scheduler (make demo AIRFLOW=1).",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="the UI and API port")
+    parser.add_argument("--home", type=Path, default=HOME, help="AIRFLOW_HOME (var/airflow)")
+    parser.add_argument("--run", metavar="DAG_ID", help="run this DAG once and exit")
+    parser.add_argument(
+        "--sqlite", action="store_true", help="Airflow's metadata in SQLite in its home"
+    )
+    args = parser.parse_args(argv)
+    args.home.mkdir(parents=True, exist_ok=True)
+    env = environment(args.home, args.port, args.sqlite)
+    if args.run:
+        return 0 if run_once(args.run, env) else 1
+    airflow = prepare(env)
     print(f"Airflow on http://127.0.0.1:{args.port} (user admin, password printed below)")
     os.execve(airflow, [airflow, "standalone"], env)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,29 @@ def dbt_vars(s: WarehouseSettings) -> dict[str, str]:
     return {"marts_schema": s.marts_build_schema}
 
 
-def load_warehouse(s: WarehouseSettings) -> dict[str, int]:
-    """PostgreSQL raw → ClickHouse raw, incrementally (``central warehouse load``): rows loaded
-    per table."""
+def reload_window(
+    start: datetime | None, end: datetime | None, now: datetime, period: timedelta
+) -> tuple[datetime, datetime] | None:
+    """The arrival window a run reloads: its data interval when that ended more than two
+    periods before ``now`` (a backfill, or an old run cleared to run again), else None (a
+    current run loads what is new since the watermark). A manual run at a past date has an
+    empty interval: it reloads the period before that date."""
+    if start is None or end is None or end > now - 2 * period:
+        return None
+    return min(start, end - period), end
+
+
+def load_warehouse(
+    s: WarehouseSettings, window: tuple[datetime, datetime] | None = None
+) -> dict[str, int]:
+    """PostgreSQL raw → ClickHouse raw (``central warehouse load``): what is new since the
+    watermark, or with ``window`` what arrived in that window again (idempotent: the warehouse
+    collapses rows loaded twice, and the incremental models recompute what they touch). Rows
+    loaded per table."""
     from central.warehouse.loader import load
 
     with served(s.clickhouse_dsn) as url:
-        loads = load(s.model_copy(update={"clickhouse_dsn": url}))
+        loads = load(s.model_copy(update={"clickhouse_dsn": url}), window=window)
     return {t.table: t.rows for t in loads}
 
 
@@ -78,11 +95,14 @@ def node_results(path: Path) -> list[dict[str, Any]]:
     nodes = []
     for r in results:
         kind, _, rest = str(r["unique_id"]).partition(".")
+        name = rest.split(".", 1)[-1]  # without the project
+        if kind == "test":
+            name = name.rsplit(".", 1)[0]  # without dbt's hash
         nodes.append(
             {
                 "id": r["unique_id"],
                 "kind": kind,
-                "name": rest.split(".", 1)[-1],
+                "name": name,
                 "status": r["status"],
                 "seconds": round(float(r.get("execution_time") or 0.0), 3),
                 "message": (r.get("message") or "")[:300],

@@ -357,12 +357,19 @@ def load_table(
     spec: TableSpec,
     settings: WarehouseSettings,
     progress: Progress | None = None,
+    window: tuple[datetime, datetime] | None = None,
 ) -> TableLoad:
+    """Load one table's new rows; or, with ``window``, the rows that arrived in that window
+    again (a backfill: the watermark is neither read nor moved, ReplacingMergeTree collapses
+    the rows loaded twice)."""
     db = settings.raw_database
     started = time.perf_counter()
-    watermark = read_watermark(client, spec.name, db)
     upper = upper_bound(pg)
-    lower = watermark - timedelta(seconds=settings.load_overlap_s if watermark > EPOCH else 0)
+    if window is None:
+        watermark = read_watermark(client, spec.name, db)
+        lower = watermark - timedelta(seconds=settings.load_overlap_s if watermark > EPOCH else 0)
+    else:
+        lower, upper = window[0], min(window[1], upper)
     result = TableLoad(spec.name, lower=lower, upper=upper)
     target = f"{db}.{spec.name}"
 
@@ -383,7 +390,8 @@ def load_table(
             pending = writer.submit(insert, block)
         if pending is not None:
             pending.result()
-    write_watermark(client, spec.name, upper, result.rows, db)
+    if window is None:
+        write_watermark(client, spec.name, upper, result.rows, db)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -393,8 +401,12 @@ def load(
     tables: list[str] | None = None,
     progress: Progress | None = None,
     client: Client | None = None,
+    window: tuple[datetime, datetime] | None = None,
 ) -> list[TableLoad]:
-    """Load every table (registry first), each in its own window; return what was loaded."""
+    """Load every table (registry first), each in its own window; return what was loaded.
+    ``window`` reloads what arrived in it instead (see :func:`load_table`)."""
+    if window is not None and window[0] >= window[1]:
+        raise ValueError(f"empty reload window {window[0]} .. {window[1]}")
     names = tables or list(TABLE_SPECS)
     unknown = sorted(set(names) - set(TABLE_SPECS))
     if unknown:
@@ -407,7 +419,7 @@ def load(
         with psycopg.connect(settings.pg_dsn, autocommit=True) as pg:
             pg.execute("set timezone = 'UTC'")
             for name in names:
-                results.append(load_table(pg, ch, TABLE_SPECS[name], settings, progress))
+                results.append(load_table(pg, ch, TABLE_SPECS[name], settings, progress, window))
         return results
     finally:
         if own_client:

@@ -1,7 +1,7 @@
 """Run under .venv-airflow by tests/test_orchestration.py (Airflow cannot share the test venv):
 ``parse DAGS`` imports the DAG folder with every network connection refused and prints what it
-found; ``test DAGS DAG_ID`` runs one DAG with ``dag.test()`` and prints its state, the asset
-events and every task's XCom. One JSON object on the last line of stdout."""
+found; ``test DAGS DAG_ID [LOGICAL_DATE]`` runs one DAG with ``dag.test()`` and prints its
+state, the asset events and every task's XCom. One JSON object on the last line of stdout."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import socket
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 
@@ -31,7 +32,7 @@ def parse(folder: str) -> dict[str, Any]:
     }
 
 
-def test(folder: str, dag_id: str) -> dict[str, Any]:
+def test(folder: str, dag_id: str, logical_date: str | None = None) -> dict[str, Any]:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent
     from airflow.models.xcom import XComModel
@@ -41,7 +42,8 @@ def test(folder: str, dag_id: str) -> dict[str, Any]:
     with create_session() as session:
         before = session.query(AssetEvent).count()
     start = time.monotonic()
-    run = dag.test()
+    when = datetime.fromisoformat(logical_date) if logical_date else None
+    run = dag.test(logical_date=when) if when else dag.test()
     seconds = time.monotonic() - start
     with create_session() as session:
         events = [
@@ -70,6 +72,8 @@ def test(folder: str, dag_id: str) -> dict[str, Any]:
         }
     return {
         "state": str(run.state),
+        "run_id": run.run_id,
+        "interval": [str(run.data_interval_start), str(run.data_interval_end)],
         "seconds": round(seconds, 2),
         "events": events,
         "xcom": xcoms,
@@ -79,5 +83,5 @@ def test(folder: str, dag_id: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     command, folder, *rest = sys.argv[1:]
-    result = parse(folder) if command == "parse" else test(folder, rest[0])
+    result = parse(folder) if command == "parse" else test(folder, *rest)
     print(json.dumps(result, default=str))

@@ -8,7 +8,9 @@ dashboards and training read. Only then is the **`marts`** asset updated, which 
 `model_lifecycle` and tells every consumer the marts are fresh and sound.
 
 * **load**: `central warehouse load`, incremental by watermark (a run with no new data changes
-  nothing).
+  nothing). A run whose interval ended more than two periods ago (a backfill, an old run
+  cleared) reloads the rows that arrived in its interval instead; running it again changes
+  nothing.
 * **dbt_build**: one `dbt build` (Cosmos, one dbt process); **dbt_node** shows one instance per
   model, test and unit test (named by the node; it fails where the node failed).
 * **quality_gate**: fails with the failing expectations and the Data Docs page; the served
@@ -30,10 +32,12 @@ from airflow.sdk import dag, get_current_context, task
 from central.orchestration.assets import MARTS
 from central.orchestration.dbt_build import NODES_KEY, WarehouseDbtBuild
 
+PERIOD = timedelta(minutes=15)
+
 
 @dag(
     dag_id="warehouse_refresh",
-    schedule=timedelta(minutes=15),
+    schedule=PERIOD,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
@@ -43,14 +47,22 @@ from central.orchestration.dbt_build import NODES_KEY, WarehouseDbtBuild
 )
 def warehouse_refresh() -> None:
     @task
-    def load() -> dict[str, int]:
+    def load() -> dict[str, Any]:
         from central.orchestration import steps
 
-        return steps.load_warehouse(steps.settings())
+        context = get_current_context()
+        window = steps.reload_window(
+            context.get("data_interval_start"),
+            context.get("data_interval_end"),
+            datetime.now(UTC),
+            PERIOD,
+        )
+        rows = steps.load_warehouse(steps.settings(), window)
+        return {"rows": rows, "window": [str(w) for w in window] if window else None}
 
     build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="one_done")  # after the build, failed or not; not when it never ran
     def dbt_nodes() -> list[dict[str, Any]]:
         """The nodes dbt ran, also when the build failed (to show which)."""
         ti = get_current_context()["ti"]
