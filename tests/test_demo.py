@@ -43,3 +43,29 @@ def test_a_short_demo_on_the_secure_path(tmp_path: Path) -> None:
     for secret in (var / "secrets").iterdir():
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
     assert stat.S_IMODE((var / "pki" / "ca.key").stat().st_mode) == 0o600
+
+
+def test_the_demo_through_airflow(tmp_path: Path) -> None:
+    """`make demo AIRFLOW=1`: the central half is one run of warehouse_refresh under a real
+    Airflow (.venv-airflow), which publishes the marts the report reads."""
+    var = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "central.demo", "--meters", "60", "--days", "2", "--airflow"]
+    cmd += ["--seconds", "8", "--outage-s", "2", "--var", str(var), "--database", "eiot_demo_af"]
+    env = {**os.environ, "EIOT_SEED_CSV": str(REPO / "tests" / "support" / "seed_sample.csv")}
+    try:
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute("drop database if exists eiot_demo_af with (force)")
+            for login in ("eiot_demo_af_ingest", "eiot_demo_af_loader"):
+                admin.execute(f"drop role if exists {login}")
+    out = done.stdout
+    assert done.returncode == 0, out[-5000:] + done.stderr[-5000:]
+    assert "nothing lost, nothing doubled" in out
+    run = out[out.index("== Airflow: warehouse_refresh") :]
+    (state,) = [line for line in run.splitlines() if line.startswith("warehouse_refresh ")]
+    assert state.endswith(": success"), run
+    for task in ("load", "dbt_build", "quality_gate", "publish"):
+        assert f"success          {task}" in run, run
+    assert "Inspection list" in run
+    assert (var / "airflow" / "airflow.db").exists(), "Airflow's metadata in SQLite in its home"

@@ -18,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -88,16 +89,21 @@ def run_once(dag_id: str, env: dict[str, str]) -> bool:
     os.environ.update(env)  # read by Airflow when it is imported, below
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(str(DAGS), include_examples=False)
+    bag = DagBag(str(DAGS))
     if dag_id not in bag.dags:
         raise SystemExit(f"no DAG {dag_id!r} in {DAGS}: {sorted(bag.dags)} {bag.import_errors}")
     run = bag.dags[dag_id].test()
     print(f"\n{dag_id} {run.run_id}: {run.state}")
-    for ti in sorted(
-        run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date)
-    ):
-        name = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.rendered_map_index}]"
-        print(f"  {str(ti.state):16} {name}")
+    mapped: dict[str, Counter[str]] = {}
+    for ti in sorted(run.get_task_instances(), key=lambda ti: str(ti.start_date)):
+        if ti.map_index < 0:
+            print(f"  {str(ti.state):16} {ti.task_id}")
+            continue
+        mapped.setdefault(ti.task_id, Counter())[str(ti.state)] += 1
+        if str(ti.state) not in ("success", "skipped"):
+            print(f"  {str(ti.state):16} {ti.task_id}[{ti.rendered_map_index}]")
+    for task_id, states in mapped.items():
+        print(f"  {task_id}: " + ", ".join(f"{n} {s}" for s, n in states.most_common()))
     return str(run.state) == "success"
 
 
