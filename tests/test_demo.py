@@ -18,19 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.services
 
 
-def test_a_short_demo_on_the_secure_path(tmp_path: Path) -> None:
-    var = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "central.demo", "--meters", "40", "--days", "1"]
-    cmd += ["--seconds", "8", "--outage-s", "2", "--no-warehouse"]
-    cmd += ["--var", str(var), "--database", "eiot_demo_test"]
+def run_demo(var: Path, database: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A short demo (seconds, not minutes) in ``var`` and ``database``, dropped afterwards."""
+    cmd = [sys.executable, "-m", "central.demo", "--seconds", "8", "--outage-s", "2"]
+    cmd += ["--var", str(var), "--database", database, *args]
     env = {**os.environ, "EIOT_SEED_CSV": str(REPO / "tests" / "support" / "seed_sample.csv")}
     try:
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute("drop database if exists eiot_demo_test with (force)")
-            for login in ("eiot_demo_test_ingest", "eiot_demo_test_loader"):
+            admin.execute(f"drop database if exists {database} with (force)")
+            for login in (f"{database}_ingest", f"{database}_loader"):
                 admin.execute(f"drop role if exists {login}")
+
+
+def test_a_short_demo_on_the_secure_path(tmp_path: Path) -> None:
+    var = tmp_path / "demo"
+    done = run_demo(var, "eiot_demo_test", "--meters", "40", "--days", "1", "--no-warehouse")
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "nothing lost, nothing doubled" in out
@@ -49,16 +53,7 @@ def test_the_demo_through_airflow(tmp_path: Path) -> None:
     """`make demo AIRFLOW=1`: the central half is one run of warehouse_refresh under a real
     Airflow (.venv-airflow), which publishes the marts the report reads."""
     var = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "central.demo", "--meters", "60", "--days", "2", "--airflow"]
-    cmd += ["--seconds", "8", "--outage-s", "2", "--var", str(var), "--database", "eiot_demo_af"]
-    env = {**os.environ, "EIOT_SEED_CSV": str(REPO / "tests" / "support" / "seed_sample.csv")}
-    try:
-        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute("drop database if exists eiot_demo_af with (force)")
-            for login in ("eiot_demo_af_ingest", "eiot_demo_af_loader"):
-                admin.execute(f"drop role if exists {login}")
+    done = run_demo(var, "eiot_demo_af", "--meters", "60", "--days", "2", "--airflow")
     out = done.stdout
     assert done.returncode == 0, out[-5000:] + done.stderr[-5000:]
     assert "nothing lost, nothing doubled" in out

@@ -85,6 +85,23 @@ def test_the_dag_folder_imports_documented_without_network(tmp_path: Path) -> No
     print(f"DAG folder parsed in {found['parse_s']} s")
 
 
+def refresh_airflow(tmp_path: Path, pg_dsn: str) -> Airflow:
+    """A private Airflow, ready to run the DAGs over ``pg_dsn`` and an embedded warehouse in
+    ``tmp_path / "warehouse"``."""
+    airflow = Airflow(
+        tmp_path / "airflow",
+        {
+            "EIOT_PG_DSN": pg_dsn,
+            "EIOT_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'warehouse'}",
+            "DBT_TARGET_PATH": str(tmp_path / "dbt-target"),
+            "DBT_LOG_PATH": str(tmp_path / "dbt-logs"),
+        },
+    )
+    airflow.cli("db", "migrate")
+    airflow.cli("dags", "reserialize")
+    return airflow
+
+
 @pytest.fixture(scope="module")
 def fleet_dsn() -> Iterator[str]:
     fleet = marts_fleet()
@@ -97,18 +114,7 @@ def fleet_dsn() -> Iterator[str]:
 def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     tmp_path: Path, fleet_dsn: str
 ) -> None:
-    airflow = Airflow(
-        tmp_path / "airflow",
-        {
-            "EIOT_PG_DSN": fleet_dsn,
-            "EIOT_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'warehouse'}",
-            "DBT_TARGET_PATH": str(tmp_path / "dbt-target"),
-            "DBT_LOG_PATH": str(tmp_path / "dbt-logs"),
-            "EIOT_GX_DIR": str(REPO / "gx"),
-        },
-    )
-    airflow.cli("db", "migrate")
-    airflow.cli("dags", "reserialize")
+    airflow = refresh_airflow(tmp_path, fleet_dsn)
     run_dag = [str(DRIVER), "test", str(DAGS), "warehouse_refresh"]
 
     first = airflow.run(*run_dag)
@@ -183,17 +189,7 @@ def test_a_backfill_reloads_its_window_and_running_it_again_changes_nothing(
                 "where ts < (select max(ts) - interval '2 days' from raw.readings)"
             )
             (first_ts,) = pg.execute("select min(ts) from raw.readings").fetchone()  # type: ignore[misc]
-        airflow = Airflow(
-            tmp_path / "airflow",
-            {
-                "EIOT_PG_DSN": dsn,
-                "EIOT_CLICKHOUSE_DSN": f"chdb://{warehouse}",
-                "DBT_TARGET_PATH": str(tmp_path / "dbt-target"),
-                "DBT_LOG_PATH": str(tmp_path / "dbt-logs"),
-            },
-        )
-        airflow.cli("db", "migrate")
-        airflow.cli("dags", "reserialize")
+        airflow = refresh_airflow(tmp_path, dsn)
         run_dag = [str(DRIVER), "test", str(DAGS), "warehouse_refresh"]
         first = airflow.run(*run_dag)
         failed = {k: v for k, v in first["tasks"].items() if v != "success"}
