@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from central import store
 from central.db import connect
+from central.ingest_metrics import IngestMetrics
 from central.poison import PoisonGuard
 from central.roles import is_superuser
 from central.settings import CentralSettings
@@ -128,6 +129,7 @@ class IngestWorker:
         self.guard = PoisonGuard(settings.state_dir, f"ingest-{settings.worker_id}")
         self._conn: psycopg.Connection | None = None
         self._db_backoff = Backoff(0.2, settings.db_retry_max_s)
+        self.metrics = IngestMetrics(settings.worker_id)
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         """Network thread: decode and validate here, overlapping the main thread's database
@@ -164,6 +166,9 @@ class IngestWorker:
     # --- loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        if self.s.metrics_port is not None:
+            port = self.metrics.serve(self.s.metrics_host, self.s.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.s.metrics_host, port)
         self.link.start()
         log.info(
             "ingest worker %s: broker %s:%s, share group %r",
@@ -193,6 +198,7 @@ class IngestWorker:
             # tests that stop a worker to see its share
             log.info("final counters %s", dict(sorted(self.counters.items())))
             self.link.stop()
+            self.metrics.close()
             if self._conn is not None:
                 self._conn.close()
 
@@ -249,8 +255,11 @@ class IngestWorker:
                     failpoints.hit("ingest.after_commit")
                     ack = wire.encode_model(outcome.ack, compress=False)
                     if not self.link.publish(ack_topic, ack):
+                        self.metrics.unpublished()
                         return  # no PUBACK either: the agent resends, the ledger answers
                     self.counters["acks_sent"] += 1
+                    if msg.timestamp > 0:  # paho's time.monotonic() at arrival
+                        self.metrics.answered(time.monotonic() - msg.timestamp)
                 self.link.ack(msg.mid, msg.qos)
                 self.guard.settled(sha)
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import zlib
 from typing import Any
 
@@ -13,11 +14,13 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from central.ingest import IngestWorker
+from central.local_services import free_port
 from central.settings import CentralSettings
 from edge_agent import topics, wire
-from tests.support.processes import BROKER_HOST, BROKER_PORT
+from tests.support.processes import BROKER_HOST, BROKER_PORT, wait_until
 
 VALID = {
     "schema": "readings.v1",
@@ -213,3 +216,55 @@ def test_status_with_a_nul_character_is_quarantined(pg_dsn: str, pg: psycopg.Con
         w.handle(conn, "eiot/v1/gw/gw1/status", json.dumps(status).encode())
     (reason,) = [r for r, _ in quarantine(pg)]
     assert reason.startswith(("store_error", "invalid_status"))
+
+
+def test_a_worker_exposes_its_ack_latency(pg_dsn: str, topic_root: str) -> None:
+    """With metrics_port set, the worker serves /metrics: one observation of the ack latency per
+    answer it published, labelled by its id; nothing for garbage it could not answer."""
+    port = free_port()
+    worker_id = f"m{time.monotonic_ns()}"
+    w = worker_for(pg_dsn, root=topic_root, worker_id=worker_id, share_group="", metrics_port=port)
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
+    thread.start()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    acks: list[bytes] = []
+    client.on_message = lambda c, u, m: acks.append(m.payload)
+    client.connect(BROKER_HOST, BROKER_PORT)
+    client.loop_start()
+
+    def ack_latency() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        (family,) = [
+            f
+            for f in text_string_to_metric_families(text)
+            if f.name == "eiot_ingest_ack_latency_seconds"
+        ]
+        return {
+            s.name.rsplit("_", 1)[-1]: s.value
+            for s in family.samples
+            if s.labels.get("worker") == worker_id and s.name.endswith(("_count", "_sum"))
+        }
+
+    try:
+        assert w.link.wait_connected(10)
+        assert ack_latency() == {"count": 0.0, "sum": 0.0}
+        client.subscribe(topics.ack(topic_root, "gw1"), qos=1)
+        time.sleep(0.3)
+        topic = topics.readings(topic_root, "gw1")
+        client.publish(topic, b"\x01\x00", qos=1).wait_for_publish(5)  # unanswerable
+        batch = {**VALID, "batch_id": f"lat-{worker_id}"}
+        client.publish(topic, wire.encode(batch), qos=1).wait_for_publish(5)
+        client.publish(topic, wire.encode(batch), qos=1).wait_for_publish(5)  # duplicate
+        wait_until(lambda: len(acks) == 2, 15, "two answers")
+        seen = ack_latency()
+        assert seen["count"] == 2.0
+        assert 0.0 < seen["sum"] < 15.0
+    finally:
+        stop.set()
+        thread.join(5)
+        client.loop_stop()
+        client.disconnect()
+    with pytest.raises(OSError):  # the endpoint goes with the worker
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
