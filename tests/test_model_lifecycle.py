@@ -188,5 +188,6 @@ def test_model_lifecycle_dag_publishes_then_skips_and_rollback_dag(
     back = airflow.run(str(DRIVER), "test", str(DAGS), "model_rollback")
     assert back["state"] == "success", back["tasks"]
     assert back["xcom"]["rollback"]["restores"] == first["version"]
+    assert back["xcom"]["rollback"]["reason"] == "manual rollback"  # the param's default
     assert retained_model(topic, broker, public)["version"] == back["xcom"]["rollback"]["version"]
     print(f"three DAG runs in {time.monotonic() - start:.1f} s")
