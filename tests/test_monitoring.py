@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import yaml
 
+from central.ingest_metrics import IngestMetrics
 from central.local_services import free_port
 from central.metrics.collector import FleetCollector
 from central.metrics.state import ExporterState
@@ -68,9 +69,10 @@ def test_alertmanager_example_passes_amtool() -> None:
 
 
 def exposed_names() -> set[str]:
-    """Every sample name the exporter can serve."""
+    """Every sample name central serves: the exporter's and an ingest worker's own."""
     names = set()
-    for family in FleetCollector(ExporterState(1, 1)).collect():
+    worker = IngestMetrics("1").registry.collect()
+    for family in [*FleetCollector(ExporterState(1, 1)).collect(), *worker]:
         suffixes = {
             "counter": ["_total"],
             "histogram": ["_bucket", "_count", "_sum"],
