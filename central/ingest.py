@@ -166,9 +166,9 @@ class IngestWorker:
     # --- loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        if self.s.metrics_port is not None:
-            port = self.metrics.serve(self.s.metrics_host, self.s.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", self.s.metrics_host, port)
+        if self.s.ingest_metrics_port is not None:
+            port = self.metrics.serve(self.s.ingest_metrics_host, self.s.ingest_metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.s.ingest_metrics_host, port)
         self.link.start()
         log.info(
             "ingest worker %s: broker %s:%s, share group %r",

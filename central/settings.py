@@ -46,9 +46,10 @@ class CentralSettings(TomlEnvSettings, BrokerSettings):
     quarantine_budget_bytes_per_hour: int = Field(default=64 * 1024 * 1024, ge=0)
     # The worker's own small files (which message it is handling: see central.poison).
     state_dir: Path = Path("var/ingest")
-    # The worker's own /metrics (ack latency: central/ingest_metrics.py); off when unset.
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
+    # The worker's own /metrics (ack latency: central/ingest_metrics.py); off when unset. Not
+    # metrics_port: that is the exporter's (central metrics serve), which may share the file.
+    ingest_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    ingest_metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _production_is_secure(self) -> CentralSettings:

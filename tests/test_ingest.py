@@ -219,11 +219,13 @@ def test_status_with_a_nul_character_is_quarantined(pg_dsn: str, pg: psycopg.Con
 
 
 def test_a_worker_exposes_its_ack_latency(pg_dsn: str, topic_root: str) -> None:
-    """With metrics_port set, the worker serves /metrics: one observation of the ack latency per
-    answer it published, labelled by its id; nothing for garbage it could not answer."""
+    """With ingest_metrics_port set, the worker serves /metrics: one observation of the ack
+    latency per answer it published, labelled by its id; nothing for garbage it cannot answer."""
     port = free_port()
     worker_id = f"m{time.monotonic_ns()}"
-    w = worker_for(pg_dsn, root=topic_root, worker_id=worker_id, share_group="", metrics_port=port)
+    w = worker_for(
+        pg_dsn, root=topic_root, worker_id=worker_id, share_group="", ingest_metrics_port=port
+    )
     stop = threading.Event()
     thread = threading.Thread(target=w.run, args=(stop,), daemon=True)
     thread.start()
