@@ -8,7 +8,8 @@ and the Dynamic Security plugin giving each identity its topics (``central broke
 * Dynamic Security, deny by default: a gateway publishes only its own readings, alerts and
   status, subscribes only to its own acks and the models; only ``svc-ingest-*`` identities may
   subscribe to every gateway's readings, alerts and status (shared or not) and publish acks;
-  only ``svc-models`` publishes models (and withdrawals); ``svc-alerts-*`` read alerts only.
+  only ``svc-models`` publishes models (and withdrawals); only ``svc-ops`` publishes operational
+  alerts (``{root}/ops/alerts``); ``svc-alerts-*`` read alerts (gateways' and operational) only.
   The plugin checks SUBSCRIBE packets (a refused one gets reason code 0x87), which Mosquitto's
   plain ``acl_file`` does not: with it, a gateway could join the ingest's shared subscription
   and have its share of every gateway's batches dropped at delivery.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from central.pki import Identity, Pki
+from edge_agent import topics
 
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -88,6 +90,10 @@ def service_roles(root: str) -> list[dict[str, Any]]:
             "acls": [_acl(_SEND, f"{root}/models/+"), *_read(f"{root}/models/+")],
         },
         {
+            "rolename": "ops",
+            "acls": [_acl(_SEND, topics.ops_alerts(root))],
+        },
+        {
             "rolename": "admin",
             "acls": [
                 _acl(_SEND, f"{CONTROL_TOPIC}/#"),
@@ -101,7 +107,10 @@ def alerts_role(root: str, name: str) -> dict[str, Any]:
     """What alert subscriber ``name`` may do: read every gateway's alerts, plainly or through
     a shared-subscription group named after itself. Never through any group (``$share/+``
     would let it join the ingest's group and take a share of the alerts away from central)."""
-    return {"rolename": f"alerts.{name}", "acls": _read(f"{root}/gw/+/alerts", group=name)}
+    return {
+        "rolename": f"alerts.{name}",
+        "acls": [*_read(f"{root}/gw/+/alerts", group=name), *_read(topics.ops_alerts(root))],
+    }
 
 
 def _role_of(identity: Identity) -> str | None:
@@ -109,7 +118,7 @@ def _role_of(identity: Identity) -> str | None:
         return f"gw.{identity.name}"
     if identity.role == "alerts":
         return f"alerts.{identity.name}"
-    return identity.role if identity.role in ("ingest", "models", "admin") else None
+    return identity.role if identity.role in ("ingest", "models", "ops", "admin") else None
 
 
 def clients_and_roles(

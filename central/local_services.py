@@ -333,6 +333,7 @@ def provision(
         pki.ensure(f"svc-ingest-{n}", "ingest")
     pki.ensure("svc-models", "models")
     pki.ensure("svc-models-keeper", "models")  # python -m ml keep-published
+    pki.ensure("svc-ops", "ops")  # gateway_watch's operational alerts
     pki.ensure("svc-admin", "admin")
     for name in alerts:
         pki.ensure(f"svc-alerts-{name}", "alerts")

@@ -10,6 +10,7 @@ identity its topics by role. Roles and names:
 * ``ingest``: ``svc-ingest-<worker>``, one per ingest worker (each its own MQTT session);
 * ``models``: ``svc-models``, the model publisher (``python -m ml publish``);
 * ``alerts``: ``svc-alerts-<name>``, a subscriber to alerts (revenue protection, other systems);
+* ``ops``: ``svc-ops``, publishes the operational alerts of ``gateway_watch`` (Airflow);
 * ``admin``: ``svc-admin``, manages the broker's access control at runtime (``central broker
   sync``);
 * ``broker``: the broker's own server certificate (CN and subject names = its host names).
@@ -40,12 +41,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.vocabulary import ID_PATTERN, SERVICE_PREFIX
 
-Role = Literal["gateway", "ingest", "models", "alerts", "admin", "broker"]
-ROLES: tuple[Role, ...] = ("gateway", "ingest", "models", "alerts", "admin", "broker")
+Role = Literal["gateway", "ingest", "models", "alerts", "ops", "admin", "broker"]
+ROLES: tuple[Role, ...] = ("gateway", "ingest", "models", "alerts", "ops", "admin", "broker")
 _SERVICE_NAME = {
     "ingest": re.compile(r"^svc-ingest-[A-Za-z0-9_.-]{1,40}$"),
     "models": re.compile(r"^svc-models(-[A-Za-z0-9_.-]{1,40})?$"),
     "alerts": re.compile(r"^svc-alerts-[A-Za-z0-9_.-]{1,40}$"),
+    "ops": re.compile(r"^svc-ops$"),
     "admin": re.compile(r"^svc-admin$"),
 }
 _ID = re.compile(ID_PATTERN)

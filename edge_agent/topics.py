@@ -25,6 +25,11 @@ def model(root: str, name: str) -> str:
     return f"{root}/models/{name}"
 
 
+def ops_alerts(root: str) -> str:
+    """Central's operational alerts about gateways (``ops_alert.v1``, DAG ``gateway_watch``)."""
+    return f"{root}/ops/alerts"
+
+
 def gateway_of(topic: str, root: str) -> str | None:
     """``<root>/gw/<gateway_id>/<kind>`` → ``gateway_id``; None for any other topic."""
     prefix = f"{root}/gw/"

@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -236,13 +236,19 @@ def _connect(client: mqtt.Client, broker: Broker) -> None:
 
 def publish_retained(topic: str, payload: bytes, broker: Broker) -> None:
     """Publish ``payload`` retained with QoS 1 and wait for the broker's PUBACK."""
+    publish(topic, [payload], broker, retain=True)
+
+
+def publish(topic: str, payloads: Sequence[bytes], broker: Broker, *, retain: bool = False) -> None:
+    """Publish each payload with QoS 1 on one connection and wait for every PUBACK."""
     client = _client(broker, "publish")
     _connect(client, broker)
     try:
-        info = client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(broker.timeout_s)
-        if not info.is_published():
-            raise PublishError(f"no PUBACK for {topic} within {broker.timeout_s} s")
+        sent = [client.publish(topic, payload, qos=1, retain=retain) for payload in payloads]
+        for info in sent:
+            info.wait_for_publish(broker.timeout_s)
+            if not info.is_published():
+                raise PublishError(f"no PUBACK for {topic} within {broker.timeout_s} s")
     finally:
         client.disconnect()
         client.loop_stop()

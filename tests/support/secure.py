@@ -35,6 +35,7 @@ def make_pki(directory: Path) -> Pki:
     pki.issue("svc-models", "models")
     pki.issue("svc-models-keeper", "models")
     pki.issue("svc-alerts-test", "alerts")
+    pki.issue("svc-ops", "ops")
     pki.issue("svc-admin", "admin")
     return pki
 
