@@ -66,7 +66,7 @@ class WatchSettings(TomlEnvSettings):
     watch_quarantine_window_s: float = Field(default=3600.0, gt=0)
     watch_quarantine_min_rows: int = Field(default=50, ge=1)
     watch_quarantine_factor: float = Field(default=5.0, ge=1)
-    # At most this many gateways are looked at per run (newest first): a bounded run.
+    # At most this many gateways are looked at per run (by id): a run's memory stays bounded.
     watch_max_gateways: int = Field(default=50_000, ge=1)
 
 
@@ -111,7 +111,7 @@ def conditions(conn: psycopg.Connection, now: datetime, s: WatchSettings) -> lis
     rows = conn.execute(
         "select gateway_id, received_at, status from raw.gateway_status"
         " where received_at >= %s and received_at <= %s order by gateway_id, received_at",
-        (min(window, now - timedelta(seconds=s.watch_silent_s)), now),
+        (window, now),
     ).fetchall()
     recent: dict[str, list[tuple[datetime, dict[str, Any]]]] = {}
     for gateway_id, received_at, status in rows:
@@ -129,8 +129,7 @@ def conditions(conn: psycopg.Connection, now: datetime, s: WatchSettings) -> lis
                 Condition(gateway_id, "silent", f"nothing for {quiet / 60:.0f} min (last: {state})")
             )
             continue
-        statuses = [st for at, st in recent.get(gateway_id, []) if at >= window]
-        found += _status_conditions(gateway_id, statuses, s)
+        found += _status_conditions(gateway_id, [st for _, st in recent.get(gateway_id, [])], s)
     found += _quarantine_spikes(conn, now, s)
     return found
 
