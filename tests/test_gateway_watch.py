@@ -26,8 +26,6 @@ from tests.support.secure import connect, identity_env
 
 pytestmark = pytest.mark.services
 
-NOW = datetime.now(UTC).replace(microsecond=0)
-
 
 def status(pending: float | str | None, accepted: int, models: bool, state: str = "online") -> Any:
     return {
@@ -40,7 +38,7 @@ def status(pending: float | str | None, accepted: int, models: bool, state: str 
 
 
 def add_status(pg: psycopg.Connection, gw: str, minutes_ago: float, body: Any) -> None:
-    at = NOW - timedelta(minutes=minutes_ago)
+    at = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     pg.execute(
         "insert into raw.gateway_status (gateway_id, sent_at, received_at, state, status)"
         " values (%s, %s, %s, %s, %s)",
@@ -52,7 +50,7 @@ def add_quarantine(pg: psycopg.Connection, gw: str, rows: int, minutes_ago: floa
     pg.execute(
         "insert into raw.quarantine (raw, reason, received_at, stored_at, source, gateway_id)"
         " select 'x', 'invalid', %s, %s, 'test', %s from generate_series(1, %s)",
-        (NOW - timedelta(minutes=minutes_ago),) * 2 + (gw, rows),
+        (datetime.now(UTC) - timedelta(minutes=minutes_ago),) * 2 + (gw, rows),
     )
 
 
@@ -66,16 +64,17 @@ def crafted_fleet(pg: psycopg.Connection) -> None:
     for m in (25, 15, 5):  # healthy: scoring, nothing pending
         add_status(pg, "gw-ok", m, status(0, 100 * m, True))
     add_status(pg, "gw-silent", 40, status(10, 5, True))  # heard 40 min ago, then nothing
-    for m, pending in ((28, 100), (18, 400), (8, 900)):  # never drained, growing
+    # (minutes ago: the DAG judges them a minute or so later, within its 30-minute window)
+    for m, pending in ((24, 100), (14, 400), (4, 900)):  # never drained, growing
         add_status(pg, "gw-backlog", m, status(pending, 1000 - m, True))
-    for m, accepted in ((25, 10), (5, 200)):  # reading, but no model
+    for m, accepted in ((20, 10), (5, 200)):  # reading, but no model
         add_status(pg, "gw-noscore", m, status(0, accepted, False))
     # odd rows: numbers as strings, NULLs, not an object, a status from the future
     add_status(pg, "gw-odd", 20, status("lots", 5, True))
     add_status(pg, "gw-odd", 10, {"state": "online", "buffer": None, "counters": None})
     pg.execute(
         "insert into raw.gateway_status values ('gw-odd', %s, %s, 'online', '[1, 2]')",
-        (NOW - timedelta(minutes=4),) * 2,
+        (datetime.now(UTC) - timedelta(minutes=4),) * 2,
     )
     add_status(pg, "gw-future", -120, status(0, 1, False))  # its only row is 2 h ahead
     add_quarantine(pg, "gw-ok", 120, 30)  # spike: 120 rows this hour, none the day before
@@ -87,7 +86,7 @@ def crafted_fleet(pg: psycopg.Connection) -> None:
 def test_each_condition_from_crafted_raw_rows(raw: tuple[str, psycopg.Connection]) -> None:
     dsn, pg = raw
     crafted_fleet(pg)
-    found = watch.conditions(pg, NOW, watch.load_watch_settings(pg_dsn=dsn))
+    found = watch.conditions(pg, datetime.now(UTC), watch.load_watch_settings(pg_dsn=dsn))
     assert sorted((c.gateway_id, c.kind) for c in found) == [
         ("gw-backlog", "backlog_growing"),
         ("gw-never-seen", "quarantine_spike"),
@@ -98,16 +97,17 @@ def test_each_condition_from_crafted_raw_rows(raw: tuple[str, psycopg.Connection
 
 
 def test_alerts_open_once_and_resolve() -> None:
-    first = watch.changes([watch.Condition("gw-a", "silent", "quiet")], {}, NOW)
+    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+    first = watch.changes([watch.Condition("gw-a", "silent", "quiet")], {}, now)
     assert [(a.kind, a.state, a.severity) for a in first] == [("silent", "open", "critical")]
-    opened = {("gw-a", "silent"): (first[0].alert_id, NOW)}
-    later = NOW + timedelta(minutes=5)
+    opened = {("gw-a", "silent"): (first[0].alert_id, now)}
+    later = now + timedelta(minutes=5)
     assert watch.changes([watch.Condition("gw-a", "silent", "quiet")], opened, later) == []
     (resolved,) = watch.changes([], opened, later)
     assert (resolved.alert_id, resolved.state, resolved.opened_at) == (
         first[0].alert_id,
         "resolved",
-        NOW,
+        now,
     )
     assert json.loads(resolved.payload())["schema"] == "ops_alert.v1"
 
