@@ -62,6 +62,12 @@ def write_warehouse_fleet(pg: psycopg.Connection, fleet: WarehouseFleet) -> int:
             "insert into raw.quarantine (raw, reason, received_at, source) "
             "values ('{\"kwh\": -1}', 'validation: kwh must be >= 0', now(), 'bench')"
         )
+        for gateway, reason, count in fleet.quarantine():
+            pg.execute(
+                "insert into raw.quarantine (raw, reason, received_at, source, gateway_id) "
+                "select '{}', %s, now(), 'simulator', %s from generate_series(1, %s)",
+                (reason, gateway, count),
+            )
     return rows
 
 

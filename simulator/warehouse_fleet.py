@@ -120,6 +120,15 @@ class WarehouseFleet:
         types = ["region"] + ["feeder"] * self.n_feeders + ["transformer"] * self.n_transformers
         parents = [None] + ["R1"] * self.n_feeders + [self.feeder_ids[f] for f in self.tx_feeder]
         kva = [None] * (1 + self.n_feeders) + [self.rated_kva] * self.n_transformers
+        # Transformers scattered over ~20 km around a city centre (their own random stream:
+        # the rest of the fleet does not change with it); feeders and the region have none.
+        where = np.random.default_rng(self.seed + 1)
+        lat = [None] * (1 + self.n_feeders) + list(
+            6.50 + where.uniform(-0.1, 0.1, self.n_transformers)
+        )
+        lon = [None] * (1 + self.n_feeders) + list(
+            3.38 + where.uniform(-0.1, 0.1, self.n_transformers)
+        )
         return pa.table(
             {
                 "asset_id": ids,
@@ -127,6 +136,8 @@ class WarehouseFleet:
                 "parent_id": parents,
                 "name": ids,
                 "rated_kva": pa.array(kva, pa.float64()),
+                "latitude": pa.array(lat, pa.float64()),
+                "longitude": pa.array(lon, pa.float64()),
             }
         )
 
@@ -298,6 +309,18 @@ class WarehouseFleet:
                 "status": status,
             }
         )
+
+    def quarantine(self) -> list[tuple[str, str, int]]:
+        """What central quarantined from each gateway: (gateway, reason, rows), a few rows per
+        gateway, with reasons worded as the ingest words them."""
+        rng = np.random.default_rng(self.seed + 2)
+        reasons = ("schema: kwh: out of range", "schema: ts: in the future", "malformed_json")
+        return [
+            (self.gateway_of(f), reason, int(rng.integers(1, 6)))
+            for f in self.feeder_ids
+            for reason in reasons
+            if rng.random() < 0.7
+        ]
 
     @property
     def readings_count(self) -> int:

@@ -21,14 +21,14 @@ import psycopg
 import pytest
 import yaml
 
-from central.warehouse.client import connect, spawn_owner, stop_owner
+from central.warehouse.client import connect
 from central.warehouse.dbt import dbt_env, run_dbt
 from central.warehouse.loader import load
 from central.warehouse.quality import run_quality
-from central.warehouse.settings import WarehouseSettings, get_settings
+from central.warehouse.settings import WarehouseSettings
 from simulator.raw_db import scratch_database, write_warehouse_fleet
 from simulator.warehouse_fleet import WarehouseFleet
-from tests.support.warehouse import marts_fleet
+from tests.support.warehouse import built_warehouse, marts_fleet
 
 pytestmark = [pytest.mark.services]  # real PostgreSQL; dbt from .venv-dbt (`make install`)
 
@@ -90,17 +90,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         with psycopg.connect(pg_dsn, autocommit=True) as pg:
             write_warehouse_fleet(pg, fleet)
             write_hand_feeder(pg)
-        proc, url = spawn_owner(work / "warehouse")
-        try:
-            settings = get_settings(clickhouse_dsn=url, pg_dsn=pg_dsn, dbt_target="embedded")
-            # dbt's artifacts and logs go to the test's directory, not the project's.
-            env = {"DBT_TARGET_PATH": str(work / "target"), "DBT_LOG_PATH": str(work / "logs")}
-            load(settings)
-            done = run_dbt(settings, ["build"], capture=True, extra_env=env)
-            assert done.returncode == 0, done.stdout[-6000:]
-            yield Built(fleet, pg_dsn, url, settings, done.stdout, env)
-        finally:
-            stop_owner(proc)
+        with built_warehouse(pg_dsn, work) as b:
+            yield Built(fleet, pg_dsn, b.url, b.settings, b.build_output, b.dbt_env)
 
 
 def test_dbt_build_runs_every_model_test_and_unit_test(built: Built) -> None:
@@ -252,6 +243,87 @@ def test_reliability_indices_equal_the_hand_computed_values(built: Built) -> Non
     finally:
         client.close()
     assert row == [(4, 4, 240.0, 1.0, 60.0, 60.0)]
+
+
+def _rows(built: Built, query: str) -> list[tuple[Any, ...]]:
+    client = connect(built.url)
+    try:
+        return list(client.query(query).result_rows)
+    finally:
+        client.close()
+
+
+def test_hourly_energy_adds_up_to_the_daily_balance(built: Built) -> None:
+    """mart_energy_hourly's supplied and billed energy, summed per day and feeder, are the
+    feeder balance's supplied and billed energy (the same readings, another grain)."""
+    hourly = _rows(
+        built,
+        "select reading_date, feeder_id, sum(supplied_kwh), sum(billed_kwh) "
+        "from marts.mart_energy_hourly where feeder_id like 'F0%' group by all order by all",
+    )
+    balance = _rows(
+        built,
+        "select balance_date, asset_id, supplied_kwh, billed_kwh from marts.mart_energy_balance "
+        "where asset_level = 'feeder' and asset_id like 'F0%' order by all",
+    )
+    assert len(hourly) == len(balance) == built.fleet.days * built.fleet.n_feeders
+    for h, b in zip(hourly, balance, strict=True):
+        assert h[:2] == b[:2] and h[2] == pytest.approx(b[2]) and h[3] == pytest.approx(b[3])
+
+
+def test_supply_hours_follow_the_fleets_load_shedding(built: Built) -> None:
+    fleet = built.fleet
+    off_hours: dict[tuple[str, str], float] = {}
+    for outage in fleet.outages:
+        day = datetime.fromtimestamp(outage.start_s, UTC).date().isoformat()
+        key = (day, outage.feeder_id)
+        off_hours[key] = off_hours.get(key, 0.0) + outage.intervals * fleet.interval_s / 3600
+    rows = _rows(
+        built,
+        "select toString(supply_date), feeder_id, load_shedding_hours, meets_promise "
+        "from marts.mart_supply_daily where feeder_id like 'F0%'",
+    )
+    assert len(rows) == fleet.days * fleet.n_feeders and off_hours
+    for day, feeder, shed, meets in rows:
+        # a missing reading is not an outage: scaled to the intervals received
+        assert shed == pytest.approx(off_hours.get((day, feeder), 0.0), abs=0.1), (day, feeder)
+        assert meets == (24 - shed >= 20)
+
+
+def test_quarantine_rates_by_reason_are_exact(built: Built) -> None:
+    """Every (gateway, reason) the fleet quarantined is counted, the mart is dense over
+    reasons, and the rate grouped by reason is quarantined / everything delivered."""
+    expected = {(gw, reason.split(":")[0]): n for gw, reason, n in built.fleet.quarantine()}
+    rows = _rows(
+        built,
+        "select gateway_id, reason_kind, quarantined_rows, received_rows "
+        "from marts.mart_quarantine_daily where gateway_id like 'GW-F0%'",
+    )
+    got = {(gw, kind): q for gw, kind, q, _ in rows if q}
+    assert got == expected
+    gateways = {gw for gw, *_ in rows}
+    kinds = {kind for _, kind, *_ in rows}
+    assert "validation" in kinds  # write_warehouse_fleet's row without a gateway: 0 here
+    assert len(rows) == len(gateways) * len(kinds)
+    delivered = dict(
+        _rows(
+            built,
+            "select gateway_id, count() from raw.readings final "
+            "where gateway_id like 'GW-F0%' group by gateway_id",
+        )
+    )
+    for gw, _, _, received in rows:
+        quarantined = sum(n for (g, _), n in expected.items() if g == gw)
+        assert received == delivered[gw] + quarantined
+    for kind in {kind for _, kind in expected}:
+        (rate,) = _rows(
+            built,
+            "select sum(quarantined_rows) / sum(received_rows) from marts.mart_quarantine_daily "
+            f"where gateway_id like 'GW-F0%' and reason_kind = '{kind}'",
+        )
+        of_kind = sum(n for (_, k), n in expected.items() if k == kind)
+        everything = sum(delivered.values()) + sum(expected.values())
+        assert rate[0] == pytest.approx(of_kind / everything), kind
 
 
 def test_data_completeness_counts_missing_days(built: Built) -> None:

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import pytest
 
 import simulator  # noqa: E402
-from central.warehouse.client import connect, spawn_owner, stop_owner
-from central.warehouse.dbt import run_dbt
-from central.warehouse.loader import load
-from central.warehouse.settings import get_settings
+from central.warehouse.client import connect
 from simulator.raw_db import scratch_database, write_simulated_fleet
+from tests.support.warehouse import built_warehouse
 
 pytestmark = [pytest.mark.services]  # real PostgreSQL; dbt from .venv-dbt (`make install`)
 
@@ -49,14 +47,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
     work = tmp_path_factory.mktemp("sim")
     with scratch_database("wh_test") as pg_dsn:
         truth = write_simulated_fleet(pg_dsn, simulator.Fleet(config))
-        proc, url = spawn_owner(work / "warehouse")
-        try:
-            settings = get_settings(clickhouse_dsn=url, pg_dsn=pg_dsn, dbt_target="embedded")
-            load(settings)
-            env = {"DBT_TARGET_PATH": str(work / "target"), "DBT_LOG_PATH": str(work / "logs")}
-            done = run_dbt(settings, ["build"], capture=True, extra_env=env)
-            assert done.returncode == 0, done.stdout[-6000:]
-            client = connect(url)
+        with built_warehouse(pg_dsn, work) as built:
+            client = connect(built.url)
             try:
                 balance = client.query(
                     "select asset_id, balance_date, unexplained_loss_pct, is_complete, "
@@ -65,9 +57,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
                 ).result_rows
             finally:
                 client.close()
-            yield Result(truth, balance)
-        finally:
-            stop_owner(proc)
+        yield Result(truth, balance)
 
 
 def stolen_pct(result: Result, transformer: str, day: dt.date) -> float | None:

@@ -1,7 +1,16 @@
-"""The simulated fleet the warehouse tests build marts from."""
+"""The simulated fleet the warehouse tests build marts from, and the build itself."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from central.warehouse.client import spawn_owner, stop_owner
+from central.warehouse.dbt import run_dbt
+from central.warehouse.loader import load
+from central.warehouse.settings import WarehouseSettings, get_settings
 from simulator.warehouse_fleet import WarehouseFleet
 
 
@@ -15,3 +24,28 @@ def marts_fleet() -> WarehouseFleet:
         transformers_per_feeder=3,
         theft_transformer_share=0.34,
     )
+
+
+@dataclass(frozen=True)
+class BuiltWarehouse:
+    url: str  # the owner server of the embedded warehouse
+    settings: WarehouseSettings
+    build_output: str
+    dbt_env: dict[str, str]  # where dbt wrote its artifacts and logs
+
+
+@contextmanager
+def built_warehouse(pg_dsn: str, work: Path) -> Iterator[BuiltWarehouse]:
+    """An embedded warehouse in ``work/warehouse`` loaded from ``pg_dsn`` and built by dbt
+    (models, data tests, unit tests), served by its owner for the block."""
+    proc, url = spawn_owner(work / "warehouse")
+    try:
+        settings = get_settings(clickhouse_dsn=url, pg_dsn=pg_dsn, dbt_target="embedded")
+        load(settings)
+        # dbt's artifacts and logs go to the test's directory, not the project's.
+        env = {"DBT_TARGET_PATH": str(work / "target"), "DBT_LOG_PATH": str(work / "logs")}
+        done = run_dbt(settings, ["build"], capture=True, extra_env=env)
+        assert done.returncode == 0, done.stdout[-6000:]
+        yield BuiltWarehouse(url, settings, done.stdout, env)
+    finally:
+        stop_owner(proc)
