@@ -16,7 +16,13 @@ AIRFLOW_VENV := .venv-airflow
 AIRFLOW_REQS := "astronomer-cosmos~=1.15" "asyncpg>=0.29"
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-$(shell (sha1sum pyproject.toml; echo '$(AIRFLOW_REQS)') | sha1sum | cut -c1-12)
 
-.PHONY: install demo test bench lint format datadict services gateway-bundle airflow-venv airflow clean
+# Apache Superset in its own virtualenv, made only when used (make dashboards, the dashboard
+# tests): SQLAlchemy 1.4 and its Flask pins clash with Airflow's and GX's.
+SUPERSET_VENV := .venv-superset
+SUPERSET_REQS := "apache-superset==6.1.0" "flask-caching==2.3.1" "clickhouse-connect[sqlalchemy]>=0.13" rich cachetools
+SUPERSET_STAMP := $(SUPERSET_VENV)/.installed-$(shell echo '$(SUPERSET_REQS)' | sha1sum | cut -c1-12)
+
+.PHONY: install demo test bench lint format datadict services gateway-bundle airflow-venv airflow superset-venv dashboards clean
 
 install: $(STAMP) $(DBT_STAMP)
 
@@ -44,6 +50,20 @@ $(AIRFLOW_STAMP): pyproject.toml
 
 airflow-venv: $(AIRFLOW_STAMP)
 
+$(SUPERSET_STAMP):
+	@test -x $(SUPERSET_VENV)/bin/python || $(PYTHON) -m venv $(SUPERSET_VENV)
+	$(SUPERSET_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SUPERSET_VENV)/bin/python -m pip install --quiet $(SUPERSET_REQS)
+	@rm -f $(SUPERSET_VENV)/.installed-*
+	@touch $@
+
+superset-venv: $(SUPERSET_STAMP)
+
+# Superset on 127.0.0.1:8088 over the demo's warehouse marts (docs/dashboards.md); run
+# `make demo` first. EIOT_CLICKHOUSE_DSN names another warehouse (a ClickHouse server).
+dashboards: install $(SUPERSET_STAMP)
+	$(BIN)/python -m central.dashboards serve
+
 # Airflow standalone on 127.0.0.1:8080 over the demo's data (docs/orchestration.md).
 airflow: install $(AIRFLOW_STAMP) services
 	$(AIRFLOW_VENV)/bin/python -m central.orchestration.launch
@@ -55,7 +75,7 @@ services:
 demo: install $(if $(AIRFLOW),$(AIRFLOW_STAMP))
 	$(BIN)/python -m central.demo $(if $(AIRFLOW),--airflow)
 
-test: install services $(AIRFLOW_STAMP)
+test: install services $(AIRFLOW_STAMP) $(SUPERSET_STAMP)
 	$(BIN)/python -m pytest
 
 bench: install services

@@ -196,6 +196,8 @@ def run(a: argparse.Namespace) -> int:
             central_half = _warehouse_airflow if a.airflow else _warehouse
             ok = central_half(dsns[LOADER], var) == 0
     print(f"demo finished in {time.monotonic() - started:.0f} s")
+    if ok and a.warehouse:
+        print("the marts in dashboards: make dashboards (docs/dashboards.md)")
     return 0 if ok else 1
 
 

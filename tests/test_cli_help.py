@@ -10,7 +10,13 @@ from collections.abc import Iterator
 
 import pytest
 
-PARSERS = ["edge_agent.cli", "central.cli", "simulator.cli", "ml.cli"]
+PARSERS = [
+    "edge_agent.cli",
+    "central.cli",
+    "simulator.cli",
+    "ml.cli",
+    "central.dashboards.__main__",
+]
 
 
 def walk(
@@ -47,6 +53,7 @@ def test_every_command_has_help(module: str) -> None:
         ["edge-agent", "status", "--help"],
         ["edge-agent", "clock", "reset", "--help"],
         ["python", "-m", "central.gateway_bundle", "--help"],
+        ["python", "-m", "central.dashboards", "--help"],
     ],
 )
 def test_installed_entry_points_answer_help(command: list[str]) -> None:

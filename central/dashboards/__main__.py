@@ -1,0 +1,115 @@
+"""``python -m central.dashboards``: Superset over the warehouse marts, dashboards as code.
+
+* ``serve`` (``make dashboards``): make or migrate Superset's home, start Superset on
+  127.0.0.1, import ``dashboards/`` with the warehouse connection from settings, and serve until
+  Ctrl-C. An embedded warehouse is served by its owner process for the duration.
+* ``import``: import ``dashboards/`` into the running Superset (idempotent: same UUIDs,
+  overwritten in place).
+* ``export``: write what the running Superset holds back into ``dashboards/``, normalized, for
+  review (``git diff dashboards/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from central.dashboards import bundle
+from central.dashboards.server import ADMIN_USER, SupersetHome
+from central.dashboards.settings import DashboardSettings, get_settings
+from central.dashboards.superset_api import SupersetClient, SupersetError, wait_healthy
+from central.warehouse.client import chdb_path, served
+
+
+def client(home: SupersetHome) -> SupersetClient:
+    return SupersetClient(home.url, ADMIN_USER, home.admin_password())
+
+
+def import_bundle(home: SupersetHome, warehouse_url: str) -> None:
+    """Import the repository's dashboards, the warehouse at ``warehouse_url``."""
+    uri, password = bundle.database_uri(warehouse_url, home.settings.marts_schema)
+    passwords = {bundle.WAREHOUSE_DB_FILE: password} if password else {}
+    client(home).import_assets(bundle.to_zip(home.settings.bundle_dir, uri), passwords)
+
+
+@contextlib.contextmanager
+def running(settings: DashboardSettings) -> Iterator[tuple[SupersetHome, str]]:
+    """Superset started over the warehouse, the bundle imported; (home, warehouse URL)."""
+    home = SupersetHome(settings)
+    new_password = home.initialise()
+    if new_password:
+        print(f"Superset admin password (printed once; kept in {home.password_path}):")
+        print(f"  {ADMIN_USER} / {new_password}")
+    with served(settings.clickhouse_dsn) as warehouse_url:
+        proc = home.start()
+        try:
+            wait_healthy(home.url, proc_alive=lambda: proc.poll() is None)
+            import_bundle(home, warehouse_url)
+            yield home, warehouse_url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a stuck worker
+                proc.kill()
+
+
+def cmd_serve(settings: DashboardSettings) -> int:
+    path = chdb_path(settings.clickhouse_dsn)
+    if path is not None and not path.exists():
+        print(f"no warehouse in {path}: run `make demo` first", file=sys.stderr)
+        return 2
+    with running(settings) as (home, warehouse_url):
+        uri, _ = bundle.database_uri(warehouse_url, settings.marts_schema)
+        print(f"Superset on {home.url} (user {ADMIN_USER}), over {uri}:")
+        for d in bundle.dashboards(settings.bundle_dir):
+            print(f"  {d.title:24} {home.url}/superset/dashboard/{d.slug}/")
+        print("Ctrl-C stops.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m central.dashboards",
+        description="Control-room dashboards on Superset, kept as code in dashboards/ "
+        "(docs/dashboards.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="start Superset over the warehouse and import the dashboards")
+    sub.add_parser("import", help="import dashboards/ into the running Superset")
+    sub.add_parser("export", help="write the running Superset's dashboards back to dashboards/")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    home = SupersetHome(settings)
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if not home.password_path.exists():
+        print(f"no Superset home in {home.home}: start one with `make dashboards`", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "import":
+            with served(settings.clickhouse_dsn) as warehouse_url:
+                import_bundle(home, warehouse_url)
+            print(f"imported {settings.bundle_dir} into {home.url}")
+            return 0
+        names = bundle.write_export(client(home).export_assets(), settings.bundle_dir)
+    except (OSError, SupersetError) as exc:
+        print(f"{args.command} failed: is Superset running on {home.url}? {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {len(names)} files to {settings.bundle_dir} (review: git diff)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

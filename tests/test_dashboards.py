@@ -1,0 +1,308 @@
+"""The control-room dashboards: a real Superset (``.venv-superset``, made by ``make test``) over
+a warehouse built by dbt from a simulated fleet, driven in a real headless Chromium.
+
+Every dashboard of ``dashboards/`` opens with every chart drawn and none failed or empty; a
+native filter changes the charts it scopes; importing twice leaves one copy of everything;
+exporting what was imported gives back the repository's files; the warehouse password travels
+at import only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import subprocess
+import urllib.parse
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from central.dashboards import bundle
+from central.dashboards.__main__ import client, import_bundle, running
+from central.dashboards.server import ADMIN_USER, SupersetHome
+from central.dashboards.settings import get_settings as dashboard_settings
+from central.local_services import free_port
+from simulator.raw_db import scratch_database, write_warehouse_fleet
+from tests.support.browser import chromium, screenshot_path
+from tests.support.processes import REPO
+from tests.support.superset import DashboardBrowser
+from tests.support.warehouse import built_warehouse, marts_fleet
+
+BUNDLE = REPO / "dashboards"
+pytestmark = pytest.mark.timeout(900)
+
+
+@dataclass(frozen=True)
+class Site:
+    home: SupersetHome
+    warehouse_url: str
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if not (REPO / ".venv-superset" / "bin" / "superset").exists():
+        pytest.fail("no .venv-superset: `make test` makes it (make superset-venv)")
+    work = tmp_path_factory.mktemp("dashboards")
+    with scratch_database("dash_test") as pg_dsn:
+        with psycopg.connect(pg_dsn, autocommit=True) as pg:
+            write_warehouse_fleet(pg, marts_fleet())
+        with built_warehouse(pg_dsn, work) as built:
+            settings = dashboard_settings(
+                clickhouse_dsn=f"chdb://{work / 'warehouse'}",  # the embedded path, as make demo
+                superset_home=work / "superset",
+                superset_port=free_port(),
+            )
+            with running(settings) as (home, warehouse_url):
+                assert warehouse_url == built.url  # the running owner, found by its data dir
+                yield Site(home, warehouse_url, work)
+
+
+def test_the_bundle_has_the_four_dashboards_with_their_filters() -> None:
+    found = {d.title: d for d in bundle.dashboards(BUNDLE)}
+    assert set(found) == {
+        "Grid overview",
+        "Revenue protection",
+        "Supply reliability",
+        "Fleet and data health",
+    }
+    for d in found.values():
+        assert "Date range" in d.filters and d.charts >= 7, d
+
+
+def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
+    with chromium(1600, 2400) as browser:
+        page = DashboardBrowser(browser, site.home.url)
+        page.login(ADMIN_USER, site.home.admin_password())
+        for d in bundle.dashboards(BUNDLE):
+            opened = page.open(d.slug, d.charts, timeout_s=120)
+            page.settled()  # line charts animate in after their first frame
+            browser.save_screenshot(str(screenshot_path(f"dashboard_{d.slug}")))
+            states = {c.title: (c.state, c.error) for c in opened.charts}
+            assert len(opened.charts) == d.charts, (d.slug, states)
+            assert all(state == "drawn" for state, _ in states.values()), (d.slug, states)
+            for chart in opened.charts:
+                assert chart.canvases or chart.text.strip(), (d.slug, chart.title, "draws nothing")
+
+
+def test_a_filter_changes_the_charts_it_scopes(site: Site) -> None:
+    """On the grid overview, choosing one feeder of the two changes every chart (all of them
+    have a feeder), and the energy supplied falls to that feeder's share."""
+    grid = next(d for d in bundle.dashboards(BUNDLE) if d.slug == "grid-overview")
+    with chromium(1600, 2400) as browser:
+        page = DashboardBrowser(browser, site.home.url)
+        page.login(ADMIN_USER, site.home.admin_password())
+        page.open(grid.slug, grid.charts)
+        before = {c.title: c for c in page.settled()}
+        page.choose("Feeder", "F000")
+        page.wait_finished(grid.charts)
+        after = {c.title: c for c in page.settled()}
+        browser.save_screenshot(str(screenshot_path("dashboard_grid-overview_feeder_F000")))
+    unchanged = [t for t in before if before[t].fingerprint == after[t].fingerprint]
+    assert unchanged == [], unchanged
+    assert all(c.state == "drawn" for c in after.values()), {t: c.error for t, c in after.items()}
+    supplied_before = float(before["Energy supplied"].text.split()[0].replace(",", "").rstrip("k"))
+    supplied_after = float(after["Energy supplied"].text.split()[0].replace(",", "").rstrip("k"))
+    assert 0 < supplied_after < supplied_before
+
+
+def _counts(site: Site) -> dict[str, int]:
+    api = client(site.home)
+    return {
+        kind: api.get(f"/api/v1/{kind}/?q=(page_size:100)")["count"]
+        for kind in ("database", "dataset", "chart", "dashboard")
+    }
+
+
+def test_importing_again_is_idempotent(site: Site) -> None:
+    first = _counts(site)
+    import_bundle(site.home, site.warehouse_url)
+    assert _counts(site) == first
+    charts = len(list((BUNDLE / "charts").glob("*.yaml")))
+    datasets = len(list((BUNDLE / "datasets").rglob("*.yaml")))
+    assert first == {"database": 1, "dataset": datasets, "chart": charts, "dashboard": 4}
+
+
+def test_export_gives_back_the_repository_files(site: Site, tmp_path: Path) -> None:
+    """What the repository holds is what Superset exports, normalized: an analyst's edit in the
+    UI comes back as a diff of the files it touched and nothing else."""
+    out = tmp_path / "exported"
+    bundle.write_export(client(site.home).export_assets(), out)
+    assert bundle.files(out) == bundle.files(BUNDLE)
+
+
+def test_an_edit_in_superset_comes_back_as_a_small_diff(site: Site, tmp_path: Path) -> None:
+    """Renaming a chart: the export renames its file and changes one line in it; nothing else
+    moves (the dashboard's layout names charts by UUID)."""
+    api = client(site.home)
+    charts = api.get("/api/v1/chart/?q=(page_size:100)")["result"]
+    chart = next(c for c in charts if c["slice_name"] == "Inspection list")
+    api.put(f"/api/v1/chart/{chart['id']}", {"slice_name": "Meters to inspect first"})
+    try:
+        out = tmp_path / "exported"
+        bundle.write_export(api.export_assets(), out)
+        before, after = bundle.files(BUNDLE), bundle.files(out)
+    finally:
+        api.put(f"/api/v1/chart/{chart['id']}", {"slice_name": "Inspection list"})
+    (old,) = set(before) - set(after)
+    (new,) = set(after) - set(before)
+    assert old.startswith("charts/Inspection_list_") and new.startswith("charts/Meters_to_")
+    changed = sorted(n for n in before if n in after and before[n] != after[n])
+    assert changed == [], changed
+    lines = [d for d in difflib.ndiff(before[old].splitlines(), after[new].splitlines())]
+    edits = [d for d in lines if d[:1] in "+-"]
+    assert edits == ["- slice_name: Inspection list", "+ slice_name: Meters to inspect first"]
+
+
+def test_a_server_dsn_with_a_password_reaches_superset_but_not_the_files(
+    site: Site, tmp_path: Path
+) -> None:
+    """A ClickHouse server DSN (here the owner server, which ignores logins) with a user and a
+    password: Superset gets both, the bundle and its export get neither the password."""
+    parts = urllib.parse.urlsplit(site.warehouse_url)
+    dsn = f"http://analyst:{urllib.parse.quote('s3cr/et@', safe='')}@{parts.hostname}:{parts.port}"
+    import_bundle(site.home, dsn)
+    try:
+        api = client(site.home)
+        db = api.get("/api/v1/database/?q=(page_size:10)")["result"][0]
+        detail = api.get(f"/api/v1/database/{db['id']}/connection")["result"]
+        assert detail["sqlalchemy_uri"].startswith(
+            f"clickhousedb://analyst:XXXXXXXXXX@{parts.hostname}"
+        )
+        # the masked URI: Superset tests with the password it stored at import
+        test = api.post(
+            "/api/v1/database/test_connection/",
+            {"database_name": db["database_name"], "sqlalchemy_uri": detail["sqlalchemy_uri"]},
+        )
+        assert test.get("message") == "OK", test
+        assert _stored_password(site.home) == "s3cr/et@"
+        out = tmp_path / "exported"
+        bundle.write_export(api.export_assets(), out)
+        assert "s3cr" not in json.dumps(bundle.files(out))
+        assert bundle.files(out) == bundle.files(BUNDLE)
+    finally:
+        import_bundle(site.home, site.warehouse_url)
+
+
+def _stored_password(home: SupersetHome) -> str:
+    """The warehouse password as Superset keeps it (encrypted with its secret key), read
+    through Superset's own models."""
+    code = (
+        "from superset.app import create_app\n"
+        "app = create_app()\n"
+        "with app.app_context():\n"
+        "    from superset.extensions import db\n"
+        "    from superset.models.core import Database\n"
+        "    print(db.session.query(Database).one().password)\n"
+    )
+    done = subprocess.run(
+        [home.bin("python"), "-c", code], env=home.env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_database_uri_keeps_the_password_apart() -> None:
+    assert bundle.database_uri("http://127.0.0.1:8124", "marts") == (
+        "clickhousedb://127.0.0.1:8124/marts",
+        None,
+    )
+    assert bundle.database_uri("https://ro%40x:p%3Aw@ch.example:8443/raw", "marts_v2") == (
+        "clickhousedb://ro%40x:XXXXXXXXXX@ch.example:8443/marts_v2?secure=true",
+        "p:w",
+    )
+    with pytest.raises(ValueError):
+        bundle.database_uri("chdb:///var/warehouse", "marts")
+
+
+def test_the_bundle_in_the_repository_names_no_instance_and_no_secret() -> None:
+    files = bundle.files(BUNDLE)
+    db = yaml.safe_load(files[bundle.WAREHOUSE_DB_FILE])
+    assert db["sqlalchemy_uri"] == bundle.PLACEHOLDER_URI and "password" not in db
+    assert not db["allow_dml"] and not db["allow_csv_upload"]
+    for name, text in files.items():
+        doc = yaml.safe_load(text)
+        if name.startswith("charts/"):
+            assert doc["query_context"] is None
+            assert not set(bundle.INSTANCE_PARAMS) & set(doc["params"]), name
+
+
+def _metric_names(params: dict[str, object]) -> set[str]:
+    names = set(params.get("metrics") or [])  # type: ignore[arg-type]
+    names |= {
+        params[k] for k in ("metric", "timeseries_limit_metric", "x_axis_sort") if params.get(k)
+    }  # type: ignore[misc]
+    return {n for n in names if isinstance(n, str)}
+
+
+def _column_names(params: dict[str, object]) -> set[str]:
+    names: set[str] = set()
+    for key in ("groupby", "all_columns", "tooltip_columns"):
+        names |= set(params.get(key) or [])  # type: ignore[arg-type]
+    for key in ("x_axis", "start_time", "end_time", "y_axis", "series", "dimension"):
+        if isinstance(params.get(key), str):
+            names.add(params[key])  # type: ignore[arg-type]
+    spatial = params.get("spatial") or {}
+    names |= {spatial.get("latCol"), spatial.get("lonCol")} - {None}  # type: ignore[union-attr]
+    names |= {f["subject"] for f in params.get("adhoc_filters") or []}  # type: ignore[union-attr]
+    return names
+
+
+def test_charts_datasets_and_marts_agree() -> None:
+    """Every metric and column a chart names is its dataset's; every physical dataset has the
+    columns its mart declares (dbt/models/marts/_marts.yml), with their types unwrapped."""
+    files = {n: yaml.safe_load(t) for n, t in bundle.files(BUNDLE).items()}
+    datasets = {d["uuid"]: d for n, d in files.items() if n.startswith("datasets/")}
+    marts = yaml.safe_load((REPO / "dbt" / "models" / "marts" / "_marts.yml").read_text())
+    declared = {m["name"]: m["columns"] for m in marts["models"]}
+    for dataset in datasets.values():
+        if dataset["sql"] is None:
+            built = {c["name"]: c["data_type"] for c in declared[dataset["table_name"]]}
+            listed = {c["column_name"]: c["type"] for c in dataset["columns"]}
+            assert set(listed) == set(built), (dataset["table_name"], set(listed) ^ set(built))
+            for name, listed_type in listed.items():
+                assert listed_type in built[name] and "Nullable" not in listed_type, name
+        else:
+            refs = {
+                t.removeprefix("from ") for t in dataset["sql"].split() if t.startswith("mart_")
+            }
+            assert refs <= set(declared), dataset["table_name"]
+    for name, chart in files.items():
+        if not name.startswith("charts/"):
+            continue
+        dataset = datasets[chart["dataset_uuid"]]
+        metrics = {m["metric_name"] for m in dataset["metrics"]}
+        columns = {c["column_name"] for c in dataset["columns"]}
+        assert _metric_names(chart["params"]) <= metrics, (
+            name,
+            _metric_names(chart["params"]) - metrics,
+        )
+        assert _column_names(chart["params"]) <= columns, (
+            name,
+            _column_names(chart["params"]) - columns,
+        )
+
+
+def test_an_export_writes_only_the_bundles_files_inside_the_bundle(tmp_path: Path) -> None:
+    """A hostile or foreign ZIP cannot write outside the bundle folder: names are rebuilt from
+    sanitized titles, unknown kinds are dropped."""
+    chart = {"slice_name": "../../escape", "uuid": "../../../x", "params": {}, "viz_type": "x"}
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as zf:
+        zf.writestr("x/metadata.yaml", "version: 1.0.0\ntype: assets\n")
+        zf.writestr("x/charts/../../evil.yaml", yaml.safe_dump(chart))
+        zf.writestr("x//etc/evil.yaml", "a: 1\n")
+        zf.writestr("x/queries/saved.yaml", "sql: select 1\n")
+    out = tmp_path / "bundle" / "dashboards"
+    names = bundle.write_export(data.getvalue(), out)
+    assert names == ["charts/escape_x.yaml", "metadata.yaml"]
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml"))
+    assert written == ["bundle/dashboards/charts/escape_x.yaml", "bundle/dashboards/metadata.yaml"]
+    with pytest.raises(ValueError):
+        bundle.write_export(b"PK\x05\x06" + bytes(18), tmp_path / "empty")
