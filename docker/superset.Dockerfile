@@ -1,5 +1,6 @@
-# Superset with the ClickHouse driver (the dashboards read the warehouse marts).
-FROM apache/superset:6.0.0
+# Superset with the ClickHouse driver (the dashboards read the warehouse marts); the same
+# Superset version as .venv-superset (Makefile), where dashboards/ is tested.
+FROM apache/superset:6.1.0
 USER root
 RUN pip install --no-cache-dir "clickhouse-connect[sqlalchemy]>=0.8"
 USER superset

@@ -12,7 +12,11 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import os
+import signal
+import socket
 import subprocess
+import sys
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
@@ -30,7 +34,7 @@ from central.dashboards.settings import get_settings as dashboard_settings
 from central.local_services import free_port
 from simulator.raw_db import scratch_database, write_warehouse_fleet
 from tests.support.browser import chromium, screenshot_path
-from tests.support.processes import REPO
+from tests.support.processes import REPO, wait_until
 from tests.support.superset import DashboardBrowser
 from tests.support.warehouse import built_warehouse, marts_fleet
 
@@ -306,3 +310,34 @@ def test_an_export_writes_only_the_bundles_files_inside_the_bundle(tmp_path: Pat
     assert written == ["bundle/dashboards/charts/escape_x.yaml", "bundle/dashboards/metadata.yaml"]
     with pytest.raises(ValueError):
         bundle.write_export(b"PK\x05\x06" + bytes(18), tmp_path / "empty")
+
+
+def test_serve_prints_the_password_once_refuses_a_taken_port_and_leaves_nothing_behind(
+    site: Site, tmp_path: Path
+) -> None:
+    """`make dashboards` as an operator runs it: the first start prints the generated admin
+    password; a second server on the same port refuses to start (a stale Superset would
+    otherwise answer for it); SIGTERM stops Superset with it (no orphaned gunicorn)."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("EIOT_")},
+        "EIOT_CLICKHOUSE_DSN": f"chdb://{site.work / 'warehouse'}",
+        "EIOT_SUPERSET_HOME": str(tmp_path / "superset"),
+        "EIOT_SUPERSET_PORT": str(port),
+    }
+    command = [sys.executable, "-m", "central.dashboards", "serve"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_until(lambda: "Ctrl-C stops." in log.read_text(), timeout=240, what="serve")
+        text = log.read_text()
+        password = (tmp_path / "superset" / "admin.password").read_text().strip()
+        assert text.count(password) == 1 and "superset/dashboard/grid-overview/" in text
+        second = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+        assert second.returncode != 0 and "is taken" in second.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, log.read_text()[-3000:]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

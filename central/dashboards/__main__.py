@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,10 @@ def import_bundle(home: SupersetHome, warehouse_url: str) -> None:
 def running(settings: DashboardSettings) -> Iterator[tuple[SupersetHome, str]]:
     """Superset started over the warehouse, the bundle imported; (home, warehouse URL)."""
     home = SupersetHome(settings)
+    if home.port_in_use():
+        raise SystemExit(
+            f"{home.url} is taken (another Superset?): stop it or set EIOT_SUPERSET_PORT"
+        )
     new_password = home.initialise()
     if new_password:
         print(f"Superset admin password (printed once; kept in {home.password_path}):")
@@ -58,7 +63,12 @@ def running(settings: DashboardSettings) -> Iterator[tuple[SupersetHome, str]]:
                 proc.kill()
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds `running`, which stops Superset and the owner
+
+
 def cmd_serve(settings: DashboardSettings) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None and not path.exists():
         print(f"no warehouse in {path}: run `make demo` first", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,17 @@ class SupersetHome:
     @property
     def url(self) -> str:
         return f"http://{self.settings.superset_host}:{self.settings.superset_port}"
+
+    def port_in_use(self) -> bool:
+        """Something already listens where this Superset would (a stale one would answer our
+        health checks and refuse our login)."""
+        try:
+            with socket.create_connection(
+                (self.settings.superset_host, self.settings.superset_port), timeout=2
+            ):
+                return True
+        except OSError:
+            return False
 
     def bin(self, name: str) -> str:
         return str(self.settings.superset_venv / "bin" / name)
