@@ -48,7 +48,12 @@ def test_agent_sigkill_at_every_stage(rig: Rig) -> None:
     rig.start_agent("gw-a")
     rig.wait_delivered()
     rig.assert_exactly_once()
-    assert rig.counters("gw-a").get("batches_resent", 0) >= 1
+    # The batch published right before the second kill (killed before its send was recorded)
+    # is either sent again by the next process or acknowledged to it first through its
+    # persistent session: a race, both ways correct (exactly once, above). So every batch but
+    # that one has a recorded send.
+    counters = rig.counters("gw-a")
+    assert counters["batches_sent"] >= counters["batches_formed"] - 1, counters
 
 
 def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
