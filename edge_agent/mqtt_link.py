@@ -109,6 +109,7 @@ class MqttLink:
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
         self.client.on_publish = self._handle_publish
+        self.client.on_subscribe = self._handle_subscribe
         # Only the network thread touches the socket. Without this hook paho writes a message
         # queued from another thread (publish, a manual ack) from that thread, while the network
         # thread may be reading: two threads in one TLS connection corrupt it ("bad record
@@ -225,8 +226,8 @@ class MqttLink:
             return
         self._backoff.reset()
         self.connects += 1
-        for topic, qos in self.config.subscriptions:
-            client.subscribe(topic, qos=qos)
+        if self.config.subscriptions:
+            client.subscribe(list(self.config.subscriptions))
         self._connected.set()
         if self._on_connect_cb:
             self._on_connect_cb()
@@ -239,6 +240,20 @@ class MqttLink:
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._on_message:
             self._on_message(msg)
+
+    def _handle_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        # Messages published before the broker took the subscriptions reach nobody (QoS 1 is
+        # kept only for sessions already subscribed): this line tells a reader they now count.
+        refused = [
+            f"{topic} ({code})"
+            for (topic, _), code in zip(self.config.subscriptions, reasons, strict=False)
+            if code.is_failure
+        ]
+        if refused:
+            log.warning("broker refused subscriptions: %s", ", ".join(refused))
+        log.info("subscribed to %d topics", len(self.config.subscriptions) - len(refused))
 
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any

@@ -99,9 +99,9 @@ class Rig:
         return proc
 
     def wait_ingest_ready(self, proc: Proc) -> None:
-        """Until the worker has loaded its settings and started its broker link (it subscribes
-        as soon as it is connected): messages published before that go to the other workers."""
-        self.wait_until(lambda: "share group" in proc.output(), 30, f"{proc.log.name} started")
+        """Until the broker has taken the worker's subscriptions: messages published before that
+        go to the other workers, or to nobody when it is the first."""
+        self.wait_until(lambda: "subscribed to" in proc.output(), 30, f"{proc.log.name} subscribed")
 
     def stop_ingests(self) -> dict[str, dict[str, int]]:
         """Stop the ingest workers (SIGTERM, as an operator would) and return what each one
