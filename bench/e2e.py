@@ -154,6 +154,7 @@ def forward(
             ["-m", "edge_agent", "--log-level", "WARNING", "run", "--exit-when-drained"],
             {
                 **broker.env(gw, relay.port),
+                "EIOT_TIMEZONE": "Africa/Lagos",
                 "EIOT_GATEWAY_ID": gw,
                 "EIOT_TOPIC_ROOT": ROOT,
                 "EIOT_DB_PATH": str(var / f"{gw}.db"),

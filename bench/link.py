@@ -191,6 +191,7 @@ def forward(
         **identity_env(pki, GATEWAY, link.central_ip, broker.port),
         "EIOT_PROFILE": "production",
         "EIOT_GATEWAY_ID": GATEWAY,
+        "EIOT_TIMEZONE": "Africa/Lagos",
         "EIOT_TOPIC_ROOT": ROOT,
         "EIOT_DB_PATH": str(db),
         "EIOT_SPOOL_DIR": str(spool),

@@ -59,6 +59,8 @@ def _agent_env(
         **secure,
         "EIOT_PROFILE": "production",
         "EIOT_GATEWAY_ID": gw,
+        # the simulated fleet's meters name their own zones in its registry; this is the rest
+        "EIOT_TIMEZONE": "Africa/Lagos",
         "EIOT_TOPIC_ROOT": TOPIC_ROOT,
         "EIOT_DB_PATH": str(var / f"{gw}.db"),
         "EIOT_BATCH_MAX_AGE_S": "1",

@@ -24,8 +24,9 @@ from edge_agent.buffer import Buffer, BufferFull, is_full
 from edge_agent.capacity import IntakeGate, SpaceLimits
 from edge_agent.clock import ClockWatch
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
+from edge_agent.localtime import DEFAULT_ZONE, MeterClocks
 from edge_agent.mqtt_link import LinkConfig, MqttLink
-from edge_agent.registry import customer_classes, load_meters
+from edge_agent.registry import customer_classes, load_meters, meter_zones
 from edge_agent.rollout import ModelManager
 from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.sdnotify import Notifier
@@ -110,6 +111,7 @@ def build_detection(
             sum(len(c) for c in grid.customers.values()),
         )
     classes = customer_classes(meters)
+    clocks = MeterClocks(s.timezone or DEFAULT_ZONE, meter_zones(meters))
     detector = Detector(
         s.gateway_id,
         buffer.readings,
@@ -118,6 +120,7 @@ def build_detection(
         transformer_meters=grid.transformer_meters if grid else frozenset(),
         energy=energy,
         meter_class=classes,
+        clocks=clocks,
     )
     models = ModelManager(
         buffer.models,

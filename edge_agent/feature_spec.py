@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "hour_sin",  # hour of day of the interval midpoint (UTC + utc_offset_s)
+    "hour_sin",  # hour of day of the interval midpoint, local time (UTC + utc_offset_s)
     "hour_cos",
     "kwh_vs_same_hour_7d",  # log ratio: kwh vs mean of the same time of day over the last 7 days
     "kwh_vs_24h",  # log ratio: kwh vs mean of the previous 24 h

@@ -9,13 +9,16 @@ uses only rows at or before it (causal), and only rows inside :func:`history_win
 giving the function more history than that never changes a row's features.
 
 Time is cut into slots of ``interval_s`` on the absolute epoch grid (``ts`` rounded to the nearest
-multiple of ``interval_s``); missing slots are gaps. A row is *valid* when the supply was on and
-the meter was not out of credit (``no_credit`` flag). Only valid rows feed the trailing means, and
-rows that are not valid get neutral values (0) for the ratio features and the zero run, and keep
-their meter's latest ``rough_24h`` and ``flatness_24h`` (up to 6 days old), so an outage or an
-empty prepaid meter does not look like theft; so does a valid row right after one, with too few
-valid readings in its last 24 h. Register and tamper-flag features are computed on every row:
-a cover opened during an outage is still a tamper event.
+multiple of ``interval_s``); missing slots are gaps. Time of day and calendar days are the meter's
+local ones (``utc_offset_s``, see :mod:`edge_agent.localtime`); "the same hour on earlier days" is
+whole days of slots back, so for a week after a daylight-saving change it is an hour off.
+
+A row is *valid* when the supply was on and the meter was not out of credit (``no_credit`` flag).
+Only valid rows feed the trailing means, and rows that are not valid get neutral values (0) for the
+ratio features and the zero run, and keep their meter's latest ``rough_24h`` and ``flatness_24h``
+(up to 6 days old), so an outage or an empty prepaid meter does not look like theft; so does a
+valid row right after one, with too few valid readings in its last 24 h. Register and tamper-flag
+features are computed on every row: a cover opened during an outage is still a tamper event.
 
 Energies are summed as integers (micro-kWh), so the result is bit-for-bit the same whether a
 meter is computed alone or inside a large grouped call.
@@ -111,13 +114,15 @@ def compute_features(
     interval_s: int,
     flag_bits: Mapping[str, int],
     *,
-    utc_offset_s: int = 0,
+    utc_offset_s: npt.ArrayLike = 0,
 ) -> npt.NDArray[np.float32]:
     """Features of one meter's readings, sorted by ``ts`` (epoch seconds, end of interval).
 
     ``flag_bits`` maps flag names to their bit masks in ``flags`` (``{"cover_open": 1, ...}``,
     see :func:`flag_bits_from_names`); unknown names are simply absent. ``register_kwh`` uses NaN
-    for "not reported". Returns float32 of shape ``(n, len(FEATURE_NAMES))``, all finite.
+    for "not reported". ``utc_offset_s`` is the meter's local clock: one offset, or one per row
+    (:func:`edge_agent.localtime.utc_offsets`, which follows daylight saving time). Returns
+    float32 of shape ``(n, len(FEATURE_NAMES))``, all finite.
     """
     n = np.asarray(ts).shape[0]
     return compute_features_grouped(
@@ -143,7 +148,7 @@ def compute_features_grouped(
     interval_s: int,
     flag_bits: Mapping[str, int],
     *,
-    utc_offset_s: int = 0,
+    utc_offset_s: npt.ArrayLike = 0,
     only: npt.ArrayLike | None = None,
 ) -> npt.NDArray[np.float32]:
     """:func:`compute_features` for many meters at once.
@@ -164,12 +169,16 @@ def compute_features_grouped(
     flags_a = np.asarray(flags)  # made int64 a chunk at a time
     reg_a = np.asarray(register_kwh, dtype=np.float64)
     n = ts_a.shape[0]
+    offset_a = np.asarray(utc_offset_s, dtype=np.int64)
+    if offset_a.ndim == 0:
+        offset_a = np.broadcast_to(offset_a, (n,))
     for name, arr in (
         ("meter_index", meter),
         ("kwh", kwh_a),
         ("supply_on", on_a),
         ("flags", flags_a),
         ("register_kwh", reg_a),
+        ("utc_offset_s", offset_a),
     ):
         if arr.shape != (n,):
             raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
@@ -240,7 +249,7 @@ def compute_features_grouped(
             interval_s,
             tamper_mask,
             no_credit_mask,
-            utc_offset_s,
+            offset_a[rows],
         )
         out[lo:hi] = block[wanted[lo:hi] - first_row]
     return out
@@ -306,7 +315,7 @@ def _block_features(
     interval_s: int,
     tamper_mask: int,
     no_credit_mask: int,
-    utc_offset_s: int,
+    utc_offset_s: IntArray,
 ) -> npt.NDArray[np.float32]:
     n = g.shape[0]
     day = slots_per_day(interval_s)
@@ -437,7 +446,9 @@ def _block_features(
 
     # Day-level features on local calendar days (UTC + utc_offset_s): a day-level change
     # (h1 scales a whole day by a fresh factor) is not smeared over two sliding 24-h blocks.
-    # p = slots of this slot's local day before it (slot midpoints, integer arithmetic).
+    # p = slots of this slot's local day before it (slot midpoints, integer arithmetic), read
+    # from the local clock: on the day a zone changes its offset, the day's start is off by
+    # that change (an hour) for the rest of that day.
     slot_abs = (ts + interval_s // 2) // interval_s
     two_day = 2 * 86400
     p = ((2 * slot_abs * interval_s - interval_s + 2 * utc_offset_s) % two_day) // (2 * interval_s)

@@ -3,7 +3,8 @@
 
 A registry is a JSON file — a list of meter objects, or an object with ``"meters": [...]``
 (``python -m simulator`` writes that as ``registry.json``) — with at least ``meter_id`` and, as
-known, ``meter_role`` (``customer`` | ``transformer``), ``transformer_id`` and ``customer_class``.
+known, ``meter_role`` (``customer`` | ``transformer``), ``transformer_id``, ``customer_class`` and
+``timezone`` (IANA name, where the meter's local clock is not the gateway's).
 """
 
 from __future__ import annotations
@@ -31,4 +32,20 @@ def customer_classes(meters: Iterable[Mapping[str, Any]]) -> dict[str, str]:
             continue
         if isinstance(meter_id, str) and isinstance(cls, str) and cls:
             out[meter_id] = cls
+    return out
+
+
+def meter_zones(meters: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """``{meter_id: timezone}`` of the meters that name a zone; a zone this machine does not
+    know is an error (a misspelt zone must not turn into UTC features)."""
+    from edge_agent.localtime import check_zone
+
+    out: dict[str, str] = {}
+    for m in meters:
+        meter_id, tz = m.get("meter_id"), m.get("timezone")
+        if isinstance(meter_id, str) and isinstance(tz, str) and tz:
+            try:
+                out[meter_id] = check_zone(tz)
+            except ValueError as exc:
+                raise ValueError(f"registry meter {meter_id!r}: {exc}") from None
     return out

@@ -58,6 +58,7 @@ from edge_agent.fields import (
     TS,
     Row,
 )
+from edge_agent.localtime import MeterClocks
 
 if TYPE_CHECKING:
     import sqlite3
@@ -173,6 +174,7 @@ class Detector:
         transformer_meters: frozenset[str] = frozenset(),
         energy: EnergyBalance | None = None,
         meter_class: Mapping[str, str] | None = None,
+        clocks: MeterClocks | None = None,
         meters_per_call: int = METERS_PER_CALL,
     ) -> None:
         self.gateway_id = gateway_id
@@ -182,6 +184,7 @@ class Detector:
         self.transformer_meters = transformer_meters
         self.energy = energy
         self.meter_class: Mapping[str, str] = meter_class or {}
+        self.clocks = clocks or MeterClocks()
         self.meters_per_call = max(1, meters_per_call)
         self._flag_masks: dict[str | None, int] = {None: 0, "": 0}
 
@@ -335,6 +338,7 @@ class Detector:
             arrays[i] = arrays[i][order]
         codes, ts, kwh, on, flags, reg = arrays
         del arrays
+        offsets = self.clocks.offsets(list(code_of), codes, ts)  # each meter's local clock
         new_at = order - n_h  # position in ``sub`` of a new row, < 0 for a history row
         del order
         # Features meters_per_call meters at a time (their history included, only the new
@@ -358,6 +362,7 @@ class Detector:
                 reg[lo:hi],
                 interval_s,
                 DEFAULT_FLAG_BITS,
+                utc_offset_s=offsets[lo:hi],
                 only=local,
             )
             pos = new_at[lo:hi][local]

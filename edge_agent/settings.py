@@ -2,7 +2,7 @@
 
 Precedence, strongest first: explicit arguments, environment, TOML file, defaults. Defaults are
 safe on a laptop (loopback broker, buffer under ``var/``); a production gateway sets
-``profile = "production"``, its ``gateway_id`` and broker credentials.
+``profile = "production"``, its ``gateway_id``, ``timezone`` and broker credentials.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from edge_agent.localtime import check_zone
 from edge_agent.settings_base import BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 from edge_agent.vocabulary import ID_PATTERN
@@ -83,6 +84,11 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     spool_meter_id: str = Field(default="seed-0001", pattern=ID_PATTERN)
     sim: SimSourceSettings | None = None
 
+    # The gateway's local clock (IANA name, e.g. "Africa/Lagos"): time-of-day and calendar-day
+    # features use it, daylight saving included; a registry meter with its own "timezone" uses
+    # that. Unset means UTC, which the production profile refuses: set it, even to "UTC".
+    timezone: str | None = None
+
     # Anomaly model (model.v1 on {topic_root}/models/{model_name}, retained, signed).
     model_name: str = Field(default="iforest", pattern=ID_PATTERN)
     # Raw 32-byte Ed25519 public key, base64 or hex. Unset: every model is refused
@@ -109,12 +115,19 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     energy_balance_min_completeness: float = Field(default=0.99, gt=0, le=1)
     energy_balance_grace_s: int = Field(default=3600, ge=0)
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        return None if value is None else check_zone(value)
+
     @model_validator(mode="after")
     def _production_is_secure(self) -> AgentSettings:
         if self.profile == "production":
             problems = self.broker_problems()
             if self.gateway_id == "gw-laptop":
                 problems.insert(0, "production profile needs its own gateway_id")
+            if self.timezone is None:
+                problems.append("production profile needs the gateway's timezone (IANA name)")
             if problems:
                 raise ValueError("; ".join(problems))
         return self

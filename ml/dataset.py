@@ -10,6 +10,7 @@ very code the gateway runs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,9 @@ from edge_agent.features import (
     flags_mask,
     history_window_s,
 )
+from edge_agent.localtime import DEFAULT_ZONE, zone_offsets
+
+log = logging.getLogger(__name__)
 
 CUSTOMER = "customer"
 TRANSFORMER = "transformer"
@@ -48,6 +52,7 @@ class MeterData:
     customer_class: npt.NDArray[np.str_]  # (M,) "" when unknown
     region: npt.NDArray[np.str_]  # (M,)
     transformer_id: npt.NDArray[np.str_]  # (M,) "" for off-grid meters
+    timezone: npt.NDArray[np.str_]  # (M,) IANA zone of the meter's local clock
     label_code: npt.NDArray[np.uint8] | None = None  # (T, M) simulator ground truth
     label_names: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +109,7 @@ class MeterData:
             customer_class=self.customer_class[mask],
             region=self.region[mask],
             transformer_id=self.transformer_id[mask],
+            timezone=self.timezone[mask],
             label_code=cols(self.label_code),
             label_names=self.label_names,
             source=dict(self.source),
@@ -165,6 +171,7 @@ def from_fleet(cfg: Any) -> MeterData:
         customer_class=np.array([m["customer_class"] or "" for m in meta], dtype=str),
         region=np.array([m["region"] or "" for m in meta], dtype=str),
         transformer_id=np.array([m["transformer_id"] or "" for m in meta], dtype=str),
+        timezone=np.array([m["timezone"] for m in meta], dtype=str),
         label_code=arrays["label_code"],
         label_names=tuple(LABEL_NAMES),
         source={
@@ -233,6 +240,7 @@ def from_rows(
         customer_class=attr("customer_class"),
         region=attr("region"),
         transformer_id=attr("transformer_id"),
+        timezone=attr("timezone", DEFAULT_ZONE),
         source=source or {"kind": "rows"},
     )
 
@@ -264,14 +272,25 @@ def from_postgres(
                 "customer_class": r[2],
                 "region": r[3],
                 "transformer_id": r[4],
+                "timezone": r[5],
             }
             for r in conn.execute(
-                "select meter_id, meter_role, customer_class, region, transformer_id"
+                "select meter_id, meter_role, customer_class, region, transformer_id, timezone"
                 " from raw.meters"
             )
         }
     if not rows:
         raise ValueError(f"no readings in raw.readings between {start} and {end}")
+    unzoned = sorted({str(r[0]) for r in rows if not meters.get(r[0], {}).get("timezone")})
+    if unzoned:
+        # Central does not know the zone the gateway was given: these meters' local-time
+        # features use UTC, which the operator is told (register raw.meters.timezone).
+        log.warning(
+            "%d meters have no timezone in raw.meters (%s...): their features use %s",
+            len(unzoned),
+            ", ".join(unzoned[:3]),
+            DEFAULT_ZONE,
+        )
     cols = list(zip(*rows, strict=True))
     register = np.array([np.nan if v is None else v for v in cols[3]], dtype=np.float64)
     return from_rows(
@@ -289,6 +308,7 @@ def from_postgres(
             "start": start.isoformat(),
             "end": end.isoformat(),
             "interval_s": interval_s,
+            "meters_without_timezone": len(unzoned),
         },
     )
 
@@ -308,6 +328,7 @@ def reading_features(data: MeterData) -> npt.NDArray[np.float32]:
         data.register_kwh.T[present],
         data.interval_s,
         data.flag_bits,
+        utc_offset_s=zone_offsets(ts, data.timezone[meter]),
     )
     out = np.zeros((t_n, m_n, len(FEATURE_NAMES)), np.float32)
     out.transpose(1, 0, 2)[present] = x

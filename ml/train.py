@@ -58,11 +58,13 @@ def features_for(
     register_kwh: npt.ArrayLike,
     interval_s: int,
     flag_bits: Mapping[str, int],
+    utc_offset_s: npt.ArrayLike = 0,
 ) -> npt.NDArray[np.float32]:
     """Training features: the edge's own feature code over many meters at once.
 
     Rows may come in any order (e.g. a simulator chunk sorted by time); meters may be ids of any
-    type (str, int). The result is in the input row order.
+    type (str, int). ``utc_offset_s``: one local clock, or one offset per row. The result is in
+    the input row order.
     """
     meter = np.asarray(meter_index)
     ts_a = np.asarray(ts, dtype=np.int64)
@@ -71,8 +73,17 @@ def features_for(
     kwh_s, on_s, flags_s, reg_s = (
         np.asarray(c)[order] for c in (kwh, supply_on, flags, register_kwh)
     )
+    offsets = np.broadcast_to(np.asarray(utc_offset_s, dtype=np.int64), ts_a.shape)[order]
     x_sorted = compute_features_grouped(
-        codes.reshape(-1)[order], ts_a[order], kwh_s, on_s, flags_s, reg_s, interval_s, flag_bits
+        codes.reshape(-1)[order],
+        ts_a[order],
+        kwh_s,
+        on_s,
+        flags_s,
+        reg_s,
+        interval_s,
+        flag_bits,
+        utc_offset_s=offsets,
     )
     x = np.empty_like(x_sorted)
     x[order] = x_sorted

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 HOURS = 24
@@ -265,7 +267,7 @@ class RegionSpec:
     name: str
     latitude: float
     longitude: float
-    utc_offset_h: int
+    timezone: str  # IANA name; the simulator's clock needs one that keeps one offset all year
     temp_mean_c: float
     temp_season_amp_c: float
     temp_peak_doy: int  # day of year of the warmest season
@@ -276,21 +278,134 @@ class RegionSpec:
     wind_mean_ms: float
     shedding: str  # "rotation" | "bands" | "none"
 
+    @property
+    def utc_offset_s(self) -> int:
+        """The zone's offset, the same all year (checked: the time grid has no DST)."""
+        return _fixed_offset_s(self.timezone)
+
+
+@lru_cache(maxsize=32)
+def _fixed_offset_s(timezone: str) -> int:
+    tz = ZoneInfo(timezone)
+    seen = {
+        datetime(year, month, 15, tzinfo=UTC).astimezone(tz).utcoffset()
+        for year in (2020, 2024, 2026)
+        for month in (1, 4, 7, 10)
+    }
+    if len(seen) != 1:
+        raise ValueError(f"region time zone {timezone!r} changes its offset (DST)")
+    (offset,) = seen
+    return int(offset.total_seconds()) if offset is not None else 0
+
 
 # Rough climatological normals (see docs/simulator.md). Nigeria sheds by service bands, South
 # Africa by rotating stages, the others by rotating feeder cuts ("délestage").
 REGION_TEMPLATES: tuple[RegionSpec, ...] = (
-    RegionSpec("DKR", "Dakar", 14.69, -17.44, 0, 24.5, 3.5, 260, 3.5, 70, 10, 240, 4.5, "rotation"),
-    RegionSpec("DLA", "Douala", 4.05, 9.70, 1, 26.5, 1.5, 50, 4.0, 83, 6, 220, 2.5, "rotation"),
-    RegionSpec("COO", "Cotonou", 6.37, 2.39, 1, 27.3, 1.5, 75, 4.0, 78, 6, 170, 3.5, "rotation"),
-    RegionSpec("LOS", "Lagos", 6.52, 3.38, 1, 27.0, 1.5, 75, 4.5, 80, 6, 170, 3.0, "bands"),
-    RegionSpec("KAN", "Kano", 12.00, 8.52, 1, 26.5, 5.0, 125, 7.0, 35, 25, 225, 3.0, "bands"),
     RegionSpec(
-        "JNB", "Johannesburg", -26.20, 28.05, 2, 16.0, 5.0, 15, 7.0, 55, 15, 15, 3.5, "rotation"
+        "DKR",
+        "Dakar",
+        14.69,
+        -17.44,
+        "Africa/Dakar",
+        24.5,
+        3.5,
+        260,
+        3.5,
+        70,
+        10,
+        240,
+        4.5,
+        "rotation",
     ),
-    RegionSpec("ACC", "Accra", 5.60, -0.19, 0, 27.0, 1.5, 75, 4.0, 78, 6, 170, 3.5, "rotation"),
-    RegionSpec("ABJ", "Abidjan", 5.36, -4.01, 0, 27.0, 1.5, 75, 4.0, 80, 6, 165, 3.0, "rotation"),
-    RegionSpec("NBO", "Nairobi", -1.29, 36.82, 3, 19.0, 1.5, 60, 6.0, 65, 10, 110, 3.5, "rotation"),
+    RegionSpec(
+        "DLA",
+        "Douala",
+        4.05,
+        9.70,
+        "Africa/Douala",
+        26.5,
+        1.5,
+        50,
+        4.0,
+        83,
+        6,
+        220,
+        2.5,
+        "rotation",
+    ),
+    RegionSpec(
+        "COO",
+        "Cotonou",
+        6.37,
+        2.39,
+        "Africa/Porto-Novo",
+        27.3,
+        1.5,
+        75,
+        4.0,
+        78,
+        6,
+        170,
+        3.5,
+        "rotation",
+    ),
+    RegionSpec(
+        "LOS", "Lagos", 6.52, 3.38, "Africa/Lagos", 27.0, 1.5, 75, 4.5, 80, 6, 170, 3.0, "bands"
+    ),
+    RegionSpec(
+        "KAN", "Kano", 12.00, 8.52, "Africa/Lagos", 26.5, 5.0, 125, 7.0, 35, 25, 225, 3.0, "bands"
+    ),
+    RegionSpec(
+        "JNB",
+        "Johannesburg",
+        -26.20,
+        28.05,
+        "Africa/Johannesburg",
+        16.0,
+        5.0,
+        15,
+        7.0,
+        55,
+        15,
+        15,
+        3.5,
+        "rotation",
+    ),
+    RegionSpec(
+        "ACC", "Accra", 5.60, -0.19, "Africa/Accra", 27.0, 1.5, 75, 4.0, 78, 6, 170, 3.5, "rotation"
+    ),
+    RegionSpec(
+        "ABJ",
+        "Abidjan",
+        5.36,
+        -4.01,
+        "Africa/Abidjan",
+        27.0,
+        1.5,
+        75,
+        4.0,
+        80,
+        6,
+        165,
+        3.0,
+        "rotation",
+    ),
+    RegionSpec(
+        "NBO",
+        "Nairobi",
+        -1.29,
+        36.82,
+        "Africa/Nairobi",
+        19.0,
+        1.5,
+        60,
+        6.0,
+        65,
+        10,
+        110,
+        3.5,
+        "rotation",
+    ),
 )
 
 THEFT_WEIGHTS: dict[str, float] = {

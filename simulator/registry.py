@@ -21,6 +21,7 @@ METER_KEYS = (
     "transformer_id",
     "feeder_id",
     "region",
+    "timezone",
     "latitude",
     "longitude",
     "gateway_id",
@@ -40,6 +41,7 @@ def _iso(dt: datetime) -> str:
 
 
 def build_registry(cfg: FleetConfig, topo: Topology) -> Registry:
+    zones = [r.timezone for r in cfg.region_specs]  # topology regions are these, in order
     assets: list[dict[str, Any]] = []
     for r, rid in enumerate(topo.region_ids):
         assets.append(
@@ -96,6 +98,7 @@ def build_registry(cfg: FleetConfig, topo: Topology) -> Registry:
                 "transformer_id": topo.tx_ids[tx] if tx >= 0 else None,
                 "feeder_id": topo.feeder_ids[int(topo.cust_feeder[i])] if tx >= 0 else None,
                 "region": topo.region_ids[int(topo.cust_region[i])],
+                "timezone": zones[int(topo.cust_region[i])],
                 "latitude": lat[i],
                 "longitude": lon[i],
                 "gateway_id": gw_ids[int(topo.cust_gateway[i])],
@@ -113,6 +116,7 @@ def build_registry(cfg: FleetConfig, topo: Topology) -> Registry:
                     "transformer_id": topo.tx_ids[x],
                     "feeder_id": topo.feeder_ids[int(topo.tx_feeder[x])],
                     "region": topo.region_ids[int(topo.tx_region[x])],
+                    "timezone": zones[int(topo.tx_region[x])],
                     "latitude": round(float(topo.tx_lat[x]), 6),
                     "longitude": round(float(topo.tx_lon[x]), 6),
                     "gateway_id": gw_ids[g],

@@ -35,7 +35,7 @@ class TimeGrid:
         self.days = cfg.day_blocks
         self._total = cfg.total_intervals
         self.start_epoch = cfg.start_epoch
-        self.offsets_s = np.array([r.utc_offset_h * 3600 for r in cfg.region_specs], np.int64)
+        self.offsets_s = np.array([r.utc_offset_s for r in cfg.region_specs], np.int64)
         self._recurring: set[tuple[int, int]] = set()
         self._dates: set[date] = set()
         for text in cfg.holidays:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from edge_agent.features import FEATURE_NAMES
+from edge_agent.localtime import zone_offsets
 from ml import customer
 from ml.dataset import from_fleet, from_rows, reading_features
 from ml.evaluate import EvalConfig
@@ -289,6 +290,7 @@ def test_dense_grid_and_features_match_the_edge_code() -> None:
         data.register_kwh.ravel(),
         data.interval_s,
         FLAG_BIT,
+        utc_offset_s=zone_offsets(ts, data.timezone[meter]),
     )
     assert np.array_equal(x.reshape(-1, len(FEATURE_NAMES)), direct)
 

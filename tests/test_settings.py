@@ -59,7 +59,10 @@ def test_production_refuses_laptop_defaults_and_placeholders(tmp_path: Path) -> 
         load_settings(
             profile="production", gateway_id="gw-9", **{**identity, "broker_key_file": "/nope"}
         )
-    assert load_settings(profile="production", gateway_id="gw-9", **identity).broker_tls
+    with pytest.raises(ValidationError, match="timezone"):  # its local clock, even "UTC"
+        load_settings(profile="production", gateway_id="gw-9", **identity)
+    ok = load_settings(profile="production", gateway_id="gw-9", timezone="Africa/Accra", **identity)
+    assert ok.broker_tls and ok.timezone == "Africa/Accra"
     dsn = "postgresql://eiot_ingest:S3cr3t-x@db/eiot"
     with pytest.raises(ValidationError, match="password"):
         central_settings(profile="production", **identity)

@@ -144,6 +144,7 @@ def test_registry_rows_match_the_sql_columns_and_reference_existing_assets() -> 
         "transformer_id",
         "feeder_id",
         "region",
+        "timezone",
         "latitude",
         "longitude",
         "gateway_id",

@@ -159,6 +159,7 @@ def test_registry_upserts_into_postgres_idempotently() -> None:
     psycopg = pytest.importorskip("psycopg")
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+    from central.db import migrate
     from simulator.registry_db import upsert_registry
 
     try:
@@ -169,8 +170,7 @@ def test_registry_upserts_into_postgres_idempotently() -> None:
     admin.execute(f'create database "{name}"')
     try:
         dsn = make_conninfo(**{**conninfo_to_dict(PG), "dbname": name})
-        with psycopg.connect(dsn) as conn:
-            conn.execute((ROOT / "central" / "sql" / "0001_raw.sql").read_text())
+        migrate(dsn)
         fleet = Fleet(FleetConfig(meters=300, gateways=2, seed=5))
         reg = fleet.registry()
         assert upsert_registry(reg, dsn) == {"assets": len(reg.assets), "meters": len(reg.meters)}

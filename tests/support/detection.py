@@ -124,9 +124,11 @@ def gateway(
     cooldown_s: int = 86400,
     meters: Iterable[Mapping[str, Any]] = (),
     model_file: Path | None = None,
+    timezone: str | None = None,
 ) -> Gateway:
     """A gateway over the buffer file ``path`` (its stored models loaded, as at a start), with
-    ``model`` offered when given; ``meters`` is its registry (transformers, customer classes)."""
+    ``model`` offered when given; ``meters`` is its registry (transformers, customer classes,
+    zones)."""
     buffer = Buffer(path)
     settings = AgentSettings(
         gateway_id="gw1",
@@ -134,6 +136,7 @@ def gateway(
         model_name="iforest",
         model_public_key=models().public_key,
         alert_cooldown_s=cooldown_s,
+        timezone=timezone,
     )
     parts = build_detection(settings, buffer, [dict(m) for m in meters], time.time)
     parts.models.start(model_file)
