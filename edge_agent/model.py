@@ -15,8 +15,10 @@ threshold``, exactly as the wire serialises them (``created_at`` as the UTC ``..
 standard base64 of the model, ``sha256`` the lowercase hex digest of the model bytes.
 
 The public key (agent configuration) is the raw 32-byte Ed25519 key, as 64 hex characters or
-base64. Scores: ``score`` is the IsolationForest anomaly score in (0, 1] (``ml.onnx_export``),
-HIGHER = MORE ANOMALOUS; a row is anomalous when ``score > threshold``.
+base64. Scores: HIGHER = MORE ANOMALOUS. The graph outputs the IsolationForest anomaly score in
+(0, 1]; a model from ``ml`` carries in its ONNX metadata the knots that map it to its level among
+the model's normal training readings, in [0, 1] (``edge_agent.calibration``), and ``score`` is
+then that level. A row is anomalous when ``score > threshold``, both on the model's scale.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from edge_agent.calibration import METADATA_KEY as CALIBRATION_KEY
+from edge_agent.calibration import Calibration
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.signing import (
     MAX_MODEL_BYTES,
@@ -105,6 +109,11 @@ class LoadedModel:
             raise ModelRejected("invalid_onnx", "expected one input and an output")
         self._input = str(inputs[0].name)
         self._outputs = [str(outputs[0].name)]
+        knots = self._session.get_modelmeta().custom_metadata_map.get(CALIBRATION_KEY)
+        try:
+            self.calibration = None if knots is None else Calibration.from_json(knots)
+        except ValueError as exc:
+            raise ModelRejected("invalid_onnx", f"calibration: {exc}"[:300]) from None
         width = inputs[0].shape[-1] if inputs[0].shape else None
         if isinstance(width, int) and width != len(self.feature_names):
             raise ModelRejected(
@@ -119,14 +128,18 @@ class LoadedModel:
             raise ModelRejected("invalid_onnx", f"probe gave {probe!r}")
 
     def score(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """Anomaly scores (higher = more anomalous) of rows ``(n, F)`` or one row ``(F,)``."""
+        """Anomaly scores (higher = more anomalous) of rows ``(n, F)`` or one row ``(F,)``: the
+        graph's output, mapped to its level when the model carries a calibration."""
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"expected (n, {len(self.feature_names)}) features, got {x.shape}")
         result = self._session.run(self._outputs, {self._input: x})[0]
-        scores: npt.NDArray[np.float32] = np.asarray(result, dtype=np.float32).reshape(-1)
+        raw = np.asarray(result, dtype=np.float32).reshape(-1)
+        if self.calibration is None:
+            return raw
+        scores: npt.NDArray[np.float32] = self.calibration.level_of(raw).astype(np.float32)
         return scores
 
     def is_anomaly(self, scores: npt.ArrayLike) -> npt.NDArray[np.bool_]:

@@ -7,8 +7,9 @@ the labelled training customers are split by meter (75 % fit, 25 % validation), 
 fitted on the first part and the one with the higher reading-level PR-AUC (theft readings vs
 normal readings) on the validation meters is kept. Without labels the global model is kept.
 
-Scores compared across members are margins, ``score - threshold`` (> 0: alert), so one ranking
-can mix meters scored by different members.
+Members are calibrated (:mod:`ml.calibration`): their output is a level among their own normal
+training readings, on one scale for every member. Scores compared across members are margins,
+``score - threshold`` (> 0: alert), so one ranking can mix meters scored by different members.
 
 Directory layout (``write``/``read``)::
 
@@ -31,9 +32,9 @@ import numpy.typing as npt
 
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import LoadedModel
+from ml.calibration import Calibration
 from ml.dataset import MeterData
 from ml.metrics import pr_auc, roc_auc
-from ml.onnx_export import export_fast
 from ml.train import DEFAULT_ALERT_RATE, DEFAULT_MAX_FALSE_ALARM_RATE, DEFAULT_MAX_SAMPLES, train
 
 MANIFEST = "model.json"
@@ -55,6 +56,8 @@ class Member:
     threshold_method: str
     train_rows: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: The graph outputs levels (``threshold`` is one); None: raw anomaly scores.
+    calibration: Calibration | None = None
 
     @property
     def sha256(self) -> str:
@@ -62,8 +65,11 @@ class Member:
 
     @property
     def offset(self) -> float:
-        """scikit-learn's ``offset_`` (``decision_function = score_samples - offset_``)."""
-        return -self.threshold
+        """scikit-learn's ``offset_`` (``decision_function = score_samples - offset_``): minus
+        the threshold as a raw anomaly score."""
+        if self.calibration is None:
+            return -self.threshold
+        return -self.calibration.raw_of(self.threshold)
 
 
 @dataclass
@@ -111,6 +117,7 @@ class ModelSet:
                     "threshold_method": m.threshold_method,
                     "train_rows": m.train_rows,
                     "metrics": m.metrics,
+                    "calibration": None if m.calibration is None else m.calibration.knots(),
                 }
                 for m in self.members
             ],
@@ -147,6 +154,9 @@ class ModelSet:
                     threshold_method=m["threshold_method"],
                     train_rows=int(m["train_rows"]),
                     metrics=dict(m.get("metrics", {})),
+                    calibration=(
+                        Calibration.from_knots(m["calibration"]) if m.get("calibration") else None
+                    ),
                 )
             )
         created = datetime.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ")
@@ -261,11 +271,12 @@ def _fit_member(
     return Member(
         name=name,
         customer_class=customer_class,
-        onnx=export_fast(trained.model, trained.feature_names),
-        threshold=float(trained.threshold),
+        onnx=trained.onnx(),
+        threshold=trained.published_threshold,
         threshold_method=trained.threshold_method,
         train_rows=trained.train_rows,
         metrics={k: float(v) for k, v in trained.metrics.items()},
+        calibration=trained.calibration,
     )
 
 

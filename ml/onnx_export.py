@@ -10,6 +10,9 @@ implements it on CPU) of :data:`TREES_PER_NODE` trees each, their ``Sum`` and on
     Sum                                      -> s[N, 1]
     Exp                                      -> "score" float32 [N, 1]
 
+plus, for a calibrated model, the knots that map that raw score to a level in the model's
+metadata (``ml.calibration``).
+
 Why ten nodes and not one: onnxruntime's kernel picks its loop order by the size of the ensemble,
 and with few trees a block of rows goes through every tree while the trees sit in cache. Batches
 score about 25 % faster than with one node of 100 trees, a single row somewhat slower
@@ -43,6 +46,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.ensemble import IsolationForest
+
+from ml.calibration import METADATA_KEY as CALIBRATION_KEY
+from ml.calibration import Calibration
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
@@ -184,8 +190,10 @@ def fast_graph(
     *,
     graph_name: str = "eiot_iforest",
     trees_per_node: int = TREES_PER_NODE,
+    calibration: Calibration | None = None,
 ) -> onnx.ModelProto:
-    """The fitted ``model`` as TreeEnsemble nodes, their Sum and an Exp (module docstring)."""
+    """The fitted ``model`` as TreeEnsemble nodes, their Sum and an Exp (module docstring); with
+    ``calibration``, its knots in the model's metadata (:mod:`ml.calibration`)."""
     n_features = int(model.n_features_in_)
     if len(feature_names) != n_features:
         raise ValueError(f"{len(feature_names)} feature names for {n_features} features")
@@ -219,14 +227,22 @@ def fast_graph(
         ir_version=IR_VERSION,
         producer_name="eiot.ml.onnx_export",
     )
-    helper.set_model_props(proto, {"feature_names": ",".join(feature_names)})
+    props = {"feature_names": ",".join(feature_names)}
+    if calibration is not None:  # applied by edge_agent.model.LoadedModel (ml.calibration)
+        props[CALIBRATION_KEY] = calibration.to_json()
+    helper.set_model_props(proto, props)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
 
-def export_fast(model: IsolationForest, feature_names: Sequence[str]) -> bytes:
+def export_fast(
+    model: IsolationForest,
+    feature_names: Sequence[str],
+    calibration: Calibration | None = None,
+) -> bytes:
     """Serialized :func:`fast_graph`."""
-    data: bytes = fast_graph(model, feature_names).SerializeToString()
+    proto = fast_graph(model, feature_names, calibration=calibration)
+    data: bytes = proto.SerializeToString()
     return data
 
 

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.signing import signed_bytes, withdrawal_signed_bytes
 from edge_agent.wire import ModelMessage, ModelWithdrawal
-from ml.onnx_export import export_fast
 from ml.train import TrainedModel
 
 KEY_FILE_ENV = "EIOT_MODEL_SIGNING_KEY_FILE"
@@ -141,14 +140,13 @@ def message_from_trained(
     private_key: Ed25519PrivateKey,
     created_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """Export ``trained`` with the fast ONNX graph and sign it."""
-    onnx_bytes = export_fast(trained.model, trained.feature_names)
+    """Export ``trained`` with the fast ONNX graph (calibrated when it can be) and sign it."""
     return build_model_message(
-        onnx_bytes,
+        trained.onnx(),
         name=name,
         version=version,
         feature_names=trained.feature_names,
-        threshold=trained.threshold,
+        threshold=trained.published_threshold,
         private_key=private_key,
         created_at=created_at,
     )

@@ -1,9 +1,11 @@
 """Train the gateway's anomaly model: a scikit-learn IsolationForest on per-reading features.
 
-Scores follow the ONNX graph of :mod:`ml.onnx_export`: ``score = -IsolationForest.score_samples``
-(the Liu et al. anomaly score, in (0, 1], higher = more anomalous); a reading is flagged when
-``score > threshold``. After training, ``model.offset_ = -threshold`` so that scikit-learn's own
-``predict`` gives the very same labels (-1 = outlier).
+Scores here are raw, as in the ONNX graph of :mod:`ml.onnx_export` before calibration:
+``score = -IsolationForest.score_samples`` (the Liu et al. anomaly score, in (0, 1], higher = more
+anomalous); a reading is flagged when ``score > threshold``. The published model outputs levels
+(:mod:`ml.calibration`, fitted here on the normal training readings): see
+:attr:`TrainedModel.published_threshold`. After training, ``model.offset_ = -threshold`` so that
+scikit-learn's own ``predict`` gives the very same labels (-1 = outlier).
 
 How the threshold is chosen
 ---------------------------
@@ -31,6 +33,8 @@ import numpy.typing as npt
 from sklearn.ensemble import IsolationForest
 
 from edge_agent.features import FEATURE_NAMES, compute_features_grouped
+from ml import calibration
+from ml.calibration import MIN_ROWS, Calibration
 
 DEFAULT_ALERT_RATE = 0.001
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
@@ -43,10 +47,25 @@ DEFAULT_MAX_SAMPLES = 1024
 class TrainedModel:
     model: IsolationForest
     feature_names: tuple[str, ...]
-    threshold: float
+    threshold: float  # raw anomaly score
     threshold_method: str
     train_rows: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: raw score -> level among the normal training readings (None: too few of them)
+    calibration: Calibration | None = None
+
+    @property
+    def published_threshold(self) -> float:
+        """The threshold on the published model's output: its level when calibrated."""
+        if self.calibration is None:
+            return self.threshold
+        return float(self.calibration.level_of(self.threshold))
+
+    def onnx(self) -> bytes:
+        """The published graph (:mod:`ml.onnx_export`), calibrated when it can be."""
+        from ml.onnx_export import export_fast
+
+        return export_fast(self.model, self.feature_names, self.calibration)
 
 
 def features_for(
@@ -227,12 +246,14 @@ def train(
         threshold = f1_threshold(anomaly_scores(model, x), y, max_false_alarm_rate)
         method = f"max F1 on labelled rows, false alarms <= {max_false_alarm_rate:g}"
     model.offset_ = -threshold
+    normal_scores = anomaly_scores(model, fit_rows)
     result = TrainedModel(
         model=model,
         feature_names=tuple(feature_names),
         threshold=threshold,
         threshold_method=method,
         train_rows=int(fit_rows.shape[0]),
+        calibration=calibration.fit(normal_scores) if normal_scores.size >= MIN_ROWS else None,
     )
     if y is not None:
         result.metrics = evaluate(anomaly_scores(model, x), y, threshold)

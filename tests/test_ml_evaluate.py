@@ -267,7 +267,9 @@ def test_cli_help_and_train_writes_a_model_directory(tmp_path: Path) -> None:
     (member,) = model_set.members
     assert (out / "iforest.onnx").read_bytes() == member.onnx
     manifest = json.loads((out / "model.json").read_text())
-    assert manifest["members"][0]["offset"] == -member.threshold
+    assert manifest["members"][0]["offset"] == member.offset
+    assert member.calibration is not None  # offset is the raw threshold, threshold its level
+    assert member.calibration.level_of(-member.offset) == pytest.approx(member.threshold)
     assert manifest["training"]["window_start"] < manifest["training"]["window_end"]
     # Tampering with the ONNX file is caught when the directory is read.
     (out / "iforest.onnx").write_bytes(member.onnx + b"x")

@@ -104,7 +104,7 @@ def test_publish_registers_row_and_retained_message_verifies(
         assert row["customer_class"] is None and row["variant"] == "global"
         assert list(row["feature_names"]) == list(FEATURE_NAMES)
         assert row["threshold"] == member.threshold
-        assert row["score_offset"] == -member.threshold
+        assert row["score_offset"] == member.offset  # the raw threshold: the output is calibrated
         assert row["sha256"] == member.sha256
         assert row["train_rows"] == member.train_rows > 0
         assert row["train_start"] < row["train_end"]

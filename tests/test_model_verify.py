@@ -69,13 +69,19 @@ def test_load_and_score_like_sklearn(
     model = load_model(message, public_key_b64(key))
     assert isinstance(model, LoadedModel)
     assert (model.name, model.version) == ("iforest", "2026.03.01-1")
-    assert model.threshold == trained.threshold
+    # the published model is calibrated: its scores and threshold are levels (ml.calibration)
+    assert trained.calibration is not None
+    assert model.threshold == trained.published_threshold
+    assert model.threshold == pytest.approx(trained.calibration.level_of(trained.threshold))
     assert model.feature_names == FEATURE_NAMES
     assert model.created_at == CREATED
     x = np.random.default_rng(1).normal(size=(2000, len(FEATURE_NAMES))) * 2
     scores = model.score(x)
     assert scores.shape == (2000,)
-    assert np.abs(scores - anomaly_scores(trained.model, x)).max() <= 1e-5
+    raw = anomaly_scores(trained.model, x)
+    assert np.abs(scores - trained.calibration.level_of(raw)).max() <= 1e-4
+    # the same order: along the raw scores the levels never go down (beyond float32 rounding)
+    assert np.diff(scores[np.argsort(raw)].astype(np.float64)).min() >= -1e-6
     sk_labels = trained.model.predict(x.astype(np.float32)) == -1
     assert np.array_equal(model.is_anomaly(scores), sk_labels)
     one = model.score(x[0])
