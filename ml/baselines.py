@@ -1,6 +1,7 @@
-"""Two simple reading-level detectors to compare the model with. Both see only ``kwh`` (like
-the seed project, they know nothing of outages or prepaid credit) and work on ``(T, M)``
-arrays; scores are higher = more suspicious.
+"""Simple reading-level detectors to compare the model with. They see only ``kwh`` and which
+readings to use (``ml.evaluate`` runs each twice: on every present reading, like the seed project,
+and on the valid ones, told about outages and prepaid credit) and work on ``(T, M)`` arrays of
+``per_day`` intervals a day; scores are higher = more suspicious.
 
 * **Seed ratio rule** (the seed project's rule): ``ratio = kwh / rolling mean of kwh`` over the
   last 10 intervals *including* the current one (the seed's ``Avg_Past_Consumption`` window,
@@ -9,6 +10,11 @@ arrays; scores are higher = more suspicious.
 * **Rolling z-score**: ``z = (kwh - mean) / std`` over the previous 24 h (current reading
   excluded, at least a quarter of the window present); flagged when ``z < -3``. Score: ``-z``
   (one-sided: theft lowers consumption; this favours the baseline on theft).
+* **Same-hour drop** (the obvious rule an analyst tries first): the drop of a reading against
+  the meter's own mean at the same time of day over the previous ``SAME_HOUR_DAYS`` days,
+  ``log((m + e) / (kwh + e))`` with ``e`` a tenth of the meter's overall mean over those days
+  (at least ``SAME_HOUR_MIN`` earlier readings at that time of day, else 0); flagged when the
+  reading is under half that mean. Its memory (four weeks) outlives the model's 7-day features.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import numpy.typing as npt
 SEED_RATIO_WINDOW = 10
 SEED_RATIO_CUT = 0.5
 ZSCORE_CUT = 3.0
+SAME_HOUR_DAYS = 28
+SAME_HOUR_MIN = 3
+SAME_HOUR_CUT = float(np.log(2.0))  # under half of the same-hour mean
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -50,7 +59,7 @@ def seed_ratio(
     return result
 
 
-def seed_ratio_score(kwh: npt.ArrayLike, present: npt.ArrayLike) -> FloatArray:
+def seed_ratio_score(kwh: npt.ArrayLike, present: npt.ArrayLike, per_day: int) -> FloatArray:
     result: FloatArray = -seed_ratio(kwh, present)
     return result
 
@@ -77,13 +86,46 @@ def rolling_zscore(
     return result
 
 
-def zscore_score(kwh: npt.ArrayLike, present: npt.ArrayLike) -> FloatArray:
-    result: FloatArray = -rolling_zscore(kwh, present)
+def zscore_score(kwh: npt.ArrayLike, present: npt.ArrayLike, per_day: int) -> FloatArray:
+    result: FloatArray = -rolling_zscore(kwh, present, window=per_day)
     return result
 
 
-#: name -> (score function of (kwh, present), native cut on the score: flagged when above)
+def same_hour_drop(
+    kwh: npt.ArrayLike,
+    present: npt.ArrayLike,
+    per_day: int,
+    days: int = SAME_HOUR_DAYS,
+    min_count: int = SAME_HOUR_MIN,
+) -> FloatArray:
+    """``log((m + e) / (kwh + e))`` per reading (see module docstring), ``(T, M)``."""
+    x = np.asarray(kwh, dtype=np.float64)
+    p = np.asarray(present, dtype=np.bool_)
+    xv = np.where(p, x, 0.0)
+    pf = p.astype(np.float64)
+    same_sum = np.zeros_like(xv)
+    same_n = np.zeros_like(xv)
+    for d in range(1, days + 1):
+        lag = d * per_day
+        if lag >= xv.shape[0]:
+            break
+        same_sum[lag:] += xv[:-lag]
+        same_n[lag:] += pf[:-lag]
+    span = days * per_day
+    all_sum = _trailing_sums(xv, span, False)
+    all_n = _trailing_sums(pf, span, False)
+    eps = 0.1 * all_sum / np.maximum(all_n, 1.0) + 1e-6
+    mean = same_sum / np.maximum(same_n, 1.0)
+    drop = np.log((mean + eps) / (xv + eps))
+    result: FloatArray = np.where(p & (same_n >= min_count), drop, 0.0)
+    return result
+
+
+#: name -> (score function of (kwh, present, intervals per day), native cut: flagged when above)
 BASELINES = {
     "seed_ratio": (seed_ratio_score, -SEED_RATIO_CUT),
     "rolling_zscore": (zscore_score, ZSCORE_CUT),
+    "same_hour_drop": (same_hour_drop, SAME_HOUR_CUT),
 }
+#: The obvious rule: where it detects a theft type well, the model must do better.
+OBVIOUS_RULE = "same_hour_drop"

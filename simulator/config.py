@@ -415,6 +415,7 @@ THEFT_WEIGHTS: dict[str, float] = {
     "h4": 1.0,
     "h5": 1.0,
     "h6": 1.0,
+    "h1_fixed": 1.0,
     "zero_report": 0.5,
     "cap": 0.7,
     "subtract": 0.7,

@@ -18,6 +18,7 @@ THEFT_LABELS: tuple[str, ...] = (
     "h4",
     "h5",
     "h6",  # Jokar et al. 2016
+    "h1_fixed",  # h1 with one factor per meter: a step down that stays
     "zero_report",
     "cap",
     "subtract",

@@ -60,6 +60,7 @@ class TheftPlan:
 
 
 PARAM_NAMES: dict[str, tuple[str, ...]] = {
+    "h1_fixed": ("alpha",),
     "cap": ("a",),
     "subtract": ("c_kwh",),
     "ramp": ("r_max", "length_intervals"),
@@ -116,6 +117,7 @@ def make_plan(cfg: FleetConfig, topo: Topology) -> TheftPlan:
         if c is not None:
             p3[sel] = c[sel]
 
+    set_("h1_fixed", 0.1 + 0.7 * u1)
     set_("cap", 0.2 + 0.4 * u1)
     set_("subtract", (0.3 + 0.5 * u1) * level_iv)
     set_("ramp", 0.5 + 0.4 * u1, np.floor((3 + 11 * u2) * ipd))
@@ -232,6 +234,8 @@ class TheftInjector:
             if name in DAY_LEVEL:
                 y = self._day_level(name, x, grp, true, draws, start, factor, hour)
                 y = np.where(started & (u_day < cfg.theft_day_prob), y, x)
+            elif name == "h1_fixed":  # the meter's own factor, every interval from its onset
+                y = attacks.scale_where(x, t_abs >= t0, plan.p1[i])
             elif name == "ramp":
                 y = attacks.ramp(x, attacks.ramp_reduction(t_abs, t0, plan.p2[i], plan.p1[i]))
             elif name == "bypass":

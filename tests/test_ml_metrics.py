@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ml import metrics as mt
-from ml.baselines import rolling_zscore, seed_ratio
+from ml.baselines import SAME_HOUR_CUT, rolling_zscore, same_hour_drop, seed_ratio
 from ml.evaluate import DEFAULT_SEED_CSV, seed_label_reproduction
 
 
@@ -109,6 +109,26 @@ def test_baselines_on_a_hand_made_series() -> None:
     z = rolling_zscore(series, np.ones_like(series, bool), window=48)
     assert z[-1, 0] == pytest.approx(-2.0)  # mean 2, std 1
     assert z[0, 0] == 0.0  # no history yet
+
+
+def test_the_obvious_rule_remembers_a_meters_own_hours_for_four_weeks() -> None:
+    """A meter with a daily shape (4 slots a day) steps down to 30 % on day 10 and stays there:
+    the same-hour drop flags every slot for the first days and some slot every day for nearly
+    two weeks (past the model's 7-day windows); an absent reading and the first days without
+    history score 0."""
+    day = np.array([1.0, 3.0, 5.0, 2.0])
+    kwh = np.tile(day, 40) * np.where(np.arange(160) >= 40, 0.3, 1.0)
+    kwh = kwh.reshape(-1, 1)
+    present = np.ones_like(kwh, bool)
+    present[50, 0] = False
+    drop = same_hour_drop(kwh, present, per_day=4)[:, 0]
+    assert (drop[:12] == 0).all()  # fewer than three earlier days at that time of day
+    assert np.allclose(drop[12:40], 0.0)  # the same shape every day: no drop
+    flagged = drop > SAME_HOUR_CUT
+    assert flagged[40:50].all() and flagged[51:56].all()  # days 10 to 13, every slot
+    assert flagged.reshape(-1, 4)[10:22].any(axis=1).all()  # days 10 to 21, some slot
+    assert drop[50] == 0.0
+    assert not flagged[-4:].any()  # a month on, the new level is the meter's own
 
 
 @pytest.mark.skipif(not Path(DEFAULT_SEED_CSV).exists(), reason="seed dataset not available")

@@ -228,6 +228,7 @@ def test_attack_functions_are_applied_as_defined(theft) -> None:
     operating = sup & ((flags & FLAG_BIT["no_credit"]) == 0)
     ipd = fleet.grid.ipd
     checked = 0
+    fixed: dict[int, float] = {}  # h1_fixed: one factor per meter, every day after its onset
     for j in range(len(ids)):
         for d in range(fleet.cfg.days):
             day = slice(d * ipd, (d + 1) * ipd)
@@ -244,6 +245,12 @@ def test_attack_functions_are_applied_as_defined(theft) -> None:
             elif name == "h1":
                 ratio = y / x
                 assert np.allclose(ratio, ratio[0]) and 0.1 <= ratio[0] <= 0.8
+            elif name == "h1_fixed":
+                started = c > 0
+                use = started & (x > 0)
+                ratio = y[use] / x[use]
+                assert np.allclose(ratio, fixed.setdefault(j, float(ratio[0])))
+                assert 0.1 <= ratio[0] <= 0.8 and started[np.argmax(started) :].all()
             elif name in ("h3", "h4"):
                 gamma = y / (x if name == "h3" else x.mean())
                 assert ((gamma >= 0.1 - 1e-9) & (gamma <= 0.8 + 1e-9)).all()
@@ -252,7 +259,10 @@ def test_attack_functions_are_applied_as_defined(theft) -> None:
             else:
                 continue
             checked += 1
-    assert checked >= 10
+    assert checked >= 10 and fixed
+    for j in fixed:  # every day after the onset day carries it (not 85 % of them)
+        days = code[:, j].reshape(-1, ipd).max(axis=1) > 0
+        assert days[np.argmax(days) :].all()
 
 
 def test_outages_read_zero_are_marked_and_not_labelled(theft) -> None:
