@@ -70,6 +70,7 @@ TARGETS = {
     "margin_over_obvious_rule": 0.02,
 }
 RULE_RELEVANT = 0.5
+CEILING = 0.99
 
 
 @dataclass
@@ -556,24 +557,28 @@ def check_targets(result: dict[str, Any], k: int) -> dict[str, Any]:
 
 def _rule_margin(table: dict[str, Any], baselines: Sequence[str]) -> dict[str, Any]:
     """The model against the obvious rule at 5 % FPR, on the theft types where the rule (the
-    better of its variants) detects more than ``RULE_RELEVANT``: the smallest margin."""
+    better of its variants) detects more than ``RULE_RELEVANT``: the smallest margin. A type is
+    beaten by the target margin, or at the ceiling (both at ``CEILING`` or more: nothing left
+    to beat it by)."""
     model = table["model"]["at_5pct_fpr"]["detection"]
     variants = [b for b in baselines if b.startswith(OBVIOUS_RULE)]
-    by_type: dict[str, dict[str, float]] = {}
     from simulator import THEFT_LABELS
 
+    goal = TARGETS["margin_over_obvious_rule"]
+    by_type: dict[str, dict[str, Any]] = {}
     for t in THEFT_LABELS:
         rule = max(
             (table[b]["at_5pct_fpr"]["detection"].get(t) or 0.0 for b in variants), default=0
         )
         if rule > RULE_RELEVANT and model.get(t) is not None:
-            by_type[t] = {"model": model[t], "rule": rule, "margin": round(model[t] - rule, 4)}
+            margin = round(model[t] - rule, 4)
+            beaten = margin >= goal or min(model[t], rule) >= CEILING
+            by_type[t] = {"model": model[t], "rule": rule, "margin": margin, "met": beaten}
     value = min((v["margin"] for v in by_type.values()), default=None)
-    goal = TARGETS["margin_over_obvious_rule"]
     return {
         "value": value,
         "target": goal,
-        "met": value is None or value >= goal,
+        "met": all(v["met"] for v in by_type.values()),
         "by_type": by_type,
     }
 
@@ -630,7 +635,10 @@ def summary_lines(result: dict[str, Any], k: int = 100) -> list[str]:
             f"best baseline {_f(t['best_baseline'])}"
             if "best_baseline" in t
             else "types: "
-            + ", ".join(f"{k} {v['model']:.2f} vs {v['rule']:.2f}" for k, v in t["by_type"].items())
+            + ", ".join(
+                f"{k} {v['model']:.2f} vs {v['rule']:.2f}{'' if v['met'] else ' (short)'}"
+                for k, v in t["by_type"].items()
+            )
         )
         lines.append(
             f"target {name}: {_f(t['value'])} (goal {t['target']}, {against}) "
