@@ -9,7 +9,14 @@ See docs/simulator.md for the model, its defaults and their sources.
 """
 
 from .chunk import Chunk
-from .config import DEFAULT_CLASSES, REGION_TEMPLATES, ClassSpec, FleetConfig, RegionSpec
+from .config import (
+    DEFAULT_CLASSES,
+    LOAD_STYLES,
+    REGION_TEMPLATES,
+    ClassSpec,
+    FleetConfig,
+    RegionSpec,
+)
 from .fleet import Fleet
 from .labels import (
     EVENT_LABELS,
@@ -39,6 +46,7 @@ __all__ = [
     "REGION_TEMPLATES",
     "Registry",
     "RegionSpec",
+    "LOAD_STYLES",
     "THEFT_LABELS",
     "category",
     "flag_names",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import REGION_TEMPLATES, FleetConfig
+from .config import LOAD_STYLES, REGION_TEMPLATES, FleetConfig
 
 
 def _fleet_args(p: argparse.ArgumentParser) -> None:
@@ -65,6 +65,14 @@ def _fleet_args(p: argparse.ArgumentParser) -> None:
         choices=("auto", "rotation", "bands", "none"),
         help="load-shedding scheme; auto = each region's own (default)",
     )
+    g.add_argument(
+        "--load-style",
+        default=d.load_style,
+        choices=LOAD_STYLES,
+        help="how customers draw their energy: household (smooth shapes), bursty (a few "
+        "appliances switching on and off), commercial (shops and workshops, smooth)"
+        f" ({d.load_style})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> FleetConfig:
@@ -73,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> FleetConfig:
         if args.regions.isdigit()
         else {"region_codes": tuple(c.strip().upper() for c in args.regions.split(","))}
     )
-    return FleetConfig(
+    return FleetConfig.for_style(
+        args.load_style,
         meters=args.meters,
         days=args.days,
         start=args.start,

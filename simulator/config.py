@@ -429,6 +429,13 @@ THEFT_WEIGHTS: dict[str, float] = {
     "register_rollback": 0.5,
 }
 FAULT_WEIGHTS: dict[str, float] = {"stuck": 1.0, "spike": 1.0, "tamper_only": 1.0}
+
+#: How customers draw their energy (``FleetConfig.load_style``):
+#: ``household``: the classes' smooth hourly shapes with lognormal noise;
+#: ``bursty``: the same energy, drawn by a few discrete appliances switching on and off (long
+#: near-zero stretches, short blocks at a few fixed powers), as in many lifeline homes;
+#: ``commercial``: shops and workshops only, smooth profiles (little noise).
+LOAD_STYLES: tuple[str, ...] = ("household", "bursty", "commercial")
 BAND_MIN_HOURS: dict[str, float] = {"A": 20.0, "B": 16.0, "C": 12.0, "D": 8.0, "E": 4.0}
 
 
@@ -479,6 +486,7 @@ class FleetConfig:
     fault_weights: tuple[tuple[str, float], ...] = tuple(FAULT_WEIGHTS.items())
     theft_day_prob: float = 0.85  # chance a thief's day-level attack runs on a given day
     onset_at_start: float = 0.5  # share of thieves already stealing on day 0
+    load_style: str = "household"  # LOAD_STYLES; see style_config for "commercial"
 
     def __post_init__(self) -> None:
         if self.meters < 1:
@@ -500,6 +508,8 @@ class FleetConfig:
                 raise ValueError(f"{name} must be in [0, 1]")
         if self.theft_share + self.fault_share > 1:
             raise ValueError("theft_share + fault_share must be <= 1")
+        if self.load_style not in LOAD_STYLES:
+            raise ValueError(f"load_style must be one of {LOAD_STYLES}")
         if self.shedding not in ("auto", "rotation", "bands", "none"):
             raise ValueError("shedding must be auto, rotation, bands or none")
         if sum(c.share for c in self.classes) <= 0:
@@ -519,6 +529,14 @@ class FleetConfig:
 
     def with_(self, **changes: object) -> FleetConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_style(cls, style: str, **kwargs: object) -> FleetConfig:
+        """A fleet of ``style`` (LOAD_STYLES): ``commercial`` also means commercial and small
+        industrial customers only, unless ``classes`` is given."""
+        if style == "commercial" and "classes" not in kwargs:
+            kwargs["classes"] = (replace(COMMERCIAL, share=0.7), replace(INDUSTRIAL, share=0.3))
+        return cls(load_style=style, **kwargs)  # type: ignore[arg-type]
 
     @property
     def start_epoch(self) -> int:

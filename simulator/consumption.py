@@ -19,6 +19,15 @@ from .timegrid import SATURDAY, SUNDAY, LocalDay
 from .weather import TWO_PI, YEAR
 
 LIGHTING_SEASON_AMP = 0.05  # lighting load follows the length of the night
+# Bursty homes: appliances per meter, the power of each against the meter's mean draw, the
+# largest step of an appliance's latent state per interval (smaller: longer runs), and the
+# standby share of the energy that stays on all the time.
+APPLIANCES = 2
+APPLIANCE_POWER = (3.0, 8.0)
+APPLIANCE_STEP = 0.08
+STANDBY_SHARE = 0.03
+# Commercial profiles: their noise, against the class's.
+SMOOTH_NOISE = 0.3
 
 
 def class_weights(spec: ClassSpec) -> np.ndarray:
@@ -50,8 +59,9 @@ class ConsumptionModel:
         self.weights = np.stack([class_weights(c) for c in cfg.classes])  # (C, 3, 24)
         self.cool = np.stack([cooling_weights(c) for c in cfg.classes])  # (C, 24)
         self.cooling_share = np.array([c.cooling_share for c in cfg.classes])
-        self.noise_sigma = np.array([c.noise_sigma for c in cfg.classes])
-        self.day_sigma = np.array([c.day_sigma for c in cfg.classes])
+        smooth = SMOOTH_NOISE if cfg.load_style == "commercial" else 1.0
+        self.noise_sigma = smooth * np.array([c.noise_sigma for c in cfg.classes])
+        self.day_sigma = smooth * np.array([c.day_sigma for c in cfg.classes])
         self.duty_ref = duty_ref
         # Night length peaks at the winter solstice: late December north, late June south.
         self.winter_doy = np.array([355.0 if r.latitude >= 0 else 172.0 for r in cfg.region_specs])
@@ -97,4 +107,28 @@ class ConsumptionModel:
         if share.any():
             x += np.take(cool_tab, key, axis=1) * (level * share * day_factor)
         x *= noise
+        if self.cfg.load_style == "bursty":
+            return self._appliances(gen, x, level)
         return x
+
+    def _appliances(self, gen: np.random.Generator, x: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """The same expected energy as ``x`` (intervals, meters), drawn by ``APPLIANCES``
+        appliances per meter: each of a fixed power (a few times the meter's mean draw) and
+        on in an interval with the probability that keeps the expectation, its state
+        persistent from one interval to the next, over a small standby load. An appliance is
+        on while its latent ``u`` lies below that probability; ``u`` wanders slowly around the
+        unit circle (steps of at most ``APPLIANCE_STEP``), so it stays uniform and the expected
+        energy is exact, and on and off come in runs."""
+        n_t, n = x.shape
+        mean_iv = np.maximum(level * (self.cfg.interval_s / 86400.0), 1e-6)  # kWh, mean interval
+        out = STANDBY_SHARE * x
+        share = (1.0 - STANDBY_SHARE) / APPLIANCES
+        lo, hi = APPLIANCE_POWER
+        for _ in range(APPLIANCES):
+            power = mean_iv * (lo + (hi - lo) * gen.random(n))  # kWh per interval when on
+            on_p = np.minimum(share * x / power, 1.0)
+            steps = APPLIANCE_STEP * (2.0 * gen.random((n_t, n)) - 1.0)
+            steps[0] = gen.random(n)
+            u = np.cumsum(steps, axis=0) % 1.0
+            out += np.where(u < on_p, power, 0.0)
+        return out

@@ -120,3 +120,40 @@ def test_transformer_meters_read_more_than_their_customers(fleet_data) -> None:
     )
     total_cust = a["kwh"][:, grid_cust].sum()
     assert 1.02 < total_tx / total_cust < 1.2
+
+
+def _style(style: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kwh, validity, class per meter) of the honest customers of a two-week fleet of
+    ``style`` (seed fixed: the same customers and outages for every style but
+    ``commercial``)."""
+    from ml.dataset import from_fleet
+
+    data = from_fleet(FleetConfig.for_style(style, meters=400, days=14, seed=5, theft_share=0.0))
+    honest = data.customers & (data.label_code == 0).all(axis=0)
+    return data.kwh[:, honest], data.valid[:, honest], data.customer_class[honest]
+
+
+def test_load_styles_keep_the_energy_and_change_its_shape() -> None:
+    """``bursty`` draws each meter's expected energy with two appliances at fixed powers
+    (mostly near zero, blocks at a power); ``commercial`` is shops and workshops with a
+    smooth profile; an unknown style is refused."""
+    household, _, _ = _style("household")
+    bursty, valid, _ = _style("bursty")
+    commercial, _, classes = _style("commercial")
+    daily_h, daily_b = household.sum(0) / 14, bursty.sum(0) / 14
+    assert np.median(daily_b / daily_h) == pytest.approx(1.0, abs=0.08)
+    near_zero = (bursty < 0.1 * bursty.mean(0))[valid].mean()
+    assert near_zero > 0.6 and (household < 0.1 * household.mean(0))[valid].mean() < 0.05
+    # the rest comes in blocks at an appliance's power: a reading far above standby is most
+    # often next to another such reading at the same power
+    on = bursty > 0.5 * bursty.mean(0)
+    same = on[1:] & on[:-1] & np.isclose(bursty[1:], bursty[:-1], rtol=0.1)
+    assert same.sum() > 0.3 * on[1:].sum()
+    assert set(classes.tolist()) == {"commercial", "industrial_small"}
+
+    def roughness(x: np.ndarray) -> float:
+        return float(np.median(np.abs(np.diff(np.log(x + 1e-3), axis=0))))
+
+    assert roughness(commercial) < 0.5 * roughness(household)
+    with pytest.raises(ValueError, match="load_style"):
+        FleetConfig(load_style="spiky")
