@@ -11,7 +11,7 @@ very code the gateway runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -184,6 +184,52 @@ def from_fleet(cfg: Any) -> MeterData:
             "theft_share": cfg.theft_share,
             "fault_share": cfg.fault_share,
         },
+    )
+
+
+def concat(parts: Sequence[MeterData], prefixes: Sequence[str]) -> MeterData:
+    """The meters of ``parts`` side by side (one time grid, the same flags and labels), each
+    part's meter ids prefixed (``"bursty:"``) so ids of separately simulated fleets stay
+    distinct."""
+    if not parts or len(parts) != len(prefixes):
+        raise ValueError("one prefix per part, at least one part")
+    first = parts[0]
+    for p in parts[1:]:
+        if not (
+            np.array_equal(p.ts, first.ts)
+            and p.interval_s == first.interval_s
+            and p.flag_bits == first.flag_bits
+            and p.label_names == first.label_names
+        ):
+            raise ValueError("parts differ in time grid, flags or labels")
+    labelled = all(p.label_code is not None for p in parts)
+
+    def cols(name: str) -> Any:
+        return np.concatenate([getattr(p, name) for p in parts], axis=1)
+
+    def meters(name: str) -> Any:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    return MeterData(
+        meter_ids=np.concatenate(
+            [np.char.add(prefix, p.meter_ids) for p, prefix in zip(parts, prefixes, strict=True)]
+        ),
+        ts=first.ts,
+        interval_s=first.interval_s,
+        kwh=cols("kwh"),
+        register_kwh=cols("register_kwh"),
+        supply_on=cols("supply_on"),
+        flags=cols("flags"),
+        present=cols("present"),
+        flag_bits=first.flag_bits,
+        role=meters("role"),
+        customer_class=meters("customer_class"),
+        region=meters("region"),
+        transformer_id=meters("transformer_id"),
+        timezone=meters("timezone"),
+        label_code=cols("label_code") if labelled else None,
+        label_names=first.label_names,
+        source={"kind": "concat", "parts": [p.source for p in parts]},
     )
 
 

@@ -108,7 +108,13 @@ def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
+@pytest.mark.parametrize("style", ["bursty", None], ids=["one_style", "every_style"])
+def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path, style: str | None) -> None:
+    """One style (``--style``): trained and evaluated on it. Every style (the default): trained
+    on all, each evaluated on its own held-out fleet, every target per style, and the customer
+    scorer fitted without a style scored on it."""
+    from simulator import LOAD_STYLES
+
     out = tmp_path / "result.json"
     proc = _run(
         "-m",
@@ -128,12 +134,26 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path) -> None:
         "1",
         "--out",
         str(out),
+        *(["--style", style] if style else []),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
     assert json.loads(out.read_text()) == result
     assert len(lines) > 10  # a human-readable report comes first
+    if style is None:
+        assert set(result["styles"]) == set(LOAD_STYLES)
+        assert result["config"]["train_styles"] == list(LOAD_STYLES)
+        assert len(result["train_fleet"]["parts"]) == len(LOAD_STYLES)
+        for s in LOAD_STYLES:
+            assert result["styles"][s]["eval_fleet"]["seed"] == 12
+            assert result["styles"][s]["style"] == s
+            per_style = {n.removesuffix(f"_{s}") for n in result["targets"] if n.endswith(s)}
+            assert set(result["styles"][s]["targets"]) < per_style  # plus leave_style_out
+            out_of_style = result["targets"][f"customer_roc_auc_leave_style_out_{s}"]
+            assert 0.0 <= out_of_style["value"] <= 1.0 and out_of_style["target"] == 0.9
+        return
+    assert result["style"] == style and result["config"]["train_styles"] == [style]
     assert result["train_fleet"]["seed"] == 11 and result["eval_fleet"]["seed"] == 12
     assert result["reading_model"]["variant"] in ("global", "per_class")
     assert set(result["reading_model"]["validation"]["results"]) == {"global", "per_class"}
