@@ -10,7 +10,9 @@ describes each customer over the evaluation window with a few numbers (:data:`FE
   day's mean margin;
 * **the meter against itself over the window** — share of zero readings with supply and credit,
   day-to-day spread of the daily level (``log`` daily energy, corrected for the hours missing to
-  outages), the lowest day against the median day, last week against first week, peak to mean;
+  outages), the lowest day against the median day, last week against first week, the largest
+  sustained step down (over the window and up to four weeks before it: a long memory of the
+  meter's own level), peak to mean;
 * **the meter against its peers** (same customer class and region; the class alone when fewer
   than :data:`MIN_PEERS` share a region): correlation of its average daily profile with the
   peers' median profile, level against the peers' median level, and robust z-scores (median /
@@ -50,6 +52,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "day_spread",
     "day_dip",
     "trend",
+    "step_drop",
     "peak_to_mean",
     "profile_corr_peers",
     "level_vs_peers",
@@ -64,6 +67,10 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 MIN_PEERS = 8
 LEVEL_FLOOR_KWH_DAY = 0.01
+#: Days before the window that ``step_drop`` also reads, when the data has them.
+STEP_HISTORY_DAYS = 28
+#: Fewest days on each side of a ``step_drop`` change point.
+STEP_MIN_DAYS = 3
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -166,6 +173,7 @@ def customer_features(
     day_dip = np.nanmin(np.where(np.isfinite(log_daily), log_daily, np.inf), axis=0) - med_day
     week = min(7, n_days // 2)
     trend = _nanmean(log_daily[-week:], 0) - _nanmean(log_daily[:week], 0)
+    step_down = _step_drop(data, start, end, shape, floor)
 
     n_valid = valid.sum(axis=0)
     zero_share = ((x == 0) & valid).sum(axis=0) / np.maximum(n_valid, 1)
@@ -260,6 +268,7 @@ def customer_features(
         "day_spread": day_spread,
         "day_dip": day_dip,
         "trend": trend,
+        "step_drop": step_down,
         "peak_to_mean": peak,
         "profile_corr_peers": corr,
         "level_vs_peers": level_rel,
@@ -277,6 +286,36 @@ def customer_features(
     values = np.nan_to_num(values, nan=0.0, posinf=1e3, neginf=-1e3)
     np.clip(values, -1e3, 1e3, out=values)
     return CustomerFeatures(meter_index=idx, values=values)
+
+
+def _step_drop(
+    data: MeterData, start: int, end: int, shape: FloatArray, floor: FloatArray
+) -> FloatArray:
+    """The largest sustained drop of a meter's daily level: over the window and up to
+    ``STEP_HISTORY_DAYS`` whole days before it, the largest ``mean(log level before day k) -
+    mean(log level from day k on)`` with at least ``STEP_MIN_DAYS`` valid days on each side.
+    A theft that starts one day and stays (h1 with one factor) is a step: the meter's own
+    longer past keeps it visible, where a 7-day window makes it the new normal."""
+    ipd = data.intervals_per_day
+    lo = start - min(start // ipd, STEP_HISTORY_DAYS) * ipd
+    days = (end - lo) // ipd
+    valid = data.valid[lo:end].reshape(days, ipd, -1)
+    x = np.where(valid, data.kwh[lo:end].reshape(days, ipd, -1), 0.0)
+    covered = np.where(valid, shape[None], 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        daily = np.where(covered >= 0.3, x.sum(axis=1) / np.maximum(covered, 1e-9), np.nan)
+    ok = np.isfinite(daily)
+    logs = np.where(ok, np.log(np.maximum(np.nan_to_num(daily), floor[None, :])), 0.0)
+    # Sums and counts of the days before each split point k (k days: 0..days).
+    s = np.vstack([np.zeros((1, logs.shape[1])), np.cumsum(logs, axis=0)])
+    c = np.vstack([np.zeros((1, ok.shape[1])), np.cumsum(ok, axis=0)])
+    before_n, after_n = c, c[-1][None, :] - c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop = s / before_n - (s[-1][None, :] - s) / after_n
+    drop = np.where((before_n >= STEP_MIN_DAYS) & (after_n >= STEP_MIN_DAYS), drop, -np.inf)
+    best = drop.max(axis=0)
+    result: FloatArray = np.where(np.isfinite(best), best, 0.0)
+    return result
 
 
 def _ffill(a: FloatArray) -> FloatArray:

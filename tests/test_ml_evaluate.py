@@ -373,3 +373,51 @@ def test_customer_features_and_peer_groups() -> None:
     again = customer.customer_features(data, margin, start)
     share = customer.FEATURE_NAMES.index("flag_share")
     assert again.values[0, share] == 1.0 and again.values[1:, share].max() == 0.0
+
+
+def test_step_drop_remembers_a_meters_level_from_before_the_window() -> None:
+    """Three meters with a daily shape over 40 days, the window the last 14: one steady, one
+    stepping down to 30 % on day 10 (in the history before the window, still there), one on
+    day 33 (inside the window). The step shows for both thieves, near log(1 / 0.3); the
+    steady meter shows none; a step on day 10 is not seen from a window without history."""
+    days, per_day = 40, 48
+    t = np.arange(days * per_day)
+    shape = 1.0 + np.sin(2 * np.pi * (t % per_day) / per_day) ** 2
+    kwh = np.column_stack(
+        [
+            shape,
+            shape * np.where(t >= 10 * per_day, 0.3, 1.0),
+            shape * np.where(t >= 33 * per_day, 0.3, 1.0),
+        ]
+    )
+    m = kwh.shape[1]
+    ids = np.repeat(np.array(["a", "b", "c"]), t.size)
+    ts = np.tile((t + 1) * 1800 + 1_700_006_400, m)
+    data = from_rows(
+        ids,
+        ts,
+        kwh.T.ravel(),
+        np.full(ids.size, np.nan),
+        np.ones(ids.size, np.bool_),
+        np.zeros(ids.size, np.uint16),
+        1800,
+        FLAG_BIT,
+    )
+    at = customer.FEATURE_NAMES.index("step_drop")
+    start = (days - 14) * per_day
+    step = customer.customer_features(data, np.zeros(kwh.shape), start).values[:, at]
+    assert step[0] == pytest.approx(0.0, abs=1e-6)
+    assert step[1] == pytest.approx(np.log(1 / 0.3), abs=0.05)
+    assert step[2] == pytest.approx(np.log(1 / 0.3), abs=0.05)
+    short = from_rows(
+        ids.reshape(m, -1)[:, 10 * per_day :].ravel(),
+        ts.reshape(m, -1)[:, 10 * per_day :].ravel(),
+        kwh.T[:, 10 * per_day :].ravel(),
+        np.full(m * (days - 10) * per_day, np.nan),
+        np.ones(m * (days - 10) * per_day, np.bool_),
+        np.zeros(m * (days - 10) * per_day, np.uint16),
+        1800,
+        FLAG_BIT,
+    )
+    late = customer.customer_features(short, np.zeros((short.n_intervals, m)), 16 * per_day)
+    assert late.values[1, at] == pytest.approx(0.0, abs=1e-6)  # its step is before all data
