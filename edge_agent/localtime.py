@@ -29,6 +29,8 @@ _BUCKET_S = 900
 # Spans up to this many buckets (about 200 days) are looked up bucket by bucket; longer ones
 # only at the buckets that hold a reading.
 _RANGE_BUCKETS = 20_000
+_FIRST_S = int(datetime(1, 1, 2, tzinfo=UTC).timestamp())
+_LAST_S = int(datetime(9999, 12, 30, tzinfo=UTC).timestamp())
 
 
 class UnknownZoneError(ValueError):
@@ -76,6 +78,9 @@ def utc_offsets(ts: npt.ArrayLike, name: str) -> npt.NDArray[np.int64]:
 
 
 def _offset(tz: ZoneInfo, epoch_s: int) -> int:
+    # an instant outside datetime's years 1..9999 (a corrupt timestamp) takes the offset at the
+    # nearest one it can represent, rather than failing the whole call
+    epoch_s = min(max(epoch_s, _FIRST_S), _LAST_S)
     delta = datetime.fromtimestamp(epoch_s, UTC).astimezone(tz).utcoffset()
     return int(delta.total_seconds()) if delta is not None else 0
 

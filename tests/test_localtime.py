@@ -41,6 +41,9 @@ def test_offsets_follow_the_zone_and_its_daylight_saving() -> None:
     assert utc_offsets(years, "Europe/London").tolist() == [0, 3600, 0]
     rows = zone_offsets(np.r_[ts, ts], ["Africa/Lagos"] * 2 + ["Africa/Nairobi"] * 2)
     assert rows.tolist() == [3600, 3600, 10800, 10800]
+    # a corrupt timestamp far outside the calendar does not fail the call
+    wild = np.array([-(2**62), 0, 2**62], dtype=np.int64)
+    assert utc_offsets(wild, "Africa/Lagos").tolist()[1] == 3600
 
 
 @pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "../../etc/passwd", "", "Africa/lagos "])
