@@ -58,7 +58,7 @@ class Calibration:
         try:
             raw = tuple(float(k[0]) for k in knots)  # type: ignore[attr-defined]
             level = tuple(float(k[1]) for k in knots)  # type: ignore[attr-defined]
-        except (TypeError, ValueError, IndexError, KeyError) as exc:
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise ValueError(f"calibration is not [[raw, level], ...]: {exc}") from None
         return cls(raw, level)
 

@@ -42,7 +42,7 @@ def zone(name: str) -> ZoneInfo:
     """The zone called ``name`` (``"Africa/Lagos"``); :class:`UnknownZoneError` otherwise."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Africa" is a directory
         raise UnknownZoneError(
             f"unknown time zone {name!r}: use an IANA name such as 'Africa/Lagos' "
             "(the system's zone database, package tzdata, must be installed)"
@@ -85,18 +85,28 @@ def _offset(tz: ZoneInfo, epoch_s: int) -> int:
     return int(delta.total_seconds()) if delta is not None else 0
 
 
-def zone_offsets(ts: npt.ArrayLike, zone_of_row: npt.ArrayLike) -> npt.NDArray[np.int64]:
-    """:func:`utc_offsets` for rows that each name their zone (``zone_of_row[i]``)."""
+def zone_offsets(
+    ts: npt.ArrayLike, codes: npt.ArrayLike, zone_of_code: Sequence[str]
+) -> npt.NDArray[np.int64]:
+    """:func:`utc_offsets` for rows of many meters: row ``i`` belongs to meter ``codes[i]``,
+    whose zone is ``zone_of_code[codes[i]]`` (integer codes: no string per row)."""
     import numpy as np
 
     t = np.asarray(ts, dtype=np.int64)
-    names = np.asarray(zone_of_row, dtype=str)
-    if names.shape != t.shape:
-        raise ValueError(f"zones have shape {names.shape}, expected {t.shape}")
+    c = np.asarray(codes, dtype=np.int64)
+    if c.shape != t.shape:
+        raise ValueError(f"codes have shape {c.shape}, expected {t.shape}")
+    names = sorted(set(zone_of_code))
+    index = {name: k for k, name in enumerate(names)}
+    zone_k = np.array([index[z] for z in zone_of_code], dtype=np.int64)
+    if len(names) == 1:
+        return utc_offsets(t, names[0])
+    row_zone = zone_k[c]
     out = np.zeros(t.shape, dtype=np.int64)
-    for name in np.unique(names).tolist():
-        rows = names == name
-        out[rows] = utc_offsets(t[rows], name)
+    for k, name in enumerate(names):
+        rows = row_zone == k
+        if rows.any():
+            out[rows] = utc_offsets(t[rows], name)
     return out
 
 
@@ -120,5 +130,4 @@ class MeterClocks:
         t = np.asarray(ts, dtype=np.int64)
         if not self.per_meter:
             return utc_offsets(t, self.default)
-        zones = np.array([self.zone_of(m) for m in meter_ids], dtype=str)
-        return zone_offsets(t, zones[np.asarray(codes)])
+        return zone_offsets(t, codes, [self.zone_of(m) for m in meter_ids])

@@ -127,20 +127,21 @@ class LoadedModel:
         if probe.shape != (1,) or not np.isfinite(probe).all():
             raise ModelRejected("invalid_onnx", f"probe gave {probe!r}")
 
-    def score(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    def score(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Anomaly scores (higher = more anomalous) of rows ``(n, F)`` or one row ``(F,)``: the
-        graph's output, mapped to its level when the model carries a calibration."""
+        graph's output, mapped to its level when the model carries a calibration. float64: the
+        map is strictly increasing, and in float64 it keeps raw scores a float32 step apart
+        apart, so ``score > threshold`` flags exactly the readings the raw score would."""
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"expected (n, {len(self.feature_names)}) features, got {x.shape}")
         result = self._session.run(self._outputs, {self._input: x})[0]
-        raw = np.asarray(result, dtype=np.float32).reshape(-1)
+        raw = np.asarray(result, dtype=np.float32).reshape(-1).astype(np.float64)
         if self.calibration is None:
             return raw
-        scores: npt.NDArray[np.float32] = self.calibration.level_of(raw).astype(np.float32)
-        return scores
+        return self.calibration.level_of(raw)
 
     def is_anomaly(self, scores: npt.ArrayLike) -> npt.NDArray[np.bool_]:
         flagged: npt.NDArray[np.bool_] = np.asarray(scores, dtype=np.float64) > self.threshold

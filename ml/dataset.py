@@ -374,7 +374,7 @@ def reading_features(data: MeterData) -> npt.NDArray[np.float32]:
         data.register_kwh.T[present],
         data.interval_s,
         data.flag_bits,
-        utc_offset_s=zone_offsets(ts, data.timezone[meter]),
+        utc_offset_s=zone_offsets(ts, meter, data.timezone.tolist()),
     )
     out = np.zeros((t_n, m_n, len(FEATURE_NAMES)), np.float32)
     out.transpose(1, 0, 2)[present] = x

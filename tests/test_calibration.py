@@ -92,6 +92,7 @@ def test_one_level_means_the_same_for_every_forest() -> None:
         '{"raw": [0, 1]}',
         "[[0, 0]" + ", [1, 1]" * 300 + "]",  # more knots than a calibration has
         "[" * 100_000 + "]" * 100_000,  # nested too deep for the JSON parser
+        "[[0, 0], [" + "9" * 400 + ", 1]]",  # a number no float holds
     ],
 )
 def test_a_model_with_a_broken_calibration_is_refused(knots: str) -> None:
@@ -114,3 +115,17 @@ def test_a_model_with_a_broken_calibration_is_refused(knots: str) -> None:
             threshold=0.99,
             feature_names=FEATURE_NAMES,
         )
+
+
+def test_levels_flag_exactly_the_readings_the_raw_threshold_flags() -> None:
+    """Every float32 raw score within 1e-5 of the raw threshold, in the tail where a level
+    moves least: the levels above the threshold's level are exactly the raw scores above it."""
+    cal = calibration.fit(np.random.default_rng(5).uniform(0.3, 0.7, 200_000))
+    for raw_threshold in (0.699, 0.9051, 0.5):
+        level = float(cal.level_of(raw_threshold))
+        lo, hi = np.float32(raw_threshold - 1e-5), np.float32(raw_threshold + 1e-5)
+        near = [lo]
+        while near[-1] < hi:
+            near.append(np.nextafter(near[-1], np.float32(1.0)))
+        raw = np.array(near, dtype=np.float32).astype(np.float64)
+        assert np.array_equal(cal.level_of(raw) > level, raw > raw_threshold)

@@ -329,7 +329,7 @@ def test_dense_grid_and_features_match_the_edge_code() -> None:
         data.register_kwh.ravel(),
         data.interval_s,
         FLAG_BIT,
-        utc_offset_s=zone_offsets(ts, data.timezone[meter]),
+        utc_offset_s=zone_offsets(ts, meter, data.timezone.tolist()),
     )
     assert np.array_equal(x.reshape(-1, len(FEATURE_NAMES)), direct)
 
