@@ -354,19 +354,19 @@ class Trained:
 
 def train_stage(cfg: EvalConfig, log: Callable[[str], None] = print) -> Trained:
     """Simulate the training fleets (one per style of ``cfg.train_styles``, ``train_meters``
-    split among them), train the reading models and the customer scorer."""
-    if cfg.train_seed == cfg.eval_seed:
-        raise ValueError("the evaluation fleet must not be the training fleet (same seed)")
-    lap = _Laps()
+    split among them, seeds ``train_seed``, ``train_seed + 1``, ...: other customers and
+    thieves in each), train the reading models and the customer scorer."""
     styles = tuple(cfg.train_styles)
+    seeds = [cfg.train_seed + i for i in range(len(styles))]
+    if cfg.eval_seed in seeds:
+        raise ValueError("the evaluation fleet must not be a training fleet (same seed)")
+    lap = _Laps()
     each = max(1, cfg.train_meters // len(styles))
     parts = [
         from_fleet(
-            _fleet_config(
-                each, cfg.train_days, cfg.train_seed, cfg.train_theft_share, cfg.interval_s, s
-            )
+            _fleet_config(each, cfg.train_days, seed, cfg.train_theft_share, cfg.interval_s, s)
         )
-        for s in styles
+        for s, seed in zip(styles, seeds, strict=True)
     ]
     train_data = parts[0] if len(parts) == 1 else concat(parts, [f"{s}:" for s in styles])
     meter_style = np.repeat(np.array(styles), [p.n_meters for p in parts])
@@ -391,7 +391,17 @@ def train_stage(cfg: EvalConfig, log: Callable[[str], None] = print) -> Trained:
     rows_tr = _window_rows(train_data, start_tr)
     margin_tr = model_set.margins(train_x, train_data.customer_class, rows_tr, threads=cfg.threads)
     del train_x
-    feats_tr = customer_features(train_data, margin_tr, start_tr)
+    # Customer features per training fleet: a customer's peers and transformer are in its own
+    # fleet, as in the held-out fleets (one style each).
+    by_style = []
+    for s in styles:
+        mask = meter_style == s
+        f = customer_features(train_data.select_meters(mask), margin_tr[:, mask], start_tr)
+        by_style.append(CustomerFeatures(np.flatnonzero(mask)[f.meter_index], f.values))
+    feats_tr = CustomerFeatures(
+        np.concatenate([f.meter_index for f in by_style]),
+        np.vstack([f.values for f in by_style]),
+    )
     theft_tr, kind_tr = _customer_truth(train_data, start_tr, feats_tr.meter_index)
     scorer = CustomerScorer().fit(feats_tr, theft_tr)
     lap("train_customer_scorer")
@@ -554,7 +564,7 @@ def run_styles(
     """Train once on fleets of every style in ``styles``, then evaluate on a held-out fleet of
     each: every result and target per style (``<target>_<style>``), and the customer scorer
     fitted without each style, scored on that style (leave-one-style-out)."""
-    base = replace(cfg, train_styles=tuple(styles))
+    base = replace(cfg, train_styles=tuple(styles), style="")  # every style, not one
     trained = train_stage(base, log)
     results: dict[str, Any] = {}
     targets: dict[str, Any] = {}

@@ -128,7 +128,7 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path, style: str | None)
         "--train-seed",
         "11",
         "--eval-seed",
-        "12",
+        "21",
         "--no-leave-one-out",
         "--threads",
         "1",
@@ -144,9 +144,11 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path, style: str | None)
     if style is None:
         assert set(result["styles"]) == set(LOAD_STYLES)
         assert result["config"]["train_styles"] == list(LOAD_STYLES)
-        assert len(result["train_fleet"]["parts"]) == len(LOAD_STYLES)
+        assert result["config"]["style"] == ""  # every style
+        parts = result["train_fleet"]["parts"]
+        assert [p["seed"] for p in parts] == [11, 12, 13][: len(LOAD_STYLES)]
         for s in LOAD_STYLES:
-            assert result["styles"][s]["eval_fleet"]["seed"] == 12
+            assert result["styles"][s]["eval_fleet"]["seed"] == 21
             assert result["styles"][s]["style"] == s
             per_style = {n.removesuffix(f"_{s}") for n in result["targets"] if n.endswith(s)}
             assert set(result["styles"][s]["targets"]) < per_style  # plus leave_style_out
@@ -154,7 +156,7 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path, style: str | None)
             assert 0.0 <= out_of_style["value"] <= 1.0 and out_of_style["target"] == 0.9
         return
     assert result["style"] == style and result["config"]["train_styles"] == [style]
-    assert result["train_fleet"]["seed"] == 11 and result["eval_fleet"]["seed"] == 12
+    assert result["train_fleet"]["seed"] == 11 and result["eval_fleet"]["seed"] == 21
     assert result["reading_model"]["variant"] in ("global", "per_class")
     assert set(result["reading_model"]["validation"]["results"]) == {"global", "per_class"}
     baselines = [
@@ -261,8 +263,11 @@ def test_recovery_masks_mark_the_valid_readings_after_an_outage_or_a_credit_gap(
 def test_evaluate_refuses_the_training_fleet() -> None:
     from ml.evaluate import EvalConfig, run
 
-    with pytest.raises(ValueError, match="must not be the training fleet"):
+    with pytest.raises(ValueError, match="must not be a training fleet"):
         run(EvalConfig(train_seed=3, eval_seed=3))
+    styles = ("household", "bursty", "commercial")  # training fleets 3, 4 and 5
+    with pytest.raises(ValueError, match="must not be a training fleet"):
+        run(EvalConfig(train_seed=3, eval_seed=5, train_styles=styles))
 
 
 def test_cli_help_and_train_writes_a_model_directory(tmp_path: Path) -> None:
