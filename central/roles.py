@@ -29,7 +29,8 @@ DASHBOARD: Final = "eiot_dashboard"
 ROLES: Final[dict[str, str]] = {
     INGEST: "MQTT ingest worker: inserts into raw, reads back what it compares; no ml, no DDL",
     LOADER: "warehouse load and raw quality checks: SELECT on every raw table, nothing else",
-    ML: "model registry and inspection ranking: reads raw.readings/raw.meters, writes ml",
+    ML: "model registry and inspection ranking: reads raw.readings/raw.meters/raw.gateway_status,"
+    " writes ml",
     DASHBOARD: "BI tools: SELECT on ml.inspection_list only",
 }
 

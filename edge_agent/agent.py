@@ -403,6 +403,7 @@ class Agent:
             model_error=self.models.status_error(),
             gate=self.gate,
             watch=self.watch,
+            timezone=self.settings.timezone or DEFAULT_ZONE,
         )
         self.link.publish(
             topics.status(self.settings.topic_root, self.settings.gateway_id),

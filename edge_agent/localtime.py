@@ -11,6 +11,7 @@ Debian's ``tzdata``), read once per zone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -23,6 +24,9 @@ if TYPE_CHECKING:  # numpy is imported where offsets are computed: settings need
 
 #: The zone of a gateway that was not told its own.
 DEFAULT_ZONE = "UTC"
+#: What an IANA zone name looks like ("Africa/Lagos", "Etc/GMT+1"): checked before the zone
+#: database is asked, and by the wire (``status.v1``) where no database is at hand.
+ZONE_PATTERN = r"^[A-Za-z0-9_+\-]{1,32}(/[A-Za-z0-9_+\-]{1,32}){0,2}$"
 # Offsets are looked up once per bucket of this many seconds: every zone's transitions fall on
 # a quarter hour, so all instants of a bucket share one offset.
 _BUCKET_S = 900
@@ -41,6 +45,8 @@ class UnknownZoneError(ValueError):
 def zone(name: str) -> ZoneInfo:
     """The zone called ``name`` (``"Africa/Lagos"``); :class:`UnknownZoneError` otherwise."""
     try:
+        if not re.fullmatch(ZONE_PATTERN, name):
+            raise ValueError("not a zone name")
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Africa" is a directory
         raise UnknownZoneError(

@@ -24,6 +24,7 @@ def build(
     model_error: str | None = None,
     gate: IntakeGate | None = None,
     watch: ClockWatch | None = None,
+    timezone: str | None = None,
 ) -> wire.Status:
     """``models``: every model in use; ``model`` in the message is the first of them (the
     global one when it is loaded: :meth:`ModelManager.states` sorts it first), for readers that
@@ -49,6 +50,7 @@ def build(
         model_error=model_error,
         clock_suspect=None if watch is None else watch.suspect,
         clock_last_step_s=None if watch is None or not watch.last_jump_s else watch.last_jump_s,
+        timezone=timezone,
     )
 
 

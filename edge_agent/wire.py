@@ -35,6 +35,7 @@ from pydantic import (
 from edge_agent.codec import row_to_wire
 from edge_agent.columnar import ColumnError, check_columns, decode_columns, encode_columns
 from edge_agent.fields import Row
+from edge_agent.localtime import ZONE_PATTERN
 from edge_agent.vocabulary import FLAG_PATTERN, ID_PATTERN
 
 # A hard ceiling any single meter respects (a large distribution transformer meter): interval
@@ -336,6 +337,9 @@ class Status(WireModel):
     # the reading times it stamps may be wrong (edge_agent/clock.py).
     clock_suspect: bool | None = None
     clock_last_step_s: FiniteFloat | None = None
+    # The zone of the gateway's local clock (its ``timezone`` setting, IANA name): central
+    # trains meters whose registry names no zone on this one, as the gateway scores them.
+    timezone: str | None = Field(default=None, pattern=ZONE_PATTERN)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

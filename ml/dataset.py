@@ -26,7 +26,7 @@ from edge_agent.features import (
     flags_mask,
     history_window_s,
 )
-from edge_agent.localtime import DEFAULT_ZONE, zone_offsets
+from edge_agent.localtime import DEFAULT_ZONE, check_zone, zone_offsets
 
 log = logging.getLogger(__name__)
 
@@ -318,21 +318,23 @@ def from_postgres(
                 "customer_class": r[2],
                 "region": r[3],
                 "transformer_id": r[4],
-                "timezone": r[5],
+                "timezone": r[5] or gateway_zones.get(r[6]),
             }
+            for gateway_zones in [_gateway_zones(conn)]
             for r in conn.execute(
-                "select meter_id, meter_role, customer_class, region, transformer_id, timezone"
-                " from raw.meters"
+                "select meter_id, meter_role, customer_class, region, transformer_id, timezone,"
+                " gateway_id from raw.meters"
             )
         }
     if not rows:
         raise ValueError(f"no readings in raw.readings between {start} and {end}")
     unzoned = sorted({str(r[0]) for r in rows if not meters.get(r[0], {}).get("timezone")})
     if unzoned:
-        # Central does not know the zone the gateway was given: these meters' local-time
+        # Neither the registry nor the meter's gateway names a zone: these meters' local-time
         # features use UTC, which the operator is told (register raw.meters.timezone).
         log.warning(
-            "%d meters have no timezone in raw.meters (%s...): their features use %s",
+            "%d meters have no timezone in raw.meters nor from their gateway (%s...): their"
+            " features use %s",
             len(unzoned),
             ", ".join(unzoned[:3]),
             DEFAULT_ZONE,
@@ -357,6 +359,22 @@ def from_postgres(
             "meters_without_timezone": len(unzoned),
         },
     )
+
+
+def _gateway_zones(conn: Any) -> dict[str, str]:
+    """The zone each gateway last reported in its ``status.v1`` (its ``timezone`` setting): the
+    zone it scores the meters that the registry gives none, so training uses it too. A name
+    this machine's zone database does not know is left out (and logged)."""
+    zones: dict[str, str] = {}
+    for gateway_id, name in conn.execute(
+        "select distinct on (gateway_id) gateway_id, status->>'timezone' from raw.gateway_status"
+        " where status ? 'timezone' order by gateway_id, sent_at desc"
+    ):
+        try:
+            zones[gateway_id] = check_zone(name)
+        except ValueError:
+            log.warning("gateway %s reports an unknown time zone %r", gateway_id, name)
+    return zones
 
 
 def reading_features(data: MeterData) -> npt.NDArray[np.float32]:

@@ -278,11 +278,16 @@ def test_agent_subscribes_to_the_models_of_its_customer_classes(
     publish(topic_root, json.dumps(m.urban).encode(), name="iforest.urban")
     sub = Subscriber(BROKER_PORT, [topics.status(topic_root, GW)]).start()
     settings = settings_for(
-        tmp_path, topic_root, model_public_key=m.public_key, registry_path=registry
+        tmp_path,
+        topic_root,
+        model_public_key=m.public_key,
+        registry_path=registry,
+        timezone="Africa/Abidjan",
     )
     run = Running(settings)
     try:
         st = status_where(sub, lambda s: len(s.get("models", [])) == 2, "both models loaded")
+        assert st["timezone"] == "Africa/Abidjan"  # central trains unzoned meters in it
         assert [(x["name"], x["version"]) for x in st["models"]] == [
             ("iforest", "v1"),
             ("iforest.urban", "c1"),

@@ -202,3 +202,64 @@ def test_simulated_regions_keep_one_offset_all_year() -> None:
     )
     with pytest.raises(ValueError, match="changes its offset"):
         london.utc_offset_s  # noqa: B018
+
+
+def test_central_trains_an_unzoned_meter_in_the_zone_its_gateway_reports(pg_dsn: str) -> None:
+    """``raw.meters.timezone`` first; a meter without one takes the zone its gateway last
+    reported in ``status.v1`` (the zone the gateway scores it in); a zone the database does not
+    know is ignored; UTC only when nothing names one. status.v1 refuses what is not a zone."""
+    import json
+    from datetime import timedelta
+
+    import psycopg
+
+    from edge_agent import wire
+    from ml.dataset import from_postgres
+
+    t0 = datetime(2025, 5, 1, tzinfo=UTC)
+    with psycopg.connect(pg_dsn) as conn:
+        for meter_id, zone_name, gw in (
+            ("m-reg", "Africa/Lagos", "gw-1"),
+            ("m-gw", None, "gw-1"),
+            ("m-bad", None, "gw-2"),
+            ("m-none", None, "gw-3"),
+        ):
+            conn.execute(
+                "insert into raw.meters (meter_id, timezone, gateway_id) values (%s, %s, %s)",
+                (meter_id, zone_name, gw),
+            )
+            conn.execute(
+                "insert into raw.readings (meter_id, ts, interval_s, kwh, gateway_id, batch_id)"
+                " select %s, %s + k * interval '30 min', 1800, 0.1, %s, 'b1'"
+                " from generate_series(1, 96) k",
+                (meter_id, t0, gw),
+            )
+        for gw, zone_name, ago in (
+            ("gw-1", "Africa/Douala", 2),  # an older status: the latest one counts
+            ("gw-1", "Africa/Nairobi", 1),
+            ("gw-2", "Mars/Olympus_Mons", 1),
+        ):
+            status = {"schema": "status.v1", "gateway_id": gw, "timezone": zone_name}
+            conn.execute(
+                "insert into raw.gateway_status (gateway_id, sent_at, state, status)"
+                " values (%s, %s, 'online', %s)",
+                (gw, t0 - timedelta(hours=ago), json.dumps(status)),
+            )
+    data = from_postgres(pg_dsn, t0, t0 + timedelta(days=2), with_history=False)
+    zones = dict(zip(data.meter_ids.tolist(), data.timezone.tolist(), strict=True))
+    assert zones == {
+        "m-reg": "Africa/Lagos",
+        "m-gw": "Africa/Nairobi",
+        "m-bad": "UTC",
+        "m-none": "UTC",
+    }
+    assert data.source["meters_without_timezone"] == 2
+    sent = datetime(2025, 5, 1, tzinfo=UTC)
+    assert (
+        wire.Status(
+            gateway_id="gw-1", state="online", sent_at=sent, timezone="Africa/Nairobi"
+        ).timezone
+        == "Africa/Nairobi"
+    )
+    with pytest.raises(ValidationError):
+        wire.Status(gateway_id="gw-1", state="online", sent_at=sent, timezone="../../etc/passwd")

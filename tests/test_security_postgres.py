@@ -344,6 +344,7 @@ def test_grants_are_exactly_the_table(pg: psycopg.Connection) -> None:
         *{("eiot_loader", f"raw.{t}", "select") for t in [*raw, "alerts"]},
         ("eiot_ml", "raw.readings", "select"),
         ("eiot_ml", "raw.meters", "select"),
+        ("eiot_ml", "raw.gateway_status", "select"),  # gateways' zones: 0016_meter_timezone.sql
         *{
             ("eiot_ml", f"ml.{t}", p)
             for t in ("models", "ranking_runs", "customer_rankings")

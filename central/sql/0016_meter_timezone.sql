@@ -2,4 +2,7 @@
 -- days) are computed in this zone, at the gateway and in training. Null: the gateway's zone.
 alter table raw.meters add column if not exists timezone text;
 comment on column raw.meters.timezone is
-    $$IANA time zone of the meter's local clock (Africa/Lagos); null means its gateway's zone. Time-of-day and calendar-day features use it.$$;
+    $$IANA time zone of the meter's local clock (Africa/Lagos); null means its gateway's zone (its timezone setting, reported in status.v1). Time-of-day and calendar-day features use it.$$;
+-- ml/dataset.py falls back on the zone a meter's gateway reports in status.v1 (its timezone
+-- setting), the zone the gateway scores that meter in.
+grant select on raw.gateway_status to eiot_ml;
