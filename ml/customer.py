@@ -346,6 +346,7 @@ PEER_SIGNS: dict[str, float] = {
     "tx_unaccounted_share": 1.0,
     "tamper_share": 1.0,
     "register_drops": 1.0,
+    "step_drop": 1.0,  # the meter against its own longer past: a theft that stays
 }
 
 
