@@ -1,16 +1,19 @@
 """Evaluate theft detection on a held-out simulated fleet, against simple baselines.
 
-    python -m ml.evaluate                       # default sizes, a few minutes on 2 cores
+    python -m ml.evaluate                       # every load style, ~5 minutes on 2 cores
+    python -m ml.evaluate --style household     # one style
     python -m ml.evaluate --eval-meters 300 --train-meters 300 --days 14   # quick look
 
-What happens:
+What happens (per load style, ``simulator.LOAD_STYLES``, unless ``--style`` names one):
 
-1. A **training fleet** is simulated (``--train-seed``) and the gateway model is trained on it
-   (``ml.modelset``: global vs per-class IsolationForest, the better on held-out training meters
-   is kept), then the central customer scorer (``ml.customer``) on its customers.
-2. A **held-out fleet** with a different seed (``--eval-seed``; a different topology, different
-   customers, different thieves) is simulated. Its first ``--warmup-days`` only feed the
-   features' history; everything is measured on the window after them.
+1. **Training fleets**, one per style (seeds from ``--train-seed`` on), are simulated and the
+   gateway model is trained on them together (``ml.modelset``: global vs per-class
+   IsolationForest, the better on held-out training meters is kept), then the central customer
+   scorer (``ml.customer``) on their customers; per style, also a customer scorer without that
+   style's customers (leave-one-style-out).
+2. A **held-out fleet** of each style with a different seed (``--eval-seed``; a different
+   topology, different customers, different thieves) is simulated. Its first ``--warmup-days``
+   only feed the features' history; everything is measured on the window after them.
 3. Reading level (the gateway model as exported to ONNX, and the baselines of
    :mod:`ml.baselines`): ROC-AUC and PR-AUC of theft readings vs normal readings (fault readings
    are left out of both), detection rate per attack / fault type at the cut that flags 1 % and
