@@ -103,11 +103,10 @@ def zone_offsets(
     if c.shape != t.shape:
         raise ValueError(f"codes have shape {c.shape}, expected {t.shape}")
     names = sorted(set(zone_of_code))
-    index = {name: k for k, name in enumerate(names)}
-    zone_k = np.array([index[z] for z in zone_of_code], dtype=np.int64)
     if len(names) == 1:
         return utc_offsets(t, names[0])
-    row_zone = zone_k[c]
+    index = {name: k for k, name in enumerate(names)}
+    row_zone = np.array([index[z] for z in zone_of_code], dtype=np.int64)[c]
     out = np.zeros(t.shape, dtype=np.int64)
     for k, name in enumerate(names):
         rows = row_zone == k
@@ -131,9 +130,4 @@ class MeterClocks:
         self, meter_ids: Sequence[str], codes: npt.ArrayLike, ts: npt.ArrayLike
     ) -> npt.NDArray[np.int64]:
         """UTC offset of each row, the row's meter being ``meter_ids[codes[i]]``."""
-        import numpy as np
-
-        t = np.asarray(ts, dtype=np.int64)
-        if not self.per_meter:
-            return utc_offsets(t, self.default)
-        return zone_offsets(t, codes, [self.zone_of(m) for m in meter_ids])
+        return zone_offsets(ts, codes, [self.zone_of(m) for m in meter_ids])

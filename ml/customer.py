@@ -128,6 +128,10 @@ class CustomerFeatures:
     values: FloatArray  # (customers, len(FEATURE_NAMES)), finite
     names: tuple[str, ...] = FEATURE_NAMES
 
+    def rows(self, keep: BoolArray) -> CustomerFeatures:
+        """The customers where ``keep`` is True."""
+        return CustomerFeatures(self.meter_index[keep], self.values[keep], self.names)
+
 
 def customer_features(
     data: MeterData,

@@ -312,6 +312,7 @@ def from_postgres(
             " where ts > to_timestamp(%s) and ts <= %s and interval_s = %s",
             (lo, end, interval_s),
         ).fetchall()
+        gateway_zones = _gateway_zones(conn)
         meters = {
             r[0]: {
                 "meter_role": r[1],
@@ -320,7 +321,6 @@ def from_postgres(
                 "transformer_id": r[4],
                 "timezone": r[5] or gateway_zones.get(r[6]),
             }
-            for gateway_zones in [_gateway_zones(conn)]
             for r in conn.execute(
                 "select meter_id, meter_role, customer_class, region, transformer_id, timezone,"
                 " gateway_id from raw.meters"

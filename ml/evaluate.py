@@ -576,7 +576,7 @@ def run_styles(
         transfer: dict[str, CustomerScorer] = {}
         if len(styles) > 1:
             keep = trained.style != style
-            others = CustomerFeatures(trained.feats.meter_index[keep], trained.feats.values[keep])
+            others = trained.feats.rows(keep)
             transfer[LEAVE_STYLE_OUT] = CustomerScorer().fit(others, trained.theft[keep])
         result = assess(replace(base, style=style), trained, log, transfer)
         results[style] = result
@@ -618,7 +618,7 @@ def leave_one_type_out(
         if not (kind == name).any() or not (kind_tr == name).any():
             continue
         keep = kind_tr != name
-        sub = CustomerFeatures(feats_tr.meter_index[keep], feats_tr.values[keep])
+        sub = feats_tr.rows(keep)
         scorer = CustomerScorer(max_iter=150).fit(sub, theft_tr[keep])
         s = scorer.score(feats)
         out[name] = mt.detection_rate_at_fpr(s, ~theft, np.where(theft, kind, ""), fpr)[name]

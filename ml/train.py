@@ -35,6 +35,7 @@ from sklearn.ensemble import IsolationForest
 from edge_agent.features import FEATURE_NAMES, compute_features_grouped
 from ml import calibration
 from ml.calibration import MIN_ROWS, Calibration
+from ml.onnx_export import export_fast
 
 DEFAULT_ALERT_RATE = 0.001
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
@@ -63,8 +64,6 @@ class TrainedModel:
 
     def onnx(self) -> bytes:
         """The published graph (:mod:`ml.onnx_export`), calibrated when it can be."""
-        from ml.onnx_export import export_fast
-
         return export_fast(self.model, self.feature_names, self.calibration)
 
 
