@@ -111,7 +111,8 @@ READING_FIELDS: tuple[ReadingField, ...] = (
     ),
     ReadingField(
         "score",
-        "Anomaly score the gateway's model gave the reading (higher = more anomalous).",
+        "Anomaly score the gateway's model gave the reading (higher = more anomalous): for a"
+        " calibrated model, its level among the model's normal training readings (0..1).",
         _REAL,
         _FLOAT8,
         _NULL_F64,
