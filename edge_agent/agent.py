@@ -276,6 +276,19 @@ class Agent:
             from edge_agent.sources.mqtt_source import MqttSource
 
             sources.append(MqttSource(source_config(s), s.source_topic, self.intake))
+        if s.modbus is not None:
+            from edge_agent.sources.modbus import ModbusSource
+
+            sources.append(
+                ModbusSource(
+                    s.modbus,
+                    self.intake,
+                    self.buffer.alerts,
+                    s.gateway_id,
+                    max_kw=s.max_kw,
+                    trusted=lambda: self.watch.trusted,
+                )
+            )
 
     # --- loop -----------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.localtime import check_zone
+from edge_agent.meters.modbus import BAUD_RATES, UNIT_IDS
 from edge_agent.settings_base import BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 from edge_agent.vocabulary import ID_PATTERN
@@ -32,6 +33,81 @@ class SimSourceSettings(BaseModel):
     # Interval blocks (all meters of one interval) emitted per second; 0 = as fast as possible.
     intervals_per_s: float = Field(default=0, ge=0)
     chunk_intervals: int = Field(default=4, ge=1)
+
+
+class ModbusMeterSettings(BaseModel):
+    """A meter on a Modbus bus."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    meter_id: str = Field(pattern=ID_PATTERN)
+    unit: int = Field(ge=min(UNIT_IDS), le=max(UNIT_IDS))  # its Modbus address on the bus
+    model: str  # a register map (edge_agent/meters/maps, or [modbus] maps_dir)
+
+
+class ModbusBusSettings(BaseModel):
+    """A Modbus TCP endpoint (a meter, or a TCP-to-RS-485 gateway) or an RTU serial port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=ID_PATTERN)
+    kind: Literal["tcp", "rtu"]
+    host: str | None = None  # tcp
+    port: int = Field(default=502, ge=1, le=65535)
+    device: str | None = None  # rtu, e.g. /dev/ttyUSB0
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=2, ge=0, le=5)
+    meters: list[ModbusMeterSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _addressed(self) -> ModbusBusSettings:
+        if self.kind == "tcp" and not self.host:
+            raise ValueError(f"bus {self.name}: a tcp bus needs host")
+        if self.kind == "rtu" and not self.device:
+            raise ValueError(f"bus {self.name}: an rtu bus needs device")
+        if self.kind == "rtu" and self.baudrate not in BAUD_RATES:
+            raise ValueError(f"bus {self.name}: baudrate must be one of {BAUD_RATES}")
+        units = [m.unit for m in self.meters]
+        if len(set(units)) != len(units):
+            raise ValueError(f"bus {self.name}: two meters with one unit id")
+        return self
+
+
+class ModbusSettings(BaseModel):
+    """Meters the agent reads itself over Modbus (``[modbus]`` and ``[[modbus.buses]]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Readings every interval_s, at multiples of it (UTC): a divisor of a day.
+    interval_s: int = Field(default=900, ge=300, le=86400)
+    # A boundary is read only this long after it (a late read would put later energy into it);
+    # one missed (the agent started or stalled past it) is merged into the next reading.
+    poll_window_s: int = Field(default=60, ge=1)
+    unreachable_after: int = Field(default=3, ge=1)  # missed boundaries before the alert
+    workers: int = Field(default=4, ge=1, le=32)  # buses polled at once
+    maps_dir: Path | None = None  # register maps of the site's own meter models
+    buses: list[ModbusBusSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusSettings:
+        if 86400 % self.interval_s:
+            raise ValueError(f"interval_s {self.interval_s} does not divide a day")
+        if self.poll_window_s >= self.interval_s:
+            raise ValueError("poll_window_s must be shorter than interval_s")
+        for what, names in (
+            ("bus name", [b.name for b in self.buses]),
+            ("meter_id", [m.meter_id for b in self.buses for m in b.meters]),
+            ("serial device", [b.device for b in self.buses if b.kind == "rtu"]),
+        ):
+            seen = set()
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"{what} {name} appears twice")
+                seen.add(name)
+        return self
 
 
 class AgentSettings(TomlEnvSettings, BrokerSettings):
@@ -83,6 +159,7 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     spool_dir: Path | None = None
     spool_meter_id: str = Field(default="seed-0001", pattern=ID_PATTERN)
     sim: SimSourceSettings | None = None
+    modbus: ModbusSettings | None = None
 
     # The gateway's local clock (IANA name, e.g. "Africa/Lagos"): time-of-day and calendar-day
     # features use it, daylight saving included; a registry meter with its own "timezone" uses

@@ -37,6 +37,7 @@ ALERT_KINDS: tuple[str, ...] = (
     "disk_full",  # the gateway's disk is (nearly) full: intake paused
     "clock_suspect",  # the gateway's wall clock stepped, or is behind the latest time it saw
     "scoring_off",  # central: a gateway scores nothing (no model, or its model refused)
+    "meter_unreachable",  # a meter the gateway polls has not answered for several intervals
 )
 #: Kinds only central raises: refused on a gateway's alerts topic.
 CENTRAL_ALERT_KINDS: tuple[str, ...] = ("scoring_off",)

@@ -357,6 +357,7 @@ AlertKind = Literal[
     "disk_full",
     "clock_suspect",
     "scoring_off",
+    "meter_unreachable",
 ]
 
 

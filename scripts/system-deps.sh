@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the project needs on Debian/Ubuntu: Python's venv module, the Mosquitto broker,
-# PostgreSQL, libfaketime, systemd-analyze, Prometheus and Alertmanager, headless Chromium
-# (tests). Installs only what is missing; needs root or sudo for that.
+# PostgreSQL, libfaketime, systemd-analyze, Prometheus and Alertmanager, headless Chromium,
+# socat (tests). Installs only what is missing; needs root or sudo for that.
 set -euo pipefail
 
 missing=()
@@ -18,6 +18,8 @@ command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 # headless Chromium and its WebDriver: the browser tests (screenshots of the Airflow grid)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# socat: a pseudo-terminal pair is the RS-485 line of the Modbus RTU tests
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing system packages: ${missing[*]}"

@@ -54,6 +54,9 @@ def test_every_command_has_help(module: str) -> None:
         ["edge-agent", "clock", "reset", "--help"],
         ["python", "-m", "central.gateway_bundle", "--help"],
         ["python", "-m", "central.dashboards", "--help"],
+        ["python", "-m", "simulator.modbus_meters", "--help"],
+        ["python", "-m", "bench.meters", "--help"],
+        ["python", "-m", "bench.fast_agent", "--help"],
     ],
 )
 def test_installed_entry_points_answer_help(command: list[str]) -> None:

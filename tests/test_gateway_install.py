@@ -26,7 +26,7 @@ from tests.support.systemd import NotifySocket
 
 pytestmark = pytest.mark.services
 
-HEAVY = ("sklearn", "skl2onnx", "pandas", "scipy", "pydantic_settings")
+HEAVY = ("sklearn", "skl2onnx", "pandas", "scipy", "pydantic_settings", "pymodbus", "serial")
 GW = "gw-light"
 UNIT = gateway_bundle.DEPLOY / "eiot-agent.service"
 
@@ -104,6 +104,21 @@ def test_edge_bundle_installs_offline_and_runs_the_agent_with_a_model(
         cwd=tmp_path,
     )
     assert json.loads(probe.stdout) == dict.fromkeys(HEAVY, False)
+    # the Modbus source and its register maps come with the bundle, on the edge packages alone
+    maps = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import edge_agent.sources.modbus; from edge_agent.meters.register_map import "
+            "load_maps; print(' '.join(sorted(load_maps())))",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert maps.returncode == 0, maps.stderr[-2000:]
+    assert {"sdm120", "sdm630", "generic-u32-wh"} <= set(maps.stdout.split())
 
     agent_bin = venv / "bin" / "edge-agent"
     helped = subprocess.run(

@@ -82,20 +82,26 @@ class AlertStore:
         """Alerts not tied to one incoming reading (energy balance), with progress markers and
         counters, in one transaction. Returns the ids stored now."""
         with self._db.transaction():
-            stored = [
-                a
-                for a in alerts
-                if self._db.conn.execute(
-                    "insert or ignore into alerts (alert_id, kind, meter_id, ts, payload, "
-                    "created_at) values (?, ?, ?, ?, ?, ?)",
-                    (a.alert_id, a.kind, a.meter_id, a.ts, a.payload, now),
-                ).rowcount
-                == 1
-            ]
-            self._db.counters.add(_count_kinds(stored))
+            stored = self.insert(alerts, now)
             for key, value in (meta or {}).items():
                 self._db.meta.set(key, value)
             self._db.counters.add(counters or {})
+        return stored
+
+    def insert(self, alerts: Sequence[AlertRecord], now: float) -> tuple[str, ...]:
+        """Inside the caller's transaction (a source's ``also`` write): store the alerts whose
+        ids are new, counted. Returns the ids stored now."""
+        stored = [
+            a
+            for a in alerts
+            if self._db.conn.execute(
+                "insert or ignore into alerts (alert_id, kind, meter_id, ts, payload, "
+                "created_at) values (?, ?, ?, ?, ?, ?)",
+                (a.alert_id, a.kind, a.meter_id, a.ts, a.payload, now),
+            ).rowcount
+            == 1
+        ]
+        self._db.counters.add(_count_kinds(stored))
         return tuple(a.alert_id for a in stored)
 
     def due(

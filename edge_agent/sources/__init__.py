@@ -59,11 +59,12 @@ class Intake:
         *,
         meta: dict[str, object] | None = None,
         also: Sequence[TxWrite] = (),
+        counters: dict[str, int] | None = None,
     ) -> AcceptResult:
         """Commit the validated ``results`` (rows and quarantine records) in one transaction,
-        with the source's progress markers (``meta``) and its own writes (``also``)."""
+        with the source's progress markers (``meta``), its own writes (``also``) and counters."""
         try:
-            return self._take(results, meta, also)
+            return self._take(results, meta, also, counters or {})
         except BufferFull as exc:  # nothing was written: the source keeps its input
             if self.on_full is not None:
                 self.on_full(exc)
@@ -74,11 +75,12 @@ class Intake:
         results: Iterable[Row | wire.QuarantineRecord],
         meta: dict[str, object] | None,
         also: Sequence[TxWrite],
+        counters: dict[str, int],
     ) -> AcceptResult:
         rows, bad = split(results)
         now = self.validator.clock()
         if self.detector is None or not rows:
-            return self.readings.accept(rows, bad, now=now, meta=meta, also=also)
+            return self.readings.accept(rows, bad, now=now, meta=meta, also=also, counters=counters)
         prepared = self.detector.prepare(rows)
         result = self.readings.accept(
             prepared.rows,
@@ -87,7 +89,7 @@ class Intake:
             meta=meta,
             also=also,
             alerts=prepared.alerts,
-            counters=prepared.counters,
+            counters=_sum(prepared.counters, counters),
         )
         try:
             self.detector.committed(prepared, result, now)
@@ -98,6 +100,13 @@ class Intake:
             if self.on_full is not None:
                 self.on_full(exc)
         return result
+
+
+def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out.get(key, 0) + value
+    return out
 
 
 __all__ = ["Intake", "Source"]

@@ -1,0 +1,4 @@
+-- meter_unreachable joins the alert kinds: a gateway that polls its meters itself (Modbus) says
+-- when one has not answered for several intervals. The kinds are edge_agent.vocabulary.ALERT_KINDS.
+comment on column raw.alerts.kind is
+    $$Alert type: anomaly (model score above threshold), tamper (meter tamper flags), register_rollback (register below the previous reading), supply_loss, energy_balance (transformer energy not accounted for by its customers), buffer_full (the gateway's buffer reached its byte budget: intake paused), disk_full (the gateway's disk is nearly full: intake paused), clock_suspect (the gateway's wall clock stepped or went back), scoring_off (central: the gateway scores nothing) or meter_unreachable (a meter the gateway polls has not answered for several intervals).$$;
