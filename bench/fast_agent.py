@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     pin_mmap_threshold()
     from edge_agent.agent import Agent
     from edge_agent.settings import load_settings
+    from edge_agent.sources.dlms import DlmsSource
     from edge_agent.sources.modbus import ModbusSource
 
     agent = Agent(load_settings(args.config))
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.epoch + (time.time() - args.t0) * args.speed
 
     for source in agent.sources:
-        if isinstance(source, ModbusSource):
+        if isinstance(source, ModbusSource | DlmsSource):
             source.clock = clock
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -289,6 +289,19 @@ class Agent:
                     trusted=lambda: self.watch.trusted,
                 )
             )
+        if s.dlms is not None:
+            from edge_agent.sources.dlms import DlmsSource
+
+            sources.append(
+                DlmsSource(
+                    s.dlms,
+                    self.intake,
+                    self.buffer.alerts,
+                    s.gateway_id,
+                    max_kw=s.max_kw,
+                    trusted=lambda: self.watch.trusted,
+                )
+            )
 
     # --- loop -----------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from edge_agent.localtime import check_zone
+from edge_agent.meters.axdr import obis as obis_code
 from edge_agent.meters.modbus import BAUD_RATES, UNIT_IDS
 from edge_agent.settings_base import BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
@@ -110,6 +111,58 @@ class ModbusSettings(BaseModel):
         return self
 
 
+class DlmsMeterSettings(BaseModel):
+    """A DLMS/COSEM meter reached over TCP (WRAPPER): its own IP, or a port of a modem."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    meter_id: str = Field(pattern=ID_PATTERN)
+    host: str
+    port: int = Field(default=4059, ge=1, le=65535)
+    client_sap: int = Field(default=16, ge=1, le=0xFFFF)  # 16: public client, no security
+    server_sap: int = Field(default=1, ge=1, le=0xFFFF)  # 1: the management logical device
+    password: SecretStr | None = None  # LOW authentication; none: no security
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    energy_register: str = "1.0.1.8.0.255"  # active energy import (class 3)
+    profile: str = "1.0.99.1.0.255"  # load profile (class 7): the clock and that register
+
+    @field_validator("energy_register", "profile")
+    @classmethod
+    def _obis(cls, value: str) -> str:
+        obis_code(value)
+        return value
+
+
+class DlmsSettings(BaseModel):
+    """Meters the agent reads itself over DLMS/COSEM (``[dlms]``, ``[[dlms.meters]]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Each meter's load profile is read every interval_s (UTC multiples), read_delay_s after
+    # the boundary so the meter has captured the entry that ends there.
+    interval_s: int = Field(default=900, ge=300, le=86400)
+    read_delay_s: int = Field(default=30, ge=0)
+    # A meter clock further than this from the gateway's (trusted) clock: its entries are
+    # quarantined (meter_clock_off), not stamped wrong.
+    max_clock_skew_s: int = Field(default=300, ge=1)
+    # How far back the first read of a meter goes (its profile memory permitting).
+    catch_up_days: float = Field(default=7.0, gt=0, le=90)
+    unreachable_after: int = Field(default=3, ge=1)
+    workers: int = Field(default=4, ge=1, le=32)  # meters read at once
+    meters: list[DlmsMeterSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DlmsSettings:
+        if 86400 % self.interval_s:
+            raise ValueError(f"interval_s {self.interval_s} does not divide a day")
+        if self.read_delay_s >= self.interval_s:
+            raise ValueError("read_delay_s must be shorter than interval_s")
+        ids = [m.meter_id for m in self.meters]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a meter_id appears twice")
+        return self
+
+
 class AgentSettings(TomlEnvSettings, BrokerSettings):
     """The broker_* settings are the uplink to central (``BrokerSettings``)."""
 
@@ -160,6 +213,7 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     spool_meter_id: str = Field(default="seed-0001", pattern=ID_PATTERN)
     sim: SimSourceSettings | None = None
     modbus: ModbusSettings | None = None
+    dlms: DlmsSettings | None = None
 
     # The gateway's local clock (IANA name, e.g. "Africa/Lagos"): time-of-day and calendar-day
     # features use it, daylight saving included; a registry meter with its own "timezone" uses
@@ -196,6 +250,15 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
         return None if value is None else check_zone(value)
+
+    @model_validator(mode="after")
+    def _one_source_per_meter(self) -> AgentSettings:
+        modbus = {m.meter_id for b in self.modbus.buses for m in b.meters} if self.modbus else set()
+        dlms = {m.meter_id for m in self.dlms.meters} if self.dlms else set()
+        both = sorted(modbus & dlms)
+        if both:
+            raise ValueError(f"meters read over both Modbus and DLMS: {', '.join(both)}")
+        return self
 
     @model_validator(mode="after")
     def _production_is_secure(self) -> AgentSettings:

@@ -57,6 +57,7 @@ class MeterState:
     alerted: bool = False  # meter_unreachable raised for this silence
     errors: int = 0  # failed polls, all time
     last_error: str | None = None
+    read_to: int | None = None  # a profile read: the latest entry read, taken or not
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

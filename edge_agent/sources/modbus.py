@@ -17,19 +17,15 @@ meters. Polls still running at the next boundary (a slow bus) skip that boundary
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 
-from edge_agent.alerts import make_alert
-from edge_agent.buffer import AlertRecord, AlertStore, BufferFull
-from edge_agent.fields import Row
+from edge_agent.buffer import AlertStore
 from edge_agent.meters.modbus import (
     ModbusError,
     RtuTransport,
@@ -37,16 +33,14 @@ from edge_agent.meters.modbus import (
     Transport,
     read_registers,
 )
-from edge_agent.meters.register_energy import MeterState, missed, take_read
 from edge_agent.meters.register_map import MapError, RegisterMap, load_maps
 from edge_agent.settings import ModbusBusSettings, ModbusSettings
 from edge_agent.sources import Intake
-from edge_agent.wire import QuarantineRecord
+from edge_agent.sources.polled import MeterBook
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "modbus:"
-UNREACHABLE = "meter_unreachable"
 
 
 def transport_for(bus: ModbusBusSettings) -> Transport:
@@ -137,20 +131,23 @@ class ModbusSource:
                         f"(known: {', '.join(sorted(maps))})"
                     )
         self.settings = settings
-        self.intake = intake
-        self.alerts = alerts
-        self.gateway_id = gateway_id
-        self.max_kw = max_kw
         self.trusted = trusted
         self.rollover = {
             m.meter_id: maps[m.model].fields["register_kwh"].rollover
             for bus in settings.buses
             for m in bus.meters
         }
-        self.states = {
-            meter_id: MeterState.from_json(intake.progress(KEY_PREFIX + meter_id))
-            for meter_id in self.rollover
-        }
+        self.book = MeterBook(
+            KEY_PREFIX,
+            list(self.rollover),
+            intake,
+            alerts,
+            gateway_id,
+            interval_s=settings.interval_s,
+            unreachable_after=settings.unreachable_after,
+            max_kw=max_kw,
+            source="modbus",
+        )
         self.buses = [Bus(b, maps, transports(b)) for b in settings.buses]
         self._results: queue.SimpleQueue[MeterPoll] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -166,7 +163,7 @@ class ModbusSource:
         self.clock: Callable[[], float] | None = None
         log.info(
             "modbus: %d meters on %d buses, every %d s",
-            len(self.states),
+            len(self.rollover),
             len(self.buses),
             settings.interval_s,
         )
@@ -236,62 +233,14 @@ class ModbusSource:
             self._cycle = None
 
     def _take(self, polls: list[MeterPoll], now: float) -> None:
-        results: list[Row | QuarantineRecord] = []
-        states = dict(self.states)
-        alerts: list[AlertRecord] = []
-        counters = {"modbus_polls_ok": 0, "modbus_polls_failed": 0, "modbus_overruns": 0}
-        validator = self.intake.validator
+        book = self.book
         for p in polls:
-            state = states[p.meter_id]
             if p.values is None:
-                counters["modbus_polls_failed"] += 1
-                state = missed(state, p.boundary, p.error or "no answer")
-                assert state.missed_since is not None
-                silent = (p.boundary - state.missed_since) // self.settings.interval_s + 1
-                if not state.alerted and silent >= self.settings.unreachable_after:
-                    alerts.append(
-                        make_alert(
-                            gateway_id=self.gateway_id,
-                            kind=UNREACHABLE,
-                            meter_id=p.meter_id,
-                            ts=state.missed_since,
-                            detail=f"no answer at {silent} boundaries: {state.last_error}",
-                        )
-                    )
-                    state = replace(state, alerted=True)
-                states[p.meter_id] = state
-                continue
-            counters["modbus_polls_ok"] += 1
-            out = take_read(
-                p.meter_id,
-                state,
-                p.boundary,
-                p.values,
-                max_kw=self.max_kw,
-                rollover=self.rollover[p.meter_id],
-            )
-            states[p.meter_id] = out.state
-            if out.reading is not None:
-                results.append(validator.check(out.reading, json.dumps(out.reading), "modbus"))
-            elif out.quarantine is not None:
-                results.append(validator.quarantine(out.raw, out.quarantine, now, "modbus"))
-        counters["modbus_overruns"], self.overruns = self.overruns, 0
-        changed = {p.meter_id for p in polls}
-        try:
-            self.intake.take(
-                results,
-                meta={KEY_PREFIX + m: states[m].to_json() for m in sorted(changed)},
-                also=[partial(self._raise, alerts, now)] if alerts else (),
-                counters={k: v for k, v in counters.items() if v},
-            )
-        except BufferFull:
-            # Nothing was committed: the registers keep counting, and the next reading of
-            # each meter spans these boundaries too.
-            log.warning("buffer full: %d modbus reads not taken", len(polls))
-            return
-        for a in alerts:
-            log.warning("meter %s unreachable since %d", a.meter_id, a.ts)
-        self.states = states
-
-    def _raise(self, alerts: list[AlertRecord], now: float) -> None:
-        self.alerts.insert(alerts, now)
+                book.count("modbus_polls_failed")
+                book.failed(p.meter_id, p.boundary, p.error or "no answer")
+            else:
+                book.count("modbus_polls_ok")
+                book.answered(p.meter_id, p.boundary, p.values, now, self.rollover[p.meter_id])
+        book.count("modbus_overruns", self.overruns)
+        if book.commit(now):
+            self.overruns = 0

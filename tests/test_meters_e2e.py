@@ -1,6 +1,7 @@
-"""Modbus meters to PostgreSQL, exactly once, through an agent killed mid-run and a meter that
-falls silent: real pymodbus meters, the real agent (``bench.fast_agent``: its polling clock runs
-fast, readings stamped in the past), the secure broker, central ingest and PostgreSQL."""
+"""Meters the agent reads itself, to PostgreSQL exactly once, through an agent killed mid-run
+and meters that fall silent: Modbus meters (pymodbus servers) and DLMS/COSEM meters (the test
+meter gurux-dlms reads in tests/test_dlms.py), the real agent (``bench.fast_agent``: its polling
+clock runs fast, readings stamped in the past), the secure broker, central ingest, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from simulator.dlms_meter import DlmsMeter, DlmsPeer
 from simulator.modbus_meters import ModbusPeer, fleet
 from tests.support.processes import Proc
 from tests.support.rig import Rig
@@ -23,7 +25,7 @@ SPEED = 300.0  # 3 s a boundary
 GW = "gw-a"
 
 
-def test_modbus_readings_reach_postgres_once_through_a_kill_and_a_silence(
+def test_meter_readings_reach_postgres_once_through_a_kill_and_a_silence(
     rig: Rig, tmp_path: Path
 ) -> None:
     t0 = time.time()
@@ -61,6 +63,15 @@ def test_modbus_readings_reach_postgres_once_through_a_kill_and_a_silence(
                 f"unit = {m.unit}",
                 f'model = "{m.regmap.model}"',
             ]
+    dlms_meters = [
+        DlmsMeter(kw=1.5 + i, start_kwh=800.0 + i, memory_days=2, clock=clock) for i in range(2)
+    ]
+    dlms_peer = DlmsPeer(dlms_meters, [0, 0]).start()
+    lines += ["", "[dlms]", f"interval_s = {INTERVAL}", "read_delay_s = 30"]
+    lines += ["catch_up_days = 0.1", "unreachable_after = 2"]
+    for i, port in enumerate(dlms_peer.ports):
+        lines += ["[[dlms.meters]]", f'meter_id = "dlms-{i}"', 'host = "127.0.0.1"']
+        lines += [f"port = {port}", "timeout_s = 0.5"]
     config.write_text("\n".join(lines) + "\n")
     clocks = ["--epoch", str(epoch), "--t0", str(t0), "--speed", str(SPEED)]
     peers = [
@@ -88,10 +99,12 @@ def test_modbus_readings_reach_postgres_once_through_a_kill_and_a_silence(
         agent.kill()  # SIGKILL, whatever it was doing
         quiet = buses[1][0]
         quiet.mode = "silent"
+        dlms_meters[1].mode = "silent"
         wait_boundary(7)
         agent.start()
         wait_boundary(11)
         quiet.mode = "ok"
+        dlms_meters[1].mode = "ok"
         wait_boundary(15)
         agent.stop()
         last = boundary()
@@ -109,15 +122,17 @@ def test_modbus_readings_reach_postgres_once_through_a_kill_and_a_silence(
                 "from raw.readings order by meter_id, ts"
             ).fetchall()
             alerts = conn.execute(
-                "select kind, meter_id from raw.alerts where kind = 'meter_unreachable'"
+                "select kind, meter_id from raw.alerts where kind = 'meter_unreachable' "
+                "order by meter_id"
             ).fetchall()
     finally:
         for p in peers:
             p.stop()
+        dlms_peer.stop()
     by_meter: dict[str, list[tuple[int, int, float, float]]] = defaultdict(list)
     for meter_id, ts, span, kwh, register in rows:
         by_meter[meter_id].append((ts, span, kwh, register))
-    assert len(by_meter) == 7
+    assert len(by_meter) == 9
     for b, meters in enumerate(buses):
         for m in meters:
             got = by_meter[f"bus{b}-u{m.unit}"]
@@ -131,4 +146,14 @@ def test_modbus_readings_reach_postgres_once_through_a_kill_and_a_silence(
             assert got[-1][0] >= epoch + (last - 2) * INTERVAL
     quiet_rows = by_meter["bus1-u1"]
     assert max(r[1] for r in quiet_rows) >= 4 * INTERVAL  # its reading spans the silence
-    assert alerts == [("meter_unreachable", "bus1-u1")]
+    # DLMS meters are caught up from their load profile: every entry, none spanning a gap,
+    # stamped by the meter at its capture times
+    for i, m in enumerate(dlms_meters):
+        got = by_meter[f"dlms-{i}"]
+        assert [r[0] for r in got] == list(range(got[0][0], got[-1][0] + 1, INTERVAL))
+        assert all(r[1] == INTERVAL for r in got)
+        for ts, _, kwh, register in got:
+            assert register == pytest.approx(m.register_wh(ts) / 1000, abs=1e-3)
+            assert kwh == pytest.approx(m.kw / 4, abs=2e-3)
+        assert got[-1][0] >= epoch + (last - 2) * INTERVAL
+    assert alerts == [("meter_unreachable", "bus1-u1"), ("meter_unreachable", "dlms-1")]
