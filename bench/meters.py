@@ -1,8 +1,13 @@
-"""Meters read by the agent itself, end to end: simulated Modbus meters (pymodbus servers) →
-agent (polling, registers to intervals, scoring with a signed model) → broker → ingest →
-PostgreSQL.
+"""Meters read by the agent itself, end to end: simulated meters → agent (polling, registers to
+intervals, scoring with a signed model) → broker → ingest → PostgreSQL.
 
     python -m bench.meters --protocol modbus --meters 100 [--buses 4] [--intervals 12]
+    python -m bench.meters --protocol dlms --meters 20 [--intervals 12]
+
+Modbus: SDM630 meters on pymodbus servers (``--buses`` TCP endpoints). DLMS/COSEM: the project's
+test meter (``simulator.dlms_meter``), one TCP port per meter, each with two days of 15-minute
+load profile in memory; the agent's first read of each meter catches up a day of it
+(``catch_up_s_*``: how long that read took, per meter).
 
 The meters count energy, and the agent polls, on one fast clock (``--speed`` polling seconds per
 real second, readings stamped in the past: ``bench.fast_agent``); the rest of the agent runs in
@@ -38,7 +43,8 @@ from ml.train import train
 
 ROOT = "eiot-bench-meters/v1"
 GATEWAY = "bench-meters"
-CYCLE = re.compile(r"modbus boundary (\d+): poll cycle ([0-9.]+) s")
+CYCLE = re.compile(r"(?:modbus|dlms) boundary (\d+): poll cycle ([0-9.]+) s")
+CATCH_UP = re.compile(r"dlms meter \S+: (\d+) profile entries in ([0-9.]+) s")
 
 
 def signed_model(work: Path) -> str:
@@ -53,7 +59,6 @@ def signed_model(work: Path) -> str:
 
 
 def agent_config(work: Path, args: argparse.Namespace, port: int, public_key: str) -> Path:
-    per_bus = args.meters // args.buses
     lines = [
         f'gateway_id = "{GATEWAY}"',
         f"broker_port = {port}",
@@ -63,6 +68,16 @@ def agent_config(work: Path, args: argparse.Namespace, port: int, public_key: st
         f'model_public_key = "{public_key}"',
         'timezone = "Africa/Lagos"',
         "batch_max_age_s = 1.0",
+    ]
+    lines += modbus_lines(args) if args.protocol == "modbus" else dlms_lines(args)
+    path = work / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def modbus_lines(args: argparse.Namespace) -> list[str]:
+    per_bus = args.meters // args.buses
+    lines = [
         "",
         "[modbus]",
         f"interval_s = {args.interval_s}",
@@ -70,25 +85,31 @@ def agent_config(work: Path, args: argparse.Namespace, port: int, public_key: st
         f"poll_window_s = {max(60, int(args.speed * 2))}",
     ]
     for b in range(args.buses):
-        lines += [
-            "",
-            "[[modbus.buses]]",
-            f'name = "tcp{b}"',
-            'kind = "tcp"',
-            'host = "127.0.0.1"',
-            f"port = {args.port + b}",
-            "timeout_s = 1.0",
-        ]
+        lines += ["", "[[modbus.buses]]", f'name = "tcp{b}"', 'kind = "tcp"']
+        lines += ['host = "127.0.0.1"', f"port = {args.port + b}", "timeout_s = 1.0"]
         for unit in range(1, per_bus + 1):
-            lines += [
-                "[[modbus.buses.meters]]",
-                f'meter_id = "bus{b}-m{unit:03d}"',
-                f"unit = {unit}",
-                f'model = "{args.model}"',
-            ]
-    path = work / "agent.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+            lines += ["[[modbus.buses.meters]]", f'meter_id = "bus{b}-m{unit:03d}"']
+            lines += [f"unit = {unit}", f'model = "{args.model}"']
+    return lines
+
+
+def dlms_lines(args: argparse.Namespace) -> list[str]:
+    lines = ["", "[dlms]", f"interval_s = {args.interval_s}", "read_delay_s = 30"]
+    lines += ["catch_up_days = 1", "workers = 1"]
+    for i in range(args.meters):
+        lines += ["", "[[dlms.meters]]", f'meter_id = "dlms-{i:03d}"', 'host = "127.0.0.1"']
+        lines += [f"port = {args.port + i}"]
+    return lines
+
+
+def peer_command(args: argparse.Namespace, clocks: list[str]) -> list[str]:
+    """The simulated meters: ``--meters`` in all, from ``--port`` on."""
+    if args.protocol == "modbus":
+        per_bus = str(args.meters // args.buses)
+        return ["-m", "simulator.modbus_meters", "--meters", per_bus, "--buses", str(args.buses),
+                "--port", str(args.port), "--model", args.model, *clocks]  # fmt: skip
+    return ["-m", "simulator.dlms_meter", "--meters", str(args.meters), "--port", str(args.port),
+            "--memory-days", "2", "--history-days", "2", *clocks]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,15 +121,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--protocol", choices=["modbus", "dlms"], default="modbus")
     p.add_argument("--meters", type=int, default=100, help="meters in all (split over buses)")
     p.add_argument("--buses", type=int, default=4, help="Modbus TCP endpoints")
-    p.add_argument("--model", default="sdm630", help="register map of the meters")
+    p.add_argument("--model", default="sdm630", help="register map of the Modbus meters")
     p.add_argument("--interval-s", type=int, default=900, help="reading interval")
     p.add_argument("--intervals", type=int, default=12, help="boundaries polled")
     p.add_argument("--speed", type=float, default=150.0, help="polling seconds per real second")
-    p.add_argument("--port", type=int, default=15020, help="first Modbus TCP port")
+    p.add_argument("--port", type=int, default=15020, help="first TCP port of the meters")
     args = p.parse_args(argv)
-    if args.protocol == "dlms":
-        p.error("--protocol dlms: the DLMS/COSEM source is not built yet (issue 20)")
-    if args.meters % args.buses or not 1 <= args.meters // args.buses <= 247:
+    if args.protocol == "modbus" and (
+        args.meters % args.buses or not 1 <= args.meters // args.buses <= 247
+    ):
         p.error("--meters must split evenly over --buses, at most 247 per bus")
     work = REPO / "var" / "bench-meters"
     shutil.rmtree(work, ignore_errors=True)
@@ -126,19 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             peer = spawn_python(
-                [
-                    "-m",
-                    "simulator.modbus_meters",
-                    "--meters",
-                    str(args.meters // args.buses),
-                    "--buses",
-                    str(args.buses),
-                    "--port",
-                    str(args.port),
-                    "--model",
-                    args.model,
-                    *clocks,
-                ],
+                peer_command(args, clocks),
                 {},
                 work / "meters.log",
             )
@@ -195,12 +204,13 @@ def main(argv: list[str] | None = None) -> None:
                         proc_.wait(20)
                     except subprocess.TimeoutExpired:
                         proc_.kill()
-        cycles = [float(c) for _, c in CYCLE.findall((work / "agent.log").read_text())]
+        log_text = (work / "agent.log").read_text()
+        cycles = [float(c) for _, c in CYCLE.findall(log_text)]
+        catch_up = [(int(n), float(t)) for n, t in CATCH_UP.findall(log_text)]
         with sqlite3.connect(work / "buffer.db") as conn:
             accepted = set(conn.execute("select meter_id, ts from readings"))
-            failed = dict(conn.execute("select name, value from counters")).get(
-                "modbus_polls_failed", 0
-            )
+            counters = dict(conn.execute("select name, value from counters"))
+            failed = counters.get("modbus_polls_failed", 0) + counters.get("dlms_reads_failed", 0)
             quarantined = conn.execute("select count(*) from quarantine").fetchone()[0]
         with psycopg.connect(dsn) as conn:
             stored = [
@@ -216,14 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     figures = {
         "protocol": args.protocol,
         "meters": args.meters,
-        "buses": args.buses,
-        "model": args.model,
+        **({"buses": args.buses, "model": args.model} if args.protocol == "modbus" else {}),
         "interval_s": interval,
         "boundaries": len(cycles),
         "poll_cycle_s": round(max(cycles), 3),
         "poll_cycle_p50_s": round(sorted(cycles)[len(cycles) // 2], 3),
         "readings": len(accepted),
-        "readings_expected": args.meters * (len(cycles) - 1),
         "stored": len(stored),
         "lost": lost,
         "duplicates": len(stored) - len(set(stored)),
@@ -231,6 +239,14 @@ def main(argv: list[str] | None = None) -> None:
         "quarantined": quarantined,
         "agent_peak_rss_mb": round(max(peak, hwm), 1),
     }
+    if args.protocol == "modbus":
+        figures["readings_expected"] = args.meters * (len(cycles) - 1)
+    else:  # the first read of each meter: a day of its profile
+        first = catch_up[: args.meters]
+        times = sorted(t for _, t in first) or [0.0]
+        figures["catch_up_entries_per_meter"] = min((n for n, _ in first), default=0)
+        figures["catch_up_s_p50"] = round(times[len(times) // 2], 3)
+        figures["catch_up_s_max"] = round(times[-1], 3)
     print(
         f"poll cycle {figures['poll_cycle_s']} s (max), {figures['readings']} readings, "
         f"{figures['stored']} stored, lost {lost}; agent peak RSS {figures['agent_peak_rss_mb']} MB"

@@ -91,6 +91,9 @@ _HISTORY_ROWS_RESERVED = 1 << 22
 #: Meters whose features (a week of history rows each) are computed at once: bounds the agent's
 #: peak memory, which would otherwise grow with the number of meters in one intake call.
 METERS_PER_CALL = 50
+#: ... and at most this many history slots (meters x intervals in the features' window) at
+#: once: a week of 15-minute intervals is twice a week of 30-minute ones.
+SLOTS_PER_CALL = 4096
 
 
 @dataclass
@@ -344,9 +347,11 @@ class Detector:
         # Features meters_per_call meters at a time (their history included, only the new
         # rows' features kept), so the agent's memory does not grow with the gateway's size;
         # one history query.
-        bounds = np.searchsorted(
-            codes, np.arange(0, len(code_of) + self.meters_per_call, self.meters_per_call)
+        per_call = self.meters_per_call
+        per_call = max(
+            1, min(per_call, SLOTS_PER_CALL * interval_s // history_window_s(interval_s))
         )
+        bounds = np.searchsorted(codes, np.arange(0, len(code_of) + per_call, per_call))
         x_new = np.zeros((n_new, len(FEATURE_NAMES)), dtype=np.float32)
         got = np.zeros(n_new, dtype=np.bool_)
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):

@@ -13,8 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from edge_agent.localtime import check_zone
-from edge_agent.meters.axdr import obis as obis_code
-from edge_agent.meters.modbus import BAUD_RATES, UNIT_IDS
+from edge_agent.meters import BAUD_RATES, UNIT_IDS
 from edge_agent.settings_base import BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
 from edge_agent.vocabulary import ID_PATTERN
@@ -129,7 +128,9 @@ class DlmsMeterSettings(BaseModel):
     @field_validator("energy_register", "profile")
     @classmethod
     def _obis(cls, value: str) -> str:
-        obis_code(value)
+        from edge_agent.meters.axdr import obis  # only where DLMS meters are read
+
+        obis(value)
         return value
 
 

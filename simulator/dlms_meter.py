@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import struct
 import threading
@@ -47,6 +46,7 @@ from edge_agent.meters.dlms import (
     RLRQ,
     UNIT_WH,
 )
+from simulator.serving import peer_clock, serve_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,11 @@ class DlmsMeter:
     clock: Callable[[], float] = time.time
     clock_offset_s: float = 0.0
     mode: str = "ok"  # or "silent"
+    history_s: float = 0.0  # how long the meter has run already (its profile's history)
     _t0: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
-        self._t0 = self.clock()
+        self._t0 = self.clock() - self.history_s
 
     def now(self) -> float:
         """The meter's own clock."""
@@ -312,32 +313,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, required=True, help="first port on 127.0.0.1")
     p.add_argument("--password", help="LOW authentication password of every meter")
     p.add_argument("--memory-days", type=float, default=10.0, help="load profile depth")
+    p.add_argument(
+        "--history-days", type=float, default=0.0, help="days the meters have run already"
+    )
     p.add_argument("--epoch", type=float, help="the meters' clock at --t0 (default: now)")
     p.add_argument("--t0", type=float, help="wall time the clock starts from (default: now)")
     p.add_argument("--speed", type=float, default=1.0, help="meter seconds per real second")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    t0 = time.time() if args.t0 is None else args.t0
-    epoch = t0 if args.epoch is None else args.epoch
-
-    def clock() -> float:
-        return epoch + (time.time() - t0) * args.speed
-
+    clock = peer_clock(args.epoch, args.t0, args.speed)
     password = args.password.encode() if args.password else None
     meters = [
         DlmsMeter(kw=0.2 + 0.137 * (i % 21), start_kwh=100.0 + 53.7 * i, password=password,
-                  memory_days=args.memory_days, clock=clock)
+                  memory_days=args.memory_days, clock=clock, history_s=args.history_days * 86400)
         for i in range(args.meters)
     ]  # fmt: skip
     peer = DlmsPeer(meters, [args.port + i for i in range(args.meters)]).start()
     print(f"serving {args.meters} DLMS meters from port {args.port}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped()
     peer.stop()
 
 

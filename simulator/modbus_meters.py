@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.meters.register_map import RegisterMap, load_maps
+from simulator.serving import peer_clock, serve_until_stopped
 
 Mode = Literal["ok", "silent", "garbage", "exception"]
 _TYPES = {t.name.lower(): t for t in ModbusTcpClient.DATATYPE}
@@ -224,12 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if (args.port is None) == (args.serial is None) or (args.serial and args.buses != 1):
         p.error("--port (with --buses), or --serial")
     logging.basicConfig(level=logging.INFO)
-    t0 = time.time() if args.t0 is None else args.t0
-    epoch = t0 if args.epoch is None else args.epoch
-
-    def clock() -> float:
-        return epoch + (time.time() - t0) * args.speed
-
+    clock = peer_clock(args.epoch, args.t0, args.speed)
     peers = [
         ModbusPeer(
             fleet(args.meters, args.model, clock=clock),
@@ -240,13 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         for b in range(args.buses)
     ]
     print(f"serving {args.buses} x {args.meters} {args.model} meters", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped()
     for peer in peers:
         peer.stop()
 

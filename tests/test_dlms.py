@@ -30,9 +30,8 @@ PASSWORD = b"12345678"
 
 
 def _meter(**kw: object) -> DlmsMeter:
-    m = DlmsMeter(kw=2.0, start_kwh=1000.0, memory_days=3, **kw)  # type: ignore[arg-type]
-    m._t0 -= 4 * 86400  # noqa: SLF001 - four days of history, three in memory
-    return m
+    # four days of history, three in memory
+    return DlmsMeter(kw=2.0, start_kwh=1000.0, memory_days=3, history_s=4 * 86400, **kw)  # type: ignore[arg-type]
 
 
 # --- A-XDR ------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class Site:
         self.clock = clock
         self.meters = [
             DlmsMeter(kw=1.0 + i, start_kwh=500.0 * (i + 1), memory_days=3, clock=clock,
-                      password=password)
+                      password=password, history_s=5 * 86400)
             for i in range(n)
         ]  # fmt: skip
         self.peer = DlmsPeer(self.meters, [0] * n).start()
@@ -106,9 +106,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path, Clock(T0))
-    for m in s.meters:
-        m._t0 = T0 - 5 * 86400  # noqa: SLF001 - the meters have run five days, three in memory
+    s = Site(tmp_path, Clock(T0))  # the meters have run five days, three in memory
     try:
         yield s
     finally:
@@ -144,6 +142,17 @@ def test_profiles_are_caught_up_stamped_by_capture_time_and_taken_once(site: Sit
         )
     print(f"caught up 36 h of 15-minute entries of 3 meters in {caught_up_s:.2f} s")
     assert query(site.db, "select count(*) from quarantine") == [(0,)]
+
+
+def test_a_long_outage_is_caught_up_two_days_per_read(site: Site) -> None:
+    site.read_at(T0 + 40)
+    back = T0 + int(2.75 * 86400)  # within the meters' three days of memory
+    site.read_at(back + 40)
+    rows = site.readings("d0")
+    assert rows[-1][0] == T0 + 2 * 86400  # two days, not all at once
+    site.read_at(back + INTERVAL + 40)
+    rows = site.readings("d0")
+    assert [r[0] for r in rows] == list(range(rows[0][0], back + INTERVAL + 1, INTERVAL))
 
 
 def test_a_meter_clock_far_off_is_quarantined_not_stamped(site: Site) -> None:

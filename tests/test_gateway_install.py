@@ -26,7 +26,16 @@ from tests.support.systemd import NotifySocket
 
 pytestmark = pytest.mark.services
 
-HEAVY = ("sklearn", "skl2onnx", "pandas", "scipy", "pydantic_settings", "pymodbus", "serial")
+HEAVY = (
+    "sklearn",
+    "skl2onnx",
+    "pandas",
+    "scipy",
+    "pydantic_settings",
+    "pymodbus",
+    "serial",
+    "gurux_dlms",
+)
 GW = "gw-light"
 UNIT = gateway_bundle.DEPLOY / "eiot-agent.service"
 
@@ -104,13 +113,14 @@ def test_edge_bundle_installs_offline_and_runs_the_agent_with_a_model(
         cwd=tmp_path,
     )
     assert json.loads(probe.stdout) == dict.fromkeys(HEAVY, False)
-    # the Modbus source and its register maps come with the bundle, on the edge packages alone
+    # the Modbus and DLMS sources and the register maps come with the bundle, on the edge
+    # packages alone
     maps = subprocess.run(
         [
             str(python),
             "-c",
-            "import edge_agent.sources.modbus; from edge_agent.meters.register_map import "
-            "load_maps; print(' '.join(sorted(load_maps())))",
+            "import edge_agent.sources.modbus, edge_agent.sources.dlms; from "
+            "edge_agent.meters.register_map import load_maps; print(' '.join(sorted(load_maps())))",
         ],
         capture_output=True,
         text=True,

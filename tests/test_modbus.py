@@ -70,6 +70,13 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
 # --- the protocol -----------------------------------------------------------------------------
 
 
+def test_every_baud_rate_the_settings_accept_has_a_line_speed() -> None:
+    from edge_agent.meters import BAUD_RATES
+    from edge_agent.meters.modbus import _BAUDS
+
+    assert set(BAUD_RATES) == set(_BAUDS)
+
+
 def test_crc16_matches_the_specification_example() -> None:
     # Modbus over serial line guide: read 10 holding registers of unit 1 from 0 -> CRC C5 CD
     frame = bytes.fromhex("01030000000A")

@@ -103,3 +103,49 @@ def test_the_edge_settings_need_nothing_beyond_pydantic() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "gw-laptop"
+
+
+def _meter_sources(tmp_path: Path, text: str) -> Path:
+    toml = tmp_path / "agent.toml"
+    toml.write_text(text)
+    return toml
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('[modbus]\n[[modbus.buses]]\nname = "b"\nkind = "tcp"\n'
+         '[[modbus.buses.meters]]\nmeter_id = "m"\nunit = 1\nmodel = "sdm120"\n', "needs host"),
+        ('[modbus]\n[[modbus.buses]]\nname = "b"\nkind = "rtu"\ndevice = "/dev/x"\n'
+         'baudrate = 1234\n[[modbus.buses.meters]]\nmeter_id = "m"\nunit = 1\n'
+         'model = "sdm120"\n', "baudrate"),
+        ('[modbus]\n[[modbus.buses]]\nname = "b"\nkind = "tcp"\nhost = "h"\n'
+         '[[modbus.buses.meters]]\nmeter_id = "m"\nunit = 248\nmodel = "sdm120"\n', "unit"),
+        ('[modbus]\n[[modbus.buses]]\nname = "b"\nkind = "tcp"\nhost = "h"\n'
+         '[[modbus.buses.meters]]\nmeter_id = "m"\nunit = 1\nmodel = "sdm120"\n'
+         '[[modbus.buses.meters]]\nmeter_id = "n"\nunit = 1\nmodel = "sdm120"\n', "one unit id"),
+        ('[modbus]\ninterval_s = 7000\n[[modbus.buses]]\nname = "b"\nkind = "tcp"\nhost = "h"\n'
+         '[[modbus.buses.meters]]\nmeter_id = "m"\nunit = 1\nmodel = "sdm120"\n', "divide a day"),
+        ('[dlms]\n[[dlms.meters]]\nmeter_id = "m"\nhost = "h"\nprofile = "1.0.99"\n', "six groups"),
+        ('[dlms]\n[[dlms.meters]]\nmeter_id = "m"\nhost = "h"\n[[dlms.meters]]\nmeter_id = "m"\n'
+         'host = "i"\n', "appears twice"),
+        ('[modbus]\n[[modbus.buses]]\nname = "b"\nkind = "tcp"\nhost = "h"\n'
+         '[[modbus.buses.meters]]\nmeter_id = "m"\nunit = 1\nmodel = "sdm120"\n'
+         '[dlms]\n[[dlms.meters]]\nmeter_id = "m"\nhost = "h"\n', "both Modbus and DLMS"),
+    ],
+)  # fmt: skip
+def test_meter_sources_are_checked_at_start(tmp_path: Path, text: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        load_settings(_meter_sources(tmp_path, text))
+
+
+def test_a_dlms_password_is_never_shown(tmp_path: Path) -> None:
+    s = load_settings(
+        _meter_sources(
+            tmp_path,
+            '[dlms]\n[[dlms.meters]]\nmeter_id = "m"\nhost = "h"\npassword = "s3cr3t-pw"\n',
+        )
+    )
+    assert s.dlms is not None and "s3cr3t-pw" not in repr(s)
+    assert s.dlms.meters[0].password is not None
+    assert s.dlms.meters[0].password.get_secret_value() == "s3cr3t-pw"

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from edge_agent.meters import axdr
+from edge_agent.meters import axdr, recv_exactly
 from edge_agent.meters.axdr import Typed
 
 WRAPPER_VERSION = 1
@@ -213,17 +213,10 @@ class DlmsClient:
 
     def _recv(self, n: int, deadline: float) -> bytes:
         assert self._sock is not None
-        data = b""
-        while len(data) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self._sock.settimeout(left)
-            chunk = self._sock.recv(min(65536, n - len(data)))
-            if not chunk:
-                raise DlmsError(f"{self.host}:{self.port}: connection closed")
-            data += chunk
-        return data
+        try:
+            return recv_exactly(self._sock, n, deadline)
+        except ConnectionError as exc:
+            raise DlmsError(f"{self.host}:{self.port}: {exc}") from exc
 
     # --- association ------------------------------------------------------------------------
 

@@ -20,11 +20,12 @@ import threading
 import time
 from typing import Literal, Protocol
 
+from edge_agent.meters import recv_exactly
+
 READ_HOLDING = 0x03
 READ_INPUT = 0x04
 FUNCTIONS = {"holding": READ_HOLDING, "input": READ_INPUT}
 MAX_REGISTERS = 125  # the protocol's limit for one read request
-UNIT_IDS = range(1, 248)  # 0 is broadcast (no answer), 248-255 are reserved
 
 EXCEPTIONS = {
     1: "illegal function",
@@ -145,17 +146,12 @@ class TcpTransport:
 
     def _recv(self, n: int, deadline: float) -> bytes:
         assert self._sock is not None
-        data = b""
-        while len(data) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ModbusTimeout(self._no_answer())
-            self._sock.settimeout(left)
-            chunk = self._sock.recv(n - len(data))
-            if not chunk:
-                raise ModbusError(f"{self.host}:{self.port}: connection closed")
-            data += chunk
-        return data
+        try:
+            return recv_exactly(self._sock, n, deadline)
+        except TimeoutError as exc:
+            raise ModbusTimeout(self._no_answer()) from exc
+        except ConnectionError as exc:
+            raise ModbusError(f"{self.host}:{self.port}: {exc}") from exc
 
     def _no_answer(self) -> str:
         return f"{self.host}:{self.port}: no complete answer within {self.timeout_s:g} s"
@@ -178,7 +174,6 @@ _BAUDS = {
     57600: termios.B57600,
     115200: termios.B115200,
 }
-BAUD_RATES = tuple(_BAUDS)
 Parity = Literal["N", "E", "O"]
 
 
@@ -196,7 +191,7 @@ class RtuTransport:
         timeout_s: float = 1.0,
     ) -> None:
         if baudrate not in _BAUDS:
-            raise ValueError(f"baud rate {baudrate} not one of {BAUD_RATES}")
+            raise ValueError(f"baud rate {baudrate} not one of {tuple(_BAUDS)}")
         self.device, self.baudrate, self.parity = device, baudrate, parity
         self.stopbits, self.timeout_s = stopbits, timeout_s
         bits = 1 + 8 + (parity != "N") + stopbits

@@ -34,11 +34,17 @@ from edge_agent.meters import axdr
 from edge_agent.meters.dlms import CLOCK, DlmsClient, DlmsError
 from edge_agent.settings import DlmsMeterSettings, DlmsSettings
 from edge_agent.sources import Intake
-from edge_agent.sources.polled import MeterBook
+from edge_agent.sources.polled import CycleTimer, MeterBook
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "dlms:"
+# Readings per buffer transaction: a catch-up of days of many meters is scored and committed
+# in parts, which bounds the agent's memory.
+COMMIT_ENTRIES = 400
+# The most of a profile one read asks for: a meter far behind (a gateway off for weeks) catches
+# up two days per read, so a read's answer stays small whatever the outage.
+RANGE_S = 2 * 86400
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,10 @@ def read_profile(
             ) from exc
         scale = client.scale_to_kwh(register)
         start = meter_now - catch_up_s if since is None else since + 1
+        end = min(meter_now, start + RANGE_S)
         rows = client.profile(
-            datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(meter_now, UTC),
-            (7, m.profile),
-        )  # fmt: skip
+            datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC), (7, m.profile)
+        )
     entries: list[tuple[int, float]] = []
     bad: list[str] = []
     for row in rows:
@@ -145,6 +151,7 @@ class DlmsSource:
             max_workers=min(settings.workers, len(self.meters)), thread_name_prefix="dlms"
         )
         self._last_boundary: int | None = None
+        self.cycle = CycleTimer("dlms")
         # The clock that decides the boundaries and judges meters' clocks; None: the agent's
         # (``poll(now)``). A seam for the benchmark and tests (a faster clock).
         self.clock: Callable[[], float] | None = None
@@ -166,6 +173,7 @@ class DlmsSource:
             except queue.Empty:
                 break
         if reads:
+            self.cycle.answered([r.boundary for r in reads])
             self._take(reads, now)
         return len(reads)
 
@@ -177,14 +185,17 @@ class DlmsSource:
             return
         self._last_boundary = boundary
         clock = self.clock or self._now
+        reads = 0
         for meter_id, m in self.meters.items():
             running = self._running.get(meter_id)
             if running is not None and not running.done():
                 self.book.count("dlms_overruns")
                 continue
+            reads += 1
             state = self.book.state(meter_id)
             since = state.read_to if state.read_to is not None else state.ts
             self._running[meter_id] = self._pool.submit(self._read, m, boundary, since, clock)
+        self.cycle.start(boundary, reads)
 
     def _read(
         self, m: DlmsMeterSettings, boundary: int, since: int | None, clock: Callable[[], float]
@@ -242,10 +253,14 @@ class DlmsSource:
                     book.rebase(r.meter_id, last_ts - round(skew), last_kwh)
                     book.seen(r.meter_id, last_ts - round(skew))
                 continue
-            for ts, kwh in r.entries:
-                book.answered(r.meter_id, ts, {"register_kwh": kwh}, now)
+            for at in range(0, len(r.entries), COMMIT_ENTRIES):
+                chunk = r.entries[at : at + COMMIT_ENTRIES]
+                for ts, kwh in chunk:
+                    book.answered(r.meter_id, ts, {"register_kwh": kwh}, now)
+                book.seen(r.meter_id, chunk[-1][0])
+                if book.pending() >= COMMIT_ENTRIES and not book.commit(now):
+                    return  # buffer full: what is not committed is read again next time
             if r.entries:
-                book.seen(r.meter_id, r.entries[-1][0])
                 log.info(
                     "dlms meter %s: %d profile entries in %.2f s", r.meter_id, len(r.entries),
                     r.seconds,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from edge_agent.meters.modbus import (
 from edge_agent.meters.register_map import MapError, RegisterMap, load_maps
 from edge_agent.settings import ModbusBusSettings, ModbusSettings
 from edge_agent.sources import Intake
-from edge_agent.sources.polled import MeterBook
+from edge_agent.sources.polled import CycleTimer, MeterBook
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +154,7 @@ class ModbusSource:
             max_workers=min(settings.workers, len(self.buses)), thread_name_prefix="modbus"
         )
         self._last_boundary: int | None = None
-        # the boundary being read: when its reads started (monotonic), how many are still out
-        self._cycle: tuple[int, float, int] | None = None
+        self.cycle = CycleTimer("modbus")
         self.overruns = 0
         # The clock that decides the boundaries; None: the agent's (``poll(now)``). A seam for
         # the benchmark and tests, which replay polling on a faster clock.
@@ -186,7 +184,7 @@ class ModbusSource:
                 break
         if not polls:
             return 0
-        self._timed(polls)
+        self.cycle.answered([p.boundary for p in polls])
         self._take(polls, now)
         return len(polls)
 
@@ -213,24 +211,7 @@ class ModbusSource:
                 continue
             bus.running = self._pool.submit(bus.poll, boundary, self._results.put, self._stop)
             reads += len(bus.meters)
-        self._cycle = (boundary, time.monotonic(), reads)
-
-    def _timed(self, polls: list[MeterPoll]) -> None:
-        """Log how long reading every meter at a boundary took (the poll cycle)."""
-        if self._cycle is None:
-            return
-        boundary, started, left = self._cycle
-        left -= sum(1 for p in polls if p.boundary == boundary)
-        self._cycle = (boundary, started, left)
-        if left <= 0:
-            answered = sum(1 for p in polls if p.boundary == boundary and p.values is not None)
-            log.info(
-                "modbus boundary %d: poll cycle %.3f s (%d answered in the last batch)",
-                boundary,
-                time.monotonic() - started,
-                answered,
-            )
-            self._cycle = None
+        self.cycle.start(boundary, reads)
 
     def _take(self, polls: list[MeterPoll], now: float) -> None:
         book = self.book

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import replace
 from functools import partial
 
@@ -69,6 +70,10 @@ class MeterBook:
     def _set(self, meter_id: str, state: MeterState) -> None:
         self._next[meter_id] = state
         self._changed.add(meter_id)
+
+    def pending(self) -> int:
+        """Readings and quarantine records in the batch so far."""
+        return len(self._results)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -153,3 +158,30 @@ class MeterBook:
 
     def _raise(self, alerts: list[AlertRecord], now: float) -> None:
         self.alert_store.insert(alerts, now)
+
+
+class CycleTimer:
+    """Logs how long reading every meter at a boundary took (the poll cycle):
+    ``<source> boundary <ts>: poll cycle <s> s``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._boundary: int | None = None
+        self._started = 0.0
+        self._left = 0
+
+    def start(self, boundary: int, reads: int) -> None:
+        self._boundary, self._started, self._left = boundary, time.monotonic(), reads
+
+    def answered(self, boundaries: list[int]) -> None:
+        if self._boundary is None:
+            return
+        self._left -= sum(1 for b in boundaries if b == self._boundary)
+        if self._left <= 0:
+            log.info(
+                "%s boundary %d: poll cycle %.3f s",
+                self.source,
+                self._boundary,
+                time.monotonic() - self._started,
+            )
+            self._boundary = None
