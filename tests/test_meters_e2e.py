@@ -142,7 +142,9 @@ def test_meter_readings_reach_postgres_once_through_a_kill_and_a_silence(
             # energy is conserved through the kill and the silence
             first_register = got[0][3] - got[0][2]
             assert sum(r[2] for r in got) == pytest.approx(got[-1][3] - first_register, abs=0.01)
-            assert got[-1][2] == pytest.approx(m.kw * got[-1][1] / 3600, abs=2e-3)
+            # a register is read when the poll gets to it, a little after its boundary: on this
+            # clock (300 s a real second) a tenth of a second late is 30 s of energy
+            assert got[-1][2] == pytest.approx(m.kw * got[-1][1] / 3600, abs=m.kw * 180 / 3600)
             assert got[-1][0] >= epoch + (last - 2) * INTERVAL
     quiet_rows = by_meter["bus1-u1"]
     assert max(r[1] for r in quiet_rows) >= 4 * INTERVAL  # its reading spans the silence
