@@ -79,6 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from edge_agent.sources.polled import meter_states
+
     db = Path(args.db) if args.db else load_settings(args.config).db_path
     if not db.exists():
         print(f"no buffer at {db}", file=sys.stderr)
@@ -89,6 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         counters = buffer.counters.all()
         models = _models_of(buffer)
         alerts_waiting = buffer.alerts.undelivered()
+        meters = meter_states(buffer.meta)
         report = {
             "buffer": str(db),
             "pending_readings": stats.pending_readings,
@@ -100,6 +103,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "models": models,
             "alerts_waiting": alerts_waiting,
             "counters": counters,
+            "polled_meters": meters,
         }
     finally:
         buffer.close()
@@ -121,6 +125,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"alerts waiting    {alerts_waiting} (not yet taken by the broker)")
     for name, value in sorted(counters.items()):
         print(f"  {name:<22}{value}")
+    if meters:
+        silent = {m: s for m, s in meters.items() if s["silent_since"] is not None}
+        print(f"polled meters     {len(meters)} ({len(silent)} not answering)")
+        for meter_id, state in silent.items():
+            since = _fmt_time(float(state["silent_since"]))  # type: ignore[arg-type]
+            print(f"  {meter_id:<22}silent since {since}: {state['last_error']}")
     return 0
 
 

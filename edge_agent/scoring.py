@@ -93,7 +93,7 @@ _HISTORY_ROWS_RESERVED = 1 << 22
 METERS_PER_CALL = 50
 #: ... and at most this many history slots (meters x intervals in the features' window) at
 #: once: a week of 15-minute intervals is twice a week of 30-minute ones.
-SLOTS_PER_CALL = 4096
+SLOTS_PER_CALL = 2048
 
 
 @dataclass

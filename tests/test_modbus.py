@@ -355,7 +355,10 @@ def test_rtu_refuses_a_corrupt_frame_and_a_stranger(pty_pair: tuple[str, str]) -
         os.close(fd)
 
 
-def test_a_port_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+def test_a_port_that_does_not_exist_or_is_no_serial_port_is_an_error(tmp_path: Path) -> None:
     transport = RtuTransport(str(tmp_path / "ttyUSB9"), 9600, timeout_s=0.2)
     with pytest.raises(ModbusError, match="ttyUSB9"):
         read_registers(transport, 1, 4, 0, 2)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ModbusError, match="not a serial port"):
+        read_registers(RtuTransport(str(tmp_path / "file"), 9600, timeout_s=0.2), 1, 4, 0, 2)

@@ -4,6 +4,8 @@ meters are pymodbus servers; the clock is the test's (the peer's meters and the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import socket
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent import cli
 from edge_agent.buffer import Buffer
 from edge_agent.meters.register_energy import MeterState, take_read
 from edge_agent.settings import ModbusSettings
@@ -196,6 +199,14 @@ def test_a_silent_meter_raises_one_alert_and_its_next_reading_spans_the_silence(
     assert [r[0] for r in rows] == [T0 + INTERVAL, T0 + 7 * INTERVAL]
     ts, span, kwh, _, _ = rows[-1]
     assert span == 6 * INTERVAL and kwh == pytest.approx(_energy(quiet, span), abs=2e-3)
+    # the operator sees each meter's failed reads and last error (edge-agent status)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["status", "--db", str(site.db_path), "--json"]) == 0
+    meters = json.loads(out.getvalue())["polled_meters"]
+    assert meters[quiet_id]["errors"] == 5 and meters[quiet_id]["silent_since"] is None
+    assert "ModbusTimeout" in meters[quiet_id]["last_error"]
+    assert {m["source"] for m in meters.values()} == {"modbus"} and len(meters) == 5
     # the others went on, and a later silence is a new alert
     assert all(len(site.readings(m)) == 7 for m, _ in site.all_meters() if m != quiet_id)
     quiet.mode = "silent"

@@ -215,6 +215,9 @@ class RtuTransport:
             cc = attrs[6]
             cc[termios.VMIN], cc[termios.VTIME] = 0, 0
             termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, speed, speed, cc])
+        except termios.error as exc:  # not a serial port
+            os.close(fd)
+            raise ModbusError(f"{self.device}: not a serial port ({exc})") from exc
         except BaseException:
             os.close(fd)
             raise

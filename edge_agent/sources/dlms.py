@@ -34,11 +34,11 @@ from edge_agent.meters import axdr
 from edge_agent.meters.dlms import CLOCK, DlmsClient, DlmsError
 from edge_agent.settings import DlmsMeterSettings, DlmsSettings
 from edge_agent.sources import Intake
-from edge_agent.sources.polled import CycleTimer, MeterBook
+from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "dlms:"
+KEY_PREFIX = PREFIXES["dlms"]
 # Readings per buffer transaction: a catch-up of days of many meters is scored and committed
 # in parts, which bounds the agent's memory.
 COMMIT_ENTRIES = 400

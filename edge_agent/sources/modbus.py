@@ -35,11 +35,11 @@ from edge_agent.meters.modbus import (
 from edge_agent.meters.register_map import MapError, RegisterMap, load_maps
 from edge_agent.settings import ModbusBusSettings, ModbusSettings
 from edge_agent.sources import Intake
-from edge_agent.sources.polled import CycleTimer, MeterBook
+from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "modbus:"
+KEY_PREFIX = PREFIXES["modbus"]
 
 
 def transport_for(bus: ModbusBusSettings) -> Transport:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from functools import partial
 
 from edge_agent.alerts import make_alert
-from edge_agent.buffer import AlertRecord, AlertStore, BufferFull
+from edge_agent.buffer import AlertRecord, AlertStore, BufferFull, Meta
 from edge_agent.fields import Row
 from edge_agent.meters.register_energy import MeterState, missed, take_read
 from edge_agent.sources import Intake
@@ -27,6 +27,26 @@ from edge_agent.wire import QuarantineRecord
 log = logging.getLogger(__name__)
 
 UNREACHABLE = "meter_unreachable"
+#: Meta key prefixes of the sources that read meters themselves (one state per meter).
+PREFIXES = {"modbus": "modbus:", "dlms": "dlms:"}
+
+
+def meter_states(meta: Meta) -> dict[str, dict[str, object]]:
+    """Every polled meter's state as the buffer holds it (``edge-agent status``): source, last
+    register and when, failed reads, the last error, silent since when."""
+    out: dict[str, dict[str, object]] = {}
+    for source, prefix in PREFIXES.items():
+        for meter_id, text in sorted(meta.prefixed(prefix).items()):
+            state = MeterState.from_json(text)
+            out[meter_id] = {
+                "source": source,
+                "last_ts": state.ts,
+                "register_kwh": state.register,
+                "errors": state.errors,
+                "last_error": state.last_error,
+                "silent_since": state.missed_since,
+            }
+    return out
 
 
 class MeterBook:
