@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from edge_agent.buffer import AlertStore
@@ -205,7 +205,7 @@ class DlmsSource:
         catch_up = self.settings.catch_up_days * 86400
         try:
             got = read_profile(self.clients(m), m, since, catch_up, clock)
-            self._results.put(ProfileRead(**{**got.__dict__, "boundary": boundary}))
+            self._results.put(replace(got, boundary=boundary))
         except Exception as exc:  # noqa: BLE001 - one meter failing never stops the others
             if not isinstance(exc, DlmsError | OSError | axdr.AxdrError):
                 log.exception("dlms: reading meter %s failed", m.meter_id)
