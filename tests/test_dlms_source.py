@@ -38,11 +38,20 @@ def query(db: Path, sql: str, *args: object) -> list[Any]:
 
 
 class Site:
-    def __init__(self, tmp: Path, clock: Clock, n: int = 3, password: bytes | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        clock: Clock,
+        n: int = 3,
+        password: bytes | None = None,
+        history_days: float = 5,
+        catch_up_days: float = 1,
+    ) -> None:
+        self.catch_up_days = catch_up_days
         self.clock = clock
         self.meters = [
             DlmsMeter(kw=1.0 + i, start_kwh=500.0 * (i + 1), memory_days=3, clock=clock,
-                      password=password, history_s=5 * 86400)
+                      password=password, history_s=history_days * 86400)
             for i in range(n)
         ]  # fmt: skip
         self.peer = DlmsPeer(self.meters, [0] * n).start()
@@ -55,7 +64,7 @@ class Site:
         return DlmsSettings.model_validate(
             {
                 "interval_s": INTERVAL,
-                "catch_up_days": 1,
+                "catch_up_days": self.catch_up_days,
                 "unreachable_after": 3,
                 "meters": [
                     {
@@ -165,6 +174,9 @@ def test_a_meter_clock_far_off_is_quarantined_not_stamped(site: Site) -> None:
                            for r in reasons)  # fmt: skip
     assert len(site.readings("d1")) == 95  # nothing new from it
     assert len(site.readings("d0")) == 96
+    first = len(reasons)
+    site.read_at(T0 + 2 * INTERVAL + 40)  # still ahead: only its new entry, none again
+    assert len(query(site.db, "select reason from quarantine")) == first + 1
     wrong.clock_offset_s = 0  # set right: readings again, no jump from the quarantined entries
     site.read_at(T0 + 3 * INTERVAL + 40)
     rows = site.readings("d1")
@@ -185,6 +197,20 @@ def test_a_silent_meter_raises_one_alert_and_is_caught_up_from_its_memory(site: 
     rows = site.readings("d2")
     assert [r[0] for r in rows[-5:]] == [T0 + k * INTERVAL for k in range(1, 6)]
     assert all(r[1] == INTERVAL for r in rows)
+
+
+def test_a_meter_with_less_memory_than_the_catch_up_is_read_once_reached(tmp_path: Path) -> None:
+    # seven days asked for, half a day in the meter: the empty older windows are not asked for
+    # again and again, the read moves on to where the entries are
+    site = Site(tmp_path, Clock(T0), n=1, history_days=0.5, catch_up_days=7)
+    try:
+        for k in range(4):
+            site.read_at(T0 + k * INTERVAL + 40)
+        rows = site.readings("d0")
+        assert rows and rows[-1][0] == T0 + 3 * INTERVAL
+        assert all(r[1] == INTERVAL for r in rows)
+    finally:
+        site.close()
 
 
 def test_a_wrong_password_is_a_failed_read_with_its_reason(tmp_path: Path) -> None:

@@ -362,3 +362,36 @@ def test_a_port_that_does_not_exist_or_is_no_serial_port_is_an_error(tmp_path: P
     (tmp_path / "file").write_text("")
     with pytest.raises(ModbusError, match="not a serial port"):
         read_registers(RtuTransport(str(tmp_path / "file"), 9600, timeout_s=0.2), 1, 4, 0, 2)
+
+
+def test_an_unplugged_rtu_adapter_is_an_error_and_the_line_comes_back(tmp_path: Path) -> None:
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+
+    def line() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not (a.exists() and b.exists()):
+            assert time.monotonic() < deadline, "socat made no pty pair"
+            time.sleep(0.05)
+        return proc
+
+    meters = fleet(2, "sdm120")
+    transport = RtuTransport(str(b), 9600, timeout_s=0.5)
+    socat = line()
+    try:
+        with ModbusPeer(meters, serial=str(a)):
+            _plausible(read_meter(transport, 1, meters[0].regmap, 0), meters[0])
+        socat.terminate()  # the USB adapter is pulled out
+        socat.wait(10)
+        with pytest.raises(ModbusError):
+            read_meter(transport, 1, meters[0].regmap, 0)
+        socat = line()  # ... and plugged in again: the transport opens the port anew
+        with ModbusPeer(meters, serial=str(a)):
+            _plausible(read_meter(transport, 2, meters[1].regmap, 1), meters[1])
+    finally:
+        transport.close()
+        socat.terminate()
+        socat.wait(10)

@@ -232,6 +232,34 @@ def test_nothing_is_read_while_the_clock_is_suspect(site: Site) -> None:
         assert kwh == pytest.approx(_energy(m, span), abs=2e-3)
 
 
+def test_polling_resumes_at_once_when_a_clock_a_day_ahead_is_set_back(site: Site) -> None:
+    site.boundary(0)
+    site.boundary(1)
+    site.clock_trusted = False  # NTP stepped the clock a day ahead: suspect, nothing read
+    site.clock.t = T0 + 97 * INTERVAL + 1
+    assert site.source.poll(site.clock.t) == 0
+    site.clock_trusted = True  # ... and back: the next boundary is read, not a day later
+    site.boundary(3)
+    for meter_id, m in site.all_meters():
+        ts, span, kwh, _, _ = site.readings(meter_id)[-1]
+        assert (ts, span) == (T0 + 3 * INTERVAL, 2 * INTERVAL)
+        assert kwh == pytest.approx(_energy(m, span), abs=2e-3)
+
+
+def test_a_garbled_voltage_does_not_take_the_energy_with_it(site: Site) -> None:
+    (meter_id, m), *_ = list(site.all_meters())
+    site.boundary(0)
+    m.voltage_v = 520.0  # out of range (a wrong scale, a 400 V line read as L-N)
+    site.boundary(1)
+    ts, span, kwh, _, _ = site.readings(meter_id)[-1]
+    assert (ts, span) == (T0 + INTERVAL, INTERVAL)
+    assert kwh == pytest.approx(_energy(m, INTERVAL), abs=2e-3)
+    (reason, raw), *_ = site.quarantined()
+    assert reason.startswith("fields_dropped: invalid: voltage_v") and '"voltage_v": 520' in raw
+    voltage = query(site.db_path, "select voltage_v from readings where meter_id = ?", meter_id)
+    assert voltage[-1] == (None,)
+
+
 def test_garbage_and_resets_are_quarantined_or_flagged_never_negative(site: Site) -> None:
     (gid, garbled), (rid, reset) = list(site.all_meters())[:2]
     site.boundary(0)

@@ -26,6 +26,7 @@ from edge_agent.meters.axdr import Typed
 WRAPPER_VERSION = 1
 MAX_APDU = 0xFFFF  # the WRAPPER length field
 MAX_BLOCKS = 10_000  # a profile longer than this many blocks is refused, not read forever
+MAX_ANSWER_BYTES = 4 << 20  # nor one longer than this (two days of a 15-minute profile: ~4 kB)
 # Application context: logical name referencing, no ciphering (2.16.756.5.8.1.1)
 LN_NO_CIPHERING = bytes.fromhex("60857405080101")
 MECHANISM_LOW = bytes.fromhex("60857405080201")  # 2.16.756.5.8.2.1
@@ -273,7 +274,7 @@ class DlmsClient:
         self._invoke = (self._invoke + 1) & 0x0F
         invoke = 0xC0 | self._invoke  # high priority, confirmed
         answer = self._exchange(get_request(invoke, class_id, ln, attribute, access))
-        raw = b""
+        raw = bytearray()
         block = 0
         while True:
             r = axdr.Reader(answer)
@@ -299,7 +300,9 @@ class DlmsClient:
             raw += r.take(r.length())
             block = number
             if last:
-                return axdr.decode_all(raw)
+                return axdr.decode_all(bytes(raw))
+            if len(raw) > MAX_ANSWER_BYTES:
+                raise DlmsError(f"answer longer than {MAX_ANSWER_BYTES} bytes")
             if block >= self.max_blocks:
                 raise DlmsError(f"answer longer than {self.max_blocks} blocks")
             answer = self._exchange(get_next(invoke, block))

@@ -119,8 +119,6 @@ class TcpTransport:
                 return self._request(unit, pdu)
             except (OSError, ModbusError) as exc:
                 self.close()
-                if isinstance(exc, ModbusExceptionResponse):
-                    raise
                 if isinstance(exc, TimeoutError | socket.timeout):
                     raise ModbusTimeout(self._no_answer()) from exc
                 if isinstance(exc, OSError):
@@ -227,7 +225,7 @@ class RtuTransport:
         with self._lock:
             try:
                 return self._request(unit, pdu)
-            except OSError as exc:
+            except (OSError, termios.error) as exc:  # an adapter unplugged: open it again
                 self.close()
                 raise ModbusError(f"{self.device}: {exc}") from exc
 

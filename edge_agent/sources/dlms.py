@@ -58,6 +58,9 @@ class ProfileRead:
     bad_entries: list[str] = field(default_factory=list)  # why, with the entry
     meter_clock: float = 0.0
     gateway_clock: float = 0.0
+    # the end of the range asked for (meter time), when before the meter's now: nothing up to
+    # it is asked for again, entries or not (a profile with a hole, a meter with less memory)
+    read_short_of_now: int | None = None
     seconds: float = 0.0
     error: str | None = None
 
@@ -75,10 +78,11 @@ def client_for(m: DlmsMeterSettings) -> DlmsClient:
 
 
 def read_profile(
-    client: DlmsClient, m: DlmsMeterSettings, since: float | None, catch_up_s: float,
-    clock: Callable[[], float],
+    client: DlmsClient, m: DlmsMeterSettings, since: int | None, baseline: int | None,
+    catch_up_s: float, clock: Callable[[], float],
 ) -> ProfileRead:  # fmt: skip
-    """Associate, read the clock and the profile entries after ``since``, release."""
+    """Associate, read the clock and the profile entries after ``since`` (meter time), release.
+    A ``since`` after the meter's now (its clock was set back) starts after ``baseline``."""
     started = time.monotonic()
     register = (3, m.energy_register)
     with client:
@@ -93,6 +97,8 @@ def read_profile(
                 f"profile {m.profile} does not capture the clock and {m.energy_register}"
             ) from exc
         scale = client.scale_to_kwh(register)
+        if since is not None and since >= meter_now:
+            since = baseline if baseline is not None and baseline < meter_now else None
         start = meter_now - catch_up_s if since is None else since + 1
         end = min(meter_now, start + RANGE_S)
         rows = client.profile(
@@ -110,7 +116,14 @@ def read_profile(
         except (axdr.AxdrError, ValueError, TypeError, IndexError) as exc:
             bad.append(f"{exc}: {row!r}"[:300])
     return ProfileRead(
-        m.meter_id, 0, sorted(entries), bad, meter_now, gateway_now, time.monotonic() - started
+        m.meter_id,
+        0,
+        sorted(entries),
+        bad,
+        meter_now,
+        gateway_now,
+        int(end) if end < meter_now else None,
+        time.monotonic() - started,
     )
 
 
@@ -165,24 +178,24 @@ class DlmsSource:
     def poll(self, now: float) -> int:
         if self.clock is not None:
             now = self.clock()
-        self._dispatch(now)
         reads: list[ProfileRead] = []
         while True:
             try:
                 reads.append(self._results.get_nowait())
             except queue.Empty:
                 break
-        if reads:
+        if reads:  # taken before new reads start: they start where these ended
             self.cycle.answered([r.boundary for r in reads])
             self._take(reads, now)
+        self._dispatch(now)
         return len(reads)
 
     def _dispatch(self, now: float) -> None:
         s = self.settings
         shifted = int(now) - s.read_delay_s
         boundary = shifted - shifted % s.interval_s
-        if self._last_boundary is not None and boundary <= self._last_boundary:
-            return
+        if boundary == self._last_boundary:
+            return  # a clock stepped back reads its boundaries again (nothing is taken twice)
         self._last_boundary = boundary
         clock = self.clock or self._now
         reads = 0
@@ -194,17 +207,24 @@ class DlmsSource:
             reads += 1
             state = self.book.state(meter_id)
             since = state.read_to if state.read_to is not None else state.ts
-            self._running[meter_id] = self._pool.submit(self._read, m, boundary, since, clock)
+            self._running[meter_id] = self._pool.submit(
+                self._read, m, boundary, since, state.ts, clock
+            )
         self.cycle.start(boundary, reads)
 
     def _read(
-        self, m: DlmsMeterSettings, boundary: int, since: int | None, clock: Callable[[], float]
+        self,
+        m: DlmsMeterSettings,
+        boundary: int,
+        since: int | None,
+        baseline: int | None,
+        clock: Callable[[], float],
     ) -> None:
         if self._stop.is_set():
             return
         catch_up = self.settings.catch_up_days * 86400
         try:
-            got = read_profile(self.clients(m), m, since, catch_up, clock)
+            got = read_profile(self.clients(m), m, since, baseline, catch_up, clock)
             self._results.put(replace(got, boundary=boundary))
         except Exception as exc:  # noqa: BLE001 - one meter failing never stops the others
             if not isinstance(exc, DlmsError | OSError | axdr.AxdrError):
@@ -248,10 +268,13 @@ class DlmsSource:
                     )
                 if r.entries:
                     # counted on from the last entry, at the time it really was (its stamp
-                    # less the skew): once the meter's clock is set, its entries follow on
+                    # less the skew): once the meter's clock is set, its entries follow on;
+                    # read on from its stamp (meter time), so none is quarantined twice
                     last_ts, last_kwh = r.entries[-1]
                     book.rebase(r.meter_id, last_ts - round(skew), last_kwh)
-                    book.seen(r.meter_id, last_ts - round(skew))
+                    book.seen(r.meter_id, last_ts)
+                if r.read_short_of_now is not None:
+                    book.seen(r.meter_id, r.read_short_of_now)
                 continue
             for at in range(0, len(r.entries), COMMIT_ENTRIES):
                 chunk = r.entries[at : at + COMMIT_ENTRIES]
@@ -260,6 +283,8 @@ class DlmsSource:
                 book.seen(r.meter_id, chunk[-1][0])
                 if book.pending() >= COMMIT_ENTRIES and not book.commit(now):
                     return  # buffer full: what is not committed is read again next time
+            if r.read_short_of_now is not None:
+                book.seen(r.meter_id, r.read_short_of_now)
             if r.entries:
                 log.info(
                     "dlms meter %s: %d profile entries in %.2f s", r.meter_id, len(r.entries),

@@ -191,8 +191,8 @@ class ModbusSource:
     def _dispatch(self, now: int) -> None:
         interval = self.settings.interval_s
         boundary = now - now % interval
-        if self._last_boundary is not None and boundary <= self._last_boundary:
-            return
+        if boundary == self._last_boundary:
+            return  # a clock stepped back reads its boundaries again (nothing is taken twice)
         self._last_boundary = boundary
         if now - boundary > self.settings.poll_window_s:
             return  # too late to read this one: the next reading spans it

@@ -27,6 +27,8 @@ from edge_agent.wire import QuarantineRecord
 log = logging.getLogger(__name__)
 
 UNREACHABLE = "meter_unreachable"
+#: Fields a meter reports beside its energy: one out of range is dropped, not the energy.
+AUXILIARY = ("voltage_v", "current_a", "power_factor", "supply")
 #: Meta key prefixes of the sources that read meters themselves (one state per meter).
 PREFIXES = {"modbus": "modbus:", "dlms": "dlms:"}
 
@@ -113,7 +115,18 @@ class MeterBook:
         self._set(meter_id, out.state)
         v = self.intake.validator
         if out.reading is not None:
-            self._results.append(v.check(out.reading, json.dumps(out.reading), self.source))
+            raw = json.dumps(out.reading)
+            result = v.check(out.reading, raw, self.source)
+            aux = {k: x for k, x in out.reading.items() if k in AUXILIARY}
+            if isinstance(result, QuarantineRecord) and aux:
+                # a garbled voltage must not take the interval's energy with it: the reading
+                # goes on without the other fields, which are quarantined with the reason
+                energy = {k: x for k, x in out.reading.items() if k not in AUXILIARY}
+                kept = v.check(energy, json.dumps(energy), self.source)
+                if not isinstance(kept, QuarantineRecord):
+                    self._results.append(kept)
+                    result = v.quarantine(raw, f"fields_dropped: {result.reason}", now, self.source)
+            self._results.append(result)
         elif out.quarantine is not None:
             self._results.append(v.quarantine(out.raw, out.quarantine, now, self.source))
 
