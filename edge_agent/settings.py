@@ -35,6 +35,22 @@ class SimSourceSettings(BaseModel):
     chunk_intervals: int = Field(default=4, ge=1)
 
 
+def _check_schedule(interval_s: int, offset_name: str, offset_s: int) -> None:
+    """A polled source's interval divides a day; its offset after a boundary is shorter."""
+    if 86400 % interval_s:
+        raise ValueError(f"interval_s {interval_s} does not divide a day")
+    if offset_s >= interval_s:
+        raise ValueError(f"{offset_name} must be shorter than interval_s")
+
+
+def _unique(what: str, names: list[str | None]) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {name} appears twice")
+        seen.add(name)
+
+
 class ModbusMeterSettings(BaseModel):
     """A meter on a Modbus bus."""
 
@@ -93,20 +109,10 @@ class ModbusSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusSettings:
-        if 86400 % self.interval_s:
-            raise ValueError(f"interval_s {self.interval_s} does not divide a day")
-        if self.poll_window_s >= self.interval_s:
-            raise ValueError("poll_window_s must be shorter than interval_s")
-        for what, names in (
-            ("bus name", [b.name for b in self.buses]),
-            ("meter_id", [m.meter_id for b in self.buses for m in b.meters]),
-            ("serial device", [b.device for b in self.buses if b.kind == "rtu"]),
-        ):
-            seen = set()
-            for name in names:
-                if name in seen:
-                    raise ValueError(f"{what} {name} appears twice")
-                seen.add(name)
+        _check_schedule(self.interval_s, "poll_window_s", self.poll_window_s)
+        _unique("bus name", [b.name for b in self.buses])
+        _unique("meter_id", [m.meter_id for b in self.buses for m in b.meters])
+        _unique("serial device", [b.device for b in self.buses if b.kind == "rtu"])
         return self
 
 
@@ -154,13 +160,8 @@ class DlmsSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DlmsSettings:
-        if 86400 % self.interval_s:
-            raise ValueError(f"interval_s {self.interval_s} does not divide a day")
-        if self.read_delay_s >= self.interval_s:
-            raise ValueError("read_delay_s must be shorter than interval_s")
-        ids = [m.meter_id for m in self.meters]
-        if len(set(ids)) != len(ids):
-            raise ValueError("a meter_id appears twice")
+        _check_schedule(self.interval_s, "read_delay_s", self.read_delay_s)
+        _unique("meter_id", [m.meter_id for m in self.meters])
         return self
 
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
+
+from edge_agent.codec import ts_to_iso
 
 MAX_SPAN_S = 86400  # the longest interval a reading may cover (``interval_s``)
 #: Flags this module sets on a reading.
@@ -80,10 +81,6 @@ class Outcome:
     raw: str = ""
 
 
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def take_read(
     meter_id: str,
     state: MeterState,
@@ -97,7 +94,12 @@ def take_read(
     state = replace(state, missed_since=None, alerted=False)
     reg = values["register_kwh"]
     raw = json.dumps(
-        {"meter_id": meter_id, "ts": _iso(boundary), "values": values, "baseline": state.register}
+        {
+            "meter_id": meter_id,
+            "ts": ts_to_iso(boundary),
+            "values": values,
+            "baseline": state.register,
+        }
     )
     if not math.isfinite(reg) or reg < 0:
         return Outcome(state, quarantine=f"register_invalid: register_kwh = {reg}", raw=raw)
@@ -155,7 +157,7 @@ def take_read(
         )
     reading: dict[str, Any] = {
         "meter_id": meter_id,
-        "ts": _iso(boundary),
+        "ts": ts_to_iso(boundary),
         "interval_s": span,
         "kwh": round(delta, 3),
         "register_kwh": round(reg, 3),

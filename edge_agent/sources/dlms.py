@@ -27,14 +27,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from edge_agent.buffer import AlertStore
+from edge_agent.codec import ts_to_iso
 from edge_agent.meters import axdr
 from edge_agent.meters.dlms import CLOCK, DlmsClient, DlmsError
 from edge_agent.settings import DlmsMeterSettings, DlmsSettings
 from edge_agent.sources import Intake
-from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook
+from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook, drain
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,6 @@ class DlmsSource:
         # The clock that decides the boundaries and judges meters' clocks; None: the agent's
         # (``poll(now)``). A seam for the benchmark and tests (a faster clock).
         self.clock: Callable[[], float] | None = None
-        self._now = time.time
         log.info("dlms: %d meters, every %d s", len(self.meters), settings.interval_s)
 
     def close(self) -> None:
@@ -178,12 +178,7 @@ class DlmsSource:
     def poll(self, now: float) -> int:
         if self.clock is not None:
             now = self.clock()
-        reads: list[ProfileRead] = []
-        while True:
-            try:
-                reads.append(self._results.get_nowait())
-            except queue.Empty:
-                break
+        reads = drain(self._results)
         if reads:  # taken before new reads start: they start where these ended
             self.cycle.answered([r.boundary for r in reads])
             self._take(reads, now)
@@ -197,7 +192,7 @@ class DlmsSource:
         if boundary == self._last_boundary:
             return  # a clock stepped back reads its boundaries again (nothing is taken twice)
         self._last_boundary = boundary
-        clock = self.clock or self._now
+        clock = self.clock or time.time
         reads = 0
         for meter_id, m in self.meters.items():
             running = self._running.get(meter_id)
@@ -257,10 +252,10 @@ class DlmsSource:
                         json.dumps(
                             {
                                 "meter_id": r.meter_id,
-                                "ts": _iso(ts),
+                                "ts": ts_to_iso(ts),
                                 "register_kwh": kwh,
-                                "meter_clock": _iso(int(r.meter_clock)),
-                                "gateway_clock": _iso(int(r.gateway_clock)),
+                                "meter_clock": ts_to_iso(int(r.meter_clock)),
+                                "gateway_clock": ts_to_iso(int(r.gateway_clock)),
                             }
                         ),  # fmt: skip
                         f"meter_clock_off: the meter's clock is {skew:+.0f} s from the gateway's",
@@ -291,7 +286,3 @@ class DlmsSource:
                     r.seconds,
                 )  # fmt: skip
         book.commit(now)
-
-
-def _iso(ts: int) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)).strftime("%Y-%m-%dT%H:%M:%SZ")

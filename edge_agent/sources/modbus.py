@@ -35,7 +35,7 @@ from edge_agent.meters.modbus import (
 from edge_agent.meters.register_map import MapError, RegisterMap, load_maps
 from edge_agent.settings import ModbusBusSettings, ModbusSettings
 from edge_agent.sources import Intake
-from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook
+from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook, drain
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,7 @@ class ModbusSource:
         if self.clock is not None:
             now = self.clock()
         self._dispatch(int(now))
-        polls: list[MeterPoll] = []
-        while True:
-            try:
-                polls.append(self._results.get_nowait())
-            except queue.Empty:
-                break
+        polls = drain(self._results)
         if not polls:
             return 0
         self.cycle.answered([p.boundary for p in polls])

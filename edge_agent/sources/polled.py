@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
 from dataclasses import replace
 from functools import partial
+from typing import TypeVar
 
 from edge_agent.alerts import make_alert
 from edge_agent.buffer import AlertRecord, AlertStore, BufferFull, Meta
@@ -26,6 +28,7 @@ from edge_agent.wire import QuarantineRecord
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 UNREACHABLE = "meter_unreachable"
 #: Fields a meter reports beside its energy: one out of range is dropped, not the energy.
 AUXILIARY = ("voltage_v", "current_a", "power_factor", "supply")
@@ -49,6 +52,16 @@ def meter_states(meta: Meta) -> dict[str, dict[str, object]]:
                 "silent_since": state.missed_since,
             }
     return out
+
+
+def drain(q: queue.SimpleQueue[T]) -> list[T]:
+    """Everything the worker threads have put on ``q`` so far."""
+    out: list[T] = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
 
 
 class MeterBook:
@@ -145,8 +158,10 @@ class MeterBook:
     def rebase(self, meter_id: str, ts: int, register_kwh: float) -> None:
         """Count the meter's energy from ``register_kwh`` at ``ts`` on (what came before is
         quarantined by the caller)."""
-        state = replace(self.state(meter_id), ts=ts, register=register_kwh, suspect=None)
-        self._set(meter_id, replace(state, suspect_ts=None))
+        state = self.state(meter_id)
+        self._set(
+            meter_id, replace(state, ts=ts, register=register_kwh, suspect=None, suspect_ts=None)
+        )
 
     def quarantine(self, raw: str, reason: str, now: float) -> None:
         self._results.append(self.intake.validator.quarantine(raw, reason, now, self.source))
