@@ -2,15 +2,20 @@
 .venv-airflow, made by `make test`): the folder imports with no error, documented, without
 touching the network while parsing; `warehouse_refresh` run with `dag.test()` against a real
 PostgreSQL and an embedded warehouse builds the marts and emits the `marts` asset; a second run
-with no new data changes nothing; a failing quality gate fails the run and emits nothing."""
+with no new data changes nothing; a failing quality gate fails the run and emits nothing; under
+the real scheduler (`make airflow`'s standalone), a backfill of a past range reloads what the
+warehouse lost and, run again, doubles nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,8 +27,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from central.local_services import free_port
-from central.warehouse.client import connect
-from simulator.raw_db import scratch_database, write_warehouse_fleet
+from central.warehouse.client import connect, spawn_owner, stop_owner
+from simulator.raw_db import ADMIN_DSN, scratch_database, write_warehouse_fleet
 from tests.support.browser import chromium, screenshot_path
 from tests.support.processes import REPO, wait_until
 from tests.support.warehouse import marts_fleet
@@ -65,16 +70,26 @@ class Airflow:
             print(done.stdout)
         return result
 
-    def cli(self, *args: str) -> None:
-        done = subprocess.run(
-            [str(AIRFLOW_PYTHON.parent / "airflow"), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=self.env,
-            cwd=REPO,
-        )
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    def cli(self, *args: str, retry_while: str = "", timeout: float = 120) -> str:
+        """``airflow ARGS``; its stdout. With ``retry_while``: run again (for up to ``timeout``
+        seconds) while it fails with that in its output."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(
+                [str(AIRFLOW_PYTHON.parent / "airflow"), *args],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env=self.env,
+                cwd=REPO,
+            )
+            output = done.stdout[-3000:] + done.stderr[-3000:]
+            if done.returncode == 0 or not retry_while or retry_while not in output:
+                break
+            assert time.monotonic() < deadline, output
+            time.sleep(5)
+        assert done.returncode == 0, output
+        return done.stdout
 
 
 def test_the_dag_folder_imports_documented_without_network(tmp_path: Path) -> None:
@@ -172,63 +187,207 @@ def balance_rows(warehouse: Path, schema: str = "marts") -> list[tuple[Any, ...]
         client.close()
 
 
-def test_a_backfill_reloads_its_window_and_running_it_again_changes_nothing(
+@pytest.mark.timeout(900)  # five runs, each ~150 task processes on two cores
+def test_the_scheduler_runs_a_backfill_of_a_date_range_and_again_without_doubling(
     tmp_path: Path,
 ) -> None:
-    """Rows that arrived in a past interval but are missing from the warehouse (a load that
-    went wrong) come back when that interval is run again, as `airflow backfill` runs it; a
-    second run of the same interval changes nothing."""
+    """`make airflow`'s Airflow (standalone: scheduler, dag-processor, api-server, its metadata
+    in PostgreSQL) runs `warehouse_refresh` on its schedule, then `airflow backfill create` over
+    a past range: the scheduler runs one run per 15-minute interval, the lost arrivals of those
+    intervals come back; the same backfill again (reprocessing completed runs) doubles
+    nothing and leaves the marts as they were."""
     warehouse = tmp_path / "warehouse"
-    with scratch_database("af_backfill") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as pg:
-            write_warehouse_fleet(pg, marts_fleet())
-            # readings arrived a few minutes after they were taken (as through a gateway); the
-            # last two days arrived just now (the freshness check looks at the newest)
-            pg.execute(
-                "update raw.readings set received_at = ts + interval '4 minutes' "
-                "where ts < (select max(ts) - interval '2 days' from raw.readings)"
-            )
-            (first_ts,) = pg.execute("select min(ts) from raw.readings").fetchone()  # type: ignore[misc]
-        airflow = refresh_airflow(tmp_path, dsn)
-        run_dag = [str(DRIVER), "test", str(DAGS), "warehouse_refresh"]
-        first = airflow.run(*run_dag)
-        failed = {k: v for k, v in first["tasks"].items() if v != "success"}
-        assert first["state"] == "success", failed
+    with (
+        scratch_database("af_sched") as dsn,
+        empty_database("af_meta") as meta,
+        standalone_airflow(tmp_path, dsn, meta) as airflow,
+    ):
+        first_ts = write_arrived_fleet(dsn)
+        airflow.cli("dags", "unpause", "warehouse_refresh")  # the scheduled run loads it all
+        first = wait_for_runs(airflow, "scheduled__", 1)
+        assert [r["state"] for r in first] == ["success"], first
         complete = balance_rows(warehouse)
 
-        past = (first_ts + timedelta(days=3)).replace(hour=6, minute=10, second=0, microsecond=0)
-        client = connect(f"chdb://{warehouse}")
-        try:  # the warehouse lost what arrived that morning
-            client.command(
-                "delete from raw.readings where received_at >= {a:DateTime64(3)} "
-                "and received_at < {b:DateTime64(3)}",
-                parameters={"a": past - timedelta(hours=1), "b": past + timedelta(hours=1)},
-            )
-        finally:
-            client.close()
-
-        backfill = airflow.run(*run_dag, past.isoformat())
-        assert backfill["state"] == "success", backfill["tasks"]
-        start, end = (datetime.fromisoformat(t) for t in backfill["xcom"]["load"]["window"])
-        assert past - timedelta(hours=1) <= start < end <= past + timedelta(hours=1)
-        with psycopg.connect(dsn) as pg:
-            (arrived,) = pg.execute(  # type: ignore[misc]
-                "select count(*) from raw.readings where received_at >= %s and received_at < %s",
-                (start, end),
-            ).fetchone()
-        assert arrived > 0
-        assert backfill["xcom"]["load"]["rows"]["readings"] == arrived, "only its own window"
-        assert warehouse_readings(warehouse, start, end) == arrived
-
-        again = airflow.run(*run_dag, past.isoformat())
-        assert again["state"] == "success"
-        assert warehouse_readings(warehouse, start, end) == arrived, "nothing doubled"
-        assert again["xcom"]["publish"] == backfill["xcom"]["publish"]
-        # the marts outside the lost hours are as the complete load made them
-        lost = {str(d) for d in (past.date(),)}
-        assert [r for r in balance_rows(warehouse) if str(r[0]) not in lost] == [
-            r for r in complete if str(r[0]) not in lost
+        # two intervals on a past morning: the runs at 06:00 and 06:15 reload 05:45-06:15
+        past = (first_ts + timedelta(days=3)).replace(hour=6, minute=0, second=0, microsecond=0)
+        lost = (past - PERIOD, past + PERIOD)
+        lose_arrivals(warehouse, *lost)
+        arrived = arrivals(dsn, *lost)
+        assert arrived > 0 and warehouse_readings(warehouse, *lost) == 0
+        backfill = [
+            "backfill", "create", "--dag-id", "warehouse_refresh", "--max-active-runs", "1",
+            "--from-date", past.isoformat(), "--to-date", (past + PERIOD).isoformat(),
+        ]  # fmt: skip
+        airflow.cli(*backfill)
+        runs = wait_for_runs(airflow, "backfill__", 2)
+        assert [r["state"] for r in runs] == ["success"] * 2, runs
+        assert sorted(r["logical_date"] for r in runs) == [
+            past.isoformat(),
+            (past + PERIOD).isoformat(),
         ]
+        assert warehouse_readings(warehouse, *lost) == arrived
+        assert same_balance(balance_rows(warehouse), complete), "the marts are whole again"
+
+        # one backfill per DAG at a time: the scheduler marks the first one complete within 30 s
+        running = "There can be only one running backfill"
+        airflow.cli(*backfill, "--reprocess-behavior", "completed", retry_while=running)
+        again = wait_for_runs(airflow, "backfill__", 2, after=runs)
+        assert [r["state"] for r in again] == ["success"] * 2, again
+        assert warehouse_readings(warehouse, *lost) == arrived, "nothing doubled"
+        assert same_balance(balance_rows(warehouse), complete)
+
+
+PERIOD = timedelta(minutes=15)  # warehouse_refresh's schedule
+
+
+def same_balance(rows: list[tuple[Any, ...]], expected: list[tuple[Any, ...]]) -> bool:
+    """The same (day, asset) rows with the same energy, but for the order of a float sum."""
+    got = {(day, asset): kwh for day, asset, kwh in rows}
+    return got.keys() == {(d, a) for d, a, _ in expected} and all(
+        got[(d, a)] == pytest.approx(kwh, rel=1e-9) for d, a, kwh in expected
+    )
+
+
+@contextlib.contextmanager
+def empty_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (Airflow's metadata), dropped afterwards; its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f"create database {name}")
+    try:
+        yield ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"drop database if exists {name} with (force)")
+
+
+@contextlib.contextmanager
+def standalone_airflow(tmp_path: Path, pg_dsn: str, metadata_dsn: str) -> Iterator[Airflow]:
+    """``make airflow`` (central.orchestration.launch) on a free port over ``pg_dsn`` and an
+    embedded warehouse in ``tmp_path / "warehouse"``, its metadata in ``metadata_dsn``; the
+    warehouse has one owner for the block, so that concurrent tasks share its engine."""
+    port = free_port()
+    home = tmp_path / "airflow"
+    airflow = Airflow(
+        home,
+        {
+            "EIOT_PG_DSN": pg_dsn,
+            "EIOT_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'warehouse'}",
+            "DBT_TARGET_PATH": str(tmp_path / "dbt-target"),
+            "DBT_LOG_PATH": str(tmp_path / "dbt-logs"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_dsn.replace(
+                "postgresql://", "postgresql+psycopg://", 1
+            ),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        },
+    )
+    log = tmp_path / "standalone.log"
+    owner, _ = spawn_owner(tmp_path / "warehouse")
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(AIRFLOW_PYTHON), "-m", "central.orchestration.launch"]
+            + ["--home", str(home), "--port", str(port)],
+            env=airflow.env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v2/monitor/health"
+
+        def healthy() -> bool:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    health = json.load(r)
+            except OSError:
+                return False
+            return all(
+                health.get(part, {}).get("status") == "healthy"
+                for part in ("metadatabase", "scheduler", "dag_processor")
+            )
+
+        wait_until(healthy, 180, "Airflow standalone", every=1)
+        yield airflow
+    except BaseException:
+        print(log.read_text()[-8000:])
+        raise
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        stop_owner(owner)
+
+
+def wait_for_runs(
+    airflow: Airflow,
+    prefix: str,
+    n: int,
+    after: list[dict[str, Any]] | None = None,
+    timeout: float = 600,
+) -> list[dict[str, Any]]:
+    """The ``n`` newest runs whose id starts with ``prefix`` once all have finished (and started
+    after the runs ``after``), oldest logical date first."""
+    since = max((r["end_date"] for r in after or []), default="")
+    found: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        nonlocal found
+        runs = [
+            r
+            # the JSON is the last line (Airflow prints its warnings on stdout too)
+            for r in json.loads(
+                airflow.cli("dags", "list-runs", "warehouse_refresh", "-o", "json").splitlines()[-1]
+            )
+            if r["run_id"].startswith(prefix) and r["start_date"] > since
+        ]
+        found = sorted(runs, key=lambda r: r["logical_date"])
+        return len(found) >= n and all(r["state"] in ("success", "failed") for r in found)
+
+    wait_until(finished, timeout, f"{n} {prefix} runs of warehouse_refresh", every=5)
+    return found
+
+
+def write_arrived_fleet(dsn: str) -> datetime:
+    """The marts fleet in ``dsn``, its readings arrived a few minutes after they were taken (as
+    through a gateway) and the last two days just now (the freshness check looks at the
+    newest); the first reading's time."""
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        write_warehouse_fleet(pg, marts_fleet())
+        pg.execute(
+            "update raw.readings set received_at = ts + interval '4 minutes' "
+            "where ts < (select max(ts) - interval '2 days' from raw.readings)"
+        )
+        (first_ts,) = pg.execute("select min(ts) from raw.readings").fetchone()  # type: ignore[misc]
+    return first_ts  # type: ignore[no-any-return]
+
+
+def lose_arrivals(warehouse: Path, start: datetime, end: datetime) -> None:
+    """The warehouse loses the readings that arrived in [start, end) (a load that went wrong)."""
+    client = connect(f"chdb://{warehouse}")
+    try:
+        client.command(
+            "delete from raw.readings where received_at >= {a:DateTime64(3)} "
+            "and received_at < {b:DateTime64(3)}",
+            parameters={"a": start, "b": end},
+        )
+    finally:
+        client.close()
+
+
+def arrivals(dsn: str, start: datetime, end: datetime) -> int:
+    """Readings PostgreSQL received in [start, end)."""
+    with psycopg.connect(dsn) as pg:
+        (n,) = pg.execute(  # type: ignore[misc]
+            "select count(*) from raw.readings where received_at >= %s and received_at < %s",
+            (start, end),
+        ).fetchone()
+    return int(n)
 
 
 def warehouse_readings(warehouse: Path, start: datetime, end: datetime) -> int:

@@ -3,7 +3,8 @@ PostgreSQL and warehouse (run ``make demo`` first), from ``.venv-airflow``.
 
 * Airflow's home is ``var/airflow``. Its metadata database is ``airflow`` in the PostgreSQL on
   127.0.0.1:5432 when one answers (``EIOT_AIRFLOW_ADMIN_DSN`` names another), else SQLite in
-  its home (fine for one person; the scheduler then runs one task at a time).
+  its home (fine for one person; the scheduler then runs one task at a time);
+  ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``, when set, names it instead.
 * No default password: Airflow's simple auth manager generates the ``admin`` password on the
   first start, prints it, and keeps it in ``var/airflow/simple_auth_manager_passwords.json.
   generated``.
@@ -62,11 +63,17 @@ def environment(home: Path, port: int, sqlite: bool = False) -> dict[str, str]:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"
-            if sqlite
-            else metadata_url(env.get("EIOT_AIRFLOW_ADMIN_DSN", ADMIN_DSN), home),
+            # Airflow's own variable, when set, names the metadata database
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+            or (
+                f"sqlite:///{home / 'airflow.db'}"
+                if sqlite
+                else metadata_url(env.get("EIOT_AIRFLOW_ADMIN_DSN", ADMIN_DSN), home)
+            ),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
+            # where task processes reach the api-server (Airflow's default assumes port 8080)
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
             "AIRFLOW__COSMOS__CACHE_DIR": str(home / "cosmos"),
         }
