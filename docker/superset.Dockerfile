@@ -3,4 +3,6 @@
 FROM apache/superset:6.1.0
 USER root
 RUN pip install --no-cache-dir "clickhouse-connect[sqlalchemy]>=0.8"
+COPY docker/superset-start.sh /app/docker/eiot-superset-start.sh
 USER superset
+CMD ["sh", "/app/docker/eiot-superset-start.sh"]

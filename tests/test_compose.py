@@ -34,6 +34,7 @@ DEFAULT_SERVICES = {
     "gateway-2",
     "gateway-3",
     "airflow",
+    "dashboards-import",
     "superset",
     "metrics",
     "prometheus",
@@ -119,6 +120,66 @@ def test_compose_renders_every_service_and_the_scale_out_cluster(filled_env: Pat
     assert default["services"]["mosquitto"]["depends_on"]["provision"]["condition"] == (
         "service_completed_successfully"
     )
+
+
+def test_superset_imports_the_dashboards_once_healthy(filled_env: Path) -> None:
+    services = rendered(filled_env)["services"]
+    assert "healthcheck" in services["superset"]
+    job = services["dashboards-import"]
+    assert job["depends_on"]["superset"]["condition"] == "service_healthy"
+    assert job["command"] == ["python", "-m", "central.dashboards", "import"]
+    env = job["environment"]
+    assert env["EIOT_SUPERSET_URL"] == "http://superset:8088"
+    assert env["EIOT_CLICKHOUSE_DSN"].startswith("http://dashboard:"), "the read-only login"
+    assert (
+        env["EIOT_SUPERSET_ADMIN_PASSWORD"]
+        == services["superset"]["environment"]["SUPERSET_ADMIN_PASSWORD"]
+    )
+
+
+@pytest.mark.parametrize("password", ["plain", "it's", "a\\'; DROP USER eiot; --", "x\\"])
+def test_the_dashboard_login_is_read_only_whatever_its_password(
+    tmp_path: Path, password: str
+) -> None:
+    """ClickHouse's init script (deploy/clickhouse/init) as the server's entrypoint runs it,
+    with `clickhouse client` standing in to keep the SQL it is given; ClickHouse's own parser
+    (chDB's formatQuery) reads exactly two statements: a read-only user with that password and
+    a grant of SELECT on the marts."""
+    import chdb
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    client = bin_dir / "clickhouse"
+    client.write_text(f"#!/bin/sh\ncat > {tmp_path / 'sql'}\n")
+    client.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(REPO / "deploy" / "clickhouse" / "init" / "dashboard-reader.sh")],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "CLICKHOUSE_USER": "eiot",
+            "CLICKHOUSE_PASSWORD": "owner",
+            "CLICKHOUSE_DASHBOARD_PASSWORD": password,
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    statements = (tmp_path / "sql").read_text().rstrip().rstrip(";").split(";\n")
+    # a query parameter's value is in escaped form (a backslash, a tab or a newline escaped)
+    escaped = [
+        s.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") for s in statements
+    ]
+    formatted = [
+        str(chdb.query("SELECT formatQuery({q:String})", "TSVRaw", params={"q": e})).strip()
+        for e in escaped
+    ]
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+    assert formatted == [
+        "CREATE USER IF NOT EXISTS dashboard IDENTIFIED WITH sha256_password BY "
+        f"'{quoted}' SETTINGS readonly = 2",
+        "GRANT SELECT ON marts.* TO dashboard",
+    ]
 
 
 def test_nothing_starts_without_every_secret(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import yaml
 
 from central.dashboards import bundle
 from central.dashboards.__main__ import client, import_bundle, running
+from central.dashboards.__main__ import main as dashboards_main
 from central.dashboards.server import ADMIN_USER, SupersetHome
 from central.dashboards.settings import get_settings as dashboard_settings
 from central.local_services import free_port
@@ -131,6 +132,33 @@ def test_importing_again_is_idempotent(site: Site) -> None:
     charts = len(list((BUNDLE / "charts").glob("*.yaml")))
     datasets = len(list((BUNDLE / "datasets").rglob("*.yaml")))
     assert first == {"database": 1, "dataset": datasets, "chart": charts, "dashboard": 4}
+
+
+def test_import_reaches_a_superset_named_by_url_as_compose_runs_it(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docker-compose.yml's one-shot `dashboards-import` runs `python -m central.dashboards
+    import` with EIOT_SUPERSET_URL and the admin password, no Superset home: it imports
+    (idempotent); a wrong password or none is a clear error, not a traceback."""
+    first = _counts(site)
+    for name in list(os.environ):
+        if name.startswith("EIOT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(site.work)  # no eiot.toml here
+    monkeypatch.setenv("EIOT_SUPERSET_HOME", str(site.work / "no-home"))
+    monkeypatch.setenv("EIOT_SUPERSET_URL", site.home.url + "/")
+    monkeypatch.setenv("EIOT_CLICKHOUSE_DSN", site.warehouse_url)
+    assert dashboards_main(["import"]) == 2
+    assert "EIOT_SUPERSET_ADMIN_PASSWORD" in capsys.readouterr().err
+
+    monkeypatch.setenv("EIOT_SUPERSET_ADMIN_PASSWORD", site.home.admin_password() + "x")
+    assert dashboards_main(["import"]) == 1
+    assert "import failed" in capsys.readouterr().err
+
+    monkeypatch.setenv("EIOT_SUPERSET_ADMIN_PASSWORD", site.home.admin_password())
+    assert dashboards_main(["import"]) == 0, capsys.readouterr().err
+    assert f"into {site.home.url}/" in capsys.readouterr().out
+    assert _counts(site) == first
 
 
 def test_export_gives_back_the_repository_files(site: Site, tmp_path: Path) -> None:

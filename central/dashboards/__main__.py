@@ -7,6 +7,9 @@
   overwritten in place).
 * ``export``: write what the running Superset holds back into ``dashboards/``, normalized, for
   review (``git diff dashboards/``).
+
+``import`` and ``export`` reach the Superset ``serve`` started, or the one ``EIOT_SUPERSET_URL``
+names (docker-compose.yml's) with ``EIOT_SUPERSET_ADMIN_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -31,10 +34,29 @@ def client(home: SupersetHome) -> SupersetClient:
 
 
 def import_bundle(home: SupersetHome, warehouse_url: str) -> None:
-    """Import the repository's dashboards, the warehouse at ``warehouse_url``."""
-    uri, password = bundle.database_uri(warehouse_url, home.settings.marts_schema)
+    """Import the repository's dashboards into ``home``'s Superset, the warehouse at
+    ``warehouse_url``."""
+    import_into(client(home), home.settings, warehouse_url)
+
+
+def import_into(api: SupersetClient, settings: DashboardSettings, warehouse_url: str) -> None:
+    uri, password = bundle.database_uri(warehouse_url, settings.marts_schema)
     passwords = {bundle.WAREHOUSE_DB_FILE: password} if password else {}
-    client(home).import_assets(bundle.to_zip(home.settings.bundle_dir, uri), passwords)
+    api.import_assets(bundle.to_zip(settings.bundle_dir, uri), passwords)
+
+
+def target(settings: DashboardSettings) -> SupersetClient | str:
+    """The Superset ``import`` and ``export`` work on: the one ``superset_url`` names, else the
+    one ``serve`` keeps in its home; or why there is none."""
+    if settings.superset_url:
+        if settings.superset_admin_password is None:
+            return "EIOT_SUPERSET_URL is set: EIOT_SUPERSET_ADMIN_PASSWORD must be too"
+        password = settings.superset_admin_password.get_secret_value()
+        return SupersetClient(settings.superset_url.rstrip("/"), ADMIN_USER, password)
+    home = SupersetHome(settings)
+    if not home.password_path.exists():
+        return f"no Superset home in {home.home}: start one with `make dashboards`"
+    return client(home)
 
 
 @contextlib.contextmanager
@@ -101,21 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    home = SupersetHome(settings)
     if args.command == "serve":
         return cmd_serve(settings)
-    if not home.password_path.exists():
-        print(f"no Superset home in {home.home}: start one with `make dashboards`", file=sys.stderr)
-        return 2
+    where = settings.superset_url or SupersetHome(settings).url
     try:
+        api = target(settings)  # logs in
+        if isinstance(api, str):
+            print(api, file=sys.stderr)
+            return 2
         if args.command == "import":
             with served(settings.clickhouse_dsn) as warehouse_url:
-                import_bundle(home, warehouse_url)
-            print(f"imported {settings.bundle_dir} into {home.url}")
+                import_into(api, settings, warehouse_url)
+            print(f"imported {settings.bundle_dir} into {where}")
             return 0
-        names = bundle.write_export(client(home).export_assets(), settings.bundle_dir)
+        names = bundle.write_export(api.export_assets(), settings.bundle_dir)
     except (OSError, SupersetError) as exc:
-        print(f"{args.command} failed: is Superset running on {home.url}? {exc}", file=sys.stderr)
+        print(f"{args.command} failed: is Superset running on {where}? {exc}", file=sys.stderr)
         return 1
     print(f"exported {len(names)} files to {settings.bundle_dir} (review: git diff)")
     return 0

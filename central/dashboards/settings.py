@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from central.warehouse.settings import SCHEMA_PATTERN
 from edge_agent.settings_base import TomlEnvSettings, build
@@ -39,6 +39,10 @@ class DashboardSettings(TomlEnvSettings):
     superset_cache_s: int = Field(default=300, ge=0)
     # The dashboards, charts and datasets in Superset's import format (the reviewed source).
     bundle_dir: Path = REPO_ROOT / "dashboards"
+    # A Superset run elsewhere (docker-compose.yml's): `import` and `export` go to it, as its
+    # admin, instead of to the one `serve` keeps in superset_home.
+    superset_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    superset_admin_password: SecretStr | None = None
 
 
 def get_settings(**overrides: Any) -> DashboardSettings:
