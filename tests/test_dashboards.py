@@ -13,6 +13,7 @@ import difflib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -94,6 +95,10 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
             assert all(state == "drawn" for state, _ in states.values()), (d.slug, states)
             for chart in opened.charts:
                 assert chart.canvases or chart.text.strip(), (d.slug, chart.title, "draws nothing")
+            # nothing from elsewhere (Superset's menu asks for a telemetry pixel; our policy
+            # refuses it), but for the map's tiles
+            own = urllib.parse.urlsplit(site.home.url).netloc
+            assert page.hosts_loaded() <= {own, "tile.openstreetmap.org"}, page.hosts_loaded()
 
 
 def test_a_filter_changes_the_charts_it_scopes(site: Site) -> None:
@@ -238,6 +243,24 @@ def _stored_password(home: SupersetHome) -> str:
     )
     assert done.returncode == 0, done.stderr[-1000:]
     return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_config_follows_the_template_and_keeps_its_secret_key(tmp_path: Path) -> None:
+    """A home made by an older version (no content security policy) gets the current config at
+    the next start, with the secret key it had (it encrypts the stored warehouse password)."""
+    home = SupersetHome(dashboard_settings(superset_home=tmp_path / "superset"))
+    home.home.mkdir()
+    home.config_path.write_text("SECRET_KEY = 'old-key_1'\nTALISMAN_ENABLED = False\n")
+    home.write_config()
+    config = home.config_path.read_text()
+    assert "SECRET_KEY = 'old-key_1'\n" in config and "TALISMAN_ENABLED = True" in config
+    assert home.config_path.stat().st_mode & 0o777 == 0o600
+    fresh = SupersetHome(dashboard_settings(superset_home=tmp_path / "fresh"))
+    fresh.write_config()
+    key = re.search(r"^SECRET_KEY = '(.+)'$", fresh.config_path.read_text(), re.MULTILINE)
+    assert key and len(key.group(1)) >= 40 and key.group(1) != "old-key_1"
+    fresh.write_config()
+    assert f"SECRET_KEY = '{key.group(1)}'" in fresh.config_path.read_text()
 
 
 def test_database_uri_keeps_the_password_apart() -> None:

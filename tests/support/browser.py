@@ -27,6 +27,7 @@ def chromium(width: int = 1600, height: int = 1000) -> Iterator[webdriver.Chrome
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
     options.add_argument(f"--window-size={width},{height}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, to read
     browser = webdriver.Chrome(service=Service(driver), options=options)
     try:
         yield browser

@@ -6,7 +6,9 @@ Used by tests/test_dashboards.py and bench/dashboards.py.
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 from selenium import webdriver
@@ -78,6 +80,8 @@ class DashboardBrowser:
     def __init__(self, browser: webdriver.Chrome, base_url: str) -> None:
         self.browser = browser
         self.base_url = base_url.rstrip("/")
+        self.finished_at = 0.0  # monotonic time the last wait_finished saw every chart finished
+        self.refused: set[str] = set()  # hosts the content security policy refused
 
     def login(self, username: str, password: str) -> None:
         self.browser.get(f"{self.base_url}/login/")
@@ -96,13 +100,26 @@ class DashboardBrowser:
         started = time.monotonic()
         self.browser.get(f"{self.base_url}/superset/dashboard/{slug}/")
         charts = self.wait_finished(expected_charts, timeout_s)
-        seconds = time.monotonic() - started
+        seconds = self.finished_at - started
         queries = self.browser.execute_script(
             "return performance.getEntriesByType('resource')"
             ".filter(e => e.name.includes('/api/v1/chart/data'))"
             ".map(e => [e.name, e.duration / 1000])"
         )
         return Opened(slug, seconds, charts, [(str(u), float(d)) for u, d in queries])
+
+    def hosts_loaded(self) -> set[str]:
+        """Every host the current page loaded something from, less those whose loads the
+        content security policy refused (Chromium lists a refused request among the page's
+        resources, and says on its console that it blocked it)."""
+        asked = self.browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        for entry in self.browser.get_log("browser"):  # the console since the last call
+            if entry.get("source") == "security" and "has been blocked" in entry["message"]:
+                for url in re.findall(r"'(https?://[^']+)'", entry["message"]):
+                    self.refused.add(urllib.parse.urlsplit(url).netloc)
+        return {urllib.parse.urlsplit(str(u)).netloc for u in asked} - self.refused
 
     def settled(self, animation_s: float = 1.5) -> list[Chart]:
         """The charts once their animations are over, canvases fingerprinted by their pixels."""
@@ -116,10 +133,14 @@ class DashboardBrowser:
         deadline = time.monotonic() + timeout_s
         finished_before = False
         while time.monotonic() < deadline:
+            seen_at = time.monotonic()
             charts = self.charts(pixels=False)
             finished = len(charts) >= expected_charts and all(c.state != "loading" for c in charts)
             if finished and finished_before:
                 return charts
+            if finished and not finished_before:
+                # when every chart was first seen finished (the next look only confirms it)
+                self.finished_at = seen_at
             finished_before = finished
             time.sleep(0.2)
         states = {c.title: c.state for c in self.charts(pixels=False)}
