@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import runpy
 import signal
 import socket
 import subprocess
@@ -99,6 +100,7 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
             # refuses it), but for the map's tiles
             own = urllib.parse.urlsplit(site.home.url).netloc
             assert page.hosts_loaded() <= {own, "tile.openstreetmap.org"}, page.hosts_loaded()
+            assert page.refused <= {"apachesuperset.gateway.scarf.sh"}, "the policy blocks more"
 
 
 def test_a_filter_changes_the_charts_it_scopes(site: Site) -> None:
@@ -245,7 +247,9 @@ def _stored_password(home: SupersetHome) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_the_config_follows_the_template_and_keeps_its_secret_key(tmp_path: Path) -> None:
+def test_the_config_follows_the_template_and_keeps_its_secret_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A home made by an older version (no content security policy) gets the current config at
     the next start, with the secret key it had (it encrypts the stored warehouse password)."""
     home = SupersetHome(dashboard_settings(superset_home=tmp_path / "superset"))
@@ -261,6 +265,16 @@ def test_the_config_follows_the_template_and_keeps_its_secret_key(tmp_path: Path
     assert key and len(key.group(1)) >= 40 and key.group(1) != "old-key_1"
     fresh.write_config()
     assert f"SECRET_KEY = '{key.group(1)}'" in fresh.config_path.read_text()
+    # a site's own settings, read last, survive the rewrite
+    (fresh.home / "superset_config_local.py").write_text("ROW_LIMIT = 7\n")
+    fresh.write_config()
+    monkeypatch.setenv("EIOT_SUPERSET_CACHE_S", "60")
+    config_vars = runpy.run_path(str(fresh.config_path))
+    assert config_vars["ROW_LIMIT"] == 7 and config_vars["TALISMAN_ENABLED"] is True
+    # a config whose key cannot be found is not given a new one
+    fresh.config_path.write_text('SECRET_KEY = "double-quoted"\n')
+    with pytest.raises(RuntimeError, match="SECRET_KEY"):
+        fresh.write_config()
 
 
 def test_database_uri_keeps_the_password_apart() -> None:

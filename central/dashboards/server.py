@@ -63,6 +63,13 @@ DATA_CACHE_CONFIG = {{
 }}
 FILTER_STATE_CACHE_CONFIG = {{**DATA_CACHE_CONFIG, "CACHE_KEY_PREFIX": "filter_state_"}}
 EXPLORE_FORM_DATA_CACHE_CONFIG = {{**DATA_CACHE_CONFIG, "CACHE_KEY_PREFIX": "form_data_"}}
+
+# A site's own settings (e.g. SQLALCHEMY_DATABASE_URI on PostgreSQL) go in
+# superset_config_local.py beside this file, which is never rewritten.
+_LOCAL = os.path.join(os.path.dirname(__file__), "superset_config_local.py")
+if os.path.exists(_LOCAL):
+    with open(_LOCAL) as _f:
+        exec(compile(_f.read(), _LOCAL, "exec"))
 """
 
 
@@ -121,14 +128,18 @@ class SupersetHome:
         self.home.mkdir(parents=True, exist_ok=True)
         old = self.config_path.read_text() if self.config_path.exists() else ""
         kept = re.search(r"^SECRET_KEY = '([^']+)'$", old, re.MULTILINE)
+        if old and not kept:  # a new key would make the stored warehouse password unreadable
+            raise RuntimeError(f"no SECRET_KEY = '...' line in {self.config_path}: restore it")
         config = CONFIG_TEMPLATE.format(
             secret=kept.group(1) if kept else secrets.token_urlsafe(42),
             metadata_uri=f"sqlite:///{self.home / 'superset.db'}",
             cache_dir=str(self.home / "cache"),
         )
-        self.config_path.touch(mode=0o600)
-        self.config_path.chmod(0o600)
-        self.config_path.write_text(config)
+        fresh = self.config_path.with_suffix(".new")  # replaced whole: a crash keeps the key
+        fresh.touch(mode=0o600)
+        fresh.chmod(0o600)
+        fresh.write_text(config)
+        os.replace(fresh, self.config_path)
 
     def admin_password(self) -> str:
         return self.password_path.read_text().strip()

@@ -116,8 +116,11 @@ class DashboardBrowser:
             "return performance.getEntriesByType('resource').map(e => e.name)"
         )
         for entry in self.browser.get_log("browser"):  # the console since the last call
-            if entry.get("source") == "security" and "has been blocked" in entry["message"]:
-                for url in re.findall(r"'(https?://[^']+)'", entry["message"]):
+            message = entry["message"]
+            if entry.get("source") == "security" and (
+                "has been blocked" in message or "Refused to" in message
+            ):
+                for url in re.findall(r"'(https?://[^']+)'", message):
                     self.refused.add(urllib.parse.urlsplit(url).netloc)
         return {urllib.parse.urlsplit(str(u)).netloc for u in asked} - self.refused
 
