@@ -14,9 +14,9 @@ import io
 import json
 import os
 import re
-import runpy
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.parse
@@ -101,6 +101,16 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
             own = urllib.parse.urlsplit(site.home.url).netloc
             assert page.hosts_loaded() <= {own, "tile.openstreetmap.org"}, page.hosts_loaded()
             assert page.refused <= {"apachesuperset.gateway.scarf.sh"}, "the policy blocks more"
+    # who opened what is in Superset's log, one JSON line per event, and not in its database
+    audit = [
+        json.loads(line.split("eiot.audit:", 1)[1])
+        for line in (site.home.home / "superset.log").read_text().splitlines()
+        if "eiot.audit:" in line
+    ]
+    ids = {d["id"] for d in client(site.home).get("/api/v1/dashboard/?q=(page_size:100)")["result"]}
+    assert ids <= {e["dashboard_id"] for e in audit if e["action"] == "dashboard"}
+    with sqlite3.connect(site.home.home / "superset.db") as metadata:
+        assert metadata.execute("select count(*) from logs").fetchone() == (0,)
 
 
 def test_a_filter_changes_the_charts_it_scopes(site: Site) -> None:
@@ -247,9 +257,7 @@ def _stored_password(home: SupersetHome) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_the_config_follows_the_template_and_keeps_its_secret_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_config_follows_the_template_and_keeps_its_secret_key(tmp_path: Path) -> None:
     """A home made by an older version (no content security policy) gets the current config at
     the next start, with the secret key it had (it encrypts the stored warehouse password)."""
     home = SupersetHome(dashboard_settings(superset_home=tmp_path / "superset"))
@@ -268,9 +276,19 @@ def test_the_config_follows_the_template_and_keeps_its_secret_key(
     # a site's own settings, read last, survive the rewrite
     (fresh.home / "superset_config_local.py").write_text("ROW_LIMIT = 7\n")
     fresh.write_config()
-    monkeypatch.setenv("EIOT_SUPERSET_CACHE_S", "60")
-    config_vars = runpy.run_path(str(fresh.config_path))
-    assert config_vars["ROW_LIMIT"] == 7 and config_vars["TALISMAN_ENABLED"] is True
+    # Superset's own Python reads it (the config imports Superset's event logger base)
+    code = (
+        "import runpy, sys\n"
+        "c = runpy.run_path(sys.argv[1])\n"
+        "print(c['ROW_LIMIT'], c['TALISMAN_ENABLED'], type(c['EVENT_LOGGER']).__name__)\n"
+    )
+    done = subprocess.run(
+        [fresh.bin("python"), "-c", code, str(fresh.config_path)],
+        env={**fresh.env(), "EIOT_SUPERSET_CACHE_S": "60"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.stdout.split() == ["7", "True", "AuditLogger"], done.stderr[-1000:]
     # a config whose key cannot be found is not given a new one
     fresh.config_path.write_text('SECRET_KEY = "double-quoted"\n')
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
