@@ -80,14 +80,18 @@ def migrate(dsn: str) -> None:
 
 
 @contextlib.contextmanager
-def scratch_database(prefix: str = "wh_bench", keep: bool = False) -> Iterator[str]:
-    """A new Postgres database with the raw schema, dropped afterwards; yields its DSN."""
+def scratch_database(
+    prefix: str = "wh_bench", keep: bool = False, schema: bool = True
+) -> Iterator[str]:
+    """A new Postgres database with the raw schema (``schema``; else empty), dropped afterwards;
+    yields its DSN."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f"create database {name}")
     dsn = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
     try:
-        migrate(dsn)
+        if schema:
+            migrate(dsn)
         yield dsn
     finally:
         if not keep:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from central.local_services import free_port
 from central.warehouse.client import connect, spawn_owner, stop_owner
-from simulator.raw_db import ADMIN_DSN, scratch_database, write_warehouse_fleet
+from simulator.raw_db import scratch_database, write_warehouse_fleet
 from tests.support.browser import chromium, screenshot_path
 from tests.support.processes import REPO, wait_until
 from tests.support.warehouse import marts_fleet
@@ -200,7 +199,7 @@ def test_the_scheduler_runs_a_backfill_of_a_date_range_and_again_without_doublin
     warehouse = tmp_path / "warehouse"
     with (
         scratch_database("af_sched") as dsn,
-        empty_database("af_meta") as meta,
+        scratch_database("af_meta", schema=False) as meta,
         standalone_airflow(tmp_path, dsn, meta) as airflow,
     ):
         first_ts = write_arrived_fleet(dsn)
@@ -252,19 +251,6 @@ def same_balance(rows: list[tuple[Any, ...]], expected: list[tuple[Any, ...]]) -
     return got.keys() == {(d, a) for d, a, _ in expected} and all(
         got[(d, a)] == pytest.approx(kwh, rel=1e-9) for d, a, kwh in expected
     )
-
-
-@contextlib.contextmanager
-def empty_database(prefix: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database (Airflow's metadata), dropped afterwards; its DSN."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f"create database {name}")
-    try:
-        yield ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f"drop database if exists {name} with (force)")
 
 
 @contextlib.contextmanager

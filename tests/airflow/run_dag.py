@@ -1,6 +1,6 @@
 """Run under .venv-airflow by tests/test_orchestration.py (Airflow cannot share the test venv):
 ``parse DAGS`` imports the DAG folder with every network connection refused and prints what it
-found; ``test DAGS DAG_ID [LOGICAL_DATE]`` runs one DAG with ``dag.test()`` and prints its
+found; ``test DAGS DAG_ID`` runs one DAG with ``dag.test()`` and prints its
 state, the asset events and every task's XCom. One JSON object on the last line of stdout."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import json
 import socket
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 
@@ -32,7 +31,7 @@ def parse(folder: str) -> dict[str, Any]:
     }
 
 
-def test(folder: str, dag_id: str, logical_date: str | None = None) -> dict[str, Any]:
+def test(folder: str, dag_id: str) -> dict[str, Any]:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.asset import AssetEvent
     from airflow.models.xcom import XComModel
@@ -42,8 +41,7 @@ def test(folder: str, dag_id: str, logical_date: str | None = None) -> dict[str,
     with create_session() as session:
         before = session.query(AssetEvent).count()
     start = time.monotonic()
-    when = datetime.fromisoformat(logical_date) if logical_date else None
-    run = dag.test(logical_date=when) if when else dag.test()
+    run = dag.test()
     seconds = time.monotonic() - start
     with create_session() as session:
         events = [
