@@ -106,7 +106,13 @@ def test_compose_renders_every_service_and_the_scale_out_cluster(filled_env: Pat
     for name, service in scaled["services"].items():
         build = service.get("build")
         if build:
-            assert (Path(build["context"]) / build["dockerfile"]).is_file(), name
+            dockerfile = Path(build["context"]) / build["dockerfile"]
+            assert dockerfile.is_file(), name
+            for line in dockerfile.read_text().splitlines():
+                if line.startswith("COPY ") and "--from" not in line:
+                    *sources, _ = [w for w in line.split()[1:] if not w.startswith("--")]
+                    for source in sources:
+                        assert (Path(build["context"]) / source).exists(), (name, line)
         for mount in service.get("volumes", []):
             if mount["type"] == "bind":
                 assert Path(mount["source"]).exists(), f"{name} mounts {mount['source']}"
@@ -128,6 +134,12 @@ def test_superset_imports_the_dashboards_once_healthy(filled_env: Path) -> None:
     job = services["dashboards-import"]
     assert job["depends_on"]["superset"]["condition"] == "service_healthy"
     assert job["command"] == ["python", "-m", "central.dashboards", "import"]
+    # the configuration `make dashboards` runs with (and the browser test checks)
+    build = services["superset"]["build"]
+    dockerfile = (Path(build["context"]) / build["dockerfile"]).read_text()
+    assert "COPY deploy/superset/superset_config.py /app/eiot/superset_config.py" in dockerfile
+    assert "SUPERSET_CONFIG_PATH=/app/eiot/superset_config.py" in dockerfile
+    assert "SUPERSET_SECRET_KEY" in services["superset"]["environment"]
     env = job["environment"]
     assert env["EIOT_SUPERSET_URL"] == "http://superset:8088"
     assert env["EIOT_CLICKHOUSE_DSN"].startswith("http://dashboard:"), "the read-only login"

@@ -13,7 +13,6 @@ import difflib
 import io
 import json
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -257,42 +256,56 @@ def _stored_password(home: SupersetHome) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_the_config_follows_the_template_and_keeps_its_secret_key(tmp_path: Path) -> None:
-    """A home made by an older version (no content security policy) gets the current config at
-    the next start, with the secret key it had (it encrypts the stored warehouse password)."""
-    home = SupersetHome(dashboard_settings(superset_home=tmp_path / "superset"))
-    home.home.mkdir()
-    home.config_path.write_text("SECRET_KEY = 'old-key_1'\nTALISMAN_ENABLED = False\n")
-    home.write_config()
-    config = home.config_path.read_text()
-    assert "SECRET_KEY = 'old-key_1'\n" in config and "TALISMAN_ENABLED = True" in config
-    assert home.config_path.stat().st_mode & 0o777 == 0o600
+def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_path: Path) -> None:
+    """The secret key encrypts the stored warehouse password: made once, kept, and taken over
+    from a home made by an earlier version (a generated superset_config.py holding it). Superset
+    reads deploy/superset/superset_config.py, compose's too, and a site's own settings last."""
+    old = SupersetHome(dashboard_settings(superset_home=tmp_path / "old"))
+    old.home.mkdir()
+    (old.home / "superset_config.py").write_text("SECRET_KEY = 'old-key_1'\nROW_LIMIT = 3\n")
+    assert old.secret_key() == "old-key_1" and old.env()["SUPERSET_SECRET_KEY"] == "old-key_1"
+    assert not (old.home / "superset_config.py").exists(), "the old config would mislead"
+    assert old.secret_path.stat().st_mode & 0o777 == 0o600
     fresh = SupersetHome(dashboard_settings(superset_home=tmp_path / "fresh"))
-    fresh.write_config()
-    key = re.search(r"^SECRET_KEY = '(.+)'$", fresh.config_path.read_text(), re.MULTILINE)
-    assert key and len(key.group(1)) >= 40 and key.group(1) != "old-key_1"
-    fresh.write_config()
-    assert f"SECRET_KEY = '{key.group(1)}'" in fresh.config_path.read_text()
-    # a site's own settings, read last, survive the rewrite
+    key = fresh.secret_key()
+    assert len(key) >= 40 and key != "old-key_1" and fresh.secret_key() == key
+    assert fresh.env()["SUPERSET_CONFIG_PATH"] == str(REPO / "deploy/superset/superset_config.py")
     (fresh.home / "superset_config_local.py").write_text("ROW_LIMIT = 7\n")
-    fresh.write_config()
-    # Superset's own Python reads it (the config imports Superset's event logger base)
+    # Superset's own Python reads it, in the environment Superset is started with
     code = (
-        "import runpy, sys\n"
-        "c = runpy.run_path(sys.argv[1])\n"
-        "print(c['ROW_LIMIT'], c['TALISMAN_ENABLED'], type(c['EVENT_LOGGER']).__name__)\n"
+        "import os, runpy\n"
+        "c = runpy.run_path(os.environ['SUPERSET_CONFIG_PATH'])\n"
+        "print(c['SECRET_KEY'] == os.environ['SUPERSET_SECRET_KEY'], c['ROW_LIMIT'],\n"
+        "      c['TALISMAN_ENABLED'], type(c['EVENT_LOGGER']).__name__,\n"
+        "      c['SQLALCHEMY_DATABASE_URI'], c['DATA_CACHE_CONFIG']['CACHE_TYPE'],\n"
+        "      c['DATA_CACHE_CONFIG'].get('CACHE_DEFAULT_TIMEOUT'),\n"
+        "      c['FILTER_STATE_CACHE_CONFIG']['CACHE_DEFAULT_TIMEOUT'])\n"
     )
-    done = subprocess.run(
-        [fresh.bin("python"), "-c", code, str(fresh.config_path)],
-        env={**fresh.env(), "EIOT_SUPERSET_CACHE_S": "60"},
-        capture_output=True,
-        text=True,
-    )
-    assert done.stdout.split() == ["7", "True", "AuditLogger"], done.stderr[-1000:]
-    # a config whose key cannot be found is not given a new one
-    fresh.config_path.write_text('SECRET_KEY = "double-quoted"\n')
+
+    def config(cache_s: str) -> list[str]:
+        done = subprocess.run(
+            [fresh.bin("python"), "-c", code],
+            env={**fresh.env(), "EIOT_SUPERSET_CACHE_S": cache_s},
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-1000:]
+        return done.stdout.split()
+
+    metadata = f"sqlite:///{fresh.home / 'superset.db'}"
+    kept = str(90 * 24 * 3600)  # an analyst's filters outlive the chart cache
+    assert config("60") == [
+        "True", "7", "True", "AuditLogger", metadata, "FileSystemCache", "60", kept
+    ]  # fmt: skip
+    # no chart cache at all (to Flask-Caching a timeout of 0 means "never expires")
+    assert config("0")[5:] == ["NullCache", "None", kept]
+    # an old config whose key cannot be found is not given a new one
+    broken = SupersetHome(dashboard_settings(superset_home=tmp_path / "broken"))
+    broken.home.mkdir()
+    (broken.home / "superset_config.py").write_text('SECRET_KEY = "double-quoted"\n')
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
-        fresh.write_config()
+        broken.secret_key()
+    assert not broken.secret_path.exists() and (broken.home / "superset_config.py").exists()
 
 
 def test_database_uri_keeps_the_password_apart() -> None:

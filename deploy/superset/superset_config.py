@@ -1,0 +1,101 @@
+"""Superset's configuration for the control-room dashboards: one file for `make dashboards`
+(central/dashboards/server.py points SUPERSET_CONFIG_PATH here) and for docker-compose.yml's
+Superset (docker/superset.Dockerfile copies it). What differs between the two comes from the
+environment:
+
+* SUPERSET_SECRET_KEY (required, no default): encrypts the warehouse password Superset stores;
+  `make dashboards` makes it once and keeps it in var/superset/secret_key (mode 0600), compose
+  takes it from .env;
+* SUPERSET_HOME: where the metadata database (SQLite) and the chart cache live;
+* EIOT_SUPERSET_CACHE_S: how long chart results are cached, in seconds (300 when unset).
+
+A site's own settings (e.g. SQLALCHEMY_DATABASE_URI on PostgreSQL) go in
+superset_config_local.py in SUPERSET_HOME, read last.
+
+Superset's Python reads this file, not ours: it imports only Superset and the standard library.
+"""
+
+import json
+import logging
+import os
+
+from superset.utils.log import AbstractEventLogger
+
+_HOME = os.environ["SUPERSET_HOME"]
+SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]
+SQLALCHEMY_DATABASE_URI = "sqlite:///" + os.path.join(_HOME, "superset.db")
+FEATURE_FLAGS = {"DASHBOARD_CROSS_FILTERS": True, "DRILL_TO_DETAIL": True}
+# No basemap token: deck.gl layers draw on OpenStreetMap tiles (blank when offline).
+MAPBOX_API_KEY = ""
+
+# A content security policy of our own: pages load only from Superset itself, and images and
+# map tiles from the OpenStreetMap tile hosts deck.gl draws on. Superset's default policy lets
+# its menu load a telemetry pixel from a third-party host; this one blocks it (a control room
+# on a metered link reports to nobody). TLS is the business of the proxy in front.
+TALISMAN_ENABLED = True
+TALISMAN_CONFIG = {
+    "content_security_policy": {
+        "base-uri": ["'self'"],
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "blob:", "data:", "https://tile.openstreetmap.org"],
+        "connect-src": ["'self'", "https://tile.openstreetmap.org"],
+        "worker-src": ["'self'", "blob:"],
+        "object-src": "'none'",
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "font-src": ["'self'"],
+        "script-src": ["'self'", "'strict-dynamic'"],
+    },
+    "content_security_policy_nonce_in": ["script-src"],
+    "force_https": False,
+    "session_cookie_secure": False,
+}
+WTF_CSRF_ENABLED = True
+
+
+class AuditLogger(AbstractEventLogger):
+    """Who opened which dashboard and chart goes to Superset's log (one JSON line per event on
+    the logger eiot.audit), not to its metadata database: Superset's default event logger
+    inserts a row and commits for every request, a large share of its work per chart on
+    SQLite."""
+
+    def log(self, user_id, action, dashboard_id, duration_ms, slice_id, *args, **kwargs):
+        event = {
+            "user_id": user_id,
+            "action": action,
+            "dashboard_id": dashboard_id,
+            "slice_id": slice_id,
+            "duration_ms": duration_ms,
+        }
+        logging.getLogger("eiot.audit").info(json.dumps(event, default=str))
+
+
+EVENT_LOGGER = AuditLogger()
+SQLLAB_CTAS_NO_LIMIT = False
+ROW_LIMIT = 50000
+
+# Chart results are cached (the marts change at most every refresh), so analysts opening the
+# same dashboard share one warehouse query. A timeout of 0 means no cache (to Flask-Caching, 0
+# would mean "never expires").
+_CACHE_S = int(os.environ.get("EIOT_SUPERSET_CACHE_S", "300"))
+
+
+def _files(name: str, timeout_s: int, threshold: int) -> dict[str, object]:
+    """A file cache of its own under SUPERSET_HOME/cache (each prunes its own directory)."""
+    return {
+        "CACHE_TYPE": "FileSystemCache",
+        "CACHE_DIR": os.path.join(_HOME, "cache", name),
+        "CACHE_DEFAULT_TIMEOUT": timeout_s,
+        "CACHE_THRESHOLD": threshold,
+    }
+
+
+DATA_CACHE_CONFIG = _files("data", _CACHE_S, 5000) if _CACHE_S > 0 else {"CACHE_TYPE": "NullCache"}
+# Filter states and explore states are what a dashboard's or chart's address points to (an
+# analyst's filters, a shared link): kept 90 days, as Superset does, whatever the chart cache.
+FILTER_STATE_CACHE_CONFIG = _files("filter_state", 90 * 24 * 3600, 50000)
+EXPLORE_FORM_DATA_CACHE_CONFIG = _files("explore", 90 * 24 * 3600, 50000)
+
+_LOCAL = os.path.join(_HOME, "superset_config_local.py")
+if os.path.exists(_LOCAL):
+    with open(_LOCAL) as _f:
+        exec(compile(_f.read(), _LOCAL, "exec"))
