@@ -21,6 +21,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
+# What the image builds leave out of their context (plain top-level names of .dockerignore).
+IGNORED = {
+    line.rstrip("/")
+    for line in (REPO / ".dockerignore").read_text().splitlines()
+    if line and not line.startswith("#") and "*" not in line
+}
 DEFAULT_SERVICES = {
     "postgres",
     "clickhouse",
@@ -113,6 +119,7 @@ def test_compose_renders_every_service_and_the_scale_out_cluster(filled_env: Pat
                     *sources, _ = [w for w in line.split()[1:] if not w.startswith("--")]
                     for source in sources:
                         assert (Path(build["context"]) / source).exists(), (name, line)
+                        assert source.split("/")[0] not in IGNORED, (name, line, ".dockerignore")
         for mount in service.get("volumes", []):
             if mount["type"] == "bind":
                 assert Path(mount["source"]).exists(), f"{name} mounts {mount['source']}"

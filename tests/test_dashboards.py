@@ -9,6 +9,7 @@ at import only.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
 import json
@@ -23,6 +24,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -101,14 +103,24 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
             assert page.hosts_loaded() <= {own, "tile.openstreetmap.org"}, page.hosts_loaded()
             assert page.refused <= {"apachesuperset.gateway.scarf.sh"}, "the policy blocks more"
     # who opened what is in Superset's log, one JSON line per event, and not in its database
-    audit = [
-        json.loads(line.split("eiot.audit:", 1)[1])
-        for line in (site.home.home / "superset.log").read_text().splitlines()
-        if "eiot.audit:" in line
-    ]
     ids = {d["id"] for d in client(site.home).get("/api/v1/dashboard/?q=(page_size:100)")["result"]}
-    assert ids <= {e["dashboard_id"] for e in audit if e["action"] == "dashboard"}
-    with sqlite3.connect(site.home.home / "superset.db") as metadata:
+    charts = sum(d.charts for d in bundle.dashboards(BUNDLE))
+
+    def audit() -> list[dict[str, Any]]:
+        return [
+            json.loads(line.split("eiot.audit:", 1)[1])
+            for line in (site.home.home / "superset.log").read_text().splitlines()
+            if "eiot.audit:" in line
+        ]
+
+    def charts_loaded() -> set[int]:
+        return {e["slice_id"] for e in audit() if e["event"] == "load_chart"}
+
+    # the browser sends its own events in batches, a moment after they happen: one line each
+    wait_until(lambda: len(charts_loaded()) == charts, 30, "every chart's load_chart event")
+    assert ids <= {e["dashboard_id"] for e in audit() if e["action"] == "dashboard"}
+    assert ids <= {e["dashboard_id"] for e in audit() if e["event"] == "mount_dashboard"}
+    with contextlib.closing(sqlite3.connect(site.home.home / "superset.db")) as metadata:
         assert metadata.execute("select count(*) from logs").fetchone() == (0,)
 
 
@@ -263,9 +275,16 @@ def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_pa
     old = SupersetHome(dashboard_settings(superset_home=tmp_path / "old"))
     old.home.mkdir()
     (old.home / "superset_config.py").write_text("SECRET_KEY = 'old-key_1'\nROW_LIMIT = 3\n")
+    (old.home / "cache").mkdir()
+    (old.home / "cache" / "0123abcd").write_text("a chart result of the old flat cache")
     assert old.secret_key() == "old-key_1" and old.env()["SUPERSET_SECRET_KEY"] == "old-key_1"
     assert not (old.home / "superset_config.py").exists(), "the old config would mislead"
+    assert (old.home / "superset_config.py.migrated").exists()  # an older checkout's key
+    assert list((old.home / "cache").iterdir()) == [], "nothing prunes the old flat cache"
     assert old.secret_path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in old.home.iterdir()) == [
+        "cache", "secret_key", "superset_config.py.migrated"
+    ]  # fmt: skip
     fresh = SupersetHome(dashboard_settings(superset_home=tmp_path / "fresh"))
     key = fresh.secret_key()
     assert len(key) >= 40 and key != "old-key_1" and fresh.secret_key() == key
@@ -292,7 +311,7 @@ def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_pa
         assert done.returncode == 0, done.stderr[-1000:]
         return done.stdout.split()
 
-    metadata = f"sqlite:///{fresh.home / 'superset.db'}"
+    metadata = f"sqlite:///{fresh.home / 'superset.db'}?check_same_thread=false"
     kept = str(90 * 24 * 3600)  # an analyst's filters outlive the chart cache
     assert config("60") == [
         "True", "7", "True", "AuditLogger", metadata, "FileSystemCache", "60", kept
@@ -306,6 +325,10 @@ def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_pa
     with pytest.raises(RuntimeError, match="SECRET_KEY"):
         broken.secret_key()
     assert not broken.secret_path.exists() and (broken.home / "superset_config.py").exists()
+    # nor is an emptied key file
+    fresh.secret_path.write_text("")
+    with pytest.raises(RuntimeError, match="empty"):
+        fresh.secret_key()
 
 
 def test_database_uri_keeps_the_password_apart() -> None:

@@ -78,21 +78,29 @@ class SupersetHome:
     def secret_key(self) -> str:
         """Superset's secret key (it encrypts the stored warehouse password): made on the first
         start and kept. A home from an earlier version has it in its generated
-        ``superset_config.py``; it moves to ``secret_key`` and that file goes."""
+        ``superset_config.py``: it moves to ``secret_key``, the old file is renamed
+        ``superset_config.py.migrated`` and the old flat chart cache goes."""
         if self.secret_path.exists():
-            return self.secret_path.read_text().strip()
+            key = self.secret_path.read_text().strip()
+            if not key:  # a new key would make the stored warehouse password unreadable
+                raise RuntimeError(f"{self.secret_path} is empty: restore the key")
+            return key
         self.home.mkdir(parents=True, exist_ok=True)
         old = self.home / "superset_config.py"
-        if old.exists():
-            kept = _OLD_CONFIG_KEY.search(old.read_text())
-            if not kept:  # a new key would make the stored warehouse password unreadable
-                raise RuntimeError(f"no SECRET_KEY = '...' line in {old}: restore it")
-            key = kept.group(1)
-        else:
+        if not old.exists():
             key = secrets.token_urlsafe(42)
-        _write_private(self.secret_path, key + "\n")
-        old.unlink(missing_ok=True)
-        return key
+            _write_private(self.secret_path, key + "\n")
+            return key
+        kept = _OLD_CONFIG_KEY.search(old.read_text())
+        if not kept:
+            raise RuntimeError(f"no SECRET_KEY = '...' line in {old}: restore it")
+        _write_private(self.secret_path, kept.group(1) + "\n")
+        old.rename(old.with_name(old.name + ".migrated"))
+        cache = self.home / "cache"  # now one directory per cache, each pruning its own
+        for stale in cache.iterdir() if cache.is_dir() else []:
+            if stale.is_file():
+                stale.unlink()
+        return kept.group(1)
 
     def admin_password(self) -> str:
         return self.password_path.read_text().strip()
@@ -141,9 +149,17 @@ class SupersetHome:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, readable by its owner only, whole or not at all."""
-    fresh = path.with_suffix(".new")
+    """``text`` into ``path``, readable by its owner only, whole or not at all, and on disk
+    before this returns (a power cut must not leave an empty key)."""
+    fresh = path.with_name(path.name + ".new")
     fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(fresh, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

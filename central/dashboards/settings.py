@@ -29,7 +29,7 @@ class DashboardSettings(TomlEnvSettings):
     marts_schema: str = Field(default="marts", pattern=SCHEMA_PATTERN)
     superset_host: str = "127.0.0.1"
     superset_port: int = Field(default=8088, ge=1, le=65535)
-    # Superset's home: its config (secret key), metadata database (SQLite) and admin password.
+    # Superset's home: its secret key, metadata database (SQLite), chart cache and admin password.
     superset_home: Path = REPO_ROOT / "var" / "superset"
     superset_venv: Path = REPO_ROOT / ".venv-superset"
     # Gunicorn workers x threads: charts of one dashboard are queried in parallel.

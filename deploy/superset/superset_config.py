@@ -23,7 +23,9 @@ from superset.utils.log import AbstractEventLogger
 
 _HOME = os.environ["SUPERSET_HOME"]
 SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]
-SQLALCHEMY_DATABASE_URI = "sqlite:///" + os.path.join(_HOME, "superset.db")
+SQLALCHEMY_DATABASE_URI = (
+    "sqlite:///" + os.path.join(_HOME, "superset.db") + "?check_same_thread=false"
+)
 FEATURE_FLAGS = {"DASHBOARD_CROSS_FILTERS": True, "DRILL_TO_DETAIL": True}
 # No basemap token: deck.gl layers draw on OpenStreetMap tiles (blank when offline).
 MAPBOX_API_KEY = ""
@@ -56,17 +58,21 @@ class AuditLogger(AbstractEventLogger):
     """Who opened which dashboard and chart goes to Superset's log (one JSON line per event on
     the logger eiot.audit), not to its metadata database: Superset's default event logger
     inserts a row and commits for every request, a large share of its work per chart on
-    SQLite."""
+    SQLite. The browser's own events (a dashboard mounted, a chart loaded or drawn) arrive in
+    batches: one line each, as Superset's logger makes one row each."""
 
     def log(self, user_id, action, dashboard_id, duration_ms, slice_id, *args, **kwargs):
-        event = {
-            "user_id": user_id,
-            "action": action,
-            "dashboard_id": dashboard_id,
-            "slice_id": slice_id,
-            "duration_ms": duration_ms,
-        }
-        logging.getLogger("eiot.audit").info(json.dumps(event, default=str))
+        audit = logging.getLogger("eiot.audit")
+        for record in kwargs.get("records") or [{}]:
+            event = {
+                "user_id": user_id,
+                "action": action,
+                "event": record.get("event_name"),
+                "dashboard_id": dashboard_id or record.get("dashboard_id"),
+                "slice_id": slice_id or record.get("slice_id"),
+                "duration_ms": duration_ms or record.get("duration"),
+            }
+            audit.info(json.dumps(event, default=str))
 
 
 EVENT_LOGGER = AuditLogger()
@@ -79,21 +85,24 @@ ROW_LIMIT = 50000
 _CACHE_S = int(os.environ.get("EIOT_SUPERSET_CACHE_S", "300"))
 
 
-def _files(name: str, timeout_s: int, threshold: int) -> dict[str, object]:
+def _files(name: str, timeout_s: int, threshold: int, **more: object) -> dict[str, object]:
     """A file cache of its own under SUPERSET_HOME/cache (each prunes its own directory)."""
     return {
         "CACHE_TYPE": "FileSystemCache",
         "CACHE_DIR": os.path.join(_HOME, "cache", name),
         "CACHE_DEFAULT_TIMEOUT": timeout_s,
         "CACHE_THRESHOLD": threshold,
+        **more,
     }
 
 
 DATA_CACHE_CONFIG = _files("data", _CACHE_S, 5000) if _CACHE_S > 0 else {"CACHE_TYPE": "NullCache"}
 # Filter states and explore states are what a dashboard's or chart's address points to (an
-# analyst's filters, a shared link): kept 90 days, as Superset does, whatever the chart cache.
-FILTER_STATE_CACHE_CONFIG = _files("filter_state", 90 * 24 * 3600, 50000)
-EXPLORE_FORM_DATA_CACHE_CONFIG = _files("explore", 90 * 24 * 3600, 50000)
+# analyst's filters, a shared link): kept 90 days from their last use, as Superset does,
+# whatever the chart cache.
+_STATE = {"REFRESH_TIMEOUT_ON_RETRIEVAL": True}
+FILTER_STATE_CACHE_CONFIG = _files("filter_state", 90 * 24 * 3600, 50000, **_STATE)
+EXPLORE_FORM_DATA_CACHE_CONFIG = _files("explore", 90 * 24 * 3600, 50000, **_STATE)
 
 _LOCAL = os.path.join(_HOME, "superset_config_local.py")
 if os.path.exists(_LOCAL):
