@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from central.files import write_atomic
 from edge_agent.vocabulary import ID_PATTERN, SERVICE_PREFIX
 
 Role = Literal["gateway", "ingest", "models", "alerts", "ops", "admin", "broker"]
@@ -110,7 +111,7 @@ class Pki:
         return [Identity(**item) for item in json.loads(path.read_text())]
 
     def _save(self, identities: list[Identity]) -> None:
-        _write(self.dir / "index.json", json.dumps([asdict(i) for i in identities], indent=1))
+        write_atomic(self.dir / "index.json", json.dumps([asdict(i) for i in identities], indent=1))
 
     # --- operations -----------------------------------------------------------------------
 
@@ -151,8 +152,8 @@ class Pki:
             )
             .sign(key, hashes.SHA256())
         )
-        _write(self.dir / "ca.key", _key_pem(key), private=True)
-        _write(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.dir / "ca.key", _key_pem(key), private=True)
+        write_atomic(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM))
         self._save([])
         self._write_crl([])
         return True
@@ -203,8 +204,8 @@ class Pki:
             not_after=(now + dt.timedelta(days=CERT_DAYS)).isoformat(),
         )
         identities.append(identity)
-        _write(self.key_path(name), _key_pem(key), private=True)
-        _write(self.cert_path(name), cert.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.key_path(name), _key_pem(key), private=True)
+        write_atomic(self.cert_path(name), cert.public_bytes(serialization.Encoding.PEM))
         self._save(identities)
         self._write_crl(identities)
         return identity
@@ -268,7 +269,7 @@ class Pki:
                     .build()
                 )
         crl = builder.sign(ca_key, hashes.SHA256())
-        _write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _now() -> dt.datetime:
@@ -281,13 +282,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write(path: Path, data: bytes | str, private: bool = False) -> None:
-    """Write atomically; a private file is created 0600."""
-    tmp = path.with_name(path.name + ".tmp")
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    os.replace(tmp, path)

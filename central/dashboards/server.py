@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from central.dashboards.settings import DashboardSettings
+from central.files import write_atomic
 
 ADMIN_USER = "admin"
 #: Superset's configuration, shared with docker-compose.yml's Superset; what differs comes from
@@ -89,12 +90,12 @@ class SupersetHome:
         old = self.home / "superset_config.py"
         if not old.exists():
             key = secrets.token_urlsafe(42)
-            _write_private(self.secret_path, key + "\n")
+            write_atomic(self.secret_path, key + "\n", private=True)
             return key
         kept = _OLD_CONFIG_KEY.search(old.read_text())
         if not kept:
             raise RuntimeError(f"no SECRET_KEY = '...' line in {old}: restore it")
-        _write_private(self.secret_path, kept.group(1) + "\n")
+        write_atomic(self.secret_path, kept.group(1) + "\n", private=True)
         old.rename(old.with_name(old.name + ".migrated"))
         cache = self.home / "cache"  # now one directory per cache, each pruning its own
         for stale in cache.iterdir() if cache.is_dir() else []:
@@ -121,7 +122,7 @@ class SupersetHome:
                     "--email", "admin@localhost", "--password", new_password,
                 ]
             )  # fmt: skip
-            _write_private(self.password_path, new_password + "\n")
+            write_atomic(self.password_path, new_password + "\n", private=True)
         self._run([superset, "init"])
         return new_password
 
@@ -146,20 +147,3 @@ class SupersetHome:
         ]  # fmt: skip
         with open(log_path or self.home / "superset.log", "ab") as log:  # the child keeps it open
             return subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, readable by its owner only, whole or not at all, and on disk
-    before this returns (a power cut must not leave an empty key)."""
-    fresh = path.with_name(path.name + ".new")
-    fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(fresh, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
