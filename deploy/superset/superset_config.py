@@ -12,13 +12,19 @@ environment:
 A site's own settings (e.g. SQLALCHEMY_DATABASE_URI on PostgreSQL) go in
 superset_config_local.py in SUPERSET_HOME, read last.
 
-Superset's Python reads this file, not ours: it imports only Superset and the standard library.
+Superset's Python reads this file, not ours: it imports only Superset, its SQLAlchemy and the
+standard library.
 """
 
 import json
 import logging
 import os
+import threading
+import time
 
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+from superset.utils.core import QuerySource
 from superset.utils.log import AbstractEventLogger
 
 _HOME = os.environ["SUPERSET_HOME"]
@@ -76,6 +82,88 @@ class AuditLogger(AbstractEventLogger):
 
 
 EVENT_LOGGER = AuditLogger()
+
+# Superset opens a new warehouse connection for every query it runs (SQLAlchemy's NullPool, a
+# new engine each time), and every chart request runs two (the default schema, then the data):
+# with clickhouse-connect every new connection is a new client with its own handshake queries,
+# a large share of Superset's work per chart. For charts and dashboards on ClickHouse, each
+# worker process keeps the clients of each connection (address, user, password, options) and
+# lends them, one request at a time, through the connection's `creator`: closing gives the
+# client back, at most 8 wait idle, and none is used more than 10 minutes after it was made.
+# Lent clients open no ClickHouse session, so nothing one request sets reaches the next, and a
+# query left running on the server cannot lock the session of the next request. SQL Lab keeps
+# a new client (and session) per query.
+_LENT_SOURCES = {QuerySource.CHART, QuerySource.DASHBOARD}
+_IDLE_MAX = 8
+_CLIENT_LIFE_S = 600.0
+
+
+class _LentConnection:
+    """A pooled DB-API connection as one request sees it: close() gives it back."""
+
+    def __init__(self, conn, made, shelf):
+        self._conn, self._made, self._shelf = conn, made, shelf
+
+    def close(self):
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._shelf.give_back(conn, self._made)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)  # after close(): AttributeError on None
+
+
+class _Shelf:
+    """The idle clients of one connection in this worker process."""
+
+    def __init__(self, uri, options):
+        dialect = create_engine(uri, poolclass=NullPool, **options).dialect
+        cargs, cparams = dialect.create_connect_args(uri)
+        cparams.update(options.get("connect_args") or {})
+        cparams["autogenerate_session_id"] = False
+        self._connect = lambda: dialect.connect(*cargs, **cparams)
+        self._idle = []  # (connection, monotonic time it was made)
+        self._lock = threading.Lock()
+
+    def lend(self):
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                conn, made = self._idle.pop()
+                if now - made < _CLIENT_LIFE_S:
+                    return _LentConnection(conn, made, self)
+                conn.close()
+        return _LentConnection(self._connect(), now, self)
+
+    def give_back(self, conn, made):
+        with self._lock:
+            if len(self._idle) < _IDLE_MAX and time.monotonic() - made < _CLIENT_LIFE_S:
+                self._idle.append((conn, made))
+                return
+        conn.close()
+
+
+_SHELVES = {}
+_SHELVES_LOCK = threading.Lock()
+
+
+def _lend_connections(uri, params, username, security_manager, source):
+    if source not in _LENT_SOURCES or uri.get_backend_name() != "clickhousedb":
+        return uri, params
+    if "creator" in params:
+        return uri, params
+    key = json.dumps(
+        [uri.render_as_string(hide_password=False), params], sort_keys=True, default=repr
+    )
+    with _SHELVES_LOCK:
+        shelf = _SHELVES.get(key)
+        if shelf is None:
+            options = {k: v for k, v in params.items() if k != "poolclass"}
+            shelf = _SHELVES[key] = _Shelf(uri, options)
+    return uri, {**params, "creator": shelf.lend}
+
+
+DB_CONNECTION_MUTATOR = _lend_connections
 SQLLAB_CTAS_NO_LIMIT = False
 ROW_LIMIT = 50000
 
