@@ -339,7 +339,7 @@ def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_pa
 
 
 LENDING_PROBE = """
-import json, os, runpy, sys, threading
+import json, os, runpy, sys
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.pool import NullPool
