@@ -407,7 +407,23 @@ def test_charts_borrow_warehouse_clients_and_sql_lab_gets_its_own(site: Site) ->
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == {
+    probed = json.loads(done.stdout.splitlines()[-1])
+    # and Superset itself lends them: a dashboard's chart requests make few new clients
+    log = site.home.home / "superset.log"
+    made_before = log.read_text().count("new warehouse client")
+    grid = next(d for d in bundle.dashboards(BUNDLE) if d.slug == "grid-overview")
+    with chromium(1600, 2400) as browser:
+        page = DashboardBrowser(browser, site.home.url)
+        page.login(ADMIN_USER, site.home.admin_password())
+        requests = len(page.open(grid.slug, grid.charts).chart_queries)
+        requests += len(page.open(grid.slug, grid.charts).chart_queries)
+    made_in_all = log.read_text().count("new warehouse client")
+    made = made_in_all - made_before
+    workers = site.home.settings.superset_workers
+    assert requests >= 2 * grid.charts, requests
+    assert made_in_all >= 1, "Superset's chart requests never borrowed a client"
+    assert made <= workers * 6, (requests, made)  # the browser asks 6 at a time
+    assert probed == {
         "reused": True,  # one client, lent again and again
         "wide_distinct": 12,  # never one client to two requests at once
         "kept": 8,  # what waits idle is bounded

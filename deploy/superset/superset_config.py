@@ -87,15 +87,17 @@ EVENT_LOGGER = AuditLogger()
 # new engine each time), and every chart request runs two (the default schema, then the data):
 # with clickhouse-connect every new connection is a new client with its own handshake queries,
 # a large share of Superset's work per chart. For charts and dashboards on ClickHouse, each
-# worker process keeps the clients of each connection (address, user, password, options) and
-# lends them, one request at a time, through the connection's `creator`: closing gives the
-# client back, at most 8 wait idle, and none is used more than 10 minutes after it was made.
-# Lent clients open no ClickHouse session, so nothing one request sets reaches the next, and a
-# query left running on the server cannot lock the session of the next request. SQL Lab keeps
-# a new client (and session) per query.
+# worker process keeps the clients of each connection (address, user, password, options; up to
+# 32 connections) and lends them, one request at a time, through the connection's `creator`:
+# closing gives the client back, at most 8 wait idle, and none is used more than 10 minutes
+# after it was made. Lent clients open no ClickHouse session, so nothing one request sets
+# reaches the next, and a query left running on the server cannot lock the session of the next
+# request. SQL Lab keeps a new client (and session) per query.
 _LENT_SOURCES = {QuerySource.CHART, QuerySource.DASHBOARD}
 _IDLE_MAX = 8
 _CLIENT_LIFE_S = 600.0
+_SHELVES_MAX = 32  # distinct connections (schema, user, password) lent from; others get NullPool
+_lending_log = logging.getLogger("eiot.lending")
 
 
 class _LentConnection:
@@ -114,7 +116,9 @@ class _LentConnection:
 
 
 class _Shelf:
-    """The idle clients of one connection in this worker process."""
+    """The idle clients of one connection in this worker process. Its lock is re-entrant:
+    SQLAlchemy gives back a connection nobody closed from a garbage-collection callback, which
+    can run in this thread while it holds the lock. Clients are closed outside the lock."""
 
     def __init__(self, uri, options):
         dialect = create_engine(uri, poolclass=NullPool, **options).dialect
@@ -123,17 +127,25 @@ class _Shelf:
         cparams["autogenerate_session_id"] = False
         self._connect = lambda: dialect.connect(*cargs, **cparams)
         self._idle = []  # (connection, monotonic time it was made)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def lend(self):
         now = time.monotonic()
+        expired = []
+        found = None
         with self._lock:
-            while self._idle:
+            while self._idle and found is None:
                 conn, made = self._idle.pop()
                 if now - made < _CLIENT_LIFE_S:
-                    return _LentConnection(conn, made, self)
-                conn.close()
-        return _LentConnection(self._connect(), now, self)
+                    found = (conn, made)
+                else:
+                    expired.append(conn)
+        for conn in expired:
+            conn.close()
+        if found is None:
+            found = (self._connect(), now)
+            _lending_log.info("new warehouse client in worker %d", os.getpid())
+        return _LentConnection(*found, self)
 
     def give_back(self, conn, made):
         with self._lock:
@@ -144,7 +156,7 @@ class _Shelf:
 
 
 _SHELVES = {}
-_SHELVES_LOCK = threading.Lock()
+_SHELVES_LOCK = threading.RLock()
 
 
 def _lend_connections(uri, params, username, security_manager, source):
@@ -157,9 +169,15 @@ def _lend_connections(uri, params, username, security_manager, source):
     )
     with _SHELVES_LOCK:
         shelf = _SHELVES.get(key)
-        if shelf is None:
+        if shelf is None and len(_SHELVES) < _SHELVES_MAX:
             options = {k: v for k, v in params.items() if k != "poolclass"}
-            shelf = _SHELVES[key] = _Shelf(uri, options)
+            try:
+                shelf = _SHELVES[key] = _Shelf(uri, options)
+            except Exception:  # Superset's own error path reports it with the new engine
+                _lending_log.exception("cannot lend clients for this connection")
+                return uri, params
+    if shelf is None:
+        return uri, params
     return uri, {**params, "creator": shelf.lend}
 
 
