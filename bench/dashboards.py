@@ -7,7 +7,8 @@ An opening is timed from navigation to the moment every chart has finished drawi
 the warehouse), later rounds the cache Superset runs with (``superset_cache_s``), as analysts
 opening the same dashboards do. Figures (last line, JSON):
 
-* ``dashboards``, ``charts``, ``charts_failed`` (errors or empty charts over all openings);
+* ``dashboards``, ``charts``, ``charts_failed``: charts that showed an error or no data in any
+  opening (``failed`` names them, with their state and error);
 * ``p50_s``, ``p95_s``: over all openings; ``p95_cold_s``: over the first round;
 * ``per_dashboard``: p50 and p95 per dashboard;
 * ``slowest_chart_s`` and ``slowest_chart``: the longest chart data request the browser saw
@@ -69,7 +70,7 @@ def _open_dashboards(home: Any, rounds: int) -> dict[str, Any]:
     boards = bundle.dashboards(home.settings.bundle_dir)
     seconds: dict[str, list[float]] = {d.slug: [] for d in boards}
     cold: list[float] = []
-    failed = 0
+    failed: set[str] = set()
     slowest = (0.0, "")
     with chromium(1600, 2400) as browser:
         page = DashboardBrowser(browser, home.url)
@@ -80,7 +81,11 @@ def _open_dashboards(home: Any, rounds: int) -> dict[str, Any]:
                 seconds[d.slug].append(opened.seconds)
                 if round_ == 0:
                     cold.append(opened.seconds)
-                failed += sum(c.state != "drawn" for c in opened.charts)
+                failed.update(
+                    f"{d.slug}: {c.title} ({c.state}{': ' + c.error if c.error else ''})"
+                    for c in opened.charts
+                    if c.state != "drawn"
+                )
                 for url, s in opened.chart_queries:
                     chart = re.search(r"slice_id%22%3A(\d+)", url)
                     title = names.get(int(chart.group(1)), "?") if chart else "(filter values)"
@@ -90,7 +95,8 @@ def _open_dashboards(home: Any, rounds: int) -> dict[str, Any]:
     return {
         "dashboards": len(boards),
         "charts": sum(d.charts for d in boards),
-        "charts_failed": failed,
+        "charts_failed": len(failed),
+        "failed": sorted(failed),
         "openings": len(every),
         "p50_s": round(statistics.median(every), 2),
         "p95_s": round(_quantile(every, 0.95), 2),

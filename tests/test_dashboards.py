@@ -91,7 +91,10 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
         page.login(ADMIN_USER, site.home.admin_password())
         for d in bundle.dashboards(BUNDLE):
             opened = page.open(d.slug, d.charts, timeout_s=120)
-            page.settled()  # line charts animate in after their first frame
+            # charts appear drawn: no animation changes a pixel after the last one is drawn
+            at_first = {c.title: c.fingerprint for c in page.charts(pixels=True)}
+            later = {c.title: c.fingerprint for c in page.settled()}
+            assert at_first == later, [t for t in later if at_first.get(t) != later[t]]
             browser.save_screenshot(str(screenshot_path(f"dashboard_{d.slug}")))
             states = {c.title: (c.state, c.error) for c in opened.charts}
             assert len(opened.charts) == d.charts, (d.slug, states)
