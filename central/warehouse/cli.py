@@ -44,7 +44,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("serve needs an embedded warehouse: --path DIR or a chdb:/// DSN", file=sys.stderr)
         return 2
     port = settings.serve_port if args.port is None else args.port
-    serve(path, host=args.host or settings.serve_host, port=port)
+    config = Path(args.config) if args.config else None
+    if config is not None and not config.is_file():
+        print(f"no ClickHouse configuration file {config}", file=sys.stderr)
+        return 2
+    serve(path, host=args.host or settings.serve_host, port=port, config_file=config)
     return 0
 
 
@@ -166,6 +170,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--path", help="data directory (default: the path of the chdb:/// DSN)")
     p.add_argument("--host", help="listen address (127.0.0.1 only)")
     p.add_argument("--port", type=int, help="listen port (default EIOT_SERVE_PORT, 8124; 0: any)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a ClickHouse configuration file for the engine, e.g. "
+        "deploy/clickhouse/one-node-cluster.xml (the cluster eiot on this one engine, so that "
+        "dbt compile --target cluster runs without the cluster)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = wh_sub.add_parser(

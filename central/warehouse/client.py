@@ -72,12 +72,14 @@ def wait_for_owner(path: Path, proc: subprocess.Popen[bytes], timeout_s: float =
 
 
 def spawn_owner(
-    path: Path, port: int = 0, host: str = "127.0.0.1"
+    path: Path, port: int = 0, host: str = "127.0.0.1", config_file: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``central warehouse serve`` for ``path`` in a child process; return it and its URL."""
     path.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "central.warehouse", "warehouse", "serve", "--path", str(path)]
     cmd += ["--host", host, "--port", str(port)]
+    if config_file is not None:
+        cmd += ["--config", str(config_file)]
     proc = subprocess.Popen(cmd, env={**os.environ, "TZ": "UTC"}, start_new_session=True)
     try:
         return proc, wait_for_owner(path, proc)

@@ -171,13 +171,21 @@ class Outcome:
 class Engine:
     """The embedded engine of one data directory, shared by all requests of this process."""
 
-    def __init__(self, path: Path, default_settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        default_settings: dict[str, str] | None = None,
+        config_file: Path | None = None,
+    ) -> None:
         import chdb
 
         self._chdb: Any = chdb  # its connect() is not annotated
         self.path = path.resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         self.conn_str = str(self.path)
+        if config_file is not None:
+            # a ClickHouse server configuration file (e.g. clusters) the engine reads at start
+            self.conn_str += f"?config-file={config_file.resolve()}"
         # The anchor handle keeps the engine (and its directory lock) for the life of the owner.
         self._anchor = self._chdb.connect(self.conn_str)
         self.version = self._anchor.query("SELECT version()", "TabSeparated").bytes().decode()
@@ -562,13 +570,20 @@ def remove_owner(path: Path) -> None:
             owner_file(path).unlink()
 
 
-def serve(path: Path, host: str = "127.0.0.1", port: int = 8124, ready: Any = None) -> None:
-    """Own ``path`` and serve it until interrupted (SIGINT/SIGTERM)."""
+def serve(
+    path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8124,
+    ready: Any = None,
+    config_file: Path | None = None,
+) -> None:
+    """Own ``path`` and serve it until interrupted (SIGINT/SIGTERM); ``config_file``: a
+    ClickHouse configuration file the engine reads."""
     import signal
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError("the owner server is a single-machine convenience: bind to 127.0.0.1")
-    engine = Engine(path)
+    engine = Engine(path, config_file=config_file)
     server = OwnerServer(engine, host, port)
 
     def _stop(signum: int, frame: Any) -> None:
