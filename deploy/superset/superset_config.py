@@ -43,8 +43,8 @@ MAPBOX_API_KEY = ""
 # themes, light and dark, with one token added (superset.config has defined them by the time
 # it reads this file).
 _STILL_CHARTS = {"echartsOptionsOverrides": {"animation": False}}
-THEME_DEFAULT = {**_LIGHT, "token": {**_LIGHT["token"], **_STILL_CHARTS}}
-THEME_DARK = _DARK and {**_DARK, "token": {**_DARK["token"], **_STILL_CHARTS}}
+THEME_DEFAULT = {**_LIGHT, "token": {**_LIGHT.get("token", {}), **_STILL_CHARTS}}
+THEME_DARK = _DARK and {**_DARK, "token": {**_DARK.get("token", {}), **_STILL_CHARTS}}
 
 # A content security policy of our own: pages load only from Superset itself, and images and
 # map tiles from the OpenStreetMap tile hosts deck.gl draws on. Superset's default policy lets
