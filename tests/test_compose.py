@@ -237,7 +237,13 @@ def test_the_cluster_files_agree_and_dbt_compiles_the_cluster_target(tmp_path: P
         assert _query(url, "select cluster from system.clusters") == "eiot\n"
         # made ON CLUSTER as a Replicated database on the cluster, which needs a Keeper
         _query(url, "create database analytics")
-        port = urllib.parse.urlsplit(url).port
+        owner_env = {
+            "EIOT_CH_HOST": "127.0.0.1",
+            "EIOT_CH_PORT": str(urllib.parse.urlsplit(url).port),
+            "EIOT_CH_USER": "default",
+            "EIOT_CH_PASSWORD": "",
+            "EIOT_CH_SECURE": "False",
+        }
         compiled = subprocess.run(
             [str(REPO / ".venv-dbt" / "bin" / "dbt"), "compile", "--profiles-dir", "."]
             + ["--target", "cluster", "--target-path", str(tmp_path / "target")]
@@ -246,7 +252,7 @@ def test_the_cluster_files_agree_and_dbt_compiles_the_cluster_target(tmp_path: P
             text=True,
             timeout=300,
             cwd=REPO / "dbt",
-            env={**os.environ, "EIOT_CH_HOST": "127.0.0.1", "EIOT_CH_PORT": str(port)},
+            env={**os.environ, **owner_env},
         )
     finally:
         stop_owner(proc)

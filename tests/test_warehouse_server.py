@@ -204,3 +204,16 @@ def test_embedded_dsn_goes_through_the_owner(
     assert resolve_dsn(f"chdb://{path}") == url
     client = clients(f"chdb://{path}")
     assert client.command("select 1") == 1
+
+
+def test_a_configuration_file_the_engine_would_not_read_is_refused(tmp_path: Path) -> None:
+    from central.warehouse.server import Engine
+
+    # chDB itself says nothing about a file it cannot find or a path its connection string
+    # mangles (& ends the option, % is decoded): the engine would start without the config
+    with pytest.raises(FileNotFoundError):
+        Engine(tmp_path / "engine", config_file=tmp_path / "missing.xml")
+    odd = tmp_path / "a&b.xml"
+    odd.write_text("<clickhouse/>")
+    with pytest.raises(ValueError, match="without &"):
+        Engine(tmp_path / "engine", config_file=odd)

@@ -45,10 +45,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     port = settings.serve_port if args.port is None else args.port
     config = Path(args.config) if args.config else None
-    if config is not None and not config.is_file():
-        print(f"no ClickHouse configuration file {config}", file=sys.stderr)
+    try:
+        serve(path, host=args.host or settings.serve_host, port=port, config_file=config)
+    except (FileNotFoundError, ValueError) as exc:  # a configuration file or address refused
+        print(exc, file=sys.stderr)
         return 2
-    serve(path, host=args.host or settings.serve_host, port=port, config_file=config)
     return 0
 
 

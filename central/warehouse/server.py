@@ -184,8 +184,15 @@ class Engine:
         self.path.mkdir(parents=True, exist_ok=True)
         self.conn_str = str(self.path)
         if config_file is not None:
-            # a ClickHouse server configuration file (e.g. clusters) the engine reads at start
-            self.conn_str += f"?config-file={config_file.resolve()}"
+            # a ClickHouse server configuration file (e.g. clusters) the engine reads at start;
+            # chDB ignores, without a word, a file it cannot find or whose path its connection
+            # string mangles
+            config = config_file.resolve()
+            if not config.is_file():
+                raise FileNotFoundError(f"no ClickHouse configuration file {config}")
+            if set(str(config)) & set("&?#%"):
+                raise ValueError(f"name the configuration file by a path without & ? # %: {config}")
+            self.conn_str += f"?config-file={config}"
         # The anchor handle keeps the engine (and its directory lock) for the life of the owner.
         self._anchor = self._chdb.connect(self.conn_str)
         self.version = self._anchor.query("SELECT version()", "TabSeparated").bytes().decode()
