@@ -33,6 +33,9 @@ class SimSourceSettings(BaseModel):
     # Interval blocks (all meters of one interval) emitted per second; 0 = as fast as possible.
     intervals_per_s: float = Field(default=0, ge=0)
     chunk_intervals: int = Field(default=4, ge=1)
+    # Share of readings the meters garble, as failing meters do (edge_agent.sources.sim.garble):
+    # the agent quarantines them, as it would a real meter's.
+    garbled_share: float = Field(default=0, ge=0, le=0.1)
 
 
 def _check_schedule(interval_s: int, offset_name: str, offset_s: int) -> None:

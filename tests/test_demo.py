@@ -4,6 +4,7 @@ read its output, plus what it leaves behind."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -34,10 +35,18 @@ def run_demo(var: Path, database: str, *args: str) -> subprocess.CompletedProces
 
 def test_a_short_demo_on_the_secure_path(tmp_path: Path) -> None:
     var = tmp_path / "demo"
-    done = run_demo(var, "eiot_demo_test", "--meters", "40", "--days", "1", "--no-warehouse")
+    done = run_demo(
+        var, "eiot_demo_test", "--meters", "40", "--days", "1", "--garbled-share", "0.02",
+        "--no-warehouse",
+    )  # fmt: skip
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "nothing lost, nothing doubled" in out
+    # the garbage some meters sent reached central as quarantine, each with its reason
+    quarantined = re.search(r"input quarantined, by reason: (.*)", out)
+    assert quarantined and {"invalid", "ts_in_future"} <= {
+        kind.rsplit(" ", 1)[0] for kind in quarantined.group(1).split(", ")
+    }, out
     assert "services log in as eiot_demo_test_ingest, eiot_demo_test_loader" in out
     conf = (var / "broker" / "mosquitto.conf").read_text().splitlines()
     assert {"allow_anonymous false", "require_certificate true"} <= set(conf)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.buffer import BufferFull
-from edge_agent.codec import row_to_wire
-from edge_agent.fields import READING_NAMES, Row
+from edge_agent.codec import row_to_wire, ts_to_iso
+from edge_agent.fields import KWH, READING_NAMES, TS, Row
 from edge_agent.settings import SimSourceSettings
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
@@ -106,7 +106,45 @@ class SimSource:
         return len(results)
 
     def rows(self, chunk: Any) -> list[Row | QuarantineRecord]:
-        return columns_to_rows(chunk, self.intake.validator, self.flag_names)
+        rows = columns_to_rows(chunk, self.intake.validator, self.flag_names)
+        if self.settings.garbled_share > 0:
+            # the same chunk garbled the same way, however often it is read (a resumed agent)
+            s = self.settings
+            rng = np.random.default_rng([s.seed, s.gateway_index, self.next_chunk])
+            garble(rows, s.garbled_share, rng, self.intake.validator)
+        return rows
+
+
+# What failing meters send: a 16-bit energy register read as all ones, a negative energy (a
+# sign bit flipped), a clock a year ahead (a reset RTC).
+GARBLINGS = ("register_all_ones", "negative_energy", "clock_ahead")
+
+
+def _garbled(row: Row, way: str) -> dict[str, Any]:
+    out = row_to_wire(row)
+    if way == "register_all_ones":
+        out["kwh"] = 65535.0
+    elif way == "negative_energy":
+        out["kwh"] = -1.0 - row[KWH]
+    else:
+        out["ts"] = ts_to_iso(row[TS] + 365 * 86400)
+    return out
+
+
+def garble(
+    rows: list[Row | QuarantineRecord], share: float, rng: np.random.Generator, v: Validator
+) -> None:
+    """Garble about ``share`` of the readings in ``rows`` (in place), each one way of
+    :data:`GARBLINGS`, and put them through the validator as a source's input: each becomes the
+    quarantine record the agent would make of a real meter's."""
+    picked = np.flatnonzero(rng.random(len(rows)) < share)
+    ways = rng.integers(0, len(GARBLINGS), len(picked))
+    for i, way in zip(picked.tolist(), ways.tolist(), strict=True):
+        row = rows[i]
+        if isinstance(row, QuarantineRecord):
+            continue
+        wire_dict = _garbled(row, GARBLINGS[way])
+        rows[i] = v.check(wire_dict, str(wire_dict), "sim")
 
 
 def columns_to_rows(
