@@ -24,8 +24,6 @@ import time
 
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
-from superset.config import THEME_DARK as _DARK
-from superset.config import THEME_DEFAULT as _LIGHT
 from superset.utils.core import QuerySource
 from superset.utils.log import AbstractEventLogger
 
@@ -37,14 +35,6 @@ SQLALCHEMY_DATABASE_URI = (
 FEATURE_FLAGS = {"DASHBOARD_CROSS_FILTERS": True, "DRILL_TO_DETAIL": True}
 # No basemap token: deck.gl layers draw on OpenStreetMap tiles (blank when offline).
 MAPBOX_API_KEY = ""
-
-# Charts appear drawn, without ECharts' opening animation (a second of redrawing per chart, on
-# the analyst's CPU, while the dashboard's other charts are still being drawn). Superset's own
-# themes, light and dark, with one token added (superset.config has defined them by the time
-# it reads this file).
-_STILL_CHARTS = {"echartsOptionsOverrides": {"animation": False}}
-THEME_DEFAULT = {**_LIGHT, "token": {**_LIGHT.get("token", {}), **_STILL_CHARTS}}
-THEME_DARK = _DARK and {**_DARK, "token": {**_DARK.get("token", {}), **_STILL_CHARTS}}
 
 # A content security policy of our own: pages load only from Superset itself, and images and
 # map tiles from the OpenStreetMap tile hosts deck.gl draws on. Superset's default policy lets

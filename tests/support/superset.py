@@ -83,12 +83,20 @@ class DashboardBrowser:
         self.finished_at = 0.0  # monotonic time the last wait_finished saw every chart finished
         self.refused: set[str] = set()  # hosts the content security policy refused
 
-    def login(self, username: str, password: str) -> None:
-        self.browser.get(f"{self.base_url}/login/")
-        self._wait(lambda: self.browser.find_elements(By.ID, "username"), 30, "the login form")
-        self.browser.find_element(By.ID, "username").send_keys(username)
-        self.browser.find_element(By.ID, "password").send_keys(password + Keys.ENTER)
-        self._wait(lambda: "/login" not in self.browser.current_url, 30, "the login")
+    def login(self, username: str, password: str, attempts: int = 3) -> None:
+        """Log in through the form. The form is drawn by the page's scripts, which may draw it
+        again while keys are being typed (the typing is then lost): another attempt."""
+        for attempt in range(1, attempts + 1):
+            self.browser.get(f"{self.base_url}/login/")
+            self._wait(lambda: self.browser.find_elements(By.ID, "username"), 30, "the form")
+            self.browser.find_element(By.ID, "username").send_keys(username)
+            self.browser.find_element(By.ID, "password").send_keys(password + Keys.ENTER)
+            try:
+                self._wait(lambda: "/login" not in self.browser.current_url, 20, "the login")
+                return
+            except TimeoutError:
+                if attempt == attempts:
+                    raise
 
     def charts(self, pixels: bool = True) -> list[Chart]:
         """The charts on the page; ``pixels``: fingerprint canvases too (PNG-encodes each)."""
