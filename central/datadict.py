@@ -104,6 +104,14 @@ BUFFER_NOTES: dict[str, dict[str, str]] = {
         "accepted_at": "When the agent accepted it (epoch seconds).",
         "public_key_sha256": "Digest of the public key that verified it.",
     },
+    "meter_profiles": {
+        "": "Each meter's long memory (`edge_agent.long_memory`), written with the readings that "
+        "moved it.",
+        "meter_id": "The meter.",
+        "through_day": "Last local day folded in (days since 1970-01-01, the meter's clock).",
+        "sums": "Per local hour, the decayed sum of its valid readings' power (24 float64, kW).",
+        "weights": "Per local hour, the decayed count of those readings (24 float64).",
+    },
     "counters": {
         "": "Monotonic counters (shown by `edge-agent status` and in status.v1).",
         "name": "Counter name.",

@@ -121,6 +121,7 @@ def build_detection(
         energy=energy,
         meter_class=classes,
         clocks=clocks,
+        profiles=buffer.profiles,
     )
     models = ModelManager(
         buffer.models,

@@ -8,12 +8,15 @@ a gateway. ``edge_agent.features`` computes the features and re-exports these na
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from edge_agent.vocabulary import METER_FLAGS, NO_CREDIT_FLAG, TAMPER_FLAGS
 
 __all__ = [
     "DEFAULT_FLAG_BITS",
     "FEATURE_NAMES",
+    "PROFILE_HOURS",
+    "MeterProfile",
     "NO_CREDIT_FLAG",
     "TAMPER_FLAGS",
     "flag_bits_from_names",
@@ -27,7 +30,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "kwh_vs_same_hour_7d",  # log ratio: kwh vs mean of the same time of day over the last 7 days
     "kwh_vs_24h",  # log ratio: kwh vs mean of the previous 24 h
     "kwh_vs_7d",  # log ratio: kwh vs mean of the previous 7 days
-    "mean_24h_vs_prior_6d",  # log ratio: level of the last 24 h vs the 6 days before them
     "zero_run_log_h",  # log1p(hours of consecutive zero readings, supply on and credit left)
     "rough_24h",  # median |log(kwh_t / kwh_t-1)| of adjacent non-zero readings, last 24 h
     "flatness_24h",  # std / mean of the readings of the last 24 h
@@ -39,7 +41,32 @@ FEATURE_NAMES: tuple[str, ...] = (
     "evening_share_7d",  # share of the last 7 days' valid energy in 17-23 h (local)
     "night_level_7d",  # log of the mean power (kW) of the last 7 days' valid readings in 23-05 h
     "today_vs_best_6d",  # log of today's mean so far vs the best of the same hours, 6 days
+    # log ratio: mean of the last 24 h vs the meter's long-memory level (edge_agent.long_memory,
+    # months), so a step down stays visible after the week the other features see
+    "mean_24h_vs_usual",
 )
+
+#: Local hours of day a meter's long-memory profile holds.
+PROFILE_HOURS = 24
+
+
+@dataclass(frozen=True)
+class MeterProfile:
+    """A meter's long memory as the gateway keeps it between intake calls (its ``meter_profiles``
+    row): per local hour, the decayed sum of the power (kW) of its valid readings and the decayed
+    count of those readings, each ``PROFILE_HOURS`` float64 little-endian, after folding in
+    every local day up to ``through_day`` (days since 1970-01-01 on the meter's local clock).
+    Bytes, not arrays: the buffer stores it without numpy."""
+
+    through_day: int
+    sums: bytes
+    weights: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("sums", "weights"):
+            if len(getattr(self, name)) != 8 * PROFILE_HOURS:
+                raise ValueError(f"MeterProfile.{name} must be {8 * PROFILE_HOURS} bytes")
+
 
 _LOOKBACK_DAYS = 7
 

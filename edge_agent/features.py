@@ -5,8 +5,9 @@ One implementation serves the gateway agent (score the readings that just arrive
 
 Input: the readings of ONE meter sorted by ``ts`` (history first, then the readings to score), or
 many meters at once with :func:`compute_features_grouped`. Every row gets a feature vector that
-uses only rows at or before it (causal), and only rows inside :func:`history_window_s` before it:
-giving the function more history than that never changes a row's features.
+uses only rows at or before it (causal), and only rows inside :func:`history_window_s` before it
+plus the meter's long memory (:mod:`edge_agent.long_memory`, a profile folded day by day over
+months): given that profile as it stood before them, more history never changes a row's features.
 
 Time is cut into slots of ``interval_s`` on the absolute epoch grid (``ts`` rounded to the nearest
 multiple of ``interval_s``); missing slots are gaps. Time of day and calendar days are the meter's
@@ -45,6 +46,7 @@ from edge_agent.feature_spec import TAMPER_FLAGS as TAMPER_FLAGS
 from edge_agent.feature_spec import flag_bits_from_names as flag_bits_from_names
 from edge_agent.feature_spec import history_window_s as history_window_s
 from edge_agent.feature_spec import slots_per_day as slots_per_day
+from edge_agent.long_memory import Usual, fold
 
 #: Smallest energy level taken as a meter's normal use (kW): keeps ratios sane for tiny loads.
 #: Below the 8-20 W average draw of a lifeline customer, so their ratios are not squashed.
@@ -150,6 +152,7 @@ def compute_features_grouped(
     *,
     utc_offset_s: npt.ArrayLike = 0,
     only: npt.ArrayLike | None = None,
+    usual: Usual | None = None,
 ) -> npt.NDArray[np.float32]:
     """:func:`compute_features` for many meters at once.
 
@@ -160,6 +163,10 @@ def compute_features_grouped(
     ``only`` (increasing row positions) returns the features of those rows alone, in that
     order: the agent passes a week of history to score a few new rows, and has no use for the
     history's own features (68 bytes a row it does not keep).
+
+    ``usual`` is the long memory of these rows (:func:`edge_agent.long_memory.fold` from the
+    profiles the gateway kept); without it, each meter's long memory starts with its first row
+    here (training, which passes every row).
     """
     _check_interval(interval_s)
     meter = np.asarray(meter_index)
@@ -210,6 +217,12 @@ def compute_features_grouped(
 
     tamper_mask = _mask_of(flag_bits, TAMPER_FLAGS)
     no_credit_mask = _mask_of(flag_bits, (NO_CREDIT_FLAG,))
+    if usual is None:
+        credit = (flags_a.astype(np.int64) & no_credit_mask) == 0
+        usual = fold(meter, ts_a, kwh_a, on_a & credit, offset_a, interval_s)
+        del credit
+    elif usual.level_kw.shape != (n,):
+        raise ValueError(f"usual must hold one value a row ({n})")
 
     # Dense slot index per row, gaps longer than the history window collapsed (rows further
     # apart than the window never interact, so this changes nothing but memory).
@@ -250,6 +263,7 @@ def compute_features_grouped(
             tamper_mask,
             no_credit_mask,
             offset_a[rows],
+            usual.level_kw[rows],
         )
         out[lo:hi] = block[wanted[lo:hi] - first_row]
     return out
@@ -316,6 +330,7 @@ def _block_features(
     tamper_mask: int,
     no_credit_mask: int,
     utc_offset_s: IntArray,
+    usual_level_kw: FloatArray,
 ) -> npt.NDArray[np.float32]:
     n = g.shape[0]
     day = slots_per_day(interval_s)
@@ -361,7 +376,6 @@ def _block_features(
 
     s24, c24 = window(cvk, day, 0), window(cvc, day, 0)
     s7, c7 = window(cvk, week, 0), window(cvc, week, 0)
-    s6, c6 = window(cvk, week, day), window(cvc, week, day)
 
     ssh = np.zeros(n, dtype=np.int64)
     csh = np.zeros(n, dtype=np.int64)
@@ -383,7 +397,6 @@ def _block_features(
 
     m24, ok24 = mean(s24, c24, day // 4)
     m7, ok7 = mean(s7, c7, day)
-    m6, ok6 = mean(s6, c6, day // 2)
     msh, oksh = mean(ssh, csh, 2)
     level = np.where(ok7, np.maximum(m7, floor), floor)
     eps = np.where(ok7, np.maximum(RATIO_SMOOTHING * m7, floor), floor)
@@ -397,13 +410,19 @@ def _block_features(
     out[:, _AT["kwh_vs_same_hour_7d"]] = np.where(valid & oksh, _log_ratio(x, msh, eps), 0.0)
     out[:, _AT["kwh_vs_24h"]] = np.where(valid & ok24, _log_ratio(x, m24, eps), 0.0)
     out[:, _AT["kwh_vs_7d"]] = np.where(valid & ok7, _log_ratio(x, m7, eps), 0.0)
-    # The level change needs half a day in the last 24 h: a mean of a few hours (the first ones
-    # after a top-up) against whole days is a change of hours, not of level.
-    out[:, _AT["mean_24h_vs_prior_6d"]] = np.where(
-        valid & (c24 >= day // 2) & ok6, _log_ratio(m24, m6, eps), 0.0
+    # The long memory (months): the last 24 h against the meter's usual level, smoothed by a
+    # tenth of that level. The level change needs half a day in the last 24 h: a mean of a few
+    # hours (the first ones after a top-up) against whole days is a change of hours, not of level.
+    usual = usual_level_kw * interval_h
+    known = np.isfinite(usual)
+    usual = np.where(known, usual, 0.0)
+    eps_u = np.maximum(RATIO_SMOOTHING * usual, floor)
+    out[:, _AT["mean_24h_vs_usual"]] = np.where(
+        valid & known & (c24 >= day // 2), _log_ratio(m24, usual, eps_u), 0.0
     )
+    del usual, known, eps_u
     # (Temporaries are dropped once used: a block's peak memory is the agent's.)
-    del s24, c24, s7, c7, s6, c6, ssh, csh, m24, ok24, m6, ok6, msh, oksh, m7, eps, x
+    del s24, c24, s7, c7, ssh, csh, m24, ok24, msh, oksh, m7, eps, x
 
     # Zero run: valid zero readings since the last valid non-zero one, within the last 7 days.
     # Outage / no-credit rows and missing slots neither count nor break the run.

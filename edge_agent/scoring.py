@@ -23,6 +23,11 @@ Alerts (``alert.v1``) raised here, committed with their readings:
 * ``register_rollback``: the cumulative register went down since the previous reading (needs the
   features, so a model).
 
+The features' long memory (:mod:`edge_agent.long_memory`) starts from each meter's stored
+profile (``Profiles``), folds in the days of the history and new rows after it, and the profiles
+it moved are written in the transaction of the readings (``Prepared.writes``): a call that does
+not commit leaves them as they were, and the next call folds the same days again.
+
 Each kind is rate-limited per meter by :class:`~edge_agent.alerts.Cooldown` (reading time).
 Energy-balance alerts come from :mod:`edge_agent.energy`, after the commit.
 """
@@ -33,10 +38,11 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.alerts import Cooldown, make_alert
-from edge_agent.buffer import AcceptResult, AlertRecord
+from edge_agent.buffer import AcceptResult, AlertRecord, TxWrite
 
 # Names only: numpy (~14 MB) is imported when a model is there to score with.
 from edge_agent.feature_spec import (
@@ -44,6 +50,7 @@ from edge_agent.feature_spec import (
     FEATURE_NAMES,
     NO_CREDIT_FLAG,
     TAMPER_FLAGS,
+    MeterProfile,
     history_window_s,
 )
 from edge_agent.fields import (
@@ -102,6 +109,7 @@ class Prepared:
     alerts: list[AlertRecord] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     keys: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # alert id -> cooldown
+    writes: list[TxWrite] = field(default_factory=list)  # committed with the readings
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,14 @@ class History(Protocol):
     ) -> sqlite3.Cursor: ...
 
 
+class Profiles(Protocol):
+    """Where each meter's long-memory profile is kept (``ProfileStore``)."""
+
+    def load(self, meter_ids: Iterable[str]) -> dict[str, MeterProfile]: ...
+
+    def save(self, profiles: Mapping[str, MeterProfile]) -> None: ...
+
+
 class ActiveModels:
     """The model book in use: the rollout (``ModelManager``) swaps it between two intake calls,
     the detector reads it once per call."""
@@ -178,6 +194,7 @@ class Detector:
         energy: EnergyBalance | None = None,
         meter_class: Mapping[str, str] | None = None,
         clocks: MeterClocks | None = None,
+        profiles: Profiles | None = None,
         meters_per_call: int = METERS_PER_CALL,
     ) -> None:
         self.gateway_id = gateway_id
@@ -188,6 +205,7 @@ class Detector:
         self.energy = energy
         self.meter_class: Mapping[str, str] = meter_class or {}
         self.clocks = clocks or MeterClocks()
+        self.profiles = profiles
         self.meters_per_call = max(1, meters_per_call)
         self._flag_masks: dict[str | None, int] = {None: 0, "": 0}
 
@@ -239,9 +257,10 @@ class Detector:
         candidates: list[_Candidate] = []
         scored = unscored = failed = 0
         classes = self.meter_class
+        moved: dict[str, MeterProfile] = {}
         for interval_s, idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
-            feats, keep = self._features(sub, interval_s)
+            feats, keep = self._features(sub, interval_s, moved)
             if not keep.size:
                 continue
             by_model: dict[str, list[int]] = {}
@@ -287,18 +306,22 @@ class Detector:
             counters["scoring_errors"] = 1
             counters["readings_unscored_model_error"] = failed
         out = Prepared(out_rows, counters=counters)
+        if moved and self.profiles is not None:
+            out.writes.append(partial(self.profiles.save, moved))
         self._add(out, candidates)
         return out
 
     def _features(
-        self, sub: Sequence[Row], interval_s: int
+        self, sub: Sequence[Row], interval_s: int, moved: dict[str, MeterProfile]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Features of the new rows ``sub`` (one interval length), with the positions in
         ``sub`` they belong to. Rows whose key is already stored, or repeated in ``sub``, are
-        left out (the buffer will not store them)."""
+        left out (the buffer will not store them). The meters' long-memory profiles that moved
+        go into ``moved``."""
         import numpy as np
 
         from edge_agent.features import compute_features_grouped
+        from edge_agent.long_memory import fold
 
         n_new = len(sub)
         new_cols = _columns(sub, _HISTORY_COLUMNS)
@@ -341,7 +364,12 @@ class Detector:
             arrays[i] = arrays[i][order]
         codes, ts, kwh, on, flags, reg = arrays
         del arrays
-        offsets = self.clocks.offsets(list(code_of), codes, ts)  # each meter's local clock
+        meter_ids = list(code_of)
+        offsets = self.clocks.offsets(meter_ids, codes, ts)  # each meter's local clock
+        stored = self.profiles.load(meter_ids) if self.profiles is not None else {}
+        start = {code_of[m]: p for m, p in stored.items()}
+        del stored
+        valid = on & ((flags.astype(np.int64) & _NO_CREDIT_BIT) == 0)
         new_at = order - n_h  # position in ``sub`` of a new row, < 0 for a history row
         del order
         # Features meters_per_call meters at a time (their history included, only the new
@@ -358,6 +386,10 @@ class Detector:
             local = np.flatnonzero(new_at[lo:hi] >= 0)
             if not local.size:
                 continue
+            usual = fold(
+                codes[lo:hi], ts[lo:hi], kwh[lo:hi], valid[lo:hi], offsets[lo:hi], interval_s, start
+            )
+            moved.update((meter_ids[c], p) for c, p in usual.profiles.items())
             x = compute_features_grouped(
                 codes[lo:hi],
                 ts[lo:hi],
@@ -369,6 +401,7 @@ class Detector:
                 DEFAULT_FLAG_BITS,
                 utc_offset_s=offsets[lo:hi],
                 only=local,
+                usual=usual,
             )
             pos = new_at[lo:hi][local]
             x_new[pos] = x

@@ -251,9 +251,10 @@ def test_buffer_v1_file_migrates_to_latest(tmp_path: Path) -> None:
     )
     conn.close()
     buffer = Buffer(path)
-    assert version(buffer.db.conn) == LATEST == 6
+    assert version(buffer.db.conn) == LATEST == 7
     assert buffer.readings.keys() == {("m", 1)}
     assert buffer.alerts.undelivered() == 0 and buffer.models.current() == []
+    assert buffer.profiles.load(["m"]) == {}
 
 
 # --- central ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from edge_agent.features import (
     history_window_s,
     slots_per_day,
 )
+from edge_agent.long_memory import fold, local_day_and_hour
 from ml.synthetic import make_readings
 
 BITS = flag_bits_from_names(["cover_open", "magnetic", "reverse_flow", "clock_reset", "no_credit"])
@@ -23,12 +24,13 @@ CONSUMPTION = [
     "kwh_vs_same_hour_7d",
     "kwh_vs_24h",
     "kwh_vs_7d",
-    "mean_24h_vs_prior_6d",
+    "mean_24h_vs_usual",
     "zero_run_log_h",
     "rough_24h",
     "flatness_24h",
     "day_spread_6d",
 ]
+LONG_MEMORY = [COL["mean_24h_vs_usual"]]
 T0 = 1_767_225_600  # midnight UTC
 
 
@@ -287,12 +289,55 @@ def test_causal_and_history_window_is_enough(interval_s: int) -> None:
         np.testing.assert_array_equal(feats(changed, interval_s)[: cut + 1], full[: cut + 1])
         prefix = feats(take(m, slice(0, cut + 1)), interval_s)
         np.testing.assert_array_equal(prefix, full[: cut + 1])
-        # History: the rows within history_window_s before the first scored row are enough.
-        first_ts = m["ts"][cut]
-        window = m["ts"] >= first_ts - history_window_s(interval_s)
-        short = feats(take(m, window), interval_s)
-        scored = m["ts"][window] >= first_ts
-        np.testing.assert_array_equal(short[scored], full[cut:])
+        # History: the rows within history_window_s before the first scored row are enough,
+        # with the long-memory profile of the days before them (what the gateway keeps).
+        first_ts = int(m["ts"][cut])
+        np.testing.assert_array_equal(window_features(m, first_ts, interval_s), full[cut:])
+        # Without the profile the long memory starts inside the window: only it differs.
+        short = take(m, m["ts"] >= first_ts - history_window_s(interval_s))
+        alone = feats(short, interval_s)[short["ts"] >= first_ts]
+        if short["ts"][0] - m["ts"][0] > 86400:  # a whole day before the window
+            assert np.any(alone[:, LONG_MEMORY] != full[cut:, LONG_MEMORY])
+        np.testing.assert_array_equal(
+            np.delete(alone, LONG_MEMORY, axis=1), np.delete(full[cut:], LONG_MEMORY, axis=1)
+        )
+
+
+def window_features(m: dict[str, np.ndarray], first_ts: int, interval_s: int) -> np.ndarray:
+    """Features of the rows from ``first_ts`` on as the gateway computes them: from the rows
+    within history_window_s before ``first_ts`` and the meter's long-memory profile as it
+    stood before them."""
+    short = take(m, m["ts"] >= first_ts - history_window_s(interval_s))
+    zeros = np.zeros(len(short["ts"]), np.int64)
+    usual = fold(
+        zeros,
+        short["ts"],
+        short["kwh"],
+        short["supply_on"] & ((short["flags"] & BITS["no_credit"]) == 0),
+        0,
+        interval_s,
+        _profile_through(m, int(short["ts"][0]), interval_s),
+    )
+    got = compute_features_grouped(
+        zeros,
+        *(short[k] for k in ("ts", "kwh", "supply_on", "flags", "register_kwh")),
+        interval_s,
+        BITS,
+        usual=usual,
+    )
+    return got[short["ts"] >= first_ts]
+
+
+def _profile_through(m: dict[str, np.ndarray], ts: int, interval_s: int) -> dict[int, object]:
+    """The long-memory profile of meter ``m`` after folding the local (UTC) days up to the one
+    holding ``ts``: fold every row up to the first one of the next day."""
+    day, _ = local_day_and_hour(m["ts"], interval_s, 0)
+    stop = int(np.searchsorted(day, day[np.searchsorted(m["ts"], ts)] + 1)) + 1
+    valid = m["supply_on"] & ((m["flags"] & BITS["no_credit"]) == 0)
+    part = fold(
+        np.zeros(stop, np.int64), m["ts"][:stop], m["kwh"][:stop], valid[:stop], 0, interval_s
+    )
+    return dict(part.profiles)
 
 
 def test_grouped_equals_per_meter_even_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -715,7 +760,7 @@ def test_volatility_after_a_credit_gap_keeps_the_meters_own_value() -> None:
     assert (feats(w)[15 * day, cols] == 0).all()
 
 
-def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
+def test_mean_24h_vs_usual_needs_half_a_day_of_valid_readings() -> None:
     # A day without credit, then a heavier day: the level change is measured only once the last
     # 24 h hold half a day of valid readings. Fewer give a mean of some hours of the day only,
     # against the whole day before: the first hours after a top-up looked like a level change.
@@ -724,7 +769,7 @@ def test_mean_24h_vs_prior_6d_needs_half_a_day_of_valid_readings() -> None:
     m["kwh"][9 * day :] = 2.0
     m["flags"][8 * day : 9 * day] |= BITS["no_credit"]
     m["kwh"][8 * day : 9 * day] = 0.0
-    x = feats(m)[:, COL["mean_24h_vs_prior_6d"]]
+    x = feats(m)[:, COL["mean_24h_vs_usual"]]
     assert (x[9 * day : 9 * day + day // 2] == 0.0).all()  # up to 23 valid readings before
     assert (x[9 * day + day // 2 : 10 * day] > 0.3).all()  # log(2 / 1), smoothed
 
@@ -744,11 +789,8 @@ def test_history_window_is_enough_with_a_gap_at_the_carry_limit(interval_s: int)
         kept = full[gap.stop, COL["rough_24h"]] != 0
         assert kept == (gap_slots < 6 * day), gap_slots
         for cut in range(gap.stop - 2, gap.stop + 3):
-            first_ts = m["ts"][cut]
-            window = m["ts"] >= first_ts - history_window_s(interval_s)
-            short = feats(take(m, window), interval_s)
-            scored = m["ts"][window] >= first_ts
-            np.testing.assert_array_equal(short[scored], full[cut:], err_msg=f"{gap_slots}, {cut}")
+            got = window_features(m, int(m["ts"][cut]), interval_s)
+            np.testing.assert_array_equal(got, full[cut:], err_msg=f"{gap_slots}, {cut}")
 
 
 @pytest.mark.parametrize("gap_days", [0.5, 1.5, 4, 6.5])
@@ -763,8 +805,5 @@ def test_history_window_is_enough_after_a_credit_gap(gap_days: float) -> None:
     m["flags"][gap] |= BITS["no_credit"]
     full = feats(m, interval_s)
     for cut in range(gap.stop, gap.stop + 2 * day, 5):
-        first_ts = m["ts"][cut]
-        window = m["ts"] >= first_ts - history_window_s(interval_s)
-        short = feats(take(m, window), interval_s)
-        scored = m["ts"][window] >= first_ts
-        np.testing.assert_array_equal(short[scored], full[cut:], err_msg=f"cut {cut}")
+        got = window_features(m, int(m["ts"][cut]), interval_s)
+        np.testing.assert_array_equal(got, full[cut:], err_msg=f"cut {cut}")

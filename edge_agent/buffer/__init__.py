@@ -2,9 +2,9 @@
 
 :class:`Buffer` opens the file and builds its parts over one connection, each keeping one thing:
 ``readings`` (intake and history), ``batches`` (the send queue), ``quarantine``, ``alerts`` (the
-outbox), ``models``, ``spool`` (the spool directory's ledger) and ``maintenance`` (pruning,
-figures); ``db`` holds the connection, transactions, meta values and counters. Callers take the
-part they need; none of them writes SQL.
+outbox), ``models``, ``profiles`` (each meter's long memory), ``spool`` (the spool directory's
+ledger) and ``maintenance`` (pruning, figures); ``db`` holds the connection, transactions, meta
+values and counters. Callers take the part they need; none of them writes SQL.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from edge_agent.buffer.db import BufferDB, BufferFull, Counters, DiskFull, FileS
 from edge_agent.buffer.maintenance import BufferStats, Maintenance
 from edge_agent.buffer.models import ModelStore, StoredModel
 from edge_agent.buffer.outbox import AlertRecord, AlertStore, OutboxAlert
+from edge_agent.buffer.profiles import ProfileStore
 from edge_agent.buffer.quarantine import QuarantineStore
 from edge_agent.buffer.readings import AcceptResult, ReadingStore, TxWrite
 from edge_agent.buffer.spool_ledger import SpoolFile, SpoolLedger
@@ -38,6 +39,7 @@ class Buffer:
         )
         self.batches = BatchQueue(self.db, self.readings, self.quarantine)
         self.models = ModelStore(self.db)
+        self.profiles = ProfileStore(self.db)
         self.spool = SpoolLedger(self.db)
         self.maintenance = Maintenance(
             self.db, self.readings, self.batches, self.quarantine, self.alerts
@@ -76,6 +78,7 @@ __all__ = [
     "Meta",
     "ModelStore",
     "OutboxAlert",
+    "ProfileStore",
     "QuarantineStore",
     "ReadingStore",
     "SpoolFile",

@@ -87,7 +87,7 @@ class Intake:
             bad,
             now=now,
             meta=meta,
-            also=also,
+            also=(*also, *prepared.writes),
             alerts=prepared.alerts,
             counters=_sum(prepared.counters, counters),
         )
