@@ -50,7 +50,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 PROFILE_HOURS = 24
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MeterProfile:
     """A meter's long memory as the gateway keeps it between intake calls (its ``meter_profiles``
     row): per local hour, the decayed sum of the power (kW) of its valid readings and the decayed
