@@ -31,6 +31,3 @@ class ProfileStore:
             "values (?, ?, ?, ?)",
             [(m, p.through_day, p.sums, p.weights) for m, p in profiles.items()],
         )
-
-    def count(self) -> int:
-        return int(self._db.conn.execute("select count(*) from meter_profiles").fetchone()[0])
