@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_agent.vocabulary import METER_FLAGS, NO_CREDIT_FLAG, TAMPER_FLAGS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_FLAG_BITS",
@@ -22,6 +27,7 @@ __all__ = [
     "flag_bits_from_names",
     "history_window_s",
     "slots_per_day",
+    "supplied",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -66,6 +72,22 @@ class MeterProfile:
         for name in ("sums", "weights"):
             if len(getattr(self, name)) != 8 * PROFILE_HOURS:
                 raise ValueError(f"MeterProfile.{name} must be {8 * PROFILE_HOURS} bytes")
+
+
+def supplied(
+    supply_on: npt.NDArray[np.bool_], flags: npt.NDArray[np.integer], no_credit_mask: int
+) -> npt.NDArray[np.bool_]:
+    """Which readings were taken with the supply on and credit left (no ``no_credit`` bit in
+    their flag mask): the only ones the features and the long memory learn from, in training
+    and on the gateway alike. Elementwise over arrays; a reading must also hold a finite,
+    non-negative ``kwh``, which each consumer checks against its own copy of the values."""
+    import numpy as np  # only ever called with arrays: numpy is loaded by then
+
+    bits = np.asarray(flags).astype(np.int64, copy=False)
+    result: npt.NDArray[np.bool_] = np.asarray(supply_on, dtype=np.bool_) & (
+        (bits & no_credit_mask) == 0
+    )
+    return result
 
 
 _LOOKBACK_DAYS = 7

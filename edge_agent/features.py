@@ -46,6 +46,7 @@ from edge_agent.feature_spec import TAMPER_FLAGS as TAMPER_FLAGS
 from edge_agent.feature_spec import flag_bits_from_names as flag_bits_from_names
 from edge_agent.feature_spec import history_window_s as history_window_s
 from edge_agent.feature_spec import slots_per_day as slots_per_day
+from edge_agent.feature_spec import supplied as supplied
 from edge_agent.long_memory import Usual, fold
 
 #: Smallest energy level taken as a meter's normal use (kW): keeps ratios sane for tiny loads.
@@ -218,9 +219,9 @@ def compute_features_grouped(
     tamper_mask = _mask_of(flag_bits, TAMPER_FLAGS)
     no_credit_mask = _mask_of(flag_bits, (NO_CREDIT_FLAG,))
     if usual is None:
-        credit = (flags_a.astype(np.int64) & no_credit_mask) == 0
-        usual = fold(meter, ts_a, kwh_a, on_a & credit, offset_a, interval_s)
-        del credit
+        valid = supplied(on_a, flags_a, no_credit_mask)
+        usual = fold(meter, ts_a, kwh_a, valid, offset_a, interval_s)
+        del valid
     elif usual.level_kw.shape != (n,):
         raise ValueError(f"usual must hold one value a row ({n})")
 
@@ -348,8 +349,7 @@ def _block_features(
     q = np.where(finite, np.rint(np.where(finite, kwh, 0.0) * _QUANTUM_PER_KWH), 0.0).astype(
         np.int64
     )
-    no_credit = (flags & no_credit_mask) != 0 if no_credit_mask else np.zeros(n, np.bool_)
-    valid = supply_on & ~no_credit & finite
+    valid = supplied(supply_on, flags, no_credit_mask) & finite
     tamper = (flags & tamper_mask) != 0 if tamper_mask else np.zeros(n, np.bool_)
     zero = valid & (q == 0)
     nonzero = valid & (q > 0)

@@ -52,6 +52,7 @@ from edge_agent.feature_spec import (
     TAMPER_FLAGS,
     MeterProfile,
     history_window_s,
+    supplied,
 )
 from edge_agent.fields import (
     FLAGS,
@@ -61,7 +62,6 @@ from edge_agent.fields import (
     READING_COLUMNS,
     REGISTER_KWH,
     SCORE,
-    SUPPLY,
     TS,
     Row,
 )
@@ -260,7 +260,7 @@ class Detector:
         moved: dict[str, MeterProfile] = {}
         for interval_s, idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
-            feats, keep = self._features(sub, interval_s, moved)
+            feats, keep, usable = self._features(sub, interval_s, moved)
             if not keep.size:
                 continue
             by_model: dict[str, list[int]] = {}
@@ -292,8 +292,7 @@ class Detector:
                     score = round(float(scores[k]), SCORE_DECIMALS)
                     out_rows[idx[pos]] = (*r[:SCORE], score, model.version)
                     x = x_m[k]
-                    valid = r[SUPPLY] and not (self._mask(r[FLAGS]) & _NO_CREDIT_BIT)
-                    if flagged[k] and valid and r[METER_ID] not in self.transformer_meters:
+                    if flagged[k] and usable[j] and r[METER_ID] not in self.transformer_meters:
                         candidates.append(self._anomaly(model, r, score, x))
                     if r[FLAGS] and (set(r[FLAGS].split(",")) & _TAMPER):
                         candidates.append(self._tamper(r, x))
@@ -313,11 +312,12 @@ class Detector:
 
     def _features(
         self, sub: Sequence[Row], interval_s: int, moved: dict[str, MeterProfile]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Features of the new rows ``sub`` (one interval length), with the positions in
-        ``sub`` they belong to. Rows whose key is already stored, or repeated in ``sub``, are
-        left out (the buffer will not store them). The meters' long-memory profiles that moved
-        go into ``moved``."""
+        ``sub`` they belong to and whether each was taken with the supply on and credit left
+        (``feature_spec.supplied``: only those raise anomaly alerts). Rows whose key is already
+        stored, or repeated in ``sub``, are left out (the buffer will not store them). The
+        meters' long-memory profiles that moved go into ``moved``."""
         import numpy as np
 
         from edge_agent.features import compute_features_grouped
@@ -369,7 +369,7 @@ class Detector:
         stored = self.profiles.load(meter_ids) if self.profiles is not None else {}
         start = {code_of[m]: p for m, p in stored.items()}
         del stored
-        valid = on & ((flags.astype(np.int64) & _NO_CREDIT_BIT) == 0)
+        valid = supplied(on, flags, _NO_CREDIT_BIT)
         new_at = order - n_h  # position in ``sub`` of a new row, < 0 for a history row
         del order
         # Features meters_per_call meters at a time (their history included, only the new
@@ -382,6 +382,7 @@ class Detector:
         bounds = np.searchsorted(codes, np.arange(0, len(code_of) + per_call, per_call))
         x_new = np.zeros((n_new, len(FEATURE_NAMES)), dtype=np.float32)
         got = np.zeros(n_new, dtype=np.bool_)
+        usable = np.zeros(n_new, dtype=np.bool_)
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             local = np.flatnonzero(new_at[lo:hi] >= 0)
             if not local.size:
@@ -406,8 +407,9 @@ class Detector:
             pos = new_at[lo:hi][local]
             x_new[pos] = x
             got[pos] = True
+            usable[pos] = valid[lo:hi][local]
         keep = np.flatnonzero(got).astype(np.int64)
-        return x_new[keep], keep
+        return x_new[keep], keep, usable[keep]
 
     def _arrays(
         self, cols: list[list[Any]], code_of: dict[str, int]

@@ -25,6 +25,7 @@ from edge_agent.features import (
     compute_features_grouped,
     flags_mask,
     history_window_s,
+    supplied,
 )
 from edge_agent.localtime import DEFAULT_ZONE, check_zone, zone_offsets
 
@@ -77,12 +78,11 @@ class MeterData:
     @property
     def valid(self) -> npt.NDArray[np.bool_]:
         """Readings the features treat as consumption evidence: present, supply on, credit
-        left (the same rule as :mod:`edge_agent.features`)."""
+        left (:func:`edge_agent.features.supplied`, the features' own rule)."""
         no_credit = int(self.flag_bits.get("no_credit", 0))
-        ok = self.present & self.supply_on
-        if no_credit:
-            ok &= (self.flags & no_credit) == 0
-        result: npt.NDArray[np.bool_] = ok
+        result: npt.NDArray[np.bool_] = self.present & supplied(
+            self.supply_on, self.flags, no_credit
+        )
         return result
 
     def window_start(self, warmup_days: float) -> int:

@@ -7,6 +7,7 @@ import base64
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,42 @@ def test_no_alert_for_outage_or_empty_prepaid_meter_but_for_a_bypass(tmp_path: P
         "select count(*), count(score), count(distinct model_version) from readings"
     ).fetchone()
     assert scored == (12 * 48 * 4, 12 * 48 * 4, 1)
+
+
+def test_a_model_flagging_everything_still_raises_nothing_where_nothing_was_supplied(
+    tmp_path: Path,
+) -> None:
+    """The gate of anomaly alerts is the reading, not the model: with a model whose threshold is
+    under every score, readings taken in an outage or out of credit still raise no alert (nobody
+    steals what was not supplied), while the same day of a supplied meter does."""
+    from ml.publish import message_from_trained
+    from ml.synthetic import FLAG_BITS, make_readings
+    from ml.train import features_for, train
+
+    r = make_readings(20, 10, seed=5)
+    x = features_for(
+        r.meter_index, r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh, r.interval_s, FLAG_BITS
+    )
+    eager = replace(train(x, n_estimators=10), threshold=-1.0, calibration=None)
+    message = message_from_trained(eager, name="iforest", version="eager", private_key=models().key)
+    intake = gateway(tmp_path / "b.db", model=message, cooldown_s=1)
+    meters = ("outage", "no_credit", "supplied")
+    for d in range(8):
+        intake.take(day(dict.fromkeys(meters), d))
+    seen = {a["alert_id"] for a in intake.alerts()}
+    intake.take(
+        day(
+            {
+                "outage": {"kwh": 0.0, "supply": "off"},
+                "no_credit": {"kwh": 0.0, "flags": ["no_credit"]},
+                "supplied": {"kwh": 0.0},
+            },
+            8,
+        )
+    )
+    fresh = [a for a in intake.alerts() if a["alert_id"] not in seen]
+    assert {a["meter_id"] for a in fresh if a["kind"] == "anomaly"} == {"supplied"}
+    assert sum(a["kind"] == "anomaly" for a in fresh) == 48
 
 
 def test_alert_ids_are_deterministic(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from edge_agent.features import (
     flag_bits_from_names,
     history_window_s,
     slots_per_day,
+    supplied,
 )
 from edge_agent.long_memory import fold, local_day_and_hour
 from ml.synthetic import make_readings
@@ -807,3 +808,12 @@ def test_history_window_is_enough_after_a_credit_gap(gap_days: float) -> None:
     for cut in range(gap.stop, gap.stop + 2 * day, 5):
         got = window_features(m, int(m["ts"][cut]), interval_s)
         np.testing.assert_array_equal(got, full[cut:], err_msg=f"cut {cut}")
+
+
+def test_supplied_is_supply_on_and_no_credit_bit_whatever_the_flags_dtype() -> None:
+    on = np.array([True, True, False, True])
+    flags = np.array([0, 4, 0, 5], dtype=np.uint8)
+    assert supplied(on, flags, 4).tolist() == [True, False, False, False]
+    assert supplied(on, flags, 0).tolist() == on.tolist()  # no credit bit in the layout
+    wide = 1 << 12  # a bit the narrow dtype cannot hold: no reading carries it
+    assert supplied(on, flags.astype(np.int8), wide).tolist() == on.tolist()
