@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.feature_spec import NO_CREDIT_FLAG, PROFILE_HOURS, MeterProfile
 from edge_agent.features import (
     DEFAULT_FLAG_BITS,
     FEATURE_NAMES,
@@ -28,11 +29,15 @@ from edge_agent.features import (
     supplied,
 )
 from edge_agent.localtime import DEFAULT_ZONE, check_zone, zone_offsets
+from edge_agent.long_memory import DECAY, TAU_DAYS, fold
 
 log = logging.getLogger(__name__)
 
 CUSTOMER = "customer"
 TRANSFORMER = "transformer"
+#: Days of raw.readings before the feature history that fold into each meter's long memory:
+#: three time constants (older days would weigh under 5 %), or as far back as retention left.
+LONG_MEMORY_DAYS = int(3 * TAU_DAYS)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class MeterData:
     label_code: npt.NDArray[np.uint8] | None = None  # (T, M) simulator ground truth
     label_names: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)
+    #: Each meter's long memory (``edge_agent.long_memory``) folded from readings older than
+    #: ``ts``, by meter id; a meter without one starts its memory with its first reading here.
+    profiles: dict[str, MeterProfile] = field(default_factory=dict)
 
     @property
     def n_intervals(self) -> int:
@@ -113,6 +121,7 @@ class MeterData:
             label_code=cols(self.label_code),
             label_names=self.label_names,
             source=dict(self.source),
+            profiles=dict(self.profiles),
         )
 
     def window_bounds(self, start: int) -> tuple[datetime, datetime]:
@@ -230,6 +239,11 @@ def concat(parts: Sequence[MeterData], prefixes: Sequence[str]) -> MeterData:
         label_code=cols("label_code") if labelled else None,
         label_names=first.label_names,
         source={"kind": "concat", "parts": [p.source for p in parts]},
+        profiles={
+            prefix + m: profile
+            for p, prefix in zip(parts, prefixes, strict=True)
+            for m, profile in p.profiles.items()
+        },
     )
 
 
@@ -298,10 +312,14 @@ def from_postgres(
     *,
     interval_s: int = 1800,
     with_history: bool = True,
+    long_memory_days: int = LONG_MEMORY_DAYS,
 ) -> MeterData:
     """Readings of ``raw.readings`` with ``start < ts <= end`` (plus the feature history window
     before ``start`` when ``with_history``), meters' class and place from ``raw.meters``.
-    Only readings with the given ``interval_s`` are used."""
+    Only readings with the given ``interval_s`` are used. With the history, each meter's long
+    memory is also folded from up to ``long_memory_days`` of older readings (in the database,
+    :func:`long_memory_profiles`), so the features compare a meter with its months as its
+    gateway does, not with the few weeks read here."""
     import psycopg
 
     lo = start.timestamp() - (history_window_s(interval_s) if with_history else 0)
@@ -341,7 +359,7 @@ def from_postgres(
         )
     cols = list(zip(*rows, strict=True))
     register = np.array([np.nan if v is None else v for v in cols[3]], dtype=np.float64)
-    return from_rows(
+    data = from_rows(
         cols[0],
         cols[1],
         np.asarray(cols[2], dtype=np.float64),
@@ -359,6 +377,72 @@ def from_postgres(
             "meters_without_timezone": len(unzoned),
         },
     )
+    if with_history and long_memory_days > 0:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            data.profiles = long_memory_profiles(conn, data, lo, long_memory_days)
+        data.source["long_memory_days"] = long_memory_days
+        data.source["meters_with_long_memory"] = len(data.profiles)
+    return data
+
+
+def long_memory_profiles(
+    conn: Any, data: MeterData, before: float, days: int
+) -> dict[str, MeterProfile]:
+    """Each meter's long memory through the last local day (its own zone) that ends by the
+    epoch second ``before``, folded in the database from its valid readings of the ``days``
+    before: per local hour, the sums of their power and counts, each day weighted by
+    ``DECAY ** (days before that last day)``, as ``edge_agent.long_memory.fold`` folds them day
+    by day on a gateway (the same sums up to float rounding). Readings of the day that
+    ``before`` falls in are left to the caller's rows: with ``before`` at a local midnight
+    nothing is missed, otherwise that day's readings before it are (one day in the ~60 the
+    memory weighs)."""
+    rows = conn.execute(
+        """
+        with z (meter_id, zone) as (select * from unnest(%(ids)s::text[], %(zones)s::text[])),
+        through as (
+            select meter_id, zone,
+                   (to_timestamp(%(before)s) at time zone zone)::date - date '1970-01-01' - 1
+                       as day
+            from z
+        ),
+        r as (
+            select t.meter_id, t.day as through_day, r.kwh,
+                   (r.ts - make_interval(secs => r.interval_s / 2.0)) at time zone t.zone as mid
+            from raw.readings r join through t using (meter_id)
+            where r.ts > to_timestamp(%(before)s) - make_interval(days => %(days)s)
+              and r.ts <= to_timestamp(%(before)s)
+              and r.interval_s = %(interval_s)s
+              and r.supply = 'on' and not (%(no_credit)s = any(r.flags))
+              and r.kwh < 'infinity'
+        ),
+        d as (
+            select meter_id, through_day, kwh, extract(hour from mid)::int as hour,
+                   power(%(decay)s, through_day - (mid::date - date '1970-01-01')) as weight
+            from r
+            where mid::date - date '1970-01-01' <= through_day
+        )
+        select meter_id, through_day, hour, sum(weight * kwh), sum(weight)
+        from d group by meter_id, through_day, hour
+        """,
+        {
+            "ids": data.meter_ids.tolist(),
+            "zones": data.timezone.tolist(),
+            "before": float(before),
+            "days": int(days),
+            "interval_s": data.interval_s,
+            "no_credit": NO_CREDIT_FLAG,
+            "decay": DECAY,
+        },
+    ).fetchall()
+    to_kw = 3600.0 / data.interval_s
+    sums: dict[str, Any] = {}
+    weights: dict[str, Any] = {}
+    through: dict[str, int] = {}
+    for meter_id, day, hour, kwh_sum, weight in rows:
+        sums.setdefault(meter_id, np.zeros(PROFILE_HOURS, "<f8"))[hour] = kwh_sum * to_kw
+        weights.setdefault(meter_id, np.zeros(PROFILE_HOURS, "<f8"))[hour] = weight
+        through[meter_id] = int(day)
+    return {m: MeterProfile(through[m], sums[m].tobytes(), weights[m].tobytes()) for m in through}
 
 
 def _gateway_zones(conn: Any) -> dict[str, str]:
@@ -383,16 +467,28 @@ def reading_features(data: MeterData) -> npt.NDArray[np.float32]:
     present = data.present.T  # (M, T): meter-major, time-sorted inside a meter
     meter = np.broadcast_to(np.arange(m_n)[:, None], (m_n, t_n))[present]
     ts = np.broadcast_to(data.ts[None, :], (m_n, t_n))[present]
+    kwh = data.kwh.T[present]
+    on = data.supply_on.T[present]
+    flags = data.flags.T[present]
+    offsets = zone_offsets(ts, meter, data.timezone.tolist())
+    usual = None
+    if data.profiles:  # each meter's memory goes on from its older readings
+        code = {m: i for i, m in enumerate(data.meter_ids.tolist())}
+        start = {code[m]: p for m, p in data.profiles.items() if m in code}
+        valid = supplied(on, flags, int(data.flag_bits.get(NO_CREDIT_FLAG, 0)))
+        usual = fold(meter, ts, kwh, valid, offsets, data.interval_s, start)
+        del valid
     x = compute_features_grouped(
         meter,
         ts,
-        data.kwh.T[present],
-        data.supply_on.T[present],
-        data.flags.T[present],
+        kwh,
+        on,
+        flags,
         data.register_kwh.T[present],
         data.interval_s,
         data.flag_bits,
-        utc_offset_s=zone_offsets(ts, meter, data.timezone.tolist()),
+        utc_offset_s=offsets,
+        usual=usual,
     )
     out = np.zeros((t_n, m_n, len(FEATURE_NAMES)), np.float32)
     out.transpose(1, 0, 2)[present] = x

@@ -9,7 +9,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +236,37 @@ def test_train_on_postgres_readings(ml_dsn: str) -> None:
     trained = train_model_set(data, reading_features(data), warmup_days=7, max_rows=20_000)
     assert trained.variant == "global" and not trained.validation  # no labels: no comparison
     assert "quantile" in trained.members[0].threshold_method
+
+
+def test_central_features_keep_each_meters_long_memory_from_older_readings(ml_dsn: str) -> None:
+    """Central reads a window and its week of feature history, yet compares each meter with
+    its months, as its gateway does: the long memory folded in the database from the older
+    readings gives the window the same `mean_24h_vs_usual` as reading everything."""
+    from ml.dataset import from_postgres
+
+    cfg = FleetConfig(meters=12, days=30, seed=8)
+    sim = copy_fleet(ml_dsn, cfg)
+    with psycopg.connect(ml_dsn, autocommit=True) as conn:
+        # One zone, so that the window's history starts at every meter's local midnight.
+        conn.execute("update raw.meters set timezone = 'UTC'")
+    first = int(sim.ts[0]) - sim.interval_s
+    assert first % 86400 == 0
+    end = datetime.fromtimestamp(int(sim.ts[-1]), UTC)
+    start = end - timedelta(days=10)
+    everything = from_postgres(ml_dsn, datetime.fromtimestamp(first + 7 * 86400, UTC), end)
+    assert everything.source["meters_with_long_memory"] == 0  # nothing before its history
+    window = from_postgres(ml_dsn, start, end)
+    assert window.source["meters_with_long_memory"] == window.n_meters
+    short = from_postgres(ml_dsn, start, end, long_memory_days=0)
+    assert not short.profiles
+
+    col = FEATURE_NAMES.index("mean_24h_vs_usual")
+    rows = slice(window.window_start(7.0), None)  # the window (its week of history before)
+    assert window.ts[rows][0] == int(start.timestamp()) + sim.interval_s
+    whole = reading_features(everything)[-window.n_intervals :][rows, :, col]
+    assert np.array_equal(window.meter_ids, everything.meter_ids)
+    np.testing.assert_allclose(reading_features(window)[rows, :, col], whole, atol=1e-5)
+    assert not np.allclose(reading_features(short)[rows, :, col], whole, atol=1e-3)
 
 
 def test_rank_customers_from_postgres_with_the_registered_model_set(
