@@ -112,9 +112,15 @@ def fold(
         p = start.get(code) if start else None
         if p is None or not last[i] - MAX_GAP_DAYS <= p.through_day <= last[i] + MAX_AHEAD_DAYS:
             continue
+        sums, weights = np.frombuffer(p.sums, _F8), np.frombuffer(p.weights, _F8)
+        if not (
+            np.all(np.isfinite(sums) & (sums >= 0))
+            and np.all(np.isfinite(weights) & (weights >= 0))
+        ):
+            continue  # damaged (a flipped bit on the SD card): NaN would stick for good
         begin[i] = p.through_day + 1
-        s0[i] = np.frombuffer(p.sums, _F8)
-        w0[i] = np.frombuffer(p.weights, _F8)
+        s0[i] = sums
+        w0[i] = weights
     days = np.maximum(last - begin + 1, 0)  # day rows of each meter: begin .. last
 
     min_level = (MIN_DAYS - 0.5) * slots_per_day(interval_s)

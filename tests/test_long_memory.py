@@ -248,3 +248,31 @@ def test_a_profile_from_a_clock_that_ran_ahead_is_dropped() -> None:
     recent = fold(zeros, ts + 3 * 86400, kwh, ones, 0, INTERVAL).profiles[0]
     late = fold(zeros, ts, kwh * 3, ones, 0, INTERVAL, {0: recent})
     assert late.profiles == {} and late.level_kw[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("damage", [float("nan"), float("inf"), -1.0])
+def test_a_damaged_profile_is_dropped_not_carried(damage: float) -> None:
+    """A stored profile whose numbers cannot be (a bit flipped on the SD card) is dropped: the
+    meter starts its memory again rather than carrying NaN or a negative weight for good."""
+    ts = T0 + INTERVAL * np.arange(1, 10 * DAY + 1)
+    kwh = np.full(ts.size, 0.5)
+    ones = np.ones(ts.size, bool)
+    zeros = np.zeros(ts.size, int)
+    good = fold(zeros, ts[: 5 * DAY], kwh[: 5 * DAY], ones[: 5 * DAY], 0, INTERVAL).profiles[0]
+    later = (zeros[5 * DAY :], ts[5 * DAY :], kwh[5 * DAY :], ones[5 * DAY :], 0, INTERVAL)
+    kept = fold(*later, {0: good})
+    assert kept.profiles != fold(*later).profiles  # a sound profile is carried on
+    for field in ("sums", "weights"):
+        numbers = np.frombuffer(getattr(good, field), "<f8").copy()
+        numbers[7] = damage
+        bad = MeterProfile(
+            good.through_day,
+            *(
+                (numbers.tobytes(), good.weights)
+                if field == "sums"
+                else (good.sums, numbers.tobytes())
+            ),
+        )
+        got = fold(*later, {0: bad})
+        assert got.profiles == fold(*later).profiles
+        assert np.isfinite(got.level_kw[DAY * 3 :]).all()
