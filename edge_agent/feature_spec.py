@@ -11,7 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge_agent.vocabulary import METER_FLAGS, NO_CREDIT_FLAG, TAMPER_FLAGS
+from edge_agent.vocabulary import (
+    MAX_INTERVAL_S,
+    METER_FLAGS,
+    MIN_INTERVAL_S,
+    NO_CREDIT_FLAG,
+    TAMPER_FLAGS,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,7 +89,10 @@ def supplied(
     non-negative ``kwh``, which each consumer checks against its own copy of the values."""
     import numpy as np  # only ever called with arrays: numpy is loaded by then
 
-    bits = np.asarray(flags).astype(np.int64, copy=False)
+    bits = np.asarray(flags)
+    if bits.dtype.kind == "i":  # the same bits unsigned: a sign bit must not spread upwards
+        bits = bits.view(f"u{bits.dtype.itemsize}")
+    bits = bits.astype(np.int64, copy=False)
     result: npt.NDArray[np.bool_] = np.asarray(supply_on, dtype=np.bool_) & (
         (bits & no_credit_mask) == 0
     )
@@ -128,5 +137,7 @@ def history_window_s(interval_s: int) -> int:
 
 
 def _check_interval(interval_s: int) -> None:
-    if not 300 <= int(interval_s) <= 86400:
-        raise ValueError(f"interval_s must be in 300..86400, got {interval_s}")
+    if not MIN_INTERVAL_S <= int(interval_s) <= MAX_INTERVAL_S:
+        raise ValueError(
+            f"interval_s must be in {MIN_INTERVAL_S}..{MAX_INTERVAL_S}, got {interval_s}"
+        )

@@ -47,15 +47,13 @@ from edge_agent.feature_spec import flag_bits_from_names as flag_bits_from_names
 from edge_agent.feature_spec import history_window_s as history_window_s
 from edge_agent.feature_spec import slots_per_day as slots_per_day
 from edge_agent.feature_spec import supplied as supplied
-from edge_agent.long_memory import Usual, fold
+from edge_agent.long_memory import QUANTUM_PER_KWH, Usual, fold
 
 #: Smallest energy level taken as a meter's normal use (kW): keeps ratios sane for tiny loads.
 #: Below the 8-20 W average draw of a lifeline customer, so their ratios are not squashed.
 ENERGY_FLOOR_KW = 0.001
 #: Fraction of a meter's 7-day mean added to numerator and denominator of consumption ratios.
 RATIO_SMOOTHING = 0.1
-#: Energy quantum (kWh) for exact integer sums.
-_QUANTUM_PER_KWH = 1_000_000
 _CLIP = 10.0
 # Dense slots processed at once by the grouped variant: bounds the temporary memory (~700 bytes
 # a slot) whatever the fleet size. Smaller chunks lower the agent's peak RSS under a backlog and
@@ -346,7 +344,7 @@ def _block_features(
     block_start = g[meter_first_row]
 
     finite = np.isfinite(kwh) & (kwh >= 0)
-    q = np.where(finite, np.rint(np.where(finite, kwh, 0.0) * _QUANTUM_PER_KWH), 0.0).astype(
+    q = np.where(finite, np.rint(np.where(finite, kwh, 0.0) * QUANTUM_PER_KWH), 0.0).astype(
         np.int64
     )
     valid = supplied(supply_on, flags, no_credit_mask) & finite
@@ -387,7 +385,7 @@ def _block_features(
             ssh += np.where(inside, vk[idx], 0)
             csh += np.where(inside, vc[idx], 0)
 
-    scale = float(_QUANTUM_PER_KWH)
+    scale = float(QUANTUM_PER_KWH)
     floor = ENERGY_FLOOR_KW * interval_h
 
     def mean(s: IntArray, c: IntArray, min_count: int) -> tuple[FloatArray, BoolArray]:

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.feature_spec import PROFILE_HOURS, MeterProfile, slots_per_day
+from edge_agent.vocabulary import MIN_INTERVAL_S, WIRE_MAX_KW
 
 #: Time constant of the profile's exponential weights, in days.
 TAU_DAYS = 60.0
@@ -45,10 +46,14 @@ MAX_GAP_DAYS = 180
 MAX_AHEAD_DAYS = 30
 # Day rows (meters x days) folded at once: bounds the temporary memory (~800 bytes each).
 _CHUNK_DAYS = 1 << 13
-_QUANTUM_PER_KWH = 1_000_000
+#: Readings are summed as whole micro-kWh: exact sums, whatever their order.
+QUANTUM_PER_KWH = 1_000_000
 _DAY2 = 2 * 86400  # seconds in a day, doubled: midpoints are computed in half-seconds
 _HOUR2 = 2 * 3600
 _F8 = np.dtype("<f8")
+# The most an hour of a profile can weigh: readings of the shortest interval (5 min), twice for
+# the hour a clock change repeats, on every day, each day decayed.
+_MAX_WEIGHT = 2 * (3600 // MIN_INTERVAL_S) / (1 - DECAY)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -95,7 +100,7 @@ def fold(
         return out
     kwh_a = np.asarray(kwh, dtype=np.float64)
     ok = np.asarray(valid, dtype=np.bool_) & np.isfinite(kwh_a) & (kwh_a >= 0)
-    q = np.rint(np.where(ok, kwh_a, 0.0) * _QUANTUM_PER_KWH)
+    q = np.rint(np.where(ok, kwh_a, 0.0) * QUANTUM_PER_KWH)
     offsets = np.broadcast_to(np.asarray(utc_offset_s, dtype=np.int64), (n,))
     day, hour = local_day_and_hour(ts_a, interval_s, offsets)
 
@@ -113,18 +118,15 @@ def fold(
         if p is None or not last[i] - MAX_GAP_DAYS <= p.through_day <= last[i] + MAX_AHEAD_DAYS:
             continue
         sums, weights = np.frombuffer(p.sums, _F8), np.frombuffer(p.weights, _F8)
-        if not (
-            np.all(np.isfinite(sums) & (sums >= 0))
-            and np.all(np.isfinite(weights) & (weights >= 0))
-        ):
-            continue  # damaged (a flipped bit on the SD card): NaN would stick for good
+        if not _plausible(sums, weights):
+            continue  # damaged (a flipped bit on the SD card): it would weigh for years
         begin[i] = p.through_day + 1
         s0[i] = sums
         w0[i] = weights
     days = np.maximum(last - begin + 1, 0)  # day rows of each meter: begin .. last
 
     min_level = (MIN_DAYS - 0.5) * slots_per_day(interval_s)
-    to_kw = 3600.0 / (int(interval_s) * _QUANTUM_PER_KWH)
+    to_kw = 3600.0 / (int(interval_s) * QUANTUM_PER_KWH)
 
     a = 0
     while a < m_n:
@@ -149,6 +151,17 @@ def fold(
         )
         a = b
     return out
+
+
+def _plausible(sums: FloatArray, weights: FloatArray) -> bool:
+    """Whether a stored profile's numbers can be what folding gives: finite, not negative, no
+    hour weighing more than its readings can (the shortest interval's, twice for the hour a
+    clock change repeats, summed over every past day), no mean power above the wire's limit."""
+    with np.errstate(invalid="ignore"):
+        return bool(
+            np.all((weights >= 0) & (weights <= _MAX_WEIGHT))
+            and np.all((sums >= 0) & (sums <= WIRE_MAX_KW * weights * (1 + 1e-9)))
+        )
 
 
 def _fold_chunk(

@@ -16,7 +16,7 @@ from edge_agent.localtime import check_zone
 from edge_agent.meters import BAUD_RATES, UNIT_IDS
 from edge_agent.settings_base import BrokerSettings, TomlEnvSettings, build
 from edge_agent.topics import DEFAULT_ROOT
-from edge_agent.vocabulary import ID_PATTERN
+from edge_agent.vocabulary import ID_PATTERN, MAX_INTERVAL_S, MIN_INTERVAL_S
 
 
 class SimSourceSettings(BaseModel):
@@ -101,7 +101,7 @@ class ModbusSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Readings every interval_s, at multiples of it (UTC): a divisor of a day.
-    interval_s: int = Field(default=900, ge=300, le=86400)
+    interval_s: int = Field(default=900, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     # A boundary is read only this long after it (a late read would put later energy into it);
     # one missed (the agent started or stalled past it) is merged into the next reading.
     poll_window_s: int = Field(default=60, ge=1)
@@ -150,7 +150,7 @@ class DlmsSettings(BaseModel):
 
     # Each meter's load profile is read every interval_s (UTC multiples), read_delay_s after
     # the boundary so the meter has captured the entry that ends there.
-    interval_s: int = Field(default=900, ge=300, le=86400)
+    interval_s: int = Field(default=900, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     read_delay_s: int = Field(default=30, ge=0)
     # A meter clock further than this from the gateway's (trusted) clock: its entries are
     # quarantined (meter_clock_off), not stamped wrong.

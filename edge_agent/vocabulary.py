@@ -8,6 +8,13 @@ library only: the gateway imports it on its light path.
 
 from __future__ import annotations
 
+#: Reading intervals a meter may report, in seconds (5 minutes to a day).
+MIN_INTERVAL_S = 300
+MAX_INTERVAL_S = 86400
+#: A hard ceiling any single meter respects (a large distribution transformer meter): interval
+#: energy above max_kw * hours is not a reading but a fault. Agents may configure tighter bounds.
+WIRE_MAX_KW = 5000.0
+
 #: ``meter_id``, ``gateway_id``, model names and versions, batch ids. Case-sensitive; no MQTT
 #: wildcard (``+``, ``#``) and no topic level separator (``/``), so an id can name a topic level.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"

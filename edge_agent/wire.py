@@ -36,11 +36,14 @@ from edge_agent.codec import row_to_wire
 from edge_agent.columnar import ColumnError, check_columns, decode_columns, encode_columns
 from edge_agent.fields import Row
 from edge_agent.localtime import ZONE_PATTERN
-from edge_agent.vocabulary import FLAG_PATTERN, ID_PATTERN
+from edge_agent.vocabulary import (
+    FLAG_PATTERN,
+    ID_PATTERN,
+    MAX_INTERVAL_S,
+    MIN_INTERVAL_S,
+)
+from edge_agent.vocabulary import WIRE_MAX_KW as WIRE_MAX_KW
 
-# A hard ceiling any single meter respects (a large distribution transformer meter): interval
-# energy above max_kw * hours is not a reading but a fault. Agents may configure tighter bounds.
-WIRE_MAX_KW = 5000.0
 MAX_BATCH_READINGS = 50_000
 MAX_BATCH_QUARANTINED = 10_000
 MAX_RAW_CHARS = 16_384
@@ -124,7 +127,7 @@ class Reading(WireModel):
 
     meter_id: Identifier
     ts: UtcDatetime
-    interval_s: int = Field(default=1800, ge=300, le=86400)
+    interval_s: int = Field(default=1800, ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)
     kwh: FiniteFloat = Field(ge=0)
     register_kwh: FiniteFloat | None = Field(default=None, ge=0)
     voltage_v: FiniteFloat | None = Field(default=None, ge=0, le=300)

@@ -29,7 +29,7 @@ from edge_agent.features import (
     supplied,
 )
 from edge_agent.localtime import DEFAULT_ZONE, check_zone, zone_offsets
-from edge_agent.long_memory import DECAY, TAU_DAYS, fold
+from edge_agent.long_memory import DECAY, QUANTUM_PER_KWH, TAU_DAYS, fold
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +407,8 @@ def long_memory_profiles(
         ),
         r as (
             select t.meter_id, t.day as through_day, r.kwh,
-                   (r.ts - make_interval(secs => r.interval_s / 2.0)) at time zone t.zone as mid
+                   -- the midpoint on the clock of the interval's end, as local_day_and_hour
+                   (r.ts at time zone t.zone) - make_interval(secs => r.interval_s / 2.0) as mid
             from raw.readings r join through t using (meter_id)
             where r.ts > to_timestamp(%(before)s) - make_interval(days => %(days)s)
               and r.ts <= to_timestamp(%(before)s)
@@ -421,7 +422,7 @@ def long_memory_profiles(
             from r
             where mid::date - date '1970-01-01' <= through_day
         )
-        select meter_id, through_day, hour, sum(weight * kwh), sum(weight)
+        select meter_id, through_day, hour, sum(weight * round(kwh * %(quantum)s)), sum(weight)
         from d group by meter_id, through_day, hour
         """,
         {
@@ -432,9 +433,10 @@ def long_memory_profiles(
             "interval_s": data.interval_s,
             "no_credit": NO_CREDIT_FLAG,
             "decay": DECAY,
+            "quantum": QUANTUM_PER_KWH,
         },
     ).fetchall()
-    to_kw = 3600.0 / data.interval_s
+    to_kw = 3600.0 / (data.interval_s * QUANTUM_PER_KWH)
     sums: dict[str, Any] = {}
     weights: dict[str, Any] = {}
     through: dict[str, int] = {}

@@ -817,3 +817,6 @@ def test_supplied_is_supply_on_and_no_credit_bit_whatever_the_flags_dtype() -> N
     assert supplied(on, flags, 0).tolist() == on.tolist()  # no credit bit in the layout
     wide = 1 << 12  # a bit the narrow dtype cannot hold: no reading carries it
     assert supplied(on, flags.astype(np.int8), wide).tolist() == on.tolist()
+    signed = np.array([-128, 0, 0, -128], dtype=np.int8)  # bit 7 set, as a signed byte
+    assert supplied(on, signed, wide).tolist() == on.tolist()
+    assert supplied(on, signed, 1 << 7).tolist() == [False, True, False, False]

@@ -250,10 +250,11 @@ def test_a_profile_from_a_clock_that_ran_ahead_is_dropped() -> None:
     assert late.profiles == {} and late.level_kw[-1] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("damage", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("damage", [float("nan"), float("inf"), -1.0, 1e300])
 def test_a_damaged_profile_is_dropped_not_carried(damage: float) -> None:
-    """A stored profile whose numbers cannot be (a bit flipped on the SD card) is dropped: the
-    meter starts its memory again rather than carrying NaN or a negative weight for good."""
+    """A stored profile whose numbers cannot be (a bit flipped on the SD card: most flips of an
+    exponent bit give a huge finite number) is dropped: the meter starts its memory again rather
+    than carrying NaN, a negative or a huge weight for years."""
     ts = T0 + INTERVAL * np.arange(1, 10 * DAY + 1)
     kwh = np.full(ts.size, 0.5)
     ones = np.ones(ts.size, bool)

@@ -9,7 +9,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +267,46 @@ def test_central_features_keep_each_meters_long_memory_from_older_readings(ml_ds
     assert np.array_equal(window.meter_ids, everything.meter_ids)
     np.testing.assert_allclose(reading_features(window)[rows, :, col], whole, atol=1e-5)
     assert not np.allclose(reading_features(short)[rows, :, col], whole, atol=1e-3)
+
+
+def test_the_databases_long_memory_is_the_gateways_across_a_clock_change(ml_dsn: str) -> None:
+    """`long_memory_profiles` folds in SQL what `fold` folds on a gateway, hour by hour, for
+    meters whose clock moves to summer time in the middle of the days folded."""
+    from edge_agent.features import supplied
+    from edge_agent.localtime import zone_offsets
+    from edge_agent.long_memory import fold
+    from ml.dataset import from_postgres, long_memory_profiles
+
+    sim = copy_fleet(ml_dsn, FleetConfig(meters=8, days=30, seed=9))
+    with psycopg.connect(ml_dsn, autocommit=True) as conn:
+        conn.execute("update raw.meters set timezone = 'Europe/Berlin'")  # CET to CEST 03-29
+    first = datetime.fromtimestamp(int(sim.ts[0]) - sim.interval_s, UTC)
+    before = datetime(2026, 3, 30, 22, tzinfo=UTC)  # local midnight, summer time
+    assert first < datetime(2026, 3, 29, 1, tzinfo=UTC) < before
+    # Up to the first reading of the next local day: fold closes every day before it.
+    data = from_postgres(
+        ml_dsn, first, before + timedelta(seconds=sim.interval_s), with_history=False
+    )
+    present = data.present.T
+    meter = np.broadcast_to(np.arange(data.n_meters)[:, None], present.shape)[present]
+    ts = np.broadcast_to(data.ts[None, :], present.shape)[present]
+    on, flags = data.supply_on.T[present], data.flags.T[present]
+    valid = supplied(on, flags, data.flag_bits["no_credit"])
+    offsets = zone_offsets(ts, meter, data.timezone.tolist())
+    gateway = fold(meter, ts, data.kwh.T[present], valid, offsets, data.interval_s).profiles
+    with psycopg.connect(ml_dsn) as conn:
+        central = long_memory_profiles(conn, data, before.timestamp(), 180)
+    assert len(central) == data.n_meters == len(gateway)
+    for i, meter_id in enumerate(data.meter_ids.tolist()):
+        g, c = gateway[i], central[meter_id]
+        assert c.through_day == g.through_day == (before.date() - date(1970, 1, 1)).days
+        for name in ("sums", "weights"):
+            np.testing.assert_allclose(
+                np.frombuffer(getattr(c, name), "<f8"),
+                np.frombuffer(getattr(g, name), "<f8"),
+                rtol=1e-9,
+                err_msg=f"{meter_id} {name}",
+            )
 
 
 def test_rank_customers_from_postgres_with_the_registered_model_set(

@@ -21,6 +21,7 @@ from edge_agent.fields import KWH, READING_NAMES, TS, Row
 from edge_agent.settings import SimSourceSettings
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
+from edge_agent.vocabulary import MAX_INTERVAL_S, MIN_INTERVAL_S
 from edge_agent.wire import WIRE_MAX_KW, QuarantineRecord
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def columns_to_rows(
     ok = np.isfinite(kwh) & (kwh >= 0) & (kwh <= ceiling) & (ts <= v.latest_ts())
     ok &= np.isnan(volt) | ((volt >= 0) & (volt <= 300))
     ok &= np.isnan(reg) | (reg >= 0)
-    ok &= (interval >= 300) & (interval <= 86400)
+    ok &= (interval >= MIN_INTERVAL_S) & (interval <= MAX_INTERVAL_S)
     flags = np.asarray(chunk.flags)
     flag_text = {int(b): _flag_text(int(b), flag_names) for b in np.unique(flags)}
     by_name: dict[str, list[Any]] = {
