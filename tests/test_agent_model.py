@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent import topics
 from edge_agent.agent import Agent
-from edge_agent.features import DEFAULT_FLAG_BITS, compute_features_grouped, flags_mask
+from edge_agent.features import (
+    DEFAULT_FLAG_BITS,
+    NO_CREDIT_FLAG,
+    compute_features_grouped,
+    flags_mask,
+    history_window_s,
+    supplied,
+)
+from edge_agent.long_memory import Usual, fold
 from edge_agent.model import load_model
 from edge_agent.settings import AgentSettings
 from ml.publish import build_model_message
@@ -234,17 +242,35 @@ def test_hot_swap_under_load(tmp_path: Path, topic_root: str, clear_retained: No
 
     # Recompute every reading's features from the buffer (readings came in time order, so the
     # history at scoring time was exactly the readings before) and score with both versions.
+    # The long memory began with the first scored call: it folded that call's week of history
+    # (readings taken before any model were never folded), then each call's new days.
     by_meter = sorted(rows, key=lambda r: (r[1], r[2]))
     codes = np.array([meters.index(r[1]) for r in by_meter])
+    ts = np.array([r[2] for r in by_meter])
+    kwh = np.array([r[3] for r in by_meter])
+    on = np.array([r[4] for r in by_meter])
+    flags = flags_mask([(r[5] or "").split(",") for r in by_meter], DEFAULT_FLAG_BITS)
+    first_scored = min(r[2] for r in rows if r[8] is not None)
+    folded = ts >= first_scored - history_window_s(1800)
+    usual = Usual(np.full(ts.size, np.nan))
+    usual.level_kw[folded] = fold(
+        codes[folded],
+        ts[folded],
+        kwh[folded],
+        supplied(on, flags, DEFAULT_FLAG_BITS[NO_CREDIT_FLAG])[folded],
+        0,
+        1800,
+    ).level_kw
     x = compute_features_grouped(
         codes,
-        np.array([r[2] for r in by_meter]),
-        np.array([r[3] for r in by_meter]),
-        np.array([r[4] for r in by_meter]),
-        flags_mask([(r[5] or "").split(",") for r in by_meter], DEFAULT_FLAG_BITS),
+        ts,
+        kwh,
+        on,
+        flags,
         np.array([np.nan if r[6] is None else r[6] for r in by_meter]),
         1800,
         DEFAULT_FLAG_BITS,
+        usual=usual,
     )
     s1 = load_model(m.v1, m.public_key).score(x)
     s2 = load_model(m.v2, m.public_key).score(x)
