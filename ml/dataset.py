@@ -29,7 +29,7 @@ from edge_agent.features import (
     supplied,
 )
 from edge_agent.localtime import DEFAULT_ZONE, check_zone, zone_offsets
-from edge_agent.long_memory import DECAY, QUANTUM_PER_KWH, TAU_DAYS, fold
+from edge_agent.long_memory import DECAY, QUANTUM_PER_KWH, TAU_DAYS, Usual, fold
 
 log = logging.getLogger(__name__)
 
@@ -344,44 +344,45 @@ def from_postgres(
                 " gateway_id from raw.meters"
             )
         }
-    if not rows:
-        raise ValueError(f"no readings in raw.readings between {start} and {end}")
-    unzoned = sorted({str(r[0]) for r in rows if not meters.get(r[0], {}).get("timezone")})
-    if unzoned:
-        # Neither the registry nor the meter's gateway names a zone: these meters' local-time
-        # features use UTC, which the operator is told (register raw.meters.timezone).
-        log.warning(
-            "%d meters have no timezone in raw.meters nor from their gateway (%s...): their"
-            " features use %s",
-            len(unzoned),
-            ", ".join(unzoned[:3]),
-            DEFAULT_ZONE,
+        if not rows:
+            raise ValueError(f"no readings in raw.readings between {start} and {end}")
+        unzoned = sorted({str(r[0]) for r in rows if not meters.get(r[0], {}).get("timezone")})
+        if unzoned:
+            # Neither the registry nor the meter's gateway names a zone: these meters' local-time
+            # features use UTC, which the operator is told (register raw.meters.timezone).
+            log.warning(
+                "%d meters have no timezone in raw.meters nor from their gateway (%s...): their"
+                " features use %s",
+                len(unzoned),
+                ", ".join(unzoned[:3]),
+                DEFAULT_ZONE,
+            )
+        cols = list(zip(*rows, strict=True))
+        register = np.array([np.nan if v is None else v for v in cols[3]], dtype=np.float64)
+        data = from_rows(
+            cols[0],
+            cols[1],
+            np.asarray(cols[2], dtype=np.float64),
+            register,
+            np.asarray(cols[4], dtype=np.bool_),
+            flags_mask(cols[5], DEFAULT_FLAG_BITS),
+            interval_s,
+            DEFAULT_FLAG_BITS,
+            meters,
+            source={
+                "kind": "postgres",
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "interval_s": interval_s,
+                "meters_without_timezone": len(unzoned),
+            },
         )
-    cols = list(zip(*rows, strict=True))
-    register = np.array([np.nan if v is None else v for v in cols[3]], dtype=np.float64)
-    data = from_rows(
-        cols[0],
-        cols[1],
-        np.asarray(cols[2], dtype=np.float64),
-        register,
-        np.asarray(cols[4], dtype=np.bool_),
-        flags_mask(cols[5], DEFAULT_FLAG_BITS),
-        interval_s,
-        DEFAULT_FLAG_BITS,
-        meters,
-        source={
-            "kind": "postgres",
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "interval_s": interval_s,
-            "meters_without_timezone": len(unzoned),
-        },
-    )
-    if with_history and long_memory_days > 0:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
+        # The long memory goes on from older readings, over this connection (the meters' zones
+        # are known by now).
+        if with_history and long_memory_days > 0:
             data.profiles = long_memory_profiles(conn, data, lo, long_memory_days)
-        data.source["long_memory_days"] = long_memory_days
-        data.source["meters_with_long_memory"] = len(data.profiles)
+            data.source["long_memory_days"] = long_memory_days
+            data.source["meters_with_long_memory"] = len(data.profiles)
     return data
 
 
@@ -437,14 +438,14 @@ def long_memory_profiles(
         },
     ).fetchall()
     to_kw = 3600.0 / (data.interval_s * QUANTUM_PER_KWH)
-    sums: dict[str, Any] = {}
-    weights: dict[str, Any] = {}
-    through: dict[str, int] = {}
+    # meter -> (through_day, sums, weights), one hour a row
+    folded: dict[str, tuple[int, Any, Any]] = {}
     for meter_id, day, hour, kwh_sum, weight in rows:
-        sums.setdefault(meter_id, np.zeros(PROFILE_HOURS, "<f8"))[hour] = kwh_sum * to_kw
-        weights.setdefault(meter_id, np.zeros(PROFILE_HOURS, "<f8"))[hour] = weight
-        through[meter_id] = int(day)
-    return {m: MeterProfile(through[m], sums[m].tobytes(), weights[m].tobytes()) for m in through}
+        _, s, w = folded.setdefault(
+            meter_id, (int(day), np.zeros(PROFILE_HOURS, "<f8"), np.zeros(PROFILE_HOURS, "<f8"))
+        )
+        s[hour], w[hour] = kwh_sum * to_kw, weight
+    return {m: MeterProfile(d, s.tobytes(), w.tobytes()) for m, (d, s, w) in folded.items()}
 
 
 def _gateway_zones(conn: Any) -> dict[str, str]:
@@ -463,35 +464,66 @@ def _gateway_zones(conn: Any) -> dict[str, str]:
     return zones
 
 
-def reading_features(data: MeterData) -> npt.NDArray[np.float32]:
-    """Edge features of every present reading, ``(T, M, F)`` (zeros where absent)."""
+@dataclass
+class _Rows:
+    """The present readings of a :class:`MeterData` as the edge functions take them: grouped by
+    meter (its index), time-sorted inside a meter; ``present`` is the ``(M, T)`` mask."""
+
+    present: npt.NDArray[np.bool_]
+    meter: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    kwh: npt.NDArray[np.float64]
+    on: npt.NDArray[np.bool_]
+    flags: npt.NDArray[np.uint16]
+    offsets: npt.NDArray[np.int64]
+
+
+def _rows(data: MeterData) -> _Rows:
     t_n, m_n = data.kwh.shape
-    present = data.present.T  # (M, T): meter-major, time-sorted inside a meter
+    present = data.present.T
     meter = np.broadcast_to(np.arange(m_n)[:, None], (m_n, t_n))[present]
     ts = np.broadcast_to(data.ts[None, :], (m_n, t_n))[present]
-    kwh = data.kwh.T[present]
-    on = data.supply_on.T[present]
-    flags = data.flags.T[present]
     offsets = zone_offsets(ts, meter, data.timezone.tolist())
-    usual = None
-    if data.profiles:  # each meter's memory goes on from its older readings
-        code = {m: i for i, m in enumerate(data.meter_ids.tolist())}
-        start = {code[m]: p for m, p in data.profiles.items() if m in code}
-        valid = supplied(on, flags, int(data.flag_bits.get(NO_CREDIT_FLAG, 0)))
-        usual = fold(meter, ts, kwh, valid, offsets, data.interval_s, start)
-        del valid
-    x = compute_features_grouped(
+    return _Rows(
+        present,
         meter,
         ts,
-        kwh,
-        on,
-        flags,
-        data.register_kwh.T[present],
+        data.kwh.T[present],
+        data.supply_on.T[present],
+        data.flags.T[present],
+        offsets,
+    )
+
+
+def long_memory(data: MeterData) -> Usual:
+    """The long memory (``edge_agent.long_memory.fold``) of the present readings in
+    :func:`reading_features`' row order, going on from ``data.profiles`` where a meter has one;
+    its ``profiles`` are keyed by meter index."""
+    return _long_memory(data, _rows(data))
+
+
+def _long_memory(data: MeterData, r: _Rows) -> Usual:
+    code = {m: i for i, m in enumerate(data.meter_ids.tolist())}
+    start = {code[m]: p for m, p in data.profiles.items() if m in code}
+    valid = supplied(r.on, r.flags, int(data.flag_bits.get(NO_CREDIT_FLAG, 0)))
+    return fold(r.meter, r.ts, r.kwh, valid, r.offsets, data.interval_s, start)
+
+
+def reading_features(data: MeterData) -> npt.NDArray[np.float32]:
+    """Edge features of every present reading, ``(T, M, F)`` (zeros where absent)."""
+    r = _rows(data)
+    x = compute_features_grouped(
+        r.meter,
+        r.ts,
+        r.kwh,
+        r.on,
+        r.flags,
+        data.register_kwh.T[r.present],
         data.interval_s,
         data.flag_bits,
-        utc_offset_s=offsets,
-        usual=usual,
+        utc_offset_s=r.offsets,
+        usual=_long_memory(data, r),
     )
-    out = np.zeros((t_n, m_n, len(FEATURE_NAMES)), np.float32)
-    out.transpose(1, 0, 2)[present] = x
+    out = np.zeros((data.n_intervals, data.n_meters, len(FEATURE_NAMES)), np.float32)
+    out.transpose(1, 0, 2)[r.present] = x
     return out

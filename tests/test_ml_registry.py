@@ -272,10 +272,7 @@ def test_central_features_keep_each_meters_long_memory_from_older_readings(ml_ds
 def test_the_databases_long_memory_is_the_gateways_across_a_clock_change(ml_dsn: str) -> None:
     """`long_memory_profiles` folds in SQL what `fold` folds on a gateway, hour by hour, for
     meters whose clock moves to summer time in the middle of the days folded."""
-    from edge_agent.features import supplied
-    from edge_agent.localtime import zone_offsets
-    from edge_agent.long_memory import fold
-    from ml.dataset import from_postgres, long_memory_profiles
+    from ml.dataset import from_postgres, long_memory, long_memory_profiles
 
     sim = copy_fleet(ml_dsn, FleetConfig(meters=8, days=30, seed=9))
     with psycopg.connect(ml_dsn, autocommit=True) as conn:
@@ -287,13 +284,7 @@ def test_the_databases_long_memory_is_the_gateways_across_a_clock_change(ml_dsn:
     data = from_postgres(
         ml_dsn, first, before + timedelta(seconds=sim.interval_s), with_history=False
     )
-    present = data.present.T
-    meter = np.broadcast_to(np.arange(data.n_meters)[:, None], present.shape)[present]
-    ts = np.broadcast_to(data.ts[None, :], present.shape)[present]
-    on, flags = data.supply_on.T[present], data.flags.T[present]
-    valid = supplied(on, flags, data.flag_bits["no_credit"])
-    offsets = zone_offsets(ts, meter, data.timezone.tolist())
-    gateway = fold(meter, ts, data.kwh.T[present], valid, offsets, data.interval_s).profiles
+    gateway = long_memory(data).profiles  # as edge_agent.long_memory.fold on a gateway
     with psycopg.connect(ml_dsn) as conn:
         central = long_memory_profiles(conn, data, before.timestamp(), 180)
     assert len(central) == data.n_meters == len(gateway)
