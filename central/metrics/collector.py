@@ -17,76 +17,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from central.metrics.fleet import GATEWAY_COUNTERS
 from central.metrics.state import ExporterState
+from edge_agent.health import GATEWAY_COUNTERS, GATEWAY_GAUGES, MODEL_INFO, counter_metric
 
 GW = ["gateway_id"]
 Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily | InfoMetricFamily
-
-# (name, help, attribute of GatewayView): one gauge per gateway each.
-_GATEWAY_GAUGES: list[tuple[str, str, str]] = [
-    (
-        "eiot_gateway_last_seen_timestamp_seconds",
-        "When central stored the gateway's current status (central's clock).",
-        "received_at",
-    ),
-    (
-        "eiot_gateway_status_sent_timestamp_seconds",
-        "sent_at of the current status (the gateway's clock).",
-        "sent_at",
-    ),
-    (
-        "eiot_gateway_up",
-        "1 if the current status says online, 0 if offline (last will or a clean stop).",
-        "online",
-    ),
-    (
-        "eiot_gateway_pending_readings",
-        "Readings in the gateway's buffer not yet acknowledged by central (backlog).",
-        "pending_readings",
-    ),
-    (
-        "eiot_gateway_inflight_batches",
-        "Batches sent and waiting for central's ack.",
-        "inflight_batches",
-    ),
-    (
-        "eiot_gateway_oldest_pending_timestamp_seconds",
-        "Reading time of the oldest reading not acknowledged (time() minus this is its age).",
-        "oldest_pending_ts",
-    ),
-    (
-        "eiot_gateway_intake_paused",
-        "1 while the gateway refuses new readings (buffer budget or disk full).",
-        "intake_paused",
-    ),
-    ("eiot_gateway_buffer_data_bytes", "Bytes of data in the gateway's buffer.", "data_bytes"),
-    (
-        "eiot_gateway_buffer_budget_bytes",
-        "The buffer's byte budget (buffer_max_mb).",
-        "budget_bytes",
-    ),
-    (
-        "eiot_gateway_disk_free_bytes",
-        "Free bytes on the gateway's buffer file system.",
-        "disk_free_bytes",
-    ),
-    (
-        "eiot_gateway_last_ack_timestamp_seconds",
-        "When the gateway last received an ack (its clock).",
-        "last_ack_at",
-    ),
-    (
-        "eiot_gateway_clock_suspect",
-        "1 if the gateway's wall clock stepped lately or is behind the latest time it saw.",
-        "clock_suspect",
-    ),
-    (
-        "eiot_gateway_scoring",
-        "1 if the gateway has a model in use, 0 if it scores nothing.",
-        "scoring",
-    ),
-]
 
 
 class FleetCollector(Collector):
@@ -104,27 +39,21 @@ class FleetCollector(Collector):
 
     def _gateways(self) -> Iterator[Family]:
         gateways = sorted(self.state.gateways.items())
-        for name, doc, attr in _GATEWAY_GAUGES:
+        for name, doc, attr in GATEWAY_GAUGES:
             g = GaugeMetricFamily(name, doc, labels=GW)
             for gw, view in gateways:
                 value = getattr(view, attr)
                 if value is not None:
                     g.add_metric([gw], float(value))
             yield g
-        for i, (name, doc) in enumerate(GATEWAY_COUNTERS.values()):
-            c = CounterMetricFamily(
-                f"eiot_gateway_{name}", doc + " (the agent's own count)", labels=GW
-            )
+        for i, key in enumerate(GATEWAY_COUNTERS):
+            c = CounterMetricFamily(*counter_metric(key), labels=GW)
             for gw, view in gateways:
                 value = view.counters[i]
                 if value is not None:
                     c.add_metric([gw], value)
             yield c
-        info = InfoMetricFamily(
-            "eiot_gateway_model",
-            "A model in use on the gateway (name and version).",
-            labels=[*GW, "model", "version"],
-        )
+        info = InfoMetricFamily(*MODEL_INFO, labels=[*GW, "model", "version"])
         for gw, view in gateways:
             for model, version in view.models:
                 info.add_metric([gw, model, version], {})

@@ -23,9 +23,9 @@ from typing import Any
 import psycopg
 
 from central.db import connect
-from central.metrics.fleet import view_of
 from central.metrics.settings import MetricsSettings
 from central.metrics.state import ExporterState, RunResult, WarehouseTable
+from edge_agent.health import view_of
 from edge_agent.vocabulary import ALERT_KINDS
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from central.metrics.fleet import GatewayView
+from edge_agent.health import GatewayView
 
 # Batch delivery: the gateway froze the batch (sent_at, its clock) → central committed it.
 DELIVERY_BUCKETS_S = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 86400.0)

@@ -2,7 +2,7 @@
 warehouse, from what PostgreSQL raw holds (no Airflow here; the DAG calls :func:`watch`).
 
 Conditions, per gateway, judged on ``raw.gateway_status`` (read through the exporter's own
-reading of a status, :func:`central.metrics.fleet.view_of`) and ``raw.quarantine``:
+reading of a status, :func:`edge_agent.health.view_of`) and ``raw.quarantine``:
 
 * ``silent``: nothing received from it for ``watch_silent_s`` (its last status says online or
   offline: an offline one went away cleanly or by its last will);
@@ -35,10 +35,10 @@ import psycopg
 from clickhouse_connect.driver.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.metrics.fleet import GATEWAY_COUNTERS, view_of
 from central.warehouse.client import connect, served
 from central.warehouse.settings import DEFAULT_WAREHOUSE_PATH
 from edge_agent import topics
+from edge_agent.health import GATEWAY_COUNTERS, view_of
 from edge_agent.settings_base import TomlEnvSettings, build
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,11 @@
-"""The fleet as central last heard it: one small record per gateway, from its status.v1.
+"""A gateway's health as numbers: one definition for central's exporter and the agent's own.
 
 Gateways sit behind NAT on metered links and cannot be scraped: their health travels in
-``status.v1`` messages that the ingest stores in ``raw.gateway_status``. The exporter keeps the
-current one of each gateway (the one central received last) as a few numbers, not the message,
-so memory grows with the fleet, bounded by ``metrics_max_gateways``.
+``status.v1`` messages that central's ingest stores in ``raw.gateway_status``, and central's
+exporter (``central.metrics``) keeps the current one of each gateway as a :class:`GatewayView`,
+a few numbers, not the message. The agent's optional local ``/metrics``
+(``edge_agent.local_metrics``), for an engineer on site, shows its own status the same way, under
+the same metric names. Standard library only: this module runs on the gateway.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ GATEWAY_COUNTERS: Mapping[str, tuple[str, str]] = {
 
 @dataclass(slots=True)
 class GatewayView:
-    """What the exporter shows of one gateway."""
+    """What a status says of one gateway, as numbers."""
 
     received_at: float  # central's clock: when the current status was stored
     sent_at: float  # the gateway's clock
@@ -68,8 +70,8 @@ def _num(value: Any) -> float | None:
 
 
 def view_of(status: Mapping[str, Any], received_at: float) -> GatewayView:
-    """The view of a stored ``status.v1`` (already validated by the ingest; read defensively
-    all the same: a field absent or odd gives no sample, never an error)."""
+    """The view of a ``status.v1`` as JSON (central's are validated by the ingest; read
+    defensively all the same: a field absent or odd gives no sample, never an error)."""
     buffer = status.get("buffer")
     buf: Mapping[str, Any] = buffer if isinstance(buffer, Mapping) else {}
     counters = status.get("counters")
@@ -106,3 +108,79 @@ def view_of(status: Mapping[str, Any], received_at: float) -> GatewayView:
             _num(cnt.get(name)) if name in cnt or not buf else 0.0 for name in GATEWAY_COUNTERS
         ),
     )
+
+
+# (name, help, attribute of GatewayView): one gauge per gateway each. received_at is central's:
+# the agent's own /metrics leaves that one out.
+GATEWAY_GAUGES: list[tuple[str, str, str]] = [
+    (
+        "eiot_gateway_last_seen_timestamp_seconds",
+        "When central stored the gateway's current status (central's clock).",
+        "received_at",
+    ),
+    (
+        "eiot_gateway_status_sent_timestamp_seconds",
+        "sent_at of the current status (the gateway's clock).",
+        "sent_at",
+    ),
+    (
+        "eiot_gateway_up",
+        "1 if the current status says online, 0 if offline (last will or a clean stop).",
+        "online",
+    ),
+    (
+        "eiot_gateway_pending_readings",
+        "Readings in the gateway's buffer not yet acknowledged by central (backlog).",
+        "pending_readings",
+    ),
+    (
+        "eiot_gateway_inflight_batches",
+        "Batches sent and waiting for central's ack.",
+        "inflight_batches",
+    ),
+    (
+        "eiot_gateway_oldest_pending_timestamp_seconds",
+        "Reading time of the oldest reading not acknowledged (time() minus this is its age).",
+        "oldest_pending_ts",
+    ),
+    (
+        "eiot_gateway_intake_paused",
+        "1 while the gateway refuses new readings (buffer budget or disk full).",
+        "intake_paused",
+    ),
+    ("eiot_gateway_buffer_data_bytes", "Bytes of data in the gateway's buffer.", "data_bytes"),
+    (
+        "eiot_gateway_buffer_budget_bytes",
+        "The buffer's byte budget (buffer_max_mb).",
+        "budget_bytes",
+    ),
+    (
+        "eiot_gateway_disk_free_bytes",
+        "Free bytes on the gateway's buffer file system.",
+        "disk_free_bytes",
+    ),
+    (
+        "eiot_gateway_last_ack_timestamp_seconds",
+        "When the gateway last received an ack (its clock).",
+        "last_ack_at",
+    ),
+    (
+        "eiot_gateway_clock_suspect",
+        "1 if the gateway's wall clock stepped lately or is behind the latest time it saw.",
+        "clock_suspect",
+    ),
+    (
+        "eiot_gateway_scoring",
+        "1 if the gateway has a model in use, 0 if it scores nothing.",
+        "scoring",
+    ),
+]
+
+# The models in use: an info metric, labelled by model name and version.
+MODEL_INFO = ("eiot_gateway_model", "A model in use on the gateway (name and version).")
+
+
+def counter_metric(key: str) -> tuple[str, str]:
+    """Name (without ``_total``) and help of the metric of the agent's counter ``key``."""
+    name, doc = GATEWAY_COUNTERS[key]
+    return f"eiot_gateway_{name}", doc + " (the agent's own count)"
