@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -115,23 +116,23 @@ def agent_peak_rss(
     meters: int,
     days: int,
     python: str = sys.executable,
+    local_metrics: bool = False,
 ) -> dict[str, Any]:
     """Memory of a real ``edge-agent run`` with the signed model loaded: first idle (the model
     loaded, no reading yet: what the libraries and the model cost), then taking ``meters``
     meters x ``days`` days dropped into its spool directory and scoring every reading. The
     broker port is closed (an offline gateway: store-and-forward, no uplink). Peak RSS is the
-    kernel's VmHWM; the private (anonymous) part is sampled every 50 ms."""
-    import socket
+    kernel's VmHWM; the private (anonymous) part is sampled every 50 ms. ``local_metrics``: the
+    agent serves its own /metrics, scraped every 0.5 s of the run."""
     import sqlite3
+    import urllib.request
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "model.json").write_text(json.dumps(message))
         expected = _spool_readings(work / "later", meters, days)
         (work / "spool").mkdir()
-        with socket.socket() as sock:  # a free port nobody listens on
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port, metrics_port = _free_port(), _free_port()  # nobody listens on the broker's
         (work / "agent.toml").write_text(
             "\n".join(
                 [
@@ -141,6 +142,7 @@ def agent_peak_rss(
                     f'spool_dir = "{work / "spool"}"',
                     f'model_path = "{work / "model.json"}"',
                     f'model_public_key = "{public_key}"',
+                    f"local_metrics_port = {metrics_port}" if local_metrics else "",
                 ]
             )
             + "\n"
@@ -162,7 +164,15 @@ def agent_peak_rss(
             except sqlite3.Error:
                 return -1
 
-        scored = 0
+        def scrape() -> bool:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return r.status == 200 and b"eiot_gateway_pending_readings" in r.read()
+            except OSError:
+                return False
+
+        scored = scrapes = 0
         idle: dict[str, float] = {}
         peak_anon = 0.0
         try:
@@ -173,6 +183,8 @@ def agent_peak_rss(
                     time.sleep(2.0)  # the model is stored once it is loaded; let it settle
                     idle = _memory(proc.pid)
                     break
+            if idle and local_metrics and not scrape():  # its first snapshot, while idle
+                raise SystemExit("the agent's /metrics did not answer:\n" + _stderr(proc))
             if not idle:
                 raise SystemExit("the agent did not load its model:\n" + _stderr(proc))
             for f in sorted((work / "later").iterdir()):  # drop the files as a head-end would
@@ -184,6 +196,10 @@ def agent_peak_rss(
                 peak_anon = max(peak_anon, _memory(proc.pid)["RssAnon"])
                 if time.monotonic() - last_count > 0.5:
                     last_count = time.monotonic()
+                    if local_metrics:
+                        if not scrape():
+                            raise SystemExit("the agent's /metrics did not answer")
+                        scrapes += 1
                     scored = count("select count(score) from readings")
                     if scored >= expected:
                         break
@@ -200,7 +216,14 @@ def agent_peak_rss(
         "peak_anon_mb": peak_anon,
         "readings": expected,
         "seconds": elapsed,
+        "local_metrics_scrapes": scrapes,
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _stderr(proc: subprocess.Popen[bytes]) -> str:
@@ -267,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         help="interpreter that runs the agent: `edge` (default) a venv with only the edge "
         "extra's packages, as on a gateway (var/edge-venv, made on first use); `current` this "
         "one (its extra packages add a few MB); or the path of another",
+    )
+    parser.add_argument(
+        "--local-metrics",
+        action="store_true",
+        help="the agent serves its own /metrics (local_metrics_port), scraped every 0.5 s",
     )
     args = parser.parse_args(argv)
 
@@ -358,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     agent_python = {"edge": edge_python, "current": lambda: sys.executable}.get(
         args.agent_python, lambda: str(args.agent_python)
     )()
-    report = agent_peak_rss(message, pub, args.agent_meters, args.agent_days, agent_python)
+    report = agent_peak_rss(
+        message, pub, args.agent_meters, args.agent_days, agent_python, args.local_metrics
+    )
     rss = float(report["peak_rss_mb"])
     print(
         f"edge-agent run ({agent_python}), model loaded, idle: RSS {report['idle_rss_mb']:.1f} MB"
@@ -366,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         f" x {args.agent_days} days = {report['readings']} readings, every one scored in"
         f" {report['seconds']:.1f}s, offline: peak RSS {rss:.1f} MB"
         f" (private {report['peak_anon_mb']:.1f} MB)"
+        + (
+            f"; its /metrics scraped {report['local_metrics_scrapes']} times"
+            if args.local_metrics
+            else ""
+        )
     )
     targets = [
         ("single_row_p50_us <= 50", single <= 50),
@@ -387,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             "agent_peak_private_mb": round(float(report["peak_anon_mb"]), 1),
             "parity_max_abs_diff": max_diff,
             "parity_label_mismatches": mismatches,
+            "agent_local_metrics_scrapes": report["local_metrics_scrapes"],
         },
         argv,
     )

@@ -36,6 +36,7 @@ from edge_agent.sync import Sync, SyncPolicy
 from edge_agent.validate import Validator
 
 if TYPE_CHECKING:
+    from edge_agent.local_metrics import LocalMetrics
     from simulator import Fleet
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ class Agent:
         self._last_status: float | None = None  # monotonic
         self._last_prune: float | None = None  # monotonic
         self._flushed = threading.Event()
+        self.local_metrics: LocalMetrics | None = None  # started by run() when configured
 
     def _registry_meters(self, fleet: Fleet | None) -> list[dict[str, Any]]:
         """The meters this gateway reads (transformer, customer class), from the registry file,
@@ -314,6 +316,7 @@ class Agent:
             self.settings.db_path,
             self.buffer.readings.pending,
         )
+        self._start_local_metrics()
         self.notifier.ready(f"{self.buffer.readings.pending} readings pending")
         try:
             while not stop.is_set():
@@ -326,6 +329,28 @@ class Agent:
                     stop.wait(0.02)
         finally:
             self.shutdown()
+
+    def _start_local_metrics(self) -> None:
+        """The on-site ``/metrics``: an address that cannot be bound is logged, and the agent
+        runs without it (collecting readings matters more than showing them)."""
+        s = self.settings
+        if s.local_metrics_port is None:
+            return
+        from edge_agent.local_metrics import LocalMetrics  # http.server: only when it is on
+
+        metrics = LocalMetrics(s.local_metrics_host, s.local_metrics_port, self.monotonic)
+        try:
+            port = metrics.start()
+        except OSError as exc:
+            log.error(
+                "local /metrics not served: cannot listen on %s:%d: %s",
+                s.local_metrics_host,
+                s.local_metrics_port,
+                exc,
+            )
+            return
+        self.local_metrics = metrics
+        log.info("local /metrics on http://%s:%d/metrics", s.local_metrics_host, port)
 
     def step(self) -> int:
         """One turn of the loop. A write refused for lack of space closes the intake gate and
@@ -360,6 +385,9 @@ class Agent:
         ):
             self._status_due.clear()
             self.publish_status(now)
+        if self.local_metrics is not None and self.local_metrics.wanted():
+            state: Literal["online", "offline"] = "online" if self.link.connected() else "offline"
+            self.local_metrics.show(self._status(now, state).to_json_dict())
         every = PRUNE_EVERY_S if self.gate.is_open else PRUNE_WHEN_FULL_S
         # a suspect clock prunes nothing, unless room is short (pruning is by reading time
         # and is bounded by the wall clock, so it stays safe then too)
@@ -421,7 +449,17 @@ class Agent:
         on_delivered: threading.Event | None = None,
     ) -> None:
         self._last_status = self.monotonic()
-        msg = status.build(
+        msg = self._status(now, state)
+        self.link.publish(
+            topics.status(self.settings.topic_root, self.settings.gateway_id),
+            wire.encode_model(msg, compress=False),
+            qos=1,
+            retain=True,
+            on_delivered=None if on_delivered is None else (lambda ok: on_delivered.set()),
+        )
+
+    def _status(self, now: float, state: Literal["online", "offline"]) -> wire.Status:
+        return status.build(
             self.buffer,
             self.settings.gateway_id,
             now,
@@ -432,16 +470,11 @@ class Agent:
             watch=self.watch,
             timezone=self.settings.timezone or DEFAULT_ZONE,
         )
-        self.link.publish(
-            topics.status(self.settings.topic_root, self.settings.gateway_id),
-            wire.encode_model(msg, compress=False),
-            qos=1,
-            retain=True,
-            on_delivered=None if on_delivered is None else (lambda ok: on_delivered.set()),
-        )
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        if self.local_metrics is not None:
+            self.local_metrics.close()
         for source in self.sources:
             source.close()
         if self.link.connected():

@@ -204,6 +204,11 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     wire_schema: Literal["readings.v1", "readings.v2"] = "readings.v2"
     # A status is ~0.7 kB on the wire with TCP and TLS: every 5 min is ~6 MB a month of 3G.
     status_interval_s: float = Field(default=300.0, gt=0)
+    # The agent's own /metrics for an engineer on site (edge_agent/local_metrics.py): off unless
+    # a port is set (0: any free port, logged). Loopback unless the host says otherwise: it has
+    # no authentication.
+    local_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    local_metrics_host: str = "127.0.0.1"
 
     # Validation.
     max_future_s: int = 300

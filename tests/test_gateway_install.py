@@ -14,11 +14,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from central import gateway_bundle
+from central.local_services import free_port
 from edge_agent import topics
 from tests.support.detection import Subscriber, models, normal_history, reading, write_spool
 from tests.support.processes import BROKER_PORT
@@ -145,6 +147,7 @@ def test_edge_bundle_installs_offline_and_runs_the_agent_with_a_model(
     readings.append(reading("m1", 8 * 48, flags=["cover_open"]))
     write_spool(spool, "readings", readings)
     db = tmp_path / "buffer.db"
+    metrics_port = free_port()
     config = tmp_path / "agent.toml"
     config.write_text(
         "\n".join(
@@ -158,6 +161,7 @@ def test_edge_bundle_installs_offline_and_runs_the_agent_with_a_model(
                 f'model_public_key = "{m.public_key}"',
                 "status_interval_s = 1",
                 "session_expiry_s = 60",
+                f"local_metrics_port = {metrics_port}",
             ]
         )
         + "\n"
@@ -183,6 +187,9 @@ def test_edge_bundle_installs_offline_and_runs_the_agent_with_a_model(
         sub.wait_for(
             lambda: notify.messages.count("WATCHDOG=1") >= 3, 10, "watchdog pings (0.5 s apart)"
         )
+        # the engineer's view on site, served by the bundle's agent on its packages alone
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            local = r.read().decode()
         peak = _peak_rss_mb(proc.pid)
         with sqlite3.connect(db) as conn:
             scored = conn.execute(
@@ -203,6 +210,8 @@ def test_edge_bundle_installs_offline_and_runs_the_agent_with_a_model(
     assert said[0] == "READY=1" and said[-1] == "STOPPING=1", said
     assert said.count("WATCHDOG=1") >= 3, said
     assert scored == (len(readings), len(readings), "v1", "v1"), out[-3000:]
+    assert f'eiot_gateway_up{{gateway_id="{GW}"}} 1.0' in local
+    assert f'eiot_gateway_model_info{{gateway_id="{GW}",model="iforest",version="v1"}} 1.0' in local
     alert = sub.payloads("/alerts")[0]
     assert (alert["kind"], alert["meter_id"]) == ("tamper", "m1")
     print(f"edge-agent peak RSS with the model loaded: {peak:.0f} MB")
