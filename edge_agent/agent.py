@@ -351,6 +351,8 @@ class Agent:
             return
         self.local_metrics = metrics
         log.info("local /metrics on http://%s:%d/metrics", s.local_metrics_host, port)
+        if s.local_metrics_host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("local /metrics listens beyond loopback, without authentication")
 
     def step(self) -> int:
         """One turn of the loop. A write refused for lack of space closes the intake gate and

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -96,7 +97,8 @@ class LocalMetrics:
     def start(self) -> int:
         """Bind and serve in a daemon thread; the port (``port`` 0: a free one). OSError when
         the address cannot be bound."""
-        server = HTTPServer((self.host, self.port), _Handler, bind_and_activate=True)
+        server_class = _Server6 if ":" in self.host else HTTPServer
+        server = server_class((self.host, self.port), _Handler)
         server.metrics = self  # type: ignore[attr-defined]
         self._server = server
         self._thread = threading.Thread(
@@ -139,6 +141,10 @@ class LocalMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _Server6(HTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -236,3 +236,16 @@ def test_off_unless_a_port_is_set_and_loopback_by_default() -> None:
     assert s.local_metrics_host == "127.0.0.1"
     with pytest.raises(ValueError):
         AgentSettings(local_metrics_port=70_000)
+
+
+def test_an_ipv6_loopback_address_serves_too() -> None:
+    from edge_agent.local_metrics import LocalMetrics
+
+    metrics = LocalMetrics("::1", 0)
+    port = metrics.start()
+    try:
+        metrics.publish(b"# nothing\n")
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as r:
+            assert r.read() == b"# nothing\n"
+    finally:
+        metrics.close()
