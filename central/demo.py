@@ -346,6 +346,18 @@ def _identifier(value: str) -> str:
     return value
 
 
+def _garbled_share(value: str) -> float:
+    """The agents' own bound (``SimSourceSettings.garbled_share``), said before anything starts."""
+    from pydantic import ValidationError
+
+    from edge_agent.settings import SimSourceSettings
+
+    try:
+        return SimSourceSettings(garbled_share=value).garbled_share
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.errors()[0]["msg"]) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m central.demo",
@@ -359,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="simulation seed")
     parser.add_argument(
         "--garbled-share",
-        type=float,
+        type=_garbled_share,
         default=0.0005,
         help="share of readings the meters garble, which the agents quarantine (0 to 0.1)",
     )

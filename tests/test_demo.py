@@ -73,3 +73,27 @@ def test_the_demo_through_airflow(tmp_path: Path) -> None:
         assert f"success          {task}" in run, run
     assert "Inspection list" in run
     assert (var / "airflow" / "airflow.db").exists(), "Airflow's metadata in SQLite in its home"
+
+
+@pytest.mark.parametrize(
+    ("share", "said"),
+    [
+        ("0.5", "less than or equal to 0.1"),
+        ("-0.01", "greater than or equal to 0"),
+        ("x", "number"),
+    ],
+)
+def test_a_garbled_share_out_of_range_is_refused_before_anything_starts(
+    tmp_path: Path, share: str, said: str
+) -> None:
+    var = tmp_path / "var"
+    done = subprocess.run(
+        [sys.executable, "-m", "central.demo", "--garbled-share", share, "--var", str(var)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "argument --garbled-share: Input should be" in done.stderr and said in done.stderr
+    assert not var.exists()  # nothing made, nothing started
