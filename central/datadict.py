@@ -31,6 +31,7 @@ from psycopg import sql
 
 from edge_agent.fields import READING_FIELDS
 from edge_agent.migrations import migrate as migrate_buffer
+from edge_agent.vocabulary import QUARANTINE_REASONS
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "data-dictionary.md"
@@ -56,7 +57,7 @@ BUFFER_NOTES: dict[str, dict[str, str]] = {
         "batch.",
         "id": "Order of arrival.",
         "raw": "The input as received (bounded excerpt).",
-        "reason": "Why it is not a reading (a short word, then details).",
+        "reason": "Why it is not a reading: a kind (see Quarantine reasons below), then details.",
         "received_at": "When it arrived (epoch seconds).",
         "source": "Where it came from (spool file and line, MQTT topic, buffer).",
         "batch_id": "The batch carrying it; null until batched.",
@@ -351,6 +352,19 @@ def render(
         "Staging views, intermediate and mart tables (`dbt/models/`), as their YAML declares them.",
         models,
     )
+    lines += [
+        "## Quarantine reasons",
+        "",
+        "A quarantine row's `reason` is a kind, alone or followed by `: ` and details; its kind "
+        "is the warehouse's `reason_kind` and the label of central's "
+        "`eiot_ingest_quarantined_rows_total`. The kinds, from `edge_agent/vocabulary.py` "
+        "(`QUARANTINE_REASONS`):",
+        "",
+        "| kind | what it means |",
+        "|---|---|",
+        *(f"| `{kind}` | {_cell(meaning)} |" for kind, meaning in QUARANTINE_REASONS.items()),
+        "",
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -46,7 +46,12 @@ from edge_agent import failpoints, topics, wire
 from edge_agent.alerts import alert_id
 from edge_agent.backoff import Backoff
 from edge_agent.mqtt_link import LinkConfig, MqttLink
-from edge_agent.vocabulary import CENTRAL_ALERT_KINDS, ID_PATTERN, SERVICE_PREFIX
+from edge_agent.vocabulary import (
+    CENTRAL_ALERT_KINDS,
+    ID_PATTERN,
+    SERVICE_PREFIX,
+    quarantine_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +154,7 @@ class IngestWorker:
             work = self.prepare(topic, payload)
         except Exception as exc:  # a bug must not stop the network thread
             log.exception("cannot prepare message on %s", topic)
-            reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
+            reason = quarantine_reason("internal_error", f"{type(exc).__name__}: {exc}")[:300]
             work = Work(topic, payload, self._gateway(topic), self._bad(reason, payload, topic))
         finally:
             self.guard.leave("decoding")
@@ -160,7 +165,9 @@ class IngestWorker:
         self.counters["poison_messages"] += 1
         deaths = self.guard.deaths(sha)
         log.error("message %s on %s killed the worker %d times: set aside", sha[:16], topic, deaths)
-        reason = f"poison_message: the ingest worker died {deaths} times while handling it"
+        reason = quarantine_reason(
+            "poison_message", f"the ingest worker died {deaths} times while handling it"
+        )
         return Work(topic, payload, self._gateway(topic), self._bad(reason, payload, topic), sha)
 
     # --- loop -----------------------------------------------------------------------------
@@ -235,7 +242,9 @@ class IngestWorker:
                     failures += 1
                     if failures > 1:
                         stop.wait(self._db_backoff.next_delay())
-                    reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
+                    reason = quarantine_reason("internal_error", f"{type(exc).__name__}: {exc}")[
+                        :300
+                    ]
                     work = Work(
                         work.topic,
                         work.payload,
@@ -322,7 +331,7 @@ class IngestWorker:
             prepared = store.prepare(parsed, f"mqtt:{topic}", payload, self.window)
         except Exception as exc:  # a bug: the batch is named, the agent gets its answer
             log.exception("cannot validate batch %s on %s", parsed.batch_id, topic)
-            reason = f"internal_error: {type(exc).__name__}: {exc}"[:300]
+            reason = quarantine_reason("internal_error", f"{type(exc).__name__}: {exc}")[:300]
             return Work(topic, payload, gateway_id, store.BadMessage(reason, parsed.batch_id))
         return Work(topic, payload, gateway_id, prepared)
 
@@ -377,7 +386,9 @@ class IngestWorker:
             except store.ForeignMeter as exc:
                 work = Work(topic, payload, gateway_id, store.BadMessage(str(exc), alert_id=aid))
             except psycopg.DataError as exc:  # a value PostgreSQL refuses (NaN in features...)
-                bad = store.BadMessage(f"store_error: {exc}".strip()[:300], alert_id=aid)
+                bad = store.BadMessage(
+                    quarantine_reason("store_error", str(exc).strip())[:300], alert_id=aid
+                )
                 work = Work(topic, payload, gateway_id, bad)
             else:
                 self.counters["alerts_stored" if new else "alerts_duplicate"] += 1
@@ -417,7 +428,9 @@ class IngestWorker:
                 conn, work.item, policy=self.policy, afford=lambda n: self.budget.take(gw, n)
             )
         except psycopg.DataError as exc:  # a value PostgreSQL refuses that validation let by
-            bad = store.BadMessage(f"store_error: {exc}".strip()[:300], work.item.env.batch_id)
+            bad = store.BadMessage(
+                quarantine_reason("store_error", str(exc).strip())[:300], work.item.env.batch_id
+            )
             return ack_topic, self._reject(conn, payload, bad, topic, gateway_id)
         ack = outcome.ack
         assert ack is not None
@@ -444,9 +457,9 @@ class IngestWorker:
         self, payload: bytes, gateway_id: str | None
     ) -> wire.BatchEnvelope | store.BadMessage:
         if gateway_id is None:
-            return store.BadMessage("bad_topic")
+            return store.BadMessage(quarantine_reason("bad_topic"))
         if len(payload) > self.s.max_message_bytes:
-            return self._bad(f"oversize: {len(payload)} bytes", payload)
+            return self._bad(quarantine_reason("oversize", f"{len(payload)} bytes"), payload)
         try:
             obj = wire.decode(payload, self.batch_limits)
         except wire.DecodeError as exc:
@@ -456,20 +469,27 @@ class IngestWorker:
             batch_id = None
         schema = wire.schema_of(obj)
         if schema not in wire.READINGS_SCHEMAS:
-            return store.BadMessage(f"unknown_schema: {schema[:40]!r}", batch_id)
+            return store.BadMessage(
+                quarantine_reason("unknown_schema", repr(schema[:40])), batch_id
+            )
         try:
             env = wire.BatchEnvelope.model_validate(obj)
         except ValidationError as exc:
-            return store.BadMessage("invalid_envelope: " + wire.explain(exc), batch_id)
+            return store.BadMessage(
+                quarantine_reason("invalid_envelope", wire.explain(exc)), batch_id
+            )
         if env.gateway_id != gateway_id:
             return store.BadMessage(
-                f"gateway_mismatch: topic {gateway_id}, payload {env.gateway_id}", batch_id
+                quarantine_reason(
+                    "gateway_mismatch", f"topic {gateway_id}, payload {env.gateway_id}"
+                ),
+                batch_id,
             )
         return env
 
     def _parse_alert(self, payload: bytes, gateway_id: str | None) -> AlertItem | store.BadMessage:
         if gateway_id is None:
-            return store.BadMessage("bad_topic")
+            return store.BadMessage(quarantine_reason("bad_topic"))
         try:
             obj = wire.decode(payload, self.small_limits)
         except wire.DecodeError as exc:
@@ -479,18 +499,26 @@ class IngestWorker:
         aid = aid if isinstance(aid, str) and _ALERT_ID.fullmatch(aid) else None
         schema = wire.schema_of(obj)
         if schema != "alert.v1":
-            return store.BadMessage(f"unknown_schema: {schema[:40]!r}", alert_id=aid)
+            return store.BadMessage(
+                quarantine_reason("unknown_schema", repr(schema[:40])), alert_id=aid
+            )
         try:
             alert = wire.Alert.model_validate(obj)
         except ValidationError as exc:
-            return store.BadMessage("invalid_alert: " + wire.explain(exc), alert_id=aid)
+            return store.BadMessage(
+                quarantine_reason("invalid_alert", wire.explain(exc)), alert_id=aid
+            )
         if alert.gateway_id != gateway_id:
             return store.BadMessage(
-                f"gateway_mismatch: topic {gateway_id}, payload {alert.gateway_id}", alert_id=aid
+                quarantine_reason(
+                    "gateway_mismatch", f"topic {gateway_id}, payload {alert.gateway_id}"
+                ),
+                alert_id=aid,
             )
         if alert.kind in CENTRAL_ALERT_KINDS:
             return store.BadMessage(
-                f"reserved_kind: {alert.kind} is raised by central only", alert_id=aid
+                quarantine_reason("reserved_kind", f"{alert.kind} is raised by central only"),
+                alert_id=aid,
             )
         return AlertItem(alert)
 
@@ -500,19 +528,21 @@ class IngestWorker:
         reason = None
         status: wire.Status | None = None
         if gateway_id is None:
-            reason = "bad_topic"
+            reason = quarantine_reason("bad_topic")
         else:
             try:
                 status = wire.Status.model_validate(wire.decode(payload, self.small_limits))
             except wire.DecodeError as exc:
                 reason = str(exc)
             except ValidationError as exc:
-                reason = "invalid_status: " + wire.explain(exc)
+                reason = quarantine_reason("invalid_status", wire.explain(exc))
         if status is not None and status.gateway_id != gateway_id:
-            reason = f"gateway_mismatch: topic {gateway_id}, payload {status.gateway_id}"
+            reason = quarantine_reason(
+                "gateway_mismatch", f"topic {gateway_id}, payload {status.gateway_id}"
+            )
         if reason is not None or status is None:
             self.counters["status_quarantined"] += 1
-            bad = store.BadMessage(reason or "invalid_status")
+            bad = store.BadMessage(reason or quarantine_reason("invalid_status"))
             self._reject(conn, payload, bad, topic, gateway_id)
             return
         try:
@@ -526,7 +556,7 @@ class IngestWorker:
                     self._scoring_off(conn, status)
         except psycopg.DataError as exc:  # e.g. a NUL inside a string: PostgreSQL refuses it
             self.counters["status_quarantined"] += 1
-            bad = store.BadMessage(f"store_error: {exc}".strip()[:300])
+            bad = store.BadMessage(quarantine_reason("store_error", str(exc).strip())[:300])
             self._reject(conn, payload, bad, topic, gateway_id)
             return
         self.counters["status_stored"] += 1

@@ -32,6 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 from central.rows import COPY_TYPES, reading_row, row_json, validated_rows
 from edge_agent import wire
 from edge_agent.fields import METER_ID, N_MEASURED, READING_NAMES, TS, Row
+from edge_agent.vocabulary import quarantine_reason
 
 _COLUMNS = ", ".join(READING_NAMES)
 _MEASURED = ", ".join(f"r.{c}" for c in READING_NAMES[:N_MEASURED])
@@ -75,9 +76,13 @@ class Window:
 
     def problem(self, ts: datetime, received: datetime) -> str | None:
         if ts > received + timedelta(seconds=self.max_future_s):
-            return f"ts_in_future: {wire.iso_z(ts)} is after central's clock + {self.max_future_s}s"
+            return quarantine_reason(
+                "ts_in_future", f"{wire.iso_z(ts)} is after central's clock + {self.max_future_s}s"
+            )
         if ts < self.earliest:
-            return f"ts_too_old: {wire.iso_z(ts)} is before {wire.iso_z(self.earliest)}"
+            return quarantine_reason(
+                "ts_too_old", f"{wire.iso_z(ts)} is before {wire.iso_z(self.earliest)}"
+            )
         return None
 
 
@@ -210,7 +215,12 @@ def prepare(
             quarantine.append((q.raw, q.reason, q.received_at, q.source))
         except ValidationError as exc:
             quarantine.append(
-                (_raw(item), "invalid_quarantine_record: " + wire.explain(exc), received, source)
+                (
+                    _raw(item),
+                    quarantine_reason("invalid_quarantine_record", wire.explain(exc)),
+                    received,
+                    source,
+                )
             )
     return Prepared(env, rows, quarantine, source, received, payload, digest(payload))
 
@@ -314,9 +324,9 @@ def _batch_conflict(
     (it then sends these readings again under new ids)."""
     env = p.env
     stored = f"sha256 {stored_sha256[:16]}..." if stored_sha256 else "no digest kept"
-    reason = (
-        f"batch_conflict: batch {env.batch_id} of {env.gateway_id} was stored with other "
-        f"content ({stored})"
+    reason = quarantine_reason(
+        "batch_conflict",
+        f"batch {env.batch_id} of {env.gateway_id} was stored with other content ({stored})",
     )
     _quarantine_message(conn, p.payload, reason, p.source, env.gateway_id, env.batch_id, policy)
     ack = wire.Ack(
@@ -354,7 +364,9 @@ def _owned(
         if owner is None:
             kept.append(r)
         else:
-            reason = f"meter_of_other_gateway: {r[METER_ID]} is read by {owner}"
+            reason = quarantine_reason(
+                "meter_of_other_gateway", f"{r[METER_ID]} is read by {owner}"
+            )
             quarantine.append((row_json(r), reason, received, source))
     return kept
 
@@ -374,7 +386,9 @@ def _validate(
         try:
             rows.append(reading_row(_reading.validate_python(item)))
         except ValidationError as exc:
-            quarantine.append((_raw(item), "invalid: " + wire.explain(exc), received, source))
+            quarantine.append(
+                (_raw(item), quarantine_reason("invalid", wire.explain(exc)), received, source)
+            )
     return rows, quarantine
 
 
@@ -463,7 +477,11 @@ def store_alert(conn: psycopg.Connection, alert: wire.Alert) -> bool:
             (alert.meter_id, alert.gateway_id),
         ).fetchone()
         if owner is not None:
-            raise ForeignMeter(f"meter_of_other_gateway: {alert.meter_id} is read by {owner[0]}")
+            raise ForeignMeter(
+                quarantine_reason(
+                    "meter_of_other_gateway", f"{alert.meter_id} is read by {owner[0]}"
+                )
+            )
         cur = conn.execute(
             "insert into raw.alerts (alert_id, gateway_id, meter_id, ts, kind, score, threshold, "
             "model_version, features, detail) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from edge_agent import wire
 from edge_agent.fields import Row
+from edge_agent.vocabulary import quarantine_reason
 
 Clock = Callable[[], float]
 
@@ -43,16 +44,20 @@ class Validator:
         """One decoded item (normally a dict) → a row, or a quarantine record saying why not."""
         now = self.clock()
         if not isinstance(obj, dict):
-            return self.quarantine(raw, "not_an_object", now, source)
+            return self.quarantine(raw, quarantine_reason("not_an_object"), now, source)
         try:
             reading = wire.Reading.model_validate(obj)
         except ValidationError as exc:
-            return self.quarantine(raw, "invalid: " + wire.explain(exc), now, source)
+            return self.quarantine(
+                raw, quarantine_reason("invalid", wire.explain(exc)), now, source
+            )
         if reading.ts.timestamp() > self.latest_ts():
-            return self.quarantine(raw, "ts_in_future", now, source)
+            return self.quarantine(raw, quarantine_reason("ts_in_future"), now, source)
         ceiling = self.max_kw * reading.interval_s / 3600.0
         if reading.kwh > ceiling:
-            return self.quarantine(raw, f"implausible_kwh: above {ceiling:g}", now, source)
+            return self.quarantine(
+                raw, quarantine_reason("implausible_kwh", f"above {ceiling:g}"), now, source
+            )
         return reading_to_row(reading)
 
     def check_json(self, payload: bytes | str, source: str) -> list[Row | wire.QuarantineRecord]:
@@ -60,10 +65,14 @@ class Validator:
         try:
             obj = json.loads(payload)
         except (ValueError, RecursionError) as exc:  # incl. JSONDecodeError, huge integers
-            return [self.quarantine(payload, f"malformed_json: {exc}", self.clock(), source)]
+            return [
+                self.quarantine(
+                    payload, quarantine_reason("malformed_json", str(exc)), self.clock(), source
+                )
+            ]
         items = obj if isinstance(obj, list) else [obj]
         if not items:
-            return [self.quarantine(payload, "empty_list", self.clock(), source)]
+            return [self.quarantine(payload, quarantine_reason("empty_list"), self.clock(), source)]
         if len(items) == 1:
             return [self.check(items[0], payload, source)]
         return [self.check(item, json.dumps(item), source) for item in items]

@@ -49,6 +49,64 @@ ALERT_KINDS: tuple[str, ...] = (
 #: Kinds only central raises: refused on a gateway's alerts topic.
 CENTRAL_ALERT_KINDS: tuple[str, ...] = ("scoring_off",)
 
+#: Kinds of a quarantine ``reason`` (a gateway's ``quarantine`` table, central's
+#: ``raw.quarantine``), with what each means to whoever reads the row. A reason is the kind alone
+#: or ``kind: detail`` (:func:`quarantine_reason`); central's metrics, the warehouse's
+#: ``reason_kind`` and the dashboards group rows by the kind.
+QUARANTINE_REASONS: dict[str, str] = {
+    # input, on a gateway (and the same checks again at central)
+    "malformed_json": "Not JSON, or JSON whose top level is not an object.",
+    "empty_list": "A JSON list with nothing in it.",
+    "not_an_object": "An item of a list that is not a reading object.",
+    "not_utf8": "A line of a spool file that is not UTF-8 text.",
+    "unreadable_file": "A spool file that could not be read to its end (the records before "
+    "the fault were taken).",
+    "invalid": "A reading that breaks the wire contract; the detail names the field.",
+    "ts_in_future": "Stamped ahead of the receiver's clock (the gateway's or central's) by "
+    "more than it allows.",
+    "implausible_kwh": "More energy than the agent's max_kw allows in the interval.",
+    "fields_dropped": "A polled reading's other fields (voltage, current...) were invalid: its "
+    "energy was kept and these fields quarantined, with their reason.",
+    "conflict": "Other values already stored for this meter and interval (the first stay).",
+    # meters the agent reads itself (Modbus, DLMS/COSEM)
+    "register_invalid": "A meter register that is not a finite number of kWh.",
+    "register_jump": "The register rose more than max_kw allows since the last read (held "
+    "until a later read confirms it).",
+    "gap_too_long": "Energy read after more than a day unread: it cannot be spread over intervals.",
+    "clock_back": "A read stamped before the meter's last one (the gateway's clock went back).",
+    "profile_entry_invalid": "A DLMS load-profile entry the agent could not read.",
+    "meter_clock_off": "A DLMS meter whose clock is too far from the gateway's: the times of "
+    "its entries cannot be trusted.",
+    # messages, at central's ingest
+    "bad_topic": "A message on a topic that names no gateway.",
+    "empty": "An empty message.",
+    "oversize": "A message larger than the ingest accepts, or that inflates past it.",
+    "bad_compression": "A compressed message that does not inflate.",
+    "bad_encoding": "A message in no encoding the ingest knows.",
+    "too_complex": "A message with more objects or values than the ingest accepts.",
+    "unknown_schema": "A message of a schema the ingest does not know.",
+    "invalid_envelope": "A batch of readings whose envelope breaks the contract.",
+    "invalid_alert": "An alert that breaks the contract.",
+    "invalid_status": "A status that breaks the contract.",
+    "invalid_quarantine_record": "A gateway's quarantine record that breaks the contract.",
+    "gateway_mismatch": "A payload naming another gateway than its topic does.",
+    "reserved_kind": "An alert of a kind only central raises, sent by a gateway.",
+    "meter_of_other_gateway": "A reading or alert of a meter registered to another gateway.",
+    "ts_too_old": "A reading older than central accepts.",
+    "batch_conflict": "A batch id already stored with other contents (never acknowledged).",
+    "store_error": "The database refused the message; the detail says why.",
+    "internal_error": "A fault in the ingest while handling the message (a bug to report).",
+    "poison_message": "A message that stopped the ingest worker several times: set aside.",
+}
+
+
+def quarantine_reason(kind: str, detail: str = "") -> str:
+    """A quarantine ``reason``: ``kind`` (one of :data:`QUARANTINE_REASONS`), then ``detail``."""
+    if kind not in QUARANTINE_REASONS:
+        raise ValueError(f"not a quarantine reason kind: {kind!r}")
+    return f"{kind}: {detail}" if detail else kind
+
+
 #: Identities of central services begin so (``svc-ingest-1``, ``svc-models``): a gateway id
 #: never does, so no topic ``…/gw/<id>/…`` can name a service (``central.pki``).
 SERVICE_PREFIX = "svc-"

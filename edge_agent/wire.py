@@ -41,6 +41,7 @@ from edge_agent.vocabulary import (
     ID_PATTERN,
     MAX_INTERVAL_S,
     MIN_INTERVAL_S,
+    quarantine_reason,
 )
 from edge_agent.vocabulary import WIRE_MAX_KW as WIRE_MAX_KW
 
@@ -440,7 +441,7 @@ class DecodeError(ValueError):
     """A payload that cannot be decoded; ``reason`` is a short machine-readable word."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(quarantine_reason(reason, detail))  # central quarantines it so
         self.reason = reason
         self.detail = detail
 

@@ -8,6 +8,8 @@ engine), not read from their DDL text."""
 
 from __future__ import annotations
 
+import ast
+import re
 import typing
 import warnings
 from pathlib import Path
@@ -38,8 +40,10 @@ from edge_agent.vocabulary import (
     CENTRAL_ALERT_KINDS,
     ID_PATTERN,
     METER_FLAGS,
+    QUARANTINE_REASONS,
     SUPPLY_STATES,
     TAMPER_FLAGS,
+    quarantine_reason,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,3 +240,63 @@ def test_quality_suites_name_only_defined_columns() -> None:
     for suite in module.mart_suites(QualityParams()):
         used = set().union(*(_columns_of(e) for e in suite.expectations)) | set(suite.key)
         assert used <= declared[suite.table], (suite.name, used - declared[suite.table])
+
+
+# --- quarantine reasons -----------------------------------------------------------------------
+
+# Calls that take a quarantine reason, and the position of that argument.
+_REASON_ARG = {"quarantine": 1, "BadMessage": 0, "_bad": 0, "DecodeError": 0, "ForeignMeter": 0}
+
+
+def _reason_arguments() -> list[tuple[str, ast.expr]]:
+    found = []
+    for path in sorted([*REPO.glob("edge_agent/**/*.py"), *REPO.glob("central/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            where = f"{path.relative_to(REPO)}:{node.lineno}"
+            if (
+                name == "of"
+                and isinstance(f, ast.Attribute)
+                and "QuarantineRecord" in ast.unparse(f)
+            ):
+                found.append((where, node.args[1]))
+            elif name in _REASON_ARG and len(node.args) > _REASON_ARG[name]:
+                found.append((where, node.args[_REASON_ARG[name]]))
+            found += [(where, kw.value) for kw in node.keywords if kw.arg == "quarantine"]
+            if name == "quarantine_reason":  # wherever it is called (a reason kept for later)
+                found.append((where, node))
+    return found
+
+
+def test_every_quarantine_reason_is_made_from_the_vocabulary() -> None:
+    """No reason written by hand: each is ``quarantine_reason(KIND, ...)`` with a known kind, a
+    wire decode error's code, or a variable holding one of those."""
+    args = _reason_arguments()
+    assert len(args) > 30  # the scan finds the call sites
+    loose = []
+    for where, arg in args:
+        if isinstance(arg, ast.Call) and getattr(arg.func, "id", "") == "quarantine_reason":
+            kind = arg.args[0]  # a literal, or a variable that holds one (DecodeError's)
+            if not isinstance(kind, ast.Name) and not (
+                isinstance(kind, ast.Constant) and kind.value in QUARANTINE_REASONS
+            ):
+                loose.append(f"{where}: unknown kind {ast.unparse(kind)}")
+        elif isinstance(arg, ast.Constant | ast.JoinedStr | ast.BinOp):
+            if not (isinstance(arg, ast.Constant) and arg.value in QUARANTINE_REASONS):
+                loose.append(f"{where}: {ast.unparse(arg)[:60]}")
+    assert not loose, loose
+
+
+def test_quarantine_reason_kinds_are_words_with_a_meaning() -> None:
+    for kind, meaning in QUARANTINE_REASONS.items():
+        assert re.fullmatch(r"[a-z][a-z0-9_]{0,39}", kind), kind
+        assert meaning.endswith(".") and len(meaning) > 10, kind
+    assert quarantine_reason("conflict") == "conflict"
+    assert quarantine_reason("invalid", "kwh: negative") == "invalid: kwh: negative"
+    with pytest.raises(ValueError):
+        quarantine_reason("not_a_kind")
+    with pytest.raises(ValueError):
+        wire.DecodeError("not_a_kind")

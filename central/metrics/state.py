@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from edge_agent.health import GatewayView
+from edge_agent.vocabulary import QUARANTINE_REASONS
 
 # Batch delivery: the gateway froze the batch (sent_at, its clock) → central committed it.
 DELIVERY_BUCKETS_S = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 86400.0)
-
-_REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 @dataclass
@@ -105,10 +103,11 @@ class ExporterState:
             del self.gateways[gw]
 
     def reason_label(self, reason: str) -> str:
-        """A bounded label for a quarantine reason: its code (``conflict: …`` → ``conflict``),
-        ``other`` for anything else or past ``max_reasons`` codes."""
+        """A bounded label for a quarantine reason: its kind (``conflict: …`` → ``conflict``,
+        one of ``QUARANTINE_REASONS``), ``other`` for anything else (a kind of another version
+        of the project) or past ``max_reasons`` kinds."""
         code = reason.split(":", 1)[0].strip()
-        if not _REASON.fullmatch(code):
+        if code not in QUARANTINE_REASONS:
             return "other"
         if code not in self.quarantined and len(self.quarantined) >= self.max_reasons:
             return "other"

@@ -25,6 +25,7 @@ from edge_agent.buffer.outbox import AlertRecord, AlertStore
 from edge_agent.buffer.quarantine import QuarantineStore
 from edge_agent.codec import measured_equal, row_to_wire
 from edge_agent.fields import METER_ID, READING_COLUMNS, TS, Row
+from edge_agent.vocabulary import quarantine_reason
 
 _COLUMNS = ", ".join(READING_COLUMNS)
 # seq is given explicitly, from a counter that only grows: SQLite would otherwise reuse
@@ -186,7 +187,9 @@ class ReadingStore:
                 conflicts.append(
                     wire.QuarantineRecord.of(
                         json.dumps(row_to_wire(row), separators=(",", ":")),
-                        "conflict: other values already stored for this meter and interval",
+                        quarantine_reason(
+                            "conflict", "other values already stored for this meter and interval"
+                        ),
                         datetime.fromtimestamp(now, UTC),
                         "buffer",
                     )

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from edge_agent.codec import ts_to_iso
+from edge_agent.vocabulary import quarantine_reason
 
 MAX_SPAN_S = 86400  # the longest interval a reading may cover (``interval_s``)
 #: Flags this module sets on a reading.
@@ -102,7 +103,11 @@ def take_read(
         }
     )
     if not math.isfinite(reg) or reg < 0:
-        return Outcome(state, quarantine=f"register_invalid: register_kwh = {reg}", raw=raw)
+        return Outcome(
+            state,
+            quarantine=quarantine_reason("register_invalid", f"register_kwh = {reg}"),
+            raw=raw,
+        )
     if state.register is None or state.ts is None:
         return Outcome(replace(state, ts=boundary, register=reg))
     if boundary <= state.ts:
@@ -111,7 +116,9 @@ def take_read(
         # the baseline was stamped by a clock far ahead (corrected since): start again here
         return Outcome(
             replace(state, ts=boundary, register=reg, suspect_ts=None, suspect=None),
-            quarantine=f"clock_back: baseline stamped {state.ts - boundary} s after this read",
+            quarantine=quarantine_reason(
+                "clock_back", f"baseline stamped {state.ts - boundary} s after this read"
+            ),
             raw=raw,
         )
     span = boundary - state.ts
@@ -142,9 +149,10 @@ def take_read(
             held = replace(state, suspect_ts=boundary, suspect=reg)
             return Outcome(
                 held,
-                quarantine=(
-                    f"register_jump: register_kwh rose {delta:.3f} kWh in {span} s, "
-                    f"more than max_kw {max_kw:g} allows"
+                quarantine=quarantine_reason(
+                    "register_jump",
+                    f"register_kwh rose {delta:.3f} kWh in {span} s, "
+                    f"more than max_kw {max_kw:g} allows",
                 ),
                 raw=raw,
             )
@@ -152,7 +160,9 @@ def take_read(
     if span > MAX_SPAN_S:
         return Outcome(
             state,
-            quarantine=f"gap_too_long: {delta:.3f} kWh over {span} s unread (more than a day)",
+            quarantine=quarantine_reason(
+                "gap_too_long", f"{delta:.3f} kWh over {span} s unread (more than a day)"
+            ),
             raw=raw,
         )
     reading: dict[str, Any] = {

@@ -36,6 +36,7 @@ from edge_agent.meters.dlms import CLOCK, DlmsClient, DlmsError
 from edge_agent.settings import DlmsMeterSettings, DlmsSettings
 from edge_agent.sources import Intake
 from edge_agent.sources.polled import PREFIXES, CycleTimer, MeterBook, drain
+from edge_agent.vocabulary import quarantine_reason
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class DlmsSource:
             for why in r.bad_entries:
                 book.quarantine(
                     json.dumps({"meter_id": r.meter_id, "entry": why}),
-                    "profile_entry_invalid",
+                    quarantine_reason("profile_entry_invalid"),
                     now,
                 )
             skew = r.meter_clock - r.gateway_clock
@@ -258,7 +259,10 @@ class DlmsSource:
                                 "gateway_clock": ts_to_iso(int(r.gateway_clock)),
                             }
                         ),  # fmt: skip
-                        f"meter_clock_off: the meter's clock is {skew:+.0f} s from the gateway's",
+                        quarantine_reason(
+                            "meter_clock_off",
+                            f"the meter's clock is {skew:+.0f} s from the gateway's",
+                        ),
                         now,
                     )
                 if r.entries:

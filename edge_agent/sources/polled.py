@@ -24,6 +24,7 @@ from edge_agent.buffer import AlertRecord, AlertStore, BufferFull, Meta
 from edge_agent.fields import Row
 from edge_agent.meters.register_energy import MeterState, missed, take_read
 from edge_agent.sources import Intake
+from edge_agent.vocabulary import quarantine_reason
 from edge_agent.wire import QuarantineRecord
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ class MeterBook:
                 kept = v.check(energy, json.dumps(energy), self.source)
                 if not isinstance(kept, QuarantineRecord):
                     self._results.append(kept)
-                    result = v.quarantine(raw, f"fields_dropped: {result.reason}", now, self.source)
+                    result = v.quarantine(
+                        raw, quarantine_reason("fields_dropped", result.reason), now, self.source
+                    )
             self._results.append(result)
         elif out.quarantine is not None:
             self._results.append(v.quarantine(out.raw, out.quarantine, now, self.source))

@@ -36,6 +36,7 @@ from edge_agent.buffer import BufferFull, SpoolLedger
 from edge_agent.buffer.spool_ledger import Outcome
 from edge_agent.fields import Row
 from edge_agent.sources import Intake
+from edge_agent.vocabulary import quarantine_reason
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class SpoolSource:
         outcome: Outcome = "done"
         if fault is not None:
             v = self.intake.validator
-            reason = f"unreadable_file: {fault} (after {done} records)"
+            reason = quarantine_reason("unreadable_file", f"{fault} (after {done} records)")
             with path.open("rb") as f:
                 head = f.read(4096)
             self._commit(
@@ -188,7 +189,7 @@ class SpoolSource:
                 where = f"{source}:{reader.line_num}"
                 if not _is_utf8(raw):  # that record only: the rest of the file goes on
                     shown = raw.encode("utf-8", "surrogateescape")
-                    yield v.quarantine(shown, "not_utf8", v.clock(), where)
+                    yield v.quarantine(shown, quarantine_reason("not_utf8"), v.clock(), where)
                     continue
                 yield v.check(_csv_row(rec), raw, where)
 
@@ -202,7 +203,9 @@ class SpoolSource:
         for reading in load.readings:
             yield v.check(reading, str(reading), source)
         for line, message, raw in load.errors:
-            yield v.quarantine(raw, f"invalid: {message}", v.clock(), f"{source}:{line}")
+            yield v.quarantine(
+                raw, quarantine_reason("invalid", message), v.clock(), f"{source}:{line}"
+            )
 
 
 def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
