@@ -242,9 +242,8 @@ class IngestWorker:
                     failures += 1
                     if failures > 1:
                         stop.wait(self._db_backoff.next_delay())
-                    reason = quarantine_reason("internal_error", f"{type(exc).__name__}: {exc}")[
-                        :300
-                    ]
+                    bug = f"{type(exc).__name__}: {exc}"
+                    reason = quarantine_reason("internal_error", bug)[:300]
                     work = Work(
                         work.topic,
                         work.payload,

@@ -1,4 +1,4 @@
-"""The agent's own ``/metrics``, for an engineer on site (off unless ``metrics_port`` is set).
+"""The agent's own ``/metrics``, for an engineer on site (off unless ``local_metrics_port`` is set).
 
 Central cannot scrape a gateway (NAT, a metered link): the fleet's metrics are central's, from
 the ``status.v1`` messages. When the uplink is down, though, central hears nothing, and the
@@ -86,13 +86,11 @@ class LocalMetrics:
     ) -> None:
         self.host, self.port = host, port
         self.monotonic = monotonic
-        self._lock = threading.Lock()
         self._body: bytes | None = None
         self._at = -math.inf  # monotonic time of the snapshot
         self._wanted = threading.Event()
-        self._fresh = threading.Condition(self._lock)
+        self._fresh = threading.Condition()
         self._server: HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> int:
         """Bind and serve in a daemon thread; the port (``port`` 0: a free one). OSError when
@@ -101,11 +99,12 @@ class LocalMetrics:
         server = server_class((self.host, self.port), _Handler)
         server.metrics = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="local-metrics"
-        )
-        self._thread.daemon = True
-        self._thread.start()
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="local-metrics",
+            daemon=True,
+        ).start()
         self.port = int(server.server_address[1])
         return self.port
 
@@ -137,6 +136,7 @@ class LocalMetrics:
             return self._body
 
     def close(self) -> None:
+        """Stop serving (after the request in hand, if any) and release the port."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
