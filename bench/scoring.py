@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.results import report as bench_report
+from central.local_services import free_port
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import LoadedModel, load_model
 from ml.onnx_export import export_stock, fast_graph
@@ -132,7 +132,7 @@ def agent_peak_rss(
         (work / "model.json").write_text(json.dumps(message))
         expected = _spool_readings(work / "later", meters, days)
         (work / "spool").mkdir()
-        port, metrics_port = _free_port(), _free_port()  # nobody listens on the broker's
+        port, metrics_port = free_port(), free_port()  # nobody listens on the broker's
         (work / "agent.toml").write_text(
             "\n".join(
                 [
@@ -218,12 +218,6 @@ def agent_peak_rss(
         "seconds": elapsed,
         "local_metrics_scrapes": scrapes,
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _stderr(proc: subprocess.Popen[bytes]) -> str:
