@@ -22,16 +22,17 @@ How the threshold is chosen
 Either way the threshold is placed halfway between two neighbouring distinct scores, never on a
 score, so float32 inference on the gateway cannot flip a label at the boundary.
 
-Drops only
-----------
-The consumption ratios of :data:`DROP_ONLY_FEATURES` are fitted one-sided: rises are clipped to 0
-before the forest sees them. An IsolationForest isolates both tails of every feature, and a meter
-using more than its own past (a busy evening, guests, a new fridge) is no evidence of theft; fitted
-on both tails, the forest spent part of its false-alarm budget on such readings. Fitted this way,
-every split on those features lies below 0 (scikit-learn draws a split strictly below the
-largest value in its node, and that is at most 0), so the forest gives the unclipped features
-exactly the scores of the clipped ones: the gateway, the ONNX graph and the features themselves
-stay as they are (tested).
+One-sided features
+------------------
+An IsolationForest isolates both tails of every feature, and some tails are no evidence of theft:
+a meter using more than its own past (a busy evening, guests, a new fridge), or more than the
+customers of its class (a large family, a misfiled class). Fitted on both tails, the forest spent
+part of its false-alarm budget on such readings. So before fitting, the rises of
+:data:`DROP_ONLY_FEATURES` are clipped to 0, and the values of :data:`LOW_SIDE_FEATURES` above
+the median of the rows fitted are clipped to that median (:func:`one_sided`). scikit-learn draws
+each split strictly below the largest value in its node, so every split on those features lies
+below the clip, and the forest gives the unclipped features exactly the scores of the clipped
+ones: the gateway, the ONNX graph and the features themselves stay as they are (tested).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from ml.onnx_export import export_fast
 
 DEFAULT_ALERT_RATE = 0.001
 DEFAULT_MAX_FALSE_ALARM_RATE = 0.01
-#: Features the forest reads as drops only (see "Drops only" above): log ratios of a reading or
-#: of recent consumption against the meter's own earlier consumption, where below 0 is a drop.
+#: Features the forest reads as drops only (see "One-sided features" above): log ratios of a
+#: reading or of recent consumption against the meter's own earlier consumption (below 0: a drop).
 DROP_ONLY_FEATURES: tuple[str, ...] = (
     "kwh_vs_same_hour_7d",
     "kwh_vs_24h",
@@ -59,6 +60,9 @@ DROP_ONLY_FEATURES: tuple[str, ...] = (
     "today_vs_best_6d",
     "mean_24h_vs_usual",
 )
+#: Features the forest reads on their low side only: the meter's level against its class (one
+#: forest per class), where a meter far below may have stolen since before its history began.
+LOW_SIDE_FEATURES: tuple[str, ...] = ("log_level_7d",)
 #: Rows per tree. 1,024 rather than scikit-learn's 256: with per-class forests on these features
 #: it detects the subtler thefts better (``python -m bench.detection``, h3 at 5 % FPR most).
 DEFAULT_MAX_SAMPLES = 1024
@@ -128,15 +132,20 @@ def features_for(
     return x
 
 
-def drops_only(
+def one_sided(
     features: npt.ArrayLike, feature_names: Sequence[str] = FEATURE_NAMES
 ) -> npt.NDArray[np.float32]:
-    """A float32 copy of ``features`` with the rises of :data:`DROP_ONLY_FEATURES` clipped to 0
-    (features ``feature_names`` does not name are left as they are)."""
+    """A float32 copy of the rows a forest is fitted on, with the rises of
+    :data:`DROP_ONLY_FEATURES` clipped to 0 and the values of :data:`LOW_SIDE_FEATURES` above
+    their median (over these rows) clipped to it; features ``feature_names`` does not name are
+    left as they are."""
     x = np.array(features, dtype=np.float32)
-    cols = [i for i, name in enumerate(feature_names) if name in DROP_ONLY_FEATURES]
-    if cols:
-        x[:, cols] = np.minimum(x[:, cols], 0.0)
+    names = list(feature_names)
+    for i, name in enumerate(names):
+        if name in DROP_ONLY_FEATURES:
+            np.minimum(x[:, i], np.float32(0.0), out=x[:, i])
+        elif name in LOW_SIDE_FEATURES and x.shape[0]:
+            np.minimum(x[:, i], np.float32(np.median(x[:, i])), out=x[:, i])
     return x
 
 
@@ -268,7 +277,7 @@ def train(
         raise ValueError("labels must have one entry per row")
     fit_rows = x if y is None else x[~y]
     model = fit_isolation_forest(
-        drops_only(fit_rows, feature_names),
+        one_sided(fit_rows, feature_names),
         n_estimators=n_estimators,
         max_samples=max_samples,
         random_state=random_state,

@@ -7,11 +7,12 @@ from edge_agent.features import FEATURE_NAMES
 from ml.synthetic import FLAG_BITS, make_readings
 from ml.train import (
     DROP_ONLY_FEATURES,
+    LOW_SIDE_FEATURES,
     anomaly_scores,
-    drops_only,
     evaluate,
     f1_threshold,
     features_for,
+    one_sided,
     quantile_threshold,
     train,
 )
@@ -81,10 +82,11 @@ def test_detects_theft_on_unseen_meters() -> None:
     assert flagged[theft].mean() > 10 * flagged[~theft].mean()
 
 
-def test_the_forest_reads_consumption_ratios_as_drops_only() -> None:
-    """A meter using more than its own past is no evidence of theft: the forest splits the
-    drop-only features below 0 only, so a rise scores as no change, in scikit-learn and in the
-    published graph alike, while a drop still stands out."""
+def test_the_forest_reads_some_features_on_one_side_only() -> None:
+    """A meter using more than its own past, or more than its class, is no evidence of theft:
+    the forest splits the drop-only features below 0 and the low-side ones below their median
+    only, so a rise or a high level scores as none, in scikit-learn and in the published graph
+    alike, while a drop still stands out."""
     import onnxruntime as ort
 
     from ml.onnx_export import INPUT_NAME
@@ -93,29 +95,36 @@ def test_the_forest_reads_consumption_ratios_as_drops_only() -> None:
     x = features_for(
         r.meter_index, r.ts, r.kwh, r.supply_on, r.flags, r.register_kwh, r.interval_s, FLAG_BITS
     )
-    cols = [FEATURE_NAMES.index(name) for name in DROP_ONLY_FEATURES]
-    assert (x[:, cols] > 0.05).any(axis=0).all()  # the data rises on each of them
+    drops = [FEATURE_NAMES.index(name) for name in DROP_ONLY_FEATURES]
+    (level,) = (FEATURE_NAMES.index(name) for name in LOW_SIDE_FEATURES)
+    median = np.float32(np.median(x[:, level]))
+    assert (x[:, drops] > 0.05).any(axis=0).all()  # the data rises on each of them
+    assert (x[:, level] > median + 0.5).any()
     result = train(x, n_estimators=50)
     for tree, features in zip(
         result.model.estimators_, result.model.estimators_features_, strict=True
     ):
         split = tree.tree_.feature >= 0
-        on_drop = np.isin(np.asarray(features)[tree.tree_.feature[split]], cols)
-        assert on_drop.any()
-        assert (tree.tree_.threshold[split][on_drop] < 0).all()
+        column = np.asarray(features)[tree.tree_.feature[split]]
+        threshold = tree.tree_.threshold[split]
+        assert np.isin(column, drops).any()
+        assert (threshold[np.isin(column, drops)] < 0).all()
+        assert (threshold[column == level] < median).all()
 
-    clipped = drops_only(x)
-    assert (clipped[:, cols] <= 0).all()
+    clipped = one_sided(x)
+    assert (clipped[:, drops] <= 0).all()
+    assert clipped[:, level].max() == median
     assert np.array_equal(anomaly_scores(result.model, x), anomaly_scores(result.model, clipped))
     graph = ort.InferenceSession(result.onnx(), providers=["CPUExecutionProvider"])
     raw_out, clipped_out = (graph.run(None, {INPUT_NAME: v})[0] for v in (x, clipped))
     assert np.array_equal(raw_out, clipped_out)
 
     typical = np.median(x, axis=0, keepdims=True)
+    typical[:, drops] = 0.0
     rise, drop = typical.copy(), typical.copy()
-    typical[:, cols] = 0.0
-    rise[:, cols] = 3.0
-    drop[:, cols] = -3.0
+    rise[:, drops] = 3.0
+    rise[:, level] = median + 2.0
+    drop[:, drops] = -3.0
     s_typical, s_rise, s_drop = (anomaly_scores(result.model, v)[0] for v in (typical, rise, drop))
     assert s_rise == s_typical
     assert s_drop > result.threshold > s_typical
