@@ -140,8 +140,7 @@ def one_sided(
     their median (over these rows) clipped to it; features ``feature_names`` does not name are
     left as they are."""
     x = np.array(features, dtype=np.float32)
-    names = list(feature_names)
-    for i, name in enumerate(names):
+    for i, name in enumerate(feature_names):
         if name in DROP_ONLY_FEATURES:
             np.minimum(x[:, i], np.float32(0.0), out=x[:, i])
         elif name in LOW_SIDE_FEATURES and x.shape[0]:
