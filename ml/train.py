@@ -281,14 +281,17 @@ def train(
         max_samples=max_samples,
         random_state=random_state,
     )
+    # Every row scored once (scores do not depend on offset_): the normal rows' scores set the
+    # quantile threshold and the calibration, all rows' the F1 threshold and the metrics.
+    scores = anomaly_scores(model, x)
+    normal_scores = scores if y is None else scores[~y]
     if y is None or not y.any() or y.all():
-        threshold = quantile_threshold(anomaly_scores(model, fit_rows), alert_rate)
+        threshold = quantile_threshold(normal_scores, alert_rate)
         method = f"quantile(1-{alert_rate:g}) of training scores"
     else:
-        threshold = f1_threshold(anomaly_scores(model, x), y, max_false_alarm_rate)
+        threshold = f1_threshold(scores, y, max_false_alarm_rate)
         method = f"max F1 on labelled rows, false alarms <= {max_false_alarm_rate:g}"
     model.offset_ = -threshold
-    normal_scores = anomaly_scores(model, fit_rows)
     result = TrainedModel(
         model=model,
         feature_names=tuple(feature_names),
@@ -298,5 +301,5 @@ def train(
         calibration=calibration.fit(normal_scores) if normal_scores.size >= MIN_ROWS else None,
     )
     if y is not None:
-        result.metrics = evaluate(anomaly_scores(model, x), y, threshold)
+        result.metrics = evaluate(scores, y, threshold)
     return result
