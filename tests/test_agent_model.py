@@ -35,7 +35,7 @@ from edge_agent.model import load_model
 from edge_agent.settings import AgentSettings
 from ml.publish import build_model_message
 from tests.support.detection import Subscriber, models, normal_history, write_spool
-from tests.support.processes import BROKER_PORT
+from tests.support.processes import BROKER_PORT, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -110,6 +110,14 @@ def versions(db: Path) -> list[tuple[Any, ...]]:
             "select seq, meter_id, ts, kwh, supply_on, flags, register_kwh, score, model_version "
             "from readings order by seq"
         ).fetchall()
+
+
+def scored_by(db: Path, version: str) -> int:
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(
+            "select count(*) from readings where model_version = ?", (version,)
+        ).fetchone()
+        return int(n)
 
 
 def _b64(data: bytes) -> str:
@@ -222,6 +230,10 @@ def test_hot_swap_under_load(tmp_path: Path, topic_root: str, clear_retained: No
             if k == 7 * 48:
                 publish(topic_root, json.dumps(m.v1).encode())
             if k == 8 * 48:
+                # The first call with a model folds a week of history and is slow; on a slow
+                # machine the writer outran it by a day. v2 goes out once v1 has scored some
+                # readings, with the rest of the files still to come (and any backlog).
+                wait_until(lambda: scored_by(settings.db_path, "v1") > 200, 60, "v1 scores")
                 publish(topic_root, json.dumps(m.v2).encode())
             time.sleep(0.004)
         deadline = time.monotonic() + 60
