@@ -95,7 +95,11 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
             browser.save_screenshot(str(screenshot_path(f"dashboard_{d.slug}")))
             states = {c.title: (c.state, c.error) for c in opened.charts}
             assert len(opened.charts) == d.charts, (d.slug, states)
-            assert all(state == "drawn" for state, _ in states.values()), (d.slug, states)
+            assert all(state == "drawn" for state, _ in states.values()), (
+                d.slug,
+                states,
+                last_tracebacks(site.home.home / "superset.log"),
+            )
             for chart in opened.charts:
                 assert chart.canvases or chart.text.strip(), (d.slug, chart.title, "draws nothing")
             # nothing from elsewhere (Superset's menu asks for a telemetry pixel; our policy
@@ -124,6 +128,18 @@ def test_every_dashboard_draws_every_chart_with_data(site: Site) -> None:
     assert ids <= {e["dashboard_id"] for e in events if e["event"] == "mount_dashboard"}
     with contextlib.closing(sqlite3.connect(site.home.home / "superset.db")) as metadata:
         assert metadata.execute("select count(*) from logs").fetchone() == (0,)
+
+
+def last_tracebacks(log: Path, count: int = 2) -> list[str]:
+    """The last tracebacks in Superset's log: a chart's error names the SQL it could not parse,
+    or the query that failed, but not where or which statement."""
+    chunks = log.read_text(errors="replace").split("Traceback (most recent call last):")[1:]
+    ends = []
+    for chunk in chunks[-count:]:
+        lines = chunk.strip("\n").splitlines()
+        raised = next((i for i, line in enumerate(lines) if not line.startswith(" ")), len(lines))
+        ends.append("\n".join(lines[max(0, raised - 6) : raised + 15]))  # last frames, message
+    return ends
 
 
 def test_a_filter_changes_the_charts_it_scopes(site: Site) -> None:
