@@ -26,7 +26,7 @@ from edge_agent.clock import ClockWatch
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
 from edge_agent.localtime import DEFAULT_ZONE, MeterClocks
 from edge_agent.mqtt_link import LinkConfig, MqttLink
-from edge_agent.registry import customer_classes, load_meters, meter_zones
+from edge_agent.registry import load_meters, meter_model_keys, meter_zones
 from edge_agent.rollout import ModelManager
 from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.sdnotify import Notifier
@@ -111,7 +111,7 @@ def build_detection(
             len(grid.transformer_meter),
             sum(len(c) for c in grid.customers.values()),
         )
-    classes = customer_classes(meters)
+    model_keys = meter_model_keys(meters)
     clocks = MeterClocks(s.timezone or DEFAULT_ZONE, meter_zones(meters))
     detector = Detector(
         s.gateway_id,
@@ -120,7 +120,7 @@ def build_detection(
         cooldown=Cooldown(s.alert_cooldown_s, buffer.alerts.last_alerted()),
         transformer_meters=grid.transformer_meters if grid else frozenset(),
         energy=energy,
-        meter_class=classes,
+        meter_models=model_keys,
         clocks=clocks,
         profiles=buffer.profiles,
     )
@@ -133,7 +133,7 @@ def build_detection(
         public_key=s.model_public_key,
         clock=clock,
         threads=s.model_threads,
-        classes=classes.values(),
+        keys={k for keys in model_keys.values() for k in keys},
     )
     return Detection(detector, models, energy)
 

@@ -1,9 +1,10 @@
 """The meters a gateway reads, as its registry describes them: which transformer each hangs under
-(energy balance) and each customer's class (which anomaly model scores it).
+(energy balance) and each customer's class and load shape (which anomaly model scores it).
 
 A registry is a JSON file — a list of meter objects, or an object with ``"meters": [...]``
 (``python -m simulator`` writes that as ``registry.json``) — with at least ``meter_id`` and, as
-known, ``meter_role`` (``customer`` | ``transformer``), ``transformer_id``, ``customer_class`` and
+known, ``meter_role`` (``customer`` | ``transformer``), ``transformer_id``, ``customer_class``,
+``load_shape`` (:data:`~edge_agent.vocabulary.LOAD_SHAPES`, absent = ``continuous``) and
 ``timezone`` (IANA name, where the meter's local clock is not the gateway's).
 """
 
@@ -14,6 +15,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge_agent.vocabulary import LOAD_SHAPES
+
+CONTINUOUS, INTERMITTENT = LOAD_SHAPES
+
 
 def load_meters(path: Path | str) -> list[dict[str, Any]]:
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -23,15 +28,44 @@ def load_meters(path: Path | str) -> list[dict[str, Any]]:
     return [m for m in meters if isinstance(m, dict)]
 
 
-def customer_classes(meters: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """``{meter_id: customer_class}`` of the customer meters that name a class."""
-    out: dict[str, str] = {}
+def model_keys(customer_class: str, load_shape: str = CONTINUOUS) -> tuple[str, ...]:
+    """The models that may score a meter, best first, as suffixes of the model set's name
+    (``iforest.<key>``); the global model (the name alone) comes after them all. An intermittent
+    meter tries its class's intermittent forest, then the intermittent one of every class, then
+    its class's; a continuous meter tries its class's. ``ml.modelset`` fits and picks members by
+    the same keys."""
+    if load_shape not in LOAD_SHAPES:
+        raise ValueError(f"load_shape must be one of {LOAD_SHAPES}, not {load_shape!r}")
+    keys: list[str] = []
+    if load_shape == INTERMITTENT:
+        if customer_class:
+            keys.append(f"{customer_class}.{INTERMITTENT}")
+        keys.append(INTERMITTENT)
+    if customer_class:
+        keys.append(customer_class)
+    return tuple(keys)
+
+
+def meter_model_keys(meters: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """``{meter_id: model keys}`` (:func:`model_keys`) of the customer meters that name a class
+    or a load shape. A load shape outside :data:`LOAD_SHAPES`, or a class named like one, is an
+    error: a misspelt shape must not quietly put a meter under another forest."""
+    out: dict[str, tuple[str, ...]] = {}
     for m in meters:
-        meter_id, cls = m.get("meter_id"), m.get("customer_class")
-        if m.get("meter_role", "customer") != "customer":
+        meter_id, cls, shape = m.get("meter_id"), m.get("customer_class"), m.get("load_shape")
+        if m.get("meter_role", "customer") != "customer" or not isinstance(meter_id, str):
             continue
-        if isinstance(meter_id, str) and isinstance(cls, str) and cls:
-            out[meter_id] = cls
+        cls = cls if isinstance(cls, str) else ""
+        if cls in LOAD_SHAPES:
+            raise ValueError(
+                f"registry meter {meter_id!r}: customer class {cls!r} names a load shape"
+            )
+        try:
+            keys = model_keys(cls, CONTINUOUS if shape is None else shape)
+        except ValueError as exc:
+            raise ValueError(f"registry meter {meter_id!r}: {exc}") from None
+        if keys:
+            out[meter_id] = keys
     return out
 
 

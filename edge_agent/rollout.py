@@ -1,9 +1,11 @@
 """Which anomaly model the agent scores with: load at start, hot-swap, refuse and report.
 
 The agent holds one model per name (a :class:`~edge_agent.scoring.ModelBook`): the global model
-``<model_name>`` and, for each customer class among its meters (registry file or simulated fleet),
-the class model ``<model_name>.<class>`` if central publishes one (``ml`` trains per-class models
-when they beat the global one). Meters of a class without its own model use the global one.
+``<model_name>`` and, for each model key of its meters (registry file or simulated fleet; see
+:func:`edge_agent.registry.model_keys`), ``<model_name>.<key>`` if central publishes one: the class
+model ``<model_name>.<class>`` (``ml`` trains per-class models when they beat the global one) and,
+for intermittent meters, ``<model_name>.<class>.intermittent`` and ``<model_name>.intermittent``.
+A meter uses the first of its keys that has a model, else the global one.
 
 Sources of ``model.v1`` messages, in order: the newest model of each name accepted before (the
 buffer's ``models`` table, verified again with the key configured now), an optional
@@ -63,7 +65,7 @@ class ModelManager:
         public_key: str | None,
         clock: Callable[[], float],
         threads: int = 1,
-        classes: Iterable[str] = (),
+        keys: Iterable[str] = (),
     ) -> None:
         if active.book.base != name:
             raise ValueError(f"the active models are named {active.book.base!r}, not {name!r}")
@@ -73,12 +75,12 @@ class ModelManager:
         self.active = active
         self.name = name
         names = {name}
-        for c in sorted(set(classes)):
-            member = active.book.class_model_name(c)
+        for key in sorted(set(keys)):
+            member = active.book.member_name(key)
             if re.fullmatch(ID_PATTERN, member):  # no MQTT wildcard or level separator
                 names.add(member)
             else:
-                log.warning("customer class %r cannot name a model: its meters use %s", c, name)
+                log.warning("model key %r cannot name a model: its meters use others", key)
         self.names: frozenset[str] = frozenset(names)
         self.public_key = public_key.strip() if public_key and public_key.strip() else None
         self.clock = clock
@@ -126,8 +128,8 @@ class ModelManager:
             self._offer_file(Path(model_path))
 
     def _offer_file(self, path: Path) -> None:
-        """One ``model.v1`` message, or a JSON list of them (a whole model set: the members of
-        classes this gateway does not serve are skipped)."""
+        """One ``model.v1`` message, or a JSON list of them (a whole model set: the members
+        this gateway's meters do not use are skipped)."""
         source = f"file:{path}"
         try:
             data = path.read_bytes()

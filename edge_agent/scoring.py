@@ -114,8 +114,10 @@ class Prepared:
 
 @dataclass(frozen=True)
 class ModelBook:
-    """The models in use, by name: the global one (``base``) and per-class ones
-    (``base.<class>``). Never changed in place: the rollout swaps in a new book."""
+    """The models in use, by name: the global one (``base``) and the others, ``base.<key>`` for
+    the model keys of :func:`edge_agent.registry.model_keys` (a class, a class's intermittent
+    meters, every class's intermittent meters). Never changed in place: the rollout swaps in a
+    new book."""
 
     base: str = "iforest"
     models: Mapping[str, LoadedModel] = field(default_factory=dict)
@@ -123,15 +125,16 @@ class ModelBook:
     def __bool__(self) -> bool:
         return bool(self.models)
 
-    def class_model_name(self, customer_class: str) -> str:
-        return f"{self.base}.{customer_class}"
+    def member_name(self, key: str) -> str:
+        return f"{self.base}.{key}"
 
-    def for_class(self, customer_class: str | None) -> LoadedModel | None:
-        """The class's model, else the global one. A class model older than the global model
-        is stale (a newer model set without that class superseded it) and is not used."""
+    def for_meter(self, keys: Sequence[str]) -> LoadedModel | None:
+        """The model of the first of a meter's model ``keys`` the book holds, else the global
+        one. A model older than the global model is stale (a newer model set without that
+        member superseded it) and is not used."""
         glob = self.models.get(self.base)
-        if customer_class:
-            model = self.models.get(self.class_model_name(customer_class))
+        for key in keys:
+            model = self.models.get(self.member_name(key))
             if model is not None and (glob is None or not _older(model, glob)):
                 return model
         return glob
@@ -192,7 +195,7 @@ class Detector:
         cooldown: Cooldown,
         transformer_meters: frozenset[str] = frozenset(),
         energy: EnergyBalance | None = None,
-        meter_class: Mapping[str, str] | None = None,
+        meter_models: Mapping[str, tuple[str, ...]] | None = None,
         clocks: MeterClocks | None = None,
         profiles: Profiles | None = None,
         meters_per_call: int = METERS_PER_CALL,
@@ -203,7 +206,8 @@ class Detector:
         self.cooldown = cooldown
         self.transformer_meters = transformer_meters
         self.energy = energy
-        self.meter_class: Mapping[str, str] = meter_class or {}
+        #: Each meter's model keys, best first (``edge_agent.registry.meter_model_keys``).
+        self.meter_models: Mapping[str, tuple[str, ...]] = meter_models or {}
         self.clocks = clocks or MeterClocks()
         self.profiles = profiles
         self.meters_per_call = max(1, meters_per_call)
@@ -256,7 +260,7 @@ class Detector:
         out_rows: list[Row] = list(rows)
         candidates: list[_Candidate] = []
         scored = unscored = failed = 0
-        classes = self.meter_class
+        keys = self.meter_models
         moved: dict[str, MeterProfile] = {}
         for interval_s, idx in groups.items():
             sub = rows if len(groups) == 1 else [rows[i] for i in idx]
@@ -265,7 +269,7 @@ class Detector:
                 continue
             by_model: dict[str, list[int]] = {}
             for j, pos in enumerate(keep.tolist()):
-                model = book.for_class(classes.get(sub[pos][METER_ID]))
+                model = book.for_meter(keys.get(sub[pos][METER_ID], ()))
                 if model is None:
                     unscored += 1
                     if sub[pos][FLAGS]:

@@ -30,6 +30,13 @@ NO_CREDIT_FLAG = "no_credit"
 #: other flags matching ``FLAG_PATTERN``: they are stored and carried, and mean nothing here.
 METER_FLAGS: tuple[str, ...] = (*TAMPER_FLAGS, NO_CREDIT_FLAG)
 
+#: A customer meter's load shape (a registry field; absent means ``continuous``). An
+#: ``intermittent`` meter (mostly near zero, blocks at an appliance's power, as many lifeline homes)
+#: is scored by forests fitted on intermittent meters. The shape is installation data or a central
+#: decision over a meter's history (``ml.load_shape``), never taken from the readings the gateway
+#: scores: a thief who zeroes readings must not choose the forest that judges them.
+LOAD_SHAPES: tuple[str, ...] = ("continuous", "intermittent")
+
 #: ``supply`` of a reading: "off" = no grid supply during the interval (load-shedding, a fault).
 SUPPLY_STATES: tuple[str, ...] = ("on", "off")
 

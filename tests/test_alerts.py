@@ -430,6 +430,72 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
     intake.close()
 
 
+def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> None:
+    """An intermittent meter is scored by its class's intermittent forest, else by the one of
+    every class, else by its class's, else by the global one; its shape comes from the registry
+    only."""
+    m = models()
+
+    def member(name: str, version: str) -> dict[str, Any]:
+        return build_model_message(
+            base64.b64decode(m.urban["onnx_b64"]),
+            name=name,
+            version=version,
+            feature_names=m.urban["feature_names"],
+            threshold=m.urban["threshold"],
+            private_key=m.key,
+        )
+
+    registry = [
+        {"meter_id": "u1", "customer_class": "urban"},
+        {"meter_id": "u2", "customer_class": "urban", "load_shape": "continuous"},
+        {"meter_id": "ui", "customer_class": "urban", "load_shape": "intermittent"},
+        {"meter_id": "xi", "customer_class": "industrial", "load_shape": "intermittent"},
+        {"meter_id": "ni", "load_shape": "intermittent"},
+        {"meter_id": "t1", "meter_role": "transformer", "load_shape": "intermittent"},
+    ]
+    intake = gateway(tmp_path / "b.db", meters=registry)
+    manager = intake.models
+    assert manager.names == {
+        "iforest",
+        "iforest.urban",
+        "iforest.urban.intermittent",
+        "iforest.intermittent",
+        "iforest.industrial",
+        "iforest.industrial.intermittent",
+    }
+    offers = [m.v1, m.urban, member("iforest.urban.intermittent", "ui1")]
+    offers.append(member("iforest.intermittent", "i1"))
+    for message in offers:
+        assert manager.offer(json.dumps(message).encode(), "test"), manager.error
+    meters = {meter: None for meter in ("u1", "u2", "ui", "xi", "ni", "m1")}
+    for d in range(9):
+        intake.take(day(meters, d))
+    got = dict(
+        intake.buffer.db.conn.execute(
+            "select meter_id, group_concat(distinct model_version) from readings group by 1"
+        ).fetchall()
+    )
+    assert got == {"u1": "c1", "u2": "c1", "ui": "ui1", "xi": "i1", "ni": "i1", "m1": "v1"}
+    intake.close()
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ({"meter_id": "a", "load_shape": "Intermittent"}, "load_shape must be one of"),
+        ({"meter_id": "a", "load_shape": 1}, "load_shape must be one of"),
+        ({"meter_id": "a", "customer_class": "intermittent"}, "names a load shape"),
+    ],
+)
+def test_a_misspelt_load_shape_stops_the_agent_with_a_clear_error(
+    tmp_path: Path, entry: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error) as raised:
+        gateway(tmp_path / "b.db", meters=[entry])
+    assert "registry meter 'a'" in str(raised.value)
+
+
 class CountingHistory:
     """The readings' history, counting the queries."""
 
