@@ -30,6 +30,7 @@ from edge_agent.features import (
 )
 from edge_agent.localtime import DEFAULT_ZONE, check_zone, zone_offsets
 from edge_agent.long_memory import DECAY, QUANTUM_PER_KWH, TAU_DAYS, Usual, fold
+from edge_agent.registry import CONTINUOUS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class MeterData:
     #: Each meter's long memory (``edge_agent.long_memory``) folded from readings older than
     #: ``ts``, by meter id; a meter without one starts its memory with its first reading here.
     profiles: dict[str, MeterProfile] = field(default_factory=dict)
+    #: (M,) each meter's load shape (``edge_agent.vocabulary.LOAD_SHAPES``); None: every meter
+    #: continuous. Set from installation data, or by ``ml.load_shape``.
+    load_shape: npt.NDArray[np.str_] | None = None
 
     @property
     def n_intervals(self) -> int:
@@ -82,6 +86,12 @@ class MeterData:
     def customers(self) -> npt.NDArray[np.bool_]:
         result: npt.NDArray[np.bool_] = self.role == CUSTOMER
         return result
+
+    @property
+    def load_shapes(self) -> npt.NDArray[np.str_]:
+        if self.load_shape is None:
+            return np.full(self.n_meters, CONTINUOUS)
+        return self.load_shape
 
     @property
     def valid(self) -> npt.NDArray[np.bool_]:
@@ -122,6 +132,7 @@ class MeterData:
             label_names=self.label_names,
             source=dict(self.source),
             profiles=dict(self.profiles),
+            load_shape=None if self.load_shape is None else self.load_shape[mask],
         )
 
     def window_bounds(self, start: int) -> tuple[datetime, datetime]:
@@ -179,6 +190,7 @@ def from_fleet(cfg: Any) -> MeterData:
         role=np.array([m["meter_role"] for m in meta], dtype=str),
         customer_class=np.array([m["customer_class"] or "" for m in meta], dtype=str),
         region=np.array([m["region"] or "" for m in meta], dtype=str),
+        load_shape=np.array([m.get("load_shape") or CONTINUOUS for m in meta], dtype=str),
         transformer_id=np.array([m["transformer_id"] or "" for m in meta], dtype=str),
         timezone=np.array([m["timezone"] for m in meta], dtype=str),
         label_code=arrays["label_code"],
@@ -244,6 +256,11 @@ def concat(parts: Sequence[MeterData], prefixes: Sequence[str]) -> MeterData:
             for p, prefix in zip(parts, prefixes, strict=True)
             for m, profile in p.profiles.items()
         },
+        load_shape=(
+            None
+            if all(p.load_shape is None for p in parts)
+            else np.concatenate([p.load_shapes for p in parts])
+        ),
     )
 
 
@@ -302,6 +319,7 @@ def from_rows(
         transformer_id=attr("transformer_id"),
         timezone=attr("timezone", DEFAULT_ZONE),
         source=source or {"kind": "rows"},
+        load_shape=attr("load_shape", CONTINUOUS),
     )
 
 
@@ -315,7 +333,8 @@ def from_postgres(
     long_memory_days: int = LONG_MEMORY_DAYS,
 ) -> MeterData:
     """Readings of ``raw.readings`` with ``start < ts <= end`` (plus the feature history window
-    before ``start`` when ``with_history``), meters' class and place from ``raw.meters``.
+    before ``start`` when ``with_history``), meters' class, load shape and place from
+    ``raw.meters``.
     Only readings with the given ``interval_s`` are used. With the history, each meter's long
     memory is also folded from up to ``long_memory_days`` of older readings (in the database,
     :func:`long_memory_profiles`), so the features compare a meter with its months as its
@@ -338,10 +357,11 @@ def from_postgres(
                 "region": r[3],
                 "transformer_id": r[4],
                 "timezone": r[5] or gateway_zones.get(r[6]),
+                "load_shape": r[7],
             }
             for r in conn.execute(
                 "select meter_id, meter_role, customer_class, region, transformer_id, timezone,"
-                " gateway_id from raw.meters"
+                " gateway_id, load_shape from raw.meters"
             )
         }
         if not rows:

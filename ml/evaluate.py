@@ -54,8 +54,14 @@ from ml import metrics as mt
 from ml.baselines import BASELINES, OBVIOUS_RULE
 from ml.customer import CustomerFeatures, CustomerScorer, customer_features, peer_score
 from ml.dataset import MeterData, concat, from_fleet, reading_features
+from ml.load_shape import decide as decide_load_shape
 from ml.modelset import ModelSet, train_model_set
 
+#: Where the evaluation takes each meter's load shape (``ml.load_shape``) from: ``history``, its
+#: own readings without theft (the same simulated meter, theft off: the shape as decided from the
+#: meter's history before the theft and pinned); ``window``, the readings evaluated, theft
+#: included (a thief present at the decision chooses its group); ``none``, every meter continuous.
+LOAD_SHAPE_SOURCES = ("history", "window", "none")
 REPO = Path(__file__).resolve().parents[1]
 SEED_CSV_ENV = "EIOT_SEED_CSV"
 DEFAULT_SEED_CSV = REPO.parent / "shared" / "data" / "seed-kaggle" / "smart_meter_data.csv"
@@ -101,6 +107,7 @@ class EvalConfig:
     seed_csv: str | None = None
     style: str = "household"  # the held-out fleet's load style (simulator.LOAD_STYLES)
     train_styles: tuple[str, ...] = ("household",)  # training fleets, train_meters split
+    load_shape: str = "history"  # LOAD_SHAPE_SOURCES: where each meter's load shape comes from
 
 
 def _pct(fpr: float) -> str:
@@ -309,6 +316,23 @@ def _fleet_config(
     )
 
 
+def _simulate(fleet: Any, load_shape: str) -> MeterData:
+    """The fleet's data, each customer's load shape taken from ``load_shape``
+    (:data:`LOAD_SHAPE_SOURCES`)."""
+    data = from_fleet(fleet)
+    if load_shape == "none":
+        data.load_shape = None
+        return data
+    if load_shape not in LOAD_SHAPE_SOURCES:
+        raise ValueError(f"load_shape must be one of {LOAD_SHAPE_SOURCES}")
+    source = data if load_shape == "window" else from_fleet(replace(fleet, theft_share=0.0))
+    if not np.array_equal(source.meter_ids, data.meter_ids):
+        raise AssertionError("the theft-free fleet has other meters")
+    valid = source.valid & source.customers[None, :]
+    data.load_shape = decide_load_shape(source.kwh, valid, source.intervals_per_day)
+    return data
+
+
 def _window_rows(data: MeterData, start: int) -> npt.NDArray[np.bool_]:
     rows = data.present & data.customers[None, :]
     rows[:start] = False
@@ -366,8 +390,9 @@ def train_stage(cfg: EvalConfig, log: Callable[[str], None] = print) -> Trained:
     lap = _Laps()
     each = max(1, cfg.train_meters // len(styles))
     parts = [
-        from_fleet(
-            _fleet_config(each, cfg.train_days, seed, cfg.train_theft_share, cfg.interval_s, s)
+        _simulate(
+            _fleet_config(each, cfg.train_days, seed, cfg.train_theft_share, cfg.interval_s, s),
+            cfg.load_shape,
         )
         for s, seed in zip(styles, seeds, strict=True)
     ]
@@ -392,7 +417,13 @@ def train_stage(cfg: EvalConfig, log: Callable[[str], None] = print) -> Trained:
 
     start_tr = train_data.window_start(cfg.warmup_days)
     rows_tr = _window_rows(train_data, start_tr)
-    margin_tr = model_set.margins(train_x, train_data.customer_class, rows_tr, threads=cfg.threads)
+    margin_tr = model_set.margins(
+        train_x,
+        train_data.customer_class,
+        rows_tr,
+        load_shape=train_data.load_shapes,
+        threads=cfg.threads,
+    )
     del train_x
     # Customer features per training fleet: a customer's peers and transformer are in its own
     # fleet, as in the held-out fleets (one style each).
@@ -446,12 +477,15 @@ def assess(
         cfg.interval_s,
         cfg.style,
     )
-    eval_data = from_fleet(eval_cfg)
+    eval_data = _simulate(eval_cfg, cfg.load_shape)
     eval_x = reading_features(eval_data)
     lap("eval_fleet_and_features")
     start = eval_data.window_start(cfg.warmup_days)
     rows = _window_rows(eval_data, start)
-    margin = model_set.margins(eval_x, eval_data.customer_class, rows, threads=cfg.threads)
+    shapes = eval_data.load_shapes
+    margin = model_set.margins(
+        eval_x, eval_data.customer_class, rows, load_shape=shapes, threads=cfg.threads
+    )
     other: dict[str, npt.NDArray[np.float64]] = {}
     for variant, members in model_set.candidates.items():
         if variant != model_set.variant:
@@ -459,7 +493,7 @@ def assess(
                 model_set.name, "x", variant, model_set.created_at, model_set.interval_s, members
             )
             other[variant] = loser.margins(
-                eval_x, eval_data.customer_class, rows, threads=cfg.threads
+                eval_x, eval_data.customer_class, rows, load_shape=shapes, threads=cfg.threads
             )
     del eval_x
     lap("eval_scoring")
@@ -538,7 +572,12 @@ def assess(
         "reading_model": {
             "variant": model_set.variant,
             "members": [
-                {"name": m.name, "customer_class": m.customer_class, "threshold": m.threshold}
+                {
+                    "name": m.name,
+                    "customer_class": m.customer_class,
+                    "load_shape": m.load_shape,
+                    "threshold": m.threshold,
+                }
                 for m in model_set.members
             ],
             "validation": model_set.validation,
@@ -869,6 +908,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train and evaluate on this load style only (default: train on every style, "
         "evaluate on each, and report every figure per style)",
     )
+    parser.add_argument(
+        "--load-shape",
+        choices=LOAD_SHAPE_SOURCES,
+        default=d.load_shape,
+        help="each meter's load shape from its theft-free history (pinned before the theft), "
+        "from the evaluated readings (a thief chooses), or none (default %(default)s)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
 
 
@@ -895,6 +941,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         seed_csv=args.seed_csv,
         style=args.style or d.style,
         train_styles=(args.style,) if args.style else LOAD_STYLES,
+        load_shape=args.load_shape,
     )
 
 

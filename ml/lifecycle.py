@@ -143,7 +143,9 @@ def evaluate_model_set(
     rows: npt.NDArray[np.bool_],
 ) -> dict[str, Any]:
     """Metrics of ``model_set`` on ``rows`` (see the module doc, step 3)."""
-    margins = model_set.margins(features, data.customer_class, rows)[rows]
+    margins = model_set.margins(features, data.customer_class, rows, load_shape=data.load_shapes)[
+        rows
+    ]
     out: dict[str, Any] = {
         "version": model_set.version,
         "members": [m.name for m in model_set.members],

@@ -2,6 +2,11 @@
 (with the global one as the fallback for meters of an unknown class), trained on a
 :class:`~ml.dataset.MeterData`, exported to ONNX, written to / read from a directory.
 
+Meters of the ``intermittent`` load shape (``ml.load_shape``) get forests of their own in both
+variants: one over every class (``<name>.intermittent``) and, per class, ``<name>.<class>.
+intermittent``; a class's forest (``<name>.<class>``) is fitted on the meters it scores. Which
+member scores a meter is :func:`edge_agent.registry.model_keys`, the gateway's own rule.
+
 Which variant wins is measured, not assumed (:func:`train_model_set` with ``variant="auto"``):
 the labelled training customers are split by meter (75 % fit, 25 % validation), both variants are
 fitted on the first part and the one with the higher reading-level PR-AUC (theft readings vs
@@ -32,6 +37,7 @@ import numpy.typing as npt
 
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import LoadedModel
+from edge_agent.registry import CONTINUOUS, INTERMITTENT, model_keys
 from ml.calibration import Calibration
 from ml.dataset import MeterData
 from ml.metrics import pr_auc, roc_auc
@@ -43,6 +49,12 @@ VARIANTS = ("auto", "global", "per_class")
 DEFAULT_NAME = "iforest"
 #: A class gets its own model only with at least this many training meters.
 MIN_CLASS_METERS = 20
+
+
+def member_key(customer_class: str, load_shape: str) -> str:
+    """A member's name after the set's: the first of the gateway's model keys for its class and
+    shape (``""``: the global member)."""
+    return (model_keys(customer_class, load_shape) or ("",))[0]
 
 
 @dataclass
@@ -58,6 +70,13 @@ class Member:
     metrics: dict[str, float] = field(default_factory=dict)
     #: The graph outputs levels (``threshold`` is one); None: raw anomaly scores.
     calibration: Calibration | None = None
+    load_shape: str = CONTINUOUS
+
+    @property
+    def key(self) -> str:
+        """The member's name after the set's (``""`` for the global one): see
+        :func:`~edge_agent.registry.model_keys`."""
+        return member_key(self.customer_class, self.load_shape)
 
     @property
     def sha256(self) -> str:
@@ -86,16 +105,12 @@ class ModelSet:
     #: With ``variant="auto"``: the members of both variants (not written to disk).
     candidates: dict[str, list[Member]] = field(default_factory=dict, repr=False)
 
-    def member_for(self, customer_class: str) -> Member:
-        fallback = None
-        for m in self.members:
-            if m.customer_class == customer_class and customer_class:
-                return m
-            if m.customer_class == "":
-                fallback = m
-        if fallback is None:
-            raise LookupError("model set has no global member")
-        return fallback
+    def member_for(self, customer_class: str, load_shape: str = CONTINUOUS) -> Member:
+        by_key = {m.key: m for m in self.members}
+        for key in (*model_keys(customer_class, load_shape), ""):
+            if key in by_key:
+                return by_key[key]
+        raise LookupError("model set has no global member")
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -110,6 +125,7 @@ class ModelSet:
                 {
                     "name": m.name,
                     "customer_class": m.customer_class,
+                    "load_shape": m.load_shape,
                     "file": f"{m.name}.onnx",
                     "sha256": m.sha256,
                     "threshold": m.threshold,
@@ -157,6 +173,7 @@ class ModelSet:
                     calibration=(
                         Calibration.from_knots(m["calibration"]) if m.get("calibration") else None
                     ),
+                    load_shape=m.get("load_shape", CONTINUOUS),
                 )
             )
         created = datetime.strptime(manifest["created_at"], "%Y-%m-%dT%H:%M:%SZ")
@@ -192,16 +209,20 @@ class ModelSet:
         customer_class: npt.ArrayLike,
         rows: npt.NDArray[np.bool_],
         *,
+        load_shape: npt.ArrayLike | None = None,
         threads: int = 1,
     ) -> npt.NDArray[np.float64]:
-        """``score - threshold`` of the member for each meter's class, ``(T, M)``, for the
-        ``rows`` (``(T, M)`` bool) of ``features`` (``(T, M, F)``); 0 elsewhere."""
+        """``score - threshold`` of the member for each meter's class and load shape (default
+        continuous), ``(T, M)``, for the ``rows`` (``(T, M)`` bool) of ``features``
+        ``(T, M, F)``; 0 elsewhere."""
         sessions = self.sessions(threads)
         classes = np.asarray(customer_class, dtype=str)
+        shapes = np.full(classes.shape, CONTINUOUS) if load_shape is None else load_shape
         out = np.zeros(rows.shape, np.float64)
         by_member: dict[str, list[int]] = {}
-        for j, c in enumerate(classes.tolist()):
-            by_member.setdefault(self.member_for(c).name, []).append(j)
+        pairs = zip(classes.tolist(), np.asarray(shapes).tolist(), strict=True)
+        for j, (c, shape) in enumerate(pairs):
+            by_member.setdefault(self.member_for(c, shape).name, []).append(j)
         for name, cols_list in by_member.items():
             cols = np.asarray(cols_list)
             sub_rows = rows[:, cols]
@@ -246,6 +267,7 @@ def reading_labels(data: MeterData) -> tuple[npt.NDArray[np.bool_], npt.NDArray[
 def _fit_member(
     name: str,
     customer_class: str,
+    load_shape: str,
     x: npt.NDArray[np.float32],
     labels: npt.NDArray[np.bool_] | None,
     *,
@@ -271,6 +293,7 @@ def _fit_member(
     return Member(
         name=name,
         customer_class=customer_class,
+        load_shape=load_shape,
         onnx=trained.onnx(),
         threshold=trained.published_threshold,
         threshold_method=trained.threshold_method,
@@ -280,6 +303,39 @@ def _fit_member(
     )
 
 
+def member_groups(
+    classes: npt.NDArray[np.str_],
+    shapes: npt.NDArray[np.str_],
+    fit_meters: npt.NDArray[np.bool_],
+    per_class: bool,
+) -> dict[tuple[str, str], npt.NDArray[np.bool_]]:
+    """The members to fit, ``(customer_class, load_shape)``, each with the meters it is fitted
+    on: the global member on every meter (it is the fallback for any), the intermittent one on
+    every intermittent meter, and (``per_class``) a class's members on the meters they would
+    score. A member needs :data:`MIN_CLASS_METERS` meters, except the global one."""
+    inter = fit_meters & (shapes == INTERMITTENT)
+    groups = {("", CONTINUOUS): fit_meters}
+    if inter.sum() >= MIN_CLASS_METERS:
+        groups[("", INTERMITTENT)] = inter
+    if not per_class:
+        return groups
+    names = sorted(set(classes[fit_meters].tolist()) - {""})
+    for c in names:
+        cols = inter & (classes == c)
+        if cols.sum() >= MIN_CLASS_METERS:
+            groups[(c, INTERMITTENT)] = cols
+    # a class's own forest scores the meters of the class no intermittent forest takes
+    taken = np.zeros_like(fit_meters)
+    for (_, shape), cols in groups.items():
+        if shape == INTERMITTENT:
+            taken |= cols
+    for c in names:
+        cols = fit_meters & (classes == c) & ~taken
+        if cols.sum() >= MIN_CLASS_METERS:
+            groups[(c, CONTINUOUS)] = cols
+    return groups
+
+
 def _fit_variant(
     variant: str,
     name: str,
@@ -287,6 +343,7 @@ def _fit_variant(
     rows: npt.NDArray[np.bool_],
     anomalous: npt.NDArray[np.bool_] | None,
     classes: npt.NDArray[np.str_],
+    shapes: npt.NDArray[np.str_],
     fit_meters: npt.NDArray[np.bool_],
     *,
     max_rows: int,
@@ -303,20 +360,15 @@ def _fit_variant(
         "max_false_alarm_rate": max_false_alarm_rate,
         "samples_per_tree": samples_per_tree,
     }
-
-    def rows_of(cols: npt.NDArray[np.bool_]) -> tuple[Any, Any]:
+    members = []
+    for (c, shape), cols in member_groups(
+        classes, shapes, fit_meters, variant == "per_class"
+    ).items():
         sel = rows & cols[None, :]
-        return features[sel], None if anomalous is None else anomalous[sel]
-
-    x, y = rows_of(fit_meters)
-    members = [_fit_member(name, "", x, y, max_rows=max_rows, **kwargs)]
-    if variant == "per_class":
-        for c in sorted(set(classes[fit_meters].tolist()) - {""}):
-            cols = fit_meters & (classes == c)
-            if cols.sum() < MIN_CLASS_METERS:
-                continue
-            x, y = rows_of(cols)
-            members.append(_fit_member(f"{name}.{c}", c, x, y, max_rows=max_rows, **kwargs))
+        x, y = features[sel], None if anomalous is None else anomalous[sel]
+        key = member_key(c, shape)
+        member_name = f"{name}.{key}" if key else name
+        members.append(_fit_member(member_name, c, shape, x, y, max_rows=max_rows, **kwargs))
     return members
 
 
@@ -353,6 +405,7 @@ def train_model_set(
     rows &= customers[None, :]
     labels = reading_labels(data)
     anomalous = None if data.label_code is None else data.label_code > 0
+    shapes = data.load_shapes
     common: dict[str, Any] = {
         "max_rows": max_rows,
         "samples_per_tree": samples_per_tree,
@@ -374,10 +427,20 @@ def train_model_set(
         results: dict[str, dict[str, Any]] = {}
         for v in ("global", "per_class"):
             members = _fit_variant(
-                v, name, features, rows, anomalous, data.customer_class, fit_meters, **common
+                v,
+                name,
+                features,
+                rows,
+                anomalous,
+                data.customer_class,
+                shapes,
+                fit_meters,
+                **common,
             )
             trial = ModelSet(name, "validation", v, created, data.interval_s, members)
-            m = trial.margins(features, data.customer_class, val_rows, threads=threads)
+            m = trial.margins(
+                features, data.customer_class, val_rows, load_shape=shapes, threads=threads
+            )
             y, s = theft[val_rows], m[val_rows]
             results[v] = {
                 "pr_auc": pr_auc(y, s),
@@ -398,7 +461,15 @@ def train_model_set(
         members = candidates[chosen]
     else:
         members = _fit_variant(
-            chosen, name, features, rows, anomalous, data.customer_class, fit_meters, **common
+            chosen,
+            name,
+            features,
+            rows,
+            anomalous,
+            data.customer_class,
+            shapes,
+            fit_meters,
+            **common,
         )
     first, last = data.window_bounds(start)
     training = {
@@ -407,6 +478,7 @@ def train_model_set(
         "window_end": last.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "warmup_days": warmup_days,
         "customers": int(customers.sum()),
+        "intermittent_meters": int((customers & (shapes == INTERMITTENT)).sum()),
         "fit_meters": int(fit_meters.sum()),
         "labelled": labels is not None,
         "max_rows_per_model": max_rows,

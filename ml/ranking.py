@@ -118,7 +118,9 @@ def rank(
     rows[:start] = False
     if model_set is not None:
         x = reading_features(data)
-        margin = model_set.margins(x, data.customer_class, rows, threads=threads)
+        margin = model_set.margins(
+            x, data.customer_class, rows, load_shape=data.load_shapes, threads=threads
+        )
         del x
     else:
         margin = np.zeros(rows.shape)

@@ -17,6 +17,7 @@ METER_KEYS = (
     "meter_id",
     "meter_role",
     "customer_class",
+    "load_shape",
     "tariff",
     "transformer_id",
     "feeder_id",
@@ -83,6 +84,8 @@ def build_registry(cfg: FleetConfig, topo: Topology) -> Registry:
 
     start = datetime.fromtimestamp(cfg.start_epoch, UTC)
     class_names = [c.name for c in cfg.classes]
+    # Installation data: a bursty fleet's homes are appliance-only connections.
+    shape = "intermittent" if cfg.load_style == "bursty" else "continuous"
     gw_ids = [g.gateway_id for g in topo.gateways]
     meters: list[dict[str, Any]] = []
     lat = np.round(topo.cust_lat, 6).tolist()
@@ -94,6 +97,7 @@ def build_registry(cfg: FleetConfig, topo: Topology) -> Registry:
                 "meter_id": mid,
                 "meter_role": "customer",
                 "customer_class": class_names[int(topo.cust_class[i])],
+                "load_shape": shape,
                 "tariff": "prepaid" if topo.cust_prepaid[i] else "postpaid",
                 "transformer_id": topo.tx_ids[tx] if tx >= 0 else None,
                 "feeder_id": topo.feeder_ids[int(topo.cust_feeder[i])] if tx >= 0 else None,
@@ -112,6 +116,7 @@ def build_registry(cfg: FleetConfig, topo: Topology) -> Registry:
                     "meter_id": topo.tx_meter_ids[x],
                     "meter_role": "transformer",
                     "customer_class": None,
+                    "load_shape": None,
                     "tariff": None,
                     "transformer_id": topo.tx_ids[x],
                     "feeder_id": topo.feeder_ids[int(topo.tx_feeder[x])],

@@ -39,6 +39,7 @@ from edge_agent.vocabulary import (
     ALERT_KINDS,
     CENTRAL_ALERT_KINDS,
     ID_PATTERN,
+    LOAD_SHAPES,
     METER_FLAGS,
     QUARANTINE_REASONS,
     SUPPLY_STATES,
@@ -144,6 +145,18 @@ def test_postgres_raw_readings_matches(pg: psycopg.Connection) -> None:
     expected = {f.name: (f.postgres.type, f.postgres.not_null) for f in READING_FIELDS}
     assert {c: cols.get(c) for c in READING_NAMES} == expected
     assert set(cols) == set(expected) | set(EXTRA_COLUMNS)
+
+
+def test_postgres_load_shapes_are_the_vocabulary(pg: psycopg.Connection) -> None:
+    (definition,) = pg.execute(
+        "select pg_get_constraintdef(oid) from pg_constraint"
+        " where conrelid = 'raw.meters'::regclass and contype = 'c'"
+        " and pg_get_constraintdef(oid) like '%load_shape%'"
+    ).fetchone() or (None,)
+    assert definition is not None
+    assert tuple(re.findall(r"'([a-z_]+)'::text", definition)) == LOAD_SHAPES
+    for shape in LOAD_SHAPES:
+        assert re.fullmatch(r"[a-z]+", shape)  # a model name suffix (ID_PATTERN) and an SQL word
 
 
 def test_clickhouse_raw_readings_matches(tmp_path: Path) -> None:

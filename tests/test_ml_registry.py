@@ -216,10 +216,11 @@ def copy_fleet(dsn: str, cfg: FleetConfig) -> MeterData:
 
 
 def test_train_on_postgres_readings(ml_dsn: str) -> None:
-    """`train --source postgres`: raw.readings + raw.meters onto the grid, unlabelled training."""
+    """`train --source postgres`: raw.readings + raw.meters onto the grid, unlabelled training;
+    the meters' load shapes (a bursty fleet: intermittent) pick the forests."""
     from ml.dataset import from_postgres
 
-    cfg = FleetConfig(meters=40, days=9, seed=6)
+    cfg = FleetConfig.for_style("bursty", meters=40, days=9, seed=6)
     sim = copy_fleet(ml_dsn, cfg)
     end = datetime.fromtimestamp(int(sim.ts[-1]), UTC)
     start = datetime.fromtimestamp(int(sim.ts[0]) - sim.interval_s + 7 * 86400, UTC)
@@ -231,11 +232,14 @@ def test_train_on_postgres_readings(ml_dsn: str) -> None:
     assert np.array_equal(data.flags != 0, sim.flags[:, order] != 0)
     assert np.array_equal(data.customer_class, sim.customer_class[order])
     assert np.array_equal(data.role, sim.role[order])
+    assert np.array_equal(data.load_shapes, sim.load_shapes[order])
+    assert set(data.load_shapes[data.customers]) == {"intermittent"}
     assert data.label_code is None
 
     trained = train_model_set(data, reading_features(data), warmup_days=7, max_rows=20_000)
     assert trained.variant == "global" and not trained.validation  # no labels: no comparison
     assert "quantile" in trained.members[0].threshold_method
+    assert [m.name for m in trained.members] == ["iforest", "iforest.intermittent"]
 
 
 def test_central_features_keep_each_meters_long_memory_from_older_readings(ml_dsn: str) -> None:

@@ -140,6 +140,7 @@ def test_registry_rows_match_the_sql_columns_and_reference_existing_assets() -> 
         "meter_id",
         "meter_role",
         "customer_class",
+        "load_shape",
         "tariff",
         "transformer_id",
         "feeder_id",
@@ -173,9 +174,11 @@ def test_registry_rows_match_the_sql_columns_and_reference_existing_assets() -> 
         roles[m["meter_role"]] += 1
         if m["meter_role"] == "transformer":
             assert m["meter_id"].startswith("TX-") and m["tariff"] is None
+            assert m["load_shape"] is None
             assert seen[m["transformer_id"]] == "transformer"
         else:
             assert m["tariff"] in ("prepaid", "postpaid")
+            assert m["load_shape"] == "continuous"  # a household fleet
             if m["customer_class"] == "solar_home_payg":
                 assert m["transformer_id"] is None and m["tariff"] == "prepaid"
             else:
