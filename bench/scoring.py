@@ -9,9 +9,12 @@ throughput (one call on 100,000 rows; the best of five). Checks parity with scik
 100,000 rows, and measures the memory of a real ``edge-agent run`` with the signed model
 loaded: idle first (what the libraries and the model cost before any reading), then its peak RSS
 while scoring a spool of 200 meters x 8 days (``--agent-meters``, ``--agent-days``), and the
-private (anonymous) part of that peak. The agent runs in a virtualenv holding only the ``edge``
-extra's packages, as on a gateway (``var/edge-venv``, made on first use; ``--agent-python
-current`` runs it in this one).
+private (anonymous) part of that peak; with ``--agent-members N`` the agent holds N models (one
+forest signed under the names of a model set's members: the global one, the intermittent one,
+then per class its forest and its intermittent one) and its registry spreads the meters over
+them, as a gateway serving several classes and both load shapes does. The agent runs in a
+virtualenv holding only the ``edge`` extra's packages, as on a gateway (``var/edge-venv``, made
+on first use; ``--agent-python current`` runs it in this one).
 Human-readable lines first; the LAST line is one JSON object.
 """
 
@@ -100,6 +103,31 @@ def _spool_readings(directory: Path, meters: int, days: int) -> int:
     return len(r.ts)
 
 
+def member_set(
+    trained: Any, key: Ed25519PrivateKey, members: int, meters: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``members`` signed models of one forest, named as a model set's members (``iforest``,
+    ``iforest.intermittent``, ``iforest.c0``, ``iforest.c0.intermittent``, ``iforest.c1``, ...),
+    and the registry rows of the spool's ``meters`` meters (``m0000``...) that make an agent use
+    every one of them."""
+    from edge_agent.registry import model_keys
+
+    pairs: list[tuple[str, str]] = [("", "continuous"), ("", "intermittent")]
+    for c in range(members):
+        pairs += [(f"c{c}", "continuous"), (f"c{c}", "intermittent")]
+    pairs = pairs[:members]
+    names = ["iforest" + "".join(f".{k}" for k in model_keys(*p)[:1]) for p in pairs]
+    messages = [
+        message_from_trained(trained, name=n, version="bench-1", private_key=key) for n in names
+    ]
+    registry = [
+        {"meter_id": f"m{i:04d}", "customer_class": c or None, "load_shape": shape}
+        for i in range(meters)
+        for c, shape in [pairs[i % len(pairs)]]
+    ]
+    return messages, registry
+
+
 def _memory(pid: int) -> dict[str, float]:
     """VmRSS, VmHWM, RssAnon and RssFile of a process, in MB."""
     out = {}
@@ -111,25 +139,29 @@ def _memory(pid: int) -> dict[str, float]:
 
 
 def agent_peak_rss(
-    message: dict[str, Any],
+    message: dict[str, Any] | list[dict[str, Any]],
     public_key: str,
     meters: int,
     days: int,
     python: str = sys.executable,
     local_metrics: bool = False,
+    registry: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Memory of a real ``edge-agent run`` with the signed model loaded: first idle (the model
     loaded, no reading yet: what the libraries and the model cost), then taking ``meters``
     meters x ``days`` days dropped into its spool directory and scoring every reading. The
     broker port is closed (an offline gateway: store-and-forward, no uplink). Peak RSS is the
     kernel's VmHWM; the private (anonymous) part is sampled every 50 ms. ``local_metrics``: the
-    agent serves its own /metrics, scraped every 0.5 s of the run."""
+    agent serves its own /metrics, scraped every 0.5 s of the run. ``message`` may be a list (a
+    model set); ``registry`` the meters' classes and load shapes."""
     import sqlite3
     import urllib.request
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "model.json").write_text(json.dumps(message))
+        (work / "registry.json").write_text(json.dumps({"meters": registry or []}))
+        n_models = len(message) if isinstance(message, list) else 1
         expected = _spool_readings(work / "later", meters, days)
         (work / "spool").mkdir()
         port, metrics_port = free_port(), free_port()  # nobody listens on the broker's
@@ -141,6 +173,7 @@ def agent_peak_rss(
                     f'db_path = "{work / "buffer.db"}"',
                     f'spool_dir = "{work / "spool"}"',
                     f'model_path = "{work / "model.json"}"',
+                    f'registry_path = "{work / "registry.json"}"' if registry else "",
                     f'model_public_key = "{public_key}"',
                     f"local_metrics_port = {metrics_port}" if local_metrics else "",
                 ]
@@ -179,7 +212,7 @@ def agent_peak_rss(
             started = time.monotonic()
             while time.monotonic() - started < 60 and proc.poll() is None:
                 time.sleep(0.5)
-                if count("select count(*) from models") >= 1:
+                if count("select count(*) from models") >= n_models:
                     time.sleep(2.0)  # the model is stored once it is loaded; let it settle
                     idle = _memory(proc.pid)
                     break
@@ -286,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         "one (its extra packages add a few MB); or the path of another",
     )
     parser.add_argument(
+        "--agent-members",
+        type=int,
+        default=1,
+        help="models the agent holds in the RSS run (a model set's members; default 1)",
+    )
+    parser.add_argument(
         "--local-metrics",
         action="store_true",
         help="the agent serves its own /metrics (local_metrics_port), scraped every 0.5 s",
@@ -380,12 +419,20 @@ def main(argv: list[str] | None = None) -> int:
     agent_python = {"edge": edge_python, "current": lambda: sys.executable}.get(
         args.agent_python, lambda: str(args.agent_python)
     )()
+    messages, registry = member_set(trained, key, args.agent_members, args.agent_meters)
     report = agent_peak_rss(
-        message, pub, args.agent_meters, args.agent_days, agent_python, args.local_metrics
+        messages if args.agent_members > 1 else message,
+        pub,
+        args.agent_meters,
+        args.agent_days,
+        agent_python,
+        args.local_metrics,
+        registry if args.agent_members > 1 else None,
     )
     rss = float(report["peak_rss_mb"])
     print(
-        f"edge-agent run ({agent_python}), model loaded, idle: RSS {report['idle_rss_mb']:.1f} MB"
+        f"edge-agent run ({agent_python}), {args.agent_members} model(s) loaded,"
+        f" idle: RSS {report['idle_rss_mb']:.1f} MB"
         f" (private {report['idle_anon_mb']:.1f} MB); then a spool of {args.agent_meters} meters"
         f" x {args.agent_days} days = {report['readings']} readings, every one scored in"
         f" {report['seconds']:.1f}s, offline: peak RSS {rss:.1f} MB"
@@ -417,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             "parity_max_abs_diff": max_diff,
             "parity_label_mismatches": mismatches,
             "agent_local_metrics_scrapes": report["local_metrics_scrapes"],
+            "agent_models": args.agent_members,
         },
         argv,
     )
