@@ -57,6 +57,22 @@ def member_key(customer_class: str, load_shape: str) -> str:
     return (model_keys(customer_class, load_shape) or ("",))[0]
 
 
+def key_parts(set_name: str, member_name: str) -> tuple[str, str]:
+    """``(customer_class, load_shape)`` of the member ``member_name`` of the set ``set_name``,
+    read back from its name (:func:`member_key`; a class is never named like a load shape)."""
+    if member_name == set_name:
+        return "", CONTINUOUS
+    if not member_name.startswith(set_name + "."):
+        raise ValueError(f"{member_name!r} is not a member of the set {set_name!r}")
+    key = member_name[len(set_name) + 1 :]
+    if key == INTERMITTENT:
+        return "", INTERMITTENT
+    suffix = "." + INTERMITTENT
+    if key.endswith(suffix):
+        return key.removesuffix(suffix), INTERMITTENT
+    return key, CONTINUOUS
+
+
 @dataclass
 class Member:
     """One published model: ``customer_class == ""`` for the global one."""

@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from edge_agent.features import FEATURE_NAMES
 from ml.customer import PEER_SIGNS, customer_features, peer_contributions
 from ml.dataset import MeterData, from_postgres, reading_features
-from ml.modelset import Member, ModelSet
+from ml.modelset import Member, ModelSet, key_parts
 
 SCORER = "peer"
 REASONS = 3
@@ -55,7 +55,8 @@ def model_set_from_registry(
     conn: psycopg.Connection, name: str, version: str | None = None
 ) -> ModelSet | None:
     """The model set ``name`` as gateways got it: the newest PUBLISHED version unless
-    ``version``, its global member ``name`` and class members ``name.<class>``. None if none."""
+    ``version``, its global member ``name`` and the others (``name.<class>``, ``name.intermittent``,
+    ``name.<class>.intermittent``: :func:`~ml.modelset.key_parts`). None if none."""
     if version is None:
         row = conn.execute(
             "select version from ml.models where name = %s and published_at is not null"
@@ -81,17 +82,21 @@ def model_set_from_registry(
             raise ValueError(f"ml.models {member} {version}: the stored model fails its sha256")
         if list(msg["feature_names"]) != list(FEATURE_NAMES):
             raise ValueError(f"ml.models {member} {version}: other feature names than this code")
+        customer_class, load_shape = key_parts(name, member)
+        if customer_class != (klass or ""):
+            raise ValueError(f"ml.models {member} {version}: class {klass!r} is not its name's")
         members.append(
             Member(
                 name=member,
-                customer_class=klass or "",
+                customer_class=customer_class,
                 onnx=onnx,
                 threshold=float(threshold),
                 threshold_method=method or "",
                 train_rows=int(train_rows or 0),
+                load_shape=load_shape,
             )
         )
-    if not any(m.customer_class == "" for m in members):
+    if not any(m.key == "" for m in members):
         raise ValueError(f"model set {name} {version} has no global member")
     return ModelSet(
         name=name,

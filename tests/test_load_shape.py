@@ -13,7 +13,7 @@ from edge_agent.registry import CONTINUOUS, INTERMITTENT, model_keys
 from ml.dataset import concat, from_fleet, reading_features
 from ml.evaluate import _simulate
 from ml.load_shape import MIN_DAYS, decide, near_zero_share
-from ml.modelset import ModelSet, train_model_set
+from ml.modelset import ModelSet, key_parts, member_key, train_model_set
 from simulator import FleetConfig
 
 
@@ -24,6 +24,15 @@ def test_model_keys_try_the_shape_then_the_class() -> None:
     assert model_keys("") == ()
     with pytest.raises(ValueError, match="load_shape"):
         model_keys("urban", "bursty")
+
+
+def test_a_members_class_and_shape_come_back_from_its_name() -> None:
+    for c in ("", "urban", "residential_lifeline"):
+        for shape in (CONTINUOUS, INTERMITTENT):
+            key = member_key(c, shape)
+            assert key_parts("iforest", f"iforest.{key}" if key else "iforest") == (c, shape)
+    with pytest.raises(ValueError, match="not a member"):
+        key_parts("iforest", "other.urban")
 
 
 def test_the_rule_separates_the_simulated_load_styles() -> None:

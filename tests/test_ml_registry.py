@@ -314,21 +314,30 @@ def test_rank_customers_from_postgres_with_the_registered_model_set(
 
     key = load_private_key(keys[0])
     with psycopg.connect(ml_dsn, autocommit=True) as conn:
-        klass = replace(model_set.members[0], name="iforest.solar_home_payg")
-        klass.customer_class = "solar_home_payg"
-        for member in (model_set.members[0], klass):
+        glob = model_set.members[0]
+        klass = replace(glob, name="iforest.solar_home_payg", customer_class="solar_home_payg")
+        shape = replace(klass, name="iforest.solar_home_payg.intermittent")
+        every = replace(glob, name="iforest.intermittent")
+        published = (glob, klass, shape, every)
+        for member in published:
             register(
                 conn, sign_member(model_set, member, key), customer_class=member.customer_class
             )
         assert model_set_from_registry(conn, "iforest") is None  # registered, not published
-        for member in (model_set.members[0], klass):
+        for member in published:
             mark_published(conn, member.name, model_set.version, f"t/models/{member.name}")
         rebuilt = model_set_from_registry(conn, "iforest")
     assert rebuilt is not None and rebuilt.version == model_set.version
-    assert {(m.name, m.customer_class) for m in rebuilt.members} == {
-        ("iforest", ""),
-        ("iforest.solar_home_payg", "solar_home_payg"),
+    # Each member's class and load shape are read back from its name.
+    assert {(m.name, m.customer_class, m.load_shape) for m in rebuilt.members} == {
+        ("iforest", "", "continuous"),
+        ("iforest.intermittent", "", "intermittent"),
+        ("iforest.solar_home_payg", "solar_home_payg", "continuous"),
+        ("iforest.solar_home_payg.intermittent", "solar_home_payg", "intermittent"),
     }
+    assert rebuilt.member_for("solar_home_payg", "intermittent").name == shape.name
+    assert rebuilt.member_for("residential_urban", "intermittent").name == every.name
+    assert rebuilt.member_for("solar_home_payg").name == klass.name
 
     sim = copy_fleet(ml_dsn, FleetConfig(meters=300, days=21, seed=8, theft_share=0.15))
     with psycopg.connect(ml_dsn) as conn:  # readings of a meter the registry does not know
@@ -340,7 +349,7 @@ def test_rank_customers_from_postgres_with_the_registered_model_set(
         )
     run_id, ranking = run(ml_dsn, days=14)
     assert ranking.model == ("iforest", model_set.version)
-    assert ranking.members == ["iforest", "iforest.solar_home_payg"]
+    assert ranking.members == [m.name for m in sorted(published, key=lambda m: m.name)]
     assert ranking.unregistered == 1 and "unknown-1" not in ranking.meter_ids
     customers = int(sim.customers.sum())
     assert len(ranking.meter_ids) == customers
