@@ -1,4 +1,4 @@
-"""``python -m ml``: keygen, train, publish, evaluate, models, rank.
+"""``python -m ml``: keygen, train, publish, evaluate, models, rank, load-shapes.
 
 python -m ml keygen --private var/keys/model_signing.pem --public var/keys/model.pub
 python -m ml train --out var/models/iforest                 # on a simulated fleet
@@ -7,15 +7,18 @@ EIOT_MODEL_SIGNING_KEY_FILE=var/keys/model_signing.pem python -m ml publish DIR
 python -m ml evaluate                                         # held-out simulated fleet
 python -m ml models                                           # what ml.models holds
 python -m ml rank                                             # the inspection list
+python -m ml load-shapes --days 90                            # meters' load shapes to pin
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from ml import evaluate as evaluation
 from ml.train import DEFAULT_MAX_SAMPLES
@@ -160,6 +163,40 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load_shapes(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    import psycopg
+
+    from ml.load_shape import propose
+    from ml.registry import default_dsn
+
+    with psycopg.connect(args.dsn or default_dsn(), connect_timeout=5) as conn:
+        if args.end:
+            end = _date(args.end)
+        else:
+            (newest,) = conn.execute("select max(ts) from raw.readings").fetchone() or (None,)
+            end = newest or datetime.now(UTC)
+        start = end - timedelta(days=args.days)
+        proposals = propose(conn, start, end, args.interval)
+    counts = Counter(p.action for p in proposals)
+    print(
+        f"{len(proposals)} customer meters, readings {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M}"
+        f" UTC: " + ", ".join(f"{counts[a]} {a}" for a in ("set", "keep", "review", "wait"))
+    )
+    for p in proposals:
+        if p.action in ("set", "review") or args.all:
+            share = "-" if p.near_zero_share is None else f"{p.near_zero_share:.2f}"
+            print(
+                f"{p.action:<7} {p.meter_id:<24} pinned {p.pinned or '-':<12} readings say"
+                f" {p.decided:<12} near-zero share {share}, {p.valid_days:g} days valid"
+            )
+    if args.out:
+        rows = [{**dataclasses.asdict(p), "action": p.action} for p in proposals]
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -294,6 +331,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn", default=None, help="PostgreSQL DSN (default $EIOT_PG_DSN)")
     p.add_argument("--name", default=None, help="only this model name")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "load-shapes",
+        help="propose each customer meter's load shape from months of readings (writes nothing)",
+        description="Decide each registered customer meter's load shape (continuous or "
+        "intermittent, ml/load_shape.py) from its valid readings in raw.readings and compare "
+        "it with raw.meters.load_shape: set (none pinned), keep, review (the readings disagree "
+        "with the pinned shape: a meter whose readings turn intermittent may be a thief "
+        "zeroing them), wait (too few valid readings). Prints the set and review rows; writes "
+        "nothing in the database: whoever keeps the registry pins the shapes.",
+    )
+    p.add_argument("--dsn", default=None, help="PostgreSQL DSN (default $EIOT_PG_DSN)")
+    p.add_argument("--days", type=float, default=90, help="days of readings (default 90)")
+    p.add_argument("--end", default=None, help="window end, YYYY-MM-DD (default newest reading)")
+    p.add_argument(
+        "--interval", type=int, default=1800, help="readings of this interval_s (default 1800)"
+    )
+    p.add_argument("--all", action="store_true", help="print the keep and wait rows too")
+    p.add_argument("--out", default=None, help="also write every proposal to this JSON file")
+    p.set_defaults(func=cmd_load_shapes)
 
     from ml import keeper
 

@@ -5,6 +5,7 @@ a gateway verifies with the public key."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -378,3 +379,39 @@ def test_rank_customers_from_postgres_with_the_registered_model_set(
         ).fetchone()
     assert listed == [(run_id, customers, 1, customers, customers)]
     assert top is not None and top[0] == ranking.meter_ids[0] and top[1][0]["signal"]
+
+
+def test_load_shapes_are_proposed_from_the_database_and_nothing_is_written(
+    ml_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m ml load-shapes`: the database's decision is ``ml.load_shape.decide``'s on the
+    same readings; a pinned shape the readings disagree with is for review, not changed."""
+    from ml.cli import main
+    from ml.load_shape import decide, near_zero_share
+
+    cfg = FleetConfig.for_style("bursty", meters=30, days=12, seed=7, theft_share=0.0)
+    sim = copy_fleet(ml_dsn, cfg)  # its registry pins every customer intermittent
+    customers = sim.meter_ids[sim.customers].tolist()
+    a, b = customers[:2]
+    with psycopg.connect(ml_dsn, autocommit=True) as conn:
+        conn.execute("update raw.meters set load_shape = null where meter_id <> all(%s)", ([a, b],))
+        conn.execute("update raw.meters set load_shape = 'continuous' where meter_id = %s", (a,))
+        before = conn.execute("select * from raw.meters order by meter_id").fetchall()
+    out = tmp_path / "proposals.json"
+    assert main(["load-shapes", "--dsn", ml_dsn, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = {r["meter_id"]: r for r in json.loads(out.read_text())}
+    assert sorted(rows) == sorted(customers)  # customers only, transformers left out
+
+    share = near_zero_share(sim.kwh, sim.valid)
+    decided = decide(sim.kwh, sim.valid, sim.intervals_per_day)
+    for j, meter in enumerate(sim.meter_ids.tolist()):
+        if meter in rows:
+            assert rows[meter]["near_zero_share"] == pytest.approx(share[j], abs=1e-4)
+            assert rows[meter]["decided"] == decided[j]
+    assert rows[a]["decided"] == "intermittent" and rows[a]["action"] == "review"
+    assert rows[b]["action"] == "keep"
+    assert {rows[m]["action"] for m in customers[2:]} == {"set"}
+    assert f"review  {a}" in printed and f"set     {customers[2]}" in printed
+    with psycopg.connect(ml_dsn) as conn:
+        assert conn.execute("select * from raw.meters order by meter_id").fetchall() == before
