@@ -97,7 +97,8 @@ BUFFER_NOTES: dict[str, dict[str, str]] = {
     "models": {
         "": "Accepted model.v1 messages, the newest few of each name.",
         "id": "Order of acceptance.",
-        "name": "Model name (`iforest`, `iforest.<class>`).",
+        "name": "Model name (`iforest`, `iforest.<class>`, `iforest.intermittent`, "
+        "`iforest.<class>.intermittent`).",
         "version": "Model version.",
         "created_at": "When central created it (as signed).",
         "sha256": "Digest of the ONNX bytes.",

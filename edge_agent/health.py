@@ -81,7 +81,8 @@ def view_of(status: Mapping[str, Any], received_at: float) -> GatewayView:
     if not isinstance(raw_models, list):
         model = status.get("model")
         raw_models = [model] if isinstance(model, Mapping) else []
-    for m in raw_models[:16]:  # a gateway holds a global model and one per customer class
+    # a gateway holds a global model and, per customer class of its meters, up to two more
+    for m in raw_models[:16]:
         if isinstance(m, Mapping):
             models.append((str(m.get("name", ""))[:64], str(m.get("version", ""))[:64]))
     online = status.get("state") == "online"

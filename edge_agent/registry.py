@@ -36,6 +36,8 @@ def model_keys(customer_class: str, load_shape: str = CONTINUOUS) -> tuple[str, 
     the same keys."""
     if load_shape not in LOAD_SHAPES:
         raise ValueError(f"load_shape must be one of {LOAD_SHAPES}, not {load_shape!r}")
+    if customer_class.split(".")[-1] in LOAD_SHAPES:  # its model name would be another member's
+        raise ValueError(f"customer class {customer_class!r} names a load shape")
     keys: list[str] = []
     if load_shape == INTERMITTENT:
         if customer_class:
@@ -48,20 +50,17 @@ def model_keys(customer_class: str, load_shape: str = CONTINUOUS) -> tuple[str, 
 
 def meter_model_keys(meters: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
     """``{meter_id: model keys}`` (:func:`model_keys`) of the customer meters that name a class
-    or a load shape. A load shape outside :data:`LOAD_SHAPES`, or a class named like one, is an
-    error: a misspelt shape must not quietly put a meter under another forest."""
+    or a load shape (an empty string or null names none). A load shape outside
+    :data:`LOAD_SHAPES`, or a class named like one, is an error: a misspelt shape must not
+    quietly put a meter under another forest."""
     out: dict[str, tuple[str, ...]] = {}
     for m in meters:
         meter_id, cls, shape = m.get("meter_id"), m.get("customer_class"), m.get("load_shape")
         if m.get("meter_role", "customer") != "customer" or not isinstance(meter_id, str):
             continue
         cls = cls if isinstance(cls, str) else ""
-        if cls in LOAD_SHAPES:
-            raise ValueError(
-                f"registry meter {meter_id!r}: customer class {cls!r} names a load shape"
-            )
         try:
-            keys = model_keys(cls, CONTINUOUS if shape is None else shape)
+            keys = model_keys(cls, CONTINUOUS if shape is None or shape == "" else shape)
         except ValueError as exc:
             raise ValueError(f"registry meter {meter_id!r}: {exc}") from None
         if keys:

@@ -7,11 +7,12 @@ version). By interval length, it reads the features' history of the meters from 
 a time (bounded memory) and scores the new rows with one onnxruntime call per model. The score
 and model version go into the rows, so they are committed with the reading and never change.
 
-Which model scores a meter: the model of its customer class (``<name>.<class>``, e.g.
-``iforest.urban``) when the agent knows the meter's class (registry file, simulated fleet) and
-holds a class model not older than the global one, else the global one (``<name>``). A meter with
-neither is stored unscored (counter ``readings_without_model``). A model that fails to score
-leaves its rows unscored (counter ``scoring_errors``), the other models' rows are scored.
+Which model scores a meter: the first of its model keys (:func:`edge_agent.registry.model_keys`:
+``<name>.<class>.intermittent``, ``<name>.intermittent``, ``<name>.<class>``, e.g.
+``iforest.urban``, from the registry file or the simulated fleet) whose model the agent holds and
+is not older than the global one, else the global one (``<name>``). A meter with neither is stored
+unscored (counter ``readings_without_model``). A model that fails to score leaves its rows unscored
+(counter ``scoring_errors``), the other models' rows are scored.
 
 Alerts (``alert.v1``) raised here, committed with their readings:
 

@@ -2,10 +2,13 @@
 (with the global one as the fallback for meters of an unknown class), trained on a
 :class:`~ml.dataset.MeterData`, exported to ONNX, written to / read from a directory.
 
-Meters of the ``intermittent`` load shape (``ml.load_shape``) get forests of their own in both
-variants: one over every class (``<name>.intermittent``) and, per class, ``<name>.<class>.
-intermittent``; a class's forest (``<name>.<class>``) is fitted on the meters it scores. Which
-member scores a meter is :func:`edge_agent.registry.model_keys`, the gateway's own rule.
+Meters of the ``intermittent`` load shape (``ml.load_shape``) get forests of their own: one over
+every class (``<name>.intermittent``) in both variants and, in the per-class one, one per class
+(``<name>.<class>.intermittent``). Every member is fitted on the meters it scores (the global
+one on every meter when no intermittent member is fitted, or when too few meters are left).
+Which member scores a meter is :func:`edge_agent.registry.model_keys`, the gateway's own rule; a
+class named like a load shape, or whose member's name would not be a valid model name, gets no
+member of its own.
 
 Which variant wins is measured, not assumed (:func:`train_model_set` with ``variant="auto"``):
 the labelled training customers are split by meter (75 % fit, 25 % validation), both variants are
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +42,7 @@ import numpy.typing as npt
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import LoadedModel
 from edge_agent.registry import CONTINUOUS, INTERMITTENT, model_keys
+from edge_agent.vocabulary import ID_PATTERN
 from ml.calibration import Calibration
 from ml.dataset import MeterData
 from ml.metrics import pr_auc, roc_auc
@@ -55,6 +60,16 @@ def member_key(customer_class: str, load_shape: str) -> str:
     """A member's name after the set's: the first of the gateway's model keys for its class and
     shape (``""``: the global member)."""
     return (model_keys(customer_class, load_shape) or ("",))[0]
+
+
+def usable_class(customer_class: str, set_name: str = DEFAULT_NAME) -> bool:
+    """Whether a class can have members of its own: not named like a load shape, and the
+    longest of its member names a valid model name (``ID_PATTERN``)."""
+    try:
+        keys = model_keys(customer_class, INTERMITTENT)
+    except ValueError:
+        return False
+    return all(re.fullmatch(ID_PATTERN, f"{set_name}.{k}") for k in keys)
 
 
 def key_parts(set_name: str, member_name: str) -> tuple[str, str]:
@@ -123,6 +138,8 @@ class ModelSet:
 
     def member_for(self, customer_class: str, load_shape: str = CONTINUOUS) -> Member:
         by_key = {m.key: m for m in self.members}
+        if not usable_class(customer_class, self.name):
+            customer_class = ""  # as on a gateway: such a class names no member
         for key in (*model_keys(customer_class, load_shape), ""):
             if key in by_key:
                 return by_key[key]
@@ -324,18 +341,22 @@ def member_groups(
     shapes: npt.NDArray[np.str_],
     fit_meters: npt.NDArray[np.bool_],
     per_class: bool,
+    name: str = DEFAULT_NAME,
 ) -> dict[tuple[str, str], npt.NDArray[np.bool_]]:
     """The members to fit, ``(customer_class, load_shape)``, each with the meters it is fitted
-    on: the global member on every meter (it is the fallback for any), the intermittent one on
-    every intermittent meter, and (``per_class``) a class's members on the meters they would
-    score. A member needs :data:`MIN_CLASS_METERS` meters, except the global one."""
+    on: the intermittent one on every intermittent meter, the global one on every other meter
+    (on every meter when there are too few others, or no intermittent member), and
+    (``per_class``) a class's members on the meters they would score. A member needs
+    :data:`MIN_CLASS_METERS` meters, except the global one."""
     inter = fit_meters & (shapes == INTERMITTENT)
     groups = {("", CONTINUOUS): fit_meters}
     if inter.sum() >= MIN_CLASS_METERS:
         groups[("", INTERMITTENT)] = inter
+        if (fit_meters & ~inter).sum() >= MIN_CLASS_METERS:
+            groups[("", CONTINUOUS)] = fit_meters & ~inter
     if not per_class:
         return groups
-    names = sorted(set(classes[fit_meters].tolist()) - {""})
+    names = sorted(c for c in set(classes[fit_meters].tolist()) - {""} if usable_class(c, name))
     for c in names:
         cols = inter & (classes == c)
         if cols.sum() >= MIN_CLASS_METERS:
@@ -378,7 +399,7 @@ def _fit_variant(
     }
     members = []
     for (c, shape), cols in member_groups(
-        classes, shapes, fit_meters, variant == "per_class"
+        classes, shapes, fit_meters, variant == "per_class", name
     ).items():
         sel = rows & cols[None, :]
         x, y = features[sel], None if anomalous is None else anomalous[sel]

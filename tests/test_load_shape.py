@@ -13,7 +13,14 @@ from edge_agent.registry import CONTINUOUS, INTERMITTENT, model_keys
 from ml.dataset import concat, from_fleet, reading_features
 from ml.evaluate import _simulate
 from ml.load_shape import MIN_DAYS, decide, near_zero_share
-from ml.modelset import ModelSet, key_parts, member_key, train_model_set
+from ml.modelset import (
+    ModelSet,
+    key_parts,
+    member_groups,
+    member_key,
+    train_model_set,
+    usable_class,
+)
 from simulator import FleetConfig
 
 
@@ -24,6 +31,9 @@ def test_model_keys_try_the_shape_then_the_class() -> None:
     assert model_keys("") == ()
     with pytest.raises(ValueError, match="load_shape"):
         model_keys("urban", "bursty")
+    for named_like_a_shape in ("intermittent", "continuous", "urban.intermittent"):
+        with pytest.raises(ValueError, match="names a load shape"):
+            model_keys(named_like_a_shape)
 
 
 def test_a_members_class_and_shape_come_back_from_its_name() -> None:
@@ -113,6 +123,30 @@ def test_intermittent_meters_get_their_own_forests(tmp_path: Path) -> None:
     bursty = shapes == INTERMITTENT
     assert not np.allclose(as_shaped[:, bursty], as_continuous[:, bursty])
     assert np.array_equal(as_shaped[:, ~bursty], as_continuous[:, ~bursty])
+
+
+def test_each_member_is_fitted_on_the_meters_it_scores() -> None:
+    long = "c" * 60  # its members' names would pass ID_PATTERN's 64 characters
+    classes = np.array(["a"] * 30 + ["b"] * 30 + ["urban.intermittent"] * 30 + [long] * 30 + [""])
+    shapes = np.array(([CONTINUOUS] * 25 + [INTERMITTENT] * 5) * 4 + [INTERMITTENT])
+    fit = np.ones(classes.size, bool)
+    assert not usable_class("urban.intermittent") and not usable_class(long)
+    groups = member_groups(classes, shapes, fit, per_class=True)
+    inter = shapes == INTERMITTENT
+    assert set(groups) == {
+        ("", CONTINUOUS),
+        ("", INTERMITTENT),
+        ("a", CONTINUOUS),
+        ("b", CONTINUOUS),
+    }  # five intermittent meters per class are too few for a class's own
+    assert np.array_equal(groups[("", CONTINUOUS)], ~inter)  # intermittent ones have theirs
+    assert np.array_equal(groups[("", INTERMITTENT)], inter)
+    assert np.array_equal(groups[("a", CONTINUOUS)], (classes == "a") & ~inter)
+    only_global = member_groups(classes, np.full(classes.size, CONTINUOUS), fit, per_class=False)
+    assert set(only_global) == {("", CONTINUOUS)} and only_global[("", CONTINUOUS)].all()
+    # Every meter intermittent: the global member (every meter's fallback) is fitted on them all.
+    every = member_groups(classes, np.full(classes.size, INTERMITTENT), fit, per_class=False)
+    assert every[("", CONTINUOUS)].all() and every[("", INTERMITTENT)].all()
 
 
 def test_a_fleet_without_intermittent_meters_fits_no_shape_member() -> None:

@@ -12,3 +12,5 @@ comment on column ml.models.name is
     $$Model name (model.v1 name; topic {root}/models/<name>): the set name (e.g. iforest) for the global model, <set name>.<customer_class> for a class model, <set name>.intermittent and <set name>.<customer_class>.intermittent for the models of intermittent meters (raw.meters.load_shape).$$;
 comment on column ml.models.customer_class is
     $$Customer class the model scores; null for the global model and for the one of every class's intermittent meters, used for every meter without a model of its own.$$;
+comment on column ml.models.variant is
+    $$Variant of the set the model was published in: global (one model for every meter, and one for every intermittent meter when the set has them) or per_class (class models plus a global fallback).$$;
