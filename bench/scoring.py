@@ -12,9 +12,9 @@ while scoring a spool of 200 meters x 8 days (``--agent-meters``, ``--agent-days
 private (anonymous) part of that peak; with ``--agent-members N`` the agent holds N models (one
 forest signed under the names of a model set's members: the global one, the intermittent one,
 then per class its forest and its intermittent one) and its registry spreads the meters over
-them, as a gateway serving several classes and both load shapes does. The agent runs in a
-virtualenv holding only the ``edge`` extra's packages, as on a gateway (``var/edge-venv``, made
-on first use; ``--agent-python current`` runs it in this one).
+the classes' members, as a gateway serving several classes and both load shapes does. The agent
+runs in a virtualenv holding only the ``edge`` extra's packages, as on a gateway
+(``var/edge-venv``, made on first use; ``--agent-python current`` runs it in this one).
 Human-readable lines first; the LAST line is one JSON object.
 """
 
@@ -108,8 +108,10 @@ def member_set(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``members`` signed models of one forest, named as a model set's members (``iforest``,
     ``iforest.intermittent``, ``iforest.c0``, ``iforest.c0.intermittent``, ``iforest.c1``, ...),
-    and the registry rows of the spool's ``meters`` meters (``m0000``...) that make an agent use
-    every one of them."""
+    and the registry rows of the spool's ``meters`` meters (``m0000``...): spread over the
+    classes' members when there are any (every meter has a class, as in a registry kept up to
+    date: the global and intermittent members are fallbacks no meter reaches), else over the
+    global and intermittent ones."""
     from edge_agent.registry import model_keys
 
     pairs: list[tuple[str, str]] = [("", "continuous"), ("", "intermittent")]
@@ -120,10 +122,11 @@ def member_set(
     messages = [
         message_from_trained(trained, name=n, version="bench-1", private_key=key) for n in names
     ]
+    used = [p for p in pairs if p[0]] or pairs
     registry = [
         {"meter_id": f"m{i:04d}", "customer_class": c or None, "load_shape": shape}
         for i in range(meters)
-        for c, shape in [pairs[i % len(pairs)]]
+        for c, shape in [used[i % len(used)]]
     ]
     return messages, registry
 
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the agent serves its own /metrics (local_metrics_port), scraped every 0.5 s",
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.agent_members <= args.agent_meters:
+        parser.error("--agent-members must lie in 1..--agent-meters (each model needs a meter)")
 
     t0 = time.perf_counter()
     x_train, y_train, _ = features(args.meters, args.days, seed=1)

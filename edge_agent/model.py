@@ -58,7 +58,11 @@ __all__ = [
 
 
 class LoadedModel:
-    """A verified model, ready to score feature rows (one low-latency onnxruntime session)."""
+    """A verified model, ready to score feature rows (one low-latency onnxruntime session).
+
+    ``lazy``: the session that verified the graph is let go, and made again on the first
+    ``score``. Each session holds its trees in a few MB; an agent holding a model set's members
+    pays for those of the members its meters use, not for the fallbacks none of them reaches."""
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class LoadedModel:
         created_at: datetime | None = None,
         threads: int = 1,
         optimize_graph: bool = False,
+        lazy: bool = False,
     ) -> None:
         self.name = name
         self.version = version
@@ -79,30 +84,9 @@ class LoadedModel:
         self.feature_names: tuple[str, ...] = tuple(feature_names)
         self.sha256 = sha256 or hashlib.sha256(onnx_bytes).hexdigest()
         self.created_at = created_at
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # A published graph is already in its final form (ml.onnx_export: TreeEnsemble nodes,
-        # a Sum, an Exp): onnxruntime's optimiser finds nothing to change in it, and running it
-        # costs the agent up to 1 MB of memory. A graph made otherwise (the benchmark's stock
-        # skl2onnx graph) asks for it with ``optimize_graph``.
-        options.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if optimize_graph
-            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        )
-        options.enable_mem_pattern = False
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        try:
-            self._session: Any = ort.InferenceSession(
-                onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own, undocumented exception types
-            raise ModelRejected("invalid_onnx", str(exc)[:300]) from None
+        self._threads = max(1, int(threads))
+        self._optimize_graph = optimize_graph
+        self._session: Any = self._new_session(onnx_bytes)
         inputs = self._session.get_inputs()
         outputs = self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
@@ -126,6 +110,40 @@ class LoadedModel:
             raise ModelRejected("invalid_onnx", f"probe run failed: {str(exc)[:300]}") from None
         if probe.shape != (1,) or not np.isfinite(probe).all():
             raise ModelRejected("invalid_onnx", f"probe gave {probe!r}")
+        self._onnx: bytes | None = None
+        if lazy:
+            self._onnx, self._session = onnx_bytes, None
+
+    @property
+    def session_open(self) -> bool:
+        """Whether the model holds its onnxruntime session now (a lazy one: once it scored)."""
+        return self._session is not None
+
+    def _new_session(self, onnx_bytes: bytes) -> Any:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # A published graph is already in its final form (ml.onnx_export: TreeEnsemble nodes,
+        # a Sum, an Exp): onnxruntime's optimiser finds nothing to change in it, and running it
+        # costs the agent up to 1 MB of memory. A graph made otherwise (the benchmark's stock
+        # skl2onnx graph) asks for it with ``optimize_graph``.
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self._optimize_graph
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        options.enable_mem_pattern = False
+        options.enable_cpu_mem_arena = False
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(
+                onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+            raise ModelRejected("invalid_onnx", str(exc)[:300]) from None
 
     def score(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Anomaly scores (higher = more anomalous) of rows ``(n, F)`` or one row ``(F,)``: the
@@ -137,6 +155,9 @@ class LoadedModel:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[1] != len(self.feature_names):
             raise ValueError(f"expected (n, {len(self.feature_names)}) features, got {x.shape}")
+        if self._session is None:
+            assert self._onnx is not None  # a lazy model keeps its verified graph
+            self._session = self._new_session(self._onnx)
         result = self._session.run(self._outputs, {self._input: x})[0]
         raw = np.asarray(result, dtype=np.float32).reshape(-1).astype(np.float64)
         if self.calibration is None:
@@ -157,6 +178,7 @@ def load_model(
     *,
     expected_features: Sequence[str] | None = FEATURE_NAMES,
     threads: int = 1,
+    lazy: bool = False,
 ) -> LoadedModel:
     """Verify a ``model.v1`` message and build its :class:`LoadedModel`.
 
@@ -178,4 +200,5 @@ def load_model(
         sha256=msg.sha256,
         created_at=msg.created_at,
         threads=threads,
+        lazy=lazy,
     )

@@ -284,7 +284,7 @@ class ModelManager:
 
         try:
             key = parse_public_key(self.public_key)
-            model = load_model(obj, key, threads=self.threads)
+            model = load_model(obj, key, threads=self.threads, lazy=True)
         except ModelRejected as exc:
             return self._refuse(exc.reason, exc.detail, source, obj, name_hint)
         created = _sortable(model.created_at) if model.created_at else ""

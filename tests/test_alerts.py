@@ -449,6 +449,7 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
     registry = [
         {"meter_id": "u1", "customer_class": "urban"},
         {"meter_id": "u2", "customer_class": "urban", "load_shape": "continuous"},
+        {"meter_id": "u3", "customer_class": "urban", "load_shape": ""},  # an export's null
         {"meter_id": "ui", "customer_class": "urban", "load_shape": "intermittent"},
         {"meter_id": "xi", "customer_class": "industrial", "load_shape": "intermittent"},
         {"meter_id": "ni", "load_shape": "intermittent"},
@@ -468,7 +469,7 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
     offers.append(member("iforest.intermittent", "i1"))
     for message in offers:
         assert manager.offer(json.dumps(message).encode(), "test"), manager.error
-    meters = {meter: None for meter in ("u1", "u2", "ui", "xi", "ni", "m1")}
+    meters = {meter: None for meter in ("u1", "u2", "u3", "ui", "xi", "ni", "m1")}
     for d in range(9):
         intake.take(day(meters, d))
     got = dict(
@@ -476,7 +477,29 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
             "select meter_id, group_concat(distinct model_version) from readings group by 1"
         ).fetchall()
     )
-    assert got == {"u1": "c1", "u2": "c1", "ui": "ui1", "xi": "i1", "ni": "i1", "m1": "v1"}
+    assert got == {
+        "u1": "c1",
+        "u2": "c1",
+        "u3": "c1",
+        "ui": "ui1",
+        "xi": "i1",
+        "ni": "i1",
+        "m1": "v1",
+    }
+    # Every model scored some meter, so each opened its onnxruntime session.
+    assert all(m.session_open for m in manager.active.book.models.values())
+    intake.close()
+
+    # A gateway whose meters all have a class and a member of their own never opens the
+    # global model's session: it is held for a fallback none of them reaches.
+    intake = gateway(tmp_path / "c.db", meters=registry[:4])
+    for message in offers:
+        assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
+    assert not intake.models.active.book.models["iforest"].session_open
+    intake.take(day({"u1": None, "ui": None}, 0))
+    book = intake.models.active.book.models
+    assert book["iforest.urban"].session_open and book["iforest.urban.intermittent"].session_open
+    assert not book["iforest"].session_open and not book["iforest.intermittent"].session_open
     intake.close()
 
 
@@ -486,6 +509,7 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
         ({"meter_id": "a", "load_shape": "Intermittent"}, "load_shape must be one of"),
         ({"meter_id": "a", "load_shape": 1}, "load_shape must be one of"),
         ({"meter_id": "a", "customer_class": "intermittent"}, "names a load shape"),
+        ({"meter_id": "a", "customer_class": "x.intermittent"}, "names a load shape"),
     ],
 )
 def test_a_misspelt_load_shape_stops_the_agent_with_a_clear_error(

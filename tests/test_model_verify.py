@@ -101,6 +101,28 @@ def test_load_and_score_like_sklearn(
     np.testing.assert_array_equal(optimised.score(x), scores)
 
 
+def test_a_lazy_model_opens_its_session_when_it_first_scores(
+    key: Ed25519PrivateKey, message: dict[str, Any]
+) -> None:
+    eager = load_model(message, public_key_b64(key))
+    lazy = load_model(message, public_key_b64(key), lazy=True)
+    assert eager.session_open and not lazy.session_open  # verified, then let go
+    assert lazy.calibration is not None  # read while it was open
+    x = np.random.default_rng(2).normal(size=(500, len(FEATURE_NAMES)))
+    np.testing.assert_array_equal(lazy.score(x), eager.score(x))
+    assert lazy.session_open
+    # A graph that fails its checks is refused at load, lazy or not.
+    with pytest.raises(ModelRejected):
+        LoadedModel(
+            b"not onnx",
+            name="iforest",
+            version="x",
+            threshold=0.5,
+            feature_names=FEATURE_NAMES,
+            lazy=True,
+        )
+
+
 def test_message_survives_the_wire(key: Ed25519PrivateKey, message: dict[str, Any]) -> None:
     again = decode(encode(message, compress=True))
     assert load_model(again, public_key_b64(key)).version == "2026.03.01-1"
