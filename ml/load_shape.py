@@ -15,9 +15,10 @@ inspection, a changed installation), not one to apply quietly.
 
 ``python -m ml load-shapes`` takes the decision centrally over months of ``raw.readings`` (in the
 database: one row per meter comes back) and compares it with each customer meter's pinned
-``raw.meters.load_shape``: ``set`` (none pinned yet), ``keep`` or ``review`` (the pinned shape
-differs). It only proposes: it writes nothing in ``raw`` (the ml role reads raw, it never writes
-it); whoever keeps the registry pins the shapes, and the gateways' registry files carry them.
+``raw.meters.load_shape``: ``set`` (none pinned yet), ``keep``, ``review`` (the pinned shape
+differs) or ``wait`` (too few valid readings). It only proposes: it writes nothing in ``raw``
+(the ml role reads raw, it never writes it); whoever keeps the registry pins the shapes, and the
+gateways' registry files carry them.
 """
 
 from __future__ import annotations

@@ -450,6 +450,12 @@ def train_model_set(
         "alert_rate": alert_rate,
         "max_false_alarm_rate": max_false_alarm_rate,
     }
+
+    def fit(variant: str, meters: npt.NDArray[np.bool_]) -> list[Member]:
+        return _fit_variant(
+            variant, name, features, rows, anomalous, data.customer_class, shapes, meters, **common
+        )
+
     validation: dict[str, Any] = {}
     candidates: dict[str, list[Member]] = {}
     chosen = "global" if variant == "auto" and labels is None else variant
@@ -463,17 +469,7 @@ def train_model_set(
         val_rows = rows & held[None, :] & (theft | normal)
         results: dict[str, dict[str, Any]] = {}
         for v in ("global", "per_class"):
-            members = _fit_variant(
-                v,
-                name,
-                features,
-                rows,
-                anomalous,
-                data.customer_class,
-                shapes,
-                fit_meters,
-                **common,
-            )
+            members = fit(v, fit_meters)
             trial = ModelSet(name, "validation", v, created, data.interval_s, members)
             m = trial.margins(
                 features, data.customer_class, val_rows, load_shape=shapes, threads=threads
@@ -497,17 +493,7 @@ def train_model_set(
         }
         members = candidates[chosen]
     else:
-        members = _fit_variant(
-            chosen,
-            name,
-            features,
-            rows,
-            anomalous,
-            data.customer_class,
-            shapes,
-            fit_meters,
-            **common,
-        )
+        members = fit(chosen, fit_meters)
     first, last = data.window_bounds(start)
     training = {
         "source": data.source,
