@@ -112,13 +112,13 @@ def member_set(
     classes' members when there are any (every meter has a class, as in a registry kept up to
     date: the global and intermittent members are fallbacks no meter reaches), else over the
     global and intermittent ones."""
-    from edge_agent.registry import model_keys
+    from ml.modelset import member_name
 
     pairs: list[tuple[str, str]] = [("", "continuous"), ("", "intermittent")]
     for c in range(members):
         pairs += [(f"c{c}", "continuous"), (f"c{c}", "intermittent")]
     pairs = pairs[:members]
-    names = ["iforest" + "".join(f".{k}" for k in model_keys(*p)[:1]) for p in pairs]
+    names = [member_name("iforest", *p) for p in pairs]
     messages = [
         message_from_trained(trained, name=n, version="bench-1", private_key=key) for n in names
     ]

@@ -62,6 +62,13 @@ def member_key(customer_class: str, load_shape: str) -> str:
     return (model_keys(customer_class, load_shape) or ("",))[0]
 
 
+def member_name(set_name: str, customer_class: str, load_shape: str) -> str:
+    """The published name of the set's member for a class and shape (``iforest``,
+    ``iforest.urban``, ``iforest.urban.intermittent``, ``iforest.intermittent``)."""
+    key = member_key(customer_class, load_shape)
+    return f"{set_name}.{key}" if key else set_name
+
+
 def usable_class(customer_class: str, set_name: str = DEFAULT_NAME) -> bool:
     """Whether a class can have members of its own: not named like a load shape, and the
     longest of its member names a valid model name (``ID_PATTERN``)."""
@@ -403,9 +410,9 @@ def _fit_variant(
     ).items():
         sel = rows & cols[None, :]
         x, y = features[sel], None if anomalous is None else anomalous[sel]
-        key = member_key(c, shape)
-        member_name = f"{name}.{key}" if key else name
-        members.append(_fit_member(member_name, c, shape, x, y, max_rows=max_rows, **kwargs))
+        members.append(
+            _fit_member(member_name(name, c, shape), c, shape, x, y, max_rows=max_rows, **kwargs)
+        )
     return members
 
 
