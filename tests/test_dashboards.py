@@ -291,6 +291,25 @@ def _stored_password(home: SupersetHome) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def test_the_config_builds_the_sql_dialect_before_a_worker_serves(tmp_path: Path) -> None:
+    """Superset's imports leave sqlglot's ClickHouse dialect unloaded, and sqlglot registers a
+    dialect before it has built it: the first charts of a fresh worker, parsed on several threads,
+    could take it half-built and fail on a backquote. The shared config loads it first."""
+    home = SupersetHome(dashboard_settings(superset_home=tmp_path / "home"))
+    code = (
+        "import os, runpy, superset.utils.core\n"
+        "from sqlglot.dialects.dialect import Dialect\n"
+        "before = 'clickhouse' in Dialect._classes\n"
+        "runpy.run_path(os.environ['SUPERSET_CONFIG_PATH'])\n"
+        "print(before, Dialect._classes['clickhouse'].tokenizer_class.__module__)\n"
+    )
+    done = subprocess.run(
+        [home.bin("python"), "-c", code], env=home.env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.split() == ["False", "sqlglot.dialects.clickhouse"]
+
+
 def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_path: Path) -> None:
     """The secret key encrypts the stored warehouse password: made once, kept, and taken over
     from a home made by an earlier version (a generated superset_config.py holding it). Superset

@@ -24,8 +24,17 @@ import time
 
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
+from sqlglot.dialects.dialect import Dialect
 from superset.utils.core import QuerySource
 from superset.utils.log import AbstractEventLogger
+
+# Superset parses every chart's SQL with sqlglot's ClickHouse dialect. sqlglot files a dialect
+# class in its registry before it has finished building it (its metaclass registers the class,
+# then gives it its tokenizer), and loads a dialect on first use: in a fresh worker, charts parsed
+# on several threads at once could get the half-built class, whose tokenizer does not know
+# backquotes ("Error parsing near '`'": a chart that does not draw). Loading the dialect here, as
+# each worker reads this file and before its threads serve, leaves them only the finished class.
+Dialect.get_or_raise("clickhouse")
 
 _HOME = os.environ["SUPERSET_HOME"]
 SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]
