@@ -12,7 +12,9 @@ while scoring a spool of 200 meters x 8 days (``--agent-meters``, ``--agent-days
 private (anonymous) part of that peak; with ``--agent-members N`` the agent holds N models (one
 forest signed under the names of a model set's members: the global one, the intermittent one,
 then per class its forest and its intermittent one) and its registry spreads the meters over
-the classes' members, as a gateway serving several classes and both load shapes does. The agent
+the classes' members, as a gateway serving several classes and both load shapes does; the
+agent's ``max_models`` (``--agent-max-models``, default its own) caps how many of them score, and
+the readings say how many did (``agent_models_used``). The agent
 runs in a virtualenv holding only the ``edge`` extra's packages, as on a gateway
 (``var/edge-venv``, made on first use; ``--agent-python current`` runs it in this one).
 Human-readable lines first; the LAST line is one JSON object.
@@ -119,8 +121,9 @@ def member_set(
         pairs += [(f"c{c}", "continuous"), (f"c{c}", "intermittent")]
     pairs = pairs[:members]
     names = [member_name("iforest", *p) for p in pairs]
-    messages = [
-        message_from_trained(trained, name=n, version="bench-1", private_key=key) for n in names
+    messages = [  # a version each: the readings say which model scored them
+        message_from_trained(trained, name=n, version=f"bench-{i + 1}", private_key=key)
+        for i, n in enumerate(names)
     ]
     used = [p for p in pairs if p[0]] or pairs
     registry = [
@@ -149,6 +152,7 @@ def agent_peak_rss(
     python: str = sys.executable,
     local_metrics: bool = False,
     registry: list[dict[str, Any]] | None = None,
+    max_models: int | None = None,
 ) -> dict[str, Any]:
     """Memory of a real ``edge-agent run`` with the signed model loaded: first idle (the model
     loaded, no reading yet: what the libraries and the model cost), then taking ``meters``
@@ -156,7 +160,8 @@ def agent_peak_rss(
     broker port is closed (an offline gateway: store-and-forward, no uplink). Peak RSS is the
     kernel's VmHWM; the private (anonymous) part is sampled every 50 ms. ``local_metrics``: the
     agent serves its own /metrics, scraped every 0.5 s of the run. ``message`` may be a list (a
-    model set); ``registry`` the meters' classes and load shapes."""
+    model set); ``registry`` the meters' classes and load shapes; ``max_models`` the agent's
+    setting (None: its default)."""
     import sqlite3
     import urllib.request
 
@@ -179,6 +184,7 @@ def agent_peak_rss(
                     f'registry_path = "{work / "registry.json"}"' if registry else "",
                     f'model_public_key = "{public_key}"',
                     f"local_metrics_port = {metrics_port}" if local_metrics else "",
+                    "" if max_models is None else f"max_models = {max_models}",
                 ]
             )
             + "\n"
@@ -241,6 +247,7 @@ def agent_peak_rss(
                         break
             elapsed = time.monotonic() - started
             final = _memory(proc.pid)
+            used = count("select count(distinct model_version) from readings")
         finally:
             err = _stderr(proc)
         if scored < expected:
@@ -253,6 +260,7 @@ def agent_peak_rss(
         "readings": expected,
         "seconds": elapsed,
         "local_metrics_scrapes": scrapes,
+        "models_used": used,
     }
 
 
@@ -326,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="models the agent holds in the RSS run (a model set's members; default 1)",
+    )
+    parser.add_argument(
+        "--agent-max-models",
+        type=int,
+        default=None,
+        help="the agent's max_models setting in the RSS run (default: the agent's default)",
     )
     parser.add_argument(
         "--local-metrics",
@@ -433,10 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         agent_python,
         args.local_metrics,
         registry if args.agent_members > 1 else None,
+        args.agent_max_models,
     )
     rss = float(report["peak_rss_mb"])
     print(
         f"edge-agent run ({agent_python}), {args.agent_members} model(s) loaded,"
+        f" {report['models_used']} scored,"
         f" idle: RSS {report['idle_rss_mb']:.1f} MB"
         f" (private {report['idle_anon_mb']:.1f} MB); then a spool of {args.agent_meters} meters"
         f" x {args.agent_days} days = {report['readings']} readings, every one scored in"
@@ -470,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             "parity_label_mismatches": mismatches,
             "agent_local_metrics_scrapes": report["local_metrics_scrapes"],
             "agent_models": args.agent_members,
+            "agent_models_used": report["models_used"],
         },
         argv,
     )

@@ -11,6 +11,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -86,7 +87,9 @@ def build_detection(
 ) -> Detection:
     """The detector (scoring, alerts), the model rollout that feeds it models, and the energy
     balance when the registry says which meters hang under which transformer."""
-    active = ActiveModels(s.model_name)
+    model_keys = meter_model_keys(meters)
+    demand = Counter(model_keys.values())
+    active = ActiveModels(s.model_name, demand=demand, limit=s.max_models)
     grid = GridMap.from_meters(meters)
     energy = None
     if grid:
@@ -111,7 +114,6 @@ def build_detection(
             len(grid.transformer_meter),
             sum(len(c) for c in grid.customers.values()),
         )
-    model_keys = meter_model_keys(meters)
     clocks = MeterClocks(s.timezone or DEFAULT_ZONE, meter_zones(meters))
     detector = Detector(
         s.gateway_id,

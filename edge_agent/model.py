@@ -119,6 +119,12 @@ class LoadedModel:
         """Whether the model holds its onnxruntime session now (a lazy one: once it scored)."""
         return self._session is not None
 
+    def release(self) -> None:
+        """Close a lazy model's session (it opens again on the next ``score``); a model that
+        did not keep its graph keeps its session."""
+        if self._onnx is not None:
+            self._session = None
+
     def _new_session(self, onnx_bytes: bytes) -> Any:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads

@@ -91,14 +91,18 @@ class ModelManager:
         self._inbox: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()
 
     def states(self) -> list[wire.ModelState]:
-        """Every model in use, by name: the global one (a prefix of the others) first."""
+        """Every model in use, by name: the global one (a prefix of the others) first; not the
+        members held but left out by ``max_models``."""
+        book = self.active.book
+        left_out = set(book.left_out)
         return [
             wire.ModelState(
                 name=m.name,
                 version=m.version,
                 loaded_at=datetime.fromtimestamp(self._loaded_at[m.name], UTC),
             )
-            for m in sorted(self.active.book.models.values(), key=lambda m: m.name)
+            for m in sorted(book.models.values(), key=lambda m: m.name)
+            if m.name not in left_out
         ]
 
     # --- sources of models -----------------------------------------------------------------

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,10 +118,23 @@ class ModelBook:
     """The models in use, by name: the global one (``base``) and the others, ``base.<key>`` for
     the model keys of :func:`edge_agent.registry.model_keys` (a class, a class's intermittent
     meters, every class's intermittent meters). Never changed in place: the rollout swaps in a
-    new book."""
+    new book.
+
+    ``limit`` (0: none) caps the models that score, the global one counted: each opens an
+    onnxruntime session of a few MB. ``demand`` (``{model keys: meters}``, the registry's) says
+    which members to keep then: one at a time, the member that moves the most meters off the
+    model they would use otherwise (ties: by name). A member left out is held (its verified
+    graph) but not used: its meters fall back to their next key, else the global model."""
 
     base: str = "iforest"
     models: Mapping[str, LoadedModel] = field(default_factory=dict)
+    demand: Mapping[tuple[str, ...], int] = field(default_factory=dict)
+    limit: int = 0
+    #: The members (names) that may score: not stale, within ``limit``.
+    usable: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "usable", self._usable())
 
     def __bool__(self) -> bool:
         return bool(self.models)
@@ -130,21 +143,65 @@ class ModelBook:
         return f"{self.base}.{key}"
 
     def for_meter(self, keys: Sequence[str]) -> LoadedModel | None:
-        """The model of the first of a meter's model ``keys`` the book holds, else the global
-        one. A model older than the global model is stale (a newer model set without that
-        member superseded it) and is not used."""
-        glob = self.models.get(self.base)
+        """The model of the first of a meter's model ``keys`` the book holds and may use, else
+        the global one. A model older than the global model is stale (a newer model set without
+        that member superseded it) and is not used."""
         for key in keys:
-            model = self.models.get(self.member_name(key))
-            if model is not None and (glob is None or not _older(model, glob)):
-                return model
-        return glob
+            name = self.member_name(key)
+            if name in self.usable:
+                return self.models[name]
+        return self.models.get(self.base)
+
+    @property
+    def unused(self) -> list[str]:
+        """Members held but not used (stale, or beyond ``limit``), by name."""
+        return sorted(n for n in self.models if n != self.base and n not in self.usable)
+
+    @property
+    def left_out(self) -> list[str]:
+        """Members that would be used but for ``limit``, by name."""
+        return sorted(self._fresh() - self.usable)
 
     def with_model(self, model: LoadedModel) -> ModelBook:
-        return ModelBook(self.base, {**self.models, model.name: model})
+        return replace(self, models={**self.models, model.name: model})
 
     def without(self, name: str) -> ModelBook:
-        return ModelBook(self.base, {k: v for k, v in self.models.items() if k != name})
+        return replace(self, models={k: v for k, v in self.models.items() if k != name})
+
+    def _fresh(self) -> set[str]:
+        glob = self.models.get(self.base)
+        return {
+            name
+            for name, m in self.models.items()
+            if name != self.base and (glob is None or not _older(m, glob))
+        }
+
+    def _usable(self) -> frozenset[str]:
+        fresh = self._fresh()
+        room = self.limit - (self.base in self.models)
+        if not self.limit or len(fresh) <= room:
+            return frozenset(fresh)
+        chosen: set[str] = set()
+        while len(chosen) < room:
+            gains = {name: self._moved(chosen, name) for name in fresh - chosen}
+            best = min(gains, key=lambda name: (-gains[name], name), default=None)
+            if best is None or gains[best] <= 0:
+                break
+            chosen.add(best)
+        return frozenset(chosen)
+
+    def _moved(self, chosen: set[str], name: str) -> int:
+        """Meters that ``name`` would score, added to ``chosen``: those whose keys reach it
+        before any chosen member."""
+        moved = 0
+        for keys, meters in self.demand.items():
+            for key in keys:
+                member = self.member_name(key)
+                if member == name:
+                    moved += meters
+                if member == name or member in chosen:
+                    break
+        return moved
 
 
 class History(Protocol):
@@ -165,10 +222,35 @@ class Profiles(Protocol):
 
 class ActiveModels:
     """The model book in use: the rollout (``ModelManager``) swaps it between two intake calls,
-    the detector reads it once per call."""
+    the detector reads it once per call. A swap closes the sessions of the members the new book
+    does not use (a lazy model opens its session again if it is used once more) and says which
+    members a ``limit`` leaves out."""
 
-    def __init__(self, base: str = "iforest") -> None:
-        self.book = ModelBook(base)
+    def __init__(
+        self,
+        base: str = "iforest",
+        *,
+        demand: Mapping[tuple[str, ...], int] | None = None,
+        limit: int = 0,
+    ) -> None:
+        self._book = ModelBook(base, demand=dict(demand or {}), limit=limit)
+
+    @property
+    def book(self) -> ModelBook:
+        return self._book
+
+    @book.setter
+    def book(self, book: ModelBook) -> None:
+        before, self._book = self._book, book
+        for name in book.unused:
+            book.models[name].release()
+        if book.left_out and book.left_out != before.left_out:
+            log.warning(
+                "at most %d models score (max_models): %s held but not used; "
+                "their meters fall back to their next model",
+                book.limit,
+                ", ".join(book.left_out),
+            )
 
 
 def _older(a: LoadedModel, b: LoadedModel) -> bool:

@@ -455,7 +455,7 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
         {"meter_id": "ni", "load_shape": "intermittent"},
         {"meter_id": "t1", "meter_role": "transformer", "load_shape": "intermittent"},
     ]
-    intake = gateway(tmp_path / "b.db", meters=registry)
+    intake = gateway(tmp_path / "b.db", meters=registry, max_models=0)  # no limit
     manager = intake.models
     assert manager.names == {
         "iforest",
@@ -492,7 +492,7 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
 
     # A gateway whose meters all have a class and a member of their own never opens the
     # global model's session: it is held for a fallback none of them reaches.
-    intake = gateway(tmp_path / "c.db", meters=registry[:4])
+    intake = gateway(tmp_path / "c.db", meters=registry[:4], max_models=0)
     for message in offers:
         assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
     assert not intake.models.active.book.models["iforest"].session_open
@@ -500,6 +500,100 @@ def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> No
     book = intake.models.active.book.models
     assert book["iforest.urban"].session_open and book["iforest.urban.intermittent"].session_open
     assert not book["iforest"].session_open and not book["iforest.intermittent"].session_open
+    intake.close()
+
+
+def test_a_limit_on_models_keeps_the_members_that_serve_most_meters(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``max_models`` caps the models that score (the global one counted): the members kept
+    are those that move the most meters off their fallback; the others are held, not used, and
+    a member that a newer one displaces closes its session."""
+    m = models()
+
+    def member(name: str, version: str) -> dict[str, Any]:
+        return build_model_message(
+            base64.b64decode(m.urban["onnx_b64"]),
+            name=name,
+            version=version,
+            feature_names=m.urban["feature_names"],
+            threshold=m.urban["threshold"],
+            private_key=m.key,
+        )
+
+    def scored_by(intake: Gateway, d: int) -> dict[str, str]:
+        rows = intake.buffer.db.conn.execute(
+            "select meter_id, model_version from readings where ts > ? and ts <= ?",
+            (T0 + d * 86400, T0 + (d + 1) * 86400),
+        ).fetchall()
+        out: dict[str, set[str]] = {}
+        for meter, model in rows:
+            out.setdefault(meter, set()).add(model)
+        return {meter: ",".join(sorted(v)) for meter, v in out.items()}
+
+    registry = [
+        {"meter_id": "u1", "customer_class": "urban"},
+        {"meter_id": "u2", "customer_class": "urban"},
+        {"meter_id": "ui", "customer_class": "urban", "load_shape": "intermittent"},
+        {"meter_id": "xi", "customer_class": "industrial", "load_shape": "intermittent"},
+        {"meter_id": "ni", "load_shape": "intermittent"},
+        {"meter_id": "ni2", "load_shape": "intermittent"},
+    ]
+    meters = {r["meter_id"]: None for r in registry}
+    # The default limit (3): the global model and two members. ``iforest.intermittent`` serves
+    # ui, xi, ni and ni2 (4 meters, against 3 for ``iforest.urban``: u1, u2, ui); then
+    # ``iforest.urban`` moves u1 and u2, ``iforest.urban.intermittent`` only ui: left out.
+    intake = gateway(tmp_path / "a.db", meters=registry)
+    offers = [m.v1, m.urban, member("iforest.urban.intermittent", "ui1")]
+    offers.append(member("iforest.intermittent", "i1"))
+    with caplog.at_level("WARNING", logger="edge_agent.scoring"):
+        for message in offers:
+            assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
+    assert "iforest.urban.intermittent held but not used" in caplog.text
+    for d in range(8):
+        intake.take(day(meters, d))
+    intermittent = {"ui": "i1", "xi": "i1", "ni": "i1", "ni2": "i1"}
+    assert scored_by(intake, 7) == {"u1": "c1", "u2": "c1", **intermittent}
+    book = intake.models.active.book
+    assert book.usable == {"iforest.urban", "iforest.intermittent"}
+    states = intake.models.states()  # status.v1: the models in use, not those left out
+    assert [s.name for s in states] == ["iforest", "iforest.intermittent", "iforest.urban"]
+    assert not book.models["iforest.urban.intermittent"].session_open
+    assert not book.models["iforest"].session_open  # every meter has a member of its own
+    intake.close()
+
+    # Two models: one member. ``iforest.urban`` is in use until ``iforest.intermittent``
+    # arrives, which serves more meters (4 against 3): the urban meters fall back to the global
+    # model and the urban session is closed.
+    intake = gateway(tmp_path / "b.db", meters=registry, max_models=2)
+    for message in offers[:2]:
+        assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
+    for d in range(8):
+        intake.take(day(meters, d))
+    assert scored_by(intake, 7) == {
+        "u1": "c1",
+        "u2": "c1",
+        "ui": "c1",
+        "xi": "v1",
+        "ni": "v1",
+        "ni2": "v1",
+    }
+    assert intake.models.active.book.models["iforest.urban"].session_open
+    assert intake.models.offer(json.dumps(offers[3]).encode(), "test"), intake.models.error
+    book = intake.models.active.book
+    assert book.usable == {"iforest.intermittent"}
+    assert not book.models["iforest.urban"].session_open
+    intake.take(day(meters, 8))
+    assert scored_by(intake, 8) == {"u1": "v1", "u2": "v1", **intermittent}
+    intake.close()
+
+    # One model: the global one alone scores, whatever members come.
+    intake = gateway(tmp_path / "c.db", meters=registry, max_models=1)
+    for message in offers:
+        assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
+    intake.take(day(meters, 0))
+    assert set(scored_by(intake, 0).values()) == {"v1"}
+    assert intake.models.active.book.usable == frozenset()
     intake.close()
 
 

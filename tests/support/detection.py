@@ -125,11 +125,13 @@ def gateway(
     meters: Iterable[Mapping[str, Any]] = (),
     model_file: Path | None = None,
     timezone: str | None = None,
+    max_models: int | None = None,
 ) -> Gateway:
     """A gateway over the buffer file ``path`` (its stored models loaded, as at a start), with
     ``model`` offered when given; ``meters`` is its registry (transformers, customer classes,
-    zones)."""
+    zones); ``max_models`` as the agent setting (None: its default)."""
     buffer = Buffer(path)
+    limit = {} if max_models is None else {"max_models": max_models}
     settings = AgentSettings(
         gateway_id="gw1",
         db_path=path,
@@ -137,6 +139,7 @@ def gateway(
         model_public_key=models().public_key,
         alert_cooldown_s=cooldown_s,
         timezone=timezone,
+        **limit,
     )
     parts = build_detection(settings, buffer, [dict(m) for m in meters], time.time)
     parts.models.start(model_file)
