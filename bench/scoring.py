@@ -12,7 +12,8 @@ while scoring a spool of 200 meters x 8 days (``--agent-meters``, ``--agent-days
 private (anonymous) part of that peak; with ``--agent-members N`` the agent holds N models (one
 forest signed under the names of a model set's members: the global one, the intermittent one,
 then per class its forest and its intermittent one) and its registry spreads the meters over
-the classes' members, as a gateway serving several classes and both load shapes does; the
+the classes' members and the global model, as a gateway serving several classes and both load
+shapes does; the
 agent's ``max_models`` (``--agent-max-models``, default its own) caps how many of them score, and
 the readings say how many did (``agent_models_used``). The agent
 runs in a virtualenv holding only the ``edge`` extra's packages, as on a gateway
@@ -111,9 +112,9 @@ def member_set(
     """``members`` signed models of one forest, named as a model set's members (``iforest``,
     ``iforest.intermittent``, ``iforest.c0``, ``iforest.c0.intermittent``, ``iforest.c1``, ...),
     and the registry rows of the spool's ``meters`` meters (``m0000``...): spread over the
-    classes' members when there are any (every meter has a class, as in a registry kept up to
-    date: the global and intermittent members are fallbacks no meter reaches), else over the
-    global and intermittent ones."""
+    classes' members and the global model (meters without a class, as on a gateway whose
+    registry is not complete; the intermittent member is a fallback no meter reaches) when there
+    are classes, else over the global and intermittent ones."""
     from ml.modelset import member_name
 
     pairs: list[tuple[str, str]] = [("", "continuous"), ("", "intermittent")]
@@ -125,7 +126,8 @@ def member_set(
         message_from_trained(trained, name=n, version=f"bench-{i + 1}", private_key=key)
         for i, n in enumerate(names)
     ]
-    used = [p for p in pairs if p[0]] or pairs
+    used = [p for p in pairs if p[0]]
+    used = [*used, pairs[0]] if used else pairs
     registry = [
         {"meter_id": f"m{i:04d}", "customer_class": c or None, "load_shape": shape}
         for i in range(meters)
