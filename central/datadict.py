@@ -267,7 +267,8 @@ def clickhouse_tables(pg: Sequence[Table]) -> list[Table]:
             or pg_notes.get(tname, {}).get(col)
             or (_READING.get(col, "") if tname == "readings" else "")
         )
-        table.columns.append(Column(col, ctype, ctype.startswith("Nullable"), described or ""))
+        nullable = ctype.removeprefix("LowCardinality(").startswith("Nullable(")
+        table.columns.append(Column(col, ctype, nullable, described or ""))
     return list(tables.values())
 
 

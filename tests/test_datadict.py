@@ -33,3 +33,12 @@ def test_every_postgres_column_is_described(pg_dsn: str) -> None:
         if not c.description
     ]
     assert missing == []
+
+
+def test_warehouse_columns_that_hold_nulls_are_marked_so(pg_dsn: str) -> None:
+    """A ClickHouse column may hold null when its type is Nullable, also inside LowCardinality."""
+    tables = datadict.clickhouse_tables(datadict.postgres_tables(pg_dsn))
+    columns = [c for t in tables for c in t.columns]
+    assert any(c.type.startswith("LowCardinality(Nullable(") for c in columns)
+    for c in columns:
+        assert c.nullable == ("Nullable(" in c.type), (c.name, c.type)

@@ -178,6 +178,49 @@ def test_clickhouse_raw_readings_matches(tmp_path: Path) -> None:
     assert set(types) == set(expected) | set(EXTRA_COLUMNS) | set(WAREHOUSE_EXTRA)
 
 
+def test_clickhouse_raw_meters_has_postgres_columns_whether_new_or_upgraded(
+    tmp_path: Path, pg: psycopg.Connection
+) -> None:
+    """The warehouse's meters carry every column of PostgreSQL's raw.meters, and the same
+    columns in the same order when made now and when made by the first release and upgraded
+    (ADDED_COLUMNS)."""
+    from central.warehouse.client import connect
+    from central.warehouse.schema import TABLES, ensure_schema
+
+    pg_columns = [
+        name
+        for (name,) in pg.execute(
+            "select column_name from information_schema.columns"
+            " where table_schema = 'raw' and table_name = 'meters' order by ordinal_position"
+        ).fetchall()
+    ]
+
+    def columns(client: Any) -> list[str]:
+        rows = client.query(
+            "select name from system.columns "
+            "where database = 'raw' and table = 'meters' order by position"
+        ).result_rows
+        return [name for (name,) in rows]
+
+    made = connect(f"chdb://{tmp_path / 'new'}")
+    try:
+        ensure_schema(made)
+        new = columns(made)
+    finally:
+        made.close()
+    old = connect(f"chdb://{tmp_path / 'old'}")
+    try:
+        old.command("create database raw")
+        old.command(TABLES["meters"].format(db="raw"))  # the first release's table
+        ensure_schema(old)
+        ensure_schema(old)  # idempotent
+        upgraded = columns(old)
+    finally:
+        old.close()
+    assert new == upgraded
+    assert sorted(new) == sorted([*pg_columns, *WAREHOUSE_EXTRA])
+
+
 def test_dbt_source_declares_the_raw_readings_columns() -> None:
     doc = yaml.safe_load((DBT / "models" / "staging" / "_sources.yml").read_text())
     (source,) = doc["sources"]
@@ -203,7 +246,7 @@ def _accepted_values(column: dict[str, Any]) -> list[list[str]]:
 
 
 def test_dbt_accepted_values_are_the_vocabulary() -> None:
-    vocabulary = {"alert_kind": ALERT_KINDS}
+    vocabulary = {"alert_kind": ALERT_KINDS, "load_shape": LOAD_SHAPES}
     checked = set()
     for path in (DBT / "models").rglob("*.yml"):
         for model in yaml.safe_load(path.read_text()).get("models", []):

@@ -72,6 +72,13 @@ def write_hand_feeder(pg: psycopg.Connection) -> None:
                 )
 
 
+# A few customer meters pinned intermittent (raw.meters.load_shape); the rest are not pinned.
+PIN_INTERMITTENT = (
+    "update raw.meters set load_shape = 'intermittent' where meter_id in "
+    "(select meter_id from raw.meters where meter_role = 'customer' order by meter_id limit 5)"
+)
+
+
 @dataclass
 class Built:
     fleet: WarehouseFleet
@@ -90,6 +97,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         with psycopg.connect(pg_dsn, autocommit=True) as pg:
             write_warehouse_fleet(pg, fleet)
             write_hand_feeder(pg)
+            pg.execute(PIN_INTERMITTENT)
         with built_warehouse(pg_dsn, work) as b:
             yield Built(fleet, pg_dsn, b.url, b.settings, b.build_output, b.dbt_env)
 
@@ -230,6 +238,21 @@ def test_inspection_list_ranks_the_thieves_first(built: Built) -> None:
     for meter in thieves:
         assert any("unexplained" in r for r in reasons[meter])
         assert any("consumption dropped" in r for r in reasons[meter])
+
+
+def test_the_inspection_sheet_shows_each_meters_load_shape(built: Built) -> None:
+    """The sheet carries the registry's load shape, continuous where none is pinned."""
+    with psycopg.connect(built.pg_dsn) as pg:
+        pinned = dict(pg.execute("select meter_id, load_shape from raw.meters").fetchall())
+    client = connect(built.url)
+    try:
+        sheet = dict(
+            client.query("select meter_id, load_shape from marts.mart_inspection_sheet").result_rows
+        )
+    finally:
+        client.close()
+    assert sheet and "intermittent" in sheet.values()
+    assert sheet == {meter: pinned[meter] or "continuous" for meter in sheet}
 
 
 def test_reliability_indices_equal_the_hand_computed_values(built: Built) -> None:

@@ -127,7 +127,21 @@ TABLES: dict[str, str] = {
 }
 
 
+# Columns added after a table's first release: ``(table, column, type, after)``. A warehouse
+# made before them gets them on its next load; a new one gets them the same way, so both end
+# with one column order.
+ADDED_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    ("meters", "load_shape", "LowCardinality(Nullable(String))", "customer_class"),
+    ("meters", "timezone", "Nullable(String)", "region"),
+)
+
+
 def ensure_schema(client: Client, database: str = "raw") -> None:
     client.command(f"create database if not exists {database}")
     for ddl in TABLES.values():
         client.command(ddl.format(db=database))
+    for table, column, ctype, after in ADDED_COLUMNS:
+        client.command(
+            f"alter table {database}.{table} add column if not exists {column} {ctype} "
+            f"after {after}"
+        )

@@ -4,6 +4,16 @@
 
 with
 
+meters as (
+
+    select
+        meter_id,
+        load_shape
+
+    from {{ ref('stg_meters') }}
+
+),
+
 recent as (
 
     select
@@ -59,6 +69,7 @@ scored as (
         m.transformer_id as transformer_id,
         m.feeder_id as feeder_id,
         m.customer_class as customer_class,
+        coalesce(r.load_shape, 'continuous') as load_shape,
         m.days_observed as days_observed,
         m.meter_anomaly_score as meter_anomaly_score,
         m.consumption_drop_days as consumption_drop_days,
@@ -123,6 +134,7 @@ scored as (
 
     from meter_signals as m
     left join transformer_losses as t on m.transformer_id = t.transformer_id
+    left join meters as r on m.meter_id = r.meter_id
 
 ),
 

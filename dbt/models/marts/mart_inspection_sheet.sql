@@ -17,6 +17,7 @@ final as (
         coalesce(transformer_id, 'unknown') as transformer_id,
         coalesce(feeder_id, 'unknown') as feeder_id,
         coalesce(customer_class, 'unknown') as customer_class,
+        load_shape,
         round(inspection_score, 3) as inspection_score,
         consumption_drop_days,
         tamper_event_count,
