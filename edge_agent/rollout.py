@@ -5,7 +5,9 @@ The agent holds one model per name (a :class:`~edge_agent.scoring.ModelBook`): t
 :func:`edge_agent.registry.model_keys`), ``<model_name>.<key>`` if central publishes one: the class
 model ``<model_name>.<class>`` (``ml`` trains per-class models when they beat the global one) and,
 for intermittent meters, ``<model_name>.<class>.intermittent`` and ``<model_name>.intermittent``.
-A meter uses the first of its keys that has a model, else the global one.
+A meter uses the first of its keys that has a model, else the global one; at most
+``max_models`` models score (``edge_agent.scoring.ModelBook``: the members left out are held,
+not used, and the log and ``status.v1`` say which are in use).
 
 Sources of ``model.v1`` messages, in order: the newest model of each name accepted before (the
 buffer's ``models`` table, verified again with the key configured now), an optional
@@ -37,7 +39,8 @@ import json
 import logging
 import queue
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +92,8 @@ class ModelManager:
         self._error_name: str | None = None
         self._loaded_at: dict[str, float] = {}
         self._inbox: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()
+        self._batch = 0  # nesting of _settling
+        self._left_out: list[str] = []  # the members max_models left out, as last said
 
     def states(self) -> list[wire.ModelState]:
         """Every model in use, by name: the global one (a prefix of the others) first; not the
@@ -111,6 +116,10 @@ class ModelManager:
         """The stored models, then the model file (if any). A stored model that no longer
         verifies or loads (a damaged card) gives way to the previous one of its name, verified
         again: the agent keeps scoring, and says so."""
+        with self._settling():
+            self._start(model_path)
+
+    def _start(self, model_path: Path | None) -> None:
         for name in self.meta.prefixed(_IN_USE):
             self.meta.set(_IN_USE + name, "")  # nothing is in use before it is loaded again
         for name, stored in self.store.by_name().items():
@@ -162,6 +171,10 @@ class ModelManager:
 
     def drain(self) -> bool:
         """Handle queued model messages (main loop). True if the model or the error changed."""
+        with self._settling():
+            return self._drain()
+
+    def _drain(self) -> bool:
         changed = False
         while True:
             try:
@@ -256,6 +269,44 @@ class ModelManager:
         ``name_hint``: the model name the topic it came on implies (for error reports).
         ``fallback``: an older model this agent accepted before, offered from its own store
         because the newer one is damaged (not a rollback: still verified in full)."""
+        with self._settling():
+            return self._offer(payload, source, persist, name_hint, fallback)
+
+    @contextmanager
+    def _settling(self) -> Iterator[None]:
+        """Models arrive one at a time (a start, a model set's rollout): once the last of a
+        batch is in, record which models score and say which ``max_models`` leaves out."""
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if not self._batch:
+                self._settle()
+
+    def _settle(self) -> None:
+        book = self.active.book
+        left_out = book.left_out
+        for name, model in book.models.items():
+            in_use = "" if name in left_out else f"{model.version} {model.sha256}"
+            self.meta.set(_IN_USE + name, in_use)
+        if left_out and left_out != self._left_out:
+            log.warning(
+                "at most %d models score (max_models): %s held but not used; "
+                "their meters fall back to their next model",
+                book.limit,
+                ", ".join(left_out),
+            )
+        self._left_out = left_out
+
+    def _offer(
+        self,
+        payload: bytes,
+        source: str,
+        persist: bool,
+        name_hint: str | None,
+        fallback: bool,
+    ) -> bool:
         try:
             obj = wire.decode(payload, wire.MODEL_LIMITS)
         except wire.DecodeError as exc:
@@ -323,7 +374,7 @@ class ModelManager:
             )
         self.active.book = book.with_model(model)  # the swap: the next Intake.take uses it
         self._loaded_at[model.name] = self.clock()
-        self.meta.set(_IN_USE + model.name, f"{model.version} {model.sha256}")
+        self.meta.set(_IN_USE + model.name, f"{model.version} {model.sha256}")  # see _settle
         if self._error_name in (None, model.name):
             self.error = None
         log.info(

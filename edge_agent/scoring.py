@@ -10,7 +10,8 @@ and model version go into the rows, so they are committed with the reading and n
 Which model scores a meter: the first of its model keys (:func:`edge_agent.registry.model_keys`:
 ``<name>.<class>.intermittent``, ``<name>.intermittent``, ``<name>.<class>``, e.g.
 ``iforest.urban``, from the registry file or the simulated fleet) whose model the agent holds and
-is not older than the global one, else the global one (``<name>``). A meter with neither is stored
+is not older than the global one and that ``max_models`` leaves in use (:class:`ModelBook`), else
+the global one (``<name>``). A meter with neither is stored
 unscored (counter ``readings_without_model``). A model that fails to score leaves its rows unscored
 (counter ``scoring_errors``), the other models' rows are scored.
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -120,11 +121,14 @@ class ModelBook:
     meters, every class's intermittent meters). Never changed in place: the rollout swaps in a
     new book.
 
-    ``limit`` (0: none) caps the models that score, the global one counted: each opens an
-    onnxruntime session of a few MB. ``demand`` (``{model keys: meters}``, the registry's) says
-    which members to keep then: one at a time, the member that moves the most meters off the
-    model they would use otherwise (ties: by name). A member left out is held (its verified
-    graph) but not used: its meters fall back to their next key, else the global model."""
+    ``limit`` (0: none) caps the models that score, the global one counted whenever it is held
+    (meters missing from the registry fall back to it): each opens an onnxruntime session of a
+    few MB. ``demand`` (``{model keys: meters}``, the registry's) says which members to keep
+    then: one at a time, the member that moves the most meters off the model they would use
+    otherwise (ties: the member more of those meters name first, then by name), dropping any
+    chosen member that the later ones left with no meter. A member left out is held (its
+    verified graph) but not used: its meters fall back to their next key, else the global
+    model."""
 
     base: str = "iforest"
     models: Mapping[str, LoadedModel] = field(default_factory=dict)
@@ -159,8 +163,8 @@ class ModelBook:
 
     @property
     def left_out(self) -> list[str]:
-        """Members that would be used but for ``limit``, by name."""
-        return sorted(self._fresh() - self.usable)
+        """Members that would score some meter but for ``limit``, by name."""
+        return sorted(n for n in self._fresh() - self.usable if self._moved(self.usable, n) > 0)
 
     def with_model(self, model: LoadedModel) -> ModelBook:
         return replace(self, models={**self.models, model.name: model})
@@ -182,15 +186,24 @@ class ModelBook:
         if not self.limit or len(fresh) <= room:
             return frozenset(fresh)
         chosen: set[str] = set()
-        while len(chosen) < room:
+        for _ in range(len(fresh) * max(room, 1)):  # each round adds one; bounded all the same
+            if len(chosen) >= room:
+                break
             gains = {name: self._moved(chosen, name) for name in fresh - chosen}
-            best = min(gains, key=lambda name: (-gains[name], name), default=None)
+            best = min(gains, key=lambda n: (-gains[n], -self._named_first(n), n), default=None)
             if best is None or gains[best] <= 0:
                 break
             chosen.add(best)
+            chosen -= {n for n in chosen if self._moved(chosen - {n}, n) == 0}
         return frozenset(chosen)
 
-    def _moved(self, chosen: set[str], name: str) -> int:
+    def _named_first(self, name: str) -> int:
+        """Meters whose best key is ``name``'s (a class's own forest before a shared one)."""
+        return sum(
+            m for keys, m in self.demand.items() if keys and self.member_name(keys[0]) == name
+        )
+
+    def _moved(self, chosen: Container[str], name: str) -> int:
         """Meters that ``name`` would score, added to ``chosen``: those whose keys reach it
         before any chosen member."""
         moved = 0
@@ -223,8 +236,8 @@ class Profiles(Protocol):
 class ActiveModels:
     """The model book in use: the rollout (``ModelManager``) swaps it between two intake calls,
     the detector reads it once per call. A swap closes the sessions of the members the new book
-    does not use (a lazy model opens its session again if it is used once more) and says which
-    members a ``limit`` leaves out."""
+    does not use (a lazy model opens its session again if it is used once more); swaps and
+    scoring both run on the agent's main loop, so no session is closed while it scores."""
 
     def __init__(
         self,
@@ -241,16 +254,9 @@ class ActiveModels:
 
     @book.setter
     def book(self, book: ModelBook) -> None:
-        before, self._book = self._book, book
+        self._book = book
         for name in book.unused:
             book.models[name].release()
-        if book.left_out and book.left_out != before.left_out:
-            log.warning(
-                "at most %d models score (max_models): %s held but not used; "
-                "their meters fall back to their next model",
-                book.limit,
-                ", ".join(book.left_out),
-            )
 
 
 def _older(a: LoadedModel, b: LoadedModel) -> bool:

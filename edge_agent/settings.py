@@ -238,9 +238,10 @@ class AgentSettings(TomlEnvSettings, BrokerSettings):
     model_path: Path | None = None  # a signed model.v1 JSON file to load at start (offline)
     model_threads: int = Field(default=1, ge=1, le=8)
     # At most this many models score the gateway's meters, the global one counted (0: no
-    # limit). Each is an onnxruntime session of a few MB: three keep the agent under its 90 MB
-    # budget. Beyond it, the class and load-shape members that serve the fewest meters are held
-    # but not used, and their meters fall back to their next model (the log says which).
+    # limit). Each is an onnxruntime session of a few MB: three keep the agent at about its
+    # 90 MB budget. Beyond it, the class and load-shape members that serve the fewest meters
+    # are held but not used, and their meters fall back to their next model (the log says
+    # which).
     max_models: int = Field(default=3, ge=0, le=64)
 
     # Alerts (alert.v1 on {topic_root}/gw/{gateway_id}/alerts, QoS1, outbox in the buffer).

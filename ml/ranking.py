@@ -2,7 +2,8 @@
 
 ``python -m ml rank`` reads the window (plus the week of history the reading features need) from
 PostgreSQL, scores every reading with the newest registered gateway model set (the global model and
-the per-class ones, as gateways do, rebuilt from the signed messages in ``ml.models``), describes
+the per-class ones, each meter by its best member as a gateway without a ``max_models`` limit
+does, rebuilt from the signed messages in ``ml.models``), describes
 each customer over the window (:func:`ml.customer.customer_features`: the gateway margins
 aggregated, the meter against itself, against its peers, against its transformer) and ranks them
 by the unsupervised peer score (:func:`ml.customer.peer_score`: no labels needed; its quality on

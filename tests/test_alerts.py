@@ -22,7 +22,7 @@ from edge_agent.alerts import Cooldown, alert_id
 from edge_agent.buffer import Buffer, BufferFull, DiskFull, ReadingStore
 from edge_agent.energy import GridMap
 from edge_agent.migrations import LATEST, apply, version
-from edge_agent.rollout import ModelManager
+from edge_agent.rollout import ModelManager, models_in_use
 from edge_agent.scoring import ActiveModels, Detector
 from edge_agent.sources import Intake
 from edge_agent.validate import Validator
@@ -546,7 +546,7 @@ def test_a_limit_on_models_keeps_the_members_that_serve_most_meters(
     intake = gateway(tmp_path / "a.db", meters=registry)
     offers = [m.v1, m.urban, member("iforest.urban.intermittent", "ui1")]
     offers.append(member("iforest.intermittent", "i1"))
-    with caplog.at_level("WARNING", logger="edge_agent.scoring"):
+    with caplog.at_level("WARNING", logger="edge_agent.rollout"):
         for message in offers:
             assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
     assert "iforest.urban.intermittent held but not used" in caplog.text
@@ -560,6 +560,39 @@ def test_a_limit_on_models_keeps_the_members_that_serve_most_meters(
     assert [s.name for s in states] == ["iforest", "iforest.intermittent", "iforest.urban"]
     assert not book.models["iforest.urban.intermittent"].session_open
     assert not book.models["iforest"].session_open  # every meter has a member of its own
+    in_use = {"iforest": "v1", "iforest.intermittent": "i1", "iforest.urban": "c1"}
+    assert models_in_use(intake.buffer.meta) == in_use  # what `edge-agent status` shows
+    assert caplog.text.count("held but not used") == 1
+    intake.close()
+    # A restart loads the stored models one by one and says once what the limit leaves out.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge_agent.rollout"):
+        intake = gateway(tmp_path / "a.db", meters=registry)
+    assert caplog.text.count("iforest.urban.intermittent held but not used") == 1
+    assert caplog.text.count("held but not used") == 1
+    assert models_in_use(intake.buffer.meta) == in_use
+    intake.close()
+
+    # A class's own forest before the shared one: five urban intermittent meters and three
+    # industrial ones. ``iforest.urban.intermittent`` and ``iforest.intermittent`` would both
+    # take the five; the class's own is kept, and the second member is the industrial one (a
+    # shared forest left with no meter would waste the slot).
+    registry2 = [
+        *(
+            {"meter_id": f"ui{i}", "customer_class": "urban", "load_shape": "intermittent"}
+            for i in range(5)
+        ),
+        *({"meter_id": f"x{i}", "customer_class": "industrial"} for i in range(3)),
+    ]
+    intake = gateway(tmp_path / "d.db", meters=registry2)
+    for message in [*offers, member("iforest.industrial", "x1")]:
+        assert intake.models.offer(json.dumps(message).encode(), "test"), intake.models.error
+    assert intake.models.active.book.usable == {"iforest.urban.intermittent", "iforest.industrial"}
+    # Neither iforest.urban nor iforest.intermittent would score a meter: none left out.
+    assert intake.models.active.book.left_out == []
+    intake.take(day({r["meter_id"]: None for r in registry2}, 0))
+    got = scored_by(intake, 0)
+    assert got == {**{f"ui{i}": "ui1" for i in range(5)}, **{f"x{i}": "x1" for i in range(3)}}
     intake.close()
 
     # Two models: one member. ``iforest.urban`` is in use until ``iforest.intermittent``
