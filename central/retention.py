@@ -152,7 +152,7 @@ def run(
 def clickhouse_warehouse(clickhouse_dsn: str, database: str = "raw") -> Warehouse:
     """The warehouse checks over ``central.warehouse`` (its client and the loader's watermark)."""
     from central.warehouse.client import connect
-    from central.warehouse.loader import read_watermark
+    from central.warehouse.schema import read_watermark
 
     def watermark() -> datetime:
         client = connect(clickhouse_dsn)

@@ -185,7 +185,8 @@ def test_clickhouse_raw_meters_has_postgres_columns_whether_new_or_upgraded(
     columns in the same order when made now and when made by the first release and upgraded
     (ADDED_COLUMNS)."""
     from central.warehouse.client import connect
-    from central.warehouse.schema import TABLES, ensure_schema
+    from central.warehouse.schema import ensure_schema
+    from tests.support.warehouse import FIRST_RELEASE_METERS
 
     pg_columns = [
         name
@@ -211,7 +212,7 @@ def test_clickhouse_raw_meters_has_postgres_columns_whether_new_or_upgraded(
     old = connect(f"chdb://{tmp_path / 'old'}")
     try:
         old.command("create database raw")
-        old.command(TABLES["meters"].format(db="raw"))  # the first release's table
+        old.command(FIRST_RELEASE_METERS.format(db="raw"))
         ensure_schema(old)
         ensure_schema(old)  # idempotent
         upgraded = columns(old)

@@ -15,9 +15,11 @@ import psycopg
 import pytest
 
 from central.warehouse.client import connect, spawn_owner, stop_owner
-from central.warehouse.loader import load, read_watermark
+from central.warehouse.loader import load
+from central.warehouse.schema import TABLES, read_watermark, write_watermark
 from central.warehouse.settings import get_settings
 from simulator.raw_db import scratch_database
+from tests.support.warehouse import FIRST_RELEASE_METERS
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.services  # real PostgreSQL
@@ -85,6 +87,43 @@ def owner(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         stop_owner(proc)
+
+
+def test_a_column_added_to_an_older_warehouse_is_filled_by_its_next_load(
+    pg_dsn: str, owner: str
+) -> None:
+    """A warehouse whose meters were loaded before load_shape and timezone existed gets them,
+    filled for the rows it had, on its next load; the load after reads nothing again."""
+    settings = get_settings(clickhouse_dsn=owner, pg_dsn=pg_dsn, load_overlap_s=0)
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        pg.execute(
+            "insert into raw.meters (meter_id, load_shape, timezone) "
+            "values ('m0', 'intermittent', 'Africa/Nairobi'), ('m1', null, null)"
+        )
+    client = connect(owner)
+    try:  # the older warehouse: both meters loaded, its watermark past them
+        client.command("create database raw")
+        client.command(FIRST_RELEASE_METERS.format(db="raw"))
+        client.command(TABLES["load_watermarks"].format(db="raw"))
+        client.command(
+            "insert into raw.meters (meter_id, meter_role, updated_at, loaded_at) values "
+            "('m0', 'customer', now64(3), now64(3)), ('m1', 'customer', now64(3), now64(3))"
+        )
+        write_watermark(client, "meters", datetime.now(UTC) + timedelta(seconds=1), 2)
+    finally:
+        client.close()
+    time.sleep(1.1)  # PostgreSQL's rows are older than the old watermark
+    first = {r.table: r.rows for r in load(settings)}
+    assert first["meters"] == 2
+    client = connect(owner)
+    try:
+        rows = client.query(
+            "select meter_id, load_shape, timezone from raw.meters final order by meter_id"
+        ).result_rows
+    finally:
+        client.close()
+    assert rows == [("m0", "intermittent", "Africa/Nairobi"), ("m1", None, None)]
+    assert {r.table: r.rows for r in load(settings)}["meters"] == 0
 
 
 def test_incremental_loads_pick_up_new_rows_only(pg_dsn: str, owner: str) -> None:

@@ -36,13 +36,12 @@ import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from central.warehouse.client import connect
-from central.warehouse.schema import ensure_schema
+from central.warehouse.schema import EPOCH, ensure_schema, read_watermark, write_watermark
 from central.warehouse.settings import WarehouseSettings
 from edge_agent.fields import READING_FIELDS
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = pa.timestamp("ms", tz="UTC")
 F64, STR, I64, I32 = pa.float64(), pa.string(), pa.int64(), pa.int32()
 
@@ -266,27 +265,6 @@ def _parquet(table: pa.Table) -> bytes:
     pq.write_table(table, sink, compression="none", row_group_size=131_072, use_dictionary=False)
     data: bytes = sink.getvalue().to_pybytes()
     return data
-
-
-def read_watermark(client: Client, table: str, database: str = "raw") -> datetime:
-    rows = client.query(
-        f"select watermark from {database}.load_watermarks final where table_name = {{t:String}}",
-        parameters={"t": table},
-    ).result_rows
-    if not rows:
-        return EPOCH
-    value: datetime = rows[0][0]
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def write_watermark(
-    client: Client, table: str, watermark: datetime, rows: int, database: str = "raw"
-) -> None:
-    client.insert(
-        f"{database}.load_watermarks",
-        [[table, watermark, rows, datetime.now(UTC)]],
-        column_names=["table_name", "watermark", "rows_loaded", "updated_at"],
-    )
 
 
 def upper_bound(pg: psycopg.Connection) -> datetime:

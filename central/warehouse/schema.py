@@ -9,10 +9,13 @@ column and what dbt's incremental models pick new rows up by.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from clickhouse_connect.driver.client import Client
 
 from edge_agent.fields import READING_FIELDS
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TS = "DateTime64(3, 'UTC')"
 # A reading's own columns come from its one definition (edge_agent.fields).
 READING_COLUMNS_DDL = ",\n            ".join(f"{f.name} {f.clickhouse}" for f in READING_FIELDS)
@@ -141,7 +144,38 @@ def ensure_schema(client: Client, database: str = "raw") -> None:
     for ddl in TABLES.values():
         client.command(ddl.format(db=database))
     for table, column, ctype, after in ADDED_COLUMNS:
+        present = client.query(
+            "select count() from system.columns "
+            "where database = {d:String} and table = {t:String} and name = {c:String}",
+            parameters={"d": database, "t": table, "c": column},
+        ).result_rows[0][0]
+        if present:
+            continue
         client.command(
             f"alter table {database}.{table} add column if not exists {column} {ctype} "
             f"after {after}"
         )
+        # The rows loaded before have the column empty, and the loader reads by arrival time:
+        # the table is read again from the start (ReplacingMergeTree keeps the newer copy).
+        write_watermark(client, table, EPOCH, 0, database)
+
+
+def read_watermark(client: Client, table: str, database: str = "raw") -> datetime:
+    rows = client.query(
+        f"select watermark from {database}.load_watermarks final where table_name = {{t:String}}",
+        parameters={"t": table},
+    ).result_rows
+    if not rows:
+        return EPOCH
+    value: datetime = rows[0][0]
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def write_watermark(
+    client: Client, table: str, watermark: datetime, rows: int, database: str = "raw"
+) -> None:
+    client.insert(
+        f"{database}.load_watermarks",
+        [[table, watermark, rows, datetime.now(UTC)]],
+        column_names=["table_name", "watermark", "rows_loaded", "updated_at"],
+    )

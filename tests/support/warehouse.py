@@ -13,6 +13,28 @@ from central.warehouse.loader import load
 from central.warehouse.settings import WarehouseSettings, get_settings
 from simulator.warehouse_fleet import WarehouseFleet
 
+# ClickHouse raw.meters as the first release made it (before schema.ADDED_COLUMNS), frozen here
+# so that the tests of the upgrade do not move with the schema.
+FIRST_RELEASE_METERS = """
+    create table if not exists {db}.meters (
+        meter_id String,
+        meter_role LowCardinality(String),
+        customer_class LowCardinality(Nullable(String)),
+        tariff LowCardinality(Nullable(String)),
+        transformer_id Nullable(String),
+        feeder_id Nullable(String),
+        region LowCardinality(Nullable(String)),
+        latitude Nullable(Float64),
+        longitude Nullable(Float64),
+        gateway_id Nullable(String),
+        installed_at Nullable(DateTime64(3, 'UTC')),
+        updated_at DateTime64(3, 'UTC'),
+        loaded_at DateTime64(3, 'UTC')
+    )
+    engine = ReplacingMergeTree(loaded_at)
+    order by meter_id
+"""
+
 
 def marts_fleet() -> WarehouseFleet:
     """120 customer meters under 6 transformers, two with meters bypassed half-way, 14 days."""
