@@ -8,6 +8,7 @@ import json
 import sqlite3
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -430,21 +431,24 @@ def test_per_class_models_score_their_class_and_the_global_one_the_rest(tmp_path
     intake.close()
 
 
+def member_message(m: Any, name: str, version: str) -> dict[str, Any]:
+    """The urban forest of ``models()`` signed as the model set member ``name``."""
+    return build_model_message(
+        base64.b64decode(m.urban["onnx_b64"]),
+        name=name,
+        version=version,
+        feature_names=m.urban["feature_names"],
+        threshold=m.urban["threshold"],
+        private_key=m.key,
+    )
+
+
 def test_intermittent_meters_take_their_shape_models_first(tmp_path: Path) -> None:
     """An intermittent meter is scored by its class's intermittent forest, else by the one of
     every class, else by its class's, else by the global one; its shape comes from the registry
     only."""
     m = models()
-
-    def member(name: str, version: str) -> dict[str, Any]:
-        return build_model_message(
-            base64.b64decode(m.urban["onnx_b64"]),
-            name=name,
-            version=version,
-            feature_names=m.urban["feature_names"],
-            threshold=m.urban["threshold"],
-            private_key=m.key,
-        )
+    member = partial(member_message, m)
 
     registry = [
         {"meter_id": "u1", "customer_class": "urban"},
@@ -510,16 +514,7 @@ def test_a_limit_on_models_keeps_the_members_that_serve_most_meters(
     are those that move the most meters off their fallback; the others are held, not used, and
     a member that a newer one displaces closes its session."""
     m = models()
-
-    def member(name: str, version: str) -> dict[str, Any]:
-        return build_model_message(
-            base64.b64decode(m.urban["onnx_b64"]),
-            name=name,
-            version=version,
-            feature_names=m.urban["feature_names"],
-            threshold=m.urban["threshold"],
-            private_key=m.key,
-        )
+    member = partial(member_message, m)
 
     def scored_by(intake: Gateway, d: int) -> dict[str, str]:
         rows = intake.buffer.db.conn.execute(
