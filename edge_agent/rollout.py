@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent import wire
 from edge_agent.buffer import Counters, Meta, ModelStore
-from edge_agent.scoring import ActiveModels
+from edge_agent.scoring import ActiveModels, ModelBook
 from edge_agent.vocabulary import ID_PATTERN
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class ModelManager:
         self._inbox: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()
         self._batch = 0  # nesting of _settling
         self._left_out: list[str] = []  # the members max_models left out, as last said
+        self._settled: ModelBook | None = None  # the book _settle last looked at
 
     def states(self) -> list[wire.ModelState]:
         """Every model in use, by name: the global one (a prefix of the others) first; not the
@@ -286,10 +287,14 @@ class ModelManager:
 
     def _settle(self) -> None:
         book = self.active.book
+        if book is self._settled:
+            return
+        self._settled = book
         left_out = book.left_out
         for name, model in book.models.items():
             in_use = "" if name in left_out else f"{model.version} {model.sha256}"
-            self.meta.set(_IN_USE + name, in_use)
+            if self.meta.get(_IN_USE + name) != in_use:
+                self.meta.set(_IN_USE + name, in_use)
         if left_out and left_out != self._left_out:
             log.warning(
                 "at most %d models score (max_models): %s held but not used; "
@@ -374,7 +379,6 @@ class ModelManager:
             )
         self.active.book = book.with_model(model)  # the swap: the next Intake.take uses it
         self._loaded_at[model.name] = self.clock()
-        self.meta.set(_IN_USE + model.name, f"{model.version} {model.sha256}")  # see _settle
         if self._error_name in (None, model.name):
             self.error = None
         log.info(
