@@ -61,6 +61,25 @@ def cmd_retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry_export(args: argparse.Namespace) -> int:
+    from central.registry_export import gateway_registry, write_registry
+
+    dsn = args.dsn or load_settings(args.config).pg_dsn
+    try:
+        registry = gateway_registry(dsn, args.gateway)
+    except (ValueError, LookupError) as exc:
+        print(f"registry export: {exc}", file=sys.stderr)
+        return 1
+    write_registry(registry, args.out)
+    meters = registry["meters"]
+    shapes = sum(1 for m in meters if m["load_shape"] == "intermittent")
+    print(
+        f"{args.out}: {len(meters)} meters of gateway {args.gateway} "
+        f"({shapes} intermittent); copy it to the gateway's registry_path and restart the agent"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="central",
@@ -120,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="say what would be dropped; change nothing"
     )
     rr.set_defaults(func=cmd_retention)
+
+    reg = sub.add_parser(
+        "registry",
+        help="the meter registry: a gateway's registry file",
+        description="The central meter registry (raw.meters) as gateways read it.",
+    )
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
+    rex = reg_sub.add_parser(
+        "export",
+        help="write one gateway's registry file (its meters' transformers, classes, load shapes "
+        "and zones) from raw.meters",
+        description="Writes the JSON the agent reads at start (registry_path). Any login that "
+        "may read raw.meters will do. Fails, writing nothing, when the gateway has no meter or "
+        "a meter has a shape or zone the agent would refuse.",
+    )
+    rex.add_argument("--gateway", required=True, help="the gateway's id (gateway_id)")
+    rex.add_argument("--out", type=Path, required=True, help="the registry file to write")
+    rex.add_argument("--config", type=Path, help="TOML settings file")
+    rex.add_argument("--dsn", help="PostgreSQL DSN (default: EIOT_PG_DSN)")
+    rex.set_defaults(func=cmd_registry_export)
 
     register_security(sub)
     register_forwarder(sub)

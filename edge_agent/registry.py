@@ -18,6 +18,15 @@ from typing import Any
 from edge_agent.vocabulary import LOAD_SHAPES
 
 CONTINUOUS, INTERMITTENT = LOAD_SHAPES
+#: What the agent reads of a registry meter; ``central registry export`` writes exactly these.
+REGISTRY_KEYS = (
+    "meter_id",
+    "meter_role",
+    "transformer_id",
+    "customer_class",
+    "load_shape",
+    "timezone",
+)
 
 
 def load_meters(path: Path | str) -> list[dict[str, Any]]:

@@ -1,0 +1,113 @@
+"""``central registry export``: a gateway's registry file from raw.meters, as the agent reads it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from central.cli import main
+from edge_agent.energy import GridMap
+from edge_agent.registry import REGISTRY_KEYS, load_meters, meter_model_keys, meter_zones
+from simulator.raw_db import scratch_database
+from tests.support.detection import gateway
+
+pytestmark = pytest.mark.services  # real PostgreSQL
+
+METERS = [  # meter_id, meter_role, transformer_id, customer_class, load_shape, timezone, gateway
+    ("T1", "transformer", "TX1", None, None, None, "GW1"),
+    ("c1", "customer", "TX1", "residential", "intermittent", None, "GW1"),
+    ("c2", "customer", "TX1", "residential", None, "Africa/Nairobi", "GW1"),
+    ("c3", "customer", "TX1", "commercial", "continuous", None, "GW1"),
+    ("o1", "customer", "TX9", "residential", "intermittent", None, "GW2"),
+]
+
+
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    with scratch_database("reg_test") as dsn, psycopg.connect(dsn, autocommit=True) as pg:
+        pg.execute(
+            "insert into raw.grid_assets (asset_id, asset_type) "
+            "values ('TX1', 'transformer'), ('TX9', 'transformer')"
+        )
+        for row in METERS:
+            pg.execute(
+                "insert into raw.meters (meter_id, meter_role, transformer_id, customer_class,"
+                " load_shape, timezone, gateway_id) values (%s, %s, %s, %s, %s, %s, %s)",
+                row,
+            )
+        yield dsn
+
+
+def export(dsn: str, gateway_id: str, out: Path) -> int:
+    return main(["registry", "export", "--gateway", gateway_id, "--out", str(out), "--dsn", dsn])
+
+
+def test_the_export_is_the_gateways_registry_as_the_agent_reads_it(
+    dsn: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "etc" / "registry.json"
+    assert export(dsn, "GW1", out) == 0
+    meters = load_meters(out)
+    assert [m["meter_id"] for m in meters] == ["T1", "c1", "c2", "c3"]  # not GW2's meter
+    assert all(tuple(m) == REGISTRY_KEYS for m in meters)
+    assert meter_model_keys(meters) == {
+        "c1": ("residential.intermittent", "intermittent", "residential"),
+        "c2": ("residential",),
+        "c3": ("commercial",),
+    }
+    assert meter_zones(meters) == {"c2": "Africa/Nairobi"}
+    grid = GridMap.from_meters(meters)
+    assert grid.transformer_meter == {"TX1": "T1"}
+    assert grid.customers == {"TX1": ("c1", "c2", "c3")}
+    # An agent started on it subscribes to the shape and class models its meters use.
+    intake = gateway(tmp_path / "b.db", meters=meters)
+    assert intake.models.names == {
+        "iforest",
+        "iforest.residential",
+        "iforest.residential.intermittent",
+        "iforest.intermittent",
+        "iforest.commercial",
+    }
+    intake.close()
+
+
+def test_a_shape_pinned_centrally_reaches_the_next_export(dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "registry.json"
+    assert export(dsn, "GW1", out) == 0
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        pg.execute("update raw.meters set load_shape = 'intermittent' where meter_id = 'c2'")
+    assert export(dsn, "GW1", out) == 0
+    shapes = {m["meter_id"]: m["load_shape"] for m in load_meters(out)}
+    assert shapes == {"T1": None, "c1": "intermittent", "c2": "intermittent", "c3": "continuous"}
+    assert not [p for p in tmp_path.iterdir() if p.name != "registry.json"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("gateway_id", "change", "error"),
+    [
+        ("GW7", None, "no meter of gateway 'GW7'"),
+        ("gw/#", None, "not a gateway id"),
+        ("GW1", "customer_class = 'intermittent'", "names a load shape"),
+        ("GW1", "timezone = 'Africa/Atlantis'", "unknown time zone"),
+    ],
+)
+def test_a_registry_the_agent_would_refuse_is_not_written(
+    dsn: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    gateway_id: str,
+    change: str | None,
+    error: str,
+) -> None:
+    out = tmp_path / "registry.json"
+    out.write_text('{"meters": []}\n')  # the file in place stays as it was
+    if change is not None:
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            pg.execute(f"update raw.meters set {change} where meter_id = 'c3'")
+    assert export(dsn, gateway_id, out) == 1
+    assert error in capsys.readouterr().err
+    assert json.loads(out.read_text()) == {"meters": []}
