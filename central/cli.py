@@ -62,7 +62,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_export(args: argparse.Namespace) -> int:
-    from central.registry_export import gateway_registry, write_registry
+    from central.meter_registry import gateway_registry, write_registry
 
     dsn = args.dsn or load_settings(args.config).pg_dsn
     try:
@@ -76,6 +76,31 @@ def cmd_registry_export(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: {len(meters)} meters of gateway {args.gateway} "
         f"({shapes} intermittent); copy it to the gateway's registry_path and restart the agent"
+    )
+    return 0
+
+
+def cmd_registry_pin_shapes(args: argparse.Namespace) -> int:
+    from central.meter_registry import pin_shapes, read_proposals
+
+    try:
+        proposals = read_proposals(args.proposals)
+    except (OSError, ValueError) as exc:
+        print(f"registry pin-shapes: {exc}", file=sys.stderr)
+        return 1
+    done = pin_shapes(
+        args.dsn or load_settings(args.config).pg_dsn, proposals, dry_run=args.dry_run
+    )
+    verb = "would pin" if args.dry_run else "pinned"
+    for meter_id, shape in done.pinned:
+        print(f"{verb} {meter_id} {shape}")
+    for meter_id in done.not_pinned:
+        print(f"not pinned {meter_id}: a shape is pinned already, or the meter is not registered")
+    for p in done.review:
+        print(f"review {p.meter_id}: pinned {p.pinned}, its readings say {p.decided} (not changed)")
+    print(
+        f"{len(done.pinned)} {verb}, {len(done.not_pinned)} not pinned, {len(done.review)} to "
+        "review; then `central registry export` for the gateways concerned"
     )
     return 0
 
@@ -142,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser(
         "registry",
-        help="the meter registry: a gateway's registry file",
+        help="the meter registry: pin load shapes, write a gateway's registry file",
         description="The central meter registry (raw.meters) as gateways read it.",
     )
     reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="COMMAND")
@@ -159,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     rex.add_argument("--config", type=Path, help="TOML settings file")
     rex.add_argument("--dsn", help="PostgreSQL DSN (default: EIOT_PG_DSN)")
     rex.set_defaults(func=cmd_registry_export)
+    rpin = reg_sub.add_parser(
+        "pin-shapes",
+        help="pin the load shapes `python -m ml load-shapes --out` proposes for meters that "
+        "have none",
+        description="Applies the `set` proposals to raw.meters in one transaction, never over "
+        "a shape pinned meanwhile; lists the `review` ones for a person. Run as the registry's "
+        "owner (no service role may write raw.meters).",
+    )
+    rpin.add_argument("proposals", type=Path, help="the JSON file of `ml load-shapes --out`")
+    rpin.add_argument(
+        "--dry-run", action="store_true", help="say what would be pinned; change nothing"
+    )
+    rpin.add_argument("--config", type=Path, help="TOML settings file")
+    rpin.add_argument("--dsn", help="the owner's DSN (default: EIOT_PG_DSN)")
+    rpin.set_defaults(func=cmd_registry_pin_shapes)
 
     register_security(sub)
     register_forwarder(sub)

@@ -13,7 +13,6 @@ python -m ml load-shapes --days 90                            # meters' load sha
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -192,7 +191,7 @@ def cmd_load_shapes(args: argparse.Namespace) -> int:
                 f" {p.decided:<12} near-zero share {share}, {p.valid_days:g} days valid"
             )
     if args.out:
-        rows = [{**dataclasses.asdict(p), "action": p.action} for p in proposals]
+        rows = [p.as_row() for p in proposals]
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 

@@ -23,6 +23,7 @@ gateways' registry files carry them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,6 +108,10 @@ class Proposal:
         if self.pinned is None:
             return "set"
         return "keep" if self.pinned == self.decided else "review"
+
+    def as_row(self) -> dict[str, Any]:
+        """The proposal as ``--out`` writes it, and ``central registry pin-shapes`` reads it."""
+        return {**dataclasses.asdict(self), "action": self.action}
 
 
 def propose(conn: Any, start: datetime, end: datetime, interval_s: int = 1800) -> list[Proposal]:

@@ -1,17 +1,20 @@
-"""``central registry export``: a gateway's registry file from raw.meters, as the agent reads it."""
+"""``central registry``: load shapes pinned in raw.meters; a gateway's registry file from it."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from central.cli import main
+from central.meter_registry import MAX_PROPOSALS_BYTES
 from edge_agent.energy import GridMap
 from edge_agent.registry import REGISTRY_KEYS, load_meters, meter_model_keys, meter_zones
+from ml.load_shape import Proposal
 from simulator.raw_db import scratch_database
 from tests.support.detection import gateway
 
@@ -24,6 +27,9 @@ METERS = [  # meter_id, meter_role, transformer_id, customer_class, load_shape, 
     ("c3", "customer", "TX1", "commercial", "continuous", None, "GW1"),
     ("o1", "customer", "TX9", "residential", "intermittent", None, "GW2"),
 ]
+
+
+ROW = Proposal("c2", None, "intermittent", 0.41, 60.0).as_row()
 
 
 @pytest.fixture
@@ -111,3 +117,80 @@ def test_a_registry_the_agent_would_refuse_is_not_written(
     assert export(dsn, gateway_id, out) == 1
     assert error in capsys.readouterr().err
     assert json.loads(out.read_text()) == {"meters": []}
+
+
+def pin(dsn: str, proposals: Path, *extra: str) -> int:
+    return main(["registry", "pin-shapes", str(proposals), "--dsn", dsn, *extra])
+
+
+def shapes_and_stamps(dsn: str) -> dict[str, tuple[str | None, Any]]:
+    with psycopg.connect(dsn) as pg:
+        rows = pg.execute("select meter_id, load_shape, updated_at from raw.meters").fetchall()
+    return {m: (shape, at) for m, shape, at in rows}
+
+
+def test_the_proposed_shapes_of_unpinned_meters_are_pinned_and_nothing_else(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proposals = [  # as `python -m ml load-shapes --out` writes them
+        Proposal("c2", None, "intermittent", 0.41, 60.0),  # set
+        Proposal("c3", None, "intermittent", 0.35, 60.0),  # set, but c3 was pinned meanwhile
+        Proposal("nobody", None, "continuous", 0.01, 60.0),  # set, not registered
+        Proposal("c1", "intermittent", "continuous", 0.02, 60.0),  # review
+        Proposal("o1", "intermittent", "intermittent", 0.6, 60.0),  # keep
+        Proposal("T1", None, "continuous", 0.0, 2.0),  # wait
+    ]
+    assert [p.action for p in proposals] == ["set", "set", "set", "review", "keep", "wait"]
+    path = tmp_path / "proposals.json"
+    path.write_text(json.dumps([p.as_row() for p in proposals]))
+    before = shapes_and_stamps(dsn)
+
+    assert pin(dsn, path, "--dry-run") == 0
+    assert "would pin c2 intermittent" in capsys.readouterr().out
+    assert shapes_and_stamps(dsn) == before
+
+    assert pin(dsn, path) == 0
+    out = capsys.readouterr().out
+    after = shapes_and_stamps(dsn)
+    assert after["c2"][0] == "intermittent" and after["c2"][1] > before["c2"][1]
+    assert {m: v for m, v in after.items() if m != "c2"} == {
+        m: v for m, v in before.items() if m != "c2"
+    }
+    assert "not pinned c3" in out and "not pinned nobody" in out
+    assert "review c1: pinned intermittent, its readings say continuous" in out
+    # The next export carries the new pin to the gateway.
+    registry = tmp_path / "registry.json"
+    assert export(dsn, "GW1", registry) == 0
+    assert {m["meter_id"]: m["load_shape"] for m in load_meters(registry)}["c2"] == "intermittent"
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"{not json", "Invalid JSON"),
+        (b'{"meter_id": "c2"}', "first at top"),
+        (json.dumps([{**ROW, "decided": "Intermittent"}]).encode(), "first at 0.decided"),
+        (json.dumps([{**ROW, "meter_id": "c2/../x"}]).encode(), "first at 0.meter_id"),
+        (json.dumps([{**ROW, "meter_id": "m" * 100}]).encode(), "first at 0.meter_id"),
+        (json.dumps([ROW, {**ROW, "action": "drop table"}]).encode(), "first at 1.action"),
+    ],
+)
+def test_a_bad_proposals_file_changes_nothing_and_says_why(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, error: str
+) -> None:
+    path = tmp_path / "proposals.json"
+    path.write_bytes(content)
+    before = shapes_and_stamps(dsn)
+    assert pin(dsn, path) == 1
+    assert error in capsys.readouterr().err
+    assert shapes_and_stamps(dsn) == before
+
+
+def test_an_oversized_proposals_file_is_refused_unread(
+    dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "proposals.json"
+    with path.open("wb") as f:
+        f.truncate(MAX_PROPOSALS_BYTES + 1)  # sparse: costs no disk
+    assert pin(dsn, path) == 1
+    assert "more than" in capsys.readouterr().err
