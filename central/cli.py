@@ -62,15 +62,17 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_export(args: argparse.Namespace) -> int:
+    import psycopg
+
     from central.meter_registry import gateway_registry, write_registry
 
-    dsn = args.dsn or load_settings(args.config).pg_dsn
     try:
+        dsn = args.dsn or load_settings(args.config).pg_dsn
         registry = gateway_registry(dsn, args.gateway)
-    except (ValueError, LookupError) as exc:
-        print(f"registry export: {exc}", file=sys.stderr)
+        write_registry(registry, args.out)
+    except (ValueError, LookupError, OSError, psycopg.Error) as exc:
+        print(f"registry export: {exc}".strip(), file=sys.stderr)
         return 1
-    write_registry(registry, args.out)
     meters = registry["meters"]
     shapes = sum(1 for m in meters if m["load_shape"] == "intermittent")
     print(
@@ -81,25 +83,26 @@ def cmd_registry_export(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_pin_shapes(args: argparse.Namespace) -> int:
+    import psycopg
+
     from central.meter_registry import pin_shapes, read_proposals
 
     try:
         proposals = read_proposals(args.proposals)
-    except (OSError, ValueError) as exc:
-        print(f"registry pin-shapes: {exc}", file=sys.stderr)
+        dsn = args.dsn or load_settings(args.config).pg_dsn
+        done = pin_shapes(dsn, proposals, dry_run=args.dry_run)
+    except (ValueError, OSError, psycopg.Error) as exc:
+        print(f"registry pin-shapes: {exc}".strip(), file=sys.stderr)
         return 1
-    done = pin_shapes(
-        args.dsn or load_settings(args.config).pg_dsn, proposals, dry_run=args.dry_run
-    )
     verb = "would pin" if args.dry_run else "pinned"
     for meter_id, shape in done.pinned:
         print(f"{verb} {meter_id} {shape}")
-    for meter_id in done.not_pinned:
-        print(f"not pinned {meter_id}: a shape is pinned already, or the meter is not registered")
-    for p in done.review:
-        print(f"review {p.meter_id}: pinned {p.pinned}, its readings say {p.decided} (not changed)")
+    for meter_id, why in done.skipped:
+        print(f"not pinned {meter_id}: {why}")
+    for p, now in done.review:
+        print(f"review {p.meter_id}: pinned {now}, its readings say {p.decided} (not changed)")
     print(
-        f"{len(done.pinned)} {verb}, {len(done.not_pinned)} not pinned, {len(done.review)} to "
+        f"{len(done.pinned)} {verb}, {len(done.skipped)} not pinned, {len(done.review)} to "
         "review; then `central registry export` for the gateways concerned"
     )
     return 0
@@ -175,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write one gateway's registry file (its meters' transformers, classes, load shapes "
         "and zones) from raw.meters",
-        description="Writes the JSON the agent reads at start (registry_path). Any login that "
-        "may read raw.meters will do. Fails, writing nothing, when the gateway has no meter or "
-        "a meter has a shape or zone the agent would refuse.",
+        description="Writes the JSON the agent reads at start (registry_path), replacing the "
+        "file whole (its directory is made if missing). Any login that may read raw.meters "
+        "will do. Fails, writing nothing, for a malformed gateway id, a gateway with no meter, "
+        "or a meter the agent would refuse (a class named like a load shape, an unknown time "
+        "zone).",
     )
     rex.add_argument("--gateway", required=True, help="the gateway's id (gateway_id)")
     rex.add_argument("--out", type=Path, required=True, help="the registry file to write")
@@ -188,9 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pin-shapes",
         help="pin the load shapes `python -m ml load-shapes --out` proposes for meters that "
         "have none",
-        description="Applies the `set` proposals to raw.meters in one transaction, never over "
-        "a shape pinned meanwhile; lists the `review` ones for a person. Run as the registry's "
-        "owner (no service role may write raw.meters).",
+        description="Applies the `set` proposals to raw.meters in one transaction, for "
+        "registered customer meters with no shape pinned (never over a shape pinned "
+        "meanwhile); lists the `review` ones for a person. The file is checked whole first "
+        "(a meter proposed twice, or an action that does not fit its shapes, is refused). Run "
+        "as the registry's owner: no service role may write raw.meters (--dry-run only reads).",
     )
     rpin.add_argument("proposals", type=Path, help="the JSON file of `ml load-shapes --out`")
     rpin.add_argument(

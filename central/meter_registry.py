@@ -3,11 +3,12 @@ registry pin-shapes`` and ``central registry export``.
 
 **Pinning load shapes.** ``python -m ml load-shapes --out proposals.json`` proposes each
 customer meter's load shape from months of its readings and writes nothing (the ml role reads
-``raw``). :func:`pin_shapes` applies the ``set`` proposals (meters with no shape pinned) to
-``raw.meters``, in one transaction, never over a shape pinned meanwhile; ``review`` proposals
-(the readings disagree with the pinned shape: a thief zeroing readings looks intermittent) are
-listed for a person, never applied. It is run as the registry's owner (no service role may
-write ``raw.meters``), and moves ``updated_at`` so the warehouse loads the change.
+``raw``). :func:`pin_shapes` applies the ``set`` proposals to ``raw.meters``, in one
+transaction, for registered customer meters with no shape pinned (never over a shape pinned
+meanwhile); ``review`` proposals (the readings disagree with the pinned shape: a thief zeroing
+readings looks intermittent) are listed for a person with the shape pinned now, never applied.
+It is run as the registry's owner (no service role may write ``raw.meters``; a dry run only
+reads), and moves ``updated_at`` so the warehouse loads the change.
 
 **Exporting a gateway's registry.**
 
@@ -38,7 +39,15 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.registry import REGISTRY_KEYS, meter_model_keys, meter_zones
 from edge_agent.vocabulary import ID_PATTERN, LOAD_SHAPES
@@ -65,50 +74,91 @@ class ShapeProposal(BaseModel):
             raise ValueError(f"not one of {LOAD_SHAPES}")
         return value
 
+    @model_validator(mode="after")
+    def _action_fits(self) -> ShapeProposal:
+        """The action ``ml.load_shape.Proposal.action`` gives these shapes (a hand-edited
+        row must not turn a review into a pin)."""
+        fits = {
+            "set": self.pinned is None,
+            "keep": self.pinned == self.decided,
+            "review": self.pinned is not None and self.pinned != self.decided,
+            "wait": True,
+        }
+        if not fits[self.action]:
+            raise ValueError(f"action {self.action!r} does not fit pinned {self.pinned!r}")
+        return self
+
 
 _PROPOSALS = TypeAdapter(list[ShapeProposal])
 
 
 def read_proposals(path: Path) -> list[ShapeProposal]:
-    """The proposals file, checked whole: ValueError names what is wrong and where."""
-    size = path.stat().st_size
-    if size > MAX_PROPOSALS_BYTES:
-        raise ValueError(f"{path}: {size} bytes, more than {MAX_PROPOSALS_BYTES}")
+    """The proposals file, checked whole: ValueError names what is wrong and where. At most
+    :data:`MAX_PROPOSALS_BYTES` are read (a device or a pipe has no size to check first)."""
+    with path.open("rb") as f:
+        data = f.read(MAX_PROPOSALS_BYTES + 1)
+    if len(data) > MAX_PROPOSALS_BYTES:
+        raise ValueError(f"{path}: more than {MAX_PROPOSALS_BYTES} bytes")
     try:
-        return _PROPOSALS.validate_json(path.read_bytes())
+        proposals = _PROPOSALS.validate_json(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ValueError(
             f"{path}: {exc.error_count()} error(s); first at {where or 'top'}: {first['msg']}"
         ) from None
+    seen: set[str] = set()
+    for i, p in enumerate(proposals):
+        if p.meter_id in seen:
+            raise ValueError(f"{path}: meter {p.meter_id!r} proposed twice (row {i})")
+        seen.add(p.meter_id)
+    return proposals
 
 
 @dataclass
 class Pinned:
-    """What :func:`pin_shapes` did."""
+    """What :func:`pin_shapes` did (or would do)."""
 
     pinned: list[tuple[str, str]] = field(default_factory=list)  # (meter_id, shape)
-    not_pinned: list[str] = field(default_factory=list)  # pinned meanwhile, or not registered
-    review: list[ShapeProposal] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (meter_id, why)
+    #: (proposal, the shape pinned in raw.meters now)
+    review: list[tuple[ShapeProposal, str | None]] = field(default_factory=list)
 
 
 def pin_shapes(dsn: str, proposals: Sequence[ShapeProposal], *, dry_run: bool = False) -> Pinned:
-    """Apply the ``set`` proposals to ``raw.meters`` in one transaction (none with ``dry_run``)."""
-    out = Pinned(review=[p for p in proposals if p.action == "review"])
-    wanted = {p.meter_id: p.decided for p in proposals if p.action == "set"}
-    with psycopg.connect(dsn, connect_timeout=10) as conn:
-        with conn.transaction(force_rollback=dry_run):
-            for meter_id, shape in sorted(wanted.items()):
-                row = conn.execute(
-                    "update raw.meters set load_shape = %s, updated_at = now()"
-                    " where meter_id = %s and load_shape is null returning meter_id",
-                    (shape, meter_id),
-                ).fetchone()
-                if row is None:
-                    out.not_pinned.append(meter_id)
-                else:
-                    out.pinned.append((meter_id, shape))
+    """Pin the ``set`` proposals' shapes in ``raw.meters``, in one transaction, for registered
+    customer meters with no shape pinned. ``dry_run`` reads only (a role that may read
+    ``raw.meters`` can run it) and says what would be pinned."""
+    out = Pinned()
+    ids = sorted(p.meter_id for p in proposals if p.action in ("set", "review"))
+    lock = "" if dry_run else " for update"  # no pin slips in between the read and the write
+    with psycopg.connect(dsn, connect_timeout=10) as conn, conn.transaction():
+        rows = conn.execute(
+            "select meter_id, meter_role, load_shape from raw.meters"
+            f" where meter_id = any(%s){lock}",
+            (ids,),
+        ).fetchall()
+        now = {str(m): (str(role), shape) for m, role, shape in rows}
+        for p in sorted(proposals, key=lambda p: p.meter_id):
+            role, shape = now.get(p.meter_id, (None, None))
+            if p.action == "review":
+                out.review.append((p, shape))
+            elif p.action != "set":
+                continue
+            elif role is None:
+                out.skipped.append((p.meter_id, "not registered"))
+            elif role != "customer":
+                out.skipped.append((p.meter_id, f"a {role} meter"))
+            elif shape is not None:
+                out.skipped.append((p.meter_id, f"{shape} is pinned already"))
+            else:
+                out.pinned.append((p.meter_id, p.decided))
+        if out.pinned and not dry_run:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "update raw.meters set load_shape = %s, updated_at = now() where meter_id = %s",
+                    [(shape, meter_id) for meter_id, shape in out.pinned],
+                )
     return out
 
 

@@ -246,7 +246,7 @@ class Agent:
         """The meters this gateway reads (transformer, customer class), from the registry file,
         else (simulated source) from the simulated fleet; empty when unknown."""
         if self.settings.registry_path is not None:
-            return load_meters(self.settings.registry_path)
+            return load_meters(self.settings.registry_path, self.settings.gateway_id)
         if fleet is not None:
             return list(fleet.registry().meters)
         return []

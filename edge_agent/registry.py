@@ -11,11 +11,14 @@ known, ``meter_role`` (``customer`` | ``transformer``), ``transformer_id``, ``cu
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from edge_agent.vocabulary import LOAD_SHAPES
+
+log = logging.getLogger(__name__)
 
 CONTINUOUS, INTERMITTENT = LOAD_SHAPES
 #: What the agent reads of a registry meter; ``central registry export`` writes exactly these.
@@ -29,8 +32,15 @@ REGISTRY_KEYS = (
 )
 
 
-def load_meters(path: Path | str) -> list[dict[str, Any]]:
+def load_meters(path: Path | str, gateway_id: str | None = None) -> list[dict[str, Any]]:
+    """The meter objects of a registry file. A file that names another gateway than
+    ``gateway_id`` (``central registry export`` writes its ``gateway_id``) is read all the same,
+    with a warning: a copy of the wrong gateway's file moves meters to other models and its
+    transformers to other meters."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    named = doc.get("gateway_id") if isinstance(doc, dict) else None
+    if gateway_id is not None and named is not None and named != gateway_id:
+        log.warning("%s is the registry of gateway %r, this is %r", path, named, gateway_id)
     meters = doc.get("meters") if isinstance(doc, dict) else doc
     if not isinstance(meters, list):
         raise ValueError(f"{path}: expected a list of meters or an object with 'meters'")

@@ -10,10 +10,15 @@ from typing import Any
 from .registry import ASSET_KEYS, METER_KEYS, Registry
 
 
-def _upsert_sql(table: str, keys: tuple[str, ...], pk: str) -> str:
+def _upsert_sql(table: str, keys: tuple[str, ...], pk: str, kept: tuple[str, ...] = ()) -> str:
+    """Insert or update by ``pk``; a column of ``kept`` keeps a value it already has."""
     cols = ", ".join(keys)
     params = ", ".join(f"%({k})s" for k in keys)
-    updates = ", ".join(f"{k} = excluded.{k}" for k in keys if k != pk)
+    updates = ", ".join(
+        f"{k} = coalesce({table}.{k}, excluded.{k})" if k in kept else f"{k} = excluded.{k}"
+        for k in keys
+        if k != pk
+    )
     return (
         f"insert into {table} ({cols}) values ({params}) "
         f"on conflict ({pk}) do update set {updates}, updated_at = now()"
@@ -21,7 +26,8 @@ def _upsert_sql(table: str, keys: tuple[str, ...], pk: str) -> str:
 
 
 ASSETS_SQL = _upsert_sql("raw.grid_assets", ASSET_KEYS, "asset_id")
-METERS_SQL = _upsert_sql("raw.meters", METER_KEYS, "meter_id")
+# A load shape pinned centrally (central registry pin-shapes) outlives a new upsert.
+METERS_SQL = _upsert_sql("raw.meters", METER_KEYS, "meter_id", kept=("load_shape",))
 
 
 def upsert_registry(registry: Registry, dsn: str) -> dict[str, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,11 +25,11 @@ from central.settings import CentralSettings
 from central.warehouse import loader
 from edge_agent import wire
 from ml import ranking, registry
+from tests.support.logins import Login, logins
 from tests.support.processes import BROKER_PORT, PG_ADMIN_DSN
 
 pytestmark = pytest.mark.services
 
-Login = Callable[[str | None], str]  # role (None: no role) -> DSN of a new login
 DENIED = errors.InsufficientPrivilege
 ROLES_SQL = "0008_roles.sql"
 
@@ -37,33 +37,8 @@ ROLES_SQL = "0008_roles.sql"
 @pytest.fixture
 def login(pg_dsn: str) -> Iterator[Login]:
     """Make logins (a member of the given group role, or of none) in the test's database."""
-    made: list[str] = []
-    tag = secrets.token_hex(4)
-
-    def make(role: str | None) -> str:
-        name = f"eiot_t{tag}_{len(made)}"
-        password = secrets.token_urlsafe(16)
-        made.append(name)
-        if role is None:
-            with psycopg.connect(pg_dsn, autocommit=True) as admin:
-                admin.execute(
-                    sql.SQL("create role {} login password {}").format(
-                        sql.Identifier(name), sql.Literal(password)
-                    )
-                )
-        else:
-            roles.create_login(pg_dsn, name, role, password)
-        return roles.dsn_for(pg_dsn, name, password)
-
-    yield make
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        for name in made:
-            admin.execute(
-                "select pg_terminate_backend(pid) from pg_stat_activity where usename = %s",
-                (name,),
-            )
-            admin.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+    with logins(pg_dsn) as make:
+        yield make
 
 
 def batch(batch_id: str, readings: list[dict[str, Any]]) -> wire.BatchEnvelope:
