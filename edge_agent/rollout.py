@@ -100,7 +100,6 @@ class ModelManager:
         """Every model in use, by name: the global one (a prefix of the others) first; not the
         members held but left out by ``max_models``."""
         book = self.active.book
-        left_out = set(book.left_out)
         return [
             wire.ModelState(
                 name=m.name,
@@ -108,7 +107,7 @@ class ModelManager:
                 loaded_at=datetime.fromtimestamp(self._loaded_at[m.name], UTC),
             )
             for m in sorted(book.models.values(), key=lambda m: m.name)
-            if m.name not in left_out
+            if m.name not in book.left_out
         ]
 
     # --- sources of models -----------------------------------------------------------------

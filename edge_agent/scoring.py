@@ -136,9 +136,14 @@ class ModelBook:
     limit: int = 0
     #: The members (names) that may score: not stale, within ``limit``.
     usable: frozenset[str] = field(init=False)
+    #: Members that would score some meter but for ``limit``, by name.
+    left_out: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "usable", self._usable())
+        usable = self._usable()
+        left_out = sorted(n for n in self._fresh() - usable if self._moved(usable, n) > 0)
+        object.__setattr__(self, "usable", usable)
+        object.__setattr__(self, "left_out", left_out)
 
     def __bool__(self) -> bool:
         return bool(self.models)
@@ -160,11 +165,6 @@ class ModelBook:
     def unused(self) -> list[str]:
         """Members held but not used (stale, or beyond ``limit``), by name."""
         return sorted(n for n in self.models if n != self.base and n not in self.usable)
-
-    @property
-    def left_out(self) -> list[str]:
-        """Members that would score some meter but for ``limit``, by name."""
-        return sorted(n for n in self._fresh() - self.usable if self._moved(self.usable, n) > 0)
 
     def with_model(self, model: LoadedModel) -> ModelBook:
         return replace(self, models={**self.models, model.name: model})

@@ -284,11 +284,16 @@ def _stored_password(home: SupersetHome) -> str:
         "    from superset.models.core import Database\n"
         "    print(db.session.query(Database).one().password)\n"
     )
+    return _superset_python(home, code).strip().splitlines()[-1]
+
+
+def _superset_python(home: SupersetHome, code: str) -> str:
+    """What ``code`` prints, run by Superset's Python with the home's environment."""
     done = subprocess.run(
         [home.bin("python"), "-c", code], env=home.env(), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-1000:]
-    return done.stdout.strip().splitlines()[-1]
+    return done.stdout
 
 
 def test_the_config_builds_the_sql_dialect_before_a_worker_serves(tmp_path: Path) -> None:
@@ -303,11 +308,7 @@ def test_the_config_builds_the_sql_dialect_before_a_worker_serves(tmp_path: Path
         "runpy.run_path(os.environ['SUPERSET_CONFIG_PATH'])\n"
         "print(before, Dialect._classes['clickhouse'].tokenizer_class.__module__)\n"
     )
-    done = subprocess.run(
-        [home.bin("python"), "-c", code], env=home.env(), capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-1000:]
-    assert done.stdout.split() == ["False", "sqlglot.dialects.clickhouse"]
+    assert _superset_python(home, code).split() == ["False", "sqlglot.dialects.clickhouse"]
 
 
 def test_a_home_keeps_its_secret_key_and_superset_reads_the_shared_config(tmp_path: Path) -> None:

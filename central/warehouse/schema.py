@@ -143,13 +143,15 @@ def ensure_schema(client: Client, database: str = "raw") -> None:
     client.command(f"create database if not exists {database}")
     for ddl in TABLES.values():
         client.command(ddl.format(db=database))
+    present = {
+        (str(table), str(column))
+        for table, column in client.query(
+            "select table, name from system.columns where database = {d:String}",
+            parameters={"d": database},
+        ).result_rows
+    }
     for table, column, ctype, after in ADDED_COLUMNS:
-        present = client.query(
-            "select count() from system.columns "
-            "where database = {d:String} and table = {t:String} and name = {c:String}",
-            parameters={"d": database, "t": table, "c": column},
-        ).result_rows[0][0]
-        if present:
+        if (table, column) in present:
             continue
         client.command(
             f"alter table {database}.{table} add column if not exists {column} {ctype} "
