@@ -5,7 +5,9 @@ A registry is a JSON file — a list of meter objects, or an object with ``"mete
 (``python -m simulator`` writes that as ``registry.json``) — with at least ``meter_id`` and, as
 known, ``meter_role`` (``customer`` | ``transformer``), ``transformer_id``, ``customer_class``,
 ``load_shape`` (:data:`~edge_agent.vocabulary.LOAD_SHAPES`, absent = ``continuous``) and
-``timezone`` (IANA name, where the meter's local clock is not the gateway's).
+``timezone`` (IANA name, where the meter's local clock is not the gateway's). ``central registry
+export`` writes one gateway's file from central's ``raw.meters``: ``{"gateway_id": ..., "meters":
+[...]}``, each meter with :data:`REGISTRY_KEYS`.
 """
 
 from __future__ import annotations
