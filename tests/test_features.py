@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -820,3 +822,36 @@ def test_supplied_is_supply_on_and_no_credit_bit_whatever_the_flags_dtype() -> N
     signed = np.array([-128, 0, 0, -128], dtype=np.int8)  # bit 7 set, as a signed byte
     assert supplied(on, signed, wide).tolist() == on.tolist()
     assert supplied(on, signed, 1 << 7).tolist() == [False, True, False, False]
+
+
+def test_the_gateways_features_and_clocks_do_not_import_numpy_ma() -> None:
+    """numpy.ma costs a gateway about 2 MB of memory, and np.unique (without indices) imports
+    it: the features (with their grouping check), the local clocks (both paths) and the long
+    memory get by without it. In a fresh interpreter: this one has it. (The demo's simulator
+    source runs the simulator, which needs numpy.ma.)"""
+    code = """
+import sys
+import numpy as np
+from edge_agent.features import DEFAULT_FLAG_BITS, compute_features_grouped
+from edge_agent.localtime import utc_offsets
+from edge_agent.long_memory import fold
+
+t = np.tile(np.arange(10 * 48) * 1800 + 1_700_000_000, 2)
+m = np.repeat([0, 1], 10 * 48)
+off = utc_offsets(t, "Africa/Lagos")
+years = utc_offsets(np.array([1_500_000_000, 1_700_000_000, 1_600_000_000]), "Europe/London")
+kwh = np.ones(t.size)
+on = np.ones(t.size, bool)
+usual = fold(m, t, kwh, on, off, 1800)
+x = compute_features_grouped(
+    m, t, kwh, on, np.zeros(t.size, np.uint16), np.full(t.size, np.nan), 1800,
+    DEFAULT_FLAG_BITS, utc_offset_s=off, only=np.arange(t.size - 5, t.size), usual=usual,
+)
+assert x.shape[0] == 5 and years.tolist() == [3600, 0, 3600]
+print("numpy.ma" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

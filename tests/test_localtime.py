@@ -46,6 +46,21 @@ def test_offsets_follow_the_zone_and_its_daylight_saving() -> None:
     assert utc_offsets(wild, "Africa/Lagos").tolist()[1] == 3600
 
 
+def test_offsets_over_years_match_each_reading_looked_up_alone() -> None:
+    """The path for spans of years (the distinct buckets found by a sort) gives each reading,
+    in any order and shape, repeated or not, the offset it has when looked up alone."""
+    rng = np.random.default_rng(3)
+    ts = rng.integers(epoch(2019, 1, 1), epoch(2027, 1, 1), 400)
+    ts = np.concatenate([ts, ts[:50]])
+    rng.shuffle(ts)
+    grid = ts.reshape(25, 18)
+    got = utc_offsets(grid, "Europe/London")
+    alone = [int(utc_offsets(np.array([t]), "Europe/London")[0]) for t in ts.tolist()]
+    assert got.shape == grid.shape
+    assert got.ravel().tolist() == alone
+    assert set(alone) == {0, 3600}
+
+
 @pytest.mark.parametrize(
     "name",
     ["Mars/Olympus_Mons", "../../etc/passwd", "", "Africa/lagos ", "Africa", "Etc", "x" * 300],
