@@ -111,6 +111,13 @@ def test_a_lazy_model_opens_its_session_when_it_first_scores(
     x = np.random.default_rng(2).normal(size=(500, len(FEATURE_NAMES)))
     np.testing.assert_array_equal(lazy.score(x), eager.score(x))
     assert lazy.session_open
+    # released, it keeps its graph compressed, and opens the same session again
+    lazy.release()
+    assert not lazy.session_open
+    assert 0 < len(lazy._packed or b"") < 0.6 * len(base64.b64decode(message["onnx_b64"]))
+    np.testing.assert_array_equal(lazy.score(x), eager.score(x))
+    eager.release()  # a model that did not keep its graph keeps its session
+    assert eager.session_open
     # A graph that fails its checks is refused at load, lazy or not.
     with pytest.raises(ModelRejected):
         LoadedModel(
