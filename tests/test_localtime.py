@@ -47,8 +47,9 @@ def test_offsets_follow_the_zone_and_its_daylight_saving() -> None:
 
 
 def test_offsets_over_years_match_each_reading_looked_up_alone() -> None:
-    """The path for spans of years (the distinct buckets found by a sort) gives each reading,
-    in any order and shape, repeated or not, the offset it has when looked up alone."""
+    """The path for spans of years (only the buckets that hold a reading are looked up) gives
+    each reading, in any order and shape, repeated or not, the offset it has when looked up
+    alone."""
     rng = np.random.default_rng(3)
     ts = rng.integers(epoch(2019, 1, 1), epoch(2027, 1, 1), 400)
     ts = np.concatenate([ts, ts[:50]])
