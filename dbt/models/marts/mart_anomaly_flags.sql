@@ -1,7 +1,8 @@
 -- Per customer meter and day: the rules that fired, a 0..1 anomaly score and the reasons in
 -- words. Signals: a drop against the meter's own recent baseline, consumption far below its
--- peers (same class, same day), tamper flags, edge model alerts, register rollbacks, no energy
--- while the grid was on.
+-- peers (same class and load shape, same day; the class alone when too few meters share both:
+-- an intermittent meter is low against its whole class by nature), tamper flags, edge model
+-- alerts, register rollbacks, no energy while the grid was on.
 
 with
 
@@ -17,6 +18,7 @@ daily as (
         d.flags_seen as flags_seen,
         d.max_anomaly_score as max_reading_score,
         m.customer_class as customer_class,
+        coalesce(m.load_shape, 'continuous') as load_shape,
         m.transformer_id as transformer_id,
         m.feeder_id as feeder_id
 
@@ -43,15 +45,29 @@ baselines as (
 
 ),
 
-peers as (
+class_peers as (
 
     select
         reading_date,
         customer_class,
-        median(energy_kwh) as peer_median_kwh
+        median(energy_kwh) as class_median_kwh
 
     from daily
     group by reading_date, customer_class
+
+),
+
+shape_peers as (
+
+    select
+        reading_date,
+        customer_class,
+        load_shape,
+        median(energy_kwh) as shape_median_kwh,
+        count() as shape_meter_count
+
+    from daily
+    group by reading_date, customer_class, load_shape
 
 ),
 
@@ -77,11 +93,14 @@ joined as (
         b.meter_id as meter_id,
         b.reading_date as reading_date,
         b.customer_class as customer_class,
+        b.load_shape as load_shape,
         b.transformer_id as transformer_id,
         b.feeder_id as feeder_id,
         b.energy_kwh as energy_kwh,
         b.baseline_kwh as baseline_kwh,
-        p.peer_median_kwh as peer_median_kwh,
+        sp.shape_meter_count >= {{ var('peer_min_meters') }} as is_peer_group_by_shape,
+        if(is_peer_group_by_shape, sp.shape_median_kwh, cp.class_median_kwh)
+            as peer_median_kwh,
         b.tamper_flag_count + a.tamper_alert_count as tamper_event_count,
         a.edge_anomaly_count as edge_anomaly_count,
         a.alert_count as alert_count,
@@ -90,8 +109,8 @@ joined as (
         b.baseline_day_count >= 3 and b.baseline_kwh > 0
         and b.energy_kwh < b.baseline_kwh * {{ var('consumption_drop_ratio') }}
             as is_consumption_drop,
-        p.peer_median_kwh > 0
-        and b.energy_kwh < p.peer_median_kwh * {{ var('peer_low_ratio') }}
+        peer_median_kwh > 0
+        and b.energy_kwh < peer_median_kwh * {{ var('peer_low_ratio') }}
             as is_low_vs_peers,
         b.energy_kwh = 0 and b.supply_off_count < b.reading_count as is_zero_with_supply,
         tamper_event_count > 0 as is_tamper,
@@ -101,14 +120,19 @@ joined as (
             b.baseline_kwh > 0, greatest(0, least(1, 1 - b.energy_kwh / b.baseline_kwh)), 0
         ) as drop_severity,
         if(
-            p.peer_median_kwh > 0,
-            greatest(0, least(1, 1 - b.energy_kwh / p.peer_median_kwh)),
+            peer_median_kwh > 0,
+            greatest(0, least(1, 1 - b.energy_kwh / peer_median_kwh)),
             0
         ) as peer_severity
 
     from baselines as b
-    left join peers as p
-        on b.reading_date = p.reading_date and b.customer_class = p.customer_class
+    left join class_peers as cp
+        on b.reading_date = cp.reading_date and b.customer_class = cp.customer_class
+    left join shape_peers as sp
+        on
+            b.reading_date = sp.reading_date
+            and b.customer_class = sp.customer_class
+            and b.load_shape = sp.load_shape
     left join alerts as a on b.meter_id = a.meter_id and b.reading_date = a.reading_date
 
 ),
@@ -140,8 +164,13 @@ scored as (
                 if(
                     is_low_vs_peers,
                     format(
-                        'consumption {}% below the median of its class',
-                        toString(round(100 * peer_severity))
+                        'consumption {}% below the median of its {}',
+                        toString(round(100 * peer_severity)),
+                        if(
+                            is_peer_group_by_shape,
+                            concat('class and load shape (', load_shape, ')'),
+                            'class'
+                        )
                     ),
                     ''
                 ),

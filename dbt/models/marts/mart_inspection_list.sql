@@ -114,7 +114,7 @@ scored as (
                 ),
                 if(
                     m.low_vs_peers_days > 0,
-                    format('far below its class on {} days', toString(m.low_vs_peers_days)),
+                    format('far below its peers on {} days', toString(m.low_vs_peers_days)),
                     ''
                 ),
                 if(
