@@ -109,16 +109,22 @@ def _robust_z(values: FloatArray, reference: FloatArray | None = None) -> FloatA
 
 def peer_groups(data: MeterData, customers: BoolArray) -> list[tuple[BoolArray, BoolArray]]:
     """``(members, reference)`` masks that partition the customers: a customer is compared
-    with the customers of its class and region when at least :data:`MIN_PEERS` share them,
-    else with its whole class, else with every customer."""
+    with the customers of its class, load shape and region when at least :data:`MIN_PEERS`
+    share them, else with those of its class and load shape, else with its whole class, else
+    with every customer. A load shape is a group of its own only where at least
+    :data:`MIN_PEERS` customers of the class share it: an intermittent home is far below its
+    whole class by nature, not against its like."""
     out: list[tuple[BoolArray, BoolArray]] = []
-    klass, region = data.customer_class, data.region
+    klass, shape, region = data.customer_class, data.load_shapes, data.region
     for c in np.unique(klass[customers]):
         in_class = customers & (klass == c)
         class_ref = in_class if in_class.sum() >= MIN_PEERS else customers
-        for r in np.unique(region[in_class]):
-            members = in_class & (region == r)
-            out.append((members, members if members.sum() >= MIN_PEERS else class_ref))
+        for kind in np.unique(shape[in_class]):
+            like = in_class & (shape == kind)
+            like_ref = like if like.sum() >= MIN_PEERS else class_ref
+            for r in np.unique(region[like]):
+                members = like & (region == r)
+                out.append((members, members if members.sum() >= MIN_PEERS else like_ref))
     return out
 
 

@@ -382,6 +382,36 @@ def test_customer_features_and_peer_groups() -> None:
     assert again.values[0, share] == 1.0 and again.values[1:, share].max() == 0.0
 
 
+def test_peers_share_a_load_shape_where_enough_customers_of_the_class_do() -> None:
+    """Customers of the biggest class pinned intermittent, enough of them: each is compared
+    with intermittent customers of the class only, and its continuous customers with
+    continuous ones. Too few pinned: they are compared with their whole class."""
+    data = from_fleet(FleetConfig(meters=300, days=3, seed=9))
+    klass = data.customer_class
+    names, counts = np.unique(klass[data.customers], return_counts=True)
+    big = names[np.argmax(counts)]
+    in_big = np.flatnonzero(data.customers & (klass == big))
+    assert in_big.size >= 2 * customer.MIN_PEERS + 2
+
+    def groups_of_big(intermittent: int) -> tuple[npt.NDArray[np.str_], list[Any]]:
+        shape = np.full(data.n_meters, "continuous", dtype="<U12")
+        shape[in_big[:intermittent]] = "intermittent"
+        pinned = dataclasses.replace(data, load_shape=shape)
+        groups = customer.peer_groups(pinned, pinned.customers)
+        return shape, [(m, ref) for m, ref in groups if (klass[m] == big).all()]
+
+    shape, groups = groups_of_big(customer.MIN_PEERS + 2)
+    assert {s for m, _ in groups for s in shape[m].tolist()} == {"continuous", "intermittent"}
+    for m, ref in groups:
+        assert len(set(shape[m].tolist())) == 1
+        assert set(shape[ref].tolist()) == set(shape[m].tolist())
+    shape, groups = groups_of_big(customer.MIN_PEERS - 1)
+    whole_class = data.customers & (klass == big)
+    for m, ref in groups:
+        if (shape[m] == "intermittent").all():
+            assert np.array_equal(ref, whole_class)
+
+
 def test_step_drop_remembers_a_meters_level_from_before_the_window() -> None:
     """Three meters with a daily shape over 40 days, the window the last 14: one steady, one
     stepping down to 30 % on day 10 (in the history before the window, still there), one on
