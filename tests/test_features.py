@@ -257,6 +257,18 @@ def test_input_validation() -> None:
             1800,
             BITS,
         )
+    # a NaN meter index is no meter: each NaN row would start a run of its own
+    with pytest.raises(ValueError, match="contiguous"):
+        compute_features_grouped(
+            np.where(np.arange(n) < 4, np.nan, 0.0),
+            np.arange(n),
+            m["kwh"],
+            m["supply_on"],
+            m["flags"],
+            m["register_kwh"],
+            1800,
+            BITS,
+        )
 
 
 def _random_meter(rng: np.random.Generator, days: int, interval_s: int) -> dict[str, np.ndarray]:
