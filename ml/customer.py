@@ -14,9 +14,11 @@ describes each customer over the evaluation window with a few numbers (:data:`FE
   sustained step down (over the window and up to four weeks before it: a long memory of the
   meter's own level), peak to mean;
 * **the meter against its peers** (same customer class and region; the class alone when fewer
-  than :data:`MIN_PEERS` share a region): correlation of its average daily profile with the
-  peers' median profile, level against the peers' median level, and robust z-scores (median /
-  MAD among peers) of its day-to-day spread, interval-to-interval roughness and profile flatness;
+  than :data:`MIN_PEERS` share a region; a load shape that :data:`MIN_PEERS` customers of a
+  class share counts as a class of its own: :func:`peer_groups`): correlation of its average
+  daily profile with the peers' median profile, level against the peers' median level, and
+  robust z-scores (median / MAD among peers) of its day-to-day spread, interval-to-interval
+  roughness and profile flatness;
 * **the grid** — share of its transformer's energy that no customer meter accounts for
   (transformer meter minus the sum of its customers), and the correlation between the meter's
   daily energy and that unaccounted energy (a thief who steals more on some days moves it);
@@ -109,22 +111,30 @@ def _robust_z(values: FloatArray, reference: FloatArray | None = None) -> FloatA
 
 def peer_groups(data: MeterData, customers: BoolArray) -> list[tuple[BoolArray, BoolArray]]:
     """``(members, reference)`` masks that partition the customers: a customer is compared
-    with the customers of its class, load shape and region when at least :data:`MIN_PEERS`
-    share them, else with those of its class and load shape, else with its whole class, else
-    with every customer. A load shape is a group of its own only where at least
-    :data:`MIN_PEERS` customers of the class share it: an intermittent home is far below its
-    whole class by nature, not against its like."""
+    with the customers of its class and region when at least :data:`MIN_PEERS` share them,
+    else with its whole class, else with every customer. A load shape that at least
+    :data:`MIN_PEERS` customers of a class share is a class of its own (an intermittent home is
+    far below its whole class by nature, not against its like): its customers are compared
+    with those of the class, shape and region, else of the class and shape. Customers of a
+    shape too rare in their class to be a group are compared as before, with their class."""
     out: list[tuple[BoolArray, BoolArray]] = []
     klass, shape, region = data.customer_class, data.load_shapes, data.region
     for c in np.unique(klass[customers]):
         in_class = customers & (klass == c)
         class_ref = in_class if in_class.sum() >= MIN_PEERS else customers
+        rest = in_class.copy()
         for kind in np.unique(shape[in_class]):
             like = in_class & (shape == kind)
-            like_ref = like if like.sum() >= MIN_PEERS else class_ref
+            if like.sum() < MIN_PEERS:
+                continue
+            rest &= ~like
             for r in np.unique(region[like]):
                 members = like & (region == r)
-                out.append((members, members if members.sum() >= MIN_PEERS else like_ref))
+                out.append((members, members if members.sum() >= MIN_PEERS else like))
+        for r in np.unique(region[rest]):
+            members = rest & (region == r)
+            local = in_class & (region == r)
+            out.append((members, local if local.sum() >= MIN_PEERS else class_ref))
     return out
 
 

@@ -385,7 +385,8 @@ def test_customer_features_and_peer_groups() -> None:
 def test_peers_share_a_load_shape_where_enough_customers_of_the_class_do() -> None:
     """Customers of the biggest class pinned intermittent, enough of them: each is compared
     with intermittent customers of the class only, and its continuous customers with
-    continuous ones. Too few pinned: they are compared with their whole class."""
+    continuous ones. Too few pinned: they are compared with their class (in their region when
+    enough share it), as before."""
     data = from_fleet(FleetConfig(meters=300, days=3, seed=9))
     klass = data.customer_class
     names, counts = np.unique(klass[data.customers], return_counts=True)
@@ -407,9 +408,18 @@ def test_peers_share_a_load_shape_where_enough_customers_of_the_class_do() -> No
         assert set(shape[ref].tolist()) == set(shape[m].tolist())
     shape, groups = groups_of_big(customer.MIN_PEERS - 1)
     whole_class = data.customers & (klass == big)
-    for m, ref in groups:
-        if (shape[m] == "intermittent").all():
-            assert np.array_equal(ref, whole_class)
+    rare = [(m, ref) for m, ref in groups if (shape[m] == "intermittent").all()]
+    assert rare
+    for m, ref in rare:  # their class in their region, else their whole class: both shapes
+        assert not (ref & ~whole_class).any() and ref[m].all()
+        assert set(shape[ref].tolist()) == {"continuous", "intermittent"}
+        in_region = whole_class & (data.region == data.region[m][0])
+        assert np.array_equal(ref, in_region) or np.array_equal(ref, whole_class)
+    # with every customer continuous, the groups are the class-and-region ones of before
+    plain = customer.peer_groups(data, data.customers)
+    for m, _ in plain:
+        local = data.customers & (klass == klass[m][0]) & (data.region == data.region[m][0])
+        assert np.array_equal(m, local)
 
 
 def test_step_drop_remembers_a_meters_level_from_before_the_window() -> None:
