@@ -34,6 +34,7 @@ from edge_agent.fields import (
     READING_NAMES,
     position,
 )
+from edge_agent.registry import CONTINUOUS
 from edge_agent.validate import reading_to_row
 from edge_agent.vocabulary import (
     ALERT_KINDS,
@@ -46,6 +47,7 @@ from edge_agent.vocabulary import (
     TAMPER_FLAGS,
     quarantine_reason,
 )
+from ml.customer import MIN_PEERS
 
 REPO = Path(__file__).resolve().parents[1]
 DBT = REPO / "dbt"
@@ -235,6 +237,9 @@ def test_dbt_source_declares_the_raw_readings_columns() -> None:
 def test_dbt_vars_carry_the_vocabulary() -> None:
     project = yaml.safe_load((DBT / "dbt_project.yml").read_text())
     assert tuple(project["vars"]["tamper_flags"]) == TAMPER_FLAGS
+    assert project["vars"]["default_load_shape"] == CONTINUOUS
+    # the warehouse's "far below its peers" and the central ranking form peer groups alike
+    assert project["vars"]["peer_min_meters"] == MIN_PEERS
 
 
 def _accepted_values(column: dict[str, Any]) -> list[list[str]]:

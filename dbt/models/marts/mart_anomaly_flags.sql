@@ -18,7 +18,7 @@ daily as (
         d.flags_seen as flags_seen,
         d.max_anomaly_score as max_reading_score,
         m.customer_class as customer_class,
-        coalesce(m.load_shape, 'continuous') as load_shape,
+        coalesce(m.load_shape, '{{ var("default_load_shape") }}') as load_shape,
         m.transformer_id as transformer_id,
         m.feeder_id as feeder_id
 

@@ -69,7 +69,7 @@ scored as (
         m.transformer_id as transformer_id,
         m.feeder_id as feeder_id,
         m.customer_class as customer_class,
-        coalesce(r.load_shape, 'continuous') as load_shape,
+        coalesce(r.load_shape, '{{ var("default_load_shape") }}') as load_shape,
         m.days_observed as days_observed,
         m.meter_anomaly_score as meter_anomaly_score,
         m.consumption_drop_days as consumption_drop_days,
