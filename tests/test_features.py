@@ -246,29 +246,20 @@ def test_input_validation() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         compute_features(m["ts"], m["kwh"], m["supply_on"], m["flags"], m["register_kwh"], 60, BITS)
     n = len(m["ts"])
-    with pytest.raises(ValueError, match="contiguous"):
-        compute_features_grouped(
-            np.tile([0, 1], n // 2),
-            np.arange(n),
-            m["kwh"],
-            m["supply_on"],
-            m["flags"],
-            m["register_kwh"],
-            1800,
-            BITS,
-        )
-    # a NaN meter index is no meter: each NaN row would start a run of its own
-    with pytest.raises(ValueError, match="contiguous"):
-        compute_features_grouped(
-            np.where(np.arange(n) < 4, np.nan, 0.0),
-            np.arange(n),
-            m["kwh"],
-            m["supply_on"],
-            m["flags"],
-            m["register_kwh"],
-            1800,
-            BITS,
-        )
+    # a meter's rows split in two runs; NaN meter indices (no meter: each NaN row would start a
+    # run of its own)
+    for meters in (np.tile([0, 1], n // 2), np.where(np.arange(n) < 4, np.nan, 0.0)):
+        with pytest.raises(ValueError, match="contiguous"):
+            compute_features_grouped(
+                meters,
+                np.arange(n),
+                m["kwh"],
+                m["supply_on"],
+                m["flags"],
+                m["register_kwh"],
+                1800,
+                BITS,
+            )
 
 
 def _random_meter(rng: np.random.Generator, days: int, interval_s: int) -> dict[str, np.ndarray]:
