@@ -65,6 +65,7 @@ def cmd_registry_export(args: argparse.Namespace) -> int:
     import psycopg
 
     from central.meter_registry import gateway_registry, write_registry
+    from edge_agent.registry import INTERMITTENT
 
     try:
         dsn = args.dsn or load_settings(args.config).pg_dsn
@@ -74,7 +75,7 @@ def cmd_registry_export(args: argparse.Namespace) -> int:
         print(f"registry export: {exc}".strip(), file=sys.stderr)
         return 1
     meters = registry["meters"]
-    shapes = sum(1 for m in meters if m["load_shape"] == "intermittent")
+    shapes = sum(1 for m in meters if m["load_shape"] == INTERMITTENT)
     print(
         f"{args.out}: {len(meters)} meters of gateway {args.gateway} "
         f"({shapes} intermittent); copy it to the gateway's registry_path and restart the agent"

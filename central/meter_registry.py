@@ -10,15 +10,14 @@ readings looks intermittent) are listed for a person with the shape pinned now, 
 It is run as the registry's owner (no service role may write ``raw.meters``; a dry run only
 reads), and moves ``updated_at`` so the warehouse loads the change.
 
-**Exporting a gateway's registry.**
-
-The agent learns which transformer each of its meters hangs under, each customer's class and
-load shape and any meter's own time zone from its registry file (``registry_path``,
-:mod:`edge_agent.registry`). Central's ``raw.meters`` is where those are kept, and where a load
-shape is pinned (``python -m ml load-shapes`` proposes it). This writes one gateway's file from
-there, with the keys the agent reads (:data:`edge_agent.registry.REGISTRY_KEYS`), so a shape or a
-class pinned centrally reaches the gateway the same way as its configuration: the file is
-copied to the gateway and the agent restarted (it reads the registry at start).
+**Exporting a gateway's registry.** The agent learns which transformer each of its meters hangs
+under, each customer's class and load shape and any meter's own time zone from its registry
+file (``registry_path``, :mod:`edge_agent.registry`). Central's ``raw.meters`` is where those are
+kept, and where a load shape is pinned (``python -m ml load-shapes`` proposes it). This writes
+one gateway's file from there, with the keys the agent reads
+(:data:`edge_agent.registry.REGISTRY_KEYS`), so a shape or a class pinned centrally reaches the
+gateway the same way as its configuration: the file is copied to the gateway and the agent
+restarted (it reads the registry at start).
 
 Any login that may read ``raw.meters`` will do (the loader's or ml's). The file is written
 whole or not at all (a temporary file renamed over it), and a gateway with no meter in the
@@ -29,9 +28,7 @@ global model and turn the energy balance off.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from central.files import write_atomic
 from edge_agent.registry import REGISTRY_KEYS, meter_model_keys, meter_zones
 from edge_agent.vocabulary import ID_PATTERN, LOAD_SHAPES
 
@@ -182,17 +180,6 @@ def gateway_registry(dsn: str, gateway_id: str) -> dict[str, Any]:
 
 
 def write_registry(registry: dict[str, Any], path: Path) -> None:
-    """Write ``registry`` as JSON to ``path``: a temporary file beside it, synced, renamed."""
+    """Write ``registry`` as JSON to ``path`` whole or not at all (its directory made first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(registry, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(registry, indent=1) + "\n")

@@ -230,6 +230,7 @@ def test_an_unwritable_registry_path_or_an_unreachable_database_is_a_clear_error
     for out in (tmp_path, tmp_path / "a-file" / "registry.json"):
         assert export(dsn, "GW1", out) == 1
         assert capsys.readouterr().err.startswith("registry export: ")
+    assert not tmp_path.with_name(tmp_path.name + ".tmp").exists()  # its temporary is removed
     unreachable = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
     assert export(unreachable, "GW1", tmp_path / "registry.json") == 1
     assert capsys.readouterr().err.startswith("registry export: ")
