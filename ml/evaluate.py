@@ -725,11 +725,17 @@ def check_targets(result: dict[str, Any], k: int) -> dict[str, Any]:
     return out
 
 
+def beats_rule(model: float, rule: float, goal: float) -> bool:
+    """The model beats the rule on a type: by ``goal`` or more, or at the ceiling: it detects
+    ``CEILING`` or more and no less than the rule (a near-perfect model cannot be asked to beat
+    a near-perfect rule by ``goal``; a model below the rule never counts)."""
+    return model - rule >= goal or (model >= CEILING and model >= rule)
+
+
 def _rule_margin(table: dict[str, Any], baselines: Sequence[str]) -> dict[str, Any]:
     """The model against the obvious rule at 5 % FPR, on the theft types where the rule (the
-    better of its variants) detects more than ``RULE_RELEVANT``: the smallest margin. A type is
-    beaten by the target margin, or at the ceiling (both at ``CEILING`` or more: nothing left
-    to beat it by)."""
+    better of its variants) detects more than ``RULE_RELEVANT``: the smallest margin, and
+    whether every such type is beaten (:func:`beats_rule`)."""
     model = table["model"]["at_5pct_fpr"]["detection"]
     variants = [b for b in baselines if b.startswith(OBVIOUS_RULE)]
     from simulator import THEFT_LABELS
@@ -742,7 +748,7 @@ def _rule_margin(table: dict[str, Any], baselines: Sequence[str]) -> dict[str, A
         )
         if rule > RULE_RELEVANT and model.get(t) is not None:
             margin = round(model[t] - rule, 4)
-            beaten = margin >= goal or min(model[t], rule) >= CEILING
+            beaten = beats_rule(model[t], rule, goal)
             by_type[t] = {"model": model[t], "rule": rule, "margin": margin, "met": beaten}
     value = min((v["margin"] for v in by_type.values()), default=None)
     return {

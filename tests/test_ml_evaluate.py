@@ -468,3 +468,23 @@ def test_step_drop_remembers_a_meters_level_from_before_the_window() -> None:
     )
     late = customer.customer_features(short, np.zeros((short.n_intervals, m)), 16 * per_day)
     assert late.values[1, at] == pytest.approx(0.0, abs=1e-6)  # its step is before all data
+
+
+@pytest.mark.parametrize(
+    ("model", "rule", "beaten"),
+    [
+        (0.90, 0.85, True),  # by the margin
+        (0.87, 0.86, False),  # by less, far from the ceiling
+        (0.80, 0.90, False),
+        (1.00, 0.985, True),  # the model detects all: less than the margin was left
+        (0.995, 0.995, True),  # both at the ceiling
+        (0.99, 1.00, False),  # at the ceiling, but below the rule
+        (0.985, 0.97, False),  # under the ceiling
+    ],
+)
+def test_the_model_beats_the_obvious_rule_by_the_margin_or_at_the_ceiling(
+    model: float, rule: float, beaten: bool
+) -> None:
+    from ml.evaluate import TARGETS, beats_rule
+
+    assert beats_rule(model, rule, TARGETS["margin_over_obvious_rule"]) is beaten
