@@ -29,8 +29,8 @@ describes each customer over the evaluation window with a few numbers (:data:`FE
 (``HistGradientBoostingClassifier``) trained on labelled customers (the simulator's injected
 thefts, later confirmed inspections). It learns the attacks it is shown: its figures on the
 simulator say nothing yet about theft patterns the simulator does not make (see
-``docs/detection.md``). :func:`peer_score` is an unsupervised alternative (no labels), reported by
-the evaluation for comparison.
+``docs/detection.md``). :func:`peer_score` is an unsupervised alternative (no labels: what
+``python -m ml rank`` runs); :func:`inspection_score` ranks by the two together.
 """
 
 from __future__ import annotations
@@ -386,6 +386,32 @@ def peer_score(features: CustomerFeatures) -> FloatArray:
     """Unsupervised customer score: the sum of :func:`peer_contributions`."""
     total: FloatArray = peer_contributions(features).sum(axis=1)
     return total
+
+
+def _fractional_rank(values: FloatArray) -> FloatArray:
+    """Each value's rank among ``values`` divided by their number, in (0, 1]; ties share
+    their mean rank; NaN ranks lowest."""
+    values = np.where(np.isnan(values), -np.inf, values)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]  # where each run of equal values starts
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], values.size]
+    mean_rank = (starts + 1 + ends) / 2  # 1-based ranks start+1 .. end
+    ranks = np.empty(values.size)
+    ranks[order] = mean_rank[np.cumsum(first) - 1]
+    result: FloatArray = ranks / max(values.size, 1)
+    return result
+
+
+def inspection_score(scorer: CustomerScorer, features: CustomerFeatures) -> FloatArray:
+    """The inspection list's score: the mean of the classifier's and :func:`peer_score`'s
+    fractional ranks among the customers ranked together. The classifier learns the attacks
+    and load styles it was trained on; the peer score needs no labels and carries the gateway
+    evidence, the long-memory step down and the transformer balance whatever the style, so a
+    customer the classifier has not learned to see still rises when that evidence is strong.
+    Ranks, not values: P(theft) and a sum of z-scores are on different scales."""
+    return (_fractional_rank(scorer.score(features)) + _fractional_rank(peer_score(features))) / 2
 
 
 @dataclass

@@ -24,11 +24,13 @@ What happens (per load style, ``simulator.LOAD_STYLES``, unless ``--style`` name
 4. Customer level (a customer is a thief when it has a theft reading in the window; faulty and
    honest customers are the negatives): ROC-AUC, PR-AUC, MAP@100 of the ranking (the inspection
    list; AP@k normalised by ``min(k, thieves)``), detection rate per type at 1 % / 5 % of the
-   negatives flagged. Scorers: the central customer model, the gateway score alone (mean
-   margin), the unsupervised peer score, and each baseline (mean of its reading scores, or the
-   share of readings its rule flags, whichever ranks better — the baselines' best case).
-   Plus a generalisation check: the customer model retrained without one attack type, then
-   scored on that type (leave-one-type-out).
+   negatives flagged. Scorers: the inspection score (``model``: the central customer
+   classifier and the unsupervised peer score together, ``ml.customer.inspection_score``), the
+   classifier alone, the gateway score alone (mean margin), the peer score, and each baseline
+   (mean of its reading scores, or the share of readings its rule flags, whichever ranks
+   better — the baselines' best case). Plus a generalisation check: the customer classifier
+   retrained without one attack type, then the inspection score on that type
+   (leave-one-type-out).
 5. The seed dataset's labels are reproduced (IsolationForest on ``[Electricity_Consumed,
    Avg_Past_Consumption]``, see the seed README) as a sanity check of the data path.
 
@@ -52,7 +54,13 @@ import numpy.typing as npt
 
 from ml import metrics as mt
 from ml.baselines import BASELINES, OBVIOUS_RULE
-from ml.customer import CustomerFeatures, CustomerScorer, customer_features, peer_score
+from ml.customer import (
+    CustomerFeatures,
+    CustomerScorer,
+    customer_features,
+    inspection_score,
+    peer_score,
+)
 from ml.dataset import MeterData, concat, from_fleet, reading_features
 from ml.load_shape import decide as decide_load_shape
 from ml.modelset import ModelSet, train_model_set
@@ -71,6 +79,8 @@ RECOVERY_HOURS = 2.0
 TARGET_TYPES = ("h1", "h1_fixed", "h2", "h3", "bypass")
 SUBTLE_TYPES = ("h4", "h5", "h6")
 LEAVE_STYLE_OUT = "leave_style_out"
+#: Suffix of a transfer figure of the classifier alone (without the peer score).
+CLASSIFIER_ONLY = "_classifier"
 TARGETS = {
     "customer_roc_auc": 0.95,
     "customer_map_at_100": 0.90,
@@ -527,8 +537,12 @@ def assess(
     theft, kind = _customer_truth(eval_data, start, cols)
     customer: dict[str, Any] = {}
     aggregation: dict[str, str] = {}
-    model_scores = scorer.score(feats)
-    customer["model"] = customer_report(model_scores, theft, kind, cfg.k, FAULT_LABELS)
+    # The inspection list ranks by the classifier and the peer score together; the classifier
+    # alone is reported beside it.
+    customer["model"] = customer_report(
+        inspection_score(scorer, feats), theft, kind, cfg.k, FAULT_LABELS
+    )
+    customer["classifier"] = customer_report(scorer.score(feats), theft, kind, cfg.k, FAULT_LABELS)
     edge_mean = mt.aggregate_per_customer(margin, rows & eval_data.valid, "mean")[cols]
     customer["edge_score_mean"] = customer_report(
         np.nan_to_num(edge_mean, nan=-1.0), theft, kind, cfg.k, FAULT_LABELS
@@ -536,10 +550,10 @@ def assess(
     customer["peer_unsupervised"] = customer_report(
         peer_score(feats), theft, kind, cfg.k, FAULT_LABELS
     )
-    transfer_auc = {
-        name: mt.roc_auc(theft, other_scorer.score(feats))
-        for name, other_scorer in (transfer or {}).items()
-    }
+    transfer_auc: dict[str, float | None] = {}
+    for name, other_scorer in (transfer or {}).items():
+        transfer_auc[name] = mt.roc_auc(theft, inspection_score(other_scorer, feats))
+        transfer_auc[f"{name}{CLASSIFIER_ONLY}"] = mt.roc_auc(theft, other_scorer.score(feats))
     for name, (s, cut, seen_rows) in baseline_scores.items():
         how, agg = _best_aggregate(s, cut, seen_rows, cols, theft)
         aggregation[name] = how
@@ -651,15 +665,15 @@ def leave_one_type_out(
     fpr: float = 0.05,
 ) -> dict[str, float]:
     """For each theft type: retrain the customer scorer without that type's thieves, and give
-    the share of that type's thieves it flags at ``fpr`` of the negatives."""
+    the share of that type's thieves the inspection score (:func:`inspection_score`) flags at
+    ``fpr`` of the negatives."""
     out: dict[str, float] = {}
     for name in theft_labels:
         if not (kind == name).any() or not (kind_tr == name).any():
             continue
         keep = kind_tr != name
         sub = feats_tr.rows(keep)
-        scorer = CustomerScorer(max_iter=150).fit(sub, theft_tr[keep])
-        s = scorer.score(feats)
+        s = inspection_score(CustomerScorer(max_iter=150).fit(sub, theft_tr[keep]), feats)
         out[name] = mt.detection_rate_at_fpr(s, ~theft, np.where(theft, kind, ""), fpr)[name]
     return out
 

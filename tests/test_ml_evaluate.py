@@ -154,6 +154,9 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path, style: str | None)
             assert set(result["styles"][s]["targets"]) < per_style  # plus leave_style_out
             out_of_style = result["targets"][f"customer_roc_auc_leave_style_out_{s}"]
             assert 0.0 <= out_of_style["value"] <= 1.0 and out_of_style["target"] == 0.9
+            transfer = result["styles"][s]["customer_transfer_roc_auc"]
+            assert out_of_style["value"] == transfer["leave_style_out"]
+            assert 0.0 <= transfer["leave_style_out_classifier"] <= 1.0  # reported beside it
         return
     assert result["style"] == style and result["config"]["train_styles"] == [style]
     assert result["train_fleet"]["seed"] == 11 and result["eval_fleet"]["seed"] == 21
@@ -176,7 +179,7 @@ def test_evaluate_tiny_fleet_prints_json_last(tmp_path: Path, style: str | None)
         assert r["shedding_readings"] > 0 and r["after_shedding_readings"] > 0
         for key in ("native", "at_1pct_fpr", "at_5pct_fpr"):
             assert {"fpr_after_shedding", "fpr_after_no_credit"} <= set(r[key])
-    for name in ["model", "edge_score_mean", "peer_unsupervised", *baselines]:
+    for name in ["model", "classifier", "edge_score_mean", "peer_unsupervised", *baselines]:
         c = result["customer"][name]
         assert {"roc_auc", "pr_auc", "map_at_100", "at_1pct_fpr", "at_5pct_fpr"} <= set(c)
         assert 0.0 <= c["map_at_100"] <= 1.0
@@ -241,8 +244,12 @@ def test_a_scorer_that_knows_nothing_fails_every_bound(
     def score(self: customer.CustomerScorer, feats: customer.CustomerFeatures) -> Any:
         return useless(feats.meter_index.shape)
 
+    def peers(feats: customer.CustomerFeatures) -> Any:
+        return useless(feats.meter_index.shape)
+
     monkeypatch.setattr(ModelSet, "margins", margins)
     monkeypatch.setattr(customer.CustomerScorer, "score", score)
+    monkeypatch.setattr(customer, "peer_score", peers)  # the inspection list's other half
     result = _run_small(tmp_path)
     assert set(shortfalls(result)) == set(QUALITY_BOUNDS), quality(result)
 
@@ -488,3 +495,36 @@ def test_the_model_beats_the_obvious_rule_by_the_margin_or_at_the_ceiling(
     from ml.evaluate import TARGETS, beats_rule
 
     assert beats_rule(model, rule, TARGETS["margin_over_obvious_rule"]) is beaten
+
+
+def test_the_inspection_score_averages_the_classifiers_and_the_peer_scores_ranks() -> None:
+    data = from_fleet(FleetConfig(meters=120, days=10, seed=9, theft_share=0.2))
+    feats = customer.customer_features(data, np.zeros(data.kwh.shape), data.window_start(7))
+    theft = np.zeros(feats.meter_index.size, dtype=bool)
+    theft[::5] = True
+    scorer = customer.CustomerScorer(max_iter=20).fit(feats, theft)
+    n = feats.meter_index.size
+
+    def ranks(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.argsort(np.argsort(v, kind="stable"), kind="stable") + 1.0
+
+    tied = np.array([3.0, 1.0, np.nan, 1.0, 2.0])
+    assert customer._fractional_rank(tied).tolist() == [1.0, 0.5, 0.2, 0.5, 0.8]
+    got = customer.inspection_score(scorer, feats)
+    c, p = scorer.score(feats), customer.peer_score(feats)
+    assert got.shape == (n,) and ((got > 0) & (got <= 1)).all()
+    if np.unique(c).size == n and np.unique(p).size == n:
+        assert np.allclose(got, (ranks(c) + ranks(p)) / (2 * n))
+    # Scales do not matter, only order: the classifier's P(theft) squashed changes nothing.
+    cubed = dataclasses.replace(scorer)
+    cubed.score = lambda f: scorer.score(f) ** 3 / 10  # type: ignore[method-assign]
+    assert np.array_equal(customer.inspection_score(cubed, feats), got)
+    # The customer the peer score puts first is in the top half whatever the classifier says.
+    top = int(np.argmax(p))
+    assert got[top] > 0.5
+    # Ties share their mean rank: a classifier that cannot tell anyone apart leaves the order
+    # to the peer score.
+    flat = dataclasses.replace(scorer)
+    flat.score = lambda f: np.zeros(f.values.shape[0])  # type: ignore[method-assign]
+    even = customer.inspection_score(flat, feats)
+    assert np.array_equal(np.argsort(even, kind="stable"), np.argsort(p, kind="stable"))
