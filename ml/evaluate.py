@@ -816,7 +816,7 @@ def summary_lines(result: dict[str, Any], k: int = 100) -> list[str]:
     unseen = result["customer_model_unseen_type_detection_at_5pct_fpr"]
     if unseen:
         lines.append(
-            "customer model, type left out of training, detection @5pct FPR: "
+            "inspection score, type left out of the classifier's training, detection @5pct FPR: "
             + ", ".join(f"{t} {v:.2f}" for t, v in unseen.items())
         )
     lines.append(f"seed labels: {result['seed_labels']}")
