@@ -404,14 +404,15 @@ def _fractional_rank(values: FloatArray) -> FloatArray:
     return result
 
 
-def inspection_score(scorer: CustomerScorer, features: CustomerFeatures) -> FloatArray:
-    """The inspection list's score: the mean of the classifier's and :func:`peer_score`'s
-    fractional ranks among the customers ranked together. The classifier learns the attacks
+def inspection_score(classifier: FloatArray, peer: FloatArray) -> FloatArray:
+    """The inspection list's score from the classifier's scores (:class:`CustomerScorer`) and
+    :func:`peer_score`'s of the same customers: the mean of their fractional ranks among the
+    customers ranked together. The classifier learns the attacks
     and load styles it was trained on; the peer score needs no labels and carries the gateway
     evidence, the long-memory step down and the transformer balance whatever the style, so a
     customer the classifier has not learned to see still rises when that evidence is strong.
     Ranks, not values: P(theft) and a sum of z-scores are on different scales."""
-    return (_fractional_rank(scorer.score(features)) + _fractional_rank(peer_score(features))) / 2
+    return (_fractional_rank(classifier) + _fractional_rank(peer)) / 2
 
 
 @dataclass

@@ -539,21 +539,21 @@ def assess(
     aggregation: dict[str, str] = {}
     # The inspection list ranks by the classifier and the peer score together; the classifier
     # alone is reported beside it.
+    classifier, peers = scorer.score(feats), peer_score(feats)
     customer["model"] = customer_report(
-        inspection_score(scorer, feats), theft, kind, cfg.k, FAULT_LABELS
+        inspection_score(classifier, peers), theft, kind, cfg.k, FAULT_LABELS
     )
-    customer["classifier"] = customer_report(scorer.score(feats), theft, kind, cfg.k, FAULT_LABELS)
+    customer["classifier"] = customer_report(classifier, theft, kind, cfg.k, FAULT_LABELS)
     edge_mean = mt.aggregate_per_customer(margin, rows & eval_data.valid, "mean")[cols]
     customer["edge_score_mean"] = customer_report(
         np.nan_to_num(edge_mean, nan=-1.0), theft, kind, cfg.k, FAULT_LABELS
     )
-    customer["peer_unsupervised"] = customer_report(
-        peer_score(feats), theft, kind, cfg.k, FAULT_LABELS
-    )
+    customer["peer_unsupervised"] = customer_report(peers, theft, kind, cfg.k, FAULT_LABELS)
     transfer_auc: dict[str, float | None] = {}
     for name, other_scorer in (transfer or {}).items():
-        transfer_auc[name] = mt.roc_auc(theft, inspection_score(other_scorer, feats))
-        transfer_auc[f"{name}{CLASSIFIER_ONLY}"] = mt.roc_auc(theft, other_scorer.score(feats))
+        scores = other_scorer.score(feats)
+        transfer_auc[name] = mt.roc_auc(theft, inspection_score(scores, peers))
+        transfer_auc[f"{name}{CLASSIFIER_ONLY}"] = mt.roc_auc(theft, scores)
     for name, (s, cut, seen_rows) in baseline_scores.items():
         how, agg = _best_aggregate(s, cut, seen_rows, cols, theft)
         aggregation[name] = how
@@ -668,12 +668,13 @@ def leave_one_type_out(
     the share of that type's thieves the inspection score (:func:`inspection_score`) flags at
     ``fpr`` of the negatives."""
     out: dict[str, float] = {}
+    peers = peer_score(feats)
     for name in theft_labels:
         if not (kind == name).any() or not (kind_tr == name).any():
             continue
         keep = kind_tr != name
-        sub = feats_tr.rows(keep)
-        s = inspection_score(CustomerScorer(max_iter=150).fit(sub, theft_tr[keep]), feats)
+        scorer = CustomerScorer(max_iter=150).fit(feats_tr.rows(keep), theft_tr[keep])
+        s = inspection_score(scorer.score(feats), peers)
         out[name] = mt.detection_rate_at_fpr(s, ~theft, np.where(theft, kind, ""), fpr)[name]
     return out
 
