@@ -30,7 +30,7 @@ describes each customer over the evaluation window with a few numbers (:data:`FE
 thefts, later confirmed inspections). It learns the attacks it is shown: its figures on the
 simulator say nothing yet about theft patterns the simulator does not make (see
 ``docs/detection.md``). :func:`peer_score` is an unsupervised alternative (no labels: what
-``python -m ml rank`` runs); :func:`inspection_score` ranks by the two together.
+``python -m ml rank`` runs); :func:`combined_rank` ranks by the two together.
 """
 
 from __future__ import annotations
@@ -404,14 +404,15 @@ def _fractional_rank(values: FloatArray) -> FloatArray:
     return result
 
 
-def inspection_score(classifier: FloatArray, peer: FloatArray) -> FloatArray:
-    """The inspection list's score from the classifier's scores (:class:`CustomerScorer`) and
-    :func:`peer_score`'s of the same customers: the mean of their fractional ranks among the
-    customers ranked together. The classifier learns the attacks
-    and load styles it was trained on; the peer score needs no labels and carries the gateway
-    evidence, the long-memory step down and the transformer balance whatever the style, so a
-    customer the classifier has not learned to see still rises when that evidence is strong.
-    Ranks, not values: P(theft) and a sum of z-scores are on different scales."""
+def combined_rank(classifier: FloatArray, peer: FloatArray) -> FloatArray:
+    """A customer score from the classifier's (:class:`CustomerScorer`) and :func:`peer_score`'s
+    scores of the same customers: the mean of their fractional ranks among the customers ranked
+    together. The classifier learns the attacks and load styles it was trained on; the peer
+    score needs no labels and carries the gateway evidence, the long-memory step down and the
+    transformer balance whatever the style, so a customer the classifier has not learned to see
+    still rises when that evidence is strong. Ranks, not values: P(theft) and a sum of z-scores
+    are on different scales. (Not the warehouse's ``mart_inspection_list.inspection_score``,
+    a weighted sum of other evidence.)"""
     return (_fractional_rank(classifier) + _fractional_rank(peer)) / 2
 
 

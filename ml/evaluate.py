@@ -24,12 +24,12 @@ What happens (per load style, ``simulator.LOAD_STYLES``, unless ``--style`` name
 4. Customer level (a customer is a thief when it has a theft reading in the window; faulty and
    honest customers are the negatives): ROC-AUC, PR-AUC, MAP@100 of the ranking (the inspection
    list; AP@k normalised by ``min(k, thieves)``), detection rate per type at 1 % / 5 % of the
-   negatives flagged. Scorers: the inspection score (``model``: the central customer
-   classifier and the unsupervised peer score together, ``ml.customer.inspection_score``), the
+   negatives flagged. Scorers: the combined rank (``model``: the central customer
+   classifier and the unsupervised peer score together, ``ml.customer.combined_rank``), the
    classifier alone, the gateway score alone (mean margin), the peer score, and each baseline
    (mean of its reading scores, or the share of readings its rule flags, whichever ranks
    better — the baselines' best case). Plus a generalisation check: the customer classifier
-   retrained without one attack type, then the inspection score on that type
+   retrained without one attack type, then the combined rank on that type
    (leave-one-type-out).
 5. The seed dataset's labels are reproduced (IsolationForest on ``[Electricity_Consumed,
    Avg_Past_Consumption]``, see the seed README) as a sanity check of the data path.
@@ -57,8 +57,8 @@ from ml.baselines import BASELINES, OBVIOUS_RULE
 from ml.customer import (
     CustomerFeatures,
     CustomerScorer,
+    combined_rank,
     customer_features,
-    inspection_score,
     peer_score,
 )
 from ml.dataset import MeterData, concat, from_fleet, reading_features
@@ -541,7 +541,7 @@ def assess(
     # alone is reported beside it.
     classifier, peers = scorer.score(feats), peer_score(feats)
     customer["model"] = customer_report(
-        inspection_score(classifier, peers), theft, kind, cfg.k, FAULT_LABELS
+        combined_rank(classifier, peers), theft, kind, cfg.k, FAULT_LABELS
     )
     customer["classifier"] = customer_report(classifier, theft, kind, cfg.k, FAULT_LABELS)
     edge_mean = mt.aggregate_per_customer(margin, rows & eval_data.valid, "mean")[cols]
@@ -552,7 +552,7 @@ def assess(
     transfer_auc: dict[str, float | None] = {}
     for name, other_scorer in (transfer or {}).items():
         scores = other_scorer.score(feats)
-        transfer_auc[name] = mt.roc_auc(theft, inspection_score(scores, peers))
+        transfer_auc[name] = mt.roc_auc(theft, combined_rank(scores, peers))
         transfer_auc[f"{name}{CLASSIFIER_ONLY}"] = mt.roc_auc(theft, scores)
     for name, (s, cut, seen_rows) in baseline_scores.items():
         how, agg = _best_aggregate(s, cut, seen_rows, cols, theft)
@@ -665,7 +665,7 @@ def leave_one_type_out(
     fpr: float = 0.05,
 ) -> dict[str, float]:
     """For each theft type: retrain the customer scorer without that type's thieves, and give
-    the share of that type's thieves the inspection score (:func:`inspection_score`) flags at
+    the share of that type's thieves the combined rank (:func:`combined_rank`) flags at
     ``fpr`` of the negatives."""
     out: dict[str, float] = {}
     peers = peer_score(feats)
@@ -674,7 +674,7 @@ def leave_one_type_out(
             continue
         keep = kind_tr != name
         scorer = CustomerScorer(max_iter=150).fit(feats_tr.rows(keep), theft_tr[keep])
-        s = inspection_score(scorer.score(feats), peers)
+        s = combined_rank(scorer.score(feats), peers)
         out[name] = mt.detection_rate_at_fpr(s, ~theft, np.where(theft, kind, ""), fpr)[name]
     return out
 
@@ -817,7 +817,7 @@ def summary_lines(result: dict[str, Any], k: int = 100) -> list[str]:
     unseen = result["customer_model_unseen_type_detection_at_5pct_fpr"]
     if unseen:
         lines.append(
-            "inspection score, type left out of the classifier's training, detection @5pct FPR: "
+            "combined rank, type left out of the classifier's training, detection @5pct FPR: "
             + ", ".join(f"{t} {v:.2f}" for t, v in unseen.items())
         )
     lines.append(f"seed labels: {result['seed_labels']}")

@@ -497,7 +497,7 @@ def test_the_model_beats_the_obvious_rule_by_the_margin_or_at_the_ceiling(
     assert beats_rule(model, rule, TARGETS["margin_over_obvious_rule"]) is beaten
 
 
-def test_the_inspection_score_averages_the_classifiers_and_the_peer_scores_ranks() -> None:
+def test_the_combined_rank_averages_the_classifiers_and_the_peer_scores_ranks() -> None:
     data = from_fleet(FleetConfig(meters=120, days=10, seed=9, theft_share=0.2))
     feats = customer.customer_features(data, np.zeros(data.kwh.shape), data.window_start(7))
     theft = np.zeros(feats.meter_index.size, dtype=bool)
@@ -511,16 +511,16 @@ def test_the_inspection_score_averages_the_classifiers_and_the_peer_scores_ranks
     tied = np.array([3.0, 1.0, np.nan, 1.0, 2.0])
     assert customer._fractional_rank(tied).tolist() == [1.0, 0.5, 0.2, 0.5, 0.8]
     c, p = scorer.score(feats), customer.peer_score(feats)
-    got = customer.inspection_score(c, p)
+    got = customer.combined_rank(c, p)
     assert got.shape == (n,) and ((got > 0) & (got <= 1)).all()
     if np.unique(c).size == n and np.unique(p).size == n:
         assert np.allclose(got, (ranks(c) + ranks(p)) / (2 * n))
     # Scales do not matter, only order: the classifier's P(theft) squashed changes nothing.
-    assert np.array_equal(customer.inspection_score(c**3 / 10, p), got)
+    assert np.array_equal(customer.combined_rank(c**3 / 10, p), got)
     # The customer the peer score puts first is in the top half whatever the classifier says.
     top = int(np.argmax(p))
     assert got[top] > 0.5
     # Ties share their mean rank: a classifier that cannot tell anyone apart leaves the order
     # to the peer score.
-    even = customer.inspection_score(np.zeros(n), p)
+    even = customer.combined_rank(np.zeros(n), p)
     assert np.array_equal(np.argsort(even, kind="stable"), np.argsort(p, kind="stable"))
