@@ -6,7 +6,7 @@ refreshes two fresh embedded warehouses from it, the same steps either way:
 * ``manual_s``: the steps run directly, one after the other (``central/orchestration/steps.py``:
   load, one ``dbt build``, the quality gate, publish), as an operator would run the commands;
 * ``dag_s``: ``warehouse_refresh`` through Airflow (``dag.test()`` under ``.venv-airflow``, the
-  driver ``tests/airflow/run_dag.py``), including its per-node tasks;
+  driver ``tests/airflow/run_dag.py``), including its per-model tasks;
 * ``dag_parse_s``: the time to import the DAG folder (DagBag);
 * ``marts_rows``: rows in the marts the DAG published (and the same figure for the manual run,
   which must match).

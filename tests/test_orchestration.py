@@ -142,10 +142,16 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     nodes = first["xcom"]["dbt_build:nodes"]
     assert {n["kind"] for n in nodes} >= {"model", "test", "unit_test"}, "the unit tests ran"
     assert {n["status"] for n in nodes} <= {"success", "pass"}
-    # One task instance per dbt node, named by the node: the per-model view of the grid.
-    per_node = {k: v for k, v in first["tasks"].items() if k.startswith("dbt_node[")}
-    assert len(per_node) == len(nodes) and set(per_node.values()) == {"success"}, per_node
-    assert "dbt_node[model mart_energy_balance]" in per_node
+    # One task instance per model (and per source with tests), named by it: the per-model view
+    # of the grid, each model's data and unit tests folded into its instance.
+    per_model = {k: v for k, v in first["tasks"].items() if k.startswith("dbt_model[")}
+    models = {n["model"] for n in nodes}
+    assert {n["name"] for n in nodes if n["kind"] == "model"} <= {m[6:] for m in models}
+    assert len(per_model) == len(models) < len(nodes), per_model
+    assert set(per_model.values()) == {"success"}, per_model
+    assert "dbt_model[model mart_energy_balance]" in per_model
+    checked = [n for n in nodes if n["model"] == "model mart_energy_balance"]
+    assert {n["kind"] for n in checked} == {"model", "test", "unit_test"}, checked
     marts = first["xcom"]["publish"]
     assert marts["mart_consumption_metrics"] > 0 and marts["mart_energy_balance"] > 0, marts
     print(f"warehouse_refresh: {first['seconds']} s, marts {marts}")
@@ -187,7 +193,7 @@ def balance_rows(warehouse: Path, schema: str = "marts") -> list[tuple[Any, ...]
         client.close()
 
 
-# Five runs, each ~150 task processes on two cores. The timeout guards against a hang, not a
+# Five runs, each ~35 task processes on two cores. The timeout guards against a hang, not a
 # speed: on a slow day the machine takes twice as long as usual.
 @pytest.mark.timeout(1800)
 def test_the_scheduler_runs_a_backfill_of_a_date_range_and_again_without_doubling(

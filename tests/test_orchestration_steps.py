@@ -1,5 +1,5 @@
 """The orchestration steps' own logic, without Airflow: which window a run reloads, and how
-dbt's run results become the per-node view."""
+dbt's run results become the per-model view."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from central.orchestration.steps import NODE_OK, node_results, reload_window
+from central.orchestration.steps import NODE_OK, node_results, per_model, reload_window
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 P = timedelta(minutes=15)
@@ -51,3 +51,117 @@ def test_run_results_become_one_named_entry_per_node(tmp_path: Path) -> None:
     assert nodes[1]["message"] == "Got 3 results" and nodes[2]["message"] == ""
     assert nodes[0]["seconds"] == 1.235
     assert [n["status"] in NODE_OK for n in nodes] == [True, False, True, False]
+
+
+def write_build(tmp_path: Path, results: list[tuple[str, str, str | None]]) -> Path:
+    """A run_results.json of these (unique id, status, message) and the manifest.json dbt
+    writes beside it: which model each test checks; its path."""
+    manifest = {
+        "nodes": {
+            "model.eiot.stg_x": {"depends_on": {"nodes": ["source.eiot.raw.readings"]}},
+            "model.eiot.mart_x": {"depends_on": {"nodes": ["model.eiot.stg_x"]}},
+            "model.eiot.mart_after": {"depends_on": {"nodes": ["model.eiot.mart_x"]}},
+            "test.eiot.source_not_null_raw_readings_ts.ad2ae718da": {
+                "attached_node": None,
+                "depends_on": {"nodes": ["source.eiot.raw.readings"]},
+            },
+            "test.eiot.not_null_mart_x_meter_id.2d05fea695": {
+                "attached_node": "model.eiot.mart_x",
+                "depends_on": {"nodes": ["model.eiot.mart_x"]},
+            },
+            "test.eiot.relationships_mart_x_meter_id.5a1f": {  # defined on mart_x
+                "attached_node": "model.eiot.mart_x",
+                "depends_on": {"nodes": ["model.eiot.stg_x", "model.eiot.mart_x"]},
+            },
+            "test.eiot.rows_match.77aa": {  # singular: attached to no node
+                "attached_node": None,
+                "depends_on": {"nodes": ["model.eiot.stg_x", "model.eiot.mart_x"]},
+            },
+        },
+        "unit_tests": {
+            "unit_test.eiot.mart_x.flags_a_drop": {
+                "model": "mart_x",
+                "depends_on": {"nodes": ["model.eiot.mart_x"]},
+            }
+        },
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    path = tmp_path / "run_results.json"
+    path.write_text(
+        json.dumps(
+            {
+                "results": [
+                    {"unique_id": u, "status": s, "message": m, "execution_time": 0.5}
+                    for u, s, m in results
+                ]
+            }
+        )
+    )
+    return path
+
+
+def test_each_test_belongs_to_the_model_it_checks_and_fails_it(tmp_path: Path) -> None:
+    path = write_build(
+        tmp_path,
+        [
+            ("test.eiot.source_not_null_raw_readings_ts.ad2ae718da", "pass", None),
+            ("model.eiot.stg_x", "success", "OK"),
+            ("unit_test.eiot.mart_x.flags_a_drop", "pass", None),
+            ("model.eiot.mart_x", "success", "OK"),
+            ("test.eiot.not_null_mart_x_meter_id.2d05fea695", "fail", "Got 3 results"),
+            ("test.eiot.relationships_mart_x_meter_id.5a1f", "warn", "Got 1 result"),
+            ("test.eiot.rows_match.77aa", "pass", None),
+            ("model.eiot.mart_after", "success", "OK"),
+        ],
+    )
+    nodes = node_results(path, path.with_name("manifest.json"))
+    assert [n["model"] for n in nodes] == [
+        "source raw.readings",
+        "model stg_x",
+        "model mart_x",
+        "model mart_x",
+        "model mart_x",
+        "model mart_x",
+        "model stg_x",  # the first model a singular test depends on
+        "model mart_after",
+    ]
+    view = {m["name"]: m for m in per_model(nodes)}
+    assert list(view) == ["source raw.readings", "model stg_x", "model mart_x", "model mart_after"]
+    assert {k: m["status"] for k, m in view.items()} == {
+        "source raw.readings": "success",
+        "model stg_x": "success",
+        "model mart_x": "failed",  # built, but one of its tests failed (a warning does not)
+        "model mart_after": "success",
+    }
+    assert view["model mart_x"]["message"] == "test not_null_mart_x_meter_id: fail Got 3 results"
+    assert [n["kind"] for n in view["model mart_x"]["nodes"]] == [
+        "unit_test",
+        "model",
+        "test",
+        "test",
+    ]
+    assert view["model mart_x"]["seconds"] == 2.0
+    # without the manifest each node stands alone
+    assert [m["name"] for m in per_model(node_results(path))][:3] == [
+        "test source_not_null_raw_readings_ts",
+        "model stg_x",
+        "unit_test mart_x.flags_a_drop",
+    ]
+
+
+def test_a_failed_model_fails_its_view_and_what_dbt_skipped_is_skipped(tmp_path: Path) -> None:
+    path = write_build(
+        tmp_path,
+        [
+            ("model.eiot.stg_x", "success", "OK"),
+            ("unit_test.eiot.mart_x.flags_a_drop", "pass", None),
+            ("model.eiot.mart_x", "error", "Code: 47. Unknown identifier"),
+            ("test.eiot.not_null_mart_x_meter_id.2d05fea695", "skipped", None),
+            ("model.eiot.mart_after", "skipped", "SKIP"),
+        ],
+    )
+    view = {m["name"]: m for m in per_model(node_results(path, path.with_name("manifest.json")))}
+    assert view["model mart_x"]["status"] == "failed"
+    assert view["model mart_x"]["message"] == "model mart_x: error Code: 47. Unknown identifier"
+    assert view["model mart_after"]["status"] == "skipped"
+    assert view["model stg_x"]["status"] == "success"

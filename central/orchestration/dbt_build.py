@@ -6,8 +6,9 @@ with dbt's own threads. One task per model (Cosmos's ``DbtTaskGroup``) starts on
 node and parses the project each time, which made the DAG several times slower than the plain
 command; Cosmos's watcher mode runs one process too but its sensors hang under ``dag.test()``.
 So the build is one task, and the per-model view comes after it: the operator's callback reads
-dbt's ``run_results.json`` into the XCom ``nodes``, and ``warehouse_refresh`` maps one task
-instance per node over it, named by the node, failing where the node failed.
+dbt's ``run_results.json`` (and, from ``manifest.json``, which model each test checks) into the
+XCom ``nodes``, and ``warehouse_refresh`` maps one task instance per model over it, named by the
+model, failing where the model or one of its tests failed.
 
 The embedded warehouse is served over HTTP for the duration of the build (dbt-clickhouse speaks
 HTTP), as ``central warehouse dbt`` does. The marts are built into the build database
@@ -31,10 +32,11 @@ NODES_KEY = "nodes"
 
 
 def push_nodes(project_dir: str, context: Any = None, **_: Any) -> None:
-    """Cosmos callback (after dbt ran, failed or not): the nodes' results into XCom."""
-    target = os.environ.get("DBT_TARGET_PATH") or Path(project_dir) / "target"
-    results = Path(target) / "run_results.json"
-    nodes = steps.node_results(results) if results.exists() else []
+    """Cosmos callback (after dbt ran, failed or not): the nodes' results, each with the model it
+    checks, into XCom."""
+    target = Path(os.environ.get("DBT_TARGET_PATH") or Path(project_dir) / "target")
+    results = target / "run_results.json"
+    nodes = steps.node_results(results, target / "manifest.json") if results.exists() else []
     context["ti"].xcom_push(key=NODES_KEY, value=nodes)
 
 

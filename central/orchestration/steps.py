@@ -88,27 +88,83 @@ def build_marts(s: WarehouseSettings, target_path: Path) -> dict[str, Any]:
     return {"nodes": len(nodes), "results": nodes}
 
 
-def node_results(path: Path) -> list[dict[str, Any]]:
+def node_results(path: Path, manifest: Path | None = None) -> list[dict[str, Any]]:
     """One entry per dbt node of a ``run_results.json``: its id, kind, name, status, seconds and
-    message (a failing test's message says how many rows failed)."""
+    message (a failing test's message says how many rows failed); with dbt's ``manifest.json``,
+    also ``model``: the model (or source) the node checks, as ``"<kind> <name>"`` (a model is
+    its own)."""
     results = json.loads(path.read_text())["results"]
+    owners = _owners(json.loads(manifest.read_text())) if manifest and manifest.exists() else {}
     nodes = []
     for r in results:
-        kind, _, rest = str(r["unique_id"]).partition(".")
-        name = rest.split(".", 1)[-1]  # without the project
-        if kind == "test":
-            name = name.rsplit(".", 1)[0]  # without dbt's hash
+        uid = str(r["unique_id"])
+        kind, name = _kind_name(uid)
         nodes.append(
             {
-                "id": r["unique_id"],
+                "id": uid,
                 "kind": kind,
                 "name": name,
                 "status": r["status"],
                 "seconds": round(float(r.get("execution_time") or 0.0), 3),
                 "message": (r.get("message") or "")[:300],
+                "model": " ".join(_kind_name(owners.get(uid, uid))),
             }
         )
     return nodes
+
+
+def _kind_name(unique_id: str) -> tuple[str, str]:
+    """("test", "not_null_x_id") of "test.eiot.not_null_x_id.2d05fea695": the kind and the name
+    without the project (and without a test's hash)."""
+    kind, _, rest = unique_id.partition(".")
+    name = rest.split(".", 1)[-1]
+    if kind == "test":
+        name = name.rsplit(".", 1)[0]
+    return kind, name
+
+
+def _owners(manifest: dict[str, Any]) -> dict[str, str]:
+    """Test or unit test id → the id of the model (or source) it checks: the node a generic
+    test is attached to, else the first model it depends on (as dbt lists them), else its first
+    dependency (a source)."""
+    owners = {}
+    tests = {k: v for k, v in manifest.get("nodes", {}).items() if k.startswith("test.")}
+    for uid, node in {**tests, **manifest.get("unit_tests", {})}.items():
+        deps = node.get("depends_on", {}).get("nodes", [])
+        models = [d for d in deps if d.startswith("model.")]
+        owner = node.get("attached_node") or next(iter(models or deps), None)
+        if owner:
+            owners[uid] = owner
+    return owners
+
+
+def per_model(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-model view of a build: one entry per model (or source) with its data tests and
+    unit tests, in the order dbt ran them. Its status is ``failed`` when the model or one of
+    its tests failed (the message names each), ``skipped`` when dbt skipped them all (an
+    upstream model failed), else ``success``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        groups.setdefault(n.get("model") or f"{n['kind']} {n['name']}", []).append(n)
+    view = []
+    for name, members in groups.items():
+        failing = [n for n in members if n["status"] not in NODE_OK | {"skipped"}]
+        skipped = all(n["status"] == "skipped" for n in members)
+        view.append(
+            {
+                "name": name,
+                "status": "failed" if failing else "skipped" if skipped else "success",
+                "seconds": round(sum(n["seconds"] for n in members), 3),
+                "message": "; ".join(
+                    f"{n['kind']} {n['name']}: {n['status']} {n['message']}".strip()
+                    for n in failing
+                )[:1000],
+                "nodes": [
+                    {k: n[k] for k in ("kind", "name", "status", "seconds")} for n in members
+                ],
+            }
+        )
+    return view
 
 
 def quality_gate(s: WarehouseSettings, docs_dir: Path) -> dict[str, Any]:

@@ -11,8 +11,9 @@ dashboards and training read. Only then is the **`marts`** asset updated, which 
   nothing). A run whose interval ended more than two periods ago (a backfill, an old run
   cleared) reloads the rows that arrived in its interval instead; running it again changes
   nothing.
-* **dbt_build**: one `dbt build` (Cosmos, one dbt process); **dbt_node** shows one instance per
-  model, test and unit test (named by the node; it fails where the node failed).
+* **dbt_build**: one `dbt build` (Cosmos, one dbt process); **dbt_model** shows one instance per
+  model (named by the model; it fails where the model or one of its data or unit tests failed,
+  and its log lists each test).
 * **quality_gate**: fails with the failing expectations and the Data Docs page; the served
   marts stay as they were (yesterday's marts keep serving).
 * **publish**: the checked marts replace the served ones (copy, then an atomic swap per table).
@@ -63,27 +64,28 @@ def warehouse_refresh() -> None:
     build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
 
     @task(trigger_rule="one_done")  # after the build, failed or not; not when it never ran
-    def dbt_nodes() -> list[dict[str, Any]]:
-        """The nodes dbt ran, also when the build failed (to show which)."""
+    def dbt_models() -> list[dict[str, Any]]:
+        """The models dbt ran with their tests, also when the build failed (to show which)."""
+        from central.orchestration import steps
+
         ti = get_current_context()["ti"]
         nodes = ti.xcom_pull(task_ids="dbt_build", key=NODES_KEY)
         if not nodes:  # no run_results.json: nothing to check, so nothing to publish
             raise RuntimeError("dbt reported no nodes (see the dbt_build log)")
-        return list(nodes)
+        return steps.per_model(list(nodes))
 
-    @task(trigger_rule="all_done", map_index_template="{{ dbt_node }}")
-    def dbt_node(node: dict[str, Any]) -> dict[str, Any]:
+    @task(trigger_rule="all_done", map_index_template="{{ dbt_model }}")
+    def dbt_model(model: dict[str, Any]) -> dict[str, Any]:
         from airflow.exceptions import AirflowSkipException
 
-        from central.orchestration import steps
-
-        get_current_context()["dbt_node"] = f"{node['kind']} {node['name']}"  # type: ignore[literal-required]
-        detail = f"{node['status']} in {node['seconds']} s {node['message']}"
-        if node["status"] == "skipped":
-            raise AirflowSkipException(detail)
-        if node["status"] not in steps.NODE_OK:
-            raise RuntimeError(f"{node['id']}: {detail}")
-        return node
+        get_current_context()["dbt_model"] = model["name"]  # type: ignore[literal-required]
+        for node in model["nodes"]:
+            print(f"{node['status']:8} {node['kind']} {node['name']} ({node['seconds']} s)")
+        if model["status"] == "skipped":
+            raise AirflowSkipException(f"{model['name']}: dbt skipped it (an upstream failed)")
+        if model["status"] != "success":
+            raise RuntimeError(f"{model['name']}: {model['message']}")
+        return {k: model[k] for k in ("name", "status", "seconds")}
 
     @task(retries=0)
     def quality_gate() -> dict[str, Any]:
@@ -99,10 +101,10 @@ def warehouse_refresh() -> None:
 
         return steps.publish(steps.settings())
 
-    nodes = dbt_nodes()
-    load() >> build >> nodes
+    models = dbt_models()
+    load() >> build >> models
     gate = quality_gate()
-    [build, dbt_node.expand(node=nodes)] >> gate
+    [build, dbt_model.expand(model=models)] >> gate
     gate >> publish()
 
 
