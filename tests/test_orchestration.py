@@ -179,6 +179,29 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     assert balance_rows(tmp_path / "warehouse", "marts_build") != served_before
     assert balance_rows(tmp_path / "warehouse") == served_before
 
+    # A reading PostgreSQL's constraints would refuse reaches the warehouse (a 60 s interval,
+    # at a time PostgreSQL has no reading for, so no reload replaces it):
+    # dbt's range test on stg_readings fails, so that model's instance fails naming the test,
+    # dbt skips what is built on it, and neither the gate nor the publication runs.
+    client = connect(f"chdb://{tmp_path / 'warehouse'}")
+    try:
+        client.command(
+            "insert into raw.readings select * replace (60 as interval_s, "
+            "ts + interval 60 day as ts, now64(3) as loaded_at) from raw.readings final limit 1"
+        )
+    finally:
+        client.close()
+    fourth = airflow.run(*run_dag)
+    tasks = fourth["tasks"]
+    assert tasks["dbt_build"] == "failed", tasks
+    assert tasks["dbt_model[model stg_readings]"] == "failed", tasks
+    assert tasks["dbt_model[model mart_energy_balance]"] == "skipped", tasks
+    assert tasks["dbt_model[model stg_meters]"] == "success", tasks
+    assert tasks["quality_gate"] == "upstream_failed" and fourth["events"] == [], tasks
+    view = {m["name"]: m for m in fourth["xcom"]["dbt_models"]}
+    assert "accepted_range_stg_readings_interval_s" in view["model stg_readings"]["message"]
+    assert balance_rows(tmp_path / "warehouse") == served_before
+
 
 def balance_rows(warehouse: Path, schema: str = "marts") -> list[tuple[Any, ...]]:
     client = connect(f"chdb://{warehouse}")

@@ -94,7 +94,7 @@ def node_results(path: Path, manifest: Path | None = None) -> list[dict[str, Any
     also ``model``: the model (or source) the node checks, as ``"<kind> <name>"`` (a model is
     its own)."""
     results = json.loads(path.read_text())["results"]
-    owners = _owners(json.loads(manifest.read_text())) if manifest and manifest.exists() else {}
+    owners = _owners(manifest) if manifest else {}
     nodes = []
     for r in results:
         uid = str(r["unique_id"])
@@ -123,10 +123,16 @@ def _kind_name(unique_id: str) -> tuple[str, str]:
     return kind, name
 
 
-def _owners(manifest: dict[str, Any]) -> dict[str, str]:
-    """Test or unit test id → the id of the model (or source) it checks: the node a generic
-    test is attached to, else the first model it depends on (as dbt lists them), else its first
-    dependency (a source)."""
+def _owners(path: Path) -> dict[str, str]:
+    """Test or unit test id → the id of the model (or source) it checks, from dbt's manifest:
+    the node a generic test is attached to, else the first model it depends on (as dbt lists
+    them), else its first dependency (a source). Empty when the manifest cannot be read (each
+    node then stands alone)."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("no model for each test: %s unreadable (%s)", path, exc)
+        return {}
     owners = {}
     tests = {k: v for k, v in manifest.get("nodes", {}).items() if k.startswith("test.")}
     for uid, node in {**tests, **manifest.get("unit_tests", {})}.items():

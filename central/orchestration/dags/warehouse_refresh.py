@@ -63,7 +63,8 @@ def warehouse_refresh() -> None:
 
     build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
 
-    @task(trigger_rule="one_done")  # after the build, failed or not; not when it never ran
+    # dbt_models and dbt_model report what the build recorded: a retry cannot change it.
+    @task(trigger_rule="one_done", retries=0)  # after the build, failed or not; not if it never ran
     def dbt_models() -> list[dict[str, Any]]:
         """The models dbt ran with their tests, also when the build failed (to show which)."""
         from central.orchestration import steps
@@ -74,7 +75,7 @@ def warehouse_refresh() -> None:
             raise RuntimeError("dbt reported no nodes (see the dbt_build log)")
         return steps.per_model(list(nodes))
 
-    @task(trigger_rule="all_done", map_index_template="{{ dbt_model }}")
+    @task(trigger_rule="all_done", retries=0, map_index_template="{{ dbt_model }}")
     def dbt_model(model: dict[str, Any]) -> dict[str, Any]:
         from airflow.exceptions import AirflowSkipException
 
