@@ -146,7 +146,7 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     # of the grid, each model's data and unit tests folded into its instance.
     per_model = {k: v for k, v in first["tasks"].items() if k.startswith("dbt_model[")}
     models = {n["model"] for n in nodes}
-    assert {n["name"] for n in nodes if n["kind"] == "model"} <= {m[6:] for m in models}
+    assert {f"model {n['name']}" for n in nodes if n["kind"] == "model"} <= models
     assert len(per_model) == len(models) < len(nodes), per_model
     assert set(per_model.values()) == {"success"}, per_model
     assert "dbt_model[model mart_energy_balance]" in per_model

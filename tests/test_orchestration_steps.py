@@ -30,18 +30,7 @@ def test_run_results_become_one_named_entry_per_node(tmp_path: Path) -> None:
         ("unit_test.eiot.mart_x.flags_a_drop", "pass", None),
         ("model.eiot.mart_after", "skipped", "SKIP"),
     ]
-    path = tmp_path / "run_results.json"
-    path.write_text(
-        json.dumps(
-            {
-                "results": [
-                    {"unique_id": u, "status": s, "message": m, "execution_time": 1.23456}
-                    for u, s, m in results
-                ]
-            }
-        )
-    )
-    nodes = node_results(path)
+    nodes = node_results(write_results(tmp_path, results, seconds=1.23456))
     assert [(n["kind"], n["name"], n["status"]) for n in nodes] == [
         ("model", "mart_energy_balance", "success"),
         ("test", "not_null_mart_x_meter_id", "fail"),
@@ -86,17 +75,20 @@ def write_build(tmp_path: Path, results: list[tuple[str, str, str | None]]) -> P
         },
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    path = tmp_path / "run_results.json"
-    path.write_text(
-        json.dumps(
-            {
-                "results": [
-                    {"unique_id": u, "status": s, "message": m, "execution_time": 0.5}
-                    for u, s, m in results
-                ]
-            }
-        )
-    )
+    return write_results(tmp_path, results)
+
+
+def write_results(
+    folder: Path, results: list[tuple[str, str, str | None]], seconds: float = 0.5
+) -> Path:
+    """A run_results.json in ``folder`` of these (unique id, status, message), each node having
+    taken ``seconds``; its path."""
+    path = folder / "run_results.json"
+    rows = [
+        {"unique_id": u, "status": s, "message": m, "execution_time": seconds}
+        for u, s, m in results
+    ]
+    path.write_text(json.dumps({"results": rows}))
     return path
 
 
