@@ -151,7 +151,7 @@ def per_model(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     upstream model failed), else ``success``."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for n in nodes:
-        groups.setdefault(n.get("model") or f"{n['kind']} {n['name']}", []).append(n)
+        groups.setdefault(n["model"], []).append(n)
     view = []
     for name, members in groups.items():
         failing = [n for n in members if n["status"] not in NODE_OK | {"skipped"}]
