@@ -160,6 +160,7 @@ def test_gateway_watch_dag_sends_once_and_records(
         first = airflow.run(str(DRIVER), "test", str(DAGS), "gateway_watch")
         assert first["state"] == "success", first["tasks"]
         assert len(first["xcom"]["watch"]["opened"]) == 5
+        assert not [k for k in first["xcom"] if ":" in k], "a dict return value is one XCom"
         wait_until(lambda: len(reader.messages) == 5, 10, "five ops alerts")
         alerts = [json.loads(m.payload) for m in reader.messages]
         assert {(a["gateway_id"], a["kind"], a["state"]) for a in alerts} >= {

@@ -179,6 +179,7 @@ def test_model_lifecycle_dag_publishes_then_skips_and_rollback_dag(
     run = airflow.run(str(DRIVER), "test", str(DAGS), "model_lifecycle")
     assert run["state"] == "success", run["tasks"]
     result = run["xcom"]["retrain"]
+    assert not [k for k in run["xcom"] if ":" in k], "a dict return value is one XCom"
     assert result["decision"] == "published" and result["in_service"] == first["version"]
     assert retained_model(topic, broker, public)["version"] == result["version"]
 

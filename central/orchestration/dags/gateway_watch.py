@@ -28,7 +28,7 @@ from airflow.sdk import dag, task
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
 )
 def gateway_watch() -> None:
-    @task
+    @task(multiple_outputs=False)
     def watch() -> dict[str, Any]:
         from functools import partial
 

@@ -55,7 +55,7 @@ def model_lifecycle() -> None:
         print(f"last decision {last}; minimum interval {hours} h: {'run' if go else 'skip'}")
         return go
 
-    @task
+    @task(multiple_outputs=False)
     def retrain() -> dict[str, Any]:
         import os
 
@@ -86,7 +86,7 @@ def model_lifecycle() -> None:
     params={"reason": Param("manual rollback", type="string")},
 )
 def model_rollback() -> None:
-    @task
+    @task(multiple_outputs=False)
     def rollback(params: dict[str, Any] | None = None) -> dict[str, Any]:
         from ml import lifecycle
         from ml.publish import load_private_key

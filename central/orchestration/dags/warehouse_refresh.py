@@ -47,7 +47,9 @@ PERIOD = timedelta(minutes=15)
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
 )
 def warehouse_refresh() -> None:
-    @task
+    # multiple_outputs=False on every task returning a dict: one XCom row, its return value (by
+    # default Airflow infers one more row per key from the annotation; lint rule AIR202).
+    @task(multiple_outputs=False)
     def load() -> dict[str, Any]:
         from central.orchestration import steps
 
@@ -75,7 +77,12 @@ def warehouse_refresh() -> None:
             raise RuntimeError("dbt reported no nodes (see the dbt_build log)")
         return steps.per_model(list(nodes))
 
-    @task(trigger_rule="all_done", retries=0, map_index_template="{{ dbt_model }}")
+    @task(
+        multiple_outputs=False,
+        trigger_rule="all_done",
+        retries=0,
+        map_index_template="{{ dbt_model }}",
+    )
     def dbt_model(model: dict[str, Any]) -> dict[str, Any]:
         from airflow.exceptions import AirflowSkipException
 
@@ -88,7 +95,7 @@ def warehouse_refresh() -> None:
             raise RuntimeError(f"{model['name']}: {model['message']}")
         return {k: model[k] for k in ("name", "status", "seconds")}
 
-    @task(retries=0)
+    @task(multiple_outputs=False, retries=0)
     def quality_gate() -> dict[str, Any]:
         from central.orchestration import steps
 
@@ -96,7 +103,7 @@ def warehouse_refresh() -> None:
         docs = Path(s.gx_dir) / "uncommitted" / "data_docs" / "local_site"
         return steps.quality_gate(s, docs)
 
-    @task(outlets=[MARTS])
+    @task(multiple_outputs=False, outlets=[MARTS])
     def publish() -> dict[str, int]:
         from central.orchestration import steps
 
