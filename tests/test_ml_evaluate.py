@@ -226,8 +226,8 @@ def test_evaluation_meets_the_quality_bounds(tmp_path: Path) -> None:
 
 
 def test_the_forest_seed_draws_other_forests_and_the_bounds_still_hold(tmp_path: Path) -> None:
-    """``--forest-seed`` reaches the reading forests (other margins, the same fleets and the
-    same customer features apart from them), is recorded, and the bounds are not one draw's."""
+    """``--forest-seed`` reaches the reading forests (other scores on the same fleets), is
+    recorded, and the bounds hold on another draw of the forests too."""
     first, again, other = (_run_small(tmp_path, forest_seed=s) for s in (0, 0, 1))
     assert first["config"]["forest_seed"] == 0 and other["config"]["forest_seed"] == 1
     read = [r["reading"]["model"]["roc_auc"] for r in (first, again, other)]
