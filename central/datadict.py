@@ -217,7 +217,7 @@ def postgres_tables(dsn: str) -> list[Table]:
             "select c.oid, n.nspname || '.' || c.relname, c.relkind, "
             "coalesce(obj_description(c.oid, 'pg_class'), '') from pg_class c "
             "join pg_namespace n on n.oid = c.relnamespace "
-            "where n.nspname in ('raw', 'ml') and c.relkind in ('r', 'v', 'p') "
+            "where n.nspname in ('raw', 'ml', 'ops') and c.relkind in ('r', 'v', 'p') "
             "and not c.relispartition "
             "order by 2"
         ).fetchall()

@@ -28,7 +28,8 @@ DASHBOARD: Final = "eiot_dashboard"
 #: The group roles (NOLOGIN) made by ``0008_roles.sql``, each with the one job it may do.
 ROLES: Final[dict[str, str]] = {
     INGEST: "MQTT ingest worker: inserts into raw, reads back what it compares; no ml, no DDL",
-    LOADER: "warehouse load and raw quality checks: SELECT on every raw table, nothing else",
+    LOADER: "warehouse load and raw quality checks: SELECT on every raw table; the warehouse"
+    " lease (ops.leases) of warehouse_refresh's runs",
     ML: "model registry and inspection ranking: reads raw.readings/raw.meters/raw.gateway_status,"
     " writes ml",
     DASHBOARD: "BI tools: SELECT on ml.inspection_list only",

@@ -50,6 +50,9 @@ class WarehouseSettings(TomlEnvSettings):
     # refresh builds and checks them in before publishing them there (central/warehouse/publish.py).
     marts_schema: str = Field(default="marts", pattern=SCHEMA_PATTERN)
     marts_build_schema: str = Field(default="marts_build", pattern=SCHEMA_PATTERN)
+    # How long an orchestrated run holds the warehouse without renewing it (each step renews it
+    # as it starts: longer than the longest step). A holder that died frees it after this.
+    lease_ttl_s: float = Field(default=7200.0, ge=60)
 
     @model_validator(mode="after")
     def _marts_apart(self) -> WarehouseSettings:
