@@ -4,11 +4,13 @@ touching the network while parsing; `warehouse_refresh` run with `dag.test()` ag
 PostgreSQL and an embedded warehouse builds the marts and emits the `marts` asset; a second run
 with no new data changes nothing; a failing quality gate fails the run and emits nothing; under
 the real scheduler (`make airflow`'s standalone), a backfill of a past range reloads what the
-warehouse lost and, run again, doubles nothing."""
+warehouse lost and, run again with both runs at once, doubles nothing, the runs holding the
+warehouse one after the other."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -157,15 +159,25 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     assert {n["kind"] for n in checked} == {"model", "test", "unit_test"}, checked
     marts = first["xcom"]["publish"]
     assert marts["mart_consumption_metrics"] > 0 and marts["mart_energy_balance"] > 0, marts
+    # The run held the warehouse from its load to its publication, and released it.
+    assert first["xcom"]["hold_warehouse"] == 1 and first["xcom"]["release_warehouse"] is True
+    assert warehouse_lease(fleet_dsn) == (1, None)
     print(f"warehouse_refresh: {first['seconds']} s, marts {marts}")
     shot = grid_screenshot(airflow, "warehouse_refresh", first["run_id"], tmp_path / "api.log")
     print(f"grid view of the run: {shot}")
 
     # Nothing new in PostgreSQL. The loader reads the last load_overlap_s (5 min) again, which
     # the warehouse collapses (ReplacingMergeTree): the marts come out the same.
+    # Another run holds the warehouse for 30 s more: this one waits for it, then holds it.
+    with psycopg.connect(fleet_dsn, autocommit=True) as pg:
+        pg.execute(
+            "update ops.leases set holder = 'warehouse_refresh/other', generation = 7, "
+            "acquired_at = now(), expires_at = now() + interval '30 seconds'"
+        )
     second = airflow.run(*run_dag)
     assert second["state"] == "success"
     assert second["xcom"]["publish"] == marts
+    assert second["xcom"]["hold_warehouse"] == 8 and second["seconds"] > 30, second["seconds"]
     served_before = balance_rows(tmp_path / "warehouse")
 
     with psycopg.connect(fleet_dsn, autocommit=True) as pg:  # a new day of readings, 999 V
@@ -204,6 +216,19 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     view = {m["name"]: m for m in fourth["xcom"]["dbt_models"]}
     assert "accepted_range_stg_readings_interval_s" in view["model stg_readings"]["message"]
     assert balance_rows(tmp_path / "warehouse") == served_before
+    # The failed runs released the warehouse too (the release is a teardown).
+    assert tasks["release_warehouse"] == "success"
+    assert warehouse_lease(fleet_dsn) == (10, None)
+
+
+def warehouse_lease(dsn: str) -> tuple[int, str | None]:
+    """The warehouse lease's generation and holder."""
+    with psycopg.connect(dsn) as pg:
+        row = pg.execute(
+            "select generation, holder from ops.leases where name = 'warehouse'"
+        ).fetchone()
+    assert row is not None, "no run took the warehouse lease"
+    return int(row[0]), row[1]
 
 
 def balance_rows(warehouse: Path, schema: str = "marts") -> list[tuple[Any, ...]]:
@@ -269,11 +294,17 @@ def test_the_scheduler_runs_a_backfill_of_a_date_range_and_again_without_doublin
 
         # one backfill per DAG at a time: the scheduler marks the first one complete within 30 s
         running = "There can be only one running backfill"
-        airflow.cli(*backfill, "--reprocess-behavior", "completed", retry_while=running)
+        # both runs at once this time: a backfill's max_active_runs overrides the DAG's, and
+        # the warehouse lease makes one run wait for the other's publication
+        both = [*backfill[:5], "2", *backfill[6:]]
+        airflow.cli(*both, "--reprocess-behavior", "completed", retry_while=running)
         again = wait_for_runs(airflow, "backfill__", 2, after=runs)
         assert [r["state"] for r in again] == ["success"] * 2, again
         assert warehouse_readings(warehouse, *lost) == arrived, "nothing doubled"
         assert same_balance(balance_rows(warehouse), complete)
+        held = warehouse_spans(meta, [r["run_id"] for r in again])
+        for (run_a, a), (run_b, b) in itertools.combinations(held.items(), 2):
+            assert a[1] <= b[0] or b[1] <= a[0], f"{run_a} {a} overlaps {run_b} {b}"
 
 
 PERIOD = timedelta(minutes=15)  # warehouse_refresh's schedule
@@ -379,6 +410,20 @@ def wait_for_runs(
     wait_until(finished, timeout, f"{n} {prefix} runs of warehouse_refresh", every=5)
     assert len(found) == n, found  # no other run slipped in
     return found
+
+
+def warehouse_spans(metadata_dsn: str, run_ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
+    """Per run, from its load's start to its publication's end (Airflow's task instances)."""
+    with psycopg.connect(metadata_dsn) as pg:
+        rows = pg.execute(
+            "select run_id, min(start_date), max(end_date) from task_instance "
+            "where dag_id = 'warehouse_refresh' and run_id = any(%s) "
+            "and task_id in ('load', 'publish') group by run_id",
+            (run_ids,),
+        ).fetchall()
+    spans = {str(run): (start, end) for run, start, end in rows}
+    assert spans.keys() == set(run_ids), spans
+    return spans
 
 
 def write_arrived_fleet(dsn: str) -> datetime:

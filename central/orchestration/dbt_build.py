@@ -10,6 +10,9 @@ dbt's ``run_results.json`` (and, from ``manifest.json``, which model each test c
 XCom ``nodes``, and ``warehouse_refresh`` maps one task instance per model over it, named by the
 model, failing where the model or one of its tests failed.
 
+The build holds the run's lease on the warehouse (``central/orchestration/holding.py``): it renews
+it before dbt starts and fails when another run took it.
+
 The embedded warehouse is served over HTTP for the duration of the build (dbt-clickhouse speaks
 HTTP), as ``central warehouse dbt`` does. The marts are built into the build database
 (``marts_build_schema``); the quality gate checks them there before they are published.
@@ -24,7 +27,7 @@ from typing import Any
 from cosmos.config import ProfileConfig
 from cosmos.operators.local import DbtBuildLocalOperator
 
-from central.orchestration import steps
+from central.orchestration import holding, steps
 from central.warehouse.client import chdb_path, served
 from central.warehouse.dbt import dbt_env, dbt_executable
 
@@ -67,7 +70,7 @@ class WarehouseDbtBuild(DbtBuildLocalOperator):
         )
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
-        s = steps.settings()  # the worker's environment, not the parser's
+        s = holding.keep(context)  # the worker's environment, not the parser's; lease renewed
         self.profile_config = self._profile(s)
         self.dbt_executable_path = dbt_executable(s)
         self.vars = steps.dbt_vars(s)

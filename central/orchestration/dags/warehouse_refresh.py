@@ -7,6 +7,10 @@ Great Expectations checks raw and those marts, and only then are they published 
 dashboards and training read. Only then is the **`marts`** asset updated, which starts
 `model_lifecycle` and tells every consumer the marts are fresh and sound.
 
+* **hold_warehouse**: waits until no other run (a backfill's, a manual one) holds the
+  warehouse, then holds it (a lease in PostgreSQL, `ops.leases`) until **release_warehouse**
+  (a teardown: it runs whether the run succeeded or failed). Each step below renews the lease as
+  it starts and fails if another run took it meanwhile, so two builds never mix.
 * **load**: `central warehouse load`, incremental by watermark (a run with no new data changes
   nothing). A run whose interval ended more than two periods ago (a backfill, an old run
   cleared) reloads the rows that arrived in its interval instead; running it again changes
@@ -28,12 +32,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import PokeReturnValue, dag, get_current_context, task
 
+from central.orchestration import holding, steps
 from central.orchestration.assets import MARTS
 from central.orchestration.dbt_build import NODES_KEY, WarehouseDbtBuild
 
 PERIOD = timedelta(minutes=15)
+#: How often a run waiting for the warehouse asks again (the task is rescheduled in between,
+#: holding no worker slot) and how long it waits: long enough for a dead holder's lease to expire.
+LEASE_POKE = timedelta(seconds=20)
+LEASE_WAIT = timedelta(seconds=2 * steps.settings().lease_ttl_s)
 
 
 @dag(
@@ -47,20 +56,34 @@ PERIOD = timedelta(minutes=15)
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
 )
 def warehouse_refresh() -> None:
+    @task.sensor(
+        task_id=holding.HOLD_TASK,
+        poke_interval=LEASE_POKE.total_seconds(),
+        timeout=LEASE_WAIT.total_seconds(),
+        mode="reschedule",
+    )
+    def hold_warehouse() -> PokeReturnValue:
+        """Hold the warehouse for this run; its XCom is the lease's generation."""
+        got = holding.acquire(get_current_context())
+        return PokeReturnValue(is_done=got is not None, xcom_value=got)
+
+    @task
+    def release_warehouse() -> bool:
+        return holding.release(get_current_context())
+
     # multiple_outputs=False on every task returning a dict: one XCom row, its return value (by
     # default Airflow infers one more row per key from the annotation; lint rule AIR202).
     @task(multiple_outputs=False)
     def load() -> dict[str, Any]:
-        from central.orchestration import steps
-
         context = get_current_context()
+        s = holding.keep(context)
         window = steps.reload_window(
             context.get("data_interval_start"),
             context.get("data_interval_end"),
             datetime.now(UTC),
             PERIOD,
         )
-        rows = steps.load_warehouse(steps.settings(), window)
+        rows = steps.load_warehouse(s, window)
         return {"rows": rows, "window": [str(w) for w in window] if window else None}
 
     build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
@@ -69,8 +92,6 @@ def warehouse_refresh() -> None:
     @task(trigger_rule="one_done", retries=0)  # after the build, failed or not; not if it never ran
     def dbt_models() -> list[dict[str, Any]]:
         """The models dbt ran with their tests, also when the build failed (to show which)."""
-        from central.orchestration import steps
-
         ti = get_current_context()["ti"]
         nodes = ti.xcom_pull(task_ids="dbt_build", key=NODES_KEY)
         if not nodes:  # no run_results.json: nothing to check, so nothing to publish
@@ -97,23 +118,20 @@ def warehouse_refresh() -> None:
 
     @task(multiple_outputs=False, retries=0)
     def quality_gate() -> dict[str, Any]:
-        from central.orchestration import steps
-
-        s = steps.settings()
+        s = holding.keep(get_current_context())
         docs = Path(s.gx_dir) / "uncommitted" / "data_docs" / "local_site"
         return steps.quality_gate(s, docs)
 
     @task(multiple_outputs=False, outlets=[MARTS])
     def publish() -> dict[str, int]:
-        from central.orchestration import steps
+        return steps.publish(holding.keep(get_current_context()))
 
-        return steps.publish(steps.settings())
-
+    hold = hold_warehouse()
     models = dbt_models()
-    load() >> build >> models
+    hold >> load() >> build >> models
     gate = quality_gate()
     [build, dbt_model.expand(model=models)] >> gate
-    gate >> publish()
+    gate >> publish() >> release_warehouse().as_teardown(setups=hold)
 
 
 warehouse_refresh()
