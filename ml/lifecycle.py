@@ -32,13 +32,20 @@ one retained (``ml.keeper``), so the previous set's models are re-signed unchang
 same threshold) under a new version ``<previous>.rb<UTC time>`` created now, registered with
 decision ``rollback`` and published. The version rolled back from is never chosen as "previous"
 again.
+
+A run trains and evaluates for minutes; an operator's rollback may come meanwhile. Both change
+which model set is in service under one lock (:func:`service_change`, a PostgreSQL advisory lock
+per set name), and :func:`run` publishes only if the set in service is still the one it was
+compared with: otherwise it records ``refused`` with the reason, so a rollback is never undone
+unseen by a candidate judged against the model it rolled back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,7 +60,7 @@ from edge_agent import topics
 from ml import metrics as mt
 from ml.dataset import MeterData, from_postgres, reading_features
 from ml.modelset import DEFAULT_NAME, ModelSet, default_version, reading_labels, train_model_set
-from ml.ranking import model_set_from_registry
+from ml.ranking import in_service_version, model_set_from_registry
 from ml.registry import Broker, publish_model_set, register, sign_member
 from ml.train import DEFAULT_ALERT_RATE
 
@@ -220,6 +227,18 @@ def _register_set(conn: psycopg.Connection, model_set: ModelSet, key: Ed25519Pri
         )
 
 
+@contextlib.contextmanager
+def service_change(conn: psycopg.Connection, name: str) -> Iterator[str | None]:
+    """Hold the lock on which version of the set ``name`` is in service (a session advisory lock
+    of ``conn``, released on exit or when the connection ends) and yield that version."""
+    key = f"ml.models/{name}"
+    conn.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+    try:
+        yield in_service_version(conn, name)
+    finally:
+        conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
 def record_decision(
     conn: psycopg.Connection,
     model_set: ModelSet,
@@ -287,12 +306,21 @@ def run(
             },
             "rule": dataclasses.asdict(cfg),
         }
-        if verdict.publish:
-            publish_model_set(candidate, key, dsn=dsn, broker=broker, root=root)
-        else:
-            _register_set(conn, candidate, key)
-        decision = PUBLISHED if verdict.publish else REFUSED
-        record_decision(conn, candidate, decision, verdict.reason, evaluation)
+        compared = None if serving is None else serving.version
+        with service_change(conn, cfg.name) as now_serving:
+            if now_serving != compared:
+                verdict = Decision(
+                    False,
+                    f"the model in service changed during this run ({compared} -> "
+                    f"{now_serving}: a rollback or a publication by hand): not published; "
+                    "the next run compares with it",
+                )
+            if verdict.publish:
+                publish_model_set(candidate, key, dsn=dsn, broker=broker, root=root)
+            else:
+                _register_set(conn, candidate, key)
+            decision = PUBLISHED if verdict.publish else REFUSED
+            record_decision(conn, candidate, decision, verdict.reason, evaluation)
     log.info("model %s %s: %s (%s)", cfg.name, candidate.version, decision, verdict.reason)
     return {
         "decision": decision,
@@ -316,8 +344,11 @@ def rollback(
     """Put the published model set before the one in service back in service (module doc).
     Raises LookupError when there is none."""
     now = (now or datetime.now(UTC)).replace(microsecond=0)
-    with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
-        current = model_set_from_registry(conn, name)
+    with (
+        psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn,
+        service_change(conn, name) as serving,
+    ):
+        current = model_set_from_registry(conn, name, serving)
         if current is None:
             raise LookupError(f"no model {name} in service: nothing to roll back")
         row = conn.execute(

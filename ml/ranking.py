@@ -52,21 +52,25 @@ class Ranking:
     transformer_id: list[str]
 
 
+def in_service_version(conn: psycopg.Connection, name: str) -> str | None:
+    """The version of the model set ``name`` in service: its newest published version."""
+    row = conn.execute(
+        "select version from ml.models where name = %s and published_at is not null"
+        " order by created_at desc, registered_at desc limit 1",
+        (name,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def model_set_from_registry(
     conn: psycopg.Connection, name: str, version: str | None = None
 ) -> ModelSet | None:
     """The model set ``name`` as gateways got it: the newest PUBLISHED version unless
     ``version``, its global member ``name`` and the others (``name.<class>``, ``name.intermittent``,
     ``name.<class>.intermittent``: :func:`~ml.modelset.key_parts`). None if none."""
+    version = version or in_service_version(conn, name)
     if version is None:
-        row = conn.execute(
-            "select version from ml.models where name = %s and published_at is not null"
-            " order by created_at desc, registered_at desc limit 1",
-            (name,),
-        ).fetchone()
-        if row is None:
-            return None
-        version = str(row[0])
+        return None
     rows = conn.execute(
         "select name, customer_class, variant, created_at, sha256, threshold, threshold_method,"
         " train_rows, message from ml.models"

@@ -2,11 +2,13 @@
 PostgreSQL and the real secure broker (TLS, the svc-models identity): the decision rule; a
 better candidate is published (a retained model.v1 the agent's own verifier accepts); a worse
 one is refused (nothing new retained, the decision recorded); a rollback republishes the
-previous model; and the same through Airflow with dag.test()."""
+previous model; a rollback while a run evaluates is not undone by its candidate (as the ml
+role); and the same through Airflow with dag.test()."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from central import roles
 from central.local_services import SecureMosquitto
 from central.pki import Pki
 from edge_agent import topics, wire
@@ -23,6 +26,7 @@ from ml.lifecycle import LifecycleConfig, decide
 from ml.publish import generate_keypair, load_private_key
 from ml.registry import Broker, read_retained
 from simulator import FleetConfig
+from tests.support.logins import logins
 from tests.support.secure import identity_env
 from tests.test_ml_registry import copy_fleet
 
@@ -139,6 +143,61 @@ def test_better_published_worse_refused_rollback_republishes(
     assert restored["sha256"] == shas[noisy["version"]] == shas[back["version"]]
     assert restored["created_at"] > served["created_at"]  # newer: gateways accept it
     assert decisions(pg_dsn)[-1][1] == "rollback"
+
+
+@pytest.fixture
+def ml_login(pg_dsn: str) -> Iterator[str]:
+    """A login of the ml group role, what the lifecycle DAGs connect as."""
+    with logins(pg_dsn) as make:
+        yield make(roles.ML)
+
+
+@pytest.mark.services
+def test_a_rollback_during_a_run_is_not_undone_by_its_candidate(
+    pg_dsn: str,
+    topic_root: str,
+    secure_broker: SecureMosquitto,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ml_login: str,
+) -> None:
+    """An operator rolls back while a run trains and evaluates: the run's candidate, judged
+    against the model rolled back, is registered but refused, and the rollback stays in service.
+    All of it as the ml role, as the DAGs run it."""
+    copy_fleet(pg_dsn, FleetConfig(meters=40, days=10, seed=7))
+    private = tmp_path / "keys" / "signing.pem"
+    public = generate_keypair(private)
+    key = load_private_key(private)
+    broker = svc_models(secure_broker, pki)
+    t0 = datetime.now(UTC) - timedelta(hours=3)
+
+    def run(cfg: LifecycleConfig, hours: int) -> dict[str, Any]:
+        return lifecycle.run(
+            ml_login, broker, key, root=topic_root, cfg=cfg, now=t0 + timedelta(hours=hours)
+        )
+
+    first = run(NOISY, 0)
+    second = run(SMALL, 1)
+    assert first["decision"] == second["decision"] == "published"
+
+    evaluate = lifecycle.evaluate_model_set
+    back: dict[str, Any] = {}
+
+    def evaluate_while_rolled_back(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not back:  # the operator's rollback lands while the run evaluates
+            back.update(lifecycle.rollback(ml_login, broker, key, root=topic_root, reason="bad"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "evaluate_model_set", evaluate_while_rolled_back)
+    third = run(SMALL, 2)  # as good as the second: published, but for the rollback
+    assert back["rolled_back"] == second["version"] and back["restores"] == first["version"]
+    assert third["decision"] == "refused" and third["in_service"] == second["version"]
+    assert "changed during this run" in third["reason"] and back["version"] in third["reason"]
+    served = retained_model(topics.model(topic_root, "iforest"), broker, public)
+    assert served["version"] == back["version"], "the rollback stays in service"
+    rows = {r[0]: r for r in decisions(ml_login)}
+    assert rows[third["version"]][1] == "refused" and not rows[third["version"]][4]
 
 
 @pytest.mark.services

@@ -327,7 +327,18 @@ def test_grants_are_exactly_the_table(pg: psycopg.Connection) -> None:
             for t in ("models", "ranking_runs", "customer_rankings")
             for p in ("select", "insert")
         },
-        *{("eiot_ml", f"ml.models.{c}", "update") for c in ("published_at", "topic")},
+        *{
+            ("eiot_ml", f"ml.models.{c}", "update")
+            # the lifecycle's decision: 0021_ml_decision_grants.sql
+            for c in (
+                "published_at",
+                "topic",
+                "decision",
+                "decided_at",
+                "decision_reason",
+                "evaluation",
+            )
+        },
         ("eiot_ml", "ml.inspection_list", "select"),
         ("eiot_dashboard", "ml.inspection_list", "select"),
     }
