@@ -9,7 +9,7 @@ revoke all on schema ops from public;
 create table if not exists ops.leases (
     name        text primary key check (name ~ '^[a-z_]{1,40}$'),
     generation  bigint not null check (generation > 0),
-    holder      text check (length(holder) between 1 and 300),
+    holder      text check (length(holder) between 1 and 600),
     acquired_at timestamptz not null,
     expires_at  timestamptz not null
 );
