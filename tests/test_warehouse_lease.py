@@ -33,17 +33,24 @@ def test_one_holder_at_a_time_and_release_by_the_holder_only(loader: str) -> Non
     assert lease.current(loader) is None
     assert lease.acquire(loader, "run-a", 600) == 1
     assert lease.acquire(loader, "run-b", 600) is None, "held by run-a"
-    assert lease.acquire(loader, "run-a", 600) == 1, "a retried task renews, same generation"
     lease.keep(loader, "run-a", 1, 600)
     with pytest.raises(lease.LeaseLost, match="held by run-a"):
         lease.keep(loader, "run-b", 1, 600)
-    assert not lease.release(loader, "run-b", 1), "only the holder releases"
-    assert lease.release(loader, "run-a", 1)
-    now = lease.current(loader)
-    assert now is not None and now.holder is None and now.generation == 1
-    assert lease.acquire(loader, "run-b", 600) == 2
-    with pytest.raises(lease.LeaseLost, match="run-a lost the warehouse lease"):
+    # run-a cleared and started again while its first attempt still runs somewhere: the new
+    # attempt takes the lease at once, under a new generation the old attempt does not hold
+    assert lease.acquire(loader, "run-a", 600) == 2
+    with pytest.raises(
+        lease.LeaseLost, match="run-a does not hold the warehouse lease at generation 1"
+    ):
         lease.keep(loader, "run-a", 1, 600)
+    assert not lease.release(loader, "run-a", 1), "nor may it release the new attempt's"
+    assert not lease.release(loader, "run-b", 2), "only the holder releases"
+    assert lease.release(loader, "run-a", 2)
+    now = lease.current(loader)
+    assert now is not None and now.holder is None and now.generation == 2
+    assert lease.acquire(loader, "run-b", 600) == 3
+    with pytest.raises(lease.LeaseLost, match="held by run-b"):
+        lease.keep(loader, "run-a", 2, 600)
     with pytest.raises(ValueError):
         lease.acquire(loader, "", 600)
 
@@ -134,21 +141,40 @@ def test_a_run_holds_renews_and_releases_the_lease_and_stops_when_another_run_to
     generation = holding.acquire(run)
     assert generation == 1
     assert holding.acquire({**run, "run_id": "scheduled__2026-12-01"}) is None, "waits"
+    step = {**run, "ti": _TaskInstance(generation)}
 
-    s = holding.keep({**run, "ti": _TaskInstance(generation)})
-    assert s.pg_dsn == loader
-    (left,) = pg.execute(  # type: ignore[misc]
-        "select extract(epoch from expires_at - now()) from ops.leases"
-    ).fetchone()
-    assert 800 < left <= 900, "renewed for lease_ttl_s"
+    def left() -> float:
+        (seconds,) = pg.execute(  # type: ignore[misc]
+            "select extract(epoch from expires_at - now()) from ops.leases"
+        ).fetchone()
+        return float(seconds)
 
-    with pytest.raises(lease.LeaseLost, match="recorded no lease"):
-        holding.keep({**run, "ti": _TaskInstance(None)})
-    expire(pg)
-    assert lease.acquire(loader, "warehouse_refresh/manual__2026-12-01", 60) == 2
-    with pytest.raises(lease.LeaseLost, match="held by warehouse_refresh/manual__"):
-        holding.keep({**run, "ti": _TaskInstance(generation)})
-    assert not holding.release({**run, "ti": _TaskInstance(generation)}), "not its lease now"
+    with holding.held(step) as s:
+        assert s.pg_dsn == loader and 800 < left() <= 900, "renewed for lease_ttl_s"
+    # A step that outlives the lease's TTL keeps it: the heartbeat renews it while it runs.
+    with holding.held(step, every_s=0.1):
+        expire(pg)
+        time.sleep(0.5)
+        assert left() > 800
+        assert holding.acquire({**run, "run_id": "scheduled__2026-12-01"}) is None
+
+    with (
+        pytest.raises(lease.LeaseLost, match="recorded no lease"),
+        holding.held({**run, "ti": _TaskInstance(None)}),
+    ):
+        pass
+    # Another run takes the lease while a step runs (its worker froze, or someone freed the
+    # lease by hand): the step fails as it ends, it does not report success.
+    with pytest.raises(lease.LeaseLost, match="held by warehouse_refresh/manual__"):  # noqa: PT012
+        with holding.held(step, every_s=0.1):
+            expire(pg)
+            assert lease.acquire(loader, "warehouse_refresh/manual__2026-12-01", 60) == 2
+            time.sleep(0.3)  # the heartbeat sees it lost and stops renewing
+    held = lease.current(loader)
+    assert held is not None and held.holder == "warehouse_refresh/manual__2026-12-01"
+    with pytest.raises(lease.LeaseLost), holding.held(step):
+        pass  # the next step of that run does not start
+    assert not holding.release(step), "not its lease now"
     manual = {**run, "run_id": "manual__2026-12-01", "ti": _TaskInstance(2)}
     assert holding.release(manual)
     held = lease.current(loader)

@@ -10,8 +10,8 @@ dbt's ``run_results.json`` (and, from ``manifest.json``, which model each test c
 XCom ``nodes``, and ``warehouse_refresh`` maps one task instance per model over it, named by the
 model, failing where the model or one of its tests failed.
 
-The build holds the run's lease on the warehouse (``central/orchestration/holding.py``): it renews
-it before dbt starts and fails when another run took it.
+The build runs under the run's lease on the warehouse (``central/orchestration/holding.py``):
+renewed while dbt runs, and the build fails when another run took it.
 
 The embedded warehouse is served over HTTP for the duration of the build (dbt-clickhouse speaks
 HTTP), as ``central warehouse dbt`` does. The marts are built into the build database
@@ -70,11 +70,11 @@ class WarehouseDbtBuild(DbtBuildLocalOperator):
         )
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
-        s = holding.keep(context)  # the worker's environment, not the parser's; lease renewed
-        self.profile_config = self._profile(s)
-        self.dbt_executable_path = dbt_executable(s)
-        self.vars = steps.dbt_vars(s)
-        with served(s.clickhouse_dsn) as url:
+        # the worker's environment, not the parser's
+        with holding.held(context) as s, served(s.clickhouse_dsn) as url:
+            self.profile_config = self._profile(s)
+            self.dbt_executable_path = dbt_executable(s)
+            self.vars = steps.dbt_vars(s)
             self.env = {
                 **(self.env or {}),
                 **dbt_env(url, self.profile_config.target_name),

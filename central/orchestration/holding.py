@@ -2,13 +2,19 @@
 tasks: the run is the holder, the generation is the XCom of the task that acquired the lease.
 
 :func:`acquire` is the hold task's poke, :func:`release` its teardown. Every step that touches
-the warehouse calls :func:`keep` first: it renews the lease, or fails the step with
-:class:`~central.warehouse.lease.LeaseLost` when another run took it.
+the warehouse runs inside :func:`held`: the lease is renewed as the step starts, every quarter
+of its TTL while it runs (so a live run's lease never expires, however long dbt takes), and once
+more as it ends. A step whose lease was taken meanwhile fails with
+:class:`~central.warehouse.lease.LeaseLost` at its start or end, so it never reports success
+and the run never publishes over another run's build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any, Final
 
 from central.orchestration import steps
@@ -32,8 +38,8 @@ def acquire(context: Any) -> int | None:
     s = steps.settings()
     got = lease.acquire(s.pg_dsn, holder(context), s.lease_ttl_s)
     if got is None:
-        held = lease.current(s.pg_dsn)
-        log.info("the warehouse is held by %s: waiting", held.holder if held else "?")
+        held_now = lease.current(s.pg_dsn)
+        log.info("the warehouse is held by %s: waiting", held_now.holder if held_now else "?")
     return got
 
 
@@ -50,8 +56,31 @@ def generation(context: Any) -> int:
     return int(value)
 
 
-def keep(context: Any) -> WarehouseSettings:
-    """The warehouse settings, once this run's lease is renewed for ``lease_ttl_s`` more."""
+@contextlib.contextmanager
+def held(context: Any, every_s: float | None = None) -> Iterator[WarehouseSettings]:
+    """Run a step under this run's lease (module doc): yields the warehouse settings once the
+    lease is renewed; renews it every ``every_s`` (default a quarter of ``lease_ttl_s``) while
+    the step runs; checks it again when the step ends without an error."""
     s = steps.settings()
-    lease.keep(s.pg_dsn, holder(context), generation(context), s.lease_ttl_s)
-    return s
+    who, gen = holder(context), generation(context)
+    lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(every_s or s.lease_ttl_s / 4):
+            try:
+                lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)
+            except lease.LeaseLost as exc:
+                log.error("%s", exc)
+                return
+            except Exception as exc:  # PostgreSQL away for a moment: the next beat retries
+                log.warning("could not renew the warehouse lease: %s", exc)
+
+    beat = threading.Thread(target=heartbeat, name="warehouse-lease", daemon=True)
+    beat.start()
+    try:
+        yield s
+    finally:
+        stop.set()
+        beat.join()
+    lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)

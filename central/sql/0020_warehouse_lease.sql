@@ -22,13 +22,13 @@ comment on table ops.leases is
 comment on column ops.leases.name is
     $$The resource: warehouse (the warehouse's raw tables, build database and served marts).$$;
 comment on column ops.leases.generation is
-    $$Acquisitions so far: a new holder increments it, a holder renewing keeps it. A step checks the generation it acquired, so a lease lost and taken back in between is noticed.$$;
+    $$Acquisitions so far: each acquisition increments it, a renewal keeps it. A run checks the generation it acquired, so a lease lost and taken in between (even by another attempt of the same run) is noticed.$$;
 comment on column ops.leases.holder is
     $$Who holds it (warehouse_refresh/<run_id>); null when released.$$;
 comment on column ops.leases.acquired_at is
     $$When the holder acquired it (or when it was released).$$;
 comment on column ops.leases.expires_at is
-    $$Until when it is held unless renewed (EIOT_LEASE_TTL_S after each step starts): a holder that died frees it then.$$;
+    $$Until when it is held unless renewed (the holder renews it for EIOT_LEASE_TTL_S while it works): a holder that died frees it then.$$;
 
 -- eiot_loader runs warehouse_refresh's steps: it takes, renews and releases the lease; it never
 -- deletes a row (the generation must survive).

@@ -6,16 +6,17 @@ published (or failed): two runs at once would build into the one build database 
 mix of both. Airflow's ``max_active_runs`` does not prevent that, as a backfill's runs are counted
 apart from the DAG's.
 
-* :func:`acquire` takes the lease when it is free, released or expired, and returns the
-  generation it got; a lease held by another holder returns None (the caller waits).
-* :func:`keep` is called by every step of the run before it touches the warehouse: it renews the
-  lease for ``ttl_s`` more and raises :class:`LeaseLost` when the lease is no longer this holder's
-  at this generation (it expired and another run took it, even if that run since released it),
-  so a run that lost the lease never publishes.
+* :func:`acquire` takes the lease when it is free, released or expired, or already this
+  holder's, and returns the new generation (every acquisition is one, so an earlier attempt of
+  the same run, still running somewhere, is told apart); a lease held by another holder returns
+  None (the caller waits).
+* :func:`keep` renews the lease for ``ttl_s`` more and raises :class:`LeaseLost` when it is no
+  longer this holder's at this generation (it expired and another run took it, even if that run
+  since released it), so a run that lost the lease never publishes.
 * :func:`release` frees it (only the holder's own generation).
 
-The expiry frees a lease whose holder died (a killed worker, a run marked failed with its
-teardown not run); each step renews it, so ``ttl_s`` must exceed the longest single step.
+The expiry frees a lease whose holder died (its worker killed, the scheduler gone); a live holder
+renews it while it works (``central/orchestration/holding.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import Final
 
 import psycopg
+from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 WAREHOUSE: Final = "warehouse"
@@ -48,9 +50,9 @@ def _connect(dsn: str) -> psycopg.Connection:
 
 
 def acquire(dsn: str, holder: str, ttl_s: float, name: str = WAREHOUSE) -> int | None:
-    """Take the lease ``name`` for ``holder`` for ``ttl_s`` seconds: its generation, or None when
-    another holder has it and it has not expired. The same holder acquiring again renews it and
-    keeps the generation (a retried task)."""
+    """Take the lease ``name`` for ``holder`` for ``ttl_s`` seconds: its new generation, or None
+    when another holder has it and it has not expired. The same holder may take it again (a
+    cleared run whose earlier attempt died holding it), under a new generation."""
     if not holder:
         raise ValueError("a lease needs a holder")
     with _connect(dsn) as conn:
@@ -59,10 +61,8 @@ def acquire(dsn: str, holder: str, ttl_s: float, name: str = WAREHOUSE) -> int |
             insert into ops.leases as l (name, generation, holder, acquired_at, expires_at)
             values (%(name)s, 1, %(holder)s, now(), now() + make_interval(secs => %(ttl)s))
             on conflict (name) do update set
-                generation = l.generation
-                    + case when l.holder = excluded.holder then 0 else 1 end,
-                acquired_at = case when l.holder = excluded.holder then l.acquired_at
-                                   else now() end,
+                generation = l.generation + 1,
+                acquired_at = now(),
                 holder = excluded.holder,
                 expires_at = excluded.expires_at
             where l.holder is null or l.holder = excluded.holder or l.expires_at <= now()
@@ -86,7 +86,7 @@ def keep(dsn: str, holder: str, generation: int, ttl_s: float, name: str = WAREH
     if renewed is None:
         now = current(dsn, name)
         raise LeaseLost(
-            f"{holder} lost the {name} lease (generation {generation}); it is now "
+            f"{holder} does not hold the {name} lease at generation {generation}; it is now "
             + (
                 f"held by {now.holder} (generation {now.generation}) until {now.expires_at}"
                 if now and now.holder
@@ -109,12 +109,10 @@ def release(dsn: str, holder: str, generation: int, name: str = WAREHOUSE) -> bo
 
 def current(dsn: str, name: str = WAREHOUSE) -> Lease | None:
     """The lease ``name`` as it stands, or None if it was never taken."""
-    with _connect(dsn) as conn:
-        row = conn.execute(
+    with _connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
             "select name, generation, holder, acquired_at, expires_at from ops.leases "
             "where name = %s",
             (name,),
         ).fetchone()
-    if row is None:
-        return None
-    return Lease(**dict(zip(Lease.model_fields, row, strict=True)))
+    return None if row is None else Lease(**row)

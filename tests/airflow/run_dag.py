@@ -1,7 +1,8 @@
 """Run under .venv-airflow by tests/test_orchestration.py (Airflow cannot share the test venv):
 ``parse DAGS`` imports the DAG folder with every network connection refused and prints what it
-found; ``test DAGS DAG_ID`` runs one DAG with ``dag.test()`` and prints its
-state, the asset events and every task's XCom. One JSON object on the last line of stdout."""
+found; ``test DAGS DAG_ID`` runs one DAG with ``dag.test()`` and prints its state, the asset
+events, every task's XCom and state, and when each unmapped task started. One JSON object on the
+last line of stdout."""
 
 from __future__ import annotations
 
@@ -62,12 +63,14 @@ def test(folder: str, dag_id: str) -> dict[str, Any]:
             else:
                 xcoms[name] = x.value
         # A mapped task's instances as "task_id[rendered map index]".
+        instances = run.get_task_instances(session=session)
         states = {
             ti.task_id
             if ti.map_index < 0
             else f"{ti.task_id}[{ti.rendered_map_index or ti.map_index}]": str(ti.state)
-            for ti in run.get_task_instances(session=session)
+            for ti in instances
         }
+        started = {ti.task_id: ti.start_date for ti in instances if ti.map_index < 0}
     return {
         "state": str(run.state),
         "run_id": run.run_id,
@@ -76,6 +79,7 @@ def test(folder: str, dag_id: str) -> dict[str, Any]:
         "events": events,
         "xcom": xcoms,
         "tasks": states,
+        "started": started,
     }
 
 

@@ -9,8 +9,8 @@ dashboards and training read. Only then is the **`marts`** asset updated, which 
 
 * **hold_warehouse**: waits until no other run (a backfill's, a manual one) holds the
   warehouse, then holds it (a lease in PostgreSQL, `ops.leases`) until **release_warehouse**
-  (a teardown: it runs whether the run succeeded or failed). Each step below renews the lease as
-  it starts and fails if another run took it meanwhile, so two builds never mix.
+  (a teardown: it runs whether the run succeeded or failed). Each step below renews the lease
+  while it runs and fails if another run took it, so it never publishes over another build.
 * **load**: `central warehouse load`, incremental by watermark (a run with no new data changes
   nothing). A run whose interval ended more than two periods ago (a backfill, an old run
   cleared) reloads the rows that arrived in its interval instead; running it again changes
@@ -40,9 +40,10 @@ from central.orchestration.dbt_build import NODES_KEY, WarehouseDbtBuild
 
 PERIOD = timedelta(minutes=15)
 #: How often a run waiting for the warehouse asks again (the task is rescheduled in between,
-#: holding no worker slot) and how long it waits: long enough for a dead holder's lease to expire.
+#: holding no worker slot) and how long it waits: long enough for a dead holder's lease to expire
+#: (EIOT_LEASE_TTL_S, 2 h by default, must stay below it).
 LEASE_POKE = timedelta(seconds=20)
-LEASE_WAIT = timedelta(seconds=2 * steps.settings().lease_ttl_s)
+LEASE_WAIT = timedelta(hours=4)
 
 
 @dag(
@@ -76,14 +77,14 @@ def warehouse_refresh() -> None:
     @task(multiple_outputs=False)
     def load() -> dict[str, Any]:
         context = get_current_context()
-        s = holding.keep(context)
         window = steps.reload_window(
             context.get("data_interval_start"),
             context.get("data_interval_end"),
             datetime.now(UTC),
             PERIOD,
         )
-        rows = steps.load_warehouse(s, window)
+        with holding.held(context) as s:
+            rows = steps.load_warehouse(s, window)
         return {"rows": rows, "window": [str(w) for w in window] if window else None}
 
     build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
@@ -118,20 +119,26 @@ def warehouse_refresh() -> None:
 
     @task(multiple_outputs=False, retries=0)
     def quality_gate() -> dict[str, Any]:
-        s = holding.keep(get_current_context())
-        docs = Path(s.gx_dir) / "uncommitted" / "data_docs" / "local_site"
-        return steps.quality_gate(s, docs)
+        with holding.held(get_current_context()) as s:
+            docs = Path(s.gx_dir) / "uncommitted" / "data_docs" / "local_site"
+            return steps.quality_gate(s, docs)
 
     @task(multiple_outputs=False, outlets=[MARTS])
     def publish() -> dict[str, int]:
-        return steps.publish(holding.keep(get_current_context()))
+        with holding.held(get_current_context()) as s:
+            return steps.publish(s)
 
     hold = hold_warehouse()
+    loaded = load()
     models = dbt_models()
-    hold >> load() >> build >> models
+    hold >> loaded >> build >> models
     gate = quality_gate()
     [build, dbt_model.expand(model=models)] >> gate
-    gate >> publish() >> release_warehouse().as_teardown(setups=hold)
+    published = publish()
+    gate >> published
+    # After every step that touches the warehouse, not only the last: clearing one step clears
+    # the hold and the release too, and the release must then wait for that step again.
+    [loaded, build, gate, published] >> release_warehouse().as_teardown(setups=hold)
 
 
 warehouse_refresh()
