@@ -92,9 +92,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    import psycopg
+
     from ml.modelset import ModelSet
     from ml.publish import load_private_key
-    from ml.registry import Broker, default_dsn, default_root, publish_model_set
+    from ml.registry import Broker, default_dsn, default_root, publish_model_set, service_change
 
     model_set = ModelSet.read(args.model_dir)
     key = load_private_key(args.key)
@@ -103,13 +105,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
     )
     if args.tls:
         broker.tls = True
-    results = publish_model_set(
-        model_set,
-        key,
-        dsn=args.dsn or default_dsn(),
-        broker=broker,
-        root=args.root or default_root(),
-    )
+    dsn = args.dsn or default_dsn()
+    # under the lock a lifecycle run and a rollback take (ml.registry.service_change)
+    with (
+        psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn,
+        service_change(conn, model_set.name),
+    ):
+        results = publish_model_set(
+            model_set, key, dsn=dsn, broker=broker, root=args.root or default_root()
+        )
     for r in results:
         state = "registered" if r.registered else "already registered, re-sent"
         print(f"{r.name} {r.version} -> {r.topic} (retained, sha256 {r.sha256[:12]}…, {state})")

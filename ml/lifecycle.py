@@ -33,19 +33,19 @@ same threshold) under a new version ``<previous>.rb<UTC time>`` created now, reg
 decision ``rollback`` and published. The version rolled back from is never chosen as "previous"
 again.
 
-A run trains and evaluates for minutes; an operator's rollback may come meanwhile. Both change
-which model set is in service under one lock (:func:`service_change`, a PostgreSQL advisory lock
-per set name), and :func:`run` publishes only if the set in service is still the one it was
-compared with: otherwise it records ``refused`` with the reason, so a rollback is never undone
-unseen by a candidate judged against the model it rolled back.
+A run trains and evaluates for minutes; an operator's rollback may come meanwhile. Whatever
+changes which model set is in service does it under one lock (:func:`ml.registry.service_change`,
+a PostgreSQL advisory lock per set name, which ``ml publish`` takes too), and :func:`run`
+publishes only if the set in service is still the one it was compared with: otherwise it records
+``refused`` with the reason, so a rollback is never undone unseen by a candidate judged against
+the model it rolled back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,8 +60,8 @@ from edge_agent import topics
 from ml import metrics as mt
 from ml.dataset import MeterData, from_postgres, reading_features
 from ml.modelset import DEFAULT_NAME, ModelSet, default_version, reading_labels, train_model_set
-from ml.ranking import in_service_version, model_set_from_registry
-from ml.registry import Broker, publish_model_set, register, sign_member
+from ml.ranking import model_set_from_registry
+from ml.registry import Broker, publish_model_set, register, service_change, sign_member
 from ml.train import DEFAULT_ALERT_RATE
 
 log = logging.getLogger(__name__)
@@ -227,18 +227,6 @@ def _register_set(conn: psycopg.Connection, model_set: ModelSet, key: Ed25519Pri
         )
 
 
-@contextlib.contextmanager
-def service_change(conn: psycopg.Connection, name: str) -> Iterator[str | None]:
-    """Hold the lock on which version of the set ``name`` is in service (a session advisory lock
-    of ``conn``, released on exit or when the connection ends) and yield that version."""
-    key = f"ml.models/{name}"
-    conn.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (key,))
-    try:
-        yield in_service_version(conn, name)
-    finally:
-        conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-
-
 def record_decision(
     conn: psycopg.Connection,
     model_set: ModelSet,
@@ -296,7 +284,7 @@ def run(
             None if serving is None else evaluate_model_set(serving, data, features, rows)
         )
         verdict = decide(cand_metrics, serv_metrics, cfg)
-        evaluation = {
+        evaluation: dict[str, Any] = {
             "candidate": cand_metrics,
             "in_service": serv_metrics,
             "holdout": {
@@ -309,6 +297,7 @@ def run(
         compared = None if serving is None else serving.version
         with service_change(conn, cfg.name) as now_serving:
             if now_serving != compared:
+                evaluation["in_service_now"] = now_serving
                 verdict = Decision(
                     False,
                     f"the model in service changed during this run ({compared} -> "

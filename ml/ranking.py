@@ -32,6 +32,7 @@ from edge_agent.features import FEATURE_NAMES
 from ml.customer import PEER_SIGNS, customer_features, peer_contributions
 from ml.dataset import MeterData, from_postgres, reading_features
 from ml.modelset import Member, ModelSet, key_parts
+from ml.registry import in_service_version
 
 SCORER = "peer"
 REASONS = 3
@@ -50,16 +51,6 @@ class Ranking:
     customer_class: list[str]
     region: list[str]
     transformer_id: list[str]
-
-
-def in_service_version(conn: psycopg.Connection, name: str) -> str | None:
-    """The version of the model set ``name`` in service: its newest published version."""
-    row = conn.execute(
-        "select version from ml.models where name = %s and published_at is not null"
-        " order by created_at desc, registered_at desc limit 1",
-        (name,),
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def model_set_from_registry(

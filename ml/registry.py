@@ -29,11 +29,12 @@ settings: ``EIOT_PG_DSN``, ``EIOT_BROKER_HOST``, ``EIOT_BROKER_PORT``, ``EIOT_BR
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -88,6 +89,31 @@ class Broker:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def in_service_version(conn: psycopg.Connection, name: str) -> str | None:
+    """The version of the model set ``name`` in service: its newest published version."""
+    row = conn.execute(
+        "select version from ml.models where name = %s and published_at is not null"
+        " order by created_at desc, registered_at desc limit 1",
+        (name,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+@contextlib.contextmanager
+def service_change(conn: psycopg.Connection, name: str) -> Iterator[str | None]:
+    """Hold the lock on which version of the set ``name`` is in service (a session advisory lock
+    of ``conn``) and yield that version. Whatever changes it takes this lock around its check
+    and its publication: a lifecycle run, a rollback (``ml/lifecycle.py``), ``ml publish``."""
+    key = f"ml.models/{name}"
+    conn.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+    try:
+        yield in_service_version(conn, name)
+    finally:
+        # A broken connection has dropped the lock with its session: keep the first error.
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
 def default_dsn() -> str:

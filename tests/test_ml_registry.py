@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +23,7 @@ from edge_agent import wire
 from edge_agent.features import FEATURE_NAMES
 from edge_agent.model import ModelRejected, load_model
 from edge_agent.signing import verify_withdrawal
+from ml.cli import main as ml_main
 from ml.dataset import MeterData, from_fleet, reading_features
 from ml.modelset import ModelSet, train_model_set
 from ml.publish import generate_keypair, load_private_key, public_key_b64
@@ -29,11 +31,13 @@ from ml.registry import (
     Broker,
     VersionConflict,
     clear_retained,
+    in_service_version,
     mark_published,
     publish_model_set,
     read_retained,
     register,
     registered,
+    service_change,
     sign_member,
 )
 from simulator import FleetConfig
@@ -135,6 +139,36 @@ def test_publish_registers_row_and_retained_message_verifies(
     finally:
         clear_retained(topic, BROKER)
     assert read_retained(topic, BROKER, timeout_s=1.0) is None
+
+
+def test_ml_publish_waits_for_another_change_of_the_model_in_service(
+    ml_dsn: str, model_set: ModelSet, keys: tuple[Path, str], tmp_path: Path
+) -> None:
+    """`python -m ml publish` takes the lock a lifecycle run and a rollback hold while they
+    check and change which set is in service (ml.registry.service_change)."""
+    private, _ = keys
+    root = f"eiot-test/{secrets.token_hex(4)}"
+    topic = f"{root}/models/{model_set.name}"
+    model_set.write(tmp_path / "set")
+    argv = ["publish", str(tmp_path / "set"), "--key", str(private), "--dsn", ml_dsn]
+    argv += ["--port", str(BROKER.port), "--root", root]
+    done = threading.Event()
+    try:
+        with (
+            psycopg.connect(ml_dsn, autocommit=True) as conn,
+            service_change(conn, model_set.name) as serving,
+        ):
+            assert serving is None
+            publishing = threading.Thread(target=lambda: (ml_main(argv), done.set()))
+            publishing.start()
+            assert not done.wait(1.5), "published under another change's lock"
+        publishing.join(30)
+        assert done.is_set()
+        with psycopg.connect(ml_dsn) as conn:
+            assert in_service_version(conn, model_set.name) == model_set.version
+        assert read_retained(topic, BROKER) is not None
+    finally:
+        clear_retained(topic, BROKER)
 
 
 def test_a_new_set_without_a_class_withdraws_that_class_model(

@@ -7,6 +7,7 @@ role); and the same through Airflow with dag.test()."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from edge_agent.signing import verify_message
 from ml import lifecycle
 from ml.lifecycle import LifecycleConfig, decide
 from ml.publish import generate_keypair, load_private_key
-from ml.registry import Broker, read_retained
+from ml.registry import Broker, read_retained, service_change
 from simulator import FleetConfig
 from tests.support.logins import logins
 from tests.support.secure import identity_env
@@ -198,6 +199,23 @@ def test_a_rollback_during_a_run_is_not_undone_by_its_candidate(
     assert served["version"] == back["version"], "the rollback stays in service"
     rows = {r[0]: r for r in decisions(ml_login)}
     assert rows[third["version"]][1] == "refused" and not rows[third["version"]][4]
+    assert rows[third["version"]][3]["in_service_now"] == back["version"]
+
+    # The check and the publication are one step: a rollback waits while another change of
+    # service (here held by hand) is under way.
+    done = threading.Event()
+    with (
+        psycopg.connect(ml_login, autocommit=True) as conn,
+        service_change(conn, "iforest") as serving,
+    ):
+        assert serving == back["version"]
+        waiting = threading.Thread(
+            target=lambda: (lifecycle.rollback(ml_login, broker, key, root=topic_root), done.set())
+        )
+        waiting.start()
+        assert not done.wait(1.5), "the rollback went ahead under another change's lock"
+    waiting.join(30)
+    assert done.is_set()
 
 
 @pytest.mark.services
