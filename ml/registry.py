@@ -111,8 +111,7 @@ def service_change(conn: psycopg.Connection, name: str) -> Iterator[str | None]:
     try:
         yield in_service_version(conn, name)
     finally:
-        # A broken connection has dropped the lock with its session: keep the first error.
-        with contextlib.suppress(psycopg.Error):
+        if not conn.broken:  # a broken connection's session, and the lock with it, is gone
             conn.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 

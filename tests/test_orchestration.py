@@ -137,9 +137,13 @@ def test_warehouse_refresh_builds_the_marts_emits_the_asset_and_gates(
     first = airflow.run(*run_dag)
     assert first["state"] == "success", first["tasks"]
     assert [e["uri"] for e in first["events"]] == ["eiot://warehouse/marts"], first
-    # Each task's XCom is its return value; the only other key is the build's nodes (a dict
-    # return value is not also split into one row per key).
-    assert [k for k in first["xcom"] if ":" in k] == ["dbt_build:nodes"], list(first["xcom"])
+    # Each task's XCom is its return value; the only other keys are the build's nodes and the
+    # lease generation each warehouse step ran under (a dict return value is not also split
+    # into one row per key).
+    steps = ("load", "dbt_build", "quality_gate", "publish")
+    assert {k for k in first["xcom"] if ":" in k} == {"dbt_build:nodes"} | {
+        f"{t}:lease_generation" for t in steps
+    }, list(first["xcom"])
     loaded = first["xcom"]["load"]["rows"]
     with psycopg.connect(fleet_dsn) as pg:
         (readings,) = pg.execute("select count(*) from raw.readings").fetchone()  # type: ignore[misc]

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import psycopg
 import pytest
@@ -122,12 +123,22 @@ def test_the_loader_cannot_delete_the_generation_nor_others_touch_the_lease(
 
 
 class _TaskInstance:
-    def __init__(self, generation: int | None) -> None:
-        self.generation = generation
+    """The XCom of one run's task instances, as ``ti.xcom_pull``/``xcom_push`` see it."""
 
-    def xcom_pull(self, task_ids: str) -> int | None:
-        assert task_ids == holding.HOLD_TASK
-        return self.generation
+    def __init__(self, generation: int | None, xcom: dict[tuple[str, str], Any] | None = None):
+        self.xcom = {} if xcom is None else xcom
+        self.xcom[(holding.HOLD_TASK, "return_value")] = generation
+        self.task_id = ""
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value") -> Any:
+        return self.xcom.get((task_ids, key))
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[(self.task_id, key)] = value
+
+    def step(self, task_id: str) -> _TaskInstance:
+        self.task_id = task_id
+        return self
 
 
 def test_a_run_holds_renews_and_releases_the_lease_and_stops_when_another_run_took_it(
@@ -179,3 +190,40 @@ def test_a_run_holds_renews_and_releases_the_lease_and_stops_when_another_run_to
     assert holding.release(manual)
     held = lease.current(loader)
     assert held is not None and held.holder is None and held.generation == 2
+
+
+def test_a_step_cleared_alone_does_not_publish_what_it_did_not_build(
+    loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clearing only publish clears the hold too: it takes a new generation, and the build
+    database may hold another run's data by then. Publish checks that the gate before it ran
+    under its own generation, and asks to clear the run from load."""
+    monkeypatch.setenv("EIOT_PG_DSN", loader)
+    run = {"dag": SimpleNamespace(dag_id="warehouse_refresh"), "run_id": "scheduled__2026-12-02"}
+    first = holding.acquire(run)
+    ti = _TaskInstance(first)
+    for step, after in (("load", None), ("dbt_build", "load"), ("quality_gate", "dbt_build")):
+        with holding.held({**run, "ti": ti.step(step)}, after=after):
+            pass
+    assert ti.xcom_pull("quality_gate", holding.RAN_UNDER) == first
+
+    # publish failed; someone clears publish alone: the hold runs again first
+    assert holding.release({**run, "ti": ti})
+    again = holding.acquire(run)
+    assert again == first + 1
+    ti.xcom[(holding.HOLD_TASK, "return_value")] = again
+    with (
+        pytest.raises(lease.LeaseLost, match="clear this run from load"),
+        holding.held({**run, "ti": ti.step("publish")}, after="quality_gate"),
+    ):
+        pytest.fail("publish ran on a build of another generation")
+    # cleared from load, every step runs again under the new generation: publish goes ahead
+    for step, after in (
+        ("load", None),
+        ("dbt_build", "load"),
+        ("quality_gate", "dbt_build"),
+        ("publish", "quality_gate"),
+    ):
+        with holding.held({**run, "ti": ti.step(step)}, after=after):
+            pass
+    assert ti.xcom_pull("publish", holding.RAN_UNDER) == again

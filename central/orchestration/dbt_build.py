@@ -71,7 +71,7 @@ class WarehouseDbtBuild(DbtBuildLocalOperator):
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
         # the worker's environment, not the parser's
-        with holding.held(context) as s, served(s.clickhouse_dsn) as url:
+        with holding.held(context, after="load") as s, served(s.clickhouse_dsn) as url:
             self.profile_config = self._profile(s)
             self.dbt_executable_path = dbt_executable(s)
             self.vars = steps.dbt_vars(s)

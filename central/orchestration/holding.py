@@ -2,11 +2,19 @@
 tasks: the run is the holder, the generation is the XCom of the task that acquired the lease.
 
 :func:`acquire` is the hold task's poke, :func:`release` its teardown. Every step that touches
-the warehouse runs inside :func:`held`: the lease is renewed as the step starts, every quarter
-of its TTL while it runs (so a live run's lease never expires, however long dbt takes), and once
-more as it ends. A step whose lease was taken meanwhile fails with
-:class:`~central.warehouse.lease.LeaseLost` at its start or end, so it never reports success
-and the run never publishes over another run's build.
+the warehouse runs inside :func:`held`:
+
+* the lease is renewed as the step starts, every quarter of its TTL while it runs (a live run's
+  lease does not expire, however long dbt takes), and once more as it ends; a step whose lease
+  was taken meanwhile fails at its start or its end, and never reports success;
+* each step records the generation it ran under (XCom ``lease_generation``) and a step checks
+  that the one before it (``after``) ran under its own: clearing only ``publish`` (or the gate,
+  or the build) makes the hold take a new generation, and publishing the build database then
+  could publish what another run left there, so such a step fails and asks to clear the run
+  from ``load``.
+
+A lease lost *while* a step runs (only possible when it was freed by hand or PostgreSQL was
+unreachable for a whole TTL) is noticed at the step's end, not at once: the step is not stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: The task that acquires the lease; its XCom is the generation it got.
 HOLD_TASK: Final = "hold_warehouse"
+#: XCom key: the generation a warehouse step ran under.
+RAN_UNDER: Final = "lease_generation"
 
 
 def holder(context: Any) -> str:
@@ -57,13 +67,23 @@ def generation(context: Any) -> int:
 
 
 @contextlib.contextmanager
-def held(context: Any, every_s: float | None = None) -> Iterator[WarehouseSettings]:
+def held(
+    context: Any, after: str | None = None, every_s: float | None = None
+) -> Iterator[WarehouseSettings]:
     """Run a step under this run's lease (module doc): yields the warehouse settings once the
-    lease is renewed; renews it every ``every_s`` (default a quarter of ``lease_ttl_s``) while
-    the step runs; checks it again when the step ends without an error."""
+    lease is renewed and the step ``after`` is known to have run under the same generation;
+    renews it every ``every_s`` (default a quarter of ``lease_ttl_s``) while the step runs;
+    checks it again and records the generation when the step ends without an error."""
     s = steps.settings()
     who, gen = holder(context), generation(context)
     lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)
+    if after is not None:
+        before = context["ti"].xcom_pull(task_ids=after, key=RAN_UNDER)
+        if before != gen:
+            raise lease.LeaseLost(
+                f"{after} ran under lease generation {before}, this step under {gen}: the "
+                "warehouse may hold another run's data since; clear this run from load"
+            )
     stop = threading.Event()
 
     def heartbeat() -> None:
@@ -82,5 +102,6 @@ def held(context: Any, every_s: float | None = None) -> Iterator[WarehouseSettin
         yield s
     finally:
         stop.set()
-        beat.join()
+        beat.join(timeout=60)  # a renewal under way ends within lease's statement timeout
     lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)
+    context["ti"].xcom_push(key=RAN_UNDER, value=gen)

@@ -12,11 +12,12 @@ apart from the DAG's.
   None (the caller waits).
 * :func:`keep` renews the lease for ``ttl_s`` more and raises :class:`LeaseLost` when it is no
   longer this holder's at this generation (it expired and another run took it, even if that run
-  since released it), so a run that lost the lease never publishes.
+  since released it): the step that finds it so fails.
 * :func:`release` frees it (only the holder's own generation).
 
 The expiry frees a lease whose holder died (its worker killed, the scheduler gone); a live holder
-renews it while it works (``central/orchestration/holding.py``).
+renews it while it works (``central/orchestration/holding.py``), and a hung one is stopped by its
+task's timeout.
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ class Lease(BaseModel):
 
 
 def _connect(dsn: str) -> psycopg.Connection:
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    # Short statements: bounded, so a half-open connection cannot hold a step at its end.
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=10,
+        options="-c statement_timeout=30000",
+        keepalives=1,
+        keepalives_idle=30,
+    )
 
 
 def acquire(dsn: str, holder: str, ttl_s: float, name: str = WAREHOUSE) -> int | None:

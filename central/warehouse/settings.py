@@ -50,9 +50,10 @@ class WarehouseSettings(TomlEnvSettings):
     # refresh builds and checks them in before publishing them there (central/warehouse/publish.py).
     marts_schema: str = Field(default="marts", pattern=SCHEMA_PATTERN)
     marts_build_schema: str = Field(default="marts_build", pattern=SCHEMA_PATTERN)
-    # How long an orchestrated run holds the warehouse without renewing it (each step renews it
-    # as it starts: longer than the longest step). A holder that died frees it after this.
-    lease_ttl_s: float = Field(default=7200.0, ge=60)
+    # How long a run of warehouse_refresh keeps the warehouse without renewing it (a live run
+    # renews it while it works): a holder that died frees it after this. Below the 4 h a waiting
+    # run waits (warehouse_refresh.LEASE_WAIT).
+    lease_ttl_s: float = Field(default=7200.0, ge=60, le=3 * 3600)
 
     @model_validator(mode="after")
     def _marts_apart(self) -> WarehouseSettings:

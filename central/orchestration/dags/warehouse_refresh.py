@@ -10,7 +10,8 @@ dashboards and training read. Only then is the **`marts`** asset updated, which 
 * **hold_warehouse**: waits until no other run (a backfill's, a manual one) holds the
   warehouse, then holds it (a lease in PostgreSQL, `ops.leases`) until **release_warehouse**
   (a teardown: it runs whether the run succeeded or failed). Each step below renews the lease
-  while it runs and fails if another run took it, so it never publishes over another build.
+  while it runs, fails if another run took it, and checks that the step before it ran under the
+  same hold: after clearing a step, clear the run from **load**.
 * **load**: `central warehouse load`, incremental by watermark (a run with no new data changes
   nothing). A run whose interval ended more than two periods ago (a backfill, an old run
   cleared) reloads the rows that arrived in its interval instead; running it again changes
@@ -44,6 +45,9 @@ PERIOD = timedelta(minutes=15)
 #: (EIOT_LEASE_TTL_S, 2 h by default, must stay below it).
 LEASE_POKE = timedelta(seconds=20)
 LEASE_WAIT = timedelta(hours=4)
+#: A warehouse step that runs longer is stopped (and the run fails, releasing the lease): a hung
+#: step must not keep its lease alive for ever. Below LEASE_WAIT, so a waiting run outlasts it.
+STEP_TIMEOUT = timedelta(hours=3)
 
 
 @dag(
@@ -74,7 +78,7 @@ def warehouse_refresh() -> None:
 
     # multiple_outputs=False on every task returning a dict: one XCom row, its return value (by
     # default Airflow infers one more row per key from the annotation; lint rule AIR202).
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, execution_timeout=STEP_TIMEOUT)
     def load() -> dict[str, Any]:
         context = get_current_context()
         window = steps.reload_window(
@@ -87,7 +91,7 @@ def warehouse_refresh() -> None:
             rows = steps.load_warehouse(s, window)
         return {"rows": rows, "window": [str(w) for w in window] if window else None}
 
-    build = WarehouseDbtBuild(task_id="dbt_build", retries=0)
+    build = WarehouseDbtBuild(task_id="dbt_build", retries=0, execution_timeout=STEP_TIMEOUT)
 
     # dbt_models and dbt_model report what the build recorded: a retry cannot change it.
     @task(trigger_rule="one_done", retries=0)  # after the build, failed or not; not if it never ran
@@ -117,15 +121,15 @@ def warehouse_refresh() -> None:
             raise RuntimeError(f"{model['name']}: {model['message']}")
         return {k: model[k] for k in ("name", "status", "seconds")}
 
-    @task(multiple_outputs=False, retries=0)
+    @task(multiple_outputs=False, retries=0, execution_timeout=STEP_TIMEOUT)
     def quality_gate() -> dict[str, Any]:
-        with holding.held(get_current_context()) as s:
+        with holding.held(get_current_context(), after="dbt_build") as s:
             docs = Path(s.gx_dir) / "uncommitted" / "data_docs" / "local_site"
             return steps.quality_gate(s, docs)
 
-    @task(multiple_outputs=False, outlets=[MARTS])
+    @task(multiple_outputs=False, outlets=[MARTS], execution_timeout=STEP_TIMEOUT)
     def publish() -> dict[str, int]:
-        with holding.held(get_current_context()) as s:
+        with holding.held(get_current_context(), after="quality_gate") as s:
             return steps.publish(s)
 
     hold = hold_warehouse()
