@@ -10,11 +10,16 @@ for name in svc-ingest-1 svc-ingest-2; do
 done
 central pki issue svc-models --role models --dir "$pki" --if-missing
 central pki issue svc-models-keeper --role models --dir "$pki" --if-missing
+central pki issue svc-ops --role ops --dir "$pki" --if-missing
 central pki issue svc-admin --role admin --dir "$pki" --if-missing
 central pki issue svc-alerts-webhook --role alerts --dir "$pki" --if-missing
 for n in $(seq 1 "${GATEWAYS:-3}"); do
     central pki issue "gw-$n" --role gateway --dir "$pki" --if-missing
 done
+# The model signing key, in its own volume (only Airflow mounts it); its public half beside the
+# PKI, where the gateways read it.
+python -m ml keygen --private /var/lib/eiot-signing/model_signing.pem \
+    --public /var/lib/eiot/model.pub --if-missing
 central broker config --dir "$pki" --state-dir /var/lib/eiot-broker --broker-name mosquitto \
     --port 8883 --bind 0.0.0.0
 central db migrate --create-db --dsn "$EIOT_ADMIN_DSN"

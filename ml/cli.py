@@ -32,9 +32,9 @@ def _date(text: str) -> datetime:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from ml.publish import generate_keypair
+    from ml.publish import ensure_keypair, generate_keypair
 
-    pub = generate_keypair(args.private, args.public)
+    pub = (ensure_keypair if args.if_missing else generate_keypair)(args.private, args.public)
     print(f"private key: {args.private} (keep it on the central side, never commit it)")
     print(f"public key (configure the agents with it): {pub}")
     return 0
@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--private", required=True, help="private key file to create (PEM)")
     p.add_argument("--public", default=None, help="public key file (default: PRIVATE.pub)")
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep an existing private key (write its public key again) instead of refusing",
+    )
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser(

@@ -60,6 +60,19 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
     return pub
 
 
+def ensure_keypair(private_path: str | Path, public_path: str | Path | None = None) -> str:
+    """:func:`generate_keypair` when ``private_path`` does not exist; else its public key is
+    written again from it (provisioning run twice keeps its key and the agents' copy of it)."""
+    private_path = Path(private_path)
+    if not private_path.exists():
+        return generate_keypair(private_path, public_path)
+    public = Path(public_path) if public_path is not None else private_path.with_suffix(".pub")
+    pub = public_key_b64(load_private_key(private_path))
+    public.parent.mkdir(parents=True, exist_ok=True)
+    public.write_text(pub + "\n", encoding="ascii")
+    return pub
+
+
 def _from_text(data: bytes) -> Ed25519PrivateKey:
     stripped = data.strip()
     if stripped.startswith(b"-----BEGIN"):

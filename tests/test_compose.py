@@ -161,6 +161,93 @@ def test_superset_imports_the_dashboards_once_healthy(filled_env: Path) -> None:
     )
 
 
+def issued_identities() -> dict[str, str]:
+    """Identity name (or a pattern of names) -> role, as docker/provision.sh issues them."""
+    script = (REPO / "docker" / "provision.sh").read_text()
+    loops = dict(re.findall(r"for (\w+) in ([^;]+); do", script))
+    issued: dict[str, str] = {}
+    for name, role in re.findall(r'central pki issue ("?[\w$-]+"?) --role (\w+)', script):
+        name = name.strip('"')
+        var = re.fullmatch(r"\$(\w+)", name)
+        if var and var.group(1) in loops:
+            issued.update(dict.fromkeys(loops[var.group(1)].split(), role))
+        else:
+            issued[re.sub(r"\$\w+", r"\\d+", name)] = role
+    return issued
+
+
+def role_of(identity: str, issued: dict[str, str]) -> str | None:
+    return next((r for n, r in issued.items() if re.fullmatch(n, identity)), None)
+
+
+def test_each_dag_acts_as_its_own_identity_and_only_airflow_holds_the_signing_key(
+    filled_env: Path,
+) -> None:
+    """One Airflow runs every DAG: the plain EIOT_* are warehouse_refresh's (the loader), the ML
+    scope is the ml login, svc-models and the signing key, the OPS scope svc-ops; every identity
+    a service names is one provision issues, with that role; the gateways trust the key's public
+    half that provision writes."""
+    from central.orchestration.identity import ML, OPS, scoped
+
+    services = rendered(filled_env)["services"]
+    issued = issued_identities()
+    script = (REPO / "docker" / "provision.sh").read_text()
+
+    def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+        return {
+            m["target"]: (m["source"], bool(m.get("read_only"))) for m in service.get("volumes", [])
+        }
+
+    def identity(env: dict[str, str]) -> str | None:
+        cert, key = env.get("EIOT_BROKER_CERT_FILE"), env.get("EIOT_BROKER_KEY_FILE")
+        if cert is None:
+            return None
+        name = Path(cert).stem
+        assert key == str(Path(cert).with_suffix(".key")), (cert, key)
+        return name
+
+    for name, service in services.items():  # every identity named is issued
+        env = service.get("environment") or {}
+        for scope in (None, ML, OPS):
+            ident = identity(env if scope is None else scoped(scope, env))
+            if ident is not None:
+                assert role_of(ident, issued), f"{name} connects as {ident}: not issued"
+
+    airflow = services["airflow"]
+    env = airflow["environment"]
+    expected = {None: ("loader", None), ML: ("ml", "models"), OPS: ("loader", "ops")}
+    for scope, (login, role) in expected.items():
+        view = env if scope is None else scoped(scope, env)
+        assert view["EIOT_PG_DSN"].startswith(f"postgresql://{login}:"), scope
+        ident = identity(view)
+        assert (role_of(ident, issued) if ident else None) == role, (scope, ident)
+        assert ("EIOT_MODEL_SIGNING_KEY_FILE" in view) == (scope == ML), scope
+        if scope is not None:
+            left = [k for k in view if k.startswith("EIOT_") and "__" in k]
+            assert not left, f"{scope} sees {left}"
+    signing = Path(scoped(ML, env)["EIOT_MODEL_SIGNING_KEY_FILE"])
+    keep = {
+        n: m[str(signing.parent)]
+        for n, s in services.items()
+        if str(signing.parent) in (m := mounts(s))
+    }
+    assert keep == {"provision": ("model-signing", False), "airflow": ("model-signing", True)}
+    assert f"--private {signing}" in script.replace("\\\n    ", "")
+    assert mounts(airflow)["/var/lib/eiot"] == ("provisioned", True)
+    assert airflow["user"].split(":")[0] == services["provision"]["user"].split(":")[0]
+
+    public = re.search(r"--public (\S+) --if-missing", script.replace("\\\n    ", ""))
+    assert public and Path(public.group(1)).parent == Path("/var/lib/eiot")
+    gateways = [s for n, s in services.items() if n.startswith("gateway-")]
+    assert len(gateways) == 3
+    for gateway in gateways:
+        # `config` writes a `$` the container sees as `$$` (its output is a compose file again)
+        command = " ".join(gateway["command"]).replace("$$", "$")
+        assert f'EIOT_MODEL_PUBLIC_KEY="$(cat {public.group(1)})" exec edge-agent run' in command
+        assert mounts(gateway)["/var/lib/eiot"] == ("provisioned", True)
+        assert str(signing.parent) not in mounts(gateway)
+
+
 @pytest.mark.parametrize("password", ["plain", "it's", "a\\'; DROP USER eiot; --", "x\\"])
 def test_the_dashboard_login_is_read_only_whatever_its_password(
     tmp_path: Path, password: str

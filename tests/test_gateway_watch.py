@@ -139,6 +139,7 @@ def test_gateway_watch_dag_sends_once_and_records(
     topic_root: str,
     tmp_path: Path,
 ) -> None:
+    from central.orchestration.identity import OPS, as_scope
     from tests.test_orchestration import DAGS, DRIVER, Airflow
 
     dsn, pg = raw
@@ -146,13 +147,16 @@ def test_gateway_watch_dag_sends_once_and_records(
     reader = connect(pki, "svc-alerts-test", secure_broker.port)
     assert reader.subscribe(topics.ops_alerts(topic_root)) == 1
     warehouse = f"chdb://{tmp_path / 'warehouse'}"
+    # as compose runs it: svc-ops in the OPS scope; the plain identity (svc-models here) may
+    # not publish operational alerts
     airflow = Airflow(
         tmp_path / "airflow",
         {
             "EIOT_PG_DSN": dsn,
             "EIOT_CLICKHOUSE_DSN": warehouse,
             "EIOT_TOPIC_ROOT": topic_root,
-            **identity_env(pki, "svc-ops", secure_broker.port),
+            **identity_env(pki, "svc-models", secure_broker.port),
+            **as_scope(OPS, identity_env(pki, "svc-ops", secure_broker.port)),
         },
     )
     airflow.cli("db", "migrate")

@@ -311,6 +311,13 @@ def test_cli_help_and_train_writes_a_model_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert keys.stat().st_mode & 0o777 == 0o600 and keys.with_suffix(".pub").exists()
     assert _run("-m", "ml", "keygen", "--private", str(keys)).returncode != 0  # no overwrite
+    pem, pub = keys.read_bytes(), keys.with_suffix(".pub").read_text()
+    agents = tmp_path / "agents" / "model.pub"  # provisioning: the key kept, its public half again
+    again = _run(
+        "-m", "ml", "keygen", "--private", str(keys), "--public", str(agents), "--if-missing"
+    )
+    assert again.returncode == 0, again.stderr
+    assert keys.read_bytes() == pem and agents.read_text() == pub and pub.strip() in again.stdout
 
     out = tmp_path / "model"
     proc = _run(

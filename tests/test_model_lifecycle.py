@@ -153,6 +153,13 @@ def ml_login(pg_dsn: str) -> Iterator[str]:
         yield make(roles.ML)
 
 
+@pytest.fixture
+def loader_login(pg_dsn: str) -> Iterator[str]:
+    """A login of the loader group role, what warehouse_refresh connects as."""
+    with logins(pg_dsn) as make:
+        yield make(roles.LOADER)
+
+
 @pytest.mark.services
 def test_a_rollback_during_a_run_is_not_undone_by_its_candidate(
     pg_dsn: str,
@@ -220,8 +227,18 @@ def test_a_rollback_during_a_run_is_not_undone_by_its_candidate(
 
 @pytest.mark.services
 def test_model_lifecycle_dag_publishes_then_skips_and_rollback_dag(
-    pg_dsn: str, topic_root: str, secure_broker: SecureMosquitto, pki: Pki, tmp_path: Path
+    pg_dsn: str,
+    topic_root: str,
+    secure_broker: SecureMosquitto,
+    pki: Pki,
+    tmp_path: Path,
+    loader_login: str,
+    ml_login: str,
 ) -> None:
+    """The DAGs in the environment compose gives its one Airflow: the plain variables are
+    warehouse_refresh's (the loader's login, which may not write ml.models, and here svc-ops,
+    which may not publish models); the ML scope's are the ml login, svc-models and the key."""
+    from central.orchestration.identity import ML, as_scope
     from tests.test_orchestration import DAGS, DRIVER, Airflow
 
     copy_fleet(pg_dsn, FleetConfig(meters=40, days=10, seed=6))
@@ -244,11 +261,18 @@ def test_model_lifecycle_dag_publishes_then_skips_and_rollback_dag(
     airflow = Airflow(
         tmp_path / "airflow",
         {
-            "EIOT_PG_DSN": pg_dsn,
+            "EIOT_PG_DSN": loader_login,
             "EIOT_TOPIC_ROOT": topic_root,
-            "EIOT_MODEL_SIGNING_KEY_FILE": str(private),
             "EIOT_LIFECYCLE_WINDOW_DAYS": "7",
-            **identity_env(pki, "svc-models", secure_broker.port),
+            **identity_env(pki, "svc-ops", secure_broker.port),
+            **as_scope(
+                ML,
+                {
+                    "EIOT_PG_DSN": ml_login,
+                    "EIOT_MODEL_SIGNING_KEY_FILE": str(private),
+                    **identity_env(pki, "svc-models", secure_broker.port),
+                },
+            ),
         },
     )
     airflow.cli("db", "migrate")

@@ -6,7 +6,8 @@ whose quarantine suddenly spikes become operational alerts (`ops_alert.v1`) on
 `{root}/ops/alerts` (published as `svc-ops`, QoS 1) and rows in the warehouse table
 `ops.gateway_alerts`. An alert is sent when its condition appears and again (`resolved`) when it
 clears, not on every run. Thresholds: `EIOT_WATCH_*`; the logic is
-`central/orchestration/watch.py`.
+`central/orchestration/watch.py`. It runs in the `OPS` scope: `EIOT_OPS__<NAME>`, where set,
+stands for `EIOT_<NAME>` (`central/orchestration/identity.py`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ def gateway_watch() -> None:
         from functools import partial
 
         from central.orchestration import watch
+        from central.orchestration.identity import OPS, acting_as
         from ml.registry import Broker, publish
 
-        return watch.watch(watch.load_watch_settings(), partial(publish, broker=Broker.from_env()))
+        with acting_as(OPS):
+            settings = watch.load_watch_settings()
+            return watch.watch(settings, partial(publish, broker=Broker.from_env()))
 
     watch()
 

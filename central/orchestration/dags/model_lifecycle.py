@@ -11,9 +11,11 @@ to the gateways (signed, retained `model.v1`) only when it is not worse. Every d
   the setting.
 * **retrain**: `ml.lifecycle.run`: train, evaluate, decide, register, publish when not worse.
 
-Settings (environment): `EIOT_PG_DSN`, the broker (`EIOT_BROKER_*`, the `svc-models` identity),
-`EIOT_TOPIC_ROOT`, the signing key (`EIOT_MODEL_SIGNING_KEY_FILE`), and
-`EIOT_LIFECYCLE_WINDOW_DAYS` (28), `EIOT_LIFECYCLE_HOLDOUT_DAYS` (2).
+Settings (environment): `EIOT_PG_DSN` (the `ml` login), the broker (`EIOT_BROKER_*`, the
+`svc-models` identity), `EIOT_TOPIC_ROOT`, the signing key (`EIOT_MODEL_SIGNING_KEY_FILE`), and
+`EIOT_LIFECYCLE_WINDOW_DAYS` (28), `EIOT_LIFECYCLE_HOLDOUT_DAYS` (2). Both DAGs run in the `ML`
+scope: `EIOT_ML__<NAME>`, where set, stands for `EIOT_<NAME>`
+(`central/orchestration/identity.py`).
 
 ### model_rollback
 
@@ -46,11 +48,13 @@ def model_lifecycle() -> None:
         import os
         from datetime import timedelta
 
+        from central.orchestration.identity import ML, acting_as
         from ml import lifecycle
         from ml.registry import default_dsn
 
-        hours = float(os.environ.get("EIOT_LIFECYCLE_MIN_HOURS", "20"))
-        last = lifecycle.last_decision_at(default_dsn())
+        with acting_as(ML):
+            hours = float(os.environ.get("EIOT_LIFECYCLE_MIN_HOURS", "20"))
+            last = lifecycle.last_decision_at(default_dsn())
         go = lifecycle.due(last, datetime.now(UTC), timedelta(hours=hours))
         print(f"last decision {last}; minimum interval {hours} h: {'run' if go else 'skip'}")
         return go
@@ -59,17 +63,19 @@ def model_lifecycle() -> None:
     def retrain() -> dict[str, Any]:
         import os
 
+        from central.orchestration.identity import ML, acting_as
         from ml import lifecycle
         from ml.publish import load_private_key
         from ml.registry import Broker, default_dsn, default_root
 
-        cfg = lifecycle.LifecycleConfig(
-            window_days=float(os.environ.get("EIOT_LIFECYCLE_WINDOW_DAYS", "28")),
-            holdout_days=float(os.environ.get("EIOT_LIFECYCLE_HOLDOUT_DAYS", "2")),
-        )
-        result = lifecycle.run(
-            default_dsn(), Broker.from_env(), load_private_key(), root=default_root(), cfg=cfg
-        )
+        with acting_as(ML):
+            cfg = lifecycle.LifecycleConfig(
+                window_days=float(os.environ.get("EIOT_LIFECYCLE_WINDOW_DAYS", "28")),
+                holdout_days=float(os.environ.get("EIOT_LIFECYCLE_HOLDOUT_DAYS", "2")),
+            )
+            result = lifecycle.run(
+                default_dsn(), Broker.from_env(), load_private_key(), root=default_root(), cfg=cfg
+            )
         return {k: result[k] for k in ("decision", "reason", "version", "in_service")}
 
     due() >> retrain()
@@ -88,14 +94,20 @@ def model_lifecycle() -> None:
 def model_rollback() -> None:
     @task(multiple_outputs=False)
     def rollback(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from central.orchestration.identity import ML, acting_as
         from ml import lifecycle
         from ml.publish import load_private_key
         from ml.registry import Broker, default_dsn, default_root
 
         reason = str((params or {}).get("reason") or "manual rollback")
-        return lifecycle.rollback(
-            default_dsn(), Broker.from_env(), load_private_key(), root=default_root(), reason=reason
-        )
+        with acting_as(ML):
+            return lifecycle.rollback(
+                default_dsn(),
+                Broker.from_env(),
+                load_private_key(),
+                root=default_root(),
+                reason=reason,
+            )
 
     rollback()
 
