@@ -3,13 +3,16 @@
     python -m bench.buffer [--readings 1000000] [--chunk 2000] [--synchronous FULL]
 
 Two intake paths are measured: the column path (simulated fleet, a head-end's bulk export) and
-the per-reading path (one JSON object per reading, as from the MQTT and spool sources).
-The last line is a JSON object.
+the per-reading path (one JSON object per reading, as from the MQTT and spool sources). On the
+file the column path leaves (its readings unacknowledged), what every start of the agent adds
+(``PRAGMA quick_check``, edge_agent/buffer/salvage.py) and what a recovery takes once a page of
+it is damaged. The last line is a JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ import numpy as np
 
 from bench.results import report
 from edge_agent.buffer import Buffer
+from edge_agent.buffer.salvage import check, open_checked
 from edge_agent.sources import Intake
 from edge_agent.sources.sim import columns_to_rows
 from edge_agent.validate import Validator
@@ -51,7 +55,9 @@ class _Chunk(SimpleNamespace):
         return len(self.kwh)
 
 
-def run(readings: int, chunk_size: int, synchronous: str, dicts: bool) -> float:
+def run(
+    readings: int, chunk_size: int, synchronous: str, dicts: bool, figures: dict[str, float]
+) -> float:
     meters = 1000
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +101,28 @@ def run(readings: int, chunk_size: int, synchronous: str, dicts: bool) -> float:
             k += intervals
         assert buffer.readings.count() == done
         buffer.close()
+        if not dicts:
+            start_check(Path(tmp) / "bench.db", figures)
     return done / elapsed
+
+
+def start_check(path: Path, figures: dict[str, float]) -> None:
+    """The start's check of a whole file, then a recovery of it with one page damaged."""
+    figures["file_mb"] = round(path.stat().st_size / 2**20, 1)
+    t0 = time.perf_counter()
+    assert check(path) is None
+    figures["start_check_s"] = round(time.perf_counter() - t0, 2)
+    with sqlite3.connect(path) as conn:
+        size = int(conn.execute("pragma page_size").fetchone()[0])
+        pages = int(conn.execute("pragma page_count").fetchone()[0])
+    with open(path, "r+b") as handle:  # noise over a page half-way into the file
+        handle.seek(pages // 2 * size)
+        handle.write(np.random.default_rng(2).bytes(size))
+    t0 = time.perf_counter()
+    recovery = open_checked(path)
+    figures["recovery_s"] = round(time.perf_counter() - t0, 2)
+    assert recovery is not None
+    figures["recovery_readings_salvaged"] = recovery.readings_pending
 
 
 def main() -> None:
@@ -106,11 +133,16 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2000, help="readings per transaction")
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     args = parser.parse_args()
-    columns = run(args.readings, args.chunk, args.synchronous, dicts=False)
+    figures: dict[str, float] = {}
+    columns = run(args.readings, args.chunk, args.synchronous, dicts=False, figures=figures)
     print(
         f"column path:      {columns:>12,.0f} readings/s ({args.synchronous}, {args.chunk}/commit)"
     )
-    per_reading = run(args.readings // 5, args.chunk, args.synchronous, dicts=True)
+    per_reading = run(args.readings // 5, args.chunk, args.synchronous, dicts=True, figures={})
+    print(
+        f"start check:      {figures['start_check_s']} s for a {figures['file_mb']} MB buffer; "
+        f"recovery of it with a damaged page {figures['recovery_s']} s"
+    )
     print(f"per-reading path: {per_reading:>12,.0f} readings/s")
     report(
         "bench.buffer",
@@ -119,6 +151,7 @@ def main() -> None:
             "per_reading_path_readings_per_s": round(per_reading),
             "synchronous": args.synchronous,
             "readings_per_commit": args.chunk,
+            **figures,
         },
     )
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from edge_agent import status, topics, wire
 from edge_agent.alerts import AlertOutbox, Cooldown
 from edge_agent.buffer import Buffer, BufferFull, is_full
+from edge_agent.buffer.salvage import open_checked
 from edge_agent.capacity import IntakeGate, SpaceLimits
 from edge_agent.clock import ClockWatch
 from edge_agent.energy import BalancePolicy, EnergyBalance, GridMap
@@ -154,6 +155,13 @@ class Agent:
         self.clock = clock
         self.monotonic = monotonic
         self.notifier = notifier or Notifier()  # systemd (Type=notify, WatchdogSec)
+        # a buffer the card damaged is set aside and salvaged into a new one (salvage.py)
+        self.recovery = open_checked(
+            s.db_path,
+            synchronous=s.synchronous,
+            max_bytes=SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb).budget_bytes,
+            on_progress=lambda text: self.notifier.still_starting(text, 120),
+        )
         self.buffer = Buffer(
             s.db_path, synchronous=s.synchronous, cap=s.buffer_cap_readings, cap_policy=s.cap_policy
         )

@@ -92,6 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         models = _models_of(buffer)
         alerts_waiting = buffer.alerts.undelivered()
         meters = meter_states(buffer.meta)
+        recovered = buffer.meta.get("buffer_recovery")  # salvage.py: a damaged file set aside
         report = {
             "buffer": str(db),
             "pending_readings": stats.pending_readings,
@@ -104,6 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "alerts_waiting": alerts_waiting,
             "counters": counters,
             "polled_meters": meters,
+            "buffer_recovery": json.loads(recovered) if recovered else None,
         }
     finally:
         buffer.close()
@@ -123,6 +125,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"readings held     {stats.total_readings}")
     print(f"anomaly models    {'; '.join(models) or 'none'}")
     print(f"alerts waiting    {alerts_waiting} (not yet taken by the broker)")
+    if recovered:
+        r = json.loads(recovered)
+        print(
+            f"RECOVERED         from a damaged buffer, kept as {r['aside']}: "
+            f"{r['readings_pending']} unacknowledged readings salvaged, unreadable rowids "
+            f"{r['unreadable'] or 'none'}{'' if r['complete'] else ', copy cut short (disk full)'}"
+            " - replace the SD card"
+        )
     for name, value in sorted(counters.items()):
         print(f"  {name:<22}{value}")
     if meters:

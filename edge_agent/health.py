@@ -30,6 +30,14 @@ GATEWAY_COUNTERS: Mapping[str, tuple[str, str]] = {
     "batches_acked": ("batches_acked", "Batches central acknowledged."),
     "alerts_published": ("alerts_published", "Alert messages published."),
     "wire_bytes_sent": ("wire_sent_bytes", "Bytes of readings batches published."),
+    "buffer_recoveries": (
+        "buffer_recoveries",
+        "Times the agent found its buffer damaged and salvaged it into a new file.",
+    ),
+    "readings_salvaged": (
+        "readings_salvaged",
+        "Unacknowledged readings carried from a damaged buffer into the new one.",
+    ),
 }
 
 

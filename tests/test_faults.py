@@ -4,6 +4,9 @@ PostgreSQL exactly once (0 lost, 0 doubled)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from central.local_services import PrivatePostgres, SecureMosquitto
+from central.local_services import PrivatePostgres, SecureMosquitto, free_port
 from central.netproxy import TcpProxy
 from central.pki import Pki
 from edge_agent.sources.spool import SLICE_RECORDS
@@ -69,6 +72,58 @@ def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
     rig.assert_exactly_once()
     counters = rig.counters("gw-a")
     assert counters.get("readings_duplicate", 0) == 0, counters  # resumed, not taken again
+
+
+def test_a_damaged_buffer_is_salvaged_and_what_central_lacks_still_arrives_once(
+    rig: Rig,
+) -> None:
+    """A worn card returns noise for two pages of the buffer, one of readings central has, one
+    of readings it lacks: the agent's next start sets the file aside and salvages it; every
+    reading central lacked arrives once, but for that one page, which is counted; none it had
+    is sent again."""
+    from tests.test_buffer_salvage import damage_page, leaf_pages
+
+    rig.start_ingest()
+    for n in range(4):
+        rig.feed("gw-a", n)
+    agent = rig.start_agent("gw-a")
+    rig.wait_delivered()
+    delivered = set(rig.stored())
+    agent.stop()
+    for n in range(4, 8):
+        rig.feed("gw-a", n)
+    # the link down: what comes next waits in the buffer alone (not queued at the broker)
+    agent = rig.start_agent("gw-a", env={"EIOT_BROKER_PORT": str(free_port())})
+    rig.wait_until(lambda: rig.accepted() >= rig.fed, 30, "the new files accepted")
+    agent.stop()
+    with contextlib.closing(sqlite3.connect(rig.db("gw-a"))) as conn:
+        waiting = {
+            (m, t)
+            for m, t in conn.execute("select meter_id, ts from readings where acked_at is null")
+        }
+    assert waiting == rig.fed - delivered and len(waiting) == 2000
+    pages = leaf_pages(rig.db("gw-a"), "readings")
+    damage_page(rig.db("gw-a"), pages[1])
+    damage_page(rig.db("gw-a"), pages[-4], seed=8)
+
+    rig.start_agent("gw-a")
+    rig.wait_until(
+        lambda: rig.counters("gw-a").get("buffer_recoveries") == 1 and rig.pending("gw-a") == 0,
+        60,
+        "the salvaged readings acknowledged",
+    )
+    stored = rig.stored()
+    assert len(stored) == len(set(stored)), "a reading is stored twice"
+    lost = rig.fed - set(stored)
+    assert lost <= waiting and 0 < len(lost) <= 100, len(lost)
+    counters = rig.counters("gw-a")
+    assert counters["readings_salvaged"] == len(waiting) - len(lost)
+    # only the salvaged readings went out again (the counters carried over from the old file)
+    assert counters["readings_acked"] == len(delivered) + len(waiting) - len(lost)
+    with contextlib.closing(sqlite3.connect(rig.db("gw-a"))) as conn:
+        (record,) = conn.execute("select value from meta where key = 'buffer_recovery'").fetchone()
+    assert json.loads(record)["unreadable"]["readings"] > len(lost), "the acked page is counted"
+    assert (rig.db("gw-a").parent / "gw-a.db.corrupt-1").exists()
 
 
 def test_broker_killed_and_restarted(rig: Rig, secure_broker: SecureMosquitto) -> None:

@@ -1,0 +1,288 @@
+"""A buffer the card damaged (edge_agent/buffer/salvage.py), on real SQLite files damaged as a
+card damages them: a page of the readings table overwritten with noise, the header overwritten,
+the file cut short; a power cut at each step of a recovery; a budget too small for everything.
+What is read back is what was written, never made up; what cannot be read is counted. The
+agent delivering a salvaged buffer through the real reading path: tests/test_faults.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from edge_agent import wire
+from edge_agent.buffer import Buffer
+from edge_agent.buffer.outbox import AlertRecord
+from edge_agent.buffer.salvage import check, open_checked
+from tests.support.builders import T0, row
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = "meter_id, ts, interval_s, kwh, voltage_v, supply_on, flags, score, accepted_at"
+
+
+@dataclass
+class Before:
+    """What the buffer held before it was damaged."""
+
+    incarnation: str
+    pending: dict[tuple[str, int], tuple[object, ...]]
+    acked: dict[tuple[str, int], tuple[object, ...]]
+    seq: dict[tuple[str, int], int]
+    counters: dict[str, int]
+
+
+def readings(conn: sqlite3.Connection, where: str) -> dict[tuple[str, int], tuple[object, ...]]:
+    return {
+        (r[0], r[1]): tuple(r)
+        for r in conn.execute(f"select {COLUMNS} from readings where {where}")  # noqa: S608
+    }
+
+
+def filled(path: Path) -> Before:
+    """A buffer as a gateway leaves it: 3,000 readings of 30 meters, 1,500 acknowledged, 1,000
+    in batches still open, 500 not batched; quarantine records delivered and not; alerts; a
+    source's progress."""
+    buf = Buffer(path)
+    bad = wire.QuarantineRecord.of("{bad", "malformed_json: x", datetime.now(UTC), "spool:a")
+    buf.readings.accept(
+        [row(f"m{m:02d}", k, kwh=0.01 * (m + k)) for m in range(30) for k in range(50)],
+        [bad],
+        now=1.0,
+        meta={"spool.progress": "00042.jsonl:17"},
+    )
+    buf.readings.accept(
+        [row(f"m{m:02d}", k, kwh=0.01 * (m + k)) for m in range(30) for k in range(50, 100)],
+        now=2.0,
+    )
+    batches = [buf.batches.form("gw", 500, now=3.0, compress=True) for _ in range(5)]
+    assert all(batches)
+    late = wire.QuarantineRecord.of("{late", "malformed_json: y", datetime.now(UTC), "spool:b")
+    buf.readings.accept([], [late], now=3.0)
+    for b in (batches[0], batches[2], batches[3]):  # acknowledged out of order
+        assert b is not None
+        assert buf.batches.apply_ack(wire.Ack(batch_id=b.batch_id, status="stored"), now=4.0)
+    buf.alerts.add([AlertRecord("al-1", "anomaly", "m01", T0 + 1800, '{"x":1}')], now=5.0)
+    conn = buf.db.conn
+    before = Before(
+        incarnation=str(buf.db.incarnation),
+        pending=readings(conn, "acked_at is null"),
+        acked=readings(conn, "acked_at is not null"),
+        seq={(m, t): s for m, t, s in conn.execute("select meter_id, ts, seq from readings")},
+        counters=buf.counters.all(),
+    )
+    assert (len(before.pending), len(before.acked)) == (1500, 1500)
+    buf.close()
+    return before
+
+
+def leaf_pages(path: Path, table: str) -> list[int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [
+            int(p)
+            for (p,) in conn.execute(
+                "select pageno from dbstat where name = ? and pagetype = 'leaf' order by pageno",
+                (table,),
+            )
+        ]
+
+
+def damage_page(path: Path, page: int, seed: int = 7) -> None:
+    """Noise over one page, as a worn card returns it (the write-ahead log folded in first, so
+    that no newer copy of the page hides the damage)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("pragma wal_checkpoint(truncate)")
+        size = int(conn.execute("pragma page_size").fetchone()[0])
+    noise = random.Random(seed).randbytes(size)
+    with open(path, "r+b") as handle:
+        handle.seek((page - 1) * size)
+        handle.write(noise)
+
+
+def reopened(path: Path) -> Buffer:
+    assert check(path) is None, "the new buffer is not whole"
+    return Buffer(path)
+
+
+def test_a_whole_buffer_is_left_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    filled(path)
+    stamp = path.stat().st_mtime_ns
+    assert open_checked(path) is None
+    assert path.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db"]
+    assert open_checked(tmp_path / "new.db") is None  # no buffer yet: nothing to check
+
+
+def test_a_damaged_page_of_readings_loses_that_page_only_and_the_rest_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.db"
+    before = filled(path)
+    pages = leaf_pages(path, "readings")
+    damage_page(path, pages[len(pages) * 3 // 4])  # among the readings not yet acknowledged
+    assert check(path) is not None
+    with pytest.raises(sqlite3.DatabaseError):  # what the agent met at every start
+        with sqlite3.connect(path) as conn:
+            conn.execute("select count(*), sum(kwh) from readings").fetchall()
+
+    progress: list[str] = []  # the agent hands these to systemd (more time to start)
+    recovery = open_checked(path, on_progress=progress.append)
+    assert recovery is not None and recovery.complete
+    assert any("readings" in p for p in progress), progress
+    assert (tmp_path / "b.db.corrupt-1").exists(), "the damaged file is kept"
+    assert not (tmp_path / "b.db.recovery").exists() and not (tmp_path / "b.db.salvaging").exists()
+
+    buf = reopened(path)
+    conn = buf.db.conn
+    pending, acked = readings(conn, "acked_at is null"), readings(conn, "acked_at is not null")
+    lost = (before.pending.keys() | before.acked.keys()) - (pending.keys() | acked.keys())
+    # what comes back is what was written, each where it was: nothing made up
+    assert pending.items() <= before.pending.items() and acked.items() <= before.acked.items()
+    # one leaf page of consecutive rowids, no more
+    assert 0 < len(lost) <= 100, len(lost)
+    seqs = sorted(before.seq[k] for k in lost)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "lost rows are not one page"
+    assert (
+        recovery.readings_pending
+        == len(pending)
+        == len(before.pending) - len(lost & before.pending.keys())
+    )
+    assert recovery.readings_history == len(acked)
+    assert recovery.unreadable == {"readings": len(lost)}, "each lost rowid counted once"
+
+    # the quarantine record of an acknowledged batch was delivered; the later one was not
+    assert conn.execute("select raw, batch_id from quarantine").fetchall() == [("{late", None)]
+
+    # a new incarnation; every salvaged pending reading goes out again in its batches, the
+    # acknowledged ones never
+    assert buf.db.incarnation != before.incarnation
+    formed = 0
+    while (batch := buf.batches.form("gw", 500, now=10.0, compress=False)) is not None:
+        assert batch.batch_id.startswith(buf.db.incarnation + "-")
+        formed += batch.readings
+    sent = conn.execute(
+        "select meter_id, ts from readings where batch_id like ?", (buf.db.incarnation + "-%",)
+    ).fetchall()
+    assert formed == len(sent) == len(pending) and set(sent) == pending.keys()
+
+    counters = buf.counters.all()
+    assert counters["buffer_recoveries"] == 1
+    assert counters["readings_salvaged"] == len(pending)
+    assert counters["readings_accepted"] == before.counters["readings_accepted"]
+    assert buf.meta.get("spool.progress") == "00042.jsonl:17", "the source resumes where it was"
+    record = json.loads(buf.meta.get("buffer_recovery") or "{}")
+    assert record["aside"] == "b.db.corrupt-1" and record["readings_pending"] == len(pending)
+    assert [r[0] for r in conn.execute("select alert_id from alerts")] == ["al-1"]
+    buf.close()
+
+    # what the field engineer reads
+    status = [sys.executable, "-m", "edge_agent", "status", "--db", str(path)]
+    shown = subprocess.run([*status, "--json"], capture_output=True, text=True, cwd=REPO)
+    assert json.loads(shown.stdout)["buffer_recovery"] == record, shown.stderr
+    text = subprocess.run(status, capture_output=True, text=True, cwd=REPO).stdout
+    assert "RECOVERED" in text and "b.db.corrupt-1" in text and "replace the SD card" in text
+
+    again = open_checked(path)  # the new file is whole: nothing more happens
+    assert again is None and not (tmp_path / "b.db.corrupt-2").exists()
+
+
+def test_a_header_of_noise_gives_an_empty_buffer_and_keeps_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    filled(path)
+    with open(path, "r+b") as handle:
+        handle.write(b"\xff" * 100)
+    recovery = open_checked(path)
+    assert recovery is not None and "not a database" in recovery.reason
+    assert recovery.readings_pending == 0 and recovery.unreadable == {"*": 1}
+    buf = reopened(path)
+    assert buf.readings.pending == 0 and buf.counters.all()["buffer_recoveries"] == 1
+    buf.close()
+    assert (tmp_path / "b.db.corrupt-1").stat().st_size > 100_000
+
+
+def test_a_file_cut_short_gives_back_what_it_still_holds(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    before = filled(path)
+    os.truncate(path, path.stat().st_size // 2)
+    recovery = open_checked(path)
+    assert recovery is not None
+    buf = reopened(path)
+    got = readings(buf.db.conn, "1")
+    assert got.items() <= (before.pending | before.acked).items()
+    assert len(got) > 500, "the readings in the first half were not salvaged"
+    buf.close()
+
+
+@pytest.mark.parametrize("point", ["salvage.aside", "salvage.copied", "salvage.install"])
+def test_a_power_cut_during_a_recovery_is_resumed_at_the_next_start(
+    tmp_path: Path, point: str
+) -> None:
+    path = tmp_path / "b.db"
+    filled(path)
+    damage_page(path, leaf_pages(path, "readings")[-3])
+    twin = tmp_path / "twin" / "b.db"  # the same damage, recovered without a cut
+    twin.parent.mkdir()
+    shutil.copy(path, twin)
+    expected = open_checked(twin)
+    assert expected is not None
+
+    code = f"from edge_agent.buffer.salvage import open_checked; open_checked({str(path)!r})"
+    cut = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "EIOT_FAILPOINT": point},
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+    assert cut.returncode == -9, cut.stderr.decode()[-2000:]
+    assert (tmp_path / "b.db.recovery").exists()
+
+    resumed = open_checked(path)
+    assert resumed is not None and resumed.readings_pending == expected.readings_pending
+    assert not (tmp_path / "b.db.recovery").exists()
+    assert not (tmp_path / "b.db.corrupt-2").exists(), "the recovery started over"
+    buf, want = reopened(path), reopened(twin)
+    for where in ("acked_at is null", "acked_at is not null"):
+        assert readings(buf.db.conn, where) == readings(want.db.conn, where)
+    record = json.loads(buf.meta.get("buffer_recovery") or "{}")
+    assert record["readings_pending"] == expected.readings_pending
+    assert buf.counters.all()["buffer_recoveries"] == 1
+    buf.close()
+    want.close()
+
+
+def test_a_budget_too_small_keeps_the_unacknowledged_readings_first(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    before = filled(path)
+    damage_page(path, leaf_pages(path, "readings")[0])
+    budget = 160 * 1024  # room for some of the 1,500 pending readings and their index
+    recovery = open_checked(path, max_bytes=budget)
+    assert recovery is not None and not recovery.complete
+    assert 0 < recovery.readings_pending < len(before.pending)
+    assert recovery.readings_history == 0, "history copied before the pending readings"
+    buf = reopened(path)
+    assert readings(buf.db.conn, "1").items() <= before.pending.items()
+    assert json.loads(buf.meta.get("buffer_recovery") or "{}")["complete"] is False
+    buf.close()
+    assert path.stat().st_size <= budget + (1 << 20)
+
+
+def test_a_marker_the_card_garbled_does_not_stop_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    before = filled(path)
+    (tmp_path / "b.db.recovery").write_bytes(b"\x00\xff{")
+    assert open_checked(path) is None  # the buffer itself is whole
+    assert not (tmp_path / "b.db.recovery").exists()
+    buf = reopened(path)
+    assert buf.readings.pending == len(before.pending)
+    buf.close()
