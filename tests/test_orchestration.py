@@ -24,10 +24,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from central.local_services import free_port
+from central.orchestration import steps
 from central.warehouse.client import connect, spawn_owner, stop_owner
 from simulator.raw_db import scratch_database, write_warehouse_fleet
 from tests.support.browser import chromium, screenshot_path
@@ -100,6 +102,16 @@ def test_the_dag_folder_imports_documented_without_network(tmp_path: Path) -> No
     assert "warehouse_refresh" in found["dag_ids"]
     assert all(found["documented"].values()), found["documented"]
     print(f"DAG folder parsed in {found['parse_s']} s")
+
+    # A bad setting does not make warehouse_refresh vanish as an import error: it parses, and
+    # its first step (hold_warehouse: holding.acquire reads the settings) fails naming it.
+    bad = {"EIOT_LEASE_TTL_S": "5"}
+    found = Airflow(tmp_path / "bad", bad).run(str(DRIVER), "parse", str(DAGS))
+    assert found["import_errors"] == {} and "warehouse_refresh" in found["dag_ids"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("EIOT_LEASE_TTL_S", bad["EIOT_LEASE_TTL_S"])
+        with pytest.raises(ValidationError, match="lease_ttl_s"):
+            steps.settings()
 
 
 def refresh_airflow(tmp_path: Path, pg_dsn: str) -> Airflow:

@@ -20,18 +20,21 @@ HTTP), as ``central warehouse dbt`` does. The marts are built into the build dat
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from cosmos.config import ProfileConfig
 from cosmos.operators.local import DbtBuildLocalOperator
+from pydantic import ValidationError
 
 from central.orchestration import holding, steps
 from central.warehouse.client import chdb_path, served
 from central.warehouse.dbt import dbt_env, dbt_executable
 
 NODES_KEY = "nodes"
+log = logging.getLogger(__name__)
 
 
 def push_nodes(project_dir: str, context: Any = None, **_: Any) -> None:
@@ -47,7 +50,14 @@ class WarehouseDbtBuild(DbtBuildLocalOperator):
     """``dbt build`` of the project against the configured warehouse (``EIOT_*``)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        s = steps.settings()
+        try:
+            s = steps.settings()
+        except ValidationError as exc:
+            # A bad EIOT_* value must not make the DAG an import error (it would vanish from
+            # Airflow): the defaults place the project here, and the run fails at its first
+            # step, which reads the settings again, naming the value.
+            log.error("warehouse settings invalid, the run will fail on them: %s", exc)
+            s = steps.WarehouseSettings.model_construct()
         super().__init__(
             project_dir=str(s.dbt_project_dir),
             profile_config=self._profile(s),
