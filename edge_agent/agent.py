@@ -160,6 +160,7 @@ class Agent:
             s.db_path,
             synchronous=s.synchronous,
             max_bytes=SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb).budget_bytes,
+            reserve_bytes=SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb).reserve_bytes,
             on_progress=lambda text: self.notifier.still_starting(text, 120),
         )
         self.buffer = Buffer(

@@ -22,8 +22,9 @@ import pytest
 
 from edge_agent import wire
 from edge_agent.buffer import Buffer
+from edge_agent.buffer.db import DiskFull
 from edge_agent.buffer.outbox import AlertRecord
-from edge_agent.buffer.salvage import check, open_checked
+from edge_agent.buffer.salvage import check, damaged, mark_suspect, open_checked
 from tests.support.builders import T0, row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,6 +255,9 @@ def test_a_power_cut_during_a_recovery_is_resumed_at_the_next_start(
     buf, want = reopened(path), reopened(twin)
     for where in ("acked_at is null", "acked_at is not null"):
         assert readings(buf.db.conn, where) == readings(want.db.conn, where)
+    numbering = "select seq, meter_id, ts, batch_id is null from readings order by seq"
+    assert buf.db.conn.execute(numbering).fetchall() == want.db.conn.execute(numbering).fetchall()
+    assert buf.meta.get("batched_upto") == want.meta.get("batched_upto")
     record = json.loads(buf.meta.get("buffer_recovery") or "{}")
     assert record["readings_pending"] == expected.readings_pending
     assert buf.counters.all()["buffer_recoveries"] == 1
@@ -286,3 +290,160 @@ def test_a_marker_the_card_garbled_does_not_stop_the_agent(tmp_path: Path) -> No
     buf = reopened(path)
     assert buf.readings.pending == len(before.pending)
     buf.close()
+
+
+def high_seq_buffer(path: Path, first_seq: int) -> dict[tuple[str, int], tuple[object, ...]]:
+    """A buffer whose readings are numbered from ``first_seq`` (older ones acknowledged and
+    pruned long ago, as on a gateway that has run for months); all of them unacknowledged."""
+    buf = Buffer(path)
+    with buf.db.transaction():
+        buf.meta.set("next_seq", first_seq)
+    buf.close()
+    buf = Buffer(path)
+    buf.readings.accept([row(f"m{m:02d}", k) for m in range(30) for k in range(100)], now=1.0)
+    assert buf.db.conn.execute("select min(seq) from readings").fetchone()[0] == first_seq
+    pending = readings(buf.db.conn, "1")
+    buf.close()
+    return pending
+
+
+@pytest.mark.parametrize("first_seq", [1, 100_000, 1_000_000])
+def test_the_first_page_damaged_loses_that_page_whatever_the_numbering(
+    tmp_path: Path, first_seq: int
+) -> None:
+    path = tmp_path / "b.db"
+    before = high_seq_buffer(path, first_seq)
+    damage_page(path, leaf_pages(path, "readings")[0])
+    recovery = open_checked(path)
+    assert recovery is not None
+    buf = reopened(path)
+    got = readings(buf.db.conn, "acked_at is null")
+    assert got.items() <= before.items()
+    assert 0 < recovery.readings_lost == len(before) - len(got) <= 100, recovery
+    assert recovery.readings_pending == len(got)
+    buf.close()
+
+
+def test_a_recovery_after_a_recovery_whose_last_page_was_damaged(tmp_path: Path) -> None:
+    """The last leaf (the page written most) damaged: the table cannot say its highest seq,
+    the (ts, meter_id) index does; a second damage later is salvaged as the first."""
+    path = tmp_path / "b.db"
+    before = high_seq_buffer(path, 1)
+    damage_page(path, leaf_pages(path, "readings")[-1])
+    first = open_checked(path)
+    assert first is not None and first.readings_lost is not None
+    buf = reopened(path)
+    seqs = [s for (s,) in buf.db.conn.execute("select seq from readings order by seq")]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "numbered afresh, compactly"
+    assert seqs[0] > len(before) - 100 and seqs[-1] < 2 * len(before), seqs[:3]
+    left = readings(buf.db.conn, "1")
+    buf.close()
+    pages = leaf_pages(path, "readings")
+    damage_page(path, pages[len(pages) // 2], seed=9)
+    second = open_checked(path)
+    assert second is not None and second.aside == "b.db.corrupt-2"
+    buf = reopened(path)
+    got = readings(buf.db.conn, "1")
+    assert got.items() <= left.items() and 0 < len(left) - len(got) <= 100
+    assert second.readings_lost == len(left) - len(got)
+    buf.close()
+
+
+def test_a_text_value_that_is_not_utf8_is_salvaged_around_once_the_agent_met_it(
+    tmp_path: Path,
+) -> None:
+    """A flipped bit in a meter id: the start's quick_check does not see it, reading that row
+    fails. The agent marks the buffer suspect (edge-agent run does on such an error) and the
+    next start checks it thoroughly and salvages it; the row is counted, the rest kept."""
+    path = tmp_path / "b.db"
+    buf = Buffer(path)
+    buf.readings.accept([row(f"meter{m:02d}", k) for m in range(30) for k in range(100)], now=1.0)
+    before = readings(buf.db.conn, "1")
+    buf.close()
+    page = leaf_pages(path, "readings")[3]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        size = int(conn.execute("pragma page_size").fetchone()[0])
+    data = bytearray(path.read_bytes())
+    at = data.index(b"meter", (page - 1) * size)  # a meter id's first byte, in that page
+    assert at < page * size
+    data[at] = 0xFF
+    path.write_bytes(bytes(data))
+    assert check(path) is None, "quick_check does not read the values against the indexes"
+    assert "missing from index" in (check(path, thorough=True) or "")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        with pytest.raises(sqlite3.DatabaseError) as met:
+            conn.execute("select * from readings").fetchall()  # the table, not an index
+    assert damaged(met.value)
+    assert open_checked(path) is None  # nothing marked: the check alone passes it
+
+    mark_suspect(path, str(met.value))
+    recovery = open_checked(path)
+    assert recovery is not None and "UTF-8" in recovery.reason
+    assert not (tmp_path / "b.db.suspect").exists()
+    buf = reopened(path)
+    got = readings(buf.db.conn, "1")
+    assert got.items() <= before.items() and len(got) == len(before) - 1
+    assert recovery.unreadable == {"readings": 1} and recovery.readings_lost == 1
+    buf.close()
+
+
+def test_a_lost_meta_page_does_not_let_a_conflict_pass_as_new(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    filled(path)
+    damage_page(path, leaf_pages(path, "meta")[0])
+    assert open_checked(path) is not None
+    buf = reopened(path)
+    result = buf.readings.accept([row("m01", 3, kwh=9.99)], now=20.0)  # another value
+    assert (result.accepted, result.conflicts) == (0, 1), result
+    buf.close()
+
+
+def test_a_marker_garbled_after_the_file_was_set_aside_resumes_from_it(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    before = filled(path)
+    damage_page(path, leaf_pages(path, "readings")[-2])
+    code = f"from edge_agent.buffer.salvage import open_checked; open_checked({str(path)!r})"
+    cut = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "EIOT_FAILPOINT": "salvage.aside"},
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+    assert cut.returncode == -9 and not path.exists()
+    (tmp_path / "b.db.recovery").write_bytes(b"\x00garbage")
+    recovery = open_checked(path)
+    assert recovery is not None and recovery.aside == "b.db.corrupt-1"
+    buf = reopened(path)
+    got = readings(buf.db.conn, "acked_at is null")
+    assert got.items() <= before.pending.items()
+    assert len(before.pending) - len(got) <= 100 and recovery.readings_pending == len(got)
+    buf.close()
+
+
+def test_no_room_on_the_card_waits_and_keeps_everything_for_later(tmp_path: Path) -> None:
+    """On a real small file system nearly full: the salvage does not install a part of the
+    buffer (the rest would stay in the damaged file only); it says DiskFull (the agent's start
+    waits for room), and once there is room it copies everything."""
+    from tests.test_disk_full import tmpfs
+
+    with tmpfs(tmp_path / "card", 3) as card:
+        path = card / "b.db"
+        before = filled(path)
+        damage_page(path, leaf_pages(path, "readings")[5])
+        ballast = card / "other-program.log"
+        free = shutil.disk_usage(card).free
+        ballast.write_bytes(b"x" * max(0, free - 400 * 1024))
+        with pytest.raises(DiskFull):
+            open_checked(path)
+        assert (card / "b.db.recovery").exists() and not path.exists()
+        ballast.unlink()
+        recovery = open_checked(path)
+        assert recovery is not None and recovery.complete
+        buf = reopened(path)
+        got = readings(buf.db.conn, "acked_at is null")
+        assert got.items() <= before.pending.items()
+        assert recovery.readings_lost == len(before.pending) + len(before.acked) - len(
+            readings(buf.db.conn, "1")
+        )
+        buf.close()

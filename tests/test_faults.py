@@ -74,6 +74,14 @@ def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
     assert counters.get("readings_duplicate", 0) == 0, counters  # resumed, not taken again
 
 
+def all_accepted(rig: Rig) -> bool:
+    """Every fed reading in the agents' buffers (False while a buffer is being made)."""
+    try:
+        return rig.accepted() >= rig.fed
+    except sqlite3.Error:
+        return False
+
+
 def test_a_damaged_buffer_is_salvaged_and_what_central_lacks_still_arrives_once(
     rig: Rig,
 ) -> None:
@@ -94,7 +102,7 @@ def test_a_damaged_buffer_is_salvaged_and_what_central_lacks_still_arrives_once(
         rig.feed("gw-a", n)
     # the link down: what comes next waits in the buffer alone (not queued at the broker)
     agent = rig.start_agent("gw-a", env={"EIOT_BROKER_PORT": str(free_port())})
-    rig.wait_until(lambda: rig.accepted() >= rig.fed, 30, "the new files accepted")
+    rig.wait_until(lambda: all_accepted(rig), 30, "the new files accepted")
     agent.stop()
     with contextlib.closing(sqlite3.connect(rig.db("gw-a"))) as conn:
         waiting = {
@@ -124,6 +132,46 @@ def test_a_damaged_buffer_is_salvaged_and_what_central_lacks_still_arrives_once(
         (record,) = conn.execute("select value from meta where key = 'buffer_recovery'").fetchone()
     assert json.loads(record)["unreadable"]["readings"] > len(lost), "the acked page is counted"
     assert (rig.db("gw-a").parent / "gw-a.db.corrupt-1").exists()
+
+
+def test_a_value_the_card_flipped_stops_the_agent_once_and_the_restart_salvages(
+    rig: Rig,
+) -> None:
+    """A flipped bit in a meter id of a waiting reading: the start's quick_check passes, the
+    agent fails when it reads that row into a batch, marks its buffer suspect and exits; the
+    next start (systemd's restart) salvages the buffer, and every other reading arrives once."""
+    from tests.test_buffer_salvage import leaf_pages
+
+    for n in range(4):
+        rig.feed("gw-a", n)
+    agent = rig.start_agent("gw-a", env={"EIOT_BROKER_PORT": str(free_port())})  # link down
+    rig.wait_until(lambda: all_accepted(rig), 30, "the files accepted")
+    agent.stop()
+    db = rig.db("gw-a")
+    page = leaf_pages(db, "readings")[2]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("pragma wal_checkpoint(truncate)")
+        size = int(conn.execute("pragma page_size").fetchone()[0])
+    data = bytearray(db.read_bytes())
+    at = data.index(b"gw-a-m", (page - 1) * size)
+    assert at < page * size
+    data[at] = 0xFF
+    db.write_bytes(bytes(data))
+
+    rig.start_ingest()
+    failed = rig.start_agent("gw-a")
+    assert failed.wait(60) != 0, "the agent went on over a row it cannot read"
+    assert "Could not decode" in failed.output()
+    assert (db.parent / "gw-a.db.suspect").exists()
+    rig.start_agent("gw-a")
+    rig.wait_until(
+        lambda: rig.counters("gw-a").get("buffer_recoveries") == 1 and rig.pending("gw-a") == 0,
+        60,
+        "the salvaged readings acknowledged",
+    )
+    stored = rig.stored()
+    assert len(stored) == len(set(stored)) == len(rig.fed) - 1
+    assert set(stored) <= rig.fed
 
 
 def test_broker_killed_and_restarted(rig: Rig, secure_broker: SecureMosquitto) -> None:

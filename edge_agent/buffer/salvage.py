@@ -2,31 +2,39 @@
 of it carried into a new buffer.
 
 WAL and ``synchronous = FULL`` make the buffer survive power cuts, not a card that returns wrong
-pages (worn flash, a write torn below SQLite). Such a file raises ``SQLITE_CORRUPT`` or
-``SQLITE_NOTADB`` on every start: the agent would crash-loop, and every reading its sources
-offer meanwhile would be lost. :func:`open_checked` (the agent's way in) checks the file with
-``PRAGMA quick_check`` (it reads every page once) and, when it is damaged, recovers:
+pages (worn flash, a write torn below SQLite, a sector it cannot read). Such a file fails on
+every start: the agent would crash-loop, and every reading its sources offer meanwhile would be
+lost. :func:`open_checked` (the agent's way in) checks the file with ``PRAGMA quick_check`` (it
+reads every page once); damage that check cannot see (an index that disagrees with its table, a
+text value that is no longer UTF-8) makes the running agent fail on it: ``edge-agent run`` then
+marks the buffer suspect (``<buffer>.suspect``, :func:`mark_suspect`) and exits, and the next
+start recovers whatever a thorough check (``integrity_check``) says. A recovery:
 
-1. a marker file ``<buffer>.recovery`` says where a recovery stands, so that a power cut at any
-   step resumes it at the next start instead of starting over from an empty buffer;
+1. a marker file ``<buffer>.recovery`` says where it stands, so that a power cut at any step
+   resumes it at the next start (a marker the card garbled, with the buffer already set aside,
+   resumes from the newest damaged file);
 2. the damaged file and its ``-wal`` / ``-shm`` are renamed ``<buffer>.corrupt-<n>`` (kept for
    a person to look at; nothing deletes it);
-3. a new buffer is built beside it (``<buffer>.salvaging``), the readable rows copied in order of
-   worth: readings central has not acknowledged first (sent again under the new file's
-   incarnation; central keeps the first copy of a reading, so one it had already is a
-   duplicate, not a second row), then quarantine records not known to be delivered, alerts, the
-   sources' progress and the clock's high-water mark (``meta``), the spool ledger, the meters'
-   long memory, the stored models, the counters, and last the acknowledged readings (the
-   features' history). Each table is read in ranges of rowids; a range that fails is split down
-   to single rows, and rows that cannot be read are counted, not guessed. A disk that fills up
-   ends the copy with what it has;
-4. the new file takes the buffer's name; the marker goes.
+3. a new buffer is built beside it (``<buffer>.salvaging``, a rollback journal while it is
+   built), the readable rows copied in order of worth: readings central has not acknowledged
+   first (numbered after every old one and sent again under the new file's incarnation; central
+   keeps the first copy of a reading, so one it had already is a duplicate, not a second row),
+   then quarantine records not known to be delivered, alerts, the sources' progress and the
+   clock's high-water mark (``meta``), the spool ledger, the meters' long memory, the stored
+   models, the counters, and last the acknowledged readings (the features' history; they keep
+   their numbers and stay the batched prefix :class:`~edge_agent.buffer.readings.ReadingStore`
+   needs). Each table is read in ranges of rowids; a range that fails is split down to single
+   rows; past a damaged part of a table's tree the walk enters it again at the lowest rowid it
+   can. Rows that cannot be read are counted, never guessed. The copy keeps to the buffer's
+   budget and to the room the disk has beyond its reserve; when the disk, not the budget, cuts
+   it short, nothing is installed (the rest would stay in the damaged file only): DiskFull, and
+   the agent's start waits for room as on a full card, then copies again;
+4. the new file takes the buffer's name; the markers go.
 
 The counters ``buffer_recoveries`` and ``readings_salvaged`` (in ``status.v1``) and the meta
-value ``buffer_recovery`` (what was copied, what could not be read) tell central and the field
-engineer. Acknowledged readings keep their sequence numbers and batch ids; the others get new
-ones above every old one, so the batched readings stay a prefix of the file, as
-:class:`~edge_agent.buffer.readings.ReadingStore` needs.
+value ``buffer_recovery`` (what was copied; ``readings_lost``, exact where the file's
+``(ts, meter_id)`` index still reads; unreadable rowids by table) tell central and the field
+engineer.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -48,18 +57,19 @@ log = logging.getLogger(__name__)
 
 #: Rows read per query while walking a damaged table.
 CHUNK_ROWS = 1024
+#: Free bytes under which an I/O error is taken for a full card, not a damaged file.
+LOW_FREE_BYTES = 4 * 2**20
 #: Progress is reported (to systemd: more time to start) every this many chunks written.
 PROGRESS_EVERY = 64
 #: Meta keys that belong to one file and are not carried over: the new file is a new incarnation
 #: (its batch ids never repeat an old one) and numbers its readings afresh.
 OWN_META = frozenset({"incarnation", "batched_upto", "next_seq"})
-#: SQLite's answers that mean the file itself is damaged (not busy, not full).
-DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+#: SQLite's answers, reading the file, that mean it is damaged (not busy, not full): a page
+#: that makes no sense, a header that is not SQLite's, a sector the card cannot read.
+DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_IOERR)
 _SUFFIXES = ("", "-wal", "-shm")
 # Rowids a walk tries past a damaged part of a table's tree before it gives up on that table.
 _FAR = 1 << 40
-# A gap this wide behind a damaged part is counted as unreadable, not read rowid by rowid.
-_MAX_GAP = 1 << 16
 _DAMAGED = object()
 # Room kept beyond the budget for the recovery's counters and meta value.
 _RECORD_BYTES = 1 << 20
@@ -75,35 +85,66 @@ class Recovery:
     readings_history: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # copied, by table
     unreadable: dict[str, int] = field(default_factory=dict)  # rowids that failed, by table
+    # Readings the file's (ts, meter_id) index lists that could not be read: exact where that
+    # index reads whole; None where it does not, or the copy was cut short.
+    readings_lost: int | None = None
     complete: bool = True  # False: the disk filled up before everything was copied
 
 
 def damaged(exc: BaseException) -> bool:
-    """An SQLite error that says the file is damaged."""
-    return isinstance(exc, sqlite3.DatabaseError) and (
-        getattr(exc, "sqlite_errorcode", None) in DAMAGED
-        or "malformed" in str(exc)
-        or "not a database" in str(exc)
+    """An SQLite error, reading the buffer, that says the file is damaged; also a text value
+    that is not UTF-8 (a flipped bit no page check sees)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    return (
+        (code is not None and code & 0xFF in DAMAGED)
+        or "malformed" in text
+        or "not a database" in text
+        or "disk I/O error" in text
+        or "Could not decode to UTF-8" in text
     )
 
 
-def check(path: Path) -> str | None:
-    """None when the buffer at ``path`` reads whole (or does not exist); else what is wrong."""
+def damages(exc: BaseException, path: Path) -> bool:
+    """:func:`damaged`, but an I/O error on a card with next to no room left is the full card
+    (SQLite cannot make its shared-memory file), not damage: the agent waits for room."""
+    if not damaged(exc):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    io = (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk I/O" in str(exc)
+    return not (io and shutil.disk_usage(path.parent).free < LOW_FREE_BYTES)
+
+
+def check(path: Path, *, thorough: bool = False) -> str | None:
+    """None when the buffer at ``path`` reads whole (or does not exist); else what is wrong.
+    ``quick_check`` reads every page; ``thorough`` (``integrity_check``) also checks that each
+    index agrees with its table, which takes longer."""
     if not path.exists():
         return None
+    pragma = "integrity_check" if thorough else "quick_check"
     # read-write, as the agent opens it: closing the last connection folds the write-ahead log
     # in and removes it, as after any run of the agent
     conn = sqlite3.connect(path)
     try:
-        rows = conn.execute("pragma quick_check").fetchall()
+        rows = conn.execute(f"pragma {pragma}").fetchall()
     except sqlite3.DatabaseError as exc:
-        if not damaged(exc):
+        if not damages(exc, path):
             raise
-        return f"quick_check: {exc}"
+        return f"{pragma}: {exc}"
     finally:
         conn.close()
     found = [str(r[0]) for r in rows]
-    return None if found == ["ok"] else "quick_check: " + "; ".join(found[:5])
+    return None if found == ["ok"] else f"{pragma}: " + "; ".join(found[:5])
+
+
+def mark_suspect(path: Path | str, reason: str) -> None:
+    """The running agent met a damaged page (``damaged``): the next start salvages the buffer
+    whatever its check says (a text value that is not UTF-8, an index that disagrees with its
+    table: ``quick_check`` sees neither, and the agent would fail on it at every start)."""
+    path = Path(path)
+    _write_json(_suspect(path), {"reason": reason[:500]})
 
 
 def open_checked(
@@ -111,63 +152,91 @@ def open_checked(
     *,
     synchronous: str = "FULL",
     max_bytes: int | None = None,
+    reserve_bytes: int = 0,
     on_progress: Callable[[str], None] | None = None,
 ) -> Recovery | None:
     """Make sure the buffer at ``path`` can be opened: finish a recovery a power cut stopped,
-    check the file, recover it when damaged. The new file holds at most ``max_bytes`` of
-    salvaged rows (the buffer's budget: the damaged file still takes its room on the disk).
+    check the file (thoroughly when the running agent marked it suspect), recover it when
+    damaged. The new file holds at most ``max_bytes`` of salvaged rows (the buffer's budget)
+    and leaves ``reserve_bytes`` free on the disk, where the damaged file still takes its room.
     Returns what a recovery did, or None."""
     path = Path(path)
-    marker = _marker(path)
-    if not marker.exists():
-        reason = check(path)
-        if reason is None:
+    marker, suspect = _marker(path), _suspect(path)
+    state = _read_json(marker)
+    if state is None:
+        if marker.exists():
+            log.error("recovery marker %s unreadable: removed", marker)
+            marker.unlink()
+        state = _start(path, suspect)
+        if state is None:
             return None
-        log.error("the buffer %s is damaged (%s): setting it aside, salvaging it", path, reason)
-        _write_marker(marker, {"aside": _aside_name(path), "reason": reason, "phase": "salvage"})
-    try:
-        state = json.loads(marker.read_text())
-        aside = path.parent / str(state["aside"])
-        phase = state["phase"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # not a marker this code wrote
-        log.error(
-            "recovery marker %s unreadable (%s): removed, the buffer checked again", marker, exc
-        )
-        marker.unlink()
-        return open_checked(
-            path, synchronous=synchronous, max_bytes=max_bytes, on_progress=on_progress
-        )
+    aside = path.parent / str(state["aside"])
     salvaging = path.with_name(path.name + ".salvaging")
     recovery = Recovery(reason=str(state.get("reason", "")), aside=aside.name)
-    if phase == "salvage":
+    if state["phase"] == "salvage":
         for suffix in _SUFFIXES:  # still at its place: the damaged file (install comes later)
             here = Path(f"{path}{suffix}")
             if here.exists() and not Path(f"{aside}{suffix}").exists():
                 os.replace(here, f"{aside}{suffix}")
         _fsync_dir(path.parent)
         failpoints.hit("salvage.aside")
-        for suffix in _SUFFIXES:  # a salvage a power cut stopped starts again
+        for suffix in (*_SUFFIXES, "-journal"):  # a salvage a power cut stopped starts again
             Path(f"{salvaging}{suffix}").unlink(missing_ok=True)
-        recovery = salvage(aside, salvaging, recovery, synchronous, max_bytes, on_progress)
+        budget, by_disk = _budget(path.parent, max_bytes, reserve_bytes)
+        recovery = salvage(aside, salvaging, recovery, synchronous, budget, on_progress)
+        if by_disk and not recovery.complete:
+            # Installed now, what did not fit would stay in the damaged file only: wait for
+            # room instead (the agent's start waits on DiskFull as on a full card), then copy
+            # again from the start.
+            raise DiskFull(
+                f"no room on the disk to salvage the buffer {path} (budget {budget} B): "
+                "waiting for room"
+            )
         failpoints.hit("salvage.copied")
-        _write_marker(marker, {**state, "phase": "install"})
+        _write_json(marker, {**state, "phase": "install"})
         failpoints.hit("salvage.install")
     else:  # a power cut after the copy: what it did is recorded in the new file
         recovery = _recorded(salvaging if salvaging.exists() else path) or recovery
     if salvaging.exists():
         os.replace(salvaging, path)
         _fsync_dir(path.parent)
+    suspect.unlink(missing_ok=True)
     marker.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     log.error(
         "buffer recovered into a new file: %d pending readings and %d of history salvaged, "
-        "unreadable rowids %s, the damaged file kept as %s",
+        "%s readings lost, unreadable rowids %s; the damaged file kept as %s",
         recovery.readings_pending,
         recovery.readings_history,
+        "?" if recovery.readings_lost is None else recovery.readings_lost,
         recovery.unreadable or "none",
         aside,
     )
     return recovery
+
+
+def _start(path: Path, suspect: Path) -> dict[str, Any] | None:
+    """The marker of a new recovery (written), or None when the buffer needs none."""
+    if not path.exists():
+        # the buffer renamed aside and the marker lost since (the card garbled it): go on
+        # from the newest damaged file, unless it was recovered already (its twin is here)
+        newest = _newest_aside(path)
+        if newest is None:
+            return None
+        reason = "resumed: the buffer missing beside its damaged copy"
+        aside_name = newest.name
+    else:
+        flagged = _read_json(suspect)
+        reason = check(path, thorough=suspect.exists()) or ""
+        if flagged is not None or suspect.exists():
+            reason = f"{(flagged or {}).get('reason', 'marked suspect')}; {reason or 'check ok'}"
+        elif not reason:
+            return None
+        aside_name = _aside_name(path)
+    log.error("the buffer %s is damaged (%s): setting it aside, salvaging it", path, reason)
+    state = {"aside": aside_name, "reason": reason, "phase": "salvage"}
+    _write_json(_marker(path), state)
+    return state
 
 
 def salvage(
@@ -182,6 +251,9 @@ def salvage(
     ``max_bytes`` of it."""
     _pad_to_header(source)
     new = BufferDB(target, synchronous=synchronous)
+    # A rollback journal, not a write-ahead log, while it is built: a log would hold the whole
+    # copy beside the file until a checkpoint (twice the room on a card with little left).
+    new.conn.execute("pragma journal_mode = delete")
     if max_bytes is not None:
         new.limit_size(max_bytes)
     try:
@@ -198,13 +270,14 @@ def salvage(
                 old.close()
         if max_bytes is not None:  # room for the record of what happened
             new.limit_size(max_bytes + _RECORD_BYTES)
-        with new.transaction():
-            new.counters.add(
-                {"buffer_recoveries": 1, "readings_salvaged": recovery.readings_pending}
-            )
-            new.meta.set("buffer_recovery", json.dumps(asdict(recovery), sort_keys=True))
-        # one file, no write-ahead log beside it, before it takes the buffer's name
-        new.conn.execute("pragma journal_mode = delete")
+        try:
+            with new.transaction():
+                new.counters.add(
+                    {"buffer_recoveries": 1, "readings_salvaged": recovery.readings_pending}
+                )
+                new.meta.set("buffer_recovery", json.dumps(asdict(recovery), sort_keys=True))
+        except DiskFull as exc:  # the rows copied matter more than their record
+            log.error("no room to record the recovery in the new buffer: %s", exc)
     finally:
         new.close()
     return recovery
@@ -226,9 +299,9 @@ class _Copy:
 
     def run(self) -> None:
         try:
-            top = self._top("readings")
-            shift = top if top is not None else _FAR
-            # the readings acknowledged before are batched; every other one comes after them
+            # the readings acknowledged before keep their seq and are batched; every other one
+            # is numbered after all of them, in its old order
+            shift = self._top_seq()
             with self.new.transaction():
                 self.new.meta.set("batched_upto", shift)
             acked = self._acked_batches()
@@ -239,22 +312,60 @@ class _Copy:
             self._meta()
             self._counters()
             self._readings(pending=False, shift=shift)
+            listed = self._indexed_readings()
+            copied = self.recovery.readings_pending + self.recovery.readings_history
+            self.recovery.readings_lost = None if listed is None else max(0, listed - copied)
         except (DiskFull, sqlite3.OperationalError) as exc:
             if not (isinstance(exc, DiskFull) or is_full(exc)):
                 raise
             self.recovery.complete = False
             log.error("the disk filled up during the salvage: the copy ends here (%s)", exc)
+        finally:
+            self._accept_seq_past_copied()
 
     # --- reading the damaged file --------------------------------------------------------
 
-    def _top(self, table: str) -> int | None:
+    def _one(self, sql: str) -> int | None:
+        """An integer the damaged file gives, or None (unreadable, absent)."""
         try:
-            row = self.old.execute(f"select max(rowid) from {table}").fetchone()
+            row = self.old.execute(sql).fetchone()
         except sqlite3.DatabaseError as exc:
-            if not damaged(exc) and "no such table" not in str(exc):
+            if not damaged(exc) and "no such" not in str(exc):
                 raise
             return None
-        return None if row is None or row[0] is None else int(row[0])
+        try:
+            return None if row is None or row[0] is None else int(row[0])
+        except (TypeError, ValueError):
+            return None
+
+    def _top_seq(self) -> int:
+        """The highest seq the damaged file used: from the table, else from its (ts, meter_id)
+        index (which holds every rowid), else from its meta, else far above any."""
+        for sql in (
+            "select max(rowid) from readings",
+            "select max(rowid) from readings indexed by readings_key",
+            "select max(value) from meta where key in ('next_seq', 'batched_upto')",
+        ):
+            top = self._one(sql)
+            if top is not None:
+                return top
+        return _FAR
+
+    def _indexed_readings(self) -> int | None:
+        """How many readings the (ts, meter_id) index lists (None: it cannot be read)."""
+        return self._one("select count(*) from readings indexed by readings_key")
+
+    def _accept_seq_past_copied(self) -> None:
+        """Intake numbers its calls after every copied reading's: it tells a reading stored by
+        this call from one stored before (duplicates, conflicts, alerts) by that number."""
+        conn = self.new.conn
+        (top,) = conn.execute("select coalesce(max(accept_seq), 0) from readings").fetchone()
+        if int(top) > self.new.meta.get_int("accept_seq"):
+            try:
+                with self.new.transaction():
+                    self.new.meta.set("accept_seq", int(top))
+            except DiskFull as exc:
+                log.error("no room to record accept_seq %s: %s", top, exc)
 
     def _rows(
         self, table: str, columns: list[str], where: str = "1", *, again: bool = False
@@ -276,19 +387,24 @@ class _Copy:
         while True:
             first = self._first_at(table, at)
             if first is _DAMAGED:
-                # the way to `at` is damaged: find where the tree can be entered again
+                # the way to `at` is damaged: find the lowest point after it where the tree can
+                # be entered again (probes at doubling distances, then halving between the last
+                # two), and count the rowids between as unreadable
                 probe = 1
-                while (
-                    at + probe < _FAR and (first := self._first_at(table, at + probe)) is _DAMAGED
-                ):
+                while probe < _FAR and (first := self._first_at(table, at + probe)) is _DAMAGED:
                     probe *= 2
                 if first is _DAMAGED:
                     self._unreadable(table, 1)
                     return
-                if probe <= _MAX_GAP:  # what can be read of the rowids skipped, range by range
-                    yield from self._range(table, sql, at, at + probe - 1)
-                else:
-                    self._unreadable(table, probe)
+                lo, hi = at + probe // 2 + 1, at + probe  # damaged at lo - 1, enterable at hi
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    found = self._first_at(table, mid)
+                    if found is _DAMAGED:
+                        lo = mid + 1
+                    else:
+                        hi, first = mid, found
+                self._unreadable(table, hi - at)
             if first is None:
                 return
             assert isinstance(first, int)
@@ -386,12 +502,14 @@ class _Copy:
         where = "acked_at is null" if pending else "acked_at is not null"
 
         def rows() -> Iterator[tuple[Any, ...]]:
+            n = 0
             for rowid, *values in self._rows("readings", data, where, again=not pending):
                 row = dict(zip(data, values, strict=True))
                 if pending:  # sent again in a batch of the new file
+                    n += 1
                     row["batch_id"] = None
-                    yield (shift + int(rowid), *row.values())
-                else:
+                    yield (shift + n, *row.values())
+                elif rowid <= shift:
                     row["batch_id"] = row["batch_id"] or "salvaged"
                     yield (int(rowid), *row.values())
 
@@ -457,17 +575,21 @@ def _recorded(path: Path) -> Recovery | None:
 def _pad_to_header(path: Path) -> None:
     """A file cut short (a file system that lost its tail) is extended with zeros to the size
     its header gives: SQLite refuses a file shorter than that, and the pages still there can
-    then be read; the zeros read as damaged pages."""
+    then be read; the zeros read as damaged pages. Only a header SQLite itself would trust (its
+    size field valid for the file's change counter) and at most 16 times the file's size: the
+    bytes that were there stay as they were."""
     try:
         with open(path, "r+b") as handle:
             header = handle.read(100)
             if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
                 return
+            if header[92:96] != header[24:28]:  # the size field is not valid
+                return
             size = int.from_bytes(header[16:18], "big")
             page = 65536 if size == 1 else size
-            pages = int.from_bytes(header[28:32], "big")
-            want = page * pages
-            if handle.seek(0, os.SEEK_END) < want <= 1 << 40:
+            want = page * int.from_bytes(header[28:32], "big")
+            have = handle.seek(0, os.SEEK_END)
+            if have < want <= 16 * have:
                 handle.truncate(want)
     except OSError as exc:
         log.warning("could not extend %s to its header's size: %s", path, exc)
@@ -477,6 +599,10 @@ def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".recovery")
 
 
+def _suspect(path: Path) -> Path:
+    return path.with_name(path.name + ".suspect")
+
+
 def _aside_name(path: Path) -> str:
     n = 1
     while any(path.with_name(f"{path.name}.corrupt-{n}{s}").exists() for s in _SUFFIXES):
@@ -484,14 +610,49 @@ def _aside_name(path: Path) -> str:
     return f"{path.name}.corrupt-{n}"
 
 
-def _write_marker(marker: Path, state: dict[str, Any]) -> None:
-    tmp = marker.with_name(marker.name + ".tmp")
+def _newest_aside(path: Path) -> Path | None:
+    numbered = []
+    for candidate in path.parent.glob(f"{path.name}.corrupt-*"):
+        tail = candidate.name[len(path.name) + len(".corrupt-") :]
+        if tail.isdigit():
+            numbered.append((int(tail), candidate))
+    return max(numbered)[1] if numbered else None
+
+
+def _budget(directory: Path, max_bytes: int | None, reserve_bytes: int) -> tuple[int, bool]:
+    """The most the new file may take: the buffer's budget, or less when the disk has less
+    beyond its reserve (the damaged file stays on it); and whether the disk is the limit."""
+    room = max(0, shutil.disk_usage(directory).free - reserve_bytes - _RECORD_BYTES)
+    if max_bytes is not None and max_bytes <= room:
+        return max_bytes, False
+    return room, True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A marker's content; None when it is absent or not one this module wrote."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    if path.name.endswith(".recovery") and not (
+        isinstance(state.get("aside"), str)
+        and "/" not in state["aside"]
+        and state.get("phase") in ("salvage", "install")
+    ):
+        return None
+    return state
+
+
+def _write_json(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, marker)
-    _fsync_dir(marker.parent)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
