@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_agent.backoff import Backoff
 from edge_agent.buffer import Buffer, BufferFull, is_full
-from edge_agent.buffer.salvage import damages, mark_suspect
+from edge_agent.buffer.salvage import corrupt, mark_suspect
 from edge_agent.sdnotify import Notifier
 from edge_agent.settings import load_settings
 
@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             agent = Agent(settings)
         except (sqlite3.DatabaseError, BufferFull) as exc:
-            if damages(exc, settings.db_path):
+            if corrupt(exc):
                 # damage the start's check did not see (an index, a text value): the next try
                 # salvages the buffer (edge_agent/buffer/salvage.py)
                 log.error("the buffer %s is damaged (%s): salvaging it", settings.db_path, exc)
@@ -63,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             # A card full to the last byte (another program's files, a power cut) cannot even
             # open the buffer's write-ahead log: wait for room, saying so (to systemd too),
             # instead of crash-looping. BufferFull: a write inside a transaction (DiskFull),
-            # e.g. the clock's mark or a salvage with no room.
+            # e.g. the clock's mark or a salvage with no room. An I/O error waits too: a card
+            # that hesitated; a sector that stays unreadable fails the next try's check.
             if not (isinstance(exc, BufferFull) or is_full(exc) or "disk I/O error" in str(exc)):
                 raise
             free = shutil.disk_usage(settings.db_path.parent).free
@@ -84,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             agent.run(stop, exit_when_drained=args.exit_when_drained)
         except sqlite3.DatabaseError as exc:
-            if damages(exc, settings.db_path):  # the next start salvages; systemd restarts us
+            if corrupt(exc):  # the next start salvages; systemd restarts us
                 log.error("the buffer %s is damaged (%s): exiting", settings.db_path, exc)
                 mark_suspect(settings.db_path, str(exc))
             raise

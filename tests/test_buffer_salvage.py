@@ -114,6 +114,22 @@ def reopened(path: Path) -> Buffer:
     return Buffer(path)
 
 
+def unreadable_rows(damaged_file: Path) -> set[tuple[str, int]]:
+    """The readings of a damaged file that cannot be read, each asked for alone (an oracle
+    independent of the salvage's walk), by key as its (ts, meter_id) index gives them."""
+    lost: set[tuple[str, int]] = set()
+    with contextlib.closing(sqlite3.connect(f"file:{damaged_file}?mode=ro", uri=True)) as conn:
+        listed = conn.execute(
+            "select rowid, meter_id, ts from readings indexed by readings_key"
+        ).fetchall()
+        for rowid, meter, ts in listed:
+            try:
+                conn.execute("select * from readings where rowid = ?", (rowid,)).fetchall()
+            except sqlite3.DatabaseError:
+                lost.add((meter, ts))
+    return lost
+
+
 def test_a_whole_buffer_is_left_as_it_is(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     filled(path)
@@ -149,8 +165,8 @@ def test_a_damaged_page_of_readings_loses_that_page_only_and_the_rest_is_sent_ag
     lost = (before.pending.keys() | before.acked.keys()) - (pending.keys() | acked.keys())
     # what comes back is what was written, each where it was: nothing made up
     assert pending.items() <= before.pending.items() and acked.items() <= before.acked.items()
-    # one leaf page of consecutive rowids, no more
-    assert 0 < len(lost) <= 100, len(lost)
+    # exactly the rows of that page, no more (the row before it too is read)
+    assert lost == unreadable_rows(tmp_path / "b.db.corrupt-1") and 0 < len(lost) <= 100
     seqs = sorted(before.seq[k] for k in lost)
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "lost rows are not one page"
     assert (
@@ -319,9 +335,40 @@ def test_the_first_page_damaged_loses_that_page_whatever_the_numbering(
     buf = reopened(path)
     got = readings(buf.db.conn, "acked_at is null")
     assert got.items() <= before.items()
+    assert before.keys() - got.keys() == unreadable_rows(tmp_path / "b.db.corrupt-1")
     assert 0 < recovery.readings_lost == len(before) - len(got) <= 100, recovery
     assert recovery.readings_pending == len(got)
     buf.close()
+
+
+def test_two_damaged_runs_with_a_healthy_page_between_lose_only_their_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "b.db"
+    before = high_seq_buffer(path, 1_000_000)
+    pages = leaf_pages(path, "readings")
+    for i, page in enumerate([*pages[5:9], *pages[10:14]]):
+        damage_page(path, page, seed=20 + i)
+    recovery = open_checked(path)
+    assert recovery is not None
+    buf = reopened(path)
+    got = readings(buf.db.conn, "1")
+    lost = before.keys() - got.keys()
+    assert lost == unreadable_rows(tmp_path / "b.db.corrupt-1")
+    assert recovery.readings_lost == recovery.unreadable["readings"] == len(lost) > 0
+    buf.close()
+
+
+def test_a_damaged_file_recovered_long_ago_is_not_salvaged_again(tmp_path: Path) -> None:
+    """The buffer deleted by hand after a recovery, its damaged file still there: without a
+    recovery marker, the next start makes a new buffer, not a second copy of old readings."""
+    path = tmp_path / "b.db"
+    filled(path)
+    damage_page(path, leaf_pages(path, "readings")[4])
+    assert open_checked(path) is not None
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    assert open_checked(path) is None and not path.exists()
 
 
 def test_a_recovery_after_a_recovery_whose_last_page_was_damaged(tmp_path: Path) -> None:
@@ -446,4 +493,28 @@ def test_no_room_on_the_card_waits_and_keeps_everything_for_later(tmp_path: Path
         assert recovery.readings_lost == len(before.pending) + len(before.acked) - len(
             readings(buf.db.conn, "1")
         )
+        buf.close()
+
+
+def test_room_for_the_waiting_readings_but_not_the_history_installs_them(
+    tmp_path: Path,
+) -> None:
+    from tests.test_disk_full import tmpfs
+
+    with tmpfs(tmp_path / "card", 4) as card:
+        path = card / "b.db"
+        before = filled(path)
+        damage_page(path, leaf_pages(path, "readings")[2])
+        free = shutil.disk_usage(card).free
+        # the room left: 1 MB for the record, ~0.3 MB of copy (the waiting readings, not all
+        # of the history)
+        (card / "other-program.log").write_bytes(b"x" * max(0, free - (1 << 20) - 300 * 1024))
+        recovery = open_checked(path)
+        assert recovery is not None and recovery.cut_short_at == "readings_history"
+        assert not recovery.complete and path.exists()
+        buf = reopened(path)
+        got = readings(buf.db.conn, "acked_at is null")
+        assert got.items() <= before.pending.items()
+        assert before.pending.keys() - got.keys() <= unreadable_rows(card / "b.db.corrupt-1")
+        assert len(readings(buf.db.conn, "acked_at is not null")) < len(before.acked)
         buf.close()

@@ -12,7 +12,8 @@ start recovers whatever a thorough check (``integrity_check``) says. A recovery:
 
 1. a marker file ``<buffer>.recovery`` says where it stands, so that a power cut at any step
    resumes it at the next start (a marker the card garbled, with the buffer already set aside,
-   resumes from the newest damaged file);
+   resumes from the newest damaged file; a damaged file beside no buffer and no marker is one
+   recovered before, and is not salvaged again);
 2. the damaged file and its ``-wal`` / ``-shm`` are renamed ``<buffer>.corrupt-<n>`` (kept for
    a person to look at; nothing deletes it);
 3. a new buffer is built beside it (``<buffer>.salvaging``, a rollback journal while it is
@@ -24,11 +25,14 @@ start recovers whatever a thorough check (``integrity_check``) says. A recovery:
    models, the counters, and last the acknowledged readings (the features' history; they keep
    their numbers and stay the batched prefix :class:`~edge_agent.buffer.readings.ReadingStore`
    needs). Each table is read in ranges of rowids; a range that fails is split down to single
-   rows; past a damaged part of a table's tree the walk enters it again at the lowest rowid it
-   can. Rows that cannot be read are counted, never guessed. The copy keeps to the buffer's
-   budget and to the room the disk has beyond its reserve; when the disk, not the budget, cuts
-   it short, nothing is installed (the rest would stay in the damaged file only): DiskFull, and
-   the agent's start waits for room as on a full card, then copies again;
+   rows. The readings are asked for by the rowids an index of theirs lists (an index entry
+   holds its row's rowid), so exactly the rows that cannot be read are lost and counted; a
+   table without such an index is walked through its own tree, which past a damaged part is
+   entered again at the lowest rowid it can. Rows that cannot be read are counted, never
+   guessed. The copy keeps to the buffer's budget and to the room the disk has beyond its
+   reserve; when the disk, not the budget, cuts it short before the acknowledged history,
+   nothing is installed (the rest would stay in the damaged file only): DiskFull, and the
+   agent's start waits for room as on a full card, then copies again;
 4. the new file takes the buffer's name; the markers go.
 
 The counters ``buffer_recoveries`` and ``readings_salvaged`` (in ``status.v1``) and the meta
@@ -45,6 +49,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +62,10 @@ log = logging.getLogger(__name__)
 
 #: Rows read per query while walking a damaged table.
 CHUNK_ROWS = 1024
+#: The last part copied, the acknowledged readings: a copy cut short there is still installed.
+HISTORY = "readings_history"
+#: Wait before asking again a card that gave an I/O error during the check.
+IO_RETRY_S = 1.0
 #: Free bytes under which an I/O error is taken for a full card, not a damaged file.
 LOW_FREE_BYTES = 4 * 2**20
 #: Progress is reported (to systemd: more time to start) every this many chunks written.
@@ -71,6 +80,11 @@ _SUFFIXES = ("", "-wal", "-shm")
 # Rowids a walk tries past a damaged part of a table's tree before it gives up on that table.
 _FAR = 1 << 40
 _DAMAGED = object()
+# Past a damaged part of a table whose highest rowid is known, the walk looks for a way back
+# in at most this many rowids apart.
+_STEP = 64
+# Indexes that list every row of a table (an index entry holds its row's rowid).
+_ROWID_INDEXES = {"readings": ("readings_key", "readings_meter_ts")}
 # Room kept beyond the budget for the recovery's counters and meta value.
 _RECORD_BYTES = 1 << 20
 
@@ -89,6 +103,7 @@ class Recovery:
     # index reads whole; None where it does not, or the copy was cut short.
     readings_lost: int | None = None
     complete: bool = True  # False: the disk filled up before everything was copied
+    cut_short_at: str | None = None  # the table the copy was at when the disk filled up
 
 
 def damaged(exc: BaseException) -> bool:
@@ -107,14 +122,23 @@ def damaged(exc: BaseException) -> bool:
     )
 
 
+def _io(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk I/O" in str(exc)
+
+
+def corrupt(exc: BaseException) -> bool:
+    """:func:`damaged` by what was read, not by an I/O error (which may pass: a card that
+    hesitated, a full one)."""
+    return damaged(exc) and not _io(exc)
+
+
 def damages(exc: BaseException, path: Path) -> bool:
     """:func:`damaged`, but an I/O error on a card with next to no room left is the full card
     (SQLite cannot make its shared-memory file), not damage: the agent waits for room."""
     if not damaged(exc):
         return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    io = (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or "disk I/O" in str(exc)
-    return not (io and shutil.disk_usage(path.parent).free < LOW_FREE_BYTES)
+    return not (_io(exc) and shutil.disk_usage(path.parent).free < LOW_FREE_BYTES)
 
 
 def check(path: Path, *, thorough: bool = False) -> str | None:
@@ -124,17 +148,22 @@ def check(path: Path, *, thorough: bool = False) -> str | None:
     if not path.exists():
         return None
     pragma = "integrity_check" if thorough else "quick_check"
-    # read-write, as the agent opens it: closing the last connection folds the write-ahead log
-    # in and removes it, as after any run of the agent
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(f"pragma {pragma}").fetchall()
-    except sqlite3.DatabaseError as exc:
-        if not damages(exc, path):
-            raise
-        return f"{pragma}: {exc}"
-    finally:
-        conn.close()
+    for attempt in (1, 2):
+        # read-write, as the agent opens it: closing the last connection folds the write-ahead
+        # log in and removes it, as after any run of the agent
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute(f"pragma {pragma}").fetchall()
+            break
+        except sqlite3.DatabaseError as exc:
+            if not damages(exc, path):
+                raise
+            if attempt == 1 and _io(exc):  # a sector that failed once: ask it again
+                time.sleep(IO_RETRY_S)
+                continue
+            return f"{pragma}: {exc}"
+        finally:
+            conn.close()
     found = [str(r[0]) for r in rows]
     return None if found == ["ok"] else f"{pragma}: " + "; ".join(found[:5])
 
@@ -164,10 +193,11 @@ def open_checked(
     marker, suspect = _marker(path), _suspect(path)
     state = _read_json(marker)
     if state is None:
-        if marker.exists():
+        garbled = marker.exists()
+        if garbled:
             log.error("recovery marker %s unreadable: removed", marker)
             marker.unlink()
-        state = _start(path, suspect)
+        state = _start(path, suspect, garbled)
         if state is None:
             return None
     aside = path.parent / str(state["aside"])
@@ -184,10 +214,11 @@ def open_checked(
             Path(f"{salvaging}{suffix}").unlink(missing_ok=True)
         budget, by_disk = _budget(path.parent, max_bytes, reserve_bytes)
         recovery = salvage(aside, salvaging, recovery, synchronous, budget, on_progress)
-        if by_disk and not recovery.complete:
+        if by_disk and recovery.cut_short_at not in (None, HISTORY):
             # Installed now, what did not fit would stay in the damaged file only: wait for
             # room instead (the agent's start waits on DiskFull as on a full card), then copy
-            # again from the start.
+            # again from the start. Only the acknowledged history cut short is installed: it is
+            # in central already.
             raise DiskFull(
                 f"no room on the disk to salvage the buffer {path} (budget {budget} B): "
                 "waiting for room"
@@ -215,12 +246,13 @@ def open_checked(
     return recovery
 
 
-def _start(path: Path, suspect: Path) -> dict[str, Any] | None:
+def _start(path: Path, suspect: Path, garbled: bool) -> dict[str, Any] | None:
     """The marker of a new recovery (written), or None when the buffer needs none."""
     if not path.exists():
-        # the buffer renamed aside and the marker lost since (the card garbled it): go on
-        # from the newest damaged file, unless it was recovered already (its twin is here)
-        newest = _newest_aside(path)
+        # The buffer renamed aside and then its marker garbled by the card: go on from the
+        # newest damaged file. Without a marker at all, a damaged file beside no buffer is one
+        # recovered long ago (the buffer deleted since): it is not salvaged again.
+        newest = _newest_aside(path) if garbled else None
         if newest is None:
             return None
         reason = "resumed: the buffer missing beside its damaged copy"
@@ -283,6 +315,14 @@ def salvage(
     return recovery
 
 
+@dataclass(frozen=True)
+class _Reads:
+    """The two ways to ask a damaged table for rows: a rowid range, one rowid."""
+
+    between: str
+    one: str
+
+
 class _Copy:
     """The table-by-table copy of :func:`salvage`."""
 
@@ -296,6 +336,7 @@ class _Copy:
         self.old, self.new, self.recovery, self.progress = old, new, recovery, progress
         self._counting = True
         self.chunks = 0
+        self.stage = "batches"
 
     def run(self) -> None:
         try:
@@ -305,12 +346,18 @@ class _Copy:
             with self.new.transaction():
                 self.new.meta.set("batched_upto", shift)
             acked = self._acked_batches()
+            self.stage = "readings"
             self._readings(pending=True, shift=shift)
+            self.stage = "quarantine"
             self._quarantine(acked)
             for table in ("alerts", "spool_files", "meter_profiles", "models"):
+                self.stage = table
                 self._plain(table)
+            self.stage = "meta"
             self._meta()
+            self.stage = "counters"
             self._counters()
+            self.stage = HISTORY
             self._readings(pending=False, shift=shift)
             listed = self._indexed_readings()
             copied = self.recovery.readings_pending + self.recovery.readings_history
@@ -319,7 +366,8 @@ class _Copy:
             if not (isinstance(exc, DiskFull) or is_full(exc)):
                 raise
             self.recovery.complete = False
-            log.error("the disk filled up during the salvage: the copy ends here (%s)", exc)
+            self.recovery.cut_short_at = self.stage
+            log.error("the disk filled up during the salvage, at %s: %s", self.stage, exc)
         finally:
             self._accept_seq_past_copied()
 
@@ -344,7 +392,8 @@ class _Copy:
         for sql in (
             "select max(rowid) from readings",
             "select max(rowid) from readings indexed by readings_key",
-            "select max(value) from meta where key in ('next_seq', 'batched_upto')",
+            "select max(cast(value as integer)) from meta "
+            "where key in ('next_seq', 'batched_upto')",
         ):
             top = self._one(sql)
             if top is not None:
@@ -370,7 +419,7 @@ class _Copy:
     def _rows(
         self, table: str, columns: list[str], where: str = "1", *, again: bool = False
     ) -> Iterator[tuple[Any, ...]]:
-        """(rowid, *columns) of every row that can be read, in rowid order; rowids that fail
+        """(rowid, *columns) of every row that can be read, in rowid order; rows that fail
         are counted in ``recovery.unreadable`` (not ``again``, on a second walk of a table)."""
         self._counting = not again
         cols = ", ".join(f'"{c}"' for c in columns)
@@ -381,35 +430,112 @@ class _Copy:
                 raise
             self._unreadable(table, 1)
             return
-        sql = f"select rowid, {cols} from {table} where rowid between ? and ? and ({where}) "
-        sql += "order by rowid"
-        at = 0
+        read = _Reads(
+            between=f"select rowid, {cols} from {table} where rowid between ? and ? "
+            f"and ({where}) order by rowid",
+            one=f"select rowid, {cols} from {table} where rowid = ? and ({where})",
+        )
+        listed = self._listed_rowids(table)
+        if listed is not None:
+            yield from self._rows_listed(table, read, listed)
+        else:
+            yield from self._rows_walked(table, read)
+
+    def _listed_rowids(self, table: str) -> Iterator[list[int]] | None:
+        """The table's rowids in order, in chunks, from an index that reads whole (an index
+        holds every row's rowid): the rows to ask for, and exactly which ones fail. None when
+        the table has no such index."""
+        for index in _ROWID_INDEXES.get(table, ()):
+            cursor = self.old.cursor()
+            try:  # the sort reads the whole index before the first rowid comes
+                cursor.execute(f"select rowid from {table} indexed by {index} order by rowid")
+                head = [int(r[0]) for r in cursor.fetchmany(CHUNK_ROWS)]
+            except sqlite3.DatabaseError as exc:
+                if not damaged(exc) and "no such" not in str(exc):
+                    raise
+                continue
+
+            def chunks(
+                cursor: sqlite3.Cursor = cursor, head: list[int] = head
+            ) -> Iterator[list[int]]:
+                part = head
+                while part:
+                    yield part
+                    part = [int(r[0]) for r in cursor.fetchmany(CHUNK_ROWS)]
+
+            return chunks()
+        return None
+
+    def _rows_listed(
+        self, table: str, read: _Reads, listed: Iterator[list[int]]
+    ) -> Iterator[tuple[Any, ...]]:
+        """Range by range between the listed rowids (a row an index lost is read too, and only
+        a listed rowid that fails alone counts as lost), then the table's own tree past the
+        last one."""
+        lo = 0
+        for part in listed:
+            yield from self._known(table, read, lo, part)
+            lo = part[-1] + 1
+        yield from self._rows_walked(table, read, start=lo)
+
+    def _known(
+        self, table: str, read: _Reads, lo: int, rowids: list[int]
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows from ``lo`` to the last of ``rowids`` (sorted, listed by an index) that can
+        be read; a range that fails is halved at a listed rowid, down to single listed rows,
+        each asked for by ``rowid = ?`` (a range also reads the row after its end, which may
+        lie on a damaged page)."""
+        try:
+            if len(rowids) == 1 and lo == rowids[0]:
+                rows = self.old.execute(read.one, (lo,)).fetchall()
+            else:  # with the rows an index lost, between the listed ones
+                rows = self.old.execute(read.between, (lo, rowids[-1])).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            if len(rowids) == 1:
+                try:
+                    rows = self.old.execute(read.one, (rowids[0],)).fetchall()
+                except sqlite3.DatabaseError as again:
+                    if not damaged(again):
+                        raise
+                    self._unreadable(table, 1)
+                    return
+                yield from rows
+                return
+            half = len(rowids) // 2
+            yield from self._known(table, read, lo, rowids[:half])
+            yield from self._known(table, read, rowids[half - 1] + 1, rowids[half:])
+            return
+        yield from rows
+
+    def _rows_walked(self, table: str, read: _Reads, start: int = 0) -> Iterator[tuple[Any, ...]]:
+        """Without an index to list its rowids: the table's own tree, range by range. Past a
+        damaged part the walk enters the tree again at the lowest rowid it can: steps of at
+        most ``_STEP`` up to the table's highest rowid when that is known (so that a healthy
+        page between two damaged ones is not jumped over), doubling steps when it is not; the
+        rowids between are counted as unreadable (more than the rows where numbering has
+        gaps)."""
+        top = self._one(f"select max(rowid) from {table}")
+        at = start
         while True:
             first = self._first_at(table, at)
             if first is _DAMAGED:
-                # the way to `at` is damaged: find the lowest point after it where the tree can
-                # be entered again (probes at doubling distances, then halving between the last
-                # two), and count the rowids between as unreadable
-                probe = 1
-                while probe < _FAR and (first := self._first_at(table, at + probe)) is _DAMAGED:
-                    probe *= 2
-                if first is _DAMAGED:
-                    self._unreadable(table, 1)
-                    return
-                lo, hi = at + probe // 2 + 1, at + probe  # damaged at lo - 1, enterable at hi
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    found = self._first_at(table, mid)
-                    if found is _DAMAGED:
-                        lo = mid + 1
-                    else:
-                        hi, first = mid, found
-                self._unreadable(table, hi - at)
+                step, probe = 1, at
+                while first is _DAMAGED:
+                    probe += step
+                    if (top is not None and probe > top) or probe - at >= _FAR:
+                        self._unreadable(table, 1)
+                        return
+                    first = self._first_at(table, probe)
+                    step = min(2 * step, _STEP) if top is not None else 2 * step
+                self._unreadable(table, probe - at)
             if first is None:
                 return
             assert isinstance(first, int)
-            yield from self._range(table, sql, first, first + CHUNK_ROWS - 1)
-            at = first + CHUNK_ROWS
+            rowids = range(first, first + CHUNK_ROWS)
+            yield from self._range(table, read, rowids.start, rowids.stop - 1)
+            at = rowids.stop
 
     def _first_at(self, table: str, at: int) -> int | None | object:
         """The smallest rowid at or after ``at`` (None: there is none), or ``_DAMAGED`` when
@@ -424,9 +550,12 @@ class _Copy:
             return _DAMAGED
         return None if row is None or row[0] is None else int(row[0])
 
-    def _range(self, table: str, sql: str, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
+    def _range(self, table: str, read: _Reads, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
         try:
-            rows = self.old.execute(sql, (lo, hi)).fetchall()
+            if lo == hi:
+                rows = self.old.execute(read.one, (lo,)).fetchall()
+            else:
+                rows = self.old.execute(read.between, (lo, hi)).fetchall()
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
@@ -434,8 +563,8 @@ class _Copy:
                 self._unreadable(table, 1)
                 return
             mid = (lo + hi) // 2
-            yield from self._range(table, sql, lo, mid)
-            yield from self._range(table, sql, mid + 1, hi)
+            yield from self._range(table, read, lo, mid)
+            yield from self._range(table, read, mid + 1, hi)
             return
         yield from rows
 
