@@ -145,7 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"RECOVERED         from a damaged buffer, kept as {r['aside']}: "
             f"{r['readings_pending']} unacknowledged readings salvaged, unreadable rowids "
-            f"{r['unreadable'] or 'none'}{'' if r['complete'] else ', copy cut short (disk full)'}"
+            f"{r['unreadable'] or 'none'}"
+            f"{', copy cut short (disk full)' if r.get('cut_short_at') else ''}"
             " - replace the SD card"
         )
     for name, value in sorted(counters.items()):

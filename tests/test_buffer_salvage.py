@@ -109,6 +109,19 @@ def damage_page(path: Path, page: int, seed: int = 7) -> None:
         handle.write(noise)
 
 
+def flip_text_byte(path: Path, page: int, needle: bytes) -> None:
+    """The first byte of ``needle`` (a meter id) in ``page`` turned into one that is not
+    UTF-8: a flipped bit no page check sees."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("pragma wal_checkpoint(truncate)")
+        size = int(conn.execute("pragma page_size").fetchone()[0])
+    data = bytearray(path.read_bytes())
+    at = data.index(needle, (page - 1) * size)
+    assert at < page * size, f"no {needle!r} in page {page}"
+    data[at] = 0xFF
+    path.write_bytes(bytes(data))
+
+
 def reopened(path: Path) -> Buffer:
     assert check(path) is None, "the new buffer is not whole"
     return Buffer(path)
@@ -154,7 +167,7 @@ def test_a_damaged_page_of_readings_loses_that_page_only_and_the_rest_is_sent_ag
 
     progress: list[str] = []  # the agent hands these to systemd (more time to start)
     recovery = open_checked(path, on_progress=progress.append)
-    assert recovery is not None and recovery.complete
+    assert recovery is not None and recovery.cut_short_at is None
     assert any("readings" in p for p in progress), progress
     assert (tmp_path / "b.db.corrupt-1").exists(), "the damaged file is kept"
     assert not (tmp_path / "b.db.recovery").exists() and not (tmp_path / "b.db.salvaging").exists()
@@ -287,12 +300,12 @@ def test_a_budget_too_small_keeps_the_unacknowledged_readings_first(tmp_path: Pa
     damage_page(path, leaf_pages(path, "readings")[0])
     budget = 160 * 1024  # room for some of the 1,500 pending readings and their index
     recovery = open_checked(path, max_bytes=budget)
-    assert recovery is not None and not recovery.complete
+    assert recovery is not None and recovery.cut_short_at == "readings"
     assert 0 < recovery.readings_pending < len(before.pending)
     assert recovery.readings_history == 0, "history copied before the pending readings"
     buf = reopened(path)
     assert readings(buf.db.conn, "1").items() <= before.pending.items()
-    assert json.loads(buf.meta.get("buffer_recovery") or "{}")["complete"] is False
+    assert json.loads(buf.meta.get("buffer_recovery") or "{}")["cut_short_at"] == "readings"
     buf.close()
     assert path.stat().st_size <= budget + (1 << 20)
 
@@ -407,14 +420,7 @@ def test_a_text_value_that_is_not_utf8_is_salvaged_around_once_the_agent_met_it(
     buf.readings.accept([row(f"meter{m:02d}", k) for m in range(30) for k in range(100)], now=1.0)
     before = readings(buf.db.conn, "1")
     buf.close()
-    page = leaf_pages(path, "readings")[3]
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        size = int(conn.execute("pragma page_size").fetchone()[0])
-    data = bytearray(path.read_bytes())
-    at = data.index(b"meter", (page - 1) * size)  # a meter id's first byte, in that page
-    assert at < page * size
-    data[at] = 0xFF
-    path.write_bytes(bytes(data))
+    flip_text_byte(path, leaf_pages(path, "readings")[3], b"meter")
     assert check(path) is None, "quick_check does not read the values against the indexes"
     assert "missing from index" in (check(path, thorough=True) or "")
     with contextlib.closing(sqlite3.connect(path)) as conn:
@@ -486,7 +492,7 @@ def test_no_room_on_the_card_waits_and_keeps_everything_for_later(tmp_path: Path
         assert (card / "b.db.recovery").exists() and not path.exists()
         ballast.unlink()
         recovery = open_checked(path)
-        assert recovery is not None and recovery.complete
+        assert recovery is not None and recovery.cut_short_at is None
         buf = reopened(path)
         got = readings(buf.db.conn, "acked_at is null")
         assert got.items() <= before.pending.items()
@@ -511,7 +517,7 @@ def test_room_for_the_waiting_readings_but_not_the_history_installs_them(
         (card / "other-program.log").write_bytes(b"x" * max(0, free - (1 << 20) - 300 * 1024))
         recovery = open_checked(path)
         assert recovery is not None and recovery.cut_short_at == "readings_history"
-        assert not recovery.complete and path.exists()
+        assert path.exists()
         buf = reopened(path)
         got = readings(buf.db.conn, "acked_at is null")
         assert got.items() <= before.pending.items()

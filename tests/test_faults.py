@@ -74,6 +74,14 @@ def test_agent_sigkill_in_the_middle_of_a_spool_file(rig: Rig) -> None:
     assert counters.get("readings_duplicate", 0) == 0, counters  # resumed, not taken again
 
 
+def wait_salvaged_and_acknowledged(rig: Rig) -> None:
+    rig.wait_until(
+        lambda: rig.counters("gw-a").get("buffer_recoveries") == 1 and rig.pending("gw-a") == 0,
+        60,
+        "the salvaged readings acknowledged",
+    )
+
+
 def all_accepted(rig: Rig) -> bool:
     """Every fed reading in the agents' buffers (False while a buffer is being made)."""
     try:
@@ -115,11 +123,7 @@ def test_a_damaged_buffer_is_salvaged_and_what_central_lacks_still_arrives_once(
     damage_page(rig.db("gw-a"), pages[-4], seed=8)
 
     rig.start_agent("gw-a")
-    rig.wait_until(
-        lambda: rig.counters("gw-a").get("buffer_recoveries") == 1 and rig.pending("gw-a") == 0,
-        60,
-        "the salvaged readings acknowledged",
-    )
+    wait_salvaged_and_acknowledged(rig)
     stored = rig.stored()
     assert len(stored) == len(set(stored)), "a reading is stored twice"
     lost = rig.fed - set(stored)
@@ -140,7 +144,7 @@ def test_a_value_the_card_flipped_stops_the_agent_once_and_the_restart_salvages(
     """A flipped bit in a meter id of a waiting reading: the start's quick_check passes, the
     agent fails when it reads that row into a batch, marks its buffer suspect and exits; the
     next start (systemd's restart) salvages the buffer, and every other reading arrives once."""
-    from tests.test_buffer_salvage import leaf_pages
+    from tests.test_buffer_salvage import flip_text_byte, leaf_pages
 
     for n in range(4):
         rig.feed("gw-a", n)
@@ -148,15 +152,7 @@ def test_a_value_the_card_flipped_stops_the_agent_once_and_the_restart_salvages(
     rig.wait_until(lambda: all_accepted(rig), 30, "the files accepted")
     agent.stop()
     db = rig.db("gw-a")
-    page = leaf_pages(db, "readings")[2]
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.execute("pragma wal_checkpoint(truncate)")
-        size = int(conn.execute("pragma page_size").fetchone()[0])
-    data = bytearray(db.read_bytes())
-    at = data.index(b"gw-a-m", (page - 1) * size)
-    assert at < page * size
-    data[at] = 0xFF
-    db.write_bytes(bytes(data))
+    flip_text_byte(db, leaf_pages(db, "readings")[2], b"gw-a-m")
 
     rig.start_ingest()
     failed = rig.start_agent("gw-a")
@@ -164,11 +160,7 @@ def test_a_value_the_card_flipped_stops_the_agent_once_and_the_restart_salvages(
     assert "Could not decode" in failed.output()
     assert (db.parent / "gw-a.db.suspect").exists()
     rig.start_agent("gw-a")
-    rig.wait_until(
-        lambda: rig.counters("gw-a").get("buffer_recoveries") == 1 and rig.pending("gw-a") == 0,
-        60,
-        "the salvaged readings acknowledged",
-    )
+    wait_salvaged_and_acknowledged(rig)
     stored = rig.stored()
     assert len(stored) == len(set(stored)) == len(rig.fed) - 1
     assert set(stored) <= rig.fed

@@ -100,9 +100,8 @@ class Recovery:
     rows: dict[str, int] = field(default_factory=dict)  # copied, by table
     unreadable: dict[str, int] = field(default_factory=dict)  # rowids that failed, by table
     # Readings the file's (ts, meter_id) index lists that could not be read: exact where that
-    # index reads whole; None where it does not, or the copy was cut short.
+    # index reads whole; None where it does not, or where the copy was cut short.
     readings_lost: int | None = None
-    complete: bool = True  # False: the disk filled up before everything was copied
     cut_short_at: str | None = None  # the table the copy was at when the disk filled up
 
 
@@ -365,7 +364,6 @@ class _Copy:
         except (DiskFull, sqlite3.OperationalError) as exc:
             if not (isinstance(exc, DiskFull) or is_full(exc)):
                 raise
-            self.recovery.complete = False
             self.recovery.cut_short_at = self.stage
             log.error("the disk filled up during the salvage, at %s: %s", self.stage, exc)
         finally:
