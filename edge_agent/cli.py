@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_agent.backoff import Backoff
 from edge_agent.buffer import Buffer, BufferFull, is_full
-from edge_agent.buffer.salvage import corrupt, mark_suspect
+from edge_agent.buffer.salvage import corrupt, damaged, mark_suspect
 from edge_agent.sdnotify import Notifier
 from edge_agent.settings import load_settings
 
@@ -93,14 +93,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _damaged_status(db: Path, exc: sqlite3.DatabaseError, as_json: bool) -> int:
+    """``status`` on a buffer that cannot be read: say so, and what the agent does about it."""
+    if not damaged(exc):
+        raise exc
+    what = (
+        f"the buffer {db} cannot be read ({exc}): the agent sets it aside and salvages it at "
+        "its next start (docs/runbook.md)"
+    )
+    if as_json:
+        print(json.dumps({"buffer": str(db), "damaged": str(exc)}, indent=2))
+    print(what, file=sys.stderr)
+    return 3
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from edge_agent.sources.polled import meter_states
 
     db = Path(args.db) if args.db else load_settings(args.config).db_path
     if not db.exists():
-        print(f"no buffer at {db}", file=sys.stderr)
+        recovering = db.with_name(db.name + ".recovery").exists()
+        print(
+            f"no buffer at {db}" + (" (a recovery of it is under way)" if recovering else ""),
+            file=sys.stderr,
+        )
         return 2
-    buffer = Buffer(db)  # WAL: reading while the agent writes is safe
+    try:
+        buffer = Buffer(db)  # WAL: reading while the agent writes is safe
+    except sqlite3.DatabaseError as exc:
+        return _damaged_status(db, exc, args.json)
     try:
         stats = buffer.maintenance.stats()
         counters = buffer.counters.all()
@@ -122,6 +143,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             "polled_meters": meters,
             "buffer_recovery": json.loads(recovered) if recovered else None,
         }
+    except sqlite3.DatabaseError as exc:
+        return _damaged_status(db, exc, args.json)
     finally:
         buffer.close()
     if args.json:

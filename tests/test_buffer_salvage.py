@@ -164,6 +164,9 @@ def test_a_damaged_page_of_readings_loses_that_page_only_and_the_rest_is_sent_ag
     with pytest.raises(sqlite3.DatabaseError):  # what the agent met at every start
         with sqlite3.connect(path) as conn:
             conn.execute("select count(*), sum(kwh) from readings").fetchall()
+    status = [sys.executable, "-m", "edge_agent", "status", "--db", str(path)]
+    told = subprocess.run(status, capture_output=True, text=True, cwd=REPO)
+    assert told.returncode == 3 and "salvages it at its next start" in told.stderr, told.stderr
 
     progress: list[str] = []  # the agent hands these to systemd (more time to start)
     recovery = open_checked(path, on_progress=progress.append)
@@ -216,7 +219,6 @@ def test_a_damaged_page_of_readings_loses_that_page_only_and_the_rest_is_sent_ag
     buf.close()
 
     # what the field engineer reads
-    status = [sys.executable, "-m", "edge_agent", "status", "--db", str(path)]
     shown = subprocess.run([*status, "--json"], capture_output=True, text=True, cwd=REPO)
     assert json.loads(shown.stdout)["buffer_recovery"] == record, shown.stderr
     text = subprocess.run(status, capture_output=True, text=True, cwd=REPO).stdout
