@@ -175,12 +175,15 @@ def test_a_run_holds_renews_and_releases_the_lease_and_stops_when_another_run_to
     ):
         pass
     # Another run takes the lease while a step runs (its worker froze, or someone freed the
-    # lease by hand): the step fails as it ends, it does not report success.
+    # lease by hand): the step is told at the next heartbeat (the dbt build stops dbt), and it
+    # fails as it ends, it does not report success.
+    told = threading.Event()
     with pytest.raises(lease.LeaseLost, match="held by warehouse_refresh/manual__"):  # noqa: PT012
-        with holding.held(step, every_s=0.1):
+        with holding.held(step, every_s=0.1, on_lost=told.set):
             expire(pg)
+            assert not told.is_set()
             assert lease.acquire(loader, "warehouse_refresh/manual__2026-12-01", 60) == 2
-            time.sleep(0.3)  # the heartbeat sees it lost and stops renewing
+            assert told.wait(5), "the step was not told it lost the lease"
     held = lease.current(loader)
     assert held is not None and held.holder == "warehouse_refresh/manual__2026-12-01"
     with pytest.raises(lease.LeaseLost), holding.held(step):

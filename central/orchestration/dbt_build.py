@@ -11,7 +11,8 @@ XCom ``nodes``, and ``warehouse_refresh`` maps one task instance per model over 
 model, failing where the model or one of its tests failed.
 
 The build runs under the run's lease on the warehouse (``central/orchestration/holding.py``):
-renewed while dbt runs, and the build fails when another run took it.
+renewed while dbt runs; when another run took it, dbt is stopped at the next renewal and the
+build fails.
 
 The embedded warehouse is served over HTTP for the duration of the build (dbt-clickhouse speaks
 HTTP), as ``central warehouse dbt`` does. The marts are built into the build database
@@ -81,7 +82,12 @@ class WarehouseDbtBuild(DbtBuildLocalOperator):
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
         # the worker's environment, not the parser's
-        with holding.held(context, after="load") as s, served(s.clickhouse_dsn) as url:
+        # a lease lost while dbt runs stops dbt (Cosmos's on_kill: SIGINT to dbt's process
+        # group, which cancels its queries): another run may be building into the same database
+        with (
+            holding.held(context, after="load", on_lost=self.on_kill) as s,
+            served(s.clickhouse_dsn) as url,
+        ):
             self.profile_config = self._profile(s)
             self.dbt_executable_path = dbt_executable(s)
             self.vars = steps.dbt_vars(s)

@@ -14,7 +14,9 @@ the warehouse runs inside :func:`held`:
   from ``load``.
 
 A lease lost *while* a step runs (only possible when it was freed by hand or PostgreSQL was
-unreachable for a whole TTL) is noticed at the step's end, not at once: the step is not stopped.
+unreachable for a whole TTL) is noticed at the next heartbeat: the step's ``on_lost`` runs then
+(the dbt build stops its dbt process: another run may be building into the same database), and
+the step fails as it ends.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from central.orchestration import steps
@@ -68,12 +70,16 @@ def generation(context: Any) -> int:
 
 @contextlib.contextmanager
 def held(
-    context: Any, after: str | None = None, every_s: float | None = None
+    context: Any,
+    after: str | None = None,
+    every_s: float | None = None,
+    on_lost: Callable[[], None] | None = None,
 ) -> Iterator[WarehouseSettings]:
     """Run a step under this run's lease (module doc): yields the warehouse settings once the
     lease is renewed and the step ``after`` is known to have run under the same generation;
-    renews it every ``every_s`` (default a quarter of ``lease_ttl_s``) while the step runs;
-    checks it again and records the generation when the step ends without an error."""
+    renews it every ``every_s`` (default a quarter of ``lease_ttl_s``) while the step runs,
+    calling ``on_lost`` (from the heartbeat's thread) if it finds the lease taken; checks it
+    again and records the generation when the step ends without an error."""
     s = steps.settings()
     who, gen = holder(context), generation(context)
     lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)
@@ -92,6 +98,8 @@ def held(
                 lease.keep(s.pg_dsn, who, gen, s.lease_ttl_s)
             except lease.LeaseLost as exc:
                 log.error("%s", exc)
+                if on_lost is not None:
+                    on_lost()
                 return
             except Exception as exc:  # PostgreSQL away for a moment: the next beat retries
                 log.warning("could not renew the warehouse lease: %s", exc)
