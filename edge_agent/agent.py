@@ -155,12 +155,13 @@ class Agent:
         self.clock = clock
         self.monotonic = monotonic
         self.notifier = notifier or Notifier()  # systemd (Type=notify, WatchdogSec)
+        self.space_limits = SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb)
         # a buffer the card damaged is set aside and salvaged into a new one (salvage.py)
         self.recovery = open_checked(
             s.db_path,
             synchronous=s.synchronous,
-            max_bytes=SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb).budget_bytes,
-            reserve_bytes=SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb).reserve_bytes,
+            max_bytes=self.space_limits.budget_bytes,
+            reserve_bytes=self.space_limits.reserve_bytes,
             on_progress=lambda text: self.notifier.still_starting(text, 120),
         )
         self.buffer = Buffer(
@@ -204,7 +205,7 @@ class Agent:
         self._build_sources(fleet)
         self.gate = IntakeGate(
             self.buffer,
-            SpaceLimits.of(s.buffer_max_mb, s.disk_reserve_mb),
+            self.space_limits,
             s.gateway_id,
             wall=clock,
             monotonic=monotonic,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_agent.backoff import Backoff
 from edge_agent.buffer import Buffer, BufferFull, is_full
-from edge_agent.buffer.salvage import corrupt, damaged, mark_suspect
+from edge_agent.buffer.salvage import corrupt, damaged, mark_suspect, marker_path
 from edge_agent.sdnotify import Notifier
 from edge_agent.settings import load_settings
 
@@ -112,7 +112,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     db = Path(args.db) if args.db else load_settings(args.config).db_path
     if not db.exists():
-        recovering = db.with_name(db.name + ".recovery").exists()
+        recovering = marker_path(db).exists()
         print(
             f"no buffer at {db}" + (" (a recovery of it is under way)" if recovering else ""),
             file=sys.stderr,
@@ -128,7 +128,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         models = _models_of(buffer)
         alerts_waiting = buffer.alerts.undelivered()
         meters = meter_states(buffer.meta)
-        recovered = buffer.meta.get("buffer_recovery")  # salvage.py: a damaged file set aside
+        recorded = buffer.meta.get("buffer_recovery")  # salvage.py: a damaged file set aside
+        recovered = json.loads(recorded) if recorded else None
         report = {
             "buffer": str(db),
             "pending_readings": stats.pending_readings,
@@ -141,7 +142,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "alerts_waiting": alerts_waiting,
             "counters": counters,
             "polled_meters": meters,
-            "buffer_recovery": json.loads(recovered) if recovered else None,
+            "buffer_recovery": recovered,
         }
     except sqlite3.DatabaseError as exc:
         return _damaged_status(db, exc, args.json)
@@ -163,8 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"readings held     {stats.total_readings}")
     print(f"anomaly models    {'; '.join(models) or 'none'}")
     print(f"alerts waiting    {alerts_waiting} (not yet taken by the broker)")
-    if recovered:
-        r = json.loads(recovered)
+    if r := recovered:
         print(
             f"RECOVERED         from a damaged buffer, kept as {r['aside']}: "
             f"{r['readings_pending']} unacknowledged readings salvaged, unreadable rowids "

@@ -189,7 +189,7 @@ def open_checked(
     and leaves ``reserve_bytes`` free on the disk, where the damaged file still takes its room.
     Returns what a recovery did, or None."""
     path = Path(path)
-    marker, suspect = _marker(path), _suspect(path)
+    marker, suspect = marker_path(path), _suspect(path)
     state = _read_json(marker)
     if state is None:
         garbled = marker.exists()
@@ -266,7 +266,7 @@ def _start(path: Path, suspect: Path, garbled: bool) -> dict[str, Any] | None:
         aside_name = _aside_name(path)
     log.error("the buffer %s is damaged (%s): setting it aside, salvaging it", path, reason)
     state = {"aside": aside_name, "reason": reason, "phase": "salvage"}
-    _write_json(_marker(path), state)
+    _write_json(marker_path(path), state)
     return state
 
 
@@ -722,7 +722,8 @@ def _pad_to_header(path: Path) -> None:
         log.warning("could not extend %s to its header's size: %s", path, exc)
 
 
-def _marker(path: Path) -> Path:
+def marker_path(path: Path) -> Path:
+    """The marker of a recovery of the buffer at ``path`` under way."""
     return path.with_name(path.name + ".recovery")
 
 
